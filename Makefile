@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test` (each sets up .venv once).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= config.example.yaml
+
+.PHONY: run test lint check bench image-test clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/kourier-relay serve -c $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check relay tests
+	$(VENV)/bin/mypy
+
+check: $(VENV)/.installed
+	$(VENV)/bin/kourier-relay check --strict -c $(CONFIG)
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+image-test:
+	scripts/image-test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache relay.db relay.db-*

@@ -1,0 +1,224 @@
+"""Composition root: build the runtime from config, run it, reload it, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from relay import config as config_mod
+from relay.config import Config
+from relay.errors import ConfigError, Issue, StoreError
+from relay.events import Event
+from relay.logs import fields
+from relay.metrics import Metrics
+from relay.notify import Notifier, check_urls
+from relay.pipeline import Planner
+from relay.routing import MatcherError, Router
+from relay.store import NewJob, Store, open_store
+from relay.templating import Templates
+from relay.web import Services, create_app
+from relay.worker import Runtime, Worker
+
+log = logging.getLogger(__name__)
+PURGE_EVERY = 600.0
+
+
+@dataclass
+class LiveRuntime(Runtime):
+    planner: Planner | None = None  # set by build_runtime
+
+
+def compile_config(config: Config, executor: ThreadPoolExecutor | None = None,
+                   ) -> tuple[Router, Templates, Notifier, list[Issue]]:
+    """Build every runtime piece; raise ConfigError on errors, return warnings."""
+    issues: list[Issue] = []
+    router = templates = None
+    try:
+        router = Router.from_config(config)
+    except MatcherError as e:
+        issues += e.issues
+    try:
+        templates = Templates.from_config(config)
+    except ConfigError as e:
+        issues += e.issues
+    url_issues = check_urls(config)
+    issues += url_issues
+    errors = [i for i in issues if i.severity == "error"]
+    if errors:
+        raise ConfigError(sorted(errors, key=lambda i: i.line))
+    assert router and templates
+    notifier = Notifier(config.receivers, executor or _EXECUTOR_PLACEHOLDER,
+                        config.delivery.attempt_timeout)
+    return router, templates, notifier, [i for i in issues if i.severity != "error"]
+
+
+_EXECUTOR_PLACEHOLDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run")
+
+
+def build_runtime(config: Config, executor: ThreadPoolExecutor | None = None,
+                  on_circuit_open: Callable[[str, str], None] | None = None) -> LiveRuntime:
+    router, templates, notifier, _ = compile_config(config, executor)
+    planner = Planner(config, router, templates, notifier.channels())
+    rt = LiveRuntime(config, notifier, planner=planner)
+    if on_circuit_open:
+        rt.on_circuit_open = on_circuit_open
+    return rt
+
+
+class Relay:
+    """One running relay: store, worker, web app and the live runtime."""
+
+    def __init__(self, config_path: str, env: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.clock = clock
+        self.metrics = Metrics()
+        config = config_mod.load(config_path, env)
+        self.executor = ThreadPoolExecutor(max_workers=config.delivery.concurrency,
+                                           thread_name_prefix="send")
+        self.live = build_runtime(config, self.executor, self._circuit_opened)
+        self.store: Store = open_store(config.store.url)
+        self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_time.set(time.time())
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    def web_app(self) -> web.Application:
+        services = Services(self.store, self.metrics, lambda: self.live, self.reload,
+                            self.readiness, self.clock)
+        app = create_app(services, self.config.server.path, self.config.server.max_body_bytes)
+        app.cleanup_ctx.append(self._lifetime)
+        return app
+
+    async def _lifetime(self, app: web.Application) -> Any:
+        await self.start()
+        yield
+        await self.stop()
+
+    async def start(self) -> None:
+        await self.store.open()
+        listeners = getattr(self.store, "listeners", None)
+        if listeners is not None:
+            listeners.append(self.worker.wake)
+        self._tasks = [asyncio.create_task(self.worker.run(), name="worker"),
+                       asyncio.create_task(self._purge_loop(), name="purge")]
+
+    async def stop(self) -> None:
+        await self.worker.stop(self.config.delivery.grace_period)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def reload(self) -> None:
+        """Load, validate and build the new config; swap it in only if all of that worked."""
+        try:
+            config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+            live = build_runtime(config, self.executor, self._circuit_opened)
+        except ConfigError as e:
+            self.metrics.reload_success.set(0)
+            log.error("config reload failed; keeping the running config:\n%s", e)
+            raise
+        if config.store.url != self.config.store.url:
+            log.warning("store.url changed: restart the relay to use the new store")
+        self.live = live
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_time.set(time.time())
+        self.worker.wake()
+        log.info("config reloaded", extra=fields(routes=len(config.routes),
+                                                 receivers=len(config.receivers)))
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+            store_ok = True
+        except (StoreError, asyncio.TimeoutError):
+            store_ok = False
+        return {"config": True, "store": store_ok, "worker": self.worker.running}
+
+    def _circuit_opened(self, receiver: str, error: str) -> None:
+        fallback = self.config.delivery.fallback_receiver
+        if fallback and fallback != receiver:
+            asyncio.get_running_loop().create_task(self._notify_fallback(fallback, receiver, error))
+
+    async def _notify_fallback(self, fallback: str, receiver: str, error: str) -> None:
+        now = self.clock()
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        payload = {"event": "relay.receiver_failing", "delivery_id": "-", "timestamp": stamp,
+                   "receiver": receiver, "error": error}
+        event = Event(payload["event"], "-", stamp, None, payload)
+        jobs = [NewJob(fallback, i, "(fallback)", f"Receiver {receiver} is failing",
+                       f"The relay paused deliveries to {receiver!r} after repeated failures"
+                       f" and will probe it again. Last error: {error}", "failure", "text")
+                for i in range(len(self.config.receivers[fallback].urls))]
+        try:
+            await self.store.accept(event, f"circuit:{receiver}:{stamp}", jobs, now)
+        except StoreError as e:
+            log.error("could not queue the failing-receiver notice: %s", e)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_EVERY)
+            await self.purge()
+
+    async def purge(self) -> int:
+        """Delete finished events past retention, in small batches that let ingest through."""
+        total = 0
+        before = self.clock() - self.config.store.retention
+        try:
+            while (n := await self.store.purge(before, 500)) > 0:
+                total += n
+                await asyncio.sleep(0.05)
+        except StoreError as e:
+            log.warning("purge postponed: %s", e)
+        if total:
+            log.info("purged %d old events", total)
+        return total
+
+
+async def serve(config_path: str, env: Mapping[str, str] | None = None,
+                listen: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    relay = Relay(config_path, env)
+    app = relay.web_app()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    host, _, port = (listen or relay.config.server.listen).rpartition(":")
+    site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(relay)))
+    log.info("listening", extra=fields(listen=f"{host}:{port}", path=relay.config.server.path,
+                                       store=relay.config.store.url.split(":", 1)[0],
+                                       pid=os.getpid()))
+    await stop.wait()
+    log.info("shutting down (grace %.0fs)", relay.config.delivery.grace_period)
+    await site.stop()
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def _reload_quietly(relay: Relay) -> None:
+    try:
+        await relay.reload()
+    except ConfigError:
+        pass  # already logged; the old config keeps serving

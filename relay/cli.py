@@ -1,0 +1,308 @@
+"""`kourier-relay` commands. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from relay import __version__
+from relay import config as config_mod
+from relay.config import Config
+from relay.errors import ConfigError, InvalidEvent, RelayError, StoreError
+from relay.events import parse_event
+from relay.logs import scrub, setup
+from relay.store import Store, open_store
+
+DEFAULT_CONFIG_PATH = "/etc/kourier-relay/config.yaml"
+CONFIG_ENV = "KOURIER_RELAY_CONFIG"
+DEFAULT_PORT = 8080
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {scrub(message)}", err=True)
+    sys.exit(code)
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-c", "--config", "config_path", envvar=CONFIG_ENV,
+                        default=DEFAULT_CONFIG_PATH, show_default=True, metavar="FILE",
+                        help=f"Config file (env {CONFIG_ENV}).")(f)
+
+
+def guarded(f: Callable[..., T]) -> Callable[..., T]:
+    """Turn the relay's own errors into one readable line and a non-zero exit."""
+    @wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ConfigError as e:
+            for issue in e.issues:
+                click.echo(str(issue), err=True)
+            sys.exit(1)
+        except RelayError as e:
+            fail(str(e))
+    return wrapper
+
+
+def load_config(path: str) -> Config:
+    return config_mod.load(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kourier-relay")
+def main() -> None:
+    """Kourier delivery webhooks in, routed notifications out."""
+
+
+@main.command()
+@config_option
+@click.option("--listen", help="host:port, overriding server.listen.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]))
+@guarded
+def serve(config_path: str, listen: str | None, log_level: str, log_format: str) -> None:
+    """Run the relay."""
+    from relay.app import serve as run
+
+    setup(log_level, log_format)
+    asyncio.run(run(config_path, listen=listen))
+
+
+@main.command()
+@config_option
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@guarded
+def check(config_path: str, strict: bool) -> None:
+    """Validate the config without sending anything."""
+    from relay.lint import lint
+
+    issues = lint(config_path)
+    for issue in issues:
+        click.echo(str(issue))
+    errors = sum(1 for i in issues if i.severity == "error")
+    warnings = len(issues) - errors
+    if errors or (strict and warnings):
+        click.echo(f"{config_path}: {errors} error(s), {warnings} warning(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{config_path}: OK ({warnings} warning(s))", err=True)
+
+
+@main.command()
+@config_option
+@click.argument("event_file", metavar="EVENT.json|-", type=click.File("rb"))
+@click.option("--expect", help="Comma-separated receivers the event must reach (exit 1 if not).")
+@guarded
+def route(config_path: str, event_file: Any, expect: str | None) -> None:
+    """Dry run: show which routes an event matches and what would be sent."""
+    from relay.explain import explain
+
+    try:
+        event = parse_event(event_file.read())
+    except InvalidEvent as e:
+        fail(f"{event_file.name}: {e.error}: {e.details}")
+    report, receivers = explain(load_config(config_path), event)
+    click.echo(report)
+    if expect is not None:
+        wanted = [r for r in expect.split(",") if r]
+        if sorted(wanted) != sorted(receivers):
+            fail(f"expected receivers {','.join(wanted) or '(none)'}, got"
+                 f" {','.join(receivers) or '(none)'}")
+
+
+def _field(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{value!r} is not key=value")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def sample_event(event_type: str, delivery_id: str | None, status: str | None,
+                 extra: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event": event_type,
+        "delivery_id": delivery_id or f"test-{uuid.uuid4().hex[:8]}",
+        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if status or event_type == "delivery.updated":
+        body["status"] = status or "in_transit"
+    for key, value in extra:
+        target = body
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[last] = value
+    return body
+
+
+def _local_url(config: Config, path: str) -> str:
+    host = config.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{config.server.port}{path}"
+
+
+@main.command()
+@config_option
+@click.argument("event_type", default="delivery.updated")
+@click.option("--url", help="Webhook URL (default: from the config).")
+@click.option("--token", help="Bearer token (default: the config's first token).")
+@click.option("--delivery-id", help="Default: a fresh test-… id.")
+@click.option("--status", help="Delivery status (default in_transit for updates).")
+@click.option("--field", "extra", multiple=True, type=_field, metavar="KEY=VALUE",
+              help="Extra payload field; dotted keys nest, JSON values are parsed.")
+@guarded
+def send(config_path: str, event_type: str, url: str | None, token: str | None,
+         delivery_id: str | None, status: str | None, extra: tuple[tuple[str, Any], ...],
+         ) -> None:
+    """Fire a sample Kourier event at a running relay, like Kourier would."""
+    if not url or not token:
+        config = load_config(config_path)
+        url = url or _local_url(config, config.server.path)
+        token = token or config.server.tokens[0]
+    body = json.dumps(sample_event(event_type, delivery_id, status, list(extra))).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}",
+        "User-Agent": f"kourier-relay-send/{__version__}"})
+    click.echo(f"POST {url}\n{body.decode()}")
+    status_code, answer = _http(request)
+    click.echo(f"{status_code} {answer}")
+    if not 200 <= status_code < 300:
+        sys.exit(1)
+
+
+def _http(request: urllib.request.Request, timeout: float = 10.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        fail(f"cannot reach {request.full_url}: {reason}")
+    raise AssertionError("unreachable")
+
+
+@main.command()
+@click.option("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}/healthz", show_default=True)
+@click.option("--timeout", default=3.0, show_default=True)
+def healthcheck(url: str, timeout: float) -> None:
+    """Exit 0 when the relay answers /healthz (for container health checks)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as e:
+        fail(f"{url}: {getattr(e, 'reason', e)}")
+    sys.exit(0 if ok else 1)
+
+
+def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+    config = load_config(config_path)
+
+    async def go() -> T:
+        store = open_store(config.store.url)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+@main.command()
+@config_option
+@guarded
+def migrate(config_path: str) -> None:
+    """Create or upgrade the store's schema, then exit."""
+    from relay.store import SCHEMA_VERSION
+
+    async def noop(store: Store) -> None:
+        return None
+
+    run_store(config_path, noop)
+    click.echo(f"store schema is at version {SCHEMA_VERSION}")
+
+
+@main.group()
+def dead() -> None:
+    """Inspect and replay dead jobs."""
+
+
+@dead.command("list")
+@config_option
+@click.option("--receiver", help="Only this receiver's jobs.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool) -> None:
+    """List dead jobs."""
+    jobs = run_store(config_path, lambda s: s.dead(receiver, limit))
+    if as_json:
+        from relay.web import job_json
+
+        click.echo(json.dumps([job_json(j) for j in jobs], indent=2))
+        return
+    if not jobs:
+        click.echo("no dead jobs")
+        return
+    click.echo(f"{'JOB':>6}  {'RECEIVER':<16} {'DELIVERY':<14} {'ATTEMPTS':>8}  LAST ERROR")
+    for j in jobs:
+        click.echo(f"{j.id:>6}  {j.receiver:<16} {j.delivery_id:<14} {j.attempts:>8}"
+                   f"  {j.last_error[:80]}")
+
+
+@dead.command("show")
+@config_option
+@click.argument("job_id", type=int)
+@guarded
+def dead_show(config_path: str, job_id: int) -> None:
+    """Show one job: its event, rendered message and every attempt."""
+    detail = run_store(config_path, lambda s: s.detail(job_id))
+    if detail is None:
+        fail(f"no job {job_id}")
+    assert detail is not None
+    j = detail.job
+    click.echo(f"job {j.id}  state={j.state}  receiver={j.receiver}[{j.url_index}]"
+               f"  route={j.route}  attempts={j.attempts}")
+    click.echo(f"event: {json.dumps(detail.event)}")
+    click.echo(f"title: {j.title}\nbody:\n{j.body}\nattempts:")
+    for a in detail.history:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.at))
+        click.echo(f"  {at}  {a.outcome:<8} {a.duration:6.2f}s  {a.error}")
+
+
+@dead.command("replay")
+@config_option
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--receiver", help="Replay every dead job of this receiver.")
+@click.option("--all", "everything", is_flag=True, help="Replay every dead job.")
+@guarded
+def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None,
+                everything: bool) -> None:
+    """Queue dead jobs again, exactly as they were rendered."""
+    if not (job_ids or receiver or everything):
+        fail("give job ids, --receiver NAME or --all")
+    count = run_store(config_path, lambda s: s.replay(list(job_ids) or None, receiver,
+                                                      time.time()))
+    click.echo(f"replayed {count} job(s)")
+    if count == 0:
+        sys.exit(1)
+
+
+_ = StoreError  # re-exported for callers that catch it around run_store

@@ -1,0 +1,230 @@
+"""Apprise wrapper: cached plugin objects per URL, `send() -> Outcome`, redaction, `console://`.
+
+- Apprise's own retry and its hidden per-plugin throttle are switched off on
+  every object; the worker owns retries and rate limits.
+- A cached Apprise object is not safe for concurrent sends (stateful plugins
+  such as Matrix), so each URL has a small pool of objects and a thread
+  borrows one object for one send.
+- The HTTP status and `Retry-After` of the last response a send received are
+  read from `requests` on the sending thread (`_ResponseTap`), because
+  Apprise reports them only as text, if at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import apprise
+import requests
+
+from relay.config import Config, ReceiverConfig
+from relay.errors import Issue
+from relay.logs import scrub
+from relay.pipeline import Channel
+
+log = logging.getLogger(__name__)
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+CONSOLE_LOCK = threading.Lock()
+
+
+@apprise.decorators.notify(on="console", name="Console")
+def _console(body: str, title: str, notify_type: str, meta: dict[str, Any], *args: Any,
+             **kwargs: Any) -> bool:
+    """The built-in receiver: print the alert, so the example works with no account."""
+    stream = sys.stderr if meta.get("host") == "stderr" else sys.stdout
+    with CONSOLE_LOCK:
+        stream.write(f"\n=== [{notify_type.upper()}] {title}\n{body}\n")
+        stream.flush()
+    return True
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt gave: sent, retry (not before `min_delay`) or failed (permanent)."""
+
+    kind: str  # sent | retry | failed
+    error: str = ""
+    min_delay: float = 0.0
+    status: int | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.kind == "sent"
+
+
+SENT = Outcome("sent")
+
+
+class _ResponseTap(threading.local):
+    """The last HTTP response seen by `requests` on this thread during a send."""
+
+    active = False
+    status: int | None = None
+    retry_after: str | None = None
+
+
+_tap = _ResponseTap()
+_original_send = requests.Session.send
+
+
+def _tapped_send(self: requests.Session, request: Any, **kwargs: Any) -> Any:
+    response = _original_send(self, request, **kwargs)
+    if _tap.active:
+        _tap.status = response.status_code
+        _tap.retry_after = response.headers.get("Retry-After")
+    return response
+
+
+requests.Session.send = _tapped_send  # type: ignore[method-assign]
+
+
+def redact(url: str) -> str:
+    """Never show an Apprise URL: only its scheme survives."""
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    return f"{scheme}://***"
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def check_urls(config: Config) -> list[Issue]:
+    """Every URL must be accepted by an Apprise plugin; `retry=` is ours to own."""
+    issues = []
+    for rc in config.receivers.values():
+        for i, url in enumerate(rc.urls):
+            path = f"{rc.path}.urls[{i}]"
+            if apprise.Apprise.instantiate(url) is None:
+                issues.append(config.source.issue(
+                    path, f"no Apprise plugin accepts this URL ({redact(url)}); check its"
+                          " scheme and required parts"))
+            elif re.search(r"[?&]retry=", url):
+                issues.append(config.source.issue(
+                    path, "remove Apprise's retry= parameter: the relay owns retries"
+                          " (it is forced to 0)", "warning"))
+    return issues
+
+
+class Notifier:
+    """Sends rendered notifications to the receivers of one config."""
+
+    def __init__(self, receivers: Mapping[str, ReceiverConfig], executor: Executor,
+                 attempt_timeout: float) -> None:
+        self.receivers = receivers
+        self.executor = executor
+        self.attempt_timeout = attempt_timeout
+        self._pools: dict[tuple[str, int], queue.SimpleQueue[apprise.Apprise]] = {}
+        self._channels = {name: [self._channel(url) for url in rc.urls]
+                          for name, rc in receivers.items()}
+
+    def _channel(self, url: str) -> Channel:
+        plugin = apprise.Apprise.instantiate(url)
+        body_max = getattr(plugin, "body_maxlen", 0) or 0
+        title_max = getattr(plugin, "title_maxlen", 0) or 0
+        return Channel(scheme_of(url), redact(url), body_max, title_max)
+
+    def channels(self) -> dict[str, list[Channel]]:
+        return self._channels
+
+    def _borrow(self, receiver: str, index: int) -> apprise.Apprise | None:
+        pool = self._pools.setdefault((receiver, index), queue.SimpleQueue())
+        try:
+            return pool.get_nowait()
+        except queue.Empty:
+            return self._build(self.receivers[receiver].urls[index])
+
+    def _build(self, url: str) -> apprise.Apprise | None:
+        plugin = apprise.Apprise.instantiate(url)
+        if plugin is None:
+            return None
+        plugin.request_rate_per_sec = 0  # Apprise's hidden throttle: the relay rate-limits
+        plugin.retry = 0
+        plugin.socket_read_timeout = self.attempt_timeout
+        plugin.socket_connect_timeout = min(self.attempt_timeout, 10.0)
+        obj = apprise.Apprise()
+        obj.add(plugin)
+        return obj
+
+    async def send(self, receiver: str, index: int, title: str, body: str, notify_type: str,
+                   body_format: str) -> Outcome:
+        """Send in the bounded pool; a send that outlives the attempt timeout is a retry."""
+        if receiver not in self.receivers or index >= len(self.receivers[receiver].urls):
+            return Outcome("failed", f"receiver {receiver!r} (URL #{index}) is no longer"
+                                     " in the config")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, self.send_blocking, receiver, index, title,
+                                      body, notify_type, body_format)
+        try:
+            return await asyncio.wait_for(future, self.attempt_timeout + 1.0)
+        except asyncio.TimeoutError:
+            return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
+                           MIN_WAIT_AFTER_TIMEOUT)
+
+    def send_blocking(self, receiver: str, index: int, title: str, body: str, notify_type: str,
+                      body_format: str) -> Outcome:
+        obj = self._borrow(receiver, index)
+        if obj is None:
+            return Outcome("failed", "no Apprise plugin accepts this URL")
+        lines: list[str] = []
+        _tap.active, _tap.status, _tap.retry_after = True, None, None
+        try:
+            result = obj.notify(body=body, title=title, notify_type=notify_type,
+                                body_format=body_format,
+                                log_callback=lambda entry, _svc: lines.append(entry.message))
+            return classify(result, lines, _tap.status, _tap.retry_after)
+        except Exception as e:  # a plugin bug is one failed attempt, not a dead worker
+            return Outcome("retry", scrub(f"{type(e).__name__}: {e}"))
+        finally:
+            _tap.active = False
+            self._pools[(receiver, index)].put(obj)
+
+
+MIN_WAIT_AFTER_TIMEOUT = 60.0
+
+
+def classify(result: Any, lines: list[str], status: int | None, retry_after: str | None,
+             ) -> Outcome:
+    """Turn Apprise's per-target result (plus the HTTP status seen) into an Outcome."""
+    if bool(result):
+        return SENT
+    error = scrub("; ".join(dict.fromkeys(lines)) or "send failed")
+    statuses = [getattr(s, "status", None) for s in result]
+    if any(getattr(s, "name", "") == "TIMEOUT" for s in statuses):
+        return Outcome("retry", error or "timed out", MIN_WAIT_AFTER_TIMEOUT)
+    if status is None:
+        match = re.search(r"error=(\d{3})", error)
+        status = int(match.group(1)) if match else None
+    if status is None:
+        timeout = "timed out" in error.lower() or "timeout" in error.lower()
+        return Outcome("retry", error, MIN_WAIT_AFTER_TIMEOUT if timeout else 0.0)
+    wait = _retry_after(retry_after) if status in (429, 503) else 0.0
+    if status == 429:
+        wait = max(wait, MIN_WAIT_AFTER_TIMEOUT)
+    if status in RETRYABLE_STATUS or status >= 500:
+        return Outcome("retry", error, wait, status)
+    if 400 <= status < 500:
+        return Outcome("failed", error, 0.0, status)
+    return Outcome("retry", error, wait, status)  # e.g. 200 with a body the plugin rejected
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return 0.0
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return 0.0

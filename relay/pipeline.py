@@ -1,0 +1,87 @@
+"""`plan(event)`: routing + templating -> one Notification per receiver URL.
+
+Pure and shared by the server, the dry-run CLI and the test-send CLI, so what
+an operator previews is exactly what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from relay.config import Config
+from relay.events import Event
+from relay.routing import Match, Route, Router
+from relay.templating import Rendered, Templates, flavor_for
+
+log = logging.getLogger(__name__)
+ELLIPSIS = "…"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the pipeline needs to know about one receiver URL (never the URL itself)."""
+
+    scheme: str
+    label: str  # redacted, for display
+    body_max: int
+    title_max: int
+
+
+@dataclass(frozen=True)
+class Notification:
+    receiver: str
+    url_index: int
+    route: str
+    title: str
+    body: str
+    type: str
+    format: str
+    suppress_stale: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    match: Match
+    notifications: tuple[Notification, ...]
+
+
+class Planner:
+    def __init__(self, config: Config, router: Router, templates: Templates,
+                 channels: Mapping[str, Sequence[Channel]]) -> None:
+        self.config = config
+        self.router = router
+        self.templates = templates
+        self.channels = channels
+
+    def plan(self, event: Event) -> Plan:
+        match = self.router.match(event)
+        out: list[Notification] = []
+        for route, receiver in match.receivers:
+            for index, channel in enumerate(self.channels.get(receiver, ())):
+                out.append(self._notification(event, route, receiver, index, channel))
+        return Plan(match, tuple(out))
+
+    def _notification(self, event: Event, route: Route | None, receiver: str, index: int,
+                      channel: Channel) -> Notification:
+        name = route.name if route else ""
+        fmt = self.templates.compiled[name].format if name in self.templates.compiled else "text"
+        rendered = self.templates.render(name, event, flavor_for(channel.scheme, fmt))
+        title, body, cut = _fit(rendered, channel)
+        stale = route.config.suppress_stale if route and route.config.suppress_stale is not None \
+            else self.config.delivery.suppress_stale
+        return Notification(receiver, index, name or "(default)", title, body, rendered.type,
+                            rendered.format, stale, cut)
+
+
+def _fit(rendered: Rendered, channel: Channel) -> tuple[str, str, bool]:
+    """Cut title and body to the channel's limits, marking the cut with an ellipsis."""
+    title, body = rendered.title, rendered.body
+    cut = False
+    if channel.title_max and len(title) > channel.title_max:
+        title, cut = title[: channel.title_max - 1] + ELLIPSIS, True
+    if channel.body_max and len(body) > channel.body_max:
+        body, cut = body[: channel.body_max - 1] + ELLIPSIS, True
+    return title, body, cut

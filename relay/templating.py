@@ -1,0 +1,227 @@
+"""Sandboxed Jinja2 templates, compiled at load, rendered per route and channel.
+
+Payload values are data, never template source. Everything a template prints
+from `{{ ... }}` passes through `finalize`, which neutralises chat mentions
+(`@everyone`, `<!channel>`) and escapes HTML where the channel needs it, while
+the operator's literal template text is left alone. A field missing from the
+payload renders empty; a template that fails at render time falls back to the
+built-in one, so a notification is never lost to a template.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from relay.config import Config, TemplateConfig
+from relay.errors import ConfigError, Issue
+from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+MAX_OUTPUT = 16_384  # characters; bounds what a runaway template can produce
+DEFAULT_TITLE = (
+    '{%- if event == "delivery.created" -%}Delivery {{ delivery_id }} created'
+    '{%- elif event == "delivery.cancelled" -%}Delivery {{ delivery_id }} cancelled'
+    "{%- elif status -%}Delivery {{ delivery_id }}: {{ status | human_status }}"
+    "{%- else -%}Kourier {{ event }} for delivery {{ delivery_id }}{%- endif -%}"
+)
+DEFAULT_BODY = (
+    "{% if status %}Status: {{ status | human_status }}\n{% endif -%}"
+    "Time: {{ timestamp | localtime }}\n"
+    "Event: {{ event }}"
+)
+FAILED_STATUSES = frozenset({"failed", "returned", "lost", "exception", "undeliverable"})
+MENTION_SCHEMES = frozenset({"discord", "slack", "mmost", "mmosts", "rocket", "rockets",
+                             "zulip", "msteams", "guilded", "ryver", "gchat"})
+
+# The escaping for the channel being rendered; read by `finalize` at render time.
+_flavor: ContextVar[str] = ContextVar("flavor", default="")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    title: str
+    body: str
+    type: str
+    format: str
+
+
+def human_status(value: Any) -> str:
+    """`in_transit` -> `In transit`."""
+    text = str(value or "").replace("_", " ").replace("-", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def localtime(value: Any, tz: str | None = None, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    """An ISO timestamp shown in a time zone (the config's `timezone` by default)."""
+    if not value:
+        return ""
+    try:
+        moment = value if isinstance(value, datetime) else parse_timestamp(str(value))
+        return moment.astimezone(ZoneInfo(tz or _default_tz.get())).strftime(fmt)
+    except (ValueError, ZoneInfoNotFoundError):
+        return str(value)
+
+
+_default_tz: ContextVar[str] = ContextVar("default_tz", default="UTC")
+
+
+def _finalize(value: Any) -> Any:
+    if value is None or isinstance(value, jinja2.Undefined):
+        return ""
+    flavor = _flavor.get()
+    if not flavor:
+        return value
+    text = str(value)
+    if "mentions" in flavor:
+        text = text.replace("@", "@\u200b").replace("<!", "<\u200b!")
+    if "html" in flavor:
+        text = html.escape(text)
+    return text
+
+
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(undefined=jinja2.ChainableUndefined, finalize=_finalize,
+                               autoescape=False, keep_trailing_newline=False)
+    env.filters["human_status"] = human_status
+    env.filters["localtime"] = localtime
+    return env
+
+
+ENV = _environment()
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    title: jinja2.Template
+    body: jinja2.Template
+    type: str | None
+    format: str
+    fields: frozenset[str]
+
+
+def default_type(event: Event) -> str:
+    if event.type == "delivery.cancelled":
+        return "warning"
+    if event.status == "delivered":
+        return "success"
+    if event.status in FAILED_STATUSES:
+        return "failure"
+    return "info"
+
+
+class Templates:
+    """Every route's template, compiled once; `render()` never raises."""
+
+    def __init__(self, compiled: Mapping[str, CompiledTemplate], timezone: str) -> None:
+        self.compiled = compiled
+        self.timezone = timezone
+        self.default = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Templates:
+        issues: list[Issue] = []
+        compiled = {}
+        for route in config.routes:
+            base = config.templates.get(route.template_ref, TemplateConfig())
+            merged = _merge(base, route.template)
+            try:
+                compiled[route.name] = _compile_template(merged)
+            except jinja2.TemplateSyntaxError as e:
+                where = route.template if _field_of(route.template, e) else base
+                key = _field_of(where, e) or "body"
+                issues.append(config.source.issue(
+                    f"{where.path}.{key}", f"template syntax error: {e.message}"))
+        try:
+            ZoneInfo(config.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            issues.append(config.source.issue("timezone", f"unknown time zone {config.timezone!r}"))
+        if issues:
+            raise ConfigError(issues)
+        return cls(compiled, config.timezone)
+
+    def render(self, route: str | None, event: Event, flavor: str = "") -> Rendered:
+        template = self.compiled.get(route or "", self.default)
+        context = {**event.payload, "payload": event.payload}
+        token_f, token_tz = _flavor.set(flavor), _default_tz.set(self.timezone)
+        try:
+            return self._render(template, context, event)
+        except Exception as e:  # a template bug must not lose the notification
+            log.warning("template for route %s failed (%s); using the built-in one", route, e)
+            return self._render(self.default, context, event)
+        finally:
+            _flavor.reset(token_f)
+            _default_tz.reset(token_tz)
+
+    def _render(self, t: CompiledTemplate, context: dict[str, Any], event: Event) -> Rendered:
+        title = t.title.render(context).strip()[:MAX_OUTPUT]
+        body = t.body.render(context).strip()[:MAX_OUTPUT]
+        return Rendered(title, body, t.type or default_type(event), t.format)
+
+
+def _merge(base: TemplateConfig, override: TemplateConfig) -> TemplateConfig:
+    values = {k: getattr(override, k) if getattr(override, k) is not None else getattr(base, k)
+              for k in ("title", "body", "type", "format")}
+    return TemplateConfig(**values, path=override.path)
+
+
+def _field_of(template: TemplateConfig, error: jinja2.TemplateSyntaxError) -> str:
+    for key in ("title", "body"):
+        source = getattr(template, key)
+        if source is not None and _syntax_error(source):
+            return key
+    return ""
+
+
+def _syntax_error(source: str) -> bool:
+    try:
+        ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return True
+    return False
+
+
+def _compile_template(t: TemplateConfig) -> CompiledTemplate:
+    return _compile_pair(t.title if t.title is not None else DEFAULT_TITLE,
+                         t.body if t.body is not None else DEFAULT_BODY, t.type, t.format or "text")
+
+
+def _compile_pair(title: str, body: str, type_: str | None, fmt: str) -> CompiledTemplate:
+    fields = referenced_fields(title) | referenced_fields(body)
+    return CompiledTemplate(ENV.from_string(title), ENV.from_string(body), type_, fmt, fields)
+
+
+def referenced_fields(source: str) -> frozenset[str]:
+    """Top-level payload fields a template reads (`payload.x` counts as `x`)."""
+    ast = ENV.parse(source)
+    names = set(meta.find_undeclared_variables(ast))
+    for node in ast.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "payload":
+            names.add(node.attr)
+    names.discard("payload")
+    return frozenset(names)
+
+
+def undocumented_fields(t: CompiledTemplate) -> frozenset[str]:
+    return t.fields - DOCUMENTED_FIELDS
+
+
+def flavor_for(scheme: str, body_format: str) -> str:
+    """How `{{ }}` output is escaped for a channel: mentions off in chats, HTML escaped in HTML."""
+    parts = []
+    if scheme in MENTION_SCHEMES:
+        parts.append("mentions")
+    if body_format == "html":
+        parts.append("html")
+    return "+".join(parts)

@@ -1,0 +1,280 @@
+"""aiohttp app factory: the webhook, health, metrics and the admin API.
+
+Every error answer has the shape `{"error": ..., "details": ...}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.config import Config
+from relay.errors import InvalidEvent, StoreError
+from relay.events import dedup_key, parse_event
+from relay.logs import fields
+from relay.metrics import Metrics
+from relay.pipeline import Planner
+from relay.store import Job, Store
+
+log = logging.getLogger(__name__)
+JSON_TYPES = ("application/json",)
+
+
+class LiveRuntime(Protocol):
+    config: Config
+    planner: Planner
+
+
+@dataclass
+class Services:
+    store: Store
+    metrics: Metrics
+    runtime: Callable[[], LiveRuntime]
+    reload: Callable[[], Awaitable[None]]
+    readiness: Callable[[], Awaitable[dict[str, bool]]]
+    clock: Callable[[], float] = time.time
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def error(status: int, err: str, details: str, headers: dict[str, str] | None = None,
+          ) -> web.Response:
+    return web.json_response({"error": err, "details": details}, status=status, headers=headers)
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def bearer_ok(header: str | None, secrets: Sequence[str]) -> bool:
+    """Constant-time check of `Bearer <token>` against every configured token."""
+    if not header:
+        return False
+    raw = header.encode("utf-8", "surrogateescape")
+    scheme, _, token = raw.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return False
+    given = _digest(token.strip())
+    ok = False
+    for secret in secrets:  # no early exit: time does not depend on which token matched
+        ok |= hmac.compare_digest(given, _digest(secret.encode()))
+    return ok
+
+
+def _unauthorized(details: str) -> web.Response:
+    return error(401, "Unauthorized", details,
+                 {"WWW-Authenticate": 'Bearer realm="kourier-relay"'})
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    request["request_id"] = rid
+    response = await handler(request)
+    response.headers["X-Request-Id"] = rid
+    return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error(e.status, e.reason, e.text or e.reason)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 before reading when it is (or grows) over the limit."""
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
+    return body
+
+
+def check_content_type(request: web.Request) -> None:
+    ctype = request.content_type.lower()
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise InvalidEvent("Unsupported media type",
+                           f"Content-Type must be application/json, got {ctype or 'none'}", 415)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    rt = s.runtime()
+    rid = request["request_id"]
+    if not bearer_ok(request.headers.get("Authorization"), rt.config.server.tokens):
+        s.metrics.events.labels("", "rejected_auth").inc()
+        log.warning("rejected: bad or missing token", extra=fields(request_id=rid))
+        return _unauthorized("missing or invalid bearer token")
+    try:
+        check_content_type(request)
+        event = parse_event(await read_body(request, rt.config.server.max_body_bytes))
+    except InvalidEvent as e:
+        s.metrics.events.labels("", f"rejected_{e.status}").inc()
+        log.warning("rejected: %s", e, extra=fields(request_id=rid))
+        return error(e.status, e.error, e.details)
+    if s.store.backlog_estimate() >= rt.config.store.max_backlog:
+        s.metrics.events.labels(event.type, "rejected_backlog").inc()
+        log.warning("rejected: backlog full", extra=fields(request_id=rid))
+        return error(503, "Backlog full", "too many notifications are waiting; retry later",
+                     {"Retry-After": "30"})
+    plan = rt.planner.plan(event)
+    try:
+        accepted = await s.store.accept(event, dedup_key(event, rt.config.store.dedup_fields),
+                                        plan.notifications, s.clock())
+    except StoreError as e:
+        s.metrics.events.labels(event.type, "rejected_store").inc()
+        log.error("store unavailable: %s", e, extra=fields(request_id=rid))
+        return error(503, "Store unavailable", "the event could not be stored; retry later",
+                     {"Retry-After": "5"})
+    info = fields(request_id=rid, event_id=accepted.event_id, delivery_id=event.delivery_id,
+                  type=event.type, routes=",".join(r.name for r in plan.match.routes) or "-",
+                  receivers=",".join(plan.match.receiver_names) or "-", jobs=accepted.jobs)
+    if accepted.duplicate:
+        s.metrics.events.labels(event.type, "duplicate").inc()
+        log.info("duplicate event", extra=info)
+        return web.json_response({"id": accepted.event_id, "status": "duplicate"}, status=200)
+    s.metrics.events.labels(event.type, "accepted").inc()
+    if accepted.suppressed:
+        log.info("accepted; notifications suppressed: %s", accepted.suppressed, extra=info)
+    elif not event.known:
+        log.warning("accepted unhandled event type %r", event.type, extra=info)
+    else:
+        log.info("accepted", extra=info)
+    return web.json_response({"id": accepted.event_id, "status": "accepted",
+                              "notifications": accepted.jobs}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[SERVICES].readiness()
+    ready = all(checks.values())
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                             status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    try:
+        stats = await s.store.stats()
+        s.metrics.queue_depth.set(stats.backlog)
+        s.metrics.dead_jobs.set(stats.dead)
+        age = s.clock() - stats.oldest_pending_at if stats.oldest_pending_at else 0.0
+        s.metrics.oldest_pending.set(max(0.0, age))
+    except StoreError as e:
+        log.warning("metrics: store unavailable: %s", e)
+    body = generate_latest(s.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# ---------------------------------------------------------------- admin API
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if not request.path.startswith("/-/"):
+        return await handler(request)
+    token = request.app[SERVICES].runtime().config.server.admin_token
+    if not token:
+        return error(403, "Forbidden", "the admin API is off: set server.admin_token")
+    if not bearer_ok(request.headers.get("Authorization"), [token]):
+        return _unauthorized("missing or invalid admin token")
+    return await handler(request)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    out = asdict(job)
+    out.pop("claim_token", None)
+    return out
+
+
+async def dead_list(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    limit = _int_param(request, "limit", 100)
+    jobs = await s.store.dead(request.query.get("receiver"), limit)
+    return web.json_response({"jobs": [job_json(j) for j in jobs]})
+
+
+async def dead_show(request: web.Request) -> web.Response:
+    detail = await request.app[SERVICES].store.detail(_int_param(request, "id", 0, match=True))
+    if detail is None:
+        return error(404, "Not found", f"no job {request.match_info['id']}")
+    return web.json_response({"job": job_json(detail.job), "event": detail.event,
+                              "attempts": [asdict(a) for a in detail.history]})
+
+
+async def dead_replay(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    try:
+        spec = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        return error(400, "Invalid JSON", "body must be a JSON object")
+    if not isinstance(spec, dict) or not (spec.get("ids") or spec.get("receiver")
+                                          or spec.get("all") is True):
+        return error(400, "Invalid request data",
+                     'give "ids": [..], "receiver": "name" or "all": true')
+    ids = spec.get("ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+        return error(400, "Invalid request data", '"ids" must be a list of job ids')
+    count = await s.store.replay(ids, spec.get("receiver"), s.clock())
+    return web.json_response({"replayed": count})
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    try:
+        await s.reload()
+    except Exception as e:  # the old config keeps serving; say why
+        return error(400, "Reload failed", str(e))
+    return web.json_response({"status": "reloaded"})
+
+
+def _int_param(request: web.Request, name: str, default: int, match: bool = False) -> int:
+    raw = request.match_info.get(name) if match else request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(reason="Invalid request data", text=f"{name} must be a number")
+    return int(raw)
+
+
+async def _store_errors_to_503(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StoreError as e:
+        return error(503, "Store unavailable", str(e), {"Retry-After": "5"})
+
+
+def create_app(services: Services, webhook_path: str = "/webhook",
+               max_body: int = 65536) -> web.Application:
+    app = web.Application(
+        middlewares=[request_ids, json_errors, web.middleware(_store_errors_to_503), admin_auth],
+        client_max_size=max(max_body, 1024 * 1024))
+    app[SERVICES] = services
+    app.router.add_post(webhook_path, webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/-/dead", dead_list)
+    app.router.add_get("/-/dead/{id}", dead_show)
+    app.router.add_post("/-/dead/replay", dead_replay)
+    app.router.add_post("/-/reload", reload_config)
+    return app

@@ -1,0 +1,197 @@
+"""Shared fixtures: real servers on free ports, real files, no mocks of our own modules."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from relay.app import Relay
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+                   message: str = "condition") -> Any:
+    """Poll a condition (sync or async) until it is truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+                  message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class Sink:
+    """A local HTTP server behind Apprise `json://`: records what arrives, fails on demand."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    # path -> list of behaviours consumed in order: int status, ("status", headers), "hang"
+    script: dict[str, list[Any]] = field(default_factory=dict)
+    default_status: int = 200
+    delay: float = 0.0
+    port: int = 0
+    hits: list[str] = field(default_factory=list)
+
+    def url(self, path: str = "", **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"json://127.0.0.1:{self.port}/{path.lstrip('/')}" + (f"?{query}" if query else "")
+
+    def messages(self, path: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.received if path is None or r["path"] == "/" + path.lstrip("/")]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.hits.append(request.path)
+        plan = self.script.get(request.path)
+        action: Any = plan.pop(0) if plan else self.default_status
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if action == "hang":
+            await asyncio.sleep(3600)
+        status, headers = action if isinstance(action, tuple) else (action, {})
+        if status < 300:
+            self.received.append({"path": request.path, **body})
+        return web.Response(status=status, headers=headers, text="ok")
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = Sink()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", s.handle)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    s.port = server.port
+    yield s
+    await server.close()
+
+
+def write_config(path: Path, body: str, **values: Any) -> Path:
+    """Write a config whose text may use {placeholders} (e.g. {sink}, {db})."""
+    path.write_text(textwrap.dedent(body).format(**values))
+    return path
+
+
+BASE_CONFIG = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}", "second-token"]
+  admin_token: admin-secret
+store:
+  url: "sqlite:{db}"
+delivery:
+  grace_period: 2s
+  retry:
+    schedule: [0, 0.1, 0.2]
+    jitter: 0
+"""
+
+
+@dataclass
+class RunningRelay:
+    relay: Relay
+    url: str
+    session: ClientSession
+
+    async def post(self, payload: Any = None, token: str | None = TOKEN, raw: bytes | None = None,
+                   content_type: str = "application/json", headers: dict[str, str] | None = None,
+                   path: str = "/webhook") -> tuple[int, Any, Any]:
+        import json as _json
+
+        h = {"Content-Type": content_type, **(headers or {})}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else _json.dumps(payload).encode()
+        async with self.session.post(self.url + path, data=data, headers=h) as r:
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = await r.text()
+            return r.status, body, r.headers
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start the relay as a real aiohttp server on a free port; extra YAML is appended."""
+    started: list[tuple[TestServer, RunningRelay]] = []
+
+    async def start(extra: str = "", env: dict[str, str] | None = None, **values: Any,
+                    ) -> RunningRelay:
+        port = free_port()
+        values = {"port": port, "token": TOKEN, "db": tmp_path / "relay.db", **values}
+        cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + textwrap.dedent(extra),
+                           **values)
+        relay = Relay(str(cfg), env=env or {})
+        server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
+        await server.start_server()
+        running = RunningRelay(relay, f"http://127.0.0.1:{port}", ClientSession())
+        started.append((server, running))
+        return running
+
+    yield start
+    for server, r in reversed(started):
+        await r.session.close()
+        await server.close()
+
+
+def relay_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay", *args]
+
+
+def spawn_relay(config: Path, env: dict[str, str] | None = None, log: Path | None = None,
+                ) -> subprocess.Popen[bytes]:
+    """The relay as its users start it: `python -m relay serve -c FILE` in a subprocess."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(relay_cmd("serve", "-c", str(config)), stdout=out,
+                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=config.parent)
+
+
+def wait_healthy(port: int, timeout: float = 10.0) -> None:
+    import urllib.request
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for_sync(up, timeout, message=f"relay on port {port} to be ready")
