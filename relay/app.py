@@ -88,7 +88,7 @@ class Relay:
         self.executor = ThreadPoolExecutor(max_workers=config.delivery.concurrency,
                                            thread_name_prefix="send")
         self.live = build_runtime(config, self.executor, self._circuit_opened)
-        self.store: Store = open_store(config.store.url)
+        self.store: Store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
         self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
         self._tasks: list[asyncio.Task[Any]] = []
         self.metrics.reload_success.set(1)
@@ -140,7 +140,7 @@ class Relay:
         self.live = live
         self.metrics.reload_success.set(1)
         self.metrics.reload_time.set(time.time())
-        self.worker.wake()
+        self.worker.config_changed()
         log.info("config reloaded", extra=fields(routes=len(config.routes),
                                                  receivers=len(config.receivers)))
 

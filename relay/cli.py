@@ -215,7 +215,7 @@ def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]
     config = load_config(config_path)
 
     async def go() -> T:
-        store = open_store(config.store.url)
+        store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
         await store.open()
         try:
             return await action(store)

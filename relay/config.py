@@ -78,6 +78,7 @@ class ServerConfig:
     tokens: tuple[str, ...] = ()
     admin_token: str = ""
     max_body_bytes: int = 65536
+    watch_config: bool = False
 
     @property
     def host(self) -> str:
@@ -94,6 +95,7 @@ class StoreConfig:
     dedup_fields: tuple[str, ...] = ()
     retention: float = 7 * 86400.0
     max_backlog: int = 100_000
+    busy_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ def _yaml_error(file: str, e: yaml.YAMLError) -> Issue:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     line = mark.line + 1 if mark else 1
     problem = getattr(e, "problem", None) or str(e)
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start and start.line + 1 != line:  # the cause is often where it started
+        problem += f" ({context} that starts on line {start.line + 1})"
     return Issue(file, line, "", f"invalid YAML: {problem}")
 
 
@@ -236,7 +241,9 @@ def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
         if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise ValueError(f"expected {label}, got {_kind(v)}")
         if not isinstance(v, kind):
-            raise ValueError(f"expected {label}, got {_kind(v)}")
+            hint = " (put it in quotes)" if kind is str and _kind(v) in ("a number", "a boolean") \
+                else ""
+            raise ValueError(f"expected {label}, got {_kind(v)}{hint}")
         return v
     return conv
 
@@ -315,9 +322,9 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
          "templates": _MAP, "routes": _expect(list, "a list"), "default_receiver": _STR,
          "timezone": _STR},
     "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
-               "max_body_bytes": _int(256, 64 * 1024 * 1024)},
+               "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL},
     "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
-              "max_backlog": _int(1)},
+              "max_backlog": _int(1), "busy_timeout": duration},
     "delivery": {"concurrency": _int(1, 512), "attempt_timeout": duration,
                  "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
                  "suppress_stale": _BOOL, "fallback_receiver": _STR},
@@ -417,7 +424,7 @@ def _build(raw: Any, c: _Checker) -> Config | None:
 
 def _server(data: dict[str, Any], c: _Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
-    if not tokens:
+    if not tokens and not any(i.path.startswith("server.tokens") for i in c.issues):
         c.error("server.tokens", "at least one non-empty webhook token is required")
     return ServerConfig(**{**data, "tokens": tokens})
 
@@ -489,17 +496,24 @@ def _check_references(config: Config, c: _Checker) -> None:
     for route in config.routes:
         for i, name in enumerate(route.receivers):
             if name not in config.receivers:
-                c.error(f"{route.path}.receivers[{i}]", f'undefined receiver "{name}"')
+                c.error(f"{route.path}.receivers[{i}]", _undefined_receiver(name))
         named = route.template_ref
         if named and named not in config.templates:
             c.error(f"{route.path}.template", f'undefined template "{named}"')
     for key in ("default_receiver",):
         name = getattr(config, key)
         if name and name not in config.receivers:
-            c.error(key, f'undefined receiver "{name}"')
+            c.error(key, _undefined_receiver(name))
     fallback = config.delivery.fallback_receiver
     if fallback and fallback not in config.receivers:
-        c.error("delivery.fallback_receiver", f'undefined receiver "{fallback}"')
+        c.error("delivery.fallback_receiver", _undefined_receiver(fallback))
+
+
+def _undefined_receiver(name: str) -> str:
+    if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
+        return ("expected a receiver name, got a URL: define the URL under receivers:"
+                " and use that receiver's name here")
+    return f'undefined receiver "{name}"'
 
 
 def used_receivers(config: Config) -> set[str]:

@@ -6,7 +6,7 @@
   such as Matrix), so each URL has a small pool of objects and a thread
   borrows one object for one send.
 - The HTTP status and `Retry-After` of the last response a send received are
-  read from `requests` on the sending thread (`_ResponseTap`), because
+  read from `requests` (`_tap`), because
   Apprise reports them only as text, if at all.
 """
 
@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -66,23 +67,24 @@ class Outcome:
 SENT = Outcome("sent")
 
 
-class _ResponseTap(threading.local):
-    """The last HTTP response seen by `requests` on this thread during a send."""
-
-    active = False
-    status: int | None = None
-    retry_after: str | None = None
-
-
-_tap = _ResponseTap()
+# The last HTTP response `requests` saw during one of our sends. A context
+# variable, not a thread-local: Apprise may run the plugin on its own pool, but
+# it copies the caller's context there.
+_tap: ContextVar[dict[str, Any] | None] = ContextVar("response_tap", default=None)
 _original_send = requests.Session.send
 
 
 def _tapped_send(self: requests.Session, request: Any, **kwargs: Any) -> Any:
-    response = _original_send(self, request, **kwargs)
-    if _tap.active:
-        _tap.status = response.status_code
-        _tap.retry_after = response.headers.get("Retry-After")
+    box = _tap.get()
+    try:
+        response = _original_send(self, request, **kwargs)
+    except requests.Timeout:
+        if box is not None:  # Apprise reports this as a mere "connection error"
+            box["timeout"] = True
+        raise
+    if box is not None:
+        box["status"] = response.status_code
+        box["retry_after"] = response.headers.get("Retry-After")
     return response
 
 
@@ -177,16 +179,20 @@ class Notifier:
         if obj is None:
             return Outcome("failed", "no Apprise plugin accepts this URL")
         lines: list[str] = []
-        _tap.active, _tap.status, _tap.retry_after = True, None, None
+        box: dict[str, Any] = {}
+        token = _tap.set(box)
         try:
             result = obj.notify(body=body, title=title, notify_type=notify_type,
                                 body_format=body_format,
                                 log_callback=lambda entry, _svc: lines.append(entry.message))
-            return classify(result, lines, _tap.status, _tap.retry_after)
+            if box.get("timeout") and not result:
+                return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
+                               MIN_WAIT_AFTER_TIMEOUT)
+            return classify(result, lines, box.get("status"), box.get("retry_after"))
         except Exception as e:  # a plugin bug is one failed attempt, not a dead worker
             return Outcome("retry", scrub(f"{type(e).__name__}: {e}"))
         finally:
-            _tap.active = False
+            _tap.reset(token)
             self._pools[(receiver, index)].put(obj)
 
 
@@ -208,6 +214,7 @@ def classify(result: Any, lines: list[str], status: int | None, retry_after: str
     if status is None:
         timeout = "timed out" in error.lower() or "timeout" in error.lower()
         return Outcome("retry", error, MIN_WAIT_AFTER_TIMEOUT if timeout else 0.0)
+    error = f"HTTP {status}: {error}"
     wait = _retry_after(retry_after) if status in (429, 503) else 0.0
     if status == 429:
         wait = max(wait, MIN_WAIT_AFTER_TIMEOUT)

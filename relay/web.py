@@ -100,10 +100,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 before reading when it is (or grows) over the limit."""
     if request.content_length is not None and request.content_length > limit:
         raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
-    body = await request.content.read(limit + 1)
+    body = bytearray()
+    while len(body) <= limit:  # read(n) returns what has arrived so far, not n bytes
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     if len(body) > limit:
         raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
-    return body
+    return bytes(body)
 
 
 def check_content_type(request: web.Request) -> None:

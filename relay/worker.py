@@ -25,6 +25,7 @@ from relay.store import Attempt, Bucket, Circuit, Job, Store, new_owner
 
 log = logging.getLogger(__name__)
 POLL = 1.0  # re-check every receiver at least this often (other processes add jobs too)
+ORPHAN_CHECK = 30.0
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Worker:
         self._per_receiver: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._orphans_at = 0.0
+        self.ticks = 0  # completed passes over the receivers (tests wait on it)
         self._stopping = False
         self.running = False
         self.paused = False
@@ -59,11 +62,17 @@ class Worker:
         self._not_before.clear()
         self._wake.set()
 
+    def config_changed(self) -> None:
+        """A reload may have removed receivers: look for their jobs now."""
+        self._orphans_at = 0.0
+        self.wake()
+
     async def run(self) -> None:
         self.running = True
         backoff = 0.5
         try:
             while not self._stopping:
+                self._wake.clear()  # before the tick, so a wake-up during it is not lost
                 try:
                     wait = await self._tick()
                     backoff = 0.5
@@ -75,7 +84,6 @@ class Worker:
             self.running = False
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
         except asyncio.TimeoutError:
@@ -99,14 +107,27 @@ class Worker:
                 name, free, now, rt.config.delivery.lease, self.owner,
                 Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
                 _circuit(rt.config))
-            self.metrics.circuit_open.labels(name).set(
-                1 if result.wait_until and not result.jobs and not rc.rate_limit else 0)
+            self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
             for job in result.jobs:
                 self._start(job, rt)
             if len(result.jobs) < free:
                 self._not_before[name] = min(result.wait_until or now + POLL, now + POLL)
                 wake_at = min(wake_at, self._not_before[name])
+        if now >= self._orphans_at:
+            self._orphans_at = now + ORPHAN_CHECK
+            await self._bury_orphans(rt, now)
+        self.ticks += 1
         return wake_at - now
+
+    async def _bury_orphans(self, rt: Runtime, now: float) -> None:
+        """Jobs whose receiver left the config go dead with that reason (replay after a fix)."""
+        for name in await self.store.active_receivers() - set(rt.config.receivers):
+            result = await self.store.claim(name, 100, now, rt.config.delivery.lease, self.owner,
+                                            None, _circuit(rt.config))
+            for job in result.jobs:
+                why = f"receiver {name!r} is no longer in the config"
+                await self.store.bury(job, Attempt(now, "failed", why))
+                log.error("dead: %s", why, extra=fields(job_id=job.id, receiver=name))
 
     def _start(self, job: Job, rt: Runtime) -> None:
         task = asyncio.create_task(self._attempt(job, rt))

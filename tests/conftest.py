@@ -87,7 +87,7 @@ class Sink:
             await asyncio.sleep(3600)
         status, headers = action if isinstance(action, tuple) else (action, {})
         if status < 300:
-            self.received.append({"path": request.path, **body})
+            self.received.append({"path": request.path, "arrived": time.monotonic(), **body})
         return web.Response(status=status, headers=headers, text="ok")
 
 
@@ -104,8 +104,11 @@ async def sink() -> AsyncIterator[Sink]:
 
 
 def write_config(path: Path, body: str, **values: Any) -> Path:
-    """Write a config whose text may use {placeholders} (e.g. {sink}, {db})."""
-    path.write_text(textwrap.dedent(body).format(**values))
+    """Write a config whose text may use {placeholders} (e.g. {db}); other braces stay."""
+    text = textwrap.dedent(body)
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", str(value))
+    path.write_text(text)
     return path
 
 
@@ -113,15 +116,15 @@ BASE_CONFIG = """\
 server:
   listen: 127.0.0.1:{port}
   tokens: ["{token}", "second-token"]
-  admin_token: admin-secret
+  admin_token: {admin}
 store:
   url: "sqlite:{db}"
+  {store}
 delivery:
-  grace_period: 2s
-  retry:
-    schedule: [0, 0.1, 0.2]
-    jitter: 0
+  {delivery}
 """
+DELIVERY = """grace_period: 2s
+  retry: {schedule: [0, 0.1, 0.2], jitter: 0}"""
 
 
 @dataclass
@@ -152,13 +155,14 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start the relay as a real aiohttp server on a free port; extra YAML is appended."""
     started: list[tuple[TestServer, RunningRelay]] = []
 
-    async def start(extra: str = "", env: dict[str, str] | None = None, **values: Any,
-                    ) -> RunningRelay:
+    async def start(extra: str = "", env: dict[str, str] | None = None,
+                    clock: Callable[[], float] = time.time, **values: Any) -> RunningRelay:
         port = free_port()
-        values = {"port": port, "token": TOKEN, "db": tmp_path / "relay.db", **values}
+        values = {"port": port, "token": TOKEN, "db": tmp_path / "relay.db",
+                  "delivery": DELIVERY, "store": "", "admin": "admin-secret", **values}
         cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + textwrap.dedent(extra),
                            **values)
-        relay = Relay(str(cfg), env=env or {})
+        relay = Relay(str(cfg), env=env or {}, clock=clock)
         server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
         await server.start_server()
         running = RunningRelay(relay, f"http://127.0.0.1:{port}", ClientSession())
@@ -169,6 +173,19 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     for server, r in reversed(started):
         await r.session.close()
         await server.close()
+
+
+class FakeClock:
+    """An injectable clock for retry schedules: tests move time, the worker follows."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def relay_cmd(*args: str) -> list[str]:

@@ -103,7 +103,8 @@ class Bucket:
 @dataclass(frozen=True)
 class ClaimResult:
     jobs: list[Job]
-    wait_until: float | None = None  # when this receiver may have capacity again
+    wait_until: float | None = None  # when this receiver may have work or capacity again
+    paused: bool = False  # its circuit is open
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Store(Protocol):
                           ) -> bool: ...
     async def bury(self, job: Job, attempt: Attempt) -> None: ...
     async def release(self, job: Job) -> None: ...
-    async def due_receivers(self, now: float) -> dict[str, float]: ...
+    async def active_receivers(self) -> set[str]: ...
     async def stats(self) -> Stats: ...
     def backlog_estimate(self) -> int: ...
     async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]: ...
@@ -156,6 +157,6 @@ def open_store(url: str, **options: Any) -> Store:
             raise StoreError(
                 "the PostgreSQL store needs asyncpg: pip install 'kourier-relay[postgres]'"
             ) from e
-        return PostgresStore(url, **options)
+        return PostgresStore(url)  # lock waits are the server's business
     raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}:"
                      " use sqlite: or postgresql://")

@@ -318,7 +318,7 @@ class SQLiteStore:
                ) -> ClaimResult:
         failures, open_until = self._receiver(conn, receiver, circuit)
         if open_until > now:
-            return ClaimResult([], open_until)
+            return ClaimResult([], open_until, paused=True)
         if failures >= circuit.failures:  # half-open: one probe at a time
             busy = conn.execute("SELECT 1 FROM jobs WHERE receiver=? AND state='claimed'"
                                 " AND lease_until>? LIMIT 1", (receiver, now)).fetchone()
@@ -339,7 +339,17 @@ class SQLiteStore:
             (token, owner, now + lease, receiver, now, now, limit)).fetchall()
         if bucket and rows:
             conn.execute("UPDATE receivers SET tokens=tokens-? WHERE name=?", (len(rows), receiver))
-        return ClaimResult(sorted((_row_job(r) for r in rows), key=lambda j: j.id))
+        jobs = sorted((_row_job(r) for r in rows), key=lambda j: j.id)
+        return ClaimResult(jobs, None if len(jobs) == limit else self._next_due(conn, receiver))
+
+    @staticmethod
+    def _next_due(conn: sqlite3.Connection, receiver: str) -> float | None:
+        pending = conn.execute("SELECT min(next_attempt_at) FROM jobs WHERE state='pending'"
+                               " AND receiver=?", (receiver,)).fetchone()[0]
+        lease = conn.execute("SELECT min(lease_until) FROM jobs WHERE state='claimed'"
+                             " AND receiver=?", (receiver,)).fetchone()[0]
+        times = [t for t in (pending, lease) if t is not None]
+        return min(times) if times else None
 
     @staticmethod
     def _receiver(conn: sqlite3.Connection, name: str, circuit: Circuit,
@@ -402,15 +412,9 @@ class SQLiteStore:
                      (now + cooldown, cooldown, receiver))
         return failures == circuit.failures
 
-    async def due_receivers(self, now: float) -> dict[str, float]:
-        return await self._call(self._due)
-
-    def _due(self, conn: sqlite3.Connection) -> dict[str, float]:
-        rows = conn.execute(
-            "SELECT receiver, min(CASE state WHEN 'pending' THEN next_attempt_at"
-            " ELSE lease_until END) FROM jobs WHERE state IN ('pending','claimed')"
-            " GROUP BY receiver").fetchall()
-        return {r: t for r, t in rows}
+    async def active_receivers(self) -> set[str]:
+        return await self._call(lambda conn: {r[0] for r in conn.execute(
+            "SELECT DISTINCT receiver FROM jobs WHERE state IN ('pending','claimed')")})
 
     async def stats(self) -> Stats:
         return await self._call(self._stats)

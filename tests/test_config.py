@@ -1,0 +1,88 @@
+"""Config loading: env secrets, *_FILE secrets, and a file:line + key path for every mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay import config
+from relay.errors import ConfigError
+
+MINIMAL = """\
+server:
+  tokens: ["${TOKEN}"]
+receivers:
+  - name: chat
+    urls: ["${CHAT_URL:-console://}"]
+default_receiver: chat
+"""
+
+
+def load(text, env=None, tmp_path=None):
+    return config.loads(text, "relay.yaml", env or {})
+
+
+def test_env_reference_and_default_are_resolved():
+    cfg = load(MINIMAL, {"TOKEN": "s3cret"})
+    assert cfg.server.tokens == ("s3cret",)
+    assert cfg.receivers["chat"].urls == ("console://",)
+
+
+def test_env_file_variant_reads_the_secret_from_a_file(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    cfg = load(MINIMAL, {"TOKEN_FILE": str(secret), "CHAT_URL": "json://localhost"})
+    assert cfg.server.tokens == ("from-file",)
+    assert cfg.receivers["chat"].urls == ("json://localhost",)
+
+
+def test_unset_variable_fails_with_one_line_naming_it_and_its_place():
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL, {})
+    assert str(e.value) == ("relay.yaml:2: server.tokens[0]: environment variable TOKEN is not"
+                            " set (nor TOKEN_FILE)")
+
+
+def test_dollar_dollar_is_a_literal_dollar():
+    cfg = load(MINIMAL.replace("${TOKEN}", "pa$$word"), {})
+    assert cfg.server.tokens == ("pa$word",)
+
+
+def test_every_issue_is_reported_at_once_in_line_order():
+    text = """\
+server:
+  tokens: [t]
+  listen: nowhere
+receivers:
+  - name: a
+    urls: ["console://"]
+    concurrency: 0
+routes:
+  - match: {event: delivery.created}
+    receivers: [b]
+    continue: "yes"
+"""
+    with pytest.raises(ConfigError) as e:
+        load(text)
+    assert [str(i) for i in e.value.issues] == [
+        "relay.yaml:3: server.listen: expected host:port, got 'nowhere'",
+        "relay.yaml:7: receivers[0].concurrency: must be between 1 and 64",
+        "relay.yaml:10: routes[0].receivers[0]: undefined receiver \"b\"",
+        "relay.yaml:11: routes[0].continue: expected true or false, got a string",
+    ]
+
+
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600),
+                                           ("7d", 604800), (30, 30.0)])
+def test_durations(text, seconds):
+    assert config.duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, count, per", [("1/s", 1, 1), ("30/min", 30, 60), ("100/5m", 100, 300)])
+def test_rates(text, count, per):
+    assert config.rate(text) == config.RateLimit(count, per)
+
+
+def test_missing_file_is_one_clear_line(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path / "nope.yaml")
+    assert str(e.value) == f"{tmp_path / 'nope.yaml'}: cannot read config: No such file or directory"
