@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import wraps
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import click
@@ -80,6 +84,12 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
 
     setup(log_level, log_format)
     asyncio.run(run(config_path, listen=listen))
+    # Everything is committed or released by now. A send still blocked in a thread
+    # past the grace period would hold the interpreter's exit until its socket
+    # timeout (pool threads are joined at exit), so leave without waiting for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 @main.command()
@@ -87,12 +97,16 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @guarded
 def check(config_path: str, strict: bool) -> None:
-    """Validate the config without sending anything."""
+    """Validate the config without sending anything.
+
+    One line per finding, `file:line: key.path: message`; errors exit 1,
+    warnings only with --strict.
+    """
     from relay.lint import lint
 
     issues = lint(config_path)
     for issue in issues:
-        click.echo(str(issue))
+        click.echo(scrub(str(issue)))
     errors = sum(1 for i in issues if i.severity == "error")
     warnings = len(issues) - errors
     if errors or (strict and warnings):
@@ -103,24 +117,40 @@ def check(config_path: str, strict: bool) -> None:
 
 @main.command()
 @config_option
-@click.argument("event_file", metavar="EVENT.json|-", type=click.File("rb"))
-@click.option("--expect", help="Comma-separated receivers the event must reach (exit 1 if not).")
+@click.argument("event_file", metavar="EVENT.json|-")
+@click.option("--expect", metavar="A,B", help="Receivers the event must reach, comma-separated"
+              " ('' for none); exit 1 if it reaches others.")
 @guarded
-def route(config_path: str, event_file: Any, expect: str | None) -> None:
-    """Dry run: show which routes an event matches and what would be sent."""
+def route(config_path: str, event_file: str, expect: str | None) -> None:
+    """Dry run: which routes an event matches, why others do not, and what would be sent."""
     from relay.explain import explain
 
     try:
-        event = parse_event(event_file.read())
+        event = parse_event(_read_event(event_file))
     except InvalidEvent as e:
-        fail(f"{event_file.name}: {e.error}: {e.details}")
+        fail(f"{_source_name(event_file)}: {e.error}: {e.details}")
     report, receivers = explain(load_config(config_path), event)
     click.echo(report)
     if expect is not None:
-        wanted = [r for r in expect.split(",") if r]
+        wanted = [r.strip() for r in expect.split(",") if r.strip()]
         if sorted(wanted) != sorted(receivers):
-            fail(f"expected receivers {','.join(wanted) or '(none)'}, got"
-                 f" {','.join(receivers) or '(none)'}")
+            fail(f"expected receivers {','.join(wanted) or '(none)'},"
+                 f" got {','.join(receivers) or '(none)'}")
+
+
+def _read_event(name: str) -> bytes:
+    if name == "-":
+        return click.get_binary_stream("stdin").read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as e:
+        fail(f"{name}: cannot read: {e.strerror or e}")
+    raise AssertionError("unreachable")
+
+
+def _source_name(name: str) -> str:
+    return "<stdin>" if name == "-" else name
 
 
 def _field(value: str) -> tuple[str, Any]:
@@ -135,10 +165,11 @@ def _field(value: str) -> tuple[str, Any]:
 
 def sample_event(event_type: str, delivery_id: str | None, status: str | None,
                  extra: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A Kourier-shaped body; `extra` keys are dotted paths (`customer.tier`)."""
     body: dict[str, Any] = {
         "event": event_type,
         "delivery_id": delivery_id or f"test-{uuid.uuid4().hex[:8]}",
-        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if status or event_type == "delivery.updated":
         body["status"] = status or "in_transit"
@@ -147,6 +178,9 @@ def sample_event(event_type: str, delivery_id: str | None, status: str | None,
         *parents, last = key.split(".")
         for p in parents:
             target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                raise click.BadParameter(f"{key}: {p} is already a value, not an object",
+                                         param_hint="--field")
         target[last] = value
     return body
 
@@ -154,23 +188,28 @@ def sample_event(event_type: str, delivery_id: str | None, status: str | None,
 def _local_url(config: Config, path: str) -> str:
     host = config.server.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{config.server.port}{path}"
 
 
 @main.command()
 @config_option
 @click.argument("event_type", default="delivery.updated")
-@click.option("--url", help="Webhook URL (default: from the config).")
-@click.option("--token", help="Bearer token (default: the config's first token).")
+@click.option("--url", help="Webhook URL (default: from the config's server.listen and path).")
+@click.option("--token", help="Bearer token (default: the config's first server token).")
 @click.option("--delivery-id", help="Default: a fresh test-… id.")
-@click.option("--status", help="Delivery status (default in_transit for updates).")
+@click.option("--status", help="Delivery status (default in_transit for delivery.updated).")
 @click.option("--field", "extra", multiple=True, type=_field, metavar="KEY=VALUE",
               help="Extra payload field; dotted keys nest, JSON values are parsed.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the relay.")
 @guarded
 def send(config_path: str, event_type: str, url: str | None, token: str | None,
          delivery_id: str | None, status: str | None, extra: tuple[tuple[str, Any], ...],
-         ) -> None:
-    """Fire a sample Kourier event at a running relay, like Kourier would."""
+         timeout: float) -> None:
+    """Fire a sample Kourier event at a running relay, like Kourier would.
+
+    Prints the relay's answer; exits 1 unless it is a 2xx.
+    """
     if not url or not token:
         config = load_config(config_path)
         url = url or _local_url(config, config.server.path)
@@ -179,23 +218,50 @@ def send(config_path: str, event_type: str, url: str | None, token: str | None,
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "Authorization": f"Bearer {token}",
         "User-Agent": f"kourier-relay-send/{__version__}"})
-    click.echo(f"POST {url}\n{body.decode()}")
-    status_code, answer = _http(request)
-    click.echo(f"{status_code} {answer}")
+    click.echo(f"POST {_without_password(url)}\n{body.decode()}")
+    status_code, answer = _http(request, timeout)
+    click.echo(f"{status_code} {_reason(status_code)} {answer}".rstrip())
     if not 200 <= status_code < 300:
         sys.exit(1)
 
 
-def _http(request: urllib.request.Request, timeout: float = 10.0) -> tuple[int, str]:
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reason(status: int) -> str:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace")
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
+    """Status and body of the answer; any answer counts, only no answer at all fails."""
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+        return e.code, e.read().decode(errors="replace").strip()
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        fail(f"cannot reach {request.full_url}: {reason}")
-    raise AssertionError("unreachable")
+        # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
+        click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}",
+                   err=True)
+        sys.exit(1)
+
+
+# Redirects would re-send the body without asking; a relay never redirects a webhook.
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 @main.command()

@@ -52,6 +52,8 @@ class Worker:
         self._not_before: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._orphans_at = 0.0
+        self._exited = asyncio.Event()
+        self._exited.set()
         self.ticks = 0  # completed passes over the receivers (tests wait on it)
         self._stopping = False
         self.running = False
@@ -69,6 +71,7 @@ class Worker:
 
     async def run(self) -> None:
         self.running = True
+        self._exited.clear()
         backoff = 0.5
         try:
             while not self._stopping:
@@ -82,6 +85,7 @@ class Worker:
                 await self._sleep(wait)
         finally:
             self.running = False
+            self._exited.set()
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -200,6 +204,7 @@ class Worker:
         """Stop claiming; let in-flight sends finish within `grace`, then release the rest."""
         self._stopping = True
         self._wake.set()
+        await self._exited.wait()  # no claim is half-way when we look at what is in flight
         tasks = list(self.inflight)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
