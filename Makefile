@@ -20,6 +20,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check relay tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 check: $(VENV)/.installed
 	$(VENV)/bin/kourier-relay check --strict -c $(CONFIG)
