@@ -134,6 +134,11 @@ class Notifier:
         plugin = apprise.Apprise.instantiate(url)
         body_max = getattr(plugin, "body_maxlen", 0) or 0
         title_max = getattr(plugin, "title_maxlen", 0) or 0
+        if body_max and (title_max <= 0 or getattr(plugin, "overflow_amalgamate_title", False)):
+            # Apprise sends "title\r\nbody" as one text here (SMS, Discord content), so
+            # both share body_max: reserve a bounded title and the line break.
+            title_max = min(title_max or body_max, body_max // 4)
+            body_max -= title_max + 2
         return Channel(scheme_of(url), redact(url), body_max, title_max)
 
     def channels(self) -> dict[str, list[Channel]]:
@@ -169,7 +174,7 @@ class Notifier:
                                       body, notify_type, body_format)
         try:
             return await asyncio.wait_for(future, self.attempt_timeout + 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
                            MIN_WAIT_AFTER_TIMEOUT)
 
