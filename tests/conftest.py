@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,7 @@ server:
   listen: 127.0.0.1:{port}
   tokens: ["{token}", "second-token"]
   admin_token: {admin}
+  {server}
 store:
   url: "sqlite:{db}"
   {store}
@@ -159,7 +160,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                     clock: Callable[[], float] = time.time, **values: Any) -> RunningRelay:
         port = free_port()
         values = {"port": port, "token": TOKEN, "db": tmp_path / "relay.db",
-                  "delivery": DELIVERY, "store": "", "admin": "admin-secret", **values}
+                  "delivery": DELIVERY, "store": "", "admin": "admin-secret", "server": "",
+                  **values}
         cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + textwrap.dedent(extra),
                            **values)
         relay = Relay(str(cfg), env=env or {}, clock=clock)
@@ -195,7 +197,7 @@ def relay_cmd(*args: str) -> list[str]:
 def spawn_relay(config: Path, env: dict[str, str] | None = None, log: Path | None = None,
                 ) -> subprocess.Popen[bytes]:
     """The relay as its users start it: `python -m relay serve -c FILE` in a subprocess."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
     return subprocess.Popen(relay_cmd("serve", "-c", str(config)), stdout=out,
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             cwd=config.parent)
