@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -10,7 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,15 +29,26 @@ from relay.routing import MatcherError, Router
 from relay.store import NewJob, Store, open_store
 from relay.templating import Templates
 from relay.web import Services, create_app
-from relay.worker import Runtime, Worker
+from relay.worker import Worker
 
 log = logging.getLogger(__name__)
 PURGE_EVERY = 600.0
+WATCH_EVERY = 0.5  # server.watch_config: how often the file is looked at
+RESTART_KEYS = ("server.listen", "server.path", "store.url")
 
 
 @dataclass
-class LiveRuntime(Runtime):
-    planner: Planner | None = None  # set by build_runtime
+class LiveRuntime:
+    """Everything compiled from one config; swapped whole on reload."""
+
+    config: Config
+    notifier: Notifier
+    planner: Planner
+    circuit_hook: Callable[[str, str], None] | None = None
+
+    def on_circuit_open(self, receiver: str, error: str) -> None:
+        if self.circuit_hook:
+            self.circuit_hook(receiver, error)
 
 
 def compile_config(config: Config, executor: ThreadPoolExecutor | None = None,
@@ -69,10 +82,7 @@ def build_runtime(config: Config, executor: ThreadPoolExecutor | None = None,
                   on_circuit_open: Callable[[str, str], None] | None = None) -> LiveRuntime:
     router, templates, notifier, _ = compile_config(config, executor)
     planner = Planner(config, router, templates, notifier.channels())
-    rt = LiveRuntime(config, notifier, planner=planner)
-    if on_circuit_open:
-        rt.on_circuit_open = on_circuit_open
-    return rt
+    return LiveRuntime(config, notifier, planner, on_circuit_open)
 
 
 class Relay:
@@ -91,6 +101,7 @@ class Relay:
         self.store: Store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
         self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._reload_lock = asyncio.Lock()
         self.metrics.reload_success.set(1)
         self.metrics.reload_time.set(time.time())
 
@@ -116,7 +127,8 @@ class Relay:
         if listeners is not None:
             listeners.append(self.worker.wake)
         self._tasks = [asyncio.create_task(self.worker.run(), name="worker"),
-                       asyncio.create_task(self._purge_loop(), name="purge")]
+                       asyncio.create_task(self._purge_loop(), name="purge"),
+                       asyncio.create_task(self._watch_loop(), name="watch-config")]
 
     async def stop(self) -> None:
         await self.worker.stop(self.config.delivery.grace_period)
@@ -127,28 +139,49 @@ class Relay:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> None:
-        """Load, validate and build the new config; swap it in only if all of that worked."""
-        try:
-            config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
-            live = build_runtime(config, self.executor, self._circuit_opened)
-        except ConfigError as e:
-            self.metrics.reload_success.set(0)
-            log.error("config reload failed; keeping the running config:\n%s", e)
-            raise
-        if config.store.url != self.config.store.url:
-            log.warning("store.url changed: restart the relay to use the new store")
-        self.live = live
-        self.metrics.reload_success.set(1)
-        self.metrics.reload_time.set(time.time())
-        self.worker.config_changed()
-        log.info("config reloaded", extra=fields(routes=len(config.routes),
-                                                 receivers=len(config.receivers)))
+        """Load, validate and build the new config; swap it in only if all of that worked.
+
+        Reloads never overlap. A failed one keeps the running config and raises why.
+        Jobs already queued keep their rendered text; their URLs come from the new config.
+        """
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+                live = build_runtime(config, self.executor, self._circuit_opened)
+            except Exception as e:  # whatever went wrong, the running config stays
+                self.metrics.reload_success.set(0)
+                log.error("config reload failed; keeping the running config:\n%s", e)
+                raise
+            changed = [k for k in RESTART_KEYS if _setting(config, k) != _setting(self.config, k)]
+            if changed:
+                log.warning("%s changed: restart the relay to apply (the rest is live now)",
+                            ", ".join(changed))
+            self.live = live
+            self.metrics.reload_success.set(1)
+            self.metrics.reload_time.set(time.time())
+            self.worker.config_changed()
+            log.info("config reloaded", extra=fields(routes=len(config.routes),
+                                                     receivers=len(config.receivers)))
+
+    async def _watch_loop(self) -> None:
+        """With server.watch_config, reload once the file has changed and then held still."""
+        loaded = previous = _file_signature(self.config_path)
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if not self.config.server.watch_config:
+                continue
+            current = await asyncio.to_thread(_file_signature, self.config_path)
+            # Unchanged since the last look: an editor (or a ConfigMap swap) is done writing.
+            if current is not None and current != loaded and current == previous:
+                loaded = current
+                await _reload_quietly(self)
+            previous = current
 
     async def readiness(self) -> dict[str, bool]:
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
             store_ok = True
-        except (StoreError, asyncio.TimeoutError):
+        except (TimeoutError, StoreError):
             store_ok = False
         return {"config": True, "store": store_ok, "worker": self.worker.running}
 
@@ -159,7 +192,7 @@ class Relay:
 
     async def _notify_fallback(self, fallback: str, receiver: str, error: str) -> None:
         now = self.clock()
-        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         payload = {"event": "relay.receiver_failing", "delivery_id": "-", "timestamp": stamp,
                    "receiver": receiver, "error": error}
         event = Event(payload["event"], "-", stamp, None, payload)
@@ -220,5 +253,21 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
 async def _reload_quietly(relay: Relay) -> None:
     try:
         await relay.reload()
-    except ConfigError:
-        pass  # already logged; the old config keeps serving
+    except Exception:  # already logged; the old config keeps serving
+        pass
+
+
+def _setting(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def _file_signature(path: str) -> bytes | None:
+    """A digest of the file's content: mtimes can be too coarse, and a `touch` changes nothing.
+
+    Follows symlinks, so a Kubernetes ConfigMap update (a swapped link) is seen too.
+    """
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None

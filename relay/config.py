@@ -372,9 +372,7 @@ class _Checker:
 
 
 def _unknown_key(key: str, fields: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-    hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return f'unknown key "{key}"{hint}'
+    return f'unknown key "{key}"{_did_you_mean(key, fields)}'
 
 
 # ---------------------------------------------------------------- building
@@ -496,24 +494,30 @@ def _check_references(config: Config, c: _Checker) -> None:
     for route in config.routes:
         for i, name in enumerate(route.receivers):
             if name not in config.receivers:
-                c.error(f"{route.path}.receivers[{i}]", _undefined_receiver(name))
+                c.error(f"{route.path}.receivers[{i}]", _undefined_receiver(name, config))
         named = route.template_ref
         if named and named not in config.templates:
-            c.error(f"{route.path}.template", f'undefined template "{named}"')
+            c.error(f"{route.path}.template",
+                    f'undefined template "{named}"{_did_you_mean(named, config.templates)}')
     for key in ("default_receiver",):
         name = getattr(config, key)
         if name and name not in config.receivers:
-            c.error(key, _undefined_receiver(name))
+            c.error(key, _undefined_receiver(name, config))
     fallback = config.delivery.fallback_receiver
     if fallback and fallback not in config.receivers:
-        c.error("delivery.fallback_receiver", _undefined_receiver(fallback))
+        c.error("delivery.fallback_receiver", _undefined_receiver(fallback, config))
 
 
-def _undefined_receiver(name: str) -> str:
+def _undefined_receiver(name: str, config: Config) -> str:
     if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
-        return ("expected a receiver name, got a URL: define the URL under receivers:"
-                " and use that receiver's name here")
-    return f'undefined receiver "{name}"'
+        return (f"expected a receiver name, got a URL ({name.split('://')[0]}://***): put the URL"
+                ' in a receiver under "receivers:" and use that receiver\'s name here')
+    return f'undefined receiver "{name}"{_did_you_mean(name, config.receivers)}'
+
+
+def _did_you_mean(name: str, options: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 def used_receivers(config: Config) -> set[str]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InvalidEvent
@@ -71,7 +71,7 @@ def _check_field(data: Mapping[str, Any], name: str, kind: type, required: bool)
         if required:
             raise InvalidEvent("Invalid request data", f"Missing {name}")
         return
-    if not isinstance(value, kind) or (kind is str and not value.strip()):
+    if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
         raise InvalidEvent("Invalid request data", f"{name} must be a non-empty string")
 
 
@@ -86,10 +86,9 @@ def _check_timestamp(value: str) -> None:
 
 def parse_timestamp(value: str) -> datetime:
     """Parse Kourier's ISO 8601 timestamp; naive values are taken as UTC."""
-    from datetime import timezone
 
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def lookup(data: Any, path: str, default: Any = None) -> Any:

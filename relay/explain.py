@@ -5,44 +5,89 @@ from __future__ import annotations
 from relay.app import build_runtime
 from relay.config import Config
 from relay.events import Event
+from relay.pipeline import Channel, Notification, Plan
+from relay.routing import Route
+
+UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
+                " can match it)")
 
 
 def explain(config: Config, event: Event) -> tuple[str, list[str]]:
     """A readable report and the receivers the event reaches."""
     rt = build_runtime(config)
-    assert rt.planner is not None
     plan = rt.planner.plan(event)
-    lines = [f"event: {event.type} delivery={event.delivery_id}"
-             + ("" if event.known else "  (unknown event type)"), "", "routes:"]
-    stop_after = None
-    for route in rt.planner.router.routes:
-        failed = route.failed(event)
+    lines = [_headline(event), "", "routes (first match wins unless it says continue):"]
+    lines += _routes(rt.planner.router.routes, plan, event)
+    if not plan.match.routes:
+        lines.append(_unmatched(config, event))
+    receivers = plan.match.receiver_names
+    lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
+    lines += _notifications(plan, rt.notifier.channels())
+    return "\n".join(lines), receivers
+
+
+def _headline(event: Event) -> str:
+    status = f"  status: {event.status}" if event.status is not None else ""
+    note = "" if event.known else UNKNOWN_NOTE
+    return f"event: {event.type}  delivery_id: {event.delivery_id}{status}{note}"
+
+
+def _routes(routes: tuple[Route, ...], plan: Plan, event: Event) -> list[str]:
+    lines = []
+    stopped_by = None
+    for route in routes:
         if route in plan.match.routes:
             cont = " (continue)" if route.config.continue_ else ""
             lines.append(f"  MATCH  {route.name}{cont} -> {', '.join(route.config.receivers)}")
-            if not route.config.continue_:
-                stop_after = route.name
-        elif stop_after:
-            lines.append(f"  skip   {route.name}: not evaluated, {stop_after!r} matched first")
+            stopped_by = stopped_by or (None if route.config.continue_ else route.name)
+        elif stopped_by:
+            lines.append(f'  skip   {route.name}: not evaluated, "{stopped_by}" matched first'
+                         " without continue")
         else:
-            why = "; ".join(f"{m.describe} (is {_show(event.get(m.path, '<missing>'))})"
-                            for m in failed)
-            lines.append(f"  no     {route.name}: {why}")
-    if not plan.match.routes:
-        default = config.default_receiver if event.known else ""
-        lines.append(f"  (no route matched; default receiver: {default or 'none'})")
-    lines += ["", "notifications:" if plan.notifications else "notifications: none"]
-    channels = rt.notifier.channels()
+            lines.append(f"  no     {route.name}: {_why_not(route, event)}")
+    return lines
+
+
+def _why_not(route: Route, event: Event) -> str:
+    return "; ".join(f"{m.describe} (is {_show(event.get(m.path, _MISSING))})"
+                     for m in route.failed(event))
+
+
+def _unmatched(config: Config, event: Event) -> str:
+    default = config.default_receiver
+    if not default:
+        return "  (no route matched, and there is no default_receiver)"
+    if not event.known:
+        return f'  (no route matched; unknown event types skip default_receiver "{default}")'
+    return f'  (no route matched: default_receiver "{default}" takes it)'
+
+
+def _notifications(plan: Plan, channels: dict[str, list[Channel]]) -> list[str]:
+    if not plan.notifications:
+        return ["notifications: none"]
+    lines = ["notifications:"]
     for n in plan.notifications:
         ch = channels[n.receiver][n.url_index]
-        limit = f"/{ch.body_max}" if ch.body_max else ""
-        lines.append(f"  -> {n.receiver}[{n.url_index}] {ch.label}  route={n.route}"
+        lines.append(f"  {n.receiver}[{n.url_index}] {ch.label}  route={n.route}"
                      f"  type={n.type}  format={n.format}")
-        lines.append(f"     title ({len(n.title)}/{ch.title_max or '-'}): {n.title}")
-        lines.append(f"     body ({len(n.body)}{limit} chars){' TRUNCATED' if n.truncated else ''}:")
-        lines += [f"       {line}" for line in n.body.splitlines()]
-    return "\n".join(lines), plan.match.receiver_names
+        title = _size(n.title, ch.title_max, n) if ch.title_max else \
+            f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
+        lines.append(f"    title ({title}): {n.title}")
+        lines.append(f"    body ({_size(n.body, ch.body_max, n)}):")
+        lines += [f"      {line}".rstrip() for line in n.body.splitlines()]
+    return lines
+
+
+def _size(text: str, limit: int, n: Notification) -> str:
+    """`42/250 chars`; a cut text says so (the limit is the channel's, from Apprise)."""
+    if not limit:
+        return f"{len(text)} chars, no limit"
+    cut = ", cut to fit" if n.truncated and len(text) == limit else ""
+    return f"{len(text)}/{limit} chars{cut}"
+
+
+_MISSING = object()
 
 
 def _show(value: object) -> str:
-    return repr(value) if not isinstance(value, str) or value != "<missing>" else value
+    return "missing" if value is _MISSING else repr(value)

@@ -2,29 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jinja2
+
 from relay import config as config_mod
 from relay.app import compile_config
 from relay.config import Config, TemplateConfig, used_receivers
-from relay.errors import ConfigError, Issue
+from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS
-from relay.routing import Route, Router
+from relay.routing import MatcherError, Route, Router
+from relay.store import open_store
 from relay.templating import referenced_fields
+
+Lint = Callable[[Config], list[Issue]]
 
 
 def lint(path: str) -> list[Issue]:
-    """All findings, errors first by line; a config that does not load stops at its errors."""
+    """All findings in line order; a config that does not load stops at its load errors."""
     try:
         config = config_mod.load(path)
-        _, _, _, warnings = compile_config(config)
     except ConfigError as e:
         return e.issues
-    found = warnings + unused(config) + shadowed(config) + undocumented(config)
+    try:
+        found = compile_config(config)[3]
+    except ConfigError as e:  # still worth showing the warnings next to the errors
+        found = e.issues
+    for rule in (unused, shadowed, undocumented, store_url):
+        found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
+
+
+def _safely(rule: Lint, config: Config) -> list[Issue]:
+    """A rule that needs compiled parts has nothing to add when those parts are in error."""
+    try:
+        return rule(config)
+    except (MatcherError, jinja2.TemplateSyntaxError):
+        return []
+
+
+def store_url(config: Config) -> list[Issue]:
+    """The store URL names a store this relay has (building one connects to nothing)."""
+    try:
+        open_store(config.store.url)
+    except StoreError as e:
+        return [config.source.issue("store.url", str(e))]
+    return []
 
 
 def unused(config: Config) -> list[Issue]:
     used = used_receivers(config)
-    return [config.source.issue(f"{rc.path}.name", f'receiver "{name}" is never used', "warning")
+    return [config.source.issue(f"{rc.path}.name", f'receiver "{name}" is never used: no route,'
+                                " default_receiver or fallback_receiver names it", "warning")
             for name, rc in config.receivers.items() if name not in used]
 
 
@@ -33,13 +62,14 @@ def shadowed(config: Config) -> list[Issue]:
     routes = Router.from_config(config).routes
     out = []
     for j, later in enumerate(routes):
-        for earlier in routes[:j]:
-            if not earlier.config.continue_ and swallows(earlier, later):
-                out.append(config.source.issue(
-                    later.config.path, f"can never match: route {earlier.name!r}"
-                    f" ({earlier.config.path}) matches every event it does and has no"
-                    " continue", "warning"))
-                break
+        earlier = next((e for e in routes[:j] if not e.config.continue_ and swallows(e, later)),
+                       None)
+        if earlier:
+            where = config.source.line(earlier.config.path)
+            out.append(config.source.issue(
+                later.config.path, f'route "{later.name}" can never match: the earlier route'
+                f' "{earlier.name}" (line {where}) matches every event it would, and has no'
+                " continue: true", "warning"))
     return out
 
 
@@ -80,5 +110,6 @@ def _fields_issue(config: Config, t: TemplateConfig, path: str, source: str) -> 
     if not extra:
         return []
     names = ", ".join(extra)
-    return [config.source.issue(path, f"uses {names}, which Kourier does not document;"
-                                      " it renders empty when an event lacks it", "warning")]
+    sent = ", ".join(sorted(DOCUMENTED_FIELDS))
+    return [config.source.issue(path, f"uses {names}, which Kourier never sends (it sends {sent});"
+                                      " renders empty unless an event carries it", "warning")]

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Protocol
 
 from relay.config import Config
 from relay.errors import StaleClaim, StoreError
@@ -28,13 +28,13 @@ POLL = 1.0  # re-check every receiver at least this often (other processes add j
 ORPHAN_CHECK = 30.0
 
 
-@dataclass
-class Runtime:
+class Runtime(Protocol):
     """What the worker needs from the live config; swapped whole on reload."""
 
     config: Config
     notifier: Notifier
-    on_circuit_open: Callable[[str, str], None] = field(default=lambda receiver, error: None)
+
+    def on_circuit_open(self, receiver: str, error: str) -> None: ...
 
 
 class Worker:
@@ -90,7 +90,7 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _tick(self) -> float:

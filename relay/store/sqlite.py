@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 from relay.errors import RelayError, SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import (
-    SCHEMA_VERSION, Accepted, Attempt, Bucket, Circuit, ClaimResult, Job, JobDetail, NewJob,
+    SCHEMA_VERSION,
+    Accepted,
+    Attempt,
+    Bucket,
+    Circuit,
+    ClaimResult,
+    Job,
+    JobDetail,
+    JobSpec,
     Stats,
 )
 
@@ -110,8 +118,8 @@ def sqlite_path(url: str) -> str:
 
 
 def _row_job(row: Sequence[Any]) -> Job:
-    return Job(*row[:13], last_error=row[13] or "", claim_token=row[14] or "",
-               delivery_id=row[15], event_type=row[16])
+    values = [*row[:13], row[13] or "", row[14] or "", row[15], row[16]]
+    return Job(*values)
 
 
 class SQLiteStore:
@@ -254,7 +262,7 @@ class SQLiteStore:
     def backlog_estimate(self) -> int:
         return self._backlog
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[NewJob], now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], now: float,
                      ) -> Accepted:
         accepted = await self._call(self._accept, event, key, jobs, now)
         if accepted.jobs:
@@ -263,7 +271,7 @@ class SQLiteStore:
         return accepted
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
-                jobs: Sequence[NewJob], now: float) -> Accepted:
+                jobs: Sequence[JobSpec], now: float) -> Accepted:
         cur = conn.execute(
             "INSERT INTO events(dedup_key, type, delivery_id, received_at, payload)"
             " VALUES (?,?,?,?,?) ON CONFLICT(dedup_key) DO NOTHING",
@@ -459,7 +467,7 @@ class SQLiteStore:
 
     def _replay(self, conn: sqlite3.Connection, job_ids: list[int] | None,
                 receiver: str | None, now: float) -> int:
-        where, params = "state='dead'", []
+        where, params = "state='dead'", list[Any]()
         if job_ids:
             where += f" AND id IN ({','.join('?' * len(job_ids))})"
             params += job_ids
