@@ -98,7 +98,11 @@ class Relay:
         self.executor = ThreadPoolExecutor(max_workers=config.delivery.concurrency,
                                            thread_name_prefix="send")
         self.live = build_runtime(config, self.executor, self._circuit_opened)
-        self.store: Store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
+        try:
+            self.store: Store = open_store(config.store.url,
+                                           busy_timeout=config.store.busy_timeout)
+        except StoreError as e:
+            raise ConfigError([config.source.issue("store.url", str(e))]) from None
         self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
         self._tasks: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()

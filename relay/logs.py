@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20})://[^\s'\"<>]+")
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20})://(?!\*\*\*)[^\s'\"<>()]+")
 
 
 def scrub(text: str) -> str:

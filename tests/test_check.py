@@ -1,0 +1,200 @@
+"""`check` against a corpus of broken configs (tests/data/), one per kind of mistake.
+
+Each case pins the exact line an operator sees and the exit code; `serve` must
+refuse the same configs with the same lines.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from relay.app import Relay
+from relay.cli import main
+from relay.errors import ConfigError
+from tests.conftest import ROOT, relay_cmd
+
+DATA = "tests/data"
+SECRET = "SECRETxyz"  # the token inside the corpus' Apprise URLs; must never be printed
+# Variables the example config and the corpus read: unset, so results do not depend on the shell.
+UNSET = ["KOURIER_TEST_UNSET_CHAT_URL", "OPS_CHAT_URL", "KOURIER_WEBHOOK_TOKEN",
+         "KOURIER_ADMIN_TOKEN", "KOURIER_RELAY_LISTEN", "KOURIER_RELAY_STORE",
+         "KOURIER_RELAY_TIMEZONE", "KOURIER_RELAY_CONFIG"]
+
+ERRORS = {
+    "yaml_syntax": "4: invalid YAML: expected ',' or ']', but got '<scalar>'"
+                   " (while parsing a flow sequence that starts on line 3)",
+    "unknown_key": '7: receivers[0].rate_limt: unknown key "rate_limt"'
+                   ' (did you mean "rate_limit"?)',
+    "wrong_type": "5: delivery.concurrency: expected an integer, got a string",
+    "out_of_range": "6: delivery.retry.jitter: must be between 0 and 1",
+    "undefined_receiver": '10: routes[0].receivers[1]: undefined receiver "pager"',
+    "undefined_template": '14: routes[0].template: undefined template "problme"'
+                          ' (did you mean "problem"?)',
+    "template_syntax": "11: routes[0].title: template syntax error: unexpected '}'",
+    "bad_apprise_url": "8: receivers[1].urls[0]: no Apprise plugin accepts this URL"
+                       " (slakc://***); check its scheme and required parts",
+    "unset_env": "8: receivers[1].urls[0]: environment variable KOURIER_TEST_UNSET_CHAT_URL"
+                 " is not set (nor KOURIER_TEST_UNSET_CHAT_URL_FILE)",
+    "bad_regex": "10: routes[0].match.customer.tier: invalid regex 'gold|(vip': missing ),"
+                 " unterminated subpattern at position 5",
+    "duplicate_receiver": '7: receivers[1].name: duplicate receiver "log"',
+    "bad_store_url": "5: store.url: unsupported store URL scheme in 'sqllite': use sqlite:"
+                     " or postgresql://",
+    "url_as_receiver": "10: routes[0].receivers[0]: expected a receiver name, got a URL"
+                       ' (slack://***): put the URL in a receiver under "receivers:" and use'
+                       " that receiver's name here",
+}
+WARNINGS = {
+    "unused_receiver": '7: receivers[1].name: warning: receiver "pager" is never used: no route,'
+                       " default_receiver or fallback_receiver names it",
+    "shadowed_route": '13: routes[1]: warning: route "failed" can never match: the earlier route'
+                      ' "all-updates" (line 10) matches every event it would, and has no'
+                      " continue: true",
+    "undocumented_field": "11: routes[0].body: warning: uses customer_name, which Kourier never"
+                          " sends (it sends delivery_id, event, status, timestamp); renders empty"
+                          " unless an event carries it",
+    "apprise_retry": "8: receivers[1].urls[0]: warning: remove Apprise's retry= parameter:"
+                     " the relay owns retries (it is forced to 0)",
+}
+
+
+def path_of(name: str) -> str:
+    return f"{DATA}/{name}.yaml"
+
+
+def expected(name: str) -> str:
+    return f"{path_of(name)}:{ERRORS.get(name) or WARNINGS[name]}"
+
+
+@pytest.fixture(autouse=True)
+def in_project_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the printed file names are the relative paths passed in
+
+
+def check(*args: str):
+    return CliRunner().invoke(main, ["check", *args], env=dict.fromkeys(UNSET))
+
+
+def test_corpus_has_one_file_per_case():
+    files = {p.stem for p in (ROOT / DATA).glob("*.yaml")}
+    assert files == set(ERRORS) | set(WARNINGS)
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_error_prints_exact_line_and_exits_1(name):
+    result = check("-c", path_of(name))
+    assert result.stdout.splitlines() == [expected(name)]
+    assert result.stderr == f"{path_of(name)}: 1 error(s), 0 warning(s)\n"
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("name", sorted(WARNINGS))
+def test_warning_prints_exact_line_and_exits_0(name):
+    result = check("-c", path_of(name))
+    assert result.stdout.splitlines() == [expected(name)]
+    assert result.stderr == f"{path_of(name)}: OK (1 warning(s))\n"
+    assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("name", sorted(WARNINGS))
+def test_strict_makes_warnings_fail(name):
+    result = check("--strict", "-c", path_of(name))
+    assert result.stdout.splitlines() == [expected(name)]
+    assert result.stderr == f"{path_of(name)}: 0 error(s), 1 warning(s)\n"
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("name", ["bad_apprise_url", "url_as_receiver"])
+def test_secret_in_a_bad_url_is_never_printed(name):
+    assert SECRET in (ROOT / path_of(name)).read_text()
+    result = check("-c", path_of(name))
+    assert SECRET not in result.output and "***" in result.stdout
+
+
+def test_example_config_passes_strict_check():
+    result = check("--strict", "-c", "config.example.yaml")
+    assert result.stdout == ""
+    assert result.stderr == "config.example.yaml: OK (0 warning(s))\n"
+    assert result.exit_code == 0
+
+
+def test_errors_and_warnings_of_one_file_come_together_in_line_order(tmp_path):
+    cfg = tmp_path / "relay.yaml"
+    cfg.write_text("""\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - name: log
+    urls: ["console://"]
+  - name: spare
+    urls: ["console://"]
+  - name: chat
+    urls: ["slakc://T0000/B0000/SECRETxyz"]
+routes:
+  - match: {status: failed}
+    receivers: [chat]
+default_receiver: log
+""")
+    result = CliRunner().invoke(main, ["check", "-c", str(cfg)])
+    assert result.stdout.splitlines() == [
+        f'{cfg}:6: receivers[1].name: warning: receiver "spare" is never used: no route,'
+        " default_receiver or fallback_receiver names it",
+        f"{cfg}:9: receivers[2].urls[0]: no Apprise plugin accepts this URL (slakc://***);"
+        " check its scheme and required parts",
+    ]
+    assert result.stderr == f"{cfg}: 1 error(s), 1 warning(s)\n"
+    assert result.exit_code == 1
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    result = check("-c", str(tmp_path / "nope.yaml"))
+    assert result.stdout == f"{tmp_path / 'nope.yaml'}: cannot read config: No such file or" \
+                            " directory\n"
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("name", sorted(set(ERRORS) - {"bad_store_url"}))
+def test_relay_refuses_to_build_from_broken_config_with_the_same_lines(name):
+    """What `serve` prints on a broken config: the issues `Relay` raises, one per line."""
+    with pytest.raises(ConfigError) as e:
+        Relay(path_of(name), env={})
+    assert [str(i) for i in e.value.issues] == [expected(name)]
+
+
+def test_relay_refuses_an_unknown_store_scheme_with_the_same_line():
+    with pytest.raises(ConfigError) as e:
+        Relay(path_of("bad_store_url"), env={})
+    assert [str(i) for i in e.value.issues] == [expected("bad_store_url")]
+
+
+SERVED = ["unknown_key", "bad_apprise_url"]  # one found while loading, one while building
+
+
+@pytest.fixture(scope="module")
+def serve_results() -> dict[str, tuple[int, str]]:
+    """`serve` as users start it, run side by side (the in-process test above covers all)."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    procs = {name: subprocess.Popen(relay_cmd("serve", "-c", path_of(name)), cwd=ROOT, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in SERVED}
+    results = {}
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it started serving a broken config: a failure
+            proc.kill()
+            _, err = proc.communicate()
+        results[name] = (proc.returncode, err)
+    return results
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_serve_refuses_broken_config_printing_the_check_line(name, serve_results):
+    code, stderr = serve_results[name]
+    assert stderr.splitlines() == [expected(name)]
+    assert code == 1
+    assert SECRET not in stderr

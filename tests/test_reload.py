@@ -1,0 +1,199 @@
+"""Hot reload: POST /-/reload, SIGHUP and server.watch_config, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (
+    BASE_CONFIG,
+    DELIVERY,
+    TOKEN,
+    free_port,
+    spawn_relay,
+    wait_for,
+    write_config,
+)
+
+# The placeholders of BASE_CONFIG that `running` fills itself, for relays run as subprocesses.
+DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
+            "delivery": DELIVERY}
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+ROUTES = """
+receivers:
+  - name: hook
+    urls: ["{sink}"]
+routes:
+  - name: all
+    match: {event: "delivery.*"}
+    receivers: [hook]
+    title: "v1 {{ delivery_id }}"
+"""
+STAMP = "2024-09-14T14:30:00Z"
+
+
+def event(delivery_id: str) -> dict[str, str]:
+    return {"event": "delivery.updated", "delivery_id": delivery_id, "status": "in_transit",
+            "timestamp": STAMP}
+
+
+def edit(path: str | Path, old: str, new: str) -> None:
+    """Change the config file as an operator would: in place."""
+    text = Path(path).read_text()
+    assert old in text
+    Path(path).write_text(text.replace(old, new))
+
+
+async def reload(url: str, headers: dict[str, str] | None = ADMIN) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, \
+            s.post(f"{url}/-/reload", headers=headers or {}) as r:
+        return r.status, await r.json()
+
+
+async def metric(url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
+        text = await r.text()
+    return next(sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == name)
+
+
+async def metric_is(url: str, name: str, value: float) -> bool:
+    return await metric(url, name) == value
+
+
+async def metric_after(url: str, name: str, mark: float) -> bool:
+    return await metric(url, name) > mark
+
+
+RELOAD_OK = "kourier_relay_config_last_reload_successful"
+RELOAD_AT = "kourier_relay_config_last_reload_success_timestamp_seconds"
+
+
+def titles(sink, path: str) -> list[str]:
+    return [m["title"] for m in sink.messages(path)]
+
+
+async def test_valid_change_takes_effect_and_no_request_during_reload_is_dropped(running, sink):
+    r = await running(ROUTES, sink=sink.url("a"))
+    statuses = []
+    for round_ in range(3):
+        edit(r.relay.config_path, f'title: "v{round_ + 1}', f'title: "v{round_ + 2}')
+        posts = [r.post(event(f"R{round_}-{i}")) for i in range(60)]
+        answers = await asyncio.gather(*posts[:30], reload(r.url), *posts[30:])
+        assert answers[30] == (200, {"status": "reloaded"})
+        statuses += [a[0] for i, a in enumerate(answers) if i != 30]
+    assert statuses == [202] * 180
+    status, _, _ = await r.post(event("after"))
+    assert status == 202
+    await wait_for(lambda: len(sink.messages("a")) == 181, message="every notification")
+    assert "v4 after" in titles(sink, "a")
+
+
+async def test_invalid_change_is_rejected_with_the_reason_and_old_routes_keep_working(
+        running, sink):
+    r = await running(ROUTES, sink=sink.url("a"))
+    cfg = r.relay.config_path
+    edit(cfg, "receivers: [hook]", "receivers: [pager]")
+    status, body = await reload(r.url)
+    line = Path(cfg).read_text().splitlines().index("    receivers: [pager]") + 1
+    assert (status, body) == (400, {"error": "Reload failed", "details":
+                                    f'{cfg}:{line}: routes[0].receivers[0]: undefined receiver'
+                                    ' "pager"'})
+    assert await metric(r.url, RELOAD_OK) == 0
+    status, _, _ = await r.post(event("D-1"))
+    assert status == 202
+    assert await wait_for(lambda: titles(sink, "a")) == ["v1 D-1"]
+
+    edit(cfg, "receivers: [pager]", "receivers: [hook]")
+    assert (await reload(r.url))[0] == 200
+    assert await metric(r.url, RELOAD_OK) == 1
+
+
+async def test_reload_needs_the_admin_token_and_is_off_without_one(running, sink):
+    r = await running(ROUTES, sink=sink.url("a"))
+    assert await reload(r.url, None) == (401, {"error": "Unauthorized",
+                                               "details": "missing or invalid admin token"})
+    assert (await reload(r.url, {"Authorization": f"Bearer {TOKEN}"}))[0] == 401
+    edit(r.relay.config_path, "admin_token: admin-secret", 'admin_token: ""')
+    assert await reload(r.url) == (200, {"status": "reloaded"})
+    assert await reload(r.url) == (403, {"error": "Forbidden", "details":
+                                         "the admin API is off: set server.admin_token"})
+
+
+async def test_queued_jobs_keep_their_text_and_follow_the_new_url(running, sink):
+    r = await running(ROUTES, sink=sink.url("a"))
+    r.relay.worker.paused = True  # hold the job in the queue across the reload
+    assert (await r.post(event("D-7")))[0] == 202
+    edit(r.relay.config_path, 'title: "v1', 'title: "v2')
+    edit(r.relay.config_path, sink.url("a"), sink.url("b"))
+    assert (await reload(r.url))[0] == 200
+    r.relay.worker.paused = False
+    r.relay.worker.wake()
+    assert await wait_for(lambda: titles(sink, "b")) == ["v1 D-7"]  # rendered at ingest
+    assert (await r.post(event("D-8")))[0] == 202
+    await wait_for(lambda: len(sink.messages("b")) == 2)
+    assert titles(sink, "b") == ["v1 D-7", "v2 D-8"] and sink.messages("a") == []
+
+
+async def test_watch_config_reloads_when_the_file_changes(running, sink):
+    r = await running(ROUTES, sink=sink.url("a"))
+    cfg = r.relay.config_path
+    edit(cfg, "admin_token: admin-secret", "admin_token: admin-secret\n  watch_config: true")
+    assert (await reload(r.url))[0] == 200
+    loaded_at = await metric(r.url, RELOAD_AT)
+
+    edit(cfg, 'title: "v1', 'title: "v2')
+    await wait_for(lambda: r.relay.config.routes[0].template.title == "v2 {{ delivery_id }}",
+                   message="the watcher to reload")
+    assert await metric(r.url, RELOAD_AT) > loaded_at
+    edit(cfg, "receivers: [hook]", "receivers: [pager]")  # a broken edit: old config stays
+    await wait_for(lambda: metric_is(r.url, RELOAD_OK, 0), message="the failed reload")
+    assert (await r.post(event("D-9")))[0] == 202
+    assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-9"]
+
+
+async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_sighup_reloads_a_running_relay_and_survives_a_broken_config(tmp_path, sink):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=port,
+                       db=tmp_path / "relay.db", sink=sink.url("a"), **DEFAULTS)
+    proc = spawn_relay(cfg, log=tmp_path / "relay.log")
+    try:
+        await wait_for(lambda: ready(port, proc, tmp_path / "relay.log"), 20,
+                       message="relay subprocess to be ready")
+        loaded_at = await metric(url, RELOAD_AT)
+        edit(cfg, 'title: "v1', 'title: "v2')
+        os.kill(proc.pid, signal.SIGHUP)
+        await wait_for(lambda: metric_after(url, RELOAD_AT, loaded_at), message="the reload")
+
+        edit(cfg, "receivers: [hook]", "receivers: [pager]")
+        os.kill(proc.pid, signal.SIGHUP)
+        await wait_for(lambda: metric_is(url, RELOAD_OK, 0), message="the failed reload")
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{url}/webhook", json=event("D-5"),
+                headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 202
+        assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-5"]
+        assert proc.poll() is None
+        log = (tmp_path / "relay.log").read_text()
+        assert "config reload failed; keeping the running config" in log
+        assert 'undefined receiver "pager"' in log
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)

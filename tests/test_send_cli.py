@@ -1,0 +1,145 @@
+"""`send` against a real relay subprocess, end to end to a json:// sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from relay.cli import main
+from tests.conftest import (
+    BASE_CONFIG,
+    DELIVERY,
+    TOKEN,
+    free_port,
+    relay_cmd,
+    spawn_relay,
+    wait_for,
+    write_config,
+)
+
+# The placeholders of BASE_CONFIG that `running` fills itself, for relays run as subprocesses.
+DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
+            "delivery": DELIVERY}
+
+ROUTES = """
+receivers:
+  - name: hook
+    urls: ["{sink}"]
+routes:
+  - name: all
+    match: {event: "delivery.*"}
+    receivers: [hook]
+    title: "{{ event }} {{ delivery_id }} {{ status }}"
+    body: "tier={{ customer.tier }} items={{ items }}"
+"""
+
+
+async def run_send(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *relay_cmd("send", *args), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.fixture
+async def relay_with_sink(tmp_path: Path, sink) -> AsyncIterator[tuple[Path, int]]:
+    """`kourier-relay serve` in a subprocess, routing every delivery event to the sink."""
+    port = free_port()
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=port,
+                       db=tmp_path / "relay.db", sink=sink.url("hook"), **DEFAULTS)
+    proc = spawn_relay(cfg, log=tmp_path / "relay.log")
+    try:
+        await wait_for(lambda: ready(port, proc, tmp_path / "relay.log"), 20,
+                       message="relay subprocess to be ready")
+        yield cfg, port
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+
+
+async def test_send_takes_url_and_token_from_config_and_reaches_the_sink(relay_with_sink, sink):
+    cfg, port = relay_with_sink
+    code, out, err = await run_send("-c", str(cfg), "delivery.updated", "--delivery-id", "D-42",
+                                    "--status", "delivered", "--field", "customer.tier=gold",
+                                    "--field", "items=3")
+    post, body, answer = out.splitlines()
+    assert post == f"POST http://127.0.0.1:{port}/webhook"
+    sent = json.loads(body)
+    assert sent.pop("timestamp").endswith("Z")
+    assert sent == {"event": "delivery.updated", "delivery_id": "D-42", "status": "delivered",
+                    "customer": {"tier": "gold"}, "items": 3}
+    assert re.fullmatch(r'202 Accepted \{"id": \d+, "status": "accepted", "notifications": 1\}',
+                        answer)
+    assert (code, err) == (0, "")
+    [msg] = await wait_for(lambda: sink.messages("hook"), message="the notification")
+    assert (msg["title"], msg["message"]) == ("delivery.updated D-42 delivered",
+                                             "tier=gold items=3")
+
+
+async def test_non_2xx_answer_is_printed_and_exits_1(relay_with_sink, sink):
+    cfg, _ = relay_with_sink
+    code, out, _ = await run_send("-c", str(cfg), "--token", "wrong")
+    assert out.splitlines()[-1] == ('401 Unauthorized {"error": "Unauthorized", "details":'
+                                    ' "missing or invalid bearer token"}')
+    assert code == 1
+    code, out, _ = await run_send("-c", str(cfg), "--field", "timestamp=yesterday")
+    assert out.splitlines()[-1] == (
+        '400 Bad Request {"error": "Invalid request data", "details": "timestamp must be'
+        ' ISO 8601, e.g. 2024-09-14T14:30:00Z"}')
+    assert code == 1
+    assert sink.received == []
+
+
+async def test_unreachable_relay_is_one_line_and_exits_1():
+    url = f"http://127.0.0.1:{free_port()}/webhook"
+    code, _, err = await run_send("--url", url, "--token", "t")
+    assert err == f"error: cannot reach {url}: [Errno 111] Connection refused\n"
+    assert code == 1
+
+
+def test_password_in_the_url_is_not_printed():
+    url = f"http://kourier:s3cret@127.0.0.1:{free_port()}/webhook"
+    result = CliRunner().invoke(main, ["send", "--url", url, "--token", "t"])
+    assert "s3cret" not in result.output
+    assert result.stdout.startswith("POST http://kourier:***@127.0.0.1:")
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize("fields, expected", [
+    (["a.b=1"], {"a": {"b": 1}}),
+    (["a.b.c=x", "a.d=true"], {"a": {"b": {"c": "x"}, "d": True}}),
+    (['tags=["x", "y"]', "note=two words"], {"tags": ["x", "y"], "note": "two words"}),
+])
+def test_field_values_nest_and_parse_as_json(fields, expected):
+    args = [a for f in fields for a in ("--field", f)]
+    result = CliRunner().invoke(main, ["send", "--url", f"http://127.0.0.1:{free_port()}/",
+                                       "--token", "t", "delivery.created", *args])
+    body = json.loads(result.stdout.splitlines()[1])
+    assert {k: body[k] for k in expected} == expected
+
+
+def test_field_that_is_already_a_value_cannot_nest():
+    result = CliRunner().invoke(main, ["send", "--url", "http://127.0.0.1:9/", "--token", "t",
+                                       "--field", "a=1", "--field", "a.b=2"])
+    assert "a.b: a is already a value, not an object" in result.stderr
+    assert result.exit_code == 2
+
