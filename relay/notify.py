@@ -189,7 +189,7 @@ class Notifier:
         try:
             result = obj.notify(body=body, title=title, notify_type=notify_type,
                                 body_format=body_format,
-                                log_callback=lambda entry, _svc: lines.append(entry.message))
+                                log_callback=lambda entry, _svc: _keep(lines, entry))
             if box.get("timeout") and not result:
                 return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
                                MIN_WAIT_AFTER_TIMEOUT)
@@ -202,6 +202,13 @@ class Notifier:
 
 
 MIN_WAIT_AFTER_TIMEOUT = 60.0
+_PROBLEM_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
+
+
+def _keep(lines: list[str], entry: Any) -> None:
+    """Keep Apprise's problem lines ("…, error=500."), not its chatter."""
+    if str(getattr(entry, "level", "")).upper() in _PROBLEM_LEVELS:
+        lines.append(entry.message)
 
 
 def classify(result: Any, lines: list[str], status: int | None, retry_after: str | None,

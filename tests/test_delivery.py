@@ -273,8 +273,13 @@ async def test_circuit_pauses_a_failing_receiver_and_resumes_after_a_probe(runni
     clock.advance(31)
     await ticked(r.relay)
     await wait_for(lambda: len(sink.messages("flaky")) == 3, message="resumed after the probe")
-    attempts = db_rows(tmp_path / "relay.db",
-                       "SELECT attempts FROM jobs WHERE receiver='flaky' ORDER BY id")
+
+    def sent_attempts():
+        rows = db_rows(tmp_path / "relay.db", "SELECT attempts FROM jobs WHERE receiver='flaky'"
+                                              " AND state='sent' ORDER BY id")
+        return rows if len(rows) == 3 else None
+
+    attempts = await wait_for(sent_attempts, message="all three recorded as sent")
     assert attempts == [(2,), (2,), (2,)]  # paused jobs did not burn attempts
 
 
