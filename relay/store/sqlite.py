@@ -203,6 +203,10 @@ class SQLiteStore:
         except sqlite3.Error as e:
             _rollback(conn)
             log.error("store write failed: %s", e)
+            try:
+                self._count_backlog(conn)  # undo the estimate's changes from the lost batch
+            except sqlite3.Error:
+                pass
             error = StoreError(f"store unavailable: {e}")
             results = [(op[2], None, error) for op in batch]
             loops = [op[3] for op in batch]
@@ -305,9 +309,11 @@ class SQLiteStore:
             " cancelled=max(cancelled, excluded.cancelled)",
             (event.delivery_id, ts, int(cancelling)))
         if cancelling:
-            conn.execute("UPDATE jobs SET state='suppressed', last_error=? WHERE delivery_id=?"
-                         " AND event_type='delivery.updated' AND state='pending'"
-                         " AND suppress_stale=1", ("delivery was cancelled", event.delivery_id))
+            cur = conn.execute(
+                "UPDATE jobs SET state='suppressed', last_error=? WHERE delivery_id=?"
+                " AND event_type='delivery.updated' AND state='pending' AND suppress_stale=1",
+                ("delivery was cancelled", event.delivery_id))
+            self._backlog -= cur.rowcount
         if event.type != "delivery.updated":
             return ""
         if cancelled:
@@ -488,8 +494,9 @@ class SQLiteStore:
             "SELECT id FROM events e WHERE received_at<? AND NOT EXISTS (SELECT 1 FROM jobs j"
             " WHERE j.event_id=e.id AND j.state IN ('pending','claimed','dead')) LIMIT ?",
             (before, batch))]
-        if not ids:
-            return 0
+        if not ids:  # then the per-delivery ordering state of deliveries quiet as long
+            return conn.execute("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM"
+                                " deliveries WHERE newest < ? LIMIT ?)", (before, batch)).rowcount
         marks = ",".join("?" * len(ids))
         conn.execute(f"DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE"
                      f" event_id IN ({marks}))", ids)

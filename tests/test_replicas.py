@@ -1,0 +1,239 @@
+"""Several relay processes on one PostgreSQL database: no loss, no double sends.
+
+Each replica is a real `python -m relay serve` process with its own port; the
+sink is a local HTTP server behind Apprise `json://`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import pgutil
+from tests.conftest import TOKEN, Sink, free_port, spawn_relay, wait_for, write_config
+
+pytestmark = pytest.mark.postgres
+
+CONFIG = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}"]
+store:
+  url: "{dsn}"
+delivery:
+  concurrency: {concurrency}
+  lease: {lease}
+  grace_period: 1s
+  retry: {schedule: [0, 0.1, 0.2, 0.5, 1, 1, 1, 1, 1, 1], jitter: 0}
+  circuit: {failures: 1000}
+receivers:
+  - name: hook
+    urls: ["{url}"]
+    concurrency: {concurrency}
+routes:
+  - match: {event: delivery.created}
+    receivers: [hook]
+    title: "{{ delivery_id }}"
+"""
+CONCURRENCY = 4  # per replica: bounds what one killed replica can have in flight
+
+
+@dataclass
+class Replica:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+Start = Callable[..., Awaitable[list[Replica]]]
+
+
+@pytest.fixture
+async def schema_dsn() -> AsyncIterator[str]:
+    """A fresh schema; tests ask for it before `replicas`, so it outlives the processes."""
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, sink: Sink) -> AsyncIterator[Start]:
+    """Start `count` relay processes on one database; all are stopped after the test."""
+    started: list[Replica] = []
+
+    async def start(count: int, dsn: str, lease: str = "3s") -> list[Replica]:
+        group = []
+        for _ in range(count):
+            port = free_port()
+            cfg = write_config(tmp_path / f"replica-{port}.yaml", CONFIG, port=port,
+                               token=TOKEN, dsn=dsn, lease=lease, url=sink.url("hook"),
+                               concurrency=CONCURRENCY)
+            replica = Replica(port, spawn_relay(cfg, log=tmp_path / f"replica-{port}.log"))
+            started.append(replica)
+            group.append(replica)
+        await asyncio.gather(*(ready(r) for r in group))
+        return group
+
+    yield start
+    await stop(started)
+
+
+async def stop(group: list[Replica]) -> None:
+    for r in group:
+        if r.proc.poll() is None:
+            r.proc.send_signal(signal.SIGTERM)
+    for r in group:
+        await asyncio.to_thread(r.proc.wait, 15)
+
+
+async def ready(replica: Replica) -> None:
+    async def up() -> bool:
+        assert replica.proc.poll() is None, "relay exited during start-up"
+        return await status_of(replica, "/readyz") == 200
+
+    await wait_for(up, timeout=15, message=f"replica on port {replica.port} ready")
+
+
+async def status_of(replica: Replica, path: str) -> int | None:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(replica.url + path) as r:
+            return r.status
+    except aiohttp.ClientError:
+        return None
+
+
+async def post(session: aiohttp.ClientSession, replica: Replica, delivery_id: str) -> int | None:
+    """The HTTP status, or None when the replica did not answer (it is dead)."""
+    body = {"event": "delivery.created", "delivery_id": delivery_id,
+            "timestamp": "2024-09-14T14:30:00Z"}
+    try:
+        async with session.post(replica.url + "/webhook", json=body,
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def arrived(sink: Sink) -> Counter[str]:
+    return Counter(m["title"] for m in sink.messages("hook"))
+
+
+async def query(dsn: str, sql: str, *args: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def settled(dsn: str) -> bool:
+    """No job is waiting or being sent any more, so no further notification can arrive."""
+    rows = await query(dsn, "SELECT count(*) FROM jobs WHERE state IN ('pending', 'claimed')")
+    return bool(rows[0][0] == 0)
+
+
+async def test_a_replica_killed_under_load_loses_no_acknowledged_event(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    sink.delay = 0.2  # sends take a while, so the victim dies with some in flight
+    group = await replicas(3, schema_dsn, lease="3s")
+    victim = group[0]
+    acked: list[str] = []
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async def send(n: int) -> None:
+            status = await post(session, group[n % 3], f"e{n}")
+            if status is not None and 200 <= status < 300:
+                acked.append(f"e{n}")
+
+        await asyncio.gather(*(send(n) for n in range(45)))
+        owned = f"%:{victim.proc.pid}:%"
+        held = await wait_for(lambda: query(schema_dsn, "SELECT id FROM jobs WHERE state ="
+                                            " 'claimed' AND claimed_by LIKE $1", owned),
+                              timeout=10, message="the victim to hold claims")
+        victim.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(victim.proc.wait, 10)
+        orphaned = [r[0] for r in await query(
+            schema_dsn, "SELECT id FROM jobs WHERE state = 'claimed' AND claimed_by LIKE $1",
+            owned)]
+        await asyncio.gather(*(send(n) for n in range(45, 90)))
+
+    await wait_for(lambda: set(acked) <= set(arrived(sink)), timeout=30,
+                   message="every acknowledged event at the sink")
+    await wait_for(lambda: settled(schema_dsn), timeout=15, message="the queue to drain")
+    assert held and len(acked) >= 75  # 45 before the kill, 30 to the survivors after it
+    taken_over = await query(schema_dsn, "SELECT state FROM jobs WHERE id = ANY($1::bigint[])",
+                             orphaned)
+    assert all(r[0] == "sent" for r in taken_over)
+    extra = sum(count - 1 for count in arrived(sink).values())
+    assert extra <= CONCURRENCY, arrived(sink).most_common(5)
+
+
+async def test_the_same_event_posted_to_two_replicas_at_once_is_sent_once(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    first, second = await replicas(2, schema_dsn)
+    ids = [f"dup{n}" for n in range(15)]
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(*(post(session, r, i) for i in ids
+                                          for r in (first, second)))
+    pairs = [sorted(s or 0 for s in statuses[k:k + 2]) for k in range(0, len(statuses), 2)]
+    assert pairs == [[200, 202]] * len(ids)  # one accepted, one duplicate, per event
+    await wait_for(lambda: set(ids) <= set(arrived(sink)), message="every event at the sink")
+    await wait_for(lambda: settled(schema_dsn), message="the queue to drain")
+    assert arrived(sink) == Counter(ids)
+
+
+async def test_a_database_restart_under_load_gives_503s_then_full_recovery(
+        replicas: Start, sink: Sink) -> None:
+    await pgutil.base_dsn()  # same skip/require rule as every PostgreSQL test
+    with pgutil.private_cluster(free_port()) as cluster:  # never restart the shared server
+        group = await replicas(2, cluster.dsn, lease="10s")
+        acked: list[str] = []
+        statuses: Counter[int | None] = Counter()
+        done = asyncio.Event()
+        loaders = [asyncio.create_task(load(r, f"r{i}", acked, statuses, done))
+                   for i, r in enumerate(group)]
+        try:
+            await wait_for(lambda: len(acked) >= 20, message="events acknowledged")
+            await asyncio.to_thread(cluster.stop)
+            await wait_for(lambda: statuses[503] >= 10, message="503s while the database is down")
+            assert await status_of(group[0], "/readyz") == 503
+            before = len(acked)
+            await asyncio.to_thread(cluster.start)
+            await wait_for(lambda: len(acked) >= before + 20, timeout=15,
+                           message="ingest to recover")
+        finally:
+            done.set()
+            await asyncio.gather(*loaders)
+        await wait_for(lambda: set(acked) <= set(arrived(sink)), timeout=20,
+                       message="every acknowledged event at the sink")
+        assert await status_of(group[1], "/readyz") == 200
+        assert set(statuses) <= {202, 503}, statuses
+        await stop(group)
+
+
+async def load(replica: Replica, prefix: str, acked: list[str],
+               statuses: Counter[int | None], done: asyncio.Event) -> None:
+    """Post unique events back to back until `done`; remember what was acknowledged."""
+    n = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while not done.is_set():
+            n += 1
+            status = await post(session, replica, f"{prefix}-{n}")
+            statuses[status] += 1
+            if status == 202:
+                acked.append(f"{prefix}-{n}")
+            else:
+                await asyncio.sleep(0.01)  # pacing while refused, not synchronisation

@@ -1,0 +1,454 @@
+"""One contract for every store: each test runs against SQLite and PostgreSQL.
+
+A second store instance on the same database stands in for a second process
+(another replica), so exclusivity, dedup and rate limits are proven across
+instances, not only within one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.errors import SchemaTooNew, StaleClaim, StoreError
+from relay.events import Event, event_from_dict
+from relay.store import (
+    SCHEMA_VERSION,
+    Attempt,
+    Bucket,
+    Circuit,
+    ClaimResult,
+    Job,
+    NewJob,
+    Store,
+    open_store,
+)
+from tests import pgutil
+from tests.conftest import free_port, wait_for
+
+T0 = 1_800_000_000.0
+CIRCUIT = Circuit(failures=5, cooldown=60.0, max_cooldown=600.0)
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str
+    bump_schema: Callable[[], Awaitable[None]]
+    opened: list[Store] = field(default_factory=list)
+
+    async def open(self) -> Store:
+        """Another store on the same database, as a second process would have."""
+        store = open_store(self.url)
+        await store.open()
+        self.opened.append(store)
+        return store
+
+
+async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    path = tmp_path / "relay.db"
+
+    async def bump() -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+
+    yield Backend("sqlite", f"sqlite:{path}", bump)
+
+
+async def _postgres_backend() -> AsyncIterator[Backend]:
+    import asyncpg
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        async def bump() -> None:
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)",
+                               SCHEMA_VERSION + 1)
+            await conn.close()
+
+        yield Backend("postgres", dsn, bump)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    source = _sqlite_backend(tmp_path) if request.param == "sqlite" else _postgres_backend()
+    b = await anext(source)
+    yield b
+    for store in reversed(b.opened):
+        await store.close()
+    await anext(source, None)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()
+
+
+def event(type: str = "delivery.updated", delivery: str = "d1",
+          ts: str = "2024-09-14T14:30:00Z", **extra: Any) -> Event:
+    return event_from_dict({"event": type, "delivery_id": delivery, "timestamp": ts,
+                            "status": "in_transit", **extra})
+
+
+def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> NewJob:
+    return NewJob(receiver, url_index, "route-1", f"title {receiver}", "body", "info", "text",
+                  suppress)
+
+
+async def claim(store: Store, receiver: str = "hook", limit: int = 10, now: float = T0,
+                owner: str = "a", lease: float = 30.0, bucket: Bucket | None = None,
+                circuit: Circuit = CIRCUIT) -> ClaimResult:
+    return await store.claim(receiver, limit, now, lease, owner, bucket, circuit)
+
+
+async def queue(store: Store, count: int, receiver: str = "hook", now: float = T0) -> None:
+    for i in range(count):
+        await store.accept(event(delivery=f"q{i}"), f"q{receiver}{i}", [job(receiver)], now)
+
+
+def attempt(at: float, outcome: str = "retry", error: str = "HTTP 500") -> Attempt:
+    return Attempt(at, outcome, error, 0.25)
+
+
+# ---------------------------------------------------------------- ingest
+
+
+async def test_accept_stores_the_event_and_one_job_per_notification(store: Store) -> None:
+    payload = event(note="ü")
+    accepted = await store.accept(payload, "k1", [job(), job(url_index=1), job("mail")], T0)
+    assert (accepted.duplicate, accepted.jobs, accepted.suppressed) == (False, 3, "")
+    jobs = (await claim(store)).jobs
+    assert [(j.receiver, j.url_index, j.state, j.attempts) for j in jobs] == \
+        [("hook", 0, "claimed", 0), ("hook", 1, "claimed", 0)]
+    first = jobs[0]
+    assert (first.event_id, first.title, first.delivery_id, first.event_type, first.created_at) \
+        == (accepted.event_id, "title hook", "d1", "delivery.updated", T0)
+    detail = await store.detail(first.id)
+    assert detail is not None and detail.event == dict(payload.payload)
+    assert (await store.stats()).backlog == 3
+    assert store.backlog_estimate() == 3
+
+
+async def test_a_duplicate_key_is_acknowledged_without_new_jobs(store: Store) -> None:
+    first = await store.accept(event(), "same", [job()], T0)
+    again = await store.accept(event(), "same", [job(), job("mail")], T0 + 5)
+    assert again.duplicate and again.jobs == 0 and again.event_id == first.event_id
+    assert len((await claim(store)).jobs) == 1
+    assert (await claim(store, "mail")).jobs == []
+
+
+async def test_concurrent_duplicate_accepts_on_two_stores_make_one_set_of_jobs(
+        backend: Backend, store: Store) -> None:
+    other = await backend.open()
+    results = await asyncio.gather(*(s.accept(event(), "race", [job(), job(url_index=1)], T0)
+                                     for s in [store, other] * 6))
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.event_id for r in results}) == 1
+    assert len((await claim(store)).jobs) == 2
+
+
+async def test_reopening_the_store_keeps_queued_jobs(backend: Backend, store: Store) -> None:
+    await store.accept(event(), "k", [job()], T0)
+    await store.close()
+    reopened = await backend.open()
+    assert len((await claim(reopened)).jobs) == 1
+
+
+# ---------------------------------------------------------------- claims and leases
+
+
+async def test_concurrent_claims_never_hand_out_a_job_twice(backend: Backend,
+                                                            store: Store) -> None:
+    await queue(store, 30)
+    other = await backend.open()
+
+    async def drain(s: Store, owner: str) -> list[Job]:
+        got: list[Job] = []
+        while jobs := (await claim(s, limit=2, owner=owner)).jobs:
+            got += jobs
+        return got
+
+    rounds = await asyncio.gather(*(drain(s, f"owner-{i}")
+                                    for i, s in enumerate([store, other] * 2)))
+    ids = [j.id for jobs in rounds for j in jobs]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    tokens = {j.claim_token for jobs in rounds for j in jobs}
+    assert len(tokens) >= 15  # one token per claim call, never shared between calls
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_claim_goes_stale(
+        store: Store) -> None:
+    await store.accept(event(), "k", [job()], T0)
+    [mine] = (await claim(store, owner="a", now=T0, lease=30)).jobs
+    assert (await claim(store, owner="b", now=T0 + 29)).jobs == []
+    [theirs] = (await claim(store, owner="b", now=T0 + 31, lease=30)).jobs
+    assert theirs.id == mine.id and theirs.claim_token != mine.claim_token
+    for finish in (store.complete(mine, attempt(T0 + 32, "sent", "")),
+                   store.bury(mine, attempt(T0 + 32, "failed")),
+                   store.retry_later(mine, T0 + 40, attempt(T0 + 32), CIRCUIT)):
+        with pytest.raises(StaleClaim):
+            await finish
+    await store.release(mine)  # a stale release is ignored, not an error
+    assert (await claim(store, owner="c", now=T0 + 33)).jobs == []
+    await store.complete(theirs, attempt(T0 + 34, "sent", ""))
+    detail = await store.detail(theirs.id)
+    assert detail is not None
+    assert (detail.job.state, detail.job.attempts, len(detail.history)) == ("sent", 1, 1)
+
+
+async def test_a_released_job_is_claimable_at_once_without_using_an_attempt(
+        store: Store) -> None:
+    await store.accept(event(), "k", [job()], T0)
+    [mine] = (await claim(store, owner="a")).jobs
+    await store.release(mine)
+    [again] = (await claim(store, owner="b")).jobs
+    assert again.id == mine.id and again.attempts == 0
+
+
+# ---------------------------------------------------------------- retries and dead letters
+
+
+async def test_a_retry_is_not_claimable_before_its_time(store: Store) -> None:
+    await store.accept(event(), "k", [job()], T0)
+    [first] = (await claim(store)).jobs
+    opened = await store.retry_later(first, T0 + 30, attempt(T0, error="HTTP 500"), CIRCUIT)
+    assert opened is False
+    early = await claim(store, now=T0 + 29.9)
+    assert early.jobs == [] and early.wait_until == pytest.approx(T0 + 30)
+    [second] = (await claim(store, now=T0 + 30)).jobs
+    assert (second.id, second.attempts, second.last_error) == (first.id, 1, "HTTP 500")
+
+
+async def test_a_buried_job_is_listed_dead_with_its_attempt_history(store: Store) -> None:
+    await store.accept(event(), "k", [job(), job("mail")], T0)
+    [first] = (await claim(store)).jobs
+    await store.retry_later(first, T0 + 1, attempt(T0, error="HTTP 503"), CIRCUIT)
+    [second] = (await claim(store, now=T0 + 1)).jobs
+    await store.bury(second, attempt(T0 + 1, "failed", "HTTP 404"))
+    dead = await store.dead()
+    assert [(j.id, j.state, j.attempts, j.last_error) for j in dead] == \
+        [(first.id, "dead", 2, "HTTP 404")]
+    assert await store.dead("mail") == [] and len(await store.dead("hook")) == 1
+    detail = await store.detail(first.id)
+    assert detail is not None and detail.event["delivery_id"] == "d1"
+    assert [(a.at, a.outcome, a.error) for a in detail.history] == \
+        [(T0, "retry", "HTTP 503"), (T0 + 1, "failed", "HTTP 404")]
+    stats = await store.stats()
+    assert (stats.dead, stats.backlog, stats.oldest_pending_at) == (1, 1, T0)
+    assert await store.detail(987654321) is None
+
+
+async def test_replay_by_id_by_receiver_and_all(store: Store) -> None:
+    for key, receivers in (("a", ["hook", "hook"]), ("b", ["mail"]), ("c", ["sms"])):
+        await store.accept(event(delivery=key), key, [job(r, i) for i, r in
+                                                      enumerate(receivers)], T0)
+    dead: list[Job] = []
+    for receiver in ("hook", "mail", "sms"):
+        for j in (await claim(store, receiver)).jobs:
+            await store.bury(j, attempt(T0, "failed", "HTTP 400"))
+            dead.append(j)
+    woken: list[int] = []
+    store.listeners.append(lambda: woken.append(1))  # type: ignore[attr-defined]
+    later = T0 + 100
+    assert await store.replay([dead[0].id], None, later) == 1
+    assert await store.replay(None, "mail", later) == 1
+    assert await store.replay(None, None, later) == 2
+    assert await store.replay(None, None, later) == 0
+    assert woken and await store.dead() == []
+    hook = (await claim(store, now=later)).jobs
+    assert [(j.attempts, j.created_at) for j in hook] == [(0, later), (0, later)]
+    detail = await store.detail(dead[0].id)
+    assert detail is not None and len(detail.history) == 1  # history is kept
+
+
+# ---------------------------------------------------------------- retention
+
+
+async def test_purge_deletes_only_finished_events_past_the_cutoff_in_batches(
+        store: Store) -> None:
+    sent: list[Job] = []
+    for i in range(3):
+        await store.accept(event(delivery=f"s{i}"), f"sent{i}", [job()], T0)
+    for j in (await claim(store)).jobs:
+        await store.complete(j, attempt(T0, "sent", ""))
+        sent.append(j)
+    await store.accept(event(delivery="n"), "no-jobs", [], T0)
+    await store.accept(event(delivery="p"), "pending", [job("slow")], T0)
+    await store.accept(event(delivery="x"), "dead", [job("bad")], T0)
+    [bad] = (await claim(store, "bad")).jobs
+    await store.bury(bad, attempt(T0, "failed"))
+    await store.accept(event(delivery="y"), "young", [job("young")], T0 + 1000)
+    [young] = (await claim(store, "young", now=T0 + 1000)).jobs
+    await store.complete(young, attempt(T0 + 1000, "sent", ""))
+
+    batches = [await store.purge(T0 + 500, batch=3) for _ in range(6)]
+    # Four finished events, then the ordering state of the seven deliveries.
+    assert batches == [3, 1, 3, 3, 1, 0]
+    assert all([await store.detail(j.id) is None for j in sent])
+    assert await store.detail(bad.id) is not None and await store.detail(young.id) is not None
+    assert len((await claim(store, "slow")).jobs) == 1
+    again = await store.accept(event(delivery="s0"), "sent0", [job()], T0 + 2000)
+    assert not again.duplicate  # dedup lasts as long as retention keeps the event
+
+
+# ---------------------------------------------------------------- rate limit and circuit
+
+
+async def test_a_rate_limit_bucket_is_shared_by_every_owner(backend: Backend,
+                                                            store: Store) -> None:
+    await queue(store, 8)
+    other = await backend.open()
+    bucket = Bucket(2, 10.0)  # 2 per 10 s: one token every 5 s
+    first = await asyncio.gather(*(claim(s, limit=5, owner=f"o{i}", bucket=bucket)
+                                   for i, s in enumerate([store, other, store, other])))
+    assert sum(len(r.jobs) for r in first) == 2
+    empty = [r for r in first if not r.jobs]
+    assert empty and all(r.wait_until == pytest.approx(T0 + 5) for r in empty)
+    assert len((await claim(other, owner="b", now=T0 + 5, bucket=bucket)).jobs) == 1
+    assert (await claim(store, owner="a", now=T0 + 5, bucket=bucket)).jobs == []
+    assert len((await claim(store, owner="a", now=T0 + 100, bucket=bucket)).jobs) == 2
+
+
+async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
+    circuit = Circuit(failures=2, cooldown=10.0, max_cooldown=40.0)
+    await queue(store, 5)
+    one, two = (await claim(store, limit=2, circuit=circuit)).jobs
+    assert await store.retry_later(one, T0, attempt(T0), circuit) is False
+    assert await store.retry_later(two, T0, attempt(T0), circuit) is True
+    shut = await claim(store, now=T0 + 5, circuit=circuit)
+    assert shut.jobs == [] and shut.paused and shut.wait_until == pytest.approx(T0 + 10)
+
+    [probe] = (await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs
+    assert (await claim(store, owner="b", limit=5, now=T0 + 10, circuit=circuit)).jobs == []
+    assert await store.retry_later(probe, T0 + 10, attempt(T0 + 10), circuit) is False
+    reopened = await claim(store, now=T0 + 25, circuit=circuit)
+    assert reopened.paused and reopened.wait_until == pytest.approx(T0 + 30)  # cooldown doubled
+
+    [probe] = (await claim(store, limit=5, now=T0 + 30, circuit=circuit)).jobs
+    await store.complete(probe, attempt(T0 + 30, "sent", ""))
+    closed = await claim(store, limit=5, now=T0 + 30, circuit=circuit)
+    assert len(closed.jobs) == 4 and not closed.paused
+
+
+# ---------------------------------------------------------------- stale and cancelled updates
+
+
+async def test_an_update_older_than_the_newest_is_suppressed(store: Store) -> None:
+    newer = await store.accept(event(ts="2024-09-14T10:00:00Z"), "a", [job(suppress=True)], T0)
+    older = await store.accept(event(ts="2024-09-14T09:00:00Z"), "b",
+                               [job(suppress=True), job("mail")], T0)
+    newest = await store.accept(event(ts="2024-09-14T11:00:00Z"), "c", [job(suppress=True)], T0)
+    assert (newer.jobs, newest.jobs, newest.suppressed) == (1, 1, "")
+    assert older.jobs == 1  # the receiver that did not ask for suppression still gets it
+    assert older.suppressed == "an update with a newer timestamp was already received"
+
+
+async def test_a_cancellation_suppresses_pending_and_later_updates(store: Store) -> None:
+    await store.accept(event(ts="2024-09-14T10:00:00Z"), "u1",
+                       [job(suppress=True), job("mail")], T0)
+    await store.accept(event(delivery="d2"), "other", [job(suppress=True)], T0)
+    cancel = await store.accept(event("delivery.cancelled", ts="2024-09-14T10:05:00Z"), "c",
+                                [job()], T0)
+    assert cancel.jobs == 1
+    late = await store.accept(event(ts="2024-09-14T10:10:00Z"), "u2", [job(suppress=True)], T0)
+    assert late.jobs == 0 and late.suppressed == "delivery was already cancelled"
+    hook = (await claim(store)).jobs
+    assert sorted((j.delivery_id, j.event_type) for j in hook) == \
+        [("d1", "delivery.cancelled"), ("d2", "delivery.updated")]
+    assert len((await claim(store, "mail")).jobs) == 1
+    assert store.backlog_estimate() == 3  # what ingest checks against max_backlog
+    assert (await store.stats()).backlog == 3
+
+
+# ---------------------------------------------------------------- schema
+
+
+async def test_a_newer_schema_is_refused(backend: Backend, store: Store) -> None:
+    await store.close()
+    await backend.bump_schema()
+    with pytest.raises(SchemaTooNew, match="upgrade the relay"):
+        await backend.open()
+
+
+# ---------------------------------------------------------------- PostgreSQL only
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[Backend]:
+    source = _postgres_backend()
+    b = await anext(source)
+    yield b
+    for s in reversed(b.opened):
+        await s.close()
+    await anext(source, None)
+
+
+@pytest.mark.postgres
+async def test_new_jobs_wake_idle_workers_of_every_replica(pg: Backend) -> None:
+    ingest, idle = await pg.open(), await pg.open()
+    woken = asyncio.Event()
+    idle.listeners.append(woken.set)  # type: ignore[attr-defined]
+    await wait_for(lambda: woken.is_set(), 5, message="LISTEN connection up")  # first connect
+    woken.clear()
+    await ingest.accept(event(), "k", [job()], T0)
+    await asyncio.wait_for(woken.wait(), 5)
+
+
+@pytest.mark.postgres
+async def test_replicas_starting_together_create_the_schema_once(pg: Backend) -> None:
+    import asyncpg
+
+    await asyncio.gather(*(pg.open() for _ in range(5)))
+    conn = await asyncpg.connect(pg.url)
+    assert await conn.fetch("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    await conn.close()
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://relay:s3cret@127.0.0.1:{port}/relay",
+    "postgresql://relay@127.0.0.1:{port}/relay?password=s3cret",
+    "postgresql://relay:s3cret@127.0.0.1:notaport/relay",
+    "postgresql://relay:s3cret@[::1/relay",
+])
+async def test_an_unusable_dsn_is_a_store_error_that_hides_the_password(url: str) -> None:
+    pytest.importorskip("asyncpg")
+    store = open_store(url.format(port=free_port()))  # nothing listens there
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    assert "s3cret" not in str(info.value) and "s3cret" not in repr(store)
+
+
+@pytest.mark.postgres
+async def test_killed_connections_give_store_errors_then_recover(pg: Backend) -> None:
+    import asyncpg
+
+    name = "kt_" + pg.url.rsplit("%3D", 1)[-1]  # this test's connections, nobody else's
+    victim, ingest = open_store(f"{pg.url}&application_name={name}"), await pg.open()
+    await victim.open()
+    pg.opened.append(victim)
+    woken = asyncio.Event()
+    victim.listeners.append(woken.set)  # type: ignore[attr-defined]
+    await wait_for(woken.is_set, 5, message="LISTEN connection up")
+    woken.clear()
+    admin = await asyncpg.connect(pg.url)
+    killed = await admin.fetchval("SELECT count(pg_terminate_backend(pid)) FROM"
+                                  " pg_stat_activity WHERE application_name = $1", name)
+    await admin.close()
+    assert killed >= 2  # the pool's connection and the LISTEN connection
+    await wait_for(woken.is_set, 10, message="LISTEN to reconnect")
+    woken.clear()
+    await ingest.accept(event(), "k", [job()], T0)
+    await asyncio.wait_for(woken.wait(), 5)
+
+    async def claimed() -> bool:
+        try:
+            return bool((await claim(victim)).jobs)
+        except StoreError:
+            return False  # a lost connection is a StoreError, never a raw asyncpg error
+
+    await wait_for(claimed, 10, message="the pool to reconnect")
