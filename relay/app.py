@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay import config as config_mod
 from relay.config import Config
-from relay.errors import ConfigError, Issue, StoreError
+from relay.errors import ConfigError, Issue, SchemaTooNew, StoreError
 from relay.events import Event
 from relay.logs import fields
 from relay.metrics import Metrics
@@ -33,6 +33,7 @@ from relay.worker import Worker
 
 log = logging.getLogger(__name__)
 PURGE_EVERY = 600.0
+STORE_WAIT = 30.0  # at start-up, wait this long for the database (e.g. a PostgreSQL starting)
 WATCH_EVERY = 0.5  # server.watch_config: how often the file is looked at
 RESTART_KEYS = ("server.listen", "server.path", "store.url")
 
@@ -126,13 +127,31 @@ class Relay:
         await self.stop()
 
     async def start(self) -> None:
-        await self.store.open()
+        remote = self.config.store.url.startswith(("postgresql:", "postgres:"))
+        await self._open_store(STORE_WAIT if remote else 0.0)
         listeners = getattr(self.store, "listeners", None)
         if listeners is not None:
             listeners.append(self.worker.wake)
         self._tasks = [asyncio.create_task(self.worker.run(), name="worker"),
                        asyncio.create_task(self._purge_loop(), name="purge"),
                        asyncio.create_task(self._watch_loop(), name="watch-config")]
+
+    async def _open_store(self, patience: float) -> None:
+        """Open the store, waiting a while for a database that is still starting."""
+        deadline = time.monotonic() + patience
+        delay = 0.5
+        while True:
+            try:
+                await self.store.open()
+                return
+            except SchemaTooNew:
+                raise
+            except StoreError as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("store not available yet (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         await self.worker.stop(self.config.delivery.grace_period)
