@@ -21,11 +21,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # .dockerignore lets only the package and its metadata through.
 COPY . .
-# The project itself, not a named package: dependency ranges live in
-# pyproject.toml. The base has no compiler, so every dependency must come as
-# a wheel (or be pure Python).
-# pip and setuptools only build; the runtime has no use for them (~23 MB).
-RUN pip install "./[postgres]" \
+# The project itself, with every dependency pinned by constraints.txt (the
+# versions the test suite ran with), so a rebuild gets the same image. The
+# base has no compiler, so every dependency must come as a wheel (or be pure
+# Python). pip and setuptools only build; the runtime has no use for them.
+RUN pip install --constraint constraints.txt "./[postgres]" \
  && kourier-relay --help >/dev/null \
  && python -m pip uninstall --yes --quiet setuptools pip
 

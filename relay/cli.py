@@ -140,7 +140,7 @@ def route(config_path: str, event_file: str, expect: str | None) -> None:
 
 def _read_event(name: str) -> bytes:
     if name == "-":
-        return click.get_binary_stream("stdin").read()
+        return sys.stdin.buffer.read()
     try:
         with open(name, "rb") as f:
             return f.read()

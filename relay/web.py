@@ -46,6 +46,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error(status: int, err: str, details: str, headers: dict[str, str] | None = None,
@@ -80,7 +81,7 @@ def _unauthorized(details: str) -> web.Response:
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
     return response
@@ -121,7 +122,7 @@ def check_content_type(request: web.Request) -> None:
 async def webhook(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     rt = s.runtime()
-    rid = request["request_id"]
+    rid = request[REQUEST_ID]
     if not bearer_ok(request.headers.get("Authorization"), rt.config.server.tokens):
         s.metrics.events.labels("", "rejected_auth").inc()
         log.warning("rejected: bad or missing token", extra=fields(request_id=rid))
