@@ -24,9 +24,9 @@ from relay.events import Event
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.notify import Notifier, check_urls
-from relay.pipeline import Planner
+from relay.pipeline import Notification, Planner
 from relay.routing import MatcherError, Router
-from relay.store import NewJob, Store, open_store
+from relay.store import Store, open_store
 from relay.templating import Templates
 from relay.web import Services, create_app
 from relay.worker import Worker
@@ -219,7 +219,7 @@ class Relay:
         payload = {"event": "relay.receiver_failing", "delivery_id": "-", "timestamp": stamp,
                    "receiver": receiver, "error": error}
         event = Event(payload["event"], "-", stamp, None, payload)
-        jobs = [NewJob(fallback, i, "(fallback)", f"Receiver {receiver} is failing",
+        jobs = [Notification(fallback, i, "(fallback)", f"Receiver {receiver} is failing",
                        f"The relay paused deliveries to {receiver!r} after repeated failures"
                        f" and will probe it again. Last error: {error}", "failure", "text")
                 for i in range(len(self.config.receivers[fallback].urls))]

@@ -91,14 +91,20 @@ class Sink:
         return web.Response(status=status, headers=headers, text="ok")
 
 
+async def serve_posts(handler: Callable[[web.Request], Any]) -> TestServer:
+    """A real HTTP server on a free port answering every POST with `handler`."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    return server
+
+
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     s = Sink()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", s.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
-    s.port = server.port
+    server = await serve_posts(s.handle)
+    s.port = server.port or 0
     yield s
     await server.close()
 
@@ -126,6 +132,9 @@ delivery:
 """
 DELIVERY = """grace_period: 2s
   retry: {schedule: [0, 0.1, 0.2], jitter: 0}"""
+# The placeholders of BASE_CONFIG besides port and db, for relays run as subprocesses too.
+DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
+            "delivery": DELIVERY}
 
 
 @dataclass
@@ -159,9 +168,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def start(extra: str = "", env: dict[str, str] | None = None,
                     clock: Callable[[], float] = time.time, **values: Any) -> RunningRelay:
         port = free_port()
-        values = {"port": port, "token": TOKEN, "db": tmp_path / "relay.db",
-                  "delivery": DELIVERY, "store": "", "admin": "admin-secret", "server": "",
-                  **values}
+        values = {"port": port, "db": tmp_path / "relay.db", **DEFAULTS, **values}
         cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + textwrap.dedent(extra),
                            **values)
         relay = Relay(str(cfg), env=env or {}, clock=clock)

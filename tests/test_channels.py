@@ -27,13 +27,12 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from relay.logs import TextFormatter
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, serve_posts, wait_for
 
 EVENT = {"event": "delivery.updated", "delivery_id": "abc123", "status": "in_transit",
          "timestamp": "2024-09-14T14:30:00Z"}
@@ -377,11 +376,8 @@ class GatedSink:
 @pytest.fixture
 async def gated_sink() -> AsyncIterator[GatedSink]:
     s = GatedSink()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", s.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
-    s.port = server.port
+    server = await serve_posts(s.handle)
+    s.port = server.port or 0
     yield s
     s.gate.set()
     await server.close()

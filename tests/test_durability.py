@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import ROOT, TOKEN, free_port, spawn_relay, wait_for, wait_healthy
+from tests.conftest import ROOT, TOKEN, free_port, serve_posts, spawn_relay, wait_for, wait_healthy
 
 EVENT = {"event": "delivery.updated", "status": "in_transit",
          "timestamp": "2024-09-14T14:30:00Z"}
@@ -67,11 +66,8 @@ class HoldingSink:
 @pytest.fixture
 async def holding_sink() -> AsyncIterator[HoldingSink]:
     s = HoldingSink()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", s.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
-    await server.start_server()
-    s.port = server.port
+    server = await serve_posts(s.handle)
+    s.port = server.port or 0
     yield s
     s.release.set()
     await server.close()

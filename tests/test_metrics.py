@@ -14,17 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay import __version__
 from tests.conftest import (
     BASE_CONFIG,
-    DELIVERY,
+    DEFAULTS,
     TOKEN,
     free_port,
     relay_cmd,
     wait_for,
     write_config,
 )
-
-# The placeholders of BASE_CONFIG that `running` fills itself, for relays run as subprocesses.
-DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
-            "delivery": DELIVERY}
 
 STAMP = "2024-09-14T14:30:00Z"
 THREE_RECEIVERS = """

@@ -13,17 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
     BASE_CONFIG,
-    DELIVERY,
+    DEFAULTS,
     TOKEN,
     free_port,
     spawn_relay,
     wait_for,
     write_config,
 )
-
-# The placeholders of BASE_CONFIG that `running` fills itself, for relays run as subprocesses.
-DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
-            "delivery": DELIVERY}
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 ROUTES = """

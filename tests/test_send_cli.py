@@ -16,18 +16,13 @@ from click.testing import CliRunner
 from relay.cli import main
 from tests.conftest import (
     BASE_CONFIG,
-    DELIVERY,
-    TOKEN,
+    DEFAULTS,
     free_port,
     relay_cmd,
     spawn_relay,
     wait_for,
     write_config,
 )
-
-# The placeholders of BASE_CONFIG that `running` fills itself, for relays run as subprocesses.
-DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
-            "delivery": DELIVERY}
 
 ROUTES = """
 receivers:

@@ -18,6 +18,7 @@ import pytest
 
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, event_from_dict
+from relay.pipeline import Notification
 from relay.store import (
     SCHEMA_VERSION,
     Attempt,
@@ -25,7 +26,6 @@ from relay.store import (
     Circuit,
     ClaimResult,
     Job,
-    NewJob,
     Store,
     open_store,
 )
@@ -95,8 +95,8 @@ def event(type: str = "delivery.updated", delivery: str = "d1",
                             "status": "in_transit", **extra})
 
 
-def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> NewJob:
-    return NewJob(receiver, url_index, "route-1", f"title {receiver}", "body", "info", "text",
+def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> Notification:
+    return Notification(receiver, url_index, "route-1", f"title {receiver}", "body", "info", "text",
                   suppress)
 
 

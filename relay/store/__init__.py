@@ -49,20 +49,6 @@ class JobSpec(Protocol):
 
 
 @dataclass(frozen=True)
-class NewJob:
-    """A JobSpec made by hand (e.g. the failing-receiver notice)."""
-
-    receiver: str
-    url_index: int
-    route: str
-    title: str
-    body: str
-    type: str
-    format: str
-    suppress_stale: bool = False
-
-
-@dataclass(frozen=True)
 class Accepted:
     event_id: int
     duplicate: bool
