@@ -65,6 +65,9 @@ class Outcome:
 
 
 SENT = Outcome("sent")
+# service_timeout=0: the send runs on our own (bounded) send thread instead of
+# hopping to Apprise's process-wide pool; our attempt timeout bounds it instead.
+_ASSET = apprise.AppriseAsset(service_timeout=0)
 
 
 # The last HTTP response `requests` saw during one of our sends. A context
@@ -152,14 +155,14 @@ class Notifier:
             return self._build(self.receivers[receiver].urls[index])
 
     def _build(self, url: str) -> apprise.Apprise | None:
-        plugin = apprise.Apprise.instantiate(url)
+        plugin = apprise.Apprise.instantiate(url, asset=_ASSET)
         if plugin is None:
             return None
         plugin.request_rate_per_sec = 0  # Apprise's hidden throttle: the relay rate-limits
         plugin.retry = 0
         plugin.socket_read_timeout = self.attempt_timeout
         plugin.socket_connect_timeout = min(self.attempt_timeout, 10.0)
-        obj = apprise.Apprise()
+        obj = apprise.Apprise(asset=_ASSET)
         obj.add(plugin)
         return obj
 
