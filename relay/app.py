@@ -25,6 +25,7 @@ from relay.logs import fields
 from relay.metrics import Metrics
 from relay.notify import Notifier, check_urls
 from relay.pipeline import Notification, Planner
+from relay.processes import DeliveryProcesses, follow_parent
 from relay.routing import MatcherError, Router
 from relay.store import Store, open_store
 from relay.templating import Templates
@@ -249,10 +250,13 @@ class Relay:
 
 
 async def serve(config_path: str, env: Mapping[str, str] | None = None,
-                listen: str | None = None) -> None:
+                listen: str | None = None, log_args: list[str] | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
     relay = Relay(config_path, env)
+    extra = DeliveryProcesses(config_path, relay.config.delivery.processes - 1, log_args or [])
     app = relay.web_app()
+    if extra.count:
+        app.on_startup.append(lambda _: _start_extra(relay, extra))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
@@ -262,15 +266,42 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(relay)))
+
+    def hangup() -> None:
+        loop.create_task(_reload_quietly(relay))
+        extra.signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     log.info("listening", extra=fields(listen=f"{host}:{port}", path=relay.config.server.path,
                                        store=relay.config.store.url.split(":", 1)[0],
                                        pid=os.getpid()))
     await stop.wait()
     log.info("shutting down (grace %.0fs)", relay.config.delivery.grace_period)
     await site.stop()
-    await runner.cleanup()
+    await asyncio.gather(runner.cleanup(), extra.stop(relay.config.delivery.grace_period))
     log.info("stopped")
+
+
+async def _start_extra(relay: Relay, extra: DeliveryProcesses) -> None:
+    extra.start()
+    listeners = getattr(relay.store, "listeners", None)
+    if listeners is not None:
+        listeners.append(extra.wake)
+
+
+async def deliver(config_path: str) -> None:
+    """A delivery-only process (`delivery.processes`): the worker without the HTTP server."""
+    relay = Relay(config_path)
+    await relay.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(relay)))
+    follow_parent(relay.worker.wake, stop)
+    log.info("delivering", extra=fields(pid=os.getpid()))
+    await stop.wait()
+    await relay.stop()
 
 
 async def _reload_quietly(relay: Relay) -> None:

@@ -83,13 +83,29 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
     from relay.app import serve as run
 
     setup(log_level, log_format)
-    asyncio.run(run(config_path, listen=listen))
+    asyncio.run(run(config_path, listen=listen,
+                    log_args=["--log-level", log_level, "--log-format", log_format]))
     # Everything is committed or released by now. A send still blocked in a thread
     # past the grace period would hold the interpreter's exit until its socket
     # timeout (pool threads are joined at exit), so leave without waiting for it.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
+
+
+@main.command(hidden=True)
+@config_option
+@click.option("--log-level", default="info")
+@click.option("--log-format", default="text")
+@guarded
+def deliver(config_path: str, log_level: str, log_format: str) -> None:
+    """A delivery-only process, started by `serve` when delivery.processes > 1."""
+    from relay.app import deliver as run
+
+    setup(log_level, log_format)
+    asyncio.run(run(config_path))
+    logging.shutdown()
+    os._exit(0)  # as in serve: do not wait for a send thread stuck past the grace period
 
 
 @main.command()

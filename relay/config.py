@@ -108,6 +108,7 @@ class DeliveryConfig:
     circuit: CircuitConfig = CircuitConfig()
     suppress_stale: bool = False
     fallback_receiver: str = ""
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
               "max_backlog": _int(1), "busy_timeout": duration},
     "delivery": {"concurrency": _int(1, 512), "attempt_timeout": duration,
                  "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
-                 "suppress_stale": _BOOL, "fallback_receiver": _STR},
+                 "suppress_stale": _BOOL, "fallback_receiver": _STR, "processes": _int(1, 32)},
     "retry": {"schedule": _expect(list, "a list of durations"), "jitter": _expect((int, float), "a number"),
               "max_age": duration},
     "circuit": {"failures": _int(1, 1000), "cooldown": duration, "max_cooldown": duration},
