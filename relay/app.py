@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -262,6 +263,7 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
     site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=1024)
     await site.start()
+    settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -293,6 +295,7 @@ async def deliver(config_path: str) -> None:
     """A delivery-only process (`delivery.processes`): the worker without the HTTP server."""
     relay = Relay(config_path)
     await relay.start()
+    settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -302,6 +305,18 @@ async def deliver(config_path: str) -> None:
     log.info("delivering", extra=fields(pid=os.getpid()))
     await stop.wait()
     await relay.stop()
+
+
+def settle_garbage_collector() -> None:
+    """Move start-up objects out of the collector's sight and collect less often.
+
+    Measured (bench/README.md): the collector's pauses made up much of the ack
+    p99 under load; freezing the long-lived start-up heap cut p99 by about a
+    quarter at no memory cost.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 async def _reload_quietly(relay: Relay) -> None:
