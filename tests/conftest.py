@@ -87,7 +87,9 @@ class Sink:
             await asyncio.sleep(3600)
         status, headers = action if isinstance(action, tuple) else (action, {})
         if status < 300:
-            self.received.append({"path": request.path, "arrived": time.monotonic(), **body})
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            self.received.append({"path": request.path, "arrived": time.monotonic(),
+                                  "peer_port": peer[1] if peer else None, **body})
         return web.Response(status=status, headers=headers, text="ok")
 
 

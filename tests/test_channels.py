@@ -445,3 +445,18 @@ async def test_no_apprise_url_secret_in_logs_or_dead_letters(running, internet, 
         for where, text in (("log", output), ("dead-letter API", api),
                             ("dead-letter errors", "\n".join(errors))):
             assert secret not in text, f"{secret} leaked into the {where}"
+
+
+async def test_sends_from_one_thread_reuse_their_http_connection(running, sink):
+    r = await running(f"""
+    receivers:
+      - name: hook
+        urls: ["{sink.url('keep')}"]
+    default_receiver: hook
+    """, delivery="concurrency: 1")
+    for n in range(3):
+        await r.post({"event": "delivery.updated", "delivery_id": f"k{n}", "status": "x",
+                      "timestamp": "2024-09-14T14:30:00Z"})
+        await wait_for(lambda n=n: len(sink.messages("keep")) == n + 1)
+    ports = {m["peer_port"] for m in sink.messages("keep")}
+    assert len(ports) == 1  # one kept-alive connection, not a new one per send
