@@ -73,12 +73,13 @@ def compile_config(config: Config, executor: ThreadPoolExecutor | None = None,
     if errors:
         raise ConfigError(sorted(errors, key=lambda i: i.line))
     assert router and templates
-    notifier = Notifier(config.receivers, executor or _EXECUTOR_PLACEHOLDER,
+    notifier = Notifier(config.receivers, executor or _DRY_RUN_EXECUTOR,
                         config.delivery.attempt_timeout)
     return router, templates, notifier, [i for i in issues if i.severity != "error"]
 
 
-_EXECUTOR_PLACEHOLDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run")
+# `check` and `route` build a runtime but never send: this pool never starts a thread.
+_DRY_RUN_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run")
 
 
 def build_runtime(config: Config, executor: ThreadPoolExecutor | None = None,

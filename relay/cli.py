@@ -23,7 +23,7 @@ import click
 from relay import __version__
 from relay import config as config_mod
 from relay.config import Config
-from relay.errors import ConfigError, InvalidEvent, RelayError, StoreError
+from relay.errors import ConfigError, InvalidEvent, RelayError
 from relay.events import parse_event
 from relay.logs import scrub, setup
 from relay.store import Store, open_store
@@ -386,5 +386,3 @@ def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None
     if count == 0:
         sys.exit(1)
 
-
-_ = StoreError  # re-exported for callers that catch it around run_store

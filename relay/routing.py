@@ -99,7 +99,7 @@ class Router:
 
 
 def compile_matchers(spec: Mapping[str, Any], path: str, source: Source) -> tuple[Matcher, ...]:
-    """Build matchers; raises ConfigError-ready issues through `MatcherError`."""
+    """Build a route's matchers; every bad one is reported (with its place) in `MatcherError`."""
     errors: list[Issue] = []
     matchers = []
     for key, value in spec.items():
