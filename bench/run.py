@@ -308,7 +308,7 @@ class Bench:
                 text = re.sub(r"concurrency: \d+(\s+# sends in flight to the sink)",
                               rf"concurrency: {self.args.receiver_concurrency}\1", text)
             if self.args.processes:
-                text = re.sub(r"processes: \d+(\s+# delivery processes)",
+                text = re.sub(r"processes: \d+(\s+# sending processes)",
                               rf"processes: {self.args.processes}\1", text)
             config_path = self.workdir / config
             config_path.write_text(text)

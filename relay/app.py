@@ -26,7 +26,7 @@ from relay.logs import fields
 from relay.metrics import Metrics
 from relay.notify import Notifier, check_urls
 from relay.pipeline import Notification, Planner
-from relay.processes import DeliveryProcesses, follow_parent
+from relay.processes import SendingProcesses, follow_parent
 from relay.routing import MatcherError, Router
 from relay.store import Store, open_store
 from relay.templating import Templates
@@ -74,7 +74,7 @@ def compile_config(config: Config, executor: ThreadPoolExecutor | None = None,
         raise ConfigError(sorted(errors, key=lambda i: i.line))
     assert router and templates
     notifier = Notifier(config.receivers, executor or _DRY_RUN_EXECUTOR,
-                        config.delivery.attempt_timeout)
+                        config.sending.attempt_timeout)
     return router, templates, notifier, [i for i in issues if i.severity != "error"]
 
 
@@ -99,7 +99,8 @@ class Relay:
         self.clock = clock
         self.metrics = Metrics()
         config = config_mod.load(config_path, env)
-        self.executor = ThreadPoolExecutor(max_workers=config.delivery.concurrency,
+        _log_warnings(config)
+        self.executor = ThreadPoolExecutor(max_workers=config.sending.concurrency,
                                            thread_name_prefix="send")
         self.live = build_runtime(config, self.executor, self._circuit_opened)
         try:
@@ -157,7 +158,7 @@ class Relay:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
-        await self.worker.stop(self.config.delivery.grace_period)
+        await self.worker.stop(self.config.sending.grace_period)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -174,6 +175,7 @@ class Relay:
             try:
                 config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
                 live = build_runtime(config, self.executor, self._circuit_opened)
+                _log_warnings(config)
             except Exception as e:  # whatever went wrong, the running config stays
                 self.metrics.reload_success.set(0)
                 log.error("config reload failed; keeping the running config:\n%s", e)
@@ -212,7 +214,7 @@ class Relay:
         return {"config": True, "store": store_ok, "worker": self.worker.running}
 
     def _circuit_opened(self, receiver: str, error: str) -> None:
-        fallback = self.config.delivery.fallback_receiver
+        fallback = self.config.sending.fallback_receiver
         if fallback and fallback != receiver:
             asyncio.get_running_loop().create_task(self._notify_fallback(fallback, receiver, error))
 
@@ -255,7 +257,7 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
                 listen: str | None = None, log_args: list[str] | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
     relay = Relay(config_path, env)
-    extra = DeliveryProcesses(config_path, relay.config.delivery.processes - 1, log_args or [])
+    extra = SendingProcesses(config_path, relay.config.sending.processes - 1, log_args or [])
     app = relay.web_app()
     if extra.count:
         app.on_startup.append(lambda _: _start_extra(relay, extra))
@@ -279,21 +281,21 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
                                        store=relay.config.store.url.split(":", 1)[0],
                                        pid=os.getpid()))
     await stop.wait()
-    log.info("shutting down (grace %.0fs)", relay.config.delivery.grace_period)
+    log.info("shutting down (grace %.0fs)", relay.config.sending.grace_period)
     await site.stop()
-    await asyncio.gather(runner.cleanup(), extra.stop(relay.config.delivery.grace_period))
+    await asyncio.gather(runner.cleanup(), extra.stop(relay.config.sending.grace_period))
     log.info("stopped")
 
 
-async def _start_extra(relay: Relay, extra: DeliveryProcesses) -> None:
+async def _start_extra(relay: Relay, extra: SendingProcesses) -> None:
     extra.start()
     listeners = getattr(relay.store, "listeners", None)
     if listeners is not None:
         listeners.append(extra.wake)
 
 
-async def deliver(config_path: str) -> None:
-    """A delivery-only process (`delivery.processes`): the worker without the HTTP server."""
+async def send_only(config_path: str) -> None:
+    """A sending-only process (`sending.processes`): the worker without the HTTP server."""
     relay = Relay(config_path)
     await relay.start()
     settle_garbage_collector()
@@ -303,7 +305,7 @@ async def deliver(config_path: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(relay)))
     follow_parent(relay.worker.wake, stop)
-    log.info("delivering", extra=fields(pid=os.getpid()))
+    log.info("sending only", extra=fields(pid=os.getpid()))
     await stop.wait()
     await relay.stop()
 
@@ -325,6 +327,11 @@ async def _reload_quietly(relay: Relay) -> None:
         await relay.reload()
     except Exception:  # already logged; the old config keeps serving
         pass
+
+
+def _log_warnings(config: Config) -> None:
+    for issue in config.warnings:
+        log.warning("config: %s", issue)
 
 
 def _setting(config: Config, dotted: str) -> Any:

@@ -93,14 +93,14 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
     os._exit(0)
 
 
-@main.command(hidden=True)
+@main.command("send-only", hidden=True)
 @config_option
 @click.option("--log-level", default="info")
 @click.option("--log-format", default="text")
 @guarded
-def deliver(config_path: str, log_level: str, log_format: str) -> None:
-    """A delivery-only process, started by `serve` when delivery.processes > 1."""
-    from relay.app import deliver as run
+def send_only(config_path: str, log_level: str, log_format: str) -> None:
+    """A sending-only process, started by `serve` when sending.processes > 1."""
+    from relay.app import send_only as run
 
     setup(log_level, log_format)
     asyncio.run(run(config_path))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from relay.errors import ConfigError, Issue
+from relay.errors import ConfigError, Issue, Severity
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
 BODY_FORMATS = ("text", "markdown", "html")
@@ -43,7 +43,7 @@ class Source:
             path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
         return self.lines.get("", 1)
 
-    def issue(self, path: str, message: str, severity: str = "error") -> Issue:
+    def issue(self, path: str, message: str, severity: Severity = "error") -> Issue:
         return Issue(self.file, self.line(path), path, message, severity)
 
 
@@ -99,16 +99,24 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
-class DeliveryConfig:
+class SendingConfig:
+    """How the worker sends jobs: concurrency, timeouts, retries, circuit, processes."""
+
     concurrency: int = 16
     attempt_timeout: float = 15.0
     grace_period: float = 10.0
     lease: float = 60.0
     retry: RetryPolicy = RetryPolicy()
     circuit: CircuitConfig = CircuitConfig()
-    suppress_stale: bool = False
     fallback_receiver: str = ""
     processes: int = 1
+
+
+@dataclass(frozen=True)
+class DeliveriesConfig:
+    """Rules about Kourier's parcel deliveries themselves (their order, their cancellation)."""
+
+    suppress_stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,17 +155,19 @@ class Config:
     source: Source
     server: ServerConfig
     store: StoreConfig
-    delivery: DeliveryConfig
+    sending: SendingConfig
+    deliveries: DeliveriesConfig
     receivers: Mapping[str, ReceiverConfig]
     templates: Mapping[str, TemplateConfig]
     routes: tuple[RouteConfig, ...]
     default_receiver: str = ""
     timezone: str = "UTC"
     env_refs: Mapping[str, str] = field(default_factory=dict, repr=False)
+    warnings: tuple[Issue, ...] = ()  # found while loading, e.g. a renamed key still in use
 
     def retry_for(self, receiver: str) -> RetryPolicy:
         rc = self.receivers.get(receiver)
-        return rc.retry if rc and rc.retry else self.delivery.retry
+        return rc.retry if rc and rc.retry else self.sending.retry
 
 
 # ---------------------------------------------------------------- YAML + env
@@ -319,16 +329,17 @@ _BOOL = _expect(bool, "true or false")
 _MAP = _expect(dict, "a mapping")
 
 SCHEMAS: dict[str, dict[str, Conv]] = {
-    "": {"server": _MAP, "store": _MAP, "delivery": _MAP, "receivers": _expect(list, "a list"),
-         "templates": _MAP, "routes": _expect(list, "a list"), "default_receiver": _STR,
-         "timezone": _STR},
+    "": {"server": _MAP, "store": _MAP, "sending": _MAP, "deliveries": _MAP,
+         "receivers": _expect(list, "a list"), "templates": _MAP, "routes": _expect(list, "a list"),
+         "default_receiver": _STR, "timezone": _STR, "delivery": _MAP},
     "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
                "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL},
     "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
               "max_backlog": _int(1), "busy_timeout": duration},
-    "delivery": {"concurrency": _int(1, 512), "attempt_timeout": duration,
-                 "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
-                 "suppress_stale": _BOOL, "fallback_receiver": _STR, "processes": _int(1, 32)},
+    "sending": {"concurrency": _int(1, 512), "attempt_timeout": duration,
+                "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
+                "fallback_receiver": _STR, "processes": _int(1, 32)},
+    "deliveries": {"suppress_stale": _BOOL},
     "retry": {"schedule": _expect(list, "a list of durations"), "jitter": _expect((int, float), "a number"),
               "max_age": duration},
     "circuit": {"failures": _int(1, 1000), "cooldown": duration, "max_cooldown": duration},
@@ -348,9 +359,13 @@ class _Checker:
     def __init__(self, source: Source) -> None:
         self.source = source
         self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
 
     def error(self, path: str, message: str) -> None:
         self.issues.append(self.source.issue(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(self.source.issue(path, message, "warning"))
 
     def section(self, data: Any, path: str, schema: str) -> dict[str, Any]:
         if data is None:
@@ -410,13 +425,14 @@ def _build(raw: Any, c: _Checker) -> Config | None:
     top = c.section(raw if raw is not None else {}, "", "")
     server = _server(c.section(top.get("server"), "server", "server"), c)
     store = StoreConfig(**c.section(top.get("store"), "store", "store"))
-    delivery = _delivery(c.section(top.get("delivery"), "delivery", "delivery"), c)
+    sending, deliveries = _sending(top, c)
     receivers = _receivers(top.get("receivers", []), c)
     templates = {name: _template(body, f"templates.{name}", c)
                  for name, body in (top.get("templates") or {}).items()}
     routes = tuple(_route(r, f"routes[{i}]", c) for i, r in enumerate(top.get("routes", [])))
-    config = Config(c.source, server, store, delivery, receivers, templates, routes,
-                    top.get("default_receiver", ""), top.get("timezone", "UTC"))
+    config = Config(c.source, server, store, sending, deliveries, receivers, templates, routes,
+                    top.get("default_receiver", ""), top.get("timezone", "UTC"),
+                    warnings=tuple(sorted(c.warnings, key=lambda i: i.line)))
     _check_references(config, c)
     return config
 
@@ -443,10 +459,37 @@ def _retry(data: dict[str, Any], path: str, c: _Checker) -> RetryPolicy:
     return RetryPolicy(**values)
 
 
-def _delivery(data: dict[str, Any], c: _Checker) -> DeliveryConfig:
-    retry = _retry(data.pop("retry", {}), "delivery.retry", c)
-    circuit = CircuitConfig(**c.section(data.pop("circuit", {}), "delivery.circuit", "circuit"))
-    return DeliveryConfig(**data, retry=retry, circuit=circuit)
+def _sending(top: dict[str, Any], c: _Checker) -> tuple[SendingConfig, DeliveriesConfig]:
+    """`sending:` and `deliveries:`, or the old `delivery:` section that mixed the two."""
+    deliveries = c.section(top.get("deliveries"), "deliveries", "deliveries")
+    if "delivery" not in top:
+        return _sending_section(c.section(top.get("sending"), "sending", "sending"), "sending",
+                                c), DeliveriesConfig(**deliveries)
+    if "sending" in top:
+        c.error("delivery", 'the old "delivery:" section and "sending:" are both here:'
+                ' move everything into "sending:"')
+    old = dict(top.get("delivery") or {}) if isinstance(top.get("delivery"), dict) else {}
+    if "suppress_stale" in old:
+        c.warn("delivery.suppress_stale",
+               'renamed: write "deliveries: {suppress_stale: ...}" (it is about parcel deliveries)')
+        if "suppress_stale" in deliveries:
+            c.error("delivery.suppress_stale", 'also set in "deliveries:": keep only that one')
+        value = old.pop("suppress_stale")
+        if isinstance(value, bool):
+            deliveries.setdefault("suppress_stale", value)
+        else:
+            c.error("delivery.suppress_stale", f"expected true or false, got {_kind(value)}")
+    if old:
+        c.warn("delivery", 'renamed: call this section "sending:" (the old name still works'
+               ' for now); "delivery" only ever means a Kourier parcel delivery')
+    data = c.section(old, "delivery", "sending")
+    return _sending_section(data, "delivery", c), DeliveriesConfig(**deliveries)
+
+
+def _sending_section(data: dict[str, Any], path: str, c: _Checker) -> SendingConfig:
+    retry = _retry(data.pop("retry", {}), f"{path}.retry", c)
+    circuit = CircuitConfig(**c.section(data.pop("circuit", {}), f"{path}.circuit", "circuit"))
+    return SendingConfig(**data, retry=retry, circuit=circuit)
 
 
 def _receivers(items: list[Any], c: _Checker) -> dict[str, ReceiverConfig]:
@@ -504,9 +547,10 @@ def _check_references(config: Config, c: _Checker) -> None:
         name = getattr(config, key)
         if name and name not in config.receivers:
             c.error(key, _undefined_receiver(name, config))
-    fallback = config.delivery.fallback_receiver
+    fallback = config.sending.fallback_receiver
     if fallback and fallback not in config.receivers:
-        c.error("delivery.fallback_receiver", _undefined_receiver(fallback, config))
+        section = "delivery" if "delivery.fallback_receiver" in config.source.lines else "sending"
+        c.error(f"{section}.fallback_receiver", _undefined_receiver(fallback, config))
 
 
 def _undefined_receiver(name: str, config: Config) -> str:
@@ -523,4 +567,4 @@ def _did_you_mean(name: str, options: Mapping[str, Any]) -> str:
 
 def used_receivers(config: Config) -> set[str]:
     names = {r for route in config.routes for r in route.receivers}
-    return names | {n for n in (config.default_receiver, config.delivery.fallback_receiver) if n}
+    return names | {n for n in (config.default_receiver, config.sending.fallback_receiver) if n}

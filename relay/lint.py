@@ -28,6 +28,7 @@ def lint(path: str) -> list[Issue]:
         found = compile_config(config)[3]
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
+    found += config.warnings
     for rule in (unused, shadowed, undocumented, store_url):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))

@@ -71,7 +71,7 @@ class Planner:
         rendered = self.templates.render(name, event, flavor_for(channel.scheme, fmt))
         title, body, cut = _fit(rendered, channel)
         stale = route.config.suppress_stale if route and route.config.suppress_stale is not None \
-            else self.config.delivery.suppress_stale
+            else self.config.deliveries.suppress_stale
         return Notification(receiver, index, name or "(default)", title, body, rendered.type,
                             rendered.format, stale, cut)
 

@@ -1,8 +1,8 @@
-"""More delivery processes on the same store (`delivery.processes: N`).
+"""More sending processes on the same store (`sending.processes: N`).
 
 Apprise sends are CPU-bound Python under one GIL, so one process tops out at a
 few hundred sends a second. With N > 1, `serve` starts N-1 children running
-`kourier-relay deliver`: each is a worker without the HTTP server, claiming
+`kourier-relay send-only`: each is a worker without the HTTP server, claiming
 from the same store (claims and leases keep them from sending a job twice).
 The parent wakes them through their stdin when it accepts jobs; a child
 whose stdin closes (its parent died, even by SIGKILL) shuts down cleanly.
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 COALESCE = 0.002  # seconds: one wake-up byte per child per this long, however many accepts
 
 
-class DeliveryProcesses:
+class SendingProcesses:
     def __init__(self, config_path: str, count: int, log_args: list[str]) -> None:
         self.config_path = config_path
         self.count = count
@@ -33,12 +33,12 @@ class DeliveryProcesses:
     def start(self) -> None:
         for _ in range(self.count):
             child = subprocess.Popen(
-                [sys.executable, "-m", "relay", "deliver", "-c", self.config_path,
+                [sys.executable, "-m", "relay", "send-only", "-c", self.config_path,
                  *self.log_args], stdin=subprocess.PIPE)
             assert child.stdin is not None
             os.set_blocking(child.stdin.fileno(), False)
             self.children.append(child)
-        log.info("started %d extra delivery process(es)", self.count,
+        log.info("started %d extra sending process(es)", self.count,
                  extra={"fields": {"pids": ",".join(str(c.pid) for c in self.children)}})
 
     def wake(self) -> None:
@@ -68,7 +68,7 @@ class DeliveryProcesses:
                 child.kill()
                 code = await asyncio.to_thread(child.wait)
             if code:
-                log.warning("delivery process %d exited with %d", child.pid, code)
+                log.warning("sending process %d exited with %d", child.pid, code)
 
 
 def follow_parent(on_wake: Callable[[], None], stop: asyncio.Event) -> None:

@@ -1,4 +1,4 @@
-"""The delivery loop: claim due jobs per receiver -> send -> record the outcome.
+"""The send loop: claim due jobs per receiver -> send -> record the outcome.
 
 Each receiver is claimed for separately and only up to its free capacity
 (concurrency slots, rate-limit tokens, circuit state), so a slow or failing
@@ -99,7 +99,7 @@ class Worker:
         if self.paused:
             return POLL
         wake_at = now + POLL
-        cap = rt.config.delivery.concurrency
+        cap = rt.config.sending.concurrency
         for name, rc in rt.config.receivers.items():
             if self._not_before.get(name, 0.0) > now:
                 wake_at = min(wake_at, self._not_before[name])
@@ -108,7 +108,7 @@ class Worker:
             if free <= 0:
                 continue
             result = await self.store.claim(
-                name, free, now, rt.config.delivery.lease, self.owner,
+                name, free, now, rt.config.sending.lease, self.owner,
                 Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
                 _circuit(rt.config))
             self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
@@ -126,7 +126,7 @@ class Worker:
     async def _bury_orphans(self, rt: Runtime, now: float) -> None:
         """Jobs whose receiver left the config go dead with that reason (replay after a fix)."""
         for name in await self.store.active_receivers() - set(rt.config.receivers):
-            result = await self.store.claim(name, 100, now, rt.config.delivery.lease, self.owner,
+            result = await self.store.claim(name, 100, now, rt.config.sending.lease, self.owner,
                                             None, _circuit(rt.config))
             for job in result.jobs:
                 why = f"receiver {name!r} is no longer in the config"
@@ -223,5 +223,5 @@ class Worker:
 
 
 def _circuit(config: Config) -> Circuit:
-    c = config.delivery.circuit
+    c = config.sending.circuit
     return Circuit(c.failures, c.cooldown, c.max_cooldown)

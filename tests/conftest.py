@@ -129,14 +129,14 @@ server:
 store:
   url: "sqlite:{db}"
   {store}
-delivery:
-  {delivery}
+sending:
+  {sending}
 """
-DELIVERY = """grace_period: 2s
+SENDING = """grace_period: 2s
   retry: {schedule: [0, 0.1, 0.2], jitter: 0}"""
 # The placeholders of BASE_CONFIG besides port and db, for relays run as subprocesses too.
 DEFAULTS = {"token": TOKEN, "admin": "admin-secret", "server": "", "store": "",
-            "delivery": DELIVERY}
+            "sending": SENDING}
 
 
 @dataclass

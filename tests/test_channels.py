@@ -453,7 +453,7 @@ async def test_sends_from_one_thread_reuse_their_http_connection(running, sink):
       - name: hook
         urls: ["{sink.url('keep')}"]
     default_receiver: hook
-    """, delivery="concurrency: 1")
+    """, sending="concurrency: 1")
     for n in range(3):
         await r.post({"event": "delivery.updated", "delivery_id": f"k{n}", "status": "x",
                       "timestamp": "2024-09-14T14:30:00Z"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -29,8 +30,8 @@ ERRORS = {
                    " (while parsing a flow sequence that starts on line 3)",
     "unknown_key": '7: receivers[0].rate_limt: unknown key "rate_limt"'
                    ' (did you mean "rate_limit"?)',
-    "wrong_type": "5: delivery.concurrency: expected an integer, got a string",
-    "out_of_range": "6: delivery.retry.jitter: must be between 0 and 1",
+    "wrong_type": "5: sending.concurrency: expected an integer, got a string",
+    "out_of_range": "6: sending.retry.jitter: must be between 0 and 1",
     "undefined_receiver": '10: routes[0].receivers[1]: undefined receiver "pager"',
     "undefined_template": '14: routes[0].template: undefined template "problme"'
                           ' (did you mean "problem"?)',
@@ -198,3 +199,16 @@ def test_serve_refuses_broken_config_printing_the_check_line(name, serve_results
     assert stderr.splitlines() == [expected(name)]
     assert code == 1
     assert SECRET not in stderr
+
+
+def test_check_warns_about_the_old_delivery_section_with_the_new_name(tmp_path):
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text((ROOT / "config.example.yaml").read_text().replace("sending:", "delivery:", 1))
+    result = subprocess.run([sys.executable, "-m", "relay", "check", "-c", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1)
+                if text.startswith("delivery:"))
+    assert f'old.yaml:{line}: delivery: warning: renamed: call this section "sending:"' in out
+    assert "Traceback" not in out

@@ -86,3 +86,44 @@ def test_missing_file_is_one_clear_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(tmp_path / "nope.yaml")
     assert str(e.value) == f"{tmp_path / 'nope.yaml'}: cannot read config: No such file or directory"
+
+
+OLD_DELIVERY = MINIMAL + """\
+delivery:
+  concurrency: 4
+  suppress_stale: true
+  retry: {schedule: [0, 5s]}
+"""
+
+
+def test_the_old_delivery_section_still_runs_as_sending_and_deliveries():
+    cfg = load(OLD_DELIVERY, {"TOKEN": "t"})
+    assert cfg.sending.concurrency == 4
+    assert cfg.sending.retry.schedule == (0.0, 5.0)
+    assert cfg.deliveries.suppress_stale is True
+    assert [str(w) for w in cfg.warnings] == [
+        'relay.yaml:7: delivery: warning: renamed: call this section "sending:" (the old name'
+        ' still works for now); "delivery" only ever means a Kourier parcel delivery',
+        'relay.yaml:9: delivery.suppress_stale: warning: renamed: write "deliveries:'
+        ' {suppress_stale: ...}" (it is about parcel deliveries)']
+
+
+def test_the_new_sections_load_without_warnings():
+    cfg = load(MINIMAL + "sending: {concurrency: 3}\ndeliveries: {suppress_stale: true}\n",
+               {"TOKEN": "t"})
+    assert (cfg.sending.concurrency, cfg.deliveries.suppress_stale, cfg.warnings) == (3, True, ())
+
+
+def test_old_and_new_sections_together_are_an_error_at_the_old_one():
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL + "sending: {concurrency: 3}\ndelivery: {concurrency: 2}\n", {"TOKEN": "t"})
+    assert [str(i) for i in e.value.issues] == [
+        'relay.yaml:8: delivery: the old "delivery:" section and "sending:" are both here:'
+        ' move everything into "sending:"']
+
+
+def test_an_error_inside_the_old_section_names_the_old_key():
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL + "delivery: {concurrency: many}\n", {"TOKEN": "t"})
+    assert str(e.value.issues[0]) == \
+        "relay.yaml:7: delivery.concurrency: expected an integer, got a string"

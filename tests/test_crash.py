@@ -20,7 +20,7 @@ server:
   tokens: ["{token}"]
 store:
   url: "sqlite:{db}"
-delivery:
+sending:
   concurrency: {concurrency}
   grace_period: {grace}
   retry: {schedule: [0, 0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2], jitter: 0}

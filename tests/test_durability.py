@@ -31,7 +31,7 @@ server:
   tokens: ["{token}"]
 store:
   url: "sqlite:{db}"
-delivery:
+sending:
   grace_period: 1s
   lease: 10m          # recovery must not wait for a lease: the dead owner is released
   retry: {{schedule: [0, 0.1, 0.2], jitter: 0}}

@@ -1,4 +1,4 @@
-"""`delivery.processes`: several delivery processes on one SQLite store, no job sent twice."""
+"""`sending.processes`: several sending processes on one SQLite store, no job sent twice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ server:
   tokens: ["{token}"]
 store:
   url: "sqlite:{db}"
-delivery:
+sending:
   processes: 3
 receivers:
   - name: hook
@@ -36,7 +36,7 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-async def test_three_delivery_processes_send_every_job_exactly_once(tmp_path, sink):
+async def test_three_sending_processes_send_every_job_exactly_once(tmp_path, sink):
     port = free_port()
     cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
                        db=tmp_path / "relay.db", url=sink.url("hook"))
@@ -71,7 +71,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def test_delivery_processes_leave_when_their_parent_is_killed(tmp_path, sink):
+async def test_sending_processes_leave_when_their_parent_is_killed(tmp_path, sink):
     port = free_port()
     cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
                        db=tmp_path / "relay.db", url=sink.url("hook"))
@@ -82,7 +82,7 @@ async def test_delivery_processes_leave_when_their_parent_is_killed(tmp_path, si
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     await wait_for(lambda: not any(alive(pid) and not zombie(pid) for pid in children),
-                   timeout=15, message="orphaned delivery processes to exit")
+                   timeout=15, message="orphaned sending processes to exit")
 
 
 def zombie(pid: int) -> bool:

@@ -29,7 +29,7 @@ server:
   tokens: ["{token}"]
 store:
   url: "{dsn}"
-delivery:
+sending:
   concurrency: {concurrency}
   lease: {lease}
   grace_period: 1s

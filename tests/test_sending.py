@@ -1,4 +1,4 @@
-"""Delivery guarantees: retries and their schedule, dead letters, rate limits, circuit, backpressure."""
+"""Sending guarantees: retries and their schedule, dead letters, rate limits, circuit, backpressure."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def ticked(relay, after: int | None = None):
 async def test_flaky_receiver_eventually_gets_every_event_exactly_once(running, sink, tmp_path):
     sink.script["/flaky"] = [500] * 12
     r = await running(receivers(sink, flaky="flaky") + "default_receiver: flaky\n",
-                      delivery="retry: {schedule: [0, 0.05, 0.1, 0.1, 0.1, 0.1], jitter: 0}\n"
+                      sending="retry: {schedule: [0, 0.05, 0.1, 0.1, 0.1, 0.1], jitter: 0}\n"
                                "  circuit: {failures: 100}")
     for n in range(10):
         assert (await r.post(event(n)))[0] == 202
@@ -67,7 +67,7 @@ async def test_permanent_error_goes_dead_at_once_with_its_reason(running, sink, 
 async def test_retries_run_out_and_the_job_is_dead(running, sink, tmp_path):
     sink.default_status = 503
     r = await running(receivers(sink, down="down") + "default_receiver: down\n",
-                      delivery="retry: {schedule: [0, 0.05, 0.05], jitter: 0}\n"
+                      sending="retry: {schedule: [0, 0.05, 0.05], jitter: 0}\n"
                                "  circuit: {failures: 100}")
     await r.post(event(1))
     dead = await wait_for(lambda: db_rows(tmp_path / "relay.db",
@@ -82,7 +82,7 @@ async def test_retry_after_on_429_is_honoured_and_no_earlier_attempt_is_made(run
     clock = FakeClock()
     sink.script["/slow"] = [(429, {"Retry-After": "120"})]
     r = await running(receivers(sink, slow="slow") + "default_receiver: slow\n", clock=clock,
-                      delivery="retry: {schedule: [0, 1, 1], jitter: 0}")
+                      sending="retry: {schedule: [0, 1, 1], jitter: 0}")
     await r.post(event(1))
     await wait_for(lambda: sink.hits == ["/slow"])
     due = await wait_for(lambda: db_rows(tmp_path / "relay.db",
@@ -101,7 +101,7 @@ async def test_after_a_429_without_retry_after_the_wait_is_at_least_a_minute(run
     clock = FakeClock()
     sink.script["/x"] = [429]
     r = await running(receivers(sink, x="x") + "default_receiver: x\n", clock=clock,
-                      delivery="retry: {schedule: [0, 1, 1], jitter: 0}")
+                      sending="retry: {schedule: [0, 1, 1], jitter: 0}")
     await r.post(event(1))
     due = await wait_for(lambda: db_rows(tmp_path / "relay.db",
                                          "SELECT next_attempt_at FROM jobs WHERE state='pending'"
@@ -113,7 +113,7 @@ async def test_hanging_receiver_times_out_and_is_retried_a_minute_later(running,
     clock = FakeClock()
     sink.script["/hang"] = ["hang"]
     r = await running(receivers(sink, hang="hang") + "default_receiver: hang\n", clock=clock,
-                      delivery="attempt_timeout: 0.3s\n  retry: {schedule: [0, 1], jitter: 0}")
+                      sending="attempt_timeout: 0.3s\n  retry: {schedule: [0, 1], jitter: 0}")
     await r.post(event(1))
     row = await wait_for(lambda: db_rows(
         tmp_path / "relay.db", "SELECT next_attempt_at, last_error FROM jobs WHERE attempts=1"))
@@ -125,7 +125,7 @@ async def test_event_older_than_max_age_is_not_retried(running, sink, tmp_path):
     clock = FakeClock()
     sink.default_status = 500
     r = await running(receivers(sink, x="x") + "default_receiver: x\n", clock=clock,
-                      delivery="retry: {schedule: [0, 1h], jitter: 0, max_age: 30m}")
+                      sending="retry: {schedule: [0, 1h], jitter: 0, max_age: 30m}")
     await r.post(event(1))
     dead = await wait_for(lambda: db_rows(tmp_path / "relay.db",
                                           "SELECT last_error FROM jobs WHERE state='dead'"))
@@ -136,12 +136,12 @@ async def test_restart_keeps_the_schedule(running, sink, tmp_path):
     clock = FakeClock()
     sink.script["/x"] = [500]
     cfg = receivers(sink, x="x") + "default_receiver: x\n"
-    delivery = "retry: {schedule: [0, 10m], jitter: 0}"
-    r = await running(cfg, clock=clock, delivery=delivery)
+    sending = "retry: {schedule: [0, 10m], jitter: 0}"
+    r = await running(cfg, clock=clock, sending=sending)
     await r.post(event(1))
     await wait_for(lambda: db_rows(tmp_path / "relay.db", "SELECT 1 FROM jobs WHERE attempts=1"))
     await r.relay.stop()
-    again = await running(cfg, clock=clock, delivery=delivery)
+    again = await running(cfg, clock=clock, sending=sending)
     await ticked(again.relay)
     assert len(sink.hits) == 1  # not hurried by the restart
     clock.advance(601)
@@ -240,7 +240,7 @@ async def test_rate_limited_and_hanging_receivers_do_not_slow_a_third(running, s
     r = await running(receivers(sink, limited="limited rate_limit: 1/s", hang="hang", fast="fast")
                       + "routes:\n  - {match: {event: delivery.updated},"
                         " receivers: [limited, hang, fast]}\n",
-                      delivery="attempt_timeout: 5s\n  retry: {schedule: [0, 1h], jitter: 0}")
+                      sending="attempt_timeout: 5s\n  retry: {schedule: [0, 1h], jitter: 0}")
     for n in range(5):
         await r.post(event(n))
     await wait_for(lambda: len(sink.messages("fast")) == 5, timeout=3,
@@ -259,7 +259,7 @@ async def test_circuit_pauses_a_failing_receiver_and_resumes_after_a_probe(runni
     r = await running(receivers(sink, flaky="flaky", log="log") +
                       "routes:\n  - {match: {event: delivery.updated}, receivers: [flaky]}\n",
                       clock=clock,
-                      delivery="retry: {schedule: [0, 1, 1, 1, 1, 1, 1, 1], jitter: 0}\n"
+                      sending="retry: {schedule: [0, 1, 1, 1, 1, 1, 1, 1], jitter: 0}\n"
                                "  circuit: {failures: 3, cooldown: 60}\n"
                                "  fallback_receiver: log")
     for n in range(3):
@@ -290,7 +290,7 @@ async def test_full_backlog_answers_503_and_keeps_nothing(running, sink, tmp_pat
     sink.default_status = 500
     r = await running(receivers(sink, x="x") + "default_receiver: x\n",
                       store="max_backlog: 2",
-                      delivery="retry: {schedule: [0, 1h], jitter: 0}")
+                      sending="retry: {schedule: [0, 1h], jitter: 0}")
     assert (await r.post(event(1)))[0] == 202
     assert (await r.post(event(2)))[0] == 202
     status, body, headers = await r.post(event(3))
@@ -320,8 +320,8 @@ async def test_locked_store_answers_503_then_recovers(running, sink, tmp_path):
     (["delivery.cancelled", "delivery.updated@14:40"], 1),
 ])
 async def test_stale_and_post_cancel_updates_are_suppressed(running, sink, sequence, sent):
-    r = await running(receivers(sink, x="x") + "default_receiver: x\n",
-                      delivery="suppress_stale: true")
+    r = await running(receivers(sink, x="x") + "default_receiver: x\n"
+                      "deliveries: {suppress_stale: true}\n")
     for item in sequence:
         kind, _, at = item.partition("@")
         await r.post({"event": kind, "delivery_id": "d1", "status": "in_transit",
