@@ -208,11 +208,11 @@ README_CONTAINER_FACTS = [
 
 
 def readme_section(title_pattern: str) -> str:
-    readme = ROOT / "README.md"
-    assert readme.is_file(), "README.md is missing"
+    readme = ROOT / "docs" / "container.md"
+    assert readme.is_file(), "docs/container.md is missing"
     text = readme.read_text()
     match = re.search(rf"^(#+) [^\n]*{title_pattern}[^\n]*$", text, re.MULTILINE | re.IGNORECASE)
-    assert match, f"README.md has no heading matching {title_pattern!r}"
+    assert match, f"docs/container.md has no heading matching {title_pattern!r}"
     level = len(match.group(1))
     rest = text[match.end():]
     end = re.search(rf"^#{{1,{level}}} ", rest, re.MULTILINE)

@@ -1,6 +1,10 @@
-"""The README documents what the code does: every config key, and a config that passes check."""
+"""The docs say what the code does: every config key, working links, a config that passes check."""
 
 from __future__ import annotations
+
+import re
+
+import pytest
 
 from relay.config import SCHEMAS
 from tests.conftest import ROOT
@@ -10,8 +14,8 @@ SECTIONS = {"": "", "server": "server.", "store": "store.", "sending": "sending.
             "receiver": "receivers[].", "route": "routes[].", "template": ""}
 
 
-def test_every_config_key_is_in_the_readme_reference():
-    readme = (ROOT / "README.md").read_text()
+def test_every_config_key_is_in_the_configuration_reference():
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     missing = []
     for section, prefix in SECTIONS.items():
         for key in SCHEMAS[section]:
@@ -23,7 +27,7 @@ def test_every_config_key_is_in_the_readme_reference():
                 needle = f"`{prefix}{key}`"
             if needle not in readme:
                 missing.append(prefix + key)
-    assert not missing, f"README.md does not document: {missing}"
+    assert not missing, f"docs/configuration.md does not document: {missing}"
 
 
 def test_commented_receiver_examples_in_the_example_config_are_valid(tmp_path, monkeypatch):
@@ -43,3 +47,35 @@ def test_commented_receiver_examples_in_the_example_config_are_valid(tmp_path, m
     assert [i for i in issues if i.severity == "error"] == []
     unused = sorted(i.message for i in issues)
     assert len(unused) == 4 and all("never used" in m for m in unused)
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"(?m)^#+ (.*)$", text)}
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading(page):
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+            broken.append(target)
+    assert not broken, f"{page.name}: broken links {broken}"
+
+
+def test_the_readme_is_a_front_page_and_the_reference_lives_in_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 150
+    for page in ("configuration", "webhook", "guarantees", "commands", "operations",
+                 "container", "performance", "architecture"):
+        assert f"docs/{page}.md" in readme, f"the README does not link docs/{page}.md"
