@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from relay.app import build_runtime
 from relay.config import Config
+from relay.escaping import strip_controls
 from relay.events import Event
+from relay.notify import converted
 from relay.pipeline import Channel, Notification, Plan
 from relay.routing import Route
 
@@ -29,7 +31,8 @@ def explain(config: Config, event: Event) -> tuple[str, list[str]]:
 def _headline(event: Event) -> str:
     status = f"  status: {event.status}" if event.status is not None else ""
     note = "" if event.known else UNKNOWN_NOTE
-    return f"event: {event.type}  delivery_id: {event.delivery_id}{status}{note}"
+    line = f"event: {event.type}  delivery_id: {event.delivery_id}{status}{note}"
+    return strip_controls(line, single_line=True)  # payload text, shown on a terminal
 
 
 def _routes(routes: tuple[Route, ...], plan: Plan, event: Event) -> list[str]:
@@ -75,6 +78,11 @@ def _notifications(plan: Plan, channels: dict[str, list[Channel]]) -> list[str]:
         lines.append(f"    title ({title}): {n.title}")
         lines.append(f"    body ({_size(n.body, ch.body_max, n)}):")
         lines += [f"      {line}".rstrip() for line in n.body.splitlines()]
+        sent = converted(n.body, n.format, ch)
+        if sent is not None:
+            lines.append(f"    as {ch.renders_as(n.format)} (Apprise converts {n.format} for this"
+                         " channel):")
+            lines += [f"      {line}".rstrip() for line in sent.splitlines()]
     return lines
 
 

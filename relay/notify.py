@@ -28,8 +28,10 @@ from typing import Any
 
 import apprise
 import requests
+from apprise.common import NotifyFormat
+from apprise.conversion import convert_between
 
-from relay.config import Config, ReceiverConfig
+from relay.config import BODY_FORMATS, Config, ReceiverConfig
 from relay.errors import Issue
 from relay.logs import scrub
 from relay.pipeline import Channel
@@ -142,6 +144,27 @@ def check_urls(config: Config) -> list[Issue]:
     return issues
 
 
+def _resolves(plugin: Any) -> tuple[tuple[str, str], ...]:
+    """What each template format becomes at this plugin (markdown -> html for email)."""
+    out = []
+    for fmt in BODY_FORMATS:
+        try:
+            resolved = plugin.resolve_format(fmt)
+            out.append((fmt, str(getattr(resolved, "value", resolved))))
+        except Exception:  # an unknown plugin shape: assume it keeps the format
+            out.append((fmt, fmt))
+    return tuple(out)
+
+
+def converted(body: str, template_format: str, channel: Channel) -> str | None:
+    """The body as Apprise converts it for this channel (markdown -> HTML for email), or
+    None when it is sent as written."""
+    target = channel.renders_as(template_format)
+    if target == template_format:
+        return None
+    return str(convert_between(NotifyFormat(template_format), NotifyFormat(target), body))
+
+
 class Notifier:
     """Sends rendered notifications to the receivers of one config."""
 
@@ -158,12 +181,14 @@ class Notifier:
         plugin = apprise.Apprise.instantiate(url)
         body_max = getattr(plugin, "body_maxlen", 0) or 0
         title_max = getattr(plugin, "title_maxlen", 0) or 0
-        if body_max and (title_max <= 0 or getattr(plugin, "overflow_amalgamate_title", False)):
+        blended = title_max <= 0  # Apprise converts a title's format only then
+        if body_max and (blended or getattr(plugin, "overflow_amalgamate_title", False)):
             # Apprise sends "title\r\nbody" as one text here (SMS, Discord content), so
             # both share body_max: reserve a bounded title and the line break.
             title_max = min(title_max or body_max, body_max // 4)
             body_max -= title_max + 2
-        return Channel(scheme_of(url), redact(url), body_max, title_max)
+        return Channel(scheme_of(url), redact(url), body_max, title_max, _resolves(plugin),
+                       blended)
 
     def channels(self) -> dict[str, list[Channel]]:
         return self._channels

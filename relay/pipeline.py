@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from relay.config import Config
 from relay.events import Event
 from relay.routing import Match, Route, Router
-from relay.templating import Rendered, Templates, flavor_for
+from relay.escaping import for_channel
+from relay.templating import Rendered, Templates
 
 log = logging.getLogger(__name__)
 ELLIPSIS = "…"
@@ -27,6 +28,12 @@ class Channel:
     label: str  # redacted, for display
     body_max: int
     title_max: int
+    # (template format, what the plugin renders it as), from Apprise's `resolve_format`
+    resolves: tuple[tuple[str, str], ...] = ()
+    title_in_body: bool = False  # Apprise sends "title\r\nbody" as one text
+
+    def renders_as(self, template_format: str) -> str:
+        return dict(self.resolves).get(template_format, template_format)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class Planner:
                       channel: Channel) -> Notification:
         name = route.name if route else ""
         fmt = self.templates.compiled[name].format if name in self.templates.compiled else "text"
-        rendered = self.templates.render(name, event, flavor_for(channel.scheme, fmt))
+        escaping = for_channel(channel.scheme, fmt, channel.renders_as(fmt), channel.title_in_body)
+        rendered = self.templates.render(name, event, escaping)
         title, body, cut = _fit(rendered, channel)
         stale = route.config.suppress_stale if route and route.config.suppress_stale is not None \
             else self.config.deliveries.suppress_stale

@@ -1,16 +1,15 @@
 """Sandboxed Jinja2 templates, compiled at load, rendered per route and channel.
 
 Payload values are data, never template source. Everything a template prints
-from `{{ ... }}` passes through `finalize`, which neutralises chat mentions
-(`@everyone`, `<!channel>`) and escapes HTML where the channel needs it, while
-the operator's literal template text is left alone. A field missing from the
-payload renders empty; a template that fails at render time falls back to the
-built-in one, so a notification is never lost to a template.
+from `{{ ... }}` passes through `finalize`, which makes it inert for the
+channel (`relay.escaping`: mentions, markdown, HTML, control characters),
+while the operator's literal template text is left alone. A field missing
+from the payload renders empty; a template that fails at render time falls
+back to the built-in one, so a notification is never lost to a template.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -25,6 +24,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from relay.config import Config, TemplateConfig
 from relay.errors import ConfigError, Issue
+from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ DEFAULT_BODY = (
     "Event: {{ event }}"
 )
 FAILED_STATUSES = frozenset({"failed", "returned", "lost", "exception", "undeliverable"})
-MENTION_SCHEMES = frozenset({"discord", "slack", "mmost", "mmosts", "rocket", "rockets",
-                             "zulip", "msteams", "guilded", "ryver", "gchat"})
+# What stays of a notification when even the built-in template fails.
+LAST_RESORT = ("Kourier event", "A notification could not be rendered; see the relay's log.")
+PLAIN = Escaping()
+PLAIN_PAIR = (Escaping(single_line=True), PLAIN)
 
-# The escaping for the channel being rendered; read by `finalize` at render time.
-_flavor: ContextVar[str] = ContextVar("flavor", default="")
+# The escaping of the field being rendered; read by `finalize` at render time.
+_escaping: ContextVar[Escaping] = ContextVar("escaping", default=PLAIN)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def localtime(value: Any, tz: str | None = None, fmt: str = "%Y-%m-%d %H:%M %Z")
     try:
         moment = value if isinstance(value, datetime) else parse_timestamp(str(value))
         return moment.astimezone(ZoneInfo(tz or _default_tz.get())).strftime(fmt)
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, OverflowError, OSError, ZoneInfoNotFoundError):
         return str(value)
 
 
@@ -80,15 +82,7 @@ _default_tz: ContextVar[str] = ContextVar("default_tz", default="UTC")
 def _finalize(value: Any) -> Any:
     if value is None or isinstance(value, jinja2.Undefined):
         return ""
-    flavor = _flavor.get()
-    if not flavor:
-        return value
-    text = str(value)
-    if "mentions" in flavor:
-        text = text.replace("@", "@\u200b").replace("<!", "<\u200b!")
-    if "html" in flavor:
-        text = html.escape(text)
-    return text
+    return _escaping.get().apply(str(value))
 
 
 def _environment() -> SandboxedEnvironment:
@@ -151,23 +145,42 @@ class Templates:
             raise ConfigError(issues)
         return cls(compiled, config.timezone)
 
-    def render(self, route: str | None, event: Event, flavor: str = "") -> Rendered:
+    def render(self, route: str | None, event: Event,
+               escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+        """Title and body for one channel; `escaping` is (title, body) from `escaping.for_channel`."""
         template = self.compiled.get(route or "", self.default)
         context = {**event.payload, "payload": event.payload}
-        token_f, token_tz = _flavor.set(flavor), _default_tz.set(self.timezone)
+        token_tz = _default_tz.set(self.timezone)
         try:
-            return self._render(template, context, event)
+            return self._render(template, context, event, escaping)
         except Exception as e:  # a template bug must not lose the notification
-            log.warning("template for route %s failed (%s); using the built-in one", route, e)
-            return self._render(self.default, context, event)
+            log.warning("template for route %s failed (%s); using the built-in one", route,
+                        strip_controls(str(e), True))
+            return self._fallback(context, event, escaping)
         finally:
-            _flavor.reset(token_f)
             _default_tz.reset(token_tz)
 
-    def _render(self, t: CompiledTemplate, context: dict[str, Any], event: Event) -> Rendered:
-        title = t.title.render(context).strip()[:MAX_OUTPUT]
-        body = t.body.render(context).strip()[:MAX_OUTPUT]
+    def _fallback(self, context: dict[str, Any], event: Event,
+                  escaping: tuple[Escaping, Escaping]) -> Rendered:
+        try:
+            return self._render(self.default, context, event, escaping)
+        except Exception as e:  # nothing a payload holds may lose the notification
+            log.error("the built-in template failed too (%s)", strip_controls(str(e), True))
+            return Rendered(*LAST_RESORT, "warning", "text")
+
+    def _render(self, t: CompiledTemplate, context: dict[str, Any], event: Event,
+                escaping: tuple[Escaping, Escaping]) -> Rendered:
+        title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
+        body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
         return Rendered(title, body, t.type or default_type(event), t.format)
+
+
+def _with(escaping: Escaping, template: jinja2.Template, context: dict[str, Any]) -> str:
+    token = _escaping.set(escaping)
+    try:
+        return template.render(context)
+    finally:
+        _escaping.reset(token)
 
 
 def _merge(base: TemplateConfig, override: TemplateConfig) -> TemplateConfig:
@@ -215,13 +228,3 @@ def referenced_fields(source: str) -> frozenset[str]:
 
 def undocumented_fields(t: CompiledTemplate) -> frozenset[str]:
     return t.fields - DOCUMENTED_FIELDS
-
-
-def flavor_for(scheme: str, body_format: str) -> str:
-    """How `{{ }}` output is escaped for a channel: mentions off in chats, HTML escaped in HTML."""
-    parts = []
-    if scheme in MENTION_SCHEMES:
-        parts.append("mentions")
-    if body_format == "html":
-        parts.append("html")
-    return "+".join(parts)
