@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -23,35 +24,85 @@ def fields(**values: Any) -> dict[str, Any]:
 
 
 class TextFormatter(logging.Formatter):
+    """`STAMP LEVEL logger message key=value …`, one line per record whatever it holds.
+
+    The message and every value are written bare only when they are plain
+    printable ASCII without quotes, backslashes or `=`; anything else is a
+    JSON string (ASCII-only, so newlines, CR, NBSP, U+2028 and control
+    characters are escapes, not bytes). A traceback is a quoted `exception`
+    field. `parse_text_line` reads a line back.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        extra = getattr(record, "fields", {})
-        pairs = " ".join(f"{k}={_quote(v)}" for k, v in extra.items())
-        line = f"{stamp}Z {record.levelname:<7} {record.name} {scrub(record.getMessage())}"
-        line = f"{line} {pairs}" if pairs else line
+        extra = dict(getattr(record, "fields", {}))
         if record.exc_info:
-            line += "\n" + scrub(self.formatException(record.exc_info))
-        return line
+            extra["exception"] = self.formatException(record.exc_info)
+        pairs = "".join(f" {_key(k)}={_quote(v, _BARE_VALUE)}" for k, v in extra.items())
+        message = _quote(record.getMessage(), _BARE_MESSAGE)
+        return f"{stamp}Z {record.levelname:<7} {_key(record.name)} {message}{pairs}"
+
+
+def parse_text_line(line: str) -> tuple[str, str, str, str, dict[str, str]]:
+    """(stamp, level, logger, message, fields) of one TextFormatter line."""
+    stamp, level, name, rest = line.split(" ", 1)[0], *line.split(None, 3)[1:]
+    if rest.startswith('"'):
+        message, end = _DECODER.raw_decode(rest)
+        rest = rest[end:].lstrip(" ")
+    else:
+        cut = rest.rfind(" ", 0, rest.index("=")) if "=" in rest else len(rest)
+        message, rest = rest[:cut], rest[cut + 1:]
+    found: dict[str, str] = {}
+    while rest:
+        key, _, rest = rest.partition("=")
+        if rest.startswith('"'):
+            found[key], end = _DECODER.raw_decode(rest)
+            rest = rest[end:].lstrip(" ")
+        else:
+            found[key], _, rest = rest.partition(" ")
+    return stamp, level, name, message, found
 
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
+            k: _json_value(v) for k, v in getattr(record, "fields", {}).items()}
+        out.update({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": scrub(record.getMessage()),
-            **getattr(record, "fields", {}),
-        }
+        })
         if record.exc_info:
             out["exception"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(out, default=str)
+        # ASCII-only: U+2028/U+2029 and lone surrogates are escapes, never raw bytes.
+        return json.dumps(out, default=str, ensure_ascii=True, allow_nan=False)
 
 
-def _quote(value: Any) -> str:
+_DECODER = json.JSONDecoder()
+_BARE_VALUE = re.compile(r'[!#-<>-\[\]-~]+')  # printable ASCII but space, " = and backslash
+_BARE_MESSAGE = re.compile(r'[!#-<>-\[\]-~](?:[ !#-<>-\[\]-~]*[!#-<>-\[\]-~])?')
+_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _key(name: str) -> str:
+    return _UNSAFE_KEY.sub("_", name) or "_"
+
+
+def _quote(value: Any, bare: re.Pattern[str]) -> str:
     text = scrub(str(value))
-    return json.dumps(text) if (" " in text or not text) else text
+    return text if bare.fullmatch(text) else json.dumps(text, ensure_ascii=True)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return scrub(str(value))
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -1,0 +1,95 @@
+"""No log line can be forged: any text in any field gives exactly one line that reads back."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.logs import JSONFormatter, TextFormatter, parse_text_line, scrub
+from tests.test_channels import EVENT
+
+FORGED = "x\n2024-09-14T14:30:00Z\xa0INFO\xa0\xa0\xa0relay.web\xa0accepted\xa0delivery_id=ok"
+KEYS = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True).filter(
+    lambda k: k not in ("time", "level", "logger", "message", "exception"))
+ANY_TEXT = st.text(st.characters(codec=None), max_size=40) | st.sampled_from([
+    "", " ", '"', "=", "\\", "\n", "\r", "\x85", "\u2028", "\u2029", "\xa0", "\x1b[2J", "\ud800",
+    "a=b c", FORGED, "mailto://u:PASSWORD@h"])
+
+
+def record(message: str, values: dict[str, str], exc: bool = False) -> logging.LogRecord:
+    rec = logging.LogRecord("relay.web", logging.WARNING, __file__, 1, "%s", (message,), None)
+    rec.fields = values  # type: ignore[attr-defined]
+    if exc:
+        try:
+            raise ValueError(message)
+        except ValueError:
+            import sys
+            rec.exc_info = sys.exc_info()
+    return rec
+
+
+def one_line(text: str) -> str:
+    # What a terminal, `tail` or a log shipper would split on.
+    assert len(text.splitlines()) == 1 and "\n" not in text and "\r" not in text, repr(text)
+    assert all(c.isascii() and (c.isprintable()) for c in text), repr(text)
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=ANY_TEXT, values=st.dictionaries(KEYS, ANY_TEXT, max_size=4),
+       exc=st.booleans())
+def test_any_text_in_any_field_is_one_text_line_that_parses_back(message, values, exc):
+    line = one_line(TextFormatter().format(record(message, values, exc)))
+    _, level, logger, got_message, got = parse_text_line(line)
+    assert (level, logger, got_message) == ("WARNING", "relay.web", scrub(message))
+    expected = {k: scrub(v) for k, v in values.items()}
+    if exc:
+        assert got.pop("exception").startswith("Traceback")
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=ANY_TEXT, values=st.dictionaries(KEYS, ANY_TEXT, max_size=4))
+def test_any_text_in_any_field_is_one_json_line_that_parses_back(message, values):
+    line = one_line(JSONFormatter().format(record(message, values)))
+    data = json.loads(line)
+    assert data["message"] == scrub(message)
+    assert {k: data[k] for k in values} == {k: scrub(v) for k, v in values.items()}
+
+
+def test_a_newline_and_nbsp_in_a_value_without_spaces_cannot_start_a_line():
+    line = TextFormatter().format(record("accepted", {"delivery_id": FORGED}))
+    assert "\n" not in line and "\xa0" not in line
+    assert parse_text_line(line)[4] == {"delivery_id": FORGED}
+
+
+async def test_forged_delivery_id_and_request_id_stay_on_their_own_log_line(running):
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    relay_log = logging.getLogger("relay")
+    relay_log.addHandler(handler)
+    old_level = relay_log.level
+    relay_log.setLevel(logging.INFO)
+    try:
+        r = await running("receivers: [{name: log, urls: ['console://']}]\n"
+                          "default_receiver: log\n")
+        rid = 'r"1=2\\ \xa0x'
+        status, _, _ = await r.post({**EVENT, "delivery_id": FORGED},
+                                    headers={"X-Request-Id": rid})
+        assert status == 202
+        await r.post(EVENT, token="wrong", headers={"X-Request-Id": rid})  # logged before auth
+    finally:
+        relay_log.removeHandler(handler)
+        relay_log.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    parsed = [parse_text_line(one_line(line)) for line in lines]
+    accepted = [p for p in parsed if p[3] == "accepted"]
+    assert [p[4]["delivery_id"] for p in accepted] == [FORGED]
+    seen = {p[4].get("request_id") for p in parsed} - {None}
+    assert len(seen) == 1 and "\n" not in seen.pop()
+    assert any(p[3] == "rejected: bad or missing token" for p in parsed)
