@@ -5,6 +5,16 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
+from relay.events import KNOWN_TYPES
+
+OTHER_TYPE = "other"  # every event type Kourier does not document: labels stay bounded
+# Why a job went dead, by the outcome of its last attempt.
+BURIAL_REASONS = {"failed": "failed", "retry": "retries_exhausted"}
+
+
+def event_type_label(event_type: str) -> str:
+    """A label value from payload data must come from a bounded set."""
+    return event_type if event_type in KNOWN_TYPES or not event_type else OTHER_TYPE
 
 
 class Metrics:
@@ -13,9 +23,14 @@ class Metrics:
         r = self.registry
         self.events = Counter("kourier_relay_events", "Webhook requests by event type and outcome",
                               ["type", "outcome"], registry=r)
-        self.notifications = Counter("kourier_relay_notifications",
-                                     "Attempt outcomes by receiver", ["receiver", "outcome"],
-                                     registry=r)
+        self.notifications = Counter(
+            "kourier_relay_notifications",
+            "Send attempts by receiver and attempt outcome (sent, retry, failed)",
+            ["receiver", "outcome"], registry=r)
+        self.dead_letters = Counter(
+            "kourier_relay_dead_letters",
+            "Jobs that went dead, by receiver and reason (failed, retries_exhausted)",
+            ["receiver", "reason"], registry=r)
         self.attempt_seconds = Histogram(
             "kourier_relay_attempt_seconds", "Time one send attempt took", ["receiver"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30), registry=r)
@@ -33,3 +48,11 @@ class Metrics:
                                   ["receiver"], registry=r)
         Info("kourier_relay_build", "Build information", registry=r).info(
             {"version": __version__})
+
+    def count_event(self, event_type: str, outcome: str) -> None:
+        self.events.labels(event_type_label(event_type), outcome).inc()
+
+    def count_burial(self, receiver: str, outcome_kind: str) -> None:
+        """The last attempt's outcome, and the job's burial with its reason."""
+        self.notifications.labels(receiver, outcome_kind).inc()
+        self.dead_letters.labels(receiver, BURIAL_REASONS.get(outcome_kind, outcome_kind)).inc()

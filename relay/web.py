@@ -134,18 +134,18 @@ async def webhook(request: web.Request) -> web.Response:
     rt = s.runtime()
     rid = request[REQUEST_ID]
     if not bearer_ok(request.headers.get("Authorization"), rt.config.server.tokens):
-        s.metrics.events.labels("", "rejected_auth").inc()
+        s.metrics.count_event("", "rejected_auth")
         log.warning("rejected: bad or missing token", extra=fields(request_id=rid))
         return _unauthorized("missing or invalid bearer token")
     try:
         check_content_type(request)
         event = parse_event(await read_body(request, rt.config.server.max_body_bytes))
     except InvalidEvent as e:
-        s.metrics.events.labels("", f"rejected_{e.status}").inc()
+        s.metrics.count_event("", f"rejected_{e.status}")
         log.warning("rejected: %s", e, extra=fields(request_id=rid))
         return error(e.status, e.error, e.details)
     if s.store.backlog_estimate() >= rt.config.store.max_backlog:
-        s.metrics.events.labels(event.type, "rejected_backlog").inc()
+        s.metrics.count_event(event.type, "rejected_backlog")
         log.warning("rejected: backlog full", extra=fields(request_id=rid))
         return error(503, "Backlog full", "too many notifications are waiting; retry later",
                      {"Retry-After": "30"})
@@ -154,7 +154,7 @@ async def webhook(request: web.Request) -> web.Response:
         accepted = await s.store.accept(event, dedup_key(event, rt.config.store.dedup_fields),
                                         plan.notifications, s.clock())
     except StoreError as e:
-        s.metrics.events.labels(event.type, "rejected_store").inc()
+        s.metrics.count_event(event.type, "rejected_store")
         log.error("store unavailable: %s", e, extra=fields(request_id=rid))
         return error(503, "Store unavailable", "the event could not be stored; retry later",
                      {"Retry-After": "5"})
@@ -162,10 +162,10 @@ async def webhook(request: web.Request) -> web.Response:
                   type=event.type, routes=",".join(r.name for r in plan.match.routes) or "-",
                   receivers=",".join(plan.match.receiver_names) or "-", jobs=accepted.jobs)
     if accepted.duplicate:
-        s.metrics.events.labels(event.type, "duplicate").inc()
+        s.metrics.count_event(event.type, "duplicate")
         log.info("duplicate event", extra=info)
         return web.json_response({"id": accepted.event_id, "status": "duplicate"}, status=200)
-    s.metrics.events.labels(event.type, "accepted").inc()
+    s.metrics.count_event(event.type, "accepted")
     if accepted.suppressed:
         log.info("accepted; notifications suppressed: %s", accepted.suppressed, extra=info)
     elif not event.known:

@@ -189,7 +189,7 @@ class Worker:
             why = outcome.error if outcome.kind == "failed" else \
                 f"gave up after {job.attempts + 1} attempts: {outcome.error}"
             await self.store.bury(job, Attempt(attempt.at, outcome.kind, why, attempt.duration))
-            self.metrics.notifications.labels(job.receiver, "dead").inc()
+            self.metrics.count_burial(job.receiver, outcome.kind)
             log.error("dead: %s", why, extra=info)
             return
         opened = await self.store.retry_later(job, attempt.at + delay, attempt, _circuit(rt.config))

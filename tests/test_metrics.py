@@ -79,7 +79,9 @@ async def test_metrics_count_a_known_sequence(running, sink):
     assert value(m, notes, receiver="ok", outcome="sent") == 1
     assert value(m, notes, receiver="flaky", outcome="retry") == 1
     assert value(m, notes, receiver="flaky", outcome="sent") == 1
-    assert value(m, notes, receiver="broken", outcome="dead") == 1
+    assert value(m, notes, receiver="broken", outcome="failed") == 1  # an attempt outcome
+    assert value(m, notes, receiver="broken", outcome="dead") is None
+    assert value(m, "kourier_relay_dead_letters_total", receiver="broken", reason="failed") == 1
     assert value(m, notes, receiver="ok", outcome="retry") is None
     attempts = "kourier_relay_attempt_seconds_count"
     assert [value(m, attempts, receiver=n) for n in ("ok", "flaky", "broken")] == [1, 2, 1]
@@ -184,3 +186,24 @@ def _line(path: Path, message: str) -> dict | None:
         if record["message"] == message:
             return record
     return None
+
+
+async def test_unknown_event_types_cannot_grow_metrics_without_bound(running):
+    r = await running("receivers: [{name: log, urls: ['console://']}]\n")
+
+    async def size() -> int:
+        async with r.session.get(f"{r.url}/metrics") as resp:
+            return len(await resp.read())
+
+    await r.post({"event": "delivery.updated", "delivery_id": "D-0", "timestamp": STAMP})
+    before = await size()
+    import random
+    rng = random.Random(11)
+    for n in range(2000):
+        kind = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz._", k=24))
+        assert (await r.post({"event": kind, "delivery_id": f"D-{n}", "timestamp": STAMP}))[0] \
+            == 202
+    after = await size()
+    assert after - before < 300, (before, after)
+    m = await scrape(r.url)
+    assert value(m, "kourier_relay_events_total", type="other", outcome="accepted") == 2000
