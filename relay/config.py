@@ -280,7 +280,7 @@ def duration(v: Any) -> float:
     else:
         m = _DURATION.match(str(v)) if isinstance(v, str) else None
         if not m:
-            raise ValueError(f"expected a duration like 30s, 5m, 2h, got {v!r}")
+            raise ValueError(f"expected a duration like 30s, 5m, 2h, got {shown(v)}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds < 0:
         raise ValueError("must not be negative")
@@ -291,14 +291,14 @@ def rate(v: Any) -> RateLimit:
     """`1/s`, `30/min`, `100/5m` -> RateLimit."""
     m = _RATE.match(v) if isinstance(v, str) else None
     if not m or int(m.group(1)) < 1:
-        raise ValueError(f"expected a rate like 1/s or 30/min, got {v!r}")
+        raise ValueError(f"expected a rate like 1/s or 30/min, got {shown(v)}")
     return RateLimit(int(m.group(1)), float(m.group(2) or 1) * _RATE_UNITS[m.group(3)])
 
 
 def _choice(options: tuple[str, ...]) -> Conv:
     def conv(v: Any) -> str:
         if v not in options:
-            raise ValueError(f"must be one of {', '.join(options)}, got {v!r}")
+            raise ValueError(f"must be one of {', '.join(options)}, got {shown(v)}")
         return str(v)
     return conv
 
@@ -306,15 +306,44 @@ def _choice(options: tuple[str, ...]) -> Conv:
 def _str_list(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ValueError("expected a list of strings")
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of strings, got {_kind(v)}")
+    for i, x in enumerate(v):
+        if not isinstance(x, str):
+            raise ValueError(f"expected a list of strings, but item {i} is {_kind(x)}"
+                             + (" (write the value itself, not a mapping)"
+                                if isinstance(x, dict) else ""))
     return tuple(v)
+
+
+_CREDENTIALS = re.compile(r"[^\s/:@]+:[^\s/@]+@")
+_TOKENISH = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[^\s]{16,}")
+
+
+def shown(v: Any) -> str:
+    """A config value as an error message may echo it: never a URL, credentials or a token.
+
+    Config values may be secrets (an Apprise URL pasted in the wrong key, a token):
+    a URL shows only its scheme, credentials and long token-like strings are not shown.
+    """
+    if isinstance(v, (bool, int, float)) or v is None:
+        return repr(v)
+    if not isinstance(v, str):
+        return _kind(v)
+    if "://" in v:
+        return repr(_URL_SCHEME.sub(lambda m: f"{m.group(1)}://***", v))
+    if _CREDENTIALS.search(v) or _TOKENISH.search(v) or len(v) > 40:
+        return f"a string of {len(v)} characters (not shown: it may hold a secret)"
+    return repr(v)
+
+
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://\S*")
 
 
 def _listen(v: Any) -> str:
     host, sep, port = str(v).rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {v!r}")
+        raise ValueError(f"expected host:port, got {shown(v)}")
     return str(v)
 
 
@@ -377,8 +406,8 @@ class _Checker:
         out: dict[str, Any] = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else key
-            if key not in fields:
-                self.error(sub, _unknown_key(key, fields))
+            if key not in fields:  # a key that may be a secret is not shown in the path either
+                self.error(sub if shown(key) == repr(key) else path, _unknown_key(key, fields))
                 continue
             try:
                 out[key] = fields[key](value)
@@ -388,6 +417,8 @@ class _Checker:
 
 
 def _unknown_key(key: str, fields: Mapping[str, Any]) -> str:
+    if shown(key) != repr(key):  # a secret pasted as a key
+        return f"unknown key ({shown(key)})"
     return f'unknown key "{key}"{_did_you_mean(key, fields)}'
 
 
@@ -503,10 +534,11 @@ def _receivers(items: list[Any], c: _Checker) -> dict[str, ReceiverConfig]:
             continue
         if name in out:
             c.error(f"{path}.name", f'duplicate receiver "{name}"')
-        if not data.get("urls"):
+        if not data.get("urls") and not any(i.path == f"{path}.urls" for i in c.issues):
             c.error(f"{path}.urls", "needs at least one Apprise URL")
         retry = _retry(data.pop("retry"), f"{path}.retry", c) if "retry" in data else None
-        out[name] = ReceiverConfig(name=name, retry=retry, path=path, **data)
+        urls = data.pop("urls", ())
+        out[name] = ReceiverConfig(name=name, urls=urls, retry=retry, path=path, **data)
     return out
 
 
@@ -542,7 +574,8 @@ def _check_references(config: Config, c: _Checker) -> None:
         named = route.template_ref
         if named and named not in config.templates:
             c.error(f"{route.path}.template",
-                    f'undefined template "{named}"{_did_you_mean(named, config.templates)}')
+                    f'undefined template "{named}"{_did_you_mean(named, config.templates)}'
+                    if shown(named) == repr(named) else f"undefined template ({shown(named)})")
     for key in ("default_receiver",):
         name = getattr(config, key)
         if name and name not in config.receivers:

@@ -22,7 +22,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from relay.config import Config, TemplateConfig
+from relay.config import Config, TemplateConfig, shown
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
@@ -140,7 +140,7 @@ class Templates:
         try:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            issues.append(config.source.issue("timezone", f"unknown time zone {config.timezone!r}"))
+            issues.append(config.source.issue("timezone", f"unknown time zone {shown(config.timezone)}"))
         if issues:
             raise ConfigError(issues)
         return cls(compiled, config.timezone)
