@@ -111,6 +111,11 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Apprise's DEBUG/INFO lines print full webhook URLs; we log outcomes ourselves.
-    logging.getLogger("apprise").setLevel(logging.CRITICAL)
+    # Apprise's DEBUG/INFO lines print full webhook URLs, so never below WARNING. Not
+    # higher either: its per-send capture (the failure text kept in attempt errors)
+    # hangs off this logger, and a level above WARNING silences it. Its lines do not
+    # reach our output: the worker logs each outcome, redacted, itself.
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.setLevel(logging.WARNING)
+    apprise_log.propagate = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

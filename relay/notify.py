@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import re
@@ -33,6 +34,7 @@ from apprise.conversion import convert_between
 
 from relay.config import BODY_FORMATS, Config, ReceiverConfig
 from relay.errors import Issue
+from relay.escaping import strip_controls
 from relay.logs import scrub
 from relay.pipeline import Channel
 
@@ -90,7 +92,31 @@ def _tapped_send(self: requests.Session, request: Any, **kwargs: Any) -> Any:
     if box is not None:
         box["status"] = response.status_code
         box["retry_after"] = response.headers.get("Retry-After")
+        box["reason"] = service_reason(response) if response.status_code >= 400 else ""
     return response
+
+
+REASON_MAX = 300
+_REASON_KEYS = ("error_description", "description", "message", "error", "detail", "reason")
+
+
+def service_reason(response: Any) -> str:
+    """What a failing service said about why (Apprise logs the body only at DEBUG).
+
+    Bounded, one line, control characters removed and URLs masked: a body may echo
+    the request, so it is treated like any other text that may carry a secret.
+    """
+    try:
+        text = response.content[:4096].decode("utf-8", "replace")
+    except Exception:  # a streamed or odd body: the status says enough
+        return ""
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict):
+            text = next((str(data[k]) for k in _REASON_KEYS if data.get(k)), text)
+    except ValueError:
+        pass
+    return scrub(strip_controls(text, single_line=True)).strip()[:REASON_MAX]
 
 
 requests.Session.send = _tapped_send  # type: ignore[method-assign]
@@ -237,8 +263,10 @@ class Notifier:
         token = _tap.set(box)
         try:
             result = obj.notify(body=body, title=title, notify_type=notify_type,
-                                body_format=body_format,
+                                body_format=body_format, log_level=logging.WARNING,
                                 log_callback=lambda entry, _svc: _keep(lines, entry))
+            if box.get("reason"):
+                lines.append(f"the service said: {box['reason']}")
             if box.get("timeout") and not result:
                 return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
                                MIN_WAIT_AFTER_TIMEOUT)

@@ -90,3 +90,62 @@ def test_check_reports_a_mapping_in_urls_as_a_config_error_not_a_traceback(tmp_p
     errors = [line for line in out.splitlines() if ": receivers[0]" in line]
     assert errors == [f"{cfg}:4: receivers[0].urls: expected a list of strings, but item 0 is"
                       " a mapping (write the value itself, not a mapping)"]
+
+
+# ------------------------------------------------------------------ the service's own words
+
+REASON = "hook disabled by its owner; see https://hooks.example/T0/SECRETreasonToken"
+
+
+async def test_dead_letter_keeps_the_services_reason_under_serve_redacted(tmp_path):
+    import asyncio
+    import json
+    import sqlite3
+    from contextlib import closing
+
+    from aiohttp import ClientSession, web
+
+    from tests.conftest import (
+        BASE_CONFIG, DEFAULTS, TOKEN, free_port, serve_posts, spawn_relay, wait_for, wait_healthy)
+
+    async def gone(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": False, "error": REASON}, status=404)
+
+    sink = await serve_posts(gone)
+    port = free_port()
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + f"""
+receivers:
+  - name: hook
+    urls: ["json://127.0.0.1:{sink.port}/hook"]
+default_receiver: hook
+""", **{**DEFAULTS, "port": port, "db": tmp_path / "relay.db"})
+    proc = spawn_relay(cfg, log=tmp_path / "relay.log")
+    try:
+        await asyncio.to_thread(wait_healthy, port, 15.0)
+        async with ClientSession() as s, s.post(
+                f"http://127.0.0.1:{port}/webhook", headers={"Authorization": f"Bearer {TOKEN}",
+                                                            "Content-Type": "application/json"},
+                data=json.dumps({"event": "delivery.updated", "delivery_id": "D-404",
+                                 "status": "x", "timestamp": "2024-09-14T14:30:00Z"})) as r:
+            assert r.status == 202
+
+        def dead() -> list:
+            with closing(sqlite3.connect(tmp_path / "relay.db")) as db:
+                return db.execute("SELECT last_error FROM jobs WHERE state='dead'").fetchall()
+        [(error,)] = await wait_for(dead, 15.0, message="the job to go dead")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        await sink.close()
+
+    listed = subprocess.run(relay_cmd("dead", "list", "-c", str(cfg), "--json"),
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    [job] = json.loads(listed.stdout)
+    shown = json.dumps(job)
+    assert error.startswith("HTTP 404: ")
+    assert "hook disabled by its owner" in error and "hook disabled by its owner" in shown
+    assert "error=404" in error  # Apprise's own warning line is captured under serve too
+    for text in (error, shown, (tmp_path / "relay.log").read_text()):
+        assert "SECRETreasonToken" not in text
