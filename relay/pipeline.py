@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from relay.config import Config
+from relay.escaping import for_channel
 from relay.events import Event
 from relay.routing import Match, Route, Router
-from relay.escaping import for_channel
 from relay.templating import Rendered, Templates
 
 log = logging.getLogger(__name__)

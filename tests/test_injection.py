@@ -42,7 +42,7 @@ def html_part(msg) -> str:
     return part.get_content()
 
 
-async def test_markdown_values_arrive_in_email_html_as_text_not_markup(running, smtp, tmp_path):
+async def test_markdown_values_arrive_in_email_html_as_text_not_markup(running, smtp, tmp_path):  # noqa: F811 (fixture)
     await send_one(running, tmp_path, receiver("mail", smtp.url(), MARKDOWN_ROUTE),
                    event(note=EVIL))
 
@@ -57,7 +57,7 @@ async def test_markdown_values_arrive_in_email_html_as_text_not_markup(running, 
     assert "<img src=http://evil.example/p.png>" in shown
 
 
-async def test_markdown_values_are_no_disguised_link_in_slack(running, internet, tmp_path):
+async def test_markdown_values_are_no_disguised_link_in_slack(running, internet, tmp_path):  # noqa: F811 (fixture)
     await send_one(running, tmp_path, receiver("slack", SLACK_URL, MARKDOWN_ROUTE),
                    event(note=EVIL))
 
@@ -71,7 +71,7 @@ async def test_markdown_values_are_no_disguised_link_in_slack(running, internet,
 
 
 async def test_html_template_values_are_escaped_for_email_but_the_subject_is_plain(
-        running, smtp, tmp_path):
+        running, smtp, tmp_path):  # noqa: F811 (fixture)
     route = """        format: html
         title: "Delivery {{ delivery_id }}"
         body: "<b>Note</b>: {{ note }}"
@@ -85,7 +85,7 @@ async def test_html_template_values_are_escaped_for_email_but_the_subject_is_pla
     assert msg["Subject"] == "Delivery A&B<1>"  # a subject is not HTML: no &amp; shown
 
 
-async def test_control_characters_never_reach_an_email_subject(running, smtp, tmp_path):
+async def test_control_characters_never_reach_an_email_subject(running, smtp, tmp_path):  # noqa: F811 (fixture)
     await send_one(running, tmp_path, receiver("mail", smtp.url()),
                    event(delivery_id="abc\x1b[2J\x1b]0;owned\x07\r\nBcc: x@evil.example\x00"))
 

@@ -106,7 +106,15 @@ async def test_dead_letter_keeps_the_services_reason_under_serve_redacted(tmp_pa
     from aiohttp import ClientSession, web
 
     from tests.conftest import (
-        BASE_CONFIG, DEFAULTS, TOKEN, free_port, serve_posts, spawn_relay, wait_for, wait_healthy)
+        BASE_CONFIG,
+        DEFAULTS,
+        TOKEN,
+        free_port,
+        serve_posts,
+        spawn_relay,
+        wait_for,
+        wait_healthy,
+    )
 
     async def gone(request: web.Request) -> web.Response:
         await request.read()
