@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class Backend:
     name: str
     url: str
     bump_schema: Callable[[], Awaitable[None]]
+    # A real fault: a trigger that makes every UPDATE of the table fail; `heal` drops it.
+    fail_updates: Callable[[str], Awaitable[None]]
+    heal: Callable[[str], Awaitable[None]]
+    downgrade_to_1: Callable[[], Awaitable[None]]  # as a relay before schema step 2 left it
     opened: list[Store] = field(default_factory=list)
 
     async def open(self) -> Store:
@@ -54,24 +59,55 @@ class Backend:
 async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     path = tmp_path / "relay.db"
 
-    async def bump() -> None:
-        with sqlite3.connect(path) as conn:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    def run(*statements: str) -> None:
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            for statement in statements:
+                conn.execute(statement)
 
-    yield Backend("sqlite", f"sqlite:{path}", bump)
+    async def bump() -> None:
+        run(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+
+    async def fail_updates(table: str) -> None:
+        run(f"CREATE TRIGGER fault_{table} BEFORE UPDATE ON {table}"
+            " BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+
+    async def heal(table: str) -> None:
+        run(f"DROP TRIGGER fault_{table}")
+
+    async def downgrade() -> None:
+        run("DROP TABLE health", "PRAGMA user_version=1")
+
+    yield Backend("sqlite", f"sqlite:{path}", bump, fail_updates, heal, downgrade)
 
 
 async def _postgres_backend() -> AsyncIterator[Backend]:
     import asyncpg
 
     async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
-        async def bump() -> None:
+        async def run(*statements: str) -> None:
             conn = await asyncpg.connect(dsn)
-            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)",
-                               SCHEMA_VERSION + 1)
-            await conn.close()
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
 
-        yield Backend("postgres", dsn, bump)
+        async def bump() -> None:
+            await run(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})")
+
+        async def fail_updates(table: str) -> None:
+            await run("CREATE OR REPLACE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql"
+                      " AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+                      f"CREATE TRIGGER fault_{table} BEFORE UPDATE ON {table}"
+                      " FOR EACH ROW EXECUTE FUNCTION fault()")
+
+        async def heal(table: str) -> None:
+            await run(f"DROP TRIGGER fault_{table} ON {table}")
+
+        async def downgrade() -> None:
+            await run("DROP TABLE health", "DELETE FROM schema_version WHERE version > 1")
+
+        yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -336,6 +372,77 @@ async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
     assert len(closed.jobs) == 4 and not closed.paused
 
 
+async def test_a_failed_retry_write_leaves_the_claim_and_its_retry_counts_the_failure_once(
+        backend: Backend, store: Store) -> None:
+    """Rescheduling the job and counting the failure are one transaction: both or neither."""
+    circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)
+    await store.accept(event(), "k", [job()], now=T0)
+    [first] = (await claim(store, circuit=circuit)).jobs
+    await backend.fail_updates("receivers")  # the failure count cannot be written
+    with pytest.raises(StoreError):
+        await store.retry_later(first, attempt(T0), at=T0 + 30, circuit=circuit)
+    await backend.heal("receivers")
+    # The worker writes the same outcome again: it must not be dropped as a stale claim.
+    assert await store.retry_later(first, attempt(T0), at=T0 + 30, circuit=circuit) is True
+    [state] = await store.receivers()
+    assert (state.name, state.failures, state.open_until) == ("hook", 1, T0 + 10)
+    shut = await claim(store, now=T0 + 5, circuit=circuit)
+    assert shut.paused and shut.wait_until == pytest.approx(T0 + 10)
+    detail = await store.detail(first.id)
+    assert detail is not None and (detail.job.attempts, len(detail.history)) == (1, 1)
+
+
+async def test_a_success_writes_the_receiver_row_only_when_its_circuit_needs_closing(
+        backend: Backend, store: Store) -> None:
+    await queue(store, 3)
+    one, two = (await claim(store, limit=2)).jobs
+    await backend.fail_updates("receivers")
+    await store.complete(one, attempt(T0, "sent", ""))  # a closed circuit: nothing to write
+    await backend.heal("receivers")
+    await store.retry_later(two, attempt(T0), at=T0 + 1, circuit=CIRCUIT)
+    [three] = (await claim(store, now=T0 + 1, limit=1)).jobs
+    await backend.fail_updates("receivers")
+    with pytest.raises(StoreError):  # one failure counted: this success must reset it
+        await store.complete(three, attempt(T0 + 1, "sent", ""))
+    await backend.heal("receivers")
+    await store.complete(three, attempt(T0 + 1, "sent", ""))
+    [state] = await store.receivers()
+    assert (state.failures, state.backlog, state.last_sent_at) == (0, 1, T0 + 1)
+    assert (state.last_error, state.last_error_at) == ("HTTP 500", T0)
+
+
+# ---------------------------------------------------------------- read side
+
+
+async def test_a_delivery_timeline_holds_its_events_jobs_and_attempts(store: Store) -> None:
+    await store.accept(event(ts="2024-09-14T10:00:00Z"), "u1", [job(), job("mail")], now=T0)
+    await store.accept(event(delivery="other"), "o", [job()], now=T0)
+    await store.accept(event("delivery.delivered", ts="2024-09-14T11:00:00Z"), "u2", [job()],
+                       now=T0 + 1)
+    hook = (await claim(store, now=T0 + 1)).jobs
+    await store.retry_later(hook[0], attempt(T0 + 1), at=T0 + 2, circuit=CIRCUIT)
+    await store.complete(hook[2], attempt(T0 + 1, "sent", ""))
+    timeline = await store.timeline("d1")
+    assert [(e.type, e.received_at) for e in timeline.events] == \
+        [("delivery.updated", T0), ("delivery.delivered", T0 + 1)]
+    assert timeline.events[0].payload["timestamp"] == "2024-09-14T10:00:00Z"
+    assert [(j.receiver, j.state) for j in timeline.jobs] == \
+        [("hook", "pending"), ("mail", "pending"), ("hook", "sent")]
+    assert [(a.job_id, a.attempt.outcome) for a in timeline.attempts] == \
+        [(hook[0].id, "retry"), (hook[2].id, "sent")]
+    empty = await store.timeline("nobody")
+    assert (empty.events, empty.jobs, empty.attempts) == ((), (), ())
+
+
+async def test_ping_commits_a_write(backend: Backend, store: Store) -> None:
+    await store.ping()  # creates the health row
+    await backend.fail_updates("health")
+    with pytest.raises(StoreError):  # a store that can read but not commit is not ready
+        await store.ping()
+    await backend.heal("health")
+    await store.ping()
+
+
 # ---------------------------------------------------------------- stale and cancelled updates
 
 
@@ -374,6 +481,16 @@ async def test_a_newer_schema_is_refused(backend: Backend, store: Store) -> None
     await backend.bump_schema()
     with pytest.raises(SchemaTooNew, match="upgrade the relay"):
         await backend.open()
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(backend: Backend,
+                                                                  store: Store) -> None:
+    await store.accept(event(), "k", [job()], now=T0)
+    await store.close()
+    await backend.downgrade_to_1()
+    upgraded = await backend.open()
+    await upgraded.ping()  # the health table of step 2 exists again
+    assert len((await claim(upgraded)).jobs) == 1
 
 
 # ---------------------------------------------------------------- PostgreSQL only

@@ -14,16 +14,26 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from relay.errors import RelayError, SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
+from relay.store.pg_support import (
+    CHANNEL,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    ERRORS,
+    describe,
+    listen_forever,
+    lock_receiver,
+    redact,
+    rows_touched,
+    take,
+)
 from relay.store.records import (
     Accepted,
     Attempt,
@@ -43,35 +53,8 @@ from relay.store.sql import numbered as q
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CHANNEL = "kourier_relay_jobs"
-CONNECT_TIMEOUT = 5.0
-COMMAND_TIMEOUT = 10.0  # bounds a query on a connection whose server vanished silently
 BACKLOG_TTL = 1.0
-KEEPALIVE = 5.0
-# InternalClientError: asyncpg's protocol state after the server dropped mid-command.
-ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
-          asyncio.TimeoutError)
-
 MIGRATIONS = migrations("postgres")
-
-
-def redact(url: str) -> str:
-    """The DSN with its password (in the netloc or the query) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # unparseable: say nothing of it but the scheme
-        return url.split(":", 1)[0] + "://***"
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    query = urlencode([(k, "***" if k == "password" else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hosts}", query=query))
-
-
-def _count(status: str) -> int:
-    """Rows touched, from a command status such as `UPDATE 3`."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 class PostgresStore:
@@ -104,7 +87,7 @@ class PostgresStore:
                 timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
                 server_settings=None if named else {"application_name": "kourier-relay"})
         except (*ERRORS, ValueError) as e:
-            raise StoreError(f"cannot connect to {redact(self.url)}: {_describe(e)}") from e
+            raise StoreError(f"cannot connect to {redact(self.url)}: {describe(e)}") from e
         try:
             async with pool.acquire() as conn:
                 await self._migrate(conn)
@@ -113,10 +96,11 @@ class PostgresStore:
         except BaseException as e:
             pool.terminate()
             if isinstance(e, (*ERRORS, ValueError)):  # ValueError: a malformed DSN
-                raise StoreError(f"cannot open {redact(self.url)}: {_describe(e)}") from e
+                raise StoreError(f"cannot open {redact(self.url)}: {describe(e)}") from e
             raise
         self._pool = pool
-        self._listen_task = asyncio.create_task(self._listen_forever(), name="pg-listen")
+        self._listen_task = asyncio.create_task(
+            listen_forever(self.url, self._notified, self._wake), name="pg-listen")
 
     async def close(self) -> None:
         for task in (self._listen_task, self._refresh_task):
@@ -160,11 +144,11 @@ class PostgresStore:
                 return await self._once(fn, *args)
             except asyncpg.TransactionRollbackError as e:
                 if attempt == 2:
-                    raise StoreError(f"store unavailable: {_describe(e)}") from e
+                    raise StoreError(f"store unavailable: {describe(e)}") from e
             except RelayError:
                 raise
             except ERRORS as e:
-                raise StoreError(f"store unavailable: {_describe(e)}") from e
+                raise StoreError(f"store unavailable: {describe(e)}") from e
         raise AssertionError("unreachable")
 
     async def _once(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -181,7 +165,7 @@ class PostgresStore:
             except ERRORS as e:
                 # After a commit this must not turn into an error: the caller would think
                 # nothing happened (a claim would then sit out its lease unsent).
-                log.debug("dropping a broken connection: %s", _describe(e))
+                log.debug("dropping a broken connection: %s", describe(e))
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._subscribers.append(callback)
@@ -196,40 +180,6 @@ class PostgresStore:
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload == self._schema:  # other schemas in the same database are other relays
             self._wake()
-
-    async def _listen_forever(self) -> None:
-        """Keep one LISTEN connection up, reconnecting with backoff when it drops."""
-        backoff = 0.5
-        while True:
-            try:
-                conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT,
-                                             command_timeout=COMMAND_TIMEOUT)
-            except (*ERRORS, ValueError) as e:
-                log.warning("LISTEN connection failed, retrying in %.1fs: %s", backoff,
-                            _describe(e))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 0.5
-            try:
-                await self._listen(conn)
-                log.warning("LISTEN connection lost; reconnecting")
-            except ERRORS as e:
-                log.warning("LISTEN connection lost: %s", _describe(e))
-            finally:
-                conn.terminate()
-            await asyncio.sleep(backoff)
-
-    async def _listen(self, conn: Any) -> None:
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(CHANNEL, self._notified)
-        self._wake()  # jobs may have arrived while nobody was listening
-        while not lost.is_set():
-            try:
-                await asyncio.wait_for(lost.wait(), KEEPALIVE)
-            except TimeoutError:
-                await conn.execute("SELECT 1", timeout=KEEPALIVE)
 
     # ------------------------------------------------------------ hot path
 
@@ -300,7 +250,7 @@ class PostgresStore:
                            *rules.delivery_after(event.type, ts, newest, cancelled))
         suppressed = 0
         if rules.cancels(event.type):
-            suppressed = _count(await conn.execute(q(sql.SUPPRESS_UPDATES), event.delivery_id))
+            suppressed = rows_touched(await conn.execute(q(sql.SUPPRESS_UPDATES), event.delivery_id))
         return rules.stale_reason(event.type, ts, newest, cancelled), suppressed
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
@@ -309,12 +259,12 @@ class PostgresStore:
 
     async def _claim(self, conn: Any, receiver: str, limit: int, now: float, lease: float,
                      owner: str, bucket: Bucket | None, circuit: Circuit) -> ClaimResult:
-        row = await _lock_receiver(conn, receiver, circuit)
+        row = await lock_receiver(conn, receiver, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             await conn.fetchval(q(sql.PROBE_OUT), receiver, now) is not None
         admission = rules.admit(row, limit=limit, now=now, bucket=bucket, circuit=circuit,
                                 probing=probing)
-        jobs = await _take(conn, receiver, admission.limit, now, lease, owner) \
+        jobs = await take(conn, receiver, admission.limit, now, lease, owner) \
             if admission.limit else []
         if admission.tokens is not None:
             await conn.execute(q(sql.SET_TOKENS), admission.tokens - len(jobs), now, receiver)
@@ -353,7 +303,7 @@ class PostgresStore:
 
     async def release(self, job: Job) -> None:
         async def release(conn: Any) -> None:
-            if _count(await conn.execute(q(sql.RELEASE), job.id, job.claim_token)):
+            if rows_touched(await conn.execute(q(sql.RELEASE), job.id, job.claim_token)):
                 await self._notify(conn)  # another replica may send it now
 
         await self._tx(release)
@@ -361,7 +311,7 @@ class PostgresStore:
     @staticmethod
     async def _finish(conn: Any, job: Job, state: JobState, at: float | None, attempt: Attempt,
                       ) -> None:
-        if _count(await conn.execute(q(sql.FINISH), *sql.finish_args(job, state, at, attempt))
+        if rows_touched(await conn.execute(q(sql.FINISH), *sql.finish_args(job, state, at, attempt))
                   ) == 0:
             raise StaleClaim(f"job {job.id} is no longer claimed by this worker")
         await conn.execute(q(sql.INSERT_ATTEMPT), *sql.attempt_args(job, attempt))
@@ -415,7 +365,7 @@ class PostgresStore:
                      ) -> int:
         async def replay(conn: Any) -> int:
             # A replay starts a fresh schedule: attempts reset, history kept.
-            count = _count(await conn.execute(
+            count = rows_touched(await conn.execute(
                 "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $1,"
                 " created_at = $1, finished_at = NULL WHERE state = 'dead'"
                 " AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))"
@@ -438,43 +388,10 @@ class PostgresStore:
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id"
             " AND j.state IN ('pending', 'claimed', 'dead'))"
             " ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)", before, batch))
-        if _count(status):
-            return _count(status)
+        if rows_touched(status):
+            return rows_touched(status)
         # Then the per-delivery ordering state of deliveries quiet for as long.
         status = await self._tx(lambda conn: conn.execute(
             "DELETE FROM deliveries WHERE delivery_id IN (SELECT delivery_id FROM deliveries"
             " WHERE newest < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)", before, batch))
-        return _count(status)
-
-
-async def _lock_receiver(conn: Any, name: str, circuit: Circuit) -> rules.ReceiverRow:
-    """The receiver's row, locked until the transaction ends (created on first use)."""
-    row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
-    if row is None:
-        await conn.execute(q(sql.INSERT_RECEIVER), name, circuit.cooldown)
-        row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
-    return from_row(rules.ReceiverRow, row)
-
-
-async def _take(conn: Any, receiver: str, limit: int, now: float, lease: float, owner: str,
-                ) -> list[Job]:
-    """Claim up to `limit` due jobs: expired leases first, then pending by due time."""
-    ids = [r[0] for r in await conn.fetch(
-        "SELECT id FROM jobs WHERE receiver = $1 AND state = 'claimed' AND lease_until < $2"
-        " ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED", receiver, now, limit)]
-    if len(ids) < limit:
-        ids += [r[0] for r in await conn.fetch(
-            "SELECT id FROM jobs WHERE receiver = $1 AND state = 'pending'"
-            " AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3"
-            " FOR UPDATE SKIP LOCKED", receiver, now, limit - len(ids))]
-    if not ids:
-        return []
-    rows = await conn.fetch(
-        f"UPDATE jobs SET state = 'claimed', claim_token = $1, claimed_by = $2,"
-        f" lease_until = $3 WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}",
-        uuid.uuid4().hex, owner, now + lease, ids)
-    return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return rows_touched(status)

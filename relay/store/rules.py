@@ -15,9 +15,11 @@ from relay.store.records import Bucket, Circuit, JobState
 CANCELLED = "delivery.cancelled"
 UPDATED = "delivery.updated"
 CANCELLED_REASON = "delivery was cancelled"
-# A success closes the circuit to these values. A row that already holds them is not
-# written, so a success on a healthy receiver neither waits on nor fails with its row.
-CLOSED = (0, 0.0, 0.0)  # failures, open_until, cooldown
+# A success closes the circuit to these values (failures, open_until, cooldown). A row
+# whose failures and open_until already hold them is not written, so a success on a
+# healthy receiver neither waits on nor fails with its row; the cooldown only counts
+# once failures reach the threshold, and the first trip starts from circuit.cooldown.
+CLOSED = (0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,9 @@ INSERT_ATTEMPT = ("INSERT INTO attempts (job_id, at, outcome, error, duration)"
                   " VALUES (?, ?, ?, ?, ?)")
 RELEASE = ("UPDATE jobs SET state = 'pending', claim_token = NULL, claimed_by = NULL,"
            " lease_until = NULL WHERE id = ? AND claim_token = ?")
-# Parameters: the CLOSED values, the name, the CLOSED values again (see rules.CLOSED).
+# Parameters: close_args() (see rules.CLOSED).
 CLOSE_CIRCUIT = ("UPDATE receivers SET failures = ?, open_until = ?, cooldown = ?"
-                 " WHERE name = ? AND NOT (failures = ? AND open_until = ? AND cooldown = ?)")
+                 " WHERE name = ? AND NOT (failures = ? AND open_until = ?)")
 COUNT_FAILURE = ("UPDATE receivers SET failures = failures + 1 WHERE name = ?"
                  " RETURNING failures, cooldown")
 OPEN_CIRCUIT = "UPDATE receivers SET open_until = ?, cooldown = ? WHERE name = ?"
@@ -122,7 +122,7 @@ def attempt_args(job: Job, attempt: Attempt) -> tuple[Any, ...]:
 
 def close_args(receiver: str) -> tuple[Any, ...]:
     """CLOSE_CIRCUIT's parameters."""
-    return (*CLOSED, receiver, *CLOSED)
+    return (*CLOSED, receiver, *CLOSED[:2])
 
 
 def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
