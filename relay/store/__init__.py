@@ -1,4 +1,8 @@
-"""The durable store: the `Store` protocol, its records, and `open_store(url)`.
+"""The durable store: the `JobQueue` (hot path) and `Ledger` (read side) protocols,
+`Store` (both, plus its lifetime), the records, and `open_store(url)`.
+
+The job rules both stores follow are in `relay.store.rules`; the schema and its
+migration steps in `relay.store.schema`; the shared SQL in `relay.store.sql`.
 
 Jobs move through these states:
 
