@@ -133,9 +133,7 @@ class Relay:
     async def start(self) -> None:
         remote = self.config.store.url.startswith(("postgresql:", "postgres:"))
         await self._open_store(STORE_WAIT if remote else 0.0)
-        listeners = getattr(self.store, "listeners", None)
-        if listeners is not None:
-            listeners.append(self.worker.wake)
+        self.store.subscribe(self.worker.wake)
         self._tasks = [asyncio.create_task(self.worker.run(), name="worker"),
                        asyncio.create_task(self._purge_loop(), name="purge"),
                        asyncio.create_task(self._watch_loop(), name="watch-config")]
@@ -229,7 +227,7 @@ class Relay:
                        f" and will probe it again. Last error: {error}", "failure", "text")
                 for i in range(len(self.config.receivers[fallback].urls))]
         try:
-            await self.store.accept(event, f"circuit:{receiver}:{stamp}", jobs, now)
+            await self.store.accept(event, f"circuit:{receiver}:{stamp}", jobs, now=now)
         except StoreError as e:
             log.error("could not queue the failing-receiver notice: %s", e)
 
@@ -289,9 +287,7 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
 
 async def _start_extra(relay: Relay, extra: SendingProcesses) -> None:
     extra.start()
-    listeners = getattr(relay.store, "listeners", None)
-    if listeners is not None:
-        listeners.append(extra.wake)
+    relay.store.subscribe(extra.wake)
 
 
 async def send_only(config_path: str) -> None:

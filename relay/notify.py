@@ -37,6 +37,7 @@ from relay.errors import Issue
 from relay.escaping import strip_controls
 from relay.logs import scrub
 from relay.pipeline import Channel
+from relay.store.records import AttemptOutcome
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -58,7 +59,7 @@ def _console(body: str, title: str, notify_type: str, meta: dict[str, Any], *arg
 class Outcome:
     """What an attempt gave: sent, retry (not before `min_delay`) or failed (permanent)."""
 
-    kind: str  # sent | retry | failed
+    kind: AttemptOutcome
     error: str = ""
     min_delay: float = 0.0
     status: int | None = None

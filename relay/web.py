@@ -152,7 +152,7 @@ async def webhook(request: web.Request) -> web.Response:
     plan = rt.planner.plan(event)
     try:
         accepted = await s.store.accept(event, dedup_key(event, rt.config.store.dedup_fields),
-                                        plan.notifications, s.clock())
+                                        plan.notifications, now=s.clock())
     except StoreError as e:
         s.metrics.count_event(event.type, "rejected_store")
         log.error("store unavailable: %s", e, extra=fields(request_id=rid))

@@ -108,9 +108,9 @@ class Worker:
             if free <= 0:
                 continue
             result = await self.store.claim(
-                name, free, now, rt.config.sending.lease, self.owner,
-                Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
-                _circuit(rt.config))
+                name, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
+                bucket=Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
+                circuit=_circuit(rt.config))
             self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
             for job in result.jobs:
                 self._start(job, rt)
@@ -126,8 +126,9 @@ class Worker:
     async def _bury_orphans(self, rt: Runtime, now: float) -> None:
         """Jobs whose receiver left the config go dead with that reason (replay after a fix)."""
         for name in await self.store.active_receivers() - set(rt.config.receivers):
-            result = await self.store.claim(name, 100, now, rt.config.sending.lease, self.owner,
-                                            None, _circuit(rt.config))
+            result = await self.store.claim(name, limit=100, now=now,
+                                            lease=rt.config.sending.lease, owner=self.owner,
+                                            bucket=None, circuit=_circuit(rt.config))
             for job in result.jobs:
                 why = f"receiver {name!r} is no longer in the config"
                 await self.store.bury(job, Attempt(now, "failed", why))
@@ -192,7 +193,8 @@ class Worker:
             self.metrics.count_burial(job.receiver, outcome.kind)
             log.error("dead: %s", why, extra=info)
             return
-        opened = await self.store.retry_later(job, attempt.at + delay, attempt, _circuit(rt.config))
+        opened = await self.store.retry_later(job, attempt, at=attempt.at + delay,
+                                              circuit=_circuit(rt.config))
         self.metrics.notifications.labels(job.receiver, "retry").inc()
         log.warning("retry in %.0fs: %s", delay, outcome.error, extra=info)
         if opened:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class Backend:
     name: str
     url: str
     bump_schema: Callable[[], Awaitable[None]]
+    # A real fault: a trigger that makes every UPDATE of the table fail; `heal` drops it.
+    fail_updates: Callable[[str], Awaitable[None]]
+    heal: Callable[[str], Awaitable[None]]
+    downgrade_to_1: Callable[[], Awaitable[None]]  # as a relay before schema step 2 left it
     opened: list[Store] = field(default_factory=list)
 
     async def open(self) -> Store:
@@ -54,24 +59,55 @@ class Backend:
 async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     path = tmp_path / "relay.db"
 
-    async def bump() -> None:
-        with sqlite3.connect(path) as conn:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    def run(*statements: str) -> None:
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            for statement in statements:
+                conn.execute(statement)
 
-    yield Backend("sqlite", f"sqlite:{path}", bump)
+    async def bump() -> None:
+        run(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+
+    async def fail_updates(table: str) -> None:
+        run(f"CREATE TRIGGER fault_{table} BEFORE UPDATE ON {table}"
+            " BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+
+    async def heal(table: str) -> None:
+        run(f"DROP TRIGGER fault_{table}")
+
+    async def downgrade() -> None:
+        run("DROP TABLE health", "PRAGMA user_version=1")
+
+    yield Backend("sqlite", f"sqlite:{path}", bump, fail_updates, heal, downgrade)
 
 
 async def _postgres_backend() -> AsyncIterator[Backend]:
     import asyncpg
 
     async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
-        async def bump() -> None:
+        async def run(*statements: str) -> None:
             conn = await asyncpg.connect(dsn)
-            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)",
-                               SCHEMA_VERSION + 1)
-            await conn.close()
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
 
-        yield Backend("postgres", dsn, bump)
+        async def bump() -> None:
+            await run(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})")
+
+        async def fail_updates(table: str) -> None:
+            await run("CREATE OR REPLACE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql"
+                      " AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+                      f"CREATE TRIGGER fault_{table} BEFORE UPDATE ON {table}"
+                      " FOR EACH ROW EXECUTE FUNCTION fault()")
+
+        async def heal(table: str) -> None:
+            await run(f"DROP TRIGGER fault_{table} ON {table}")
+
+        async def downgrade() -> None:
+            await run("DROP TABLE health", "DELETE FROM schema_version WHERE version > 1")
+
+        yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -103,12 +139,13 @@ def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> N
 async def claim(store: Store, receiver: str = "hook", limit: int = 10, now: float = T0,
                 owner: str = "a", lease: float = 30.0, bucket: Bucket | None = None,
                 circuit: Circuit = CIRCUIT) -> ClaimResult:
-    return await store.claim(receiver, limit, now, lease, owner, bucket, circuit)
+    return await store.claim(receiver, limit=limit, now=now, lease=lease, owner=owner,
+                             bucket=bucket, circuit=circuit)
 
 
 async def queue(store: Store, count: int, receiver: str = "hook", now: float = T0) -> None:
     for i in range(count):
-        await store.accept(event(delivery=f"q{i}"), f"q{receiver}{i}", [job(receiver)], now)
+        await store.accept(event(delivery=f"q{i}"), f"q{receiver}{i}", [job(receiver)], now=now)
 
 
 def attempt(at: float, outcome: str = "retry", error: str = "HTTP 500") -> Attempt:
@@ -120,7 +157,7 @@ def attempt(at: float, outcome: str = "retry", error: str = "HTTP 500") -> Attem
 
 async def test_accept_stores_the_event_and_one_job_per_notification(store: Store) -> None:
     payload = event(note="ü")
-    accepted = await store.accept(payload, "k1", [job(), job(url_index=1), job("mail")], T0)
+    accepted = await store.accept(payload, "k1", [job(), job(url_index=1), job("mail")], now=T0)
     assert (accepted.duplicate, accepted.jobs, accepted.suppressed) == (False, 3, "")
     jobs = (await claim(store)).jobs
     assert [(j.receiver, j.url_index, j.state, j.attempts) for j in jobs] == \
@@ -135,8 +172,8 @@ async def test_accept_stores_the_event_and_one_job_per_notification(store: Store
 
 
 async def test_a_duplicate_key_is_acknowledged_without_new_jobs(store: Store) -> None:
-    first = await store.accept(event(), "same", [job()], T0)
-    again = await store.accept(event(), "same", [job(), job("mail")], T0 + 5)
+    first = await store.accept(event(), "same", [job()], now=T0)
+    again = await store.accept(event(), "same", [job(), job("mail")], now=T0 + 5)
     assert again.duplicate and again.jobs == 0 and again.event_id == first.event_id
     assert len((await claim(store)).jobs) == 1
     assert (await claim(store, "mail")).jobs == []
@@ -145,7 +182,7 @@ async def test_a_duplicate_key_is_acknowledged_without_new_jobs(store: Store) ->
 async def test_concurrent_duplicate_accepts_on_two_stores_make_one_set_of_jobs(
         backend: Backend, store: Store) -> None:
     other = await backend.open()
-    results = await asyncio.gather(*(s.accept(event(), "race", [job(), job(url_index=1)], T0)
+    results = await asyncio.gather(*(s.accept(event(), "race", [job(), job(url_index=1)], now=T0)
                                      for s in [store, other] * 6))
     assert sum(not r.duplicate for r in results) == 1
     assert len({r.event_id for r in results}) == 1
@@ -153,7 +190,7 @@ async def test_concurrent_duplicate_accepts_on_two_stores_make_one_set_of_jobs(
 
 
 async def test_reopening_the_store_keeps_queued_jobs(backend: Backend, store: Store) -> None:
-    await store.accept(event(), "k", [job()], T0)
+    await store.accept(event(), "k", [job()], now=T0)
     await store.close()
     reopened = await backend.open()
     assert len((await claim(reopened)).jobs) == 1
@@ -183,14 +220,14 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(backend: Backend,
 
 async def test_an_expired_lease_is_taken_over_and_the_old_claim_goes_stale(
         store: Store) -> None:
-    await store.accept(event(), "k", [job()], T0)
+    await store.accept(event(), "k", [job()], now=T0)
     [mine] = (await claim(store, owner="a", now=T0, lease=30)).jobs
     assert (await claim(store, owner="b", now=T0 + 29)).jobs == []
     [theirs] = (await claim(store, owner="b", now=T0 + 31, lease=30)).jobs
     assert theirs.id == mine.id and theirs.claim_token != mine.claim_token
     for finish in (store.complete(mine, attempt(T0 + 32, "sent", "")),
                    store.bury(mine, attempt(T0 + 32, "failed")),
-                   store.retry_later(mine, T0 + 40, attempt(T0 + 32), CIRCUIT)):
+                   store.retry_later(mine, attempt(T0 + 32), at=T0 + 40, circuit=CIRCUIT)):
         with pytest.raises(StaleClaim):
             await finish
     await store.release(mine)  # a stale release is ignored, not an error
@@ -203,7 +240,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_claim_goes_stale(
 
 async def test_a_released_job_is_claimable_at_once_without_using_an_attempt(
         store: Store) -> None:
-    await store.accept(event(), "k", [job()], T0)
+    await store.accept(event(), "k", [job()], now=T0)
     [mine] = (await claim(store, owner="a")).jobs
     await store.release(mine)
     [again] = (await claim(store, owner="b")).jobs
@@ -214,9 +251,9 @@ async def test_a_released_job_is_claimable_at_once_without_using_an_attempt(
 
 
 async def test_a_retry_is_not_claimable_before_its_time(store: Store) -> None:
-    await store.accept(event(), "k", [job()], T0)
+    await store.accept(event(), "k", [job()], now=T0)
     [first] = (await claim(store)).jobs
-    opened = await store.retry_later(first, T0 + 30, attempt(T0, error="HTTP 500"), CIRCUIT)
+    opened = await store.retry_later(first, attempt(T0, error="HTTP 500"), at=T0 + 30, circuit=CIRCUIT)
     assert opened is False
     early = await claim(store, now=T0 + 29.9)
     assert early.jobs == [] and early.wait_until == pytest.approx(T0 + 30)
@@ -225,9 +262,9 @@ async def test_a_retry_is_not_claimable_before_its_time(store: Store) -> None:
 
 
 async def test_a_buried_job_is_listed_dead_with_its_attempt_history(store: Store) -> None:
-    await store.accept(event(), "k", [job(), job("mail")], T0)
+    await store.accept(event(), "k", [job(), job("mail")], now=T0)
     [first] = (await claim(store)).jobs
-    await store.retry_later(first, T0 + 1, attempt(T0, error="HTTP 503"), CIRCUIT)
+    await store.retry_later(first, attempt(T0, error="HTTP 503"), at=T0 + 1, circuit=CIRCUIT)
     [second] = (await claim(store, now=T0 + 1)).jobs
     await store.bury(second, attempt(T0 + 1, "failed", "HTTP 404"))
     dead = await store.dead()
@@ -246,14 +283,14 @@ async def test_a_buried_job_is_listed_dead_with_its_attempt_history(store: Store
 async def test_replay_by_id_by_receiver_and_all(store: Store) -> None:
     for key, receivers in (("a", ["hook", "hook"]), ("b", ["mail"]), ("c", ["sms"])):
         await store.accept(event(delivery=key), key, [job(r, i) for i, r in
-                                                      enumerate(receivers)], T0)
+                                                      enumerate(receivers)], now=T0)
     dead: list[Job] = []
     for receiver in ("hook", "mail", "sms"):
         for j in (await claim(store, receiver)).jobs:
             await store.bury(j, attempt(T0, "failed", "HTTP 400"))
             dead.append(j)
     woken: list[int] = []
-    store.listeners.append(lambda: woken.append(1))  # type: ignore[attr-defined]
+    store.subscribe(lambda: woken.append(1))
     later = T0 + 100
     assert await store.replay([dead[0].id], None, later) == 1
     assert await store.replay(None, "mail", later) == 1
@@ -273,16 +310,16 @@ async def test_purge_deletes_only_finished_events_past_the_cutoff_in_batches(
         store: Store) -> None:
     sent: list[Job] = []
     for i in range(3):
-        await store.accept(event(delivery=f"s{i}"), f"sent{i}", [job()], T0)
+        await store.accept(event(delivery=f"s{i}"), f"sent{i}", [job()], now=T0)
     for j in (await claim(store)).jobs:
         await store.complete(j, attempt(T0, "sent", ""))
         sent.append(j)
-    await store.accept(event(delivery="n"), "no-jobs", [], T0)
-    await store.accept(event(delivery="p"), "pending", [job("slow")], T0)
-    await store.accept(event(delivery="x"), "dead", [job("bad")], T0)
+    await store.accept(event(delivery="n"), "no-jobs", [], now=T0)
+    await store.accept(event(delivery="p"), "pending", [job("slow")], now=T0)
+    await store.accept(event(delivery="x"), "dead", [job("bad")], now=T0)
     [bad] = (await claim(store, "bad")).jobs
     await store.bury(bad, attempt(T0, "failed"))
-    await store.accept(event(delivery="y"), "young", [job("young")], T0 + 1000)
+    await store.accept(event(delivery="y"), "young", [job("young")], now=T0 + 1000)
     [young] = (await claim(store, "young", now=T0 + 1000)).jobs
     await store.complete(young, attempt(T0 + 1000, "sent", ""))
 
@@ -292,7 +329,7 @@ async def test_purge_deletes_only_finished_events_past_the_cutoff_in_batches(
     assert all([await store.detail(j.id) is None for j in sent])
     assert await store.detail(bad.id) is not None and await store.detail(young.id) is not None
     assert len((await claim(store, "slow")).jobs) == 1
-    again = await store.accept(event(delivery="s0"), "sent0", [job()], T0 + 2000)
+    again = await store.accept(event(delivery="s0"), "sent0", [job()], now=T0 + 2000)
     assert not again.duplicate  # dedup lasts as long as retention keeps the event
 
 
@@ -318,14 +355,14 @@ async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
     circuit = Circuit(failures=2, cooldown=10.0, max_cooldown=40.0)
     await queue(store, 5)
     one, two = (await claim(store, limit=2, circuit=circuit)).jobs
-    assert await store.retry_later(one, T0, attempt(T0), circuit) is False
-    assert await store.retry_later(two, T0, attempt(T0), circuit) is True
+    assert await store.retry_later(one, attempt(T0), at=T0, circuit=circuit) is False
+    assert await store.retry_later(two, attempt(T0), at=T0, circuit=circuit) is True
     shut = await claim(store, now=T0 + 5, circuit=circuit)
     assert shut.jobs == [] and shut.paused and shut.wait_until == pytest.approx(T0 + 10)
 
     [probe] = (await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs
     assert (await claim(store, owner="b", limit=5, now=T0 + 10, circuit=circuit)).jobs == []
-    assert await store.retry_later(probe, T0 + 10, attempt(T0 + 10), circuit) is False
+    assert await store.retry_later(probe, attempt(T0 + 10), at=T0 + 10, circuit=circuit) is False
     reopened = await claim(store, now=T0 + 25, circuit=circuit)
     assert reopened.paused and reopened.wait_until == pytest.approx(T0 + 30)  # cooldown doubled
 
@@ -335,14 +372,85 @@ async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
     assert len(closed.jobs) == 4 and not closed.paused
 
 
+async def test_a_failed_retry_write_leaves_the_claim_and_its_retry_counts_the_failure_once(
+        backend: Backend, store: Store) -> None:
+    """Rescheduling the job and counting the failure are one transaction: both or neither."""
+    circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)
+    await store.accept(event(), "k", [job()], now=T0)
+    [first] = (await claim(store, circuit=circuit)).jobs
+    await backend.fail_updates("receivers")  # the failure count cannot be written
+    with pytest.raises(StoreError):
+        await store.retry_later(first, attempt(T0), at=T0 + 30, circuit=circuit)
+    await backend.heal("receivers")
+    # The worker writes the same outcome again: it must not be dropped as a stale claim.
+    assert await store.retry_later(first, attempt(T0), at=T0 + 30, circuit=circuit) is True
+    [state] = await store.receivers()
+    assert (state.name, state.failures, state.open_until) == ("hook", 1, T0 + 10)
+    shut = await claim(store, now=T0 + 5, circuit=circuit)
+    assert shut.paused and shut.wait_until == pytest.approx(T0 + 10)
+    detail = await store.detail(first.id)
+    assert detail is not None and (detail.job.attempts, len(detail.history)) == (1, 1)
+
+
+async def test_a_success_writes_the_receiver_row_only_when_its_circuit_needs_closing(
+        backend: Backend, store: Store) -> None:
+    await queue(store, 3)
+    one, two = (await claim(store, limit=2)).jobs
+    await backend.fail_updates("receivers")
+    await store.complete(one, attempt(T0, "sent", ""))  # a closed circuit: nothing to write
+    await backend.heal("receivers")
+    await store.retry_later(two, attempt(T0), at=T0 + 1, circuit=CIRCUIT)
+    [three] = (await claim(store, now=T0 + 1, limit=1)).jobs
+    await backend.fail_updates("receivers")
+    with pytest.raises(StoreError):  # one failure counted: this success must reset it
+        await store.complete(three, attempt(T0 + 1, "sent", ""))
+    await backend.heal("receivers")
+    await store.complete(three, attempt(T0 + 1, "sent", ""))
+    [state] = await store.receivers()
+    assert (state.failures, state.backlog, state.last_sent_at) == (0, 1, T0 + 1)
+    assert (state.last_error, state.last_error_at) == ("HTTP 500", T0)
+
+
+# ---------------------------------------------------------------- read side
+
+
+async def test_a_delivery_timeline_holds_its_events_jobs_and_attempts(store: Store) -> None:
+    await store.accept(event(ts="2024-09-14T10:00:00Z"), "u1", [job(), job("mail")], now=T0)
+    await store.accept(event(delivery="other"), "o", [job()], now=T0)
+    await store.accept(event("delivery.delivered", ts="2024-09-14T11:00:00Z"), "u2", [job()],
+                       now=T0 + 1)
+    hook = (await claim(store, now=T0 + 1)).jobs
+    await store.retry_later(hook[0], attempt(T0 + 1), at=T0 + 2, circuit=CIRCUIT)
+    await store.complete(hook[2], attempt(T0 + 1, "sent", ""))
+    timeline = await store.timeline("d1")
+    assert [(e.type, e.received_at) for e in timeline.events] == \
+        [("delivery.updated", T0), ("delivery.delivered", T0 + 1)]
+    assert timeline.events[0].payload["timestamp"] == "2024-09-14T10:00:00Z"
+    assert [(j.receiver, j.state) for j in timeline.jobs] == \
+        [("hook", "pending"), ("mail", "pending"), ("hook", "sent")]
+    assert [(a.job_id, a.attempt.outcome) for a in timeline.attempts] == \
+        [(hook[0].id, "retry"), (hook[2].id, "sent")]
+    empty = await store.timeline("nobody")
+    assert (empty.events, empty.jobs, empty.attempts) == ((), (), ())
+
+
+async def test_ping_commits_a_write(backend: Backend, store: Store) -> None:
+    await store.ping()  # creates the health row
+    await backend.fail_updates("health")
+    with pytest.raises(StoreError):  # a store that can read but not commit is not ready
+        await store.ping()
+    await backend.heal("health")
+    await store.ping()
+
+
 # ---------------------------------------------------------------- stale and cancelled updates
 
 
 async def test_an_update_older_than_the_newest_is_suppressed(store: Store) -> None:
-    newer = await store.accept(event(ts="2024-09-14T10:00:00Z"), "a", [job(suppress=True)], T0)
+    newer = await store.accept(event(ts="2024-09-14T10:00:00Z"), "a", [job(suppress=True)], now=T0)
     older = await store.accept(event(ts="2024-09-14T09:00:00Z"), "b",
-                               [job(suppress=True), job("mail")], T0)
-    newest = await store.accept(event(ts="2024-09-14T11:00:00Z"), "c", [job(suppress=True)], T0)
+                               [job(suppress=True), job("mail")], now=T0)
+    newest = await store.accept(event(ts="2024-09-14T11:00:00Z"), "c", [job(suppress=True)], now=T0)
     assert (newer.jobs, newest.jobs, newest.suppressed) == (1, 1, "")
     assert older.jobs == 1  # the receiver that did not ask for suppression still gets it
     assert older.suppressed == "an update with a newer timestamp was already received"
@@ -350,12 +458,12 @@ async def test_an_update_older_than_the_newest_is_suppressed(store: Store) -> No
 
 async def test_a_cancellation_suppresses_pending_and_later_updates(store: Store) -> None:
     await store.accept(event(ts="2024-09-14T10:00:00Z"), "u1",
-                       [job(suppress=True), job("mail")], T0)
-    await store.accept(event(delivery="d2"), "other", [job(suppress=True)], T0)
+                       [job(suppress=True), job("mail")], now=T0)
+    await store.accept(event(delivery="d2"), "other", [job(suppress=True)], now=T0)
     cancel = await store.accept(event("delivery.cancelled", ts="2024-09-14T10:05:00Z"), "c",
-                                [job()], T0)
+                                [job()], now=T0)
     assert cancel.jobs == 1
-    late = await store.accept(event(ts="2024-09-14T10:10:00Z"), "u2", [job(suppress=True)], T0)
+    late = await store.accept(event(ts="2024-09-14T10:10:00Z"), "u2", [job(suppress=True)], now=T0)
     assert late.jobs == 0 and late.suppressed == "delivery was already cancelled"
     hook = (await claim(store)).jobs
     assert sorted((j.delivery_id, j.event_type) for j in hook) == \
@@ -375,6 +483,16 @@ async def test_a_newer_schema_is_refused(backend: Backend, store: Store) -> None
         await backend.open()
 
 
+async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(backend: Backend,
+                                                                  store: Store) -> None:
+    await store.accept(event(), "k", [job()], now=T0)
+    await store.close()
+    await backend.downgrade_to_1()
+    upgraded = await backend.open()
+    await upgraded.ping()  # the health table of step 2 exists again
+    assert len((await claim(upgraded)).jobs) == 1
+
+
 # ---------------------------------------------------------------- PostgreSQL only
 
 
@@ -392,10 +510,10 @@ async def pg() -> AsyncIterator[Backend]:
 async def test_new_jobs_wake_idle_workers_of_every_replica(pg: Backend) -> None:
     ingest, idle = await pg.open(), await pg.open()
     woken = asyncio.Event()
-    idle.listeners.append(woken.set)  # type: ignore[attr-defined]
+    idle.subscribe(woken.set)
     await wait_for(lambda: woken.is_set(), 5, message="LISTEN connection up")  # first connect
     woken.clear()
-    await ingest.accept(event(), "k", [job()], T0)
+    await ingest.accept(event(), "k", [job()], now=T0)
     await asyncio.wait_for(woken.wait(), 5)
 
 
@@ -405,7 +523,8 @@ async def test_replicas_starting_together_create_the_schema_once(pg: Backend) ->
 
     await asyncio.gather(*(pg.open() for _ in range(5)))
     conn = await asyncpg.connect(pg.url)
-    assert await conn.fetch("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert await conn.fetch("SELECT version FROM schema_version ORDER BY version") == \
+        [(step,) for step in range(1, SCHEMA_VERSION + 1)]  # each step once
     await conn.close()
 
 
@@ -432,7 +551,7 @@ async def test_killed_connections_give_store_errors_then_recover(pg: Backend) ->
     await victim.open()
     pg.opened.append(victim)
     woken = asyncio.Event()
-    victim.listeners.append(woken.set)  # type: ignore[attr-defined]
+    victim.subscribe(woken.set)
     await wait_for(woken.is_set, 5, message="LISTEN connection up")
     woken.clear()
     admin = await asyncpg.connect(pg.url)
@@ -442,7 +561,7 @@ async def test_killed_connections_give_store_errors_then_recover(pg: Backend) ->
     assert killed >= 2  # the pool's connection and the LISTEN connection
     await wait_for(woken.is_set, 10, message="LISTEN to reconnect")
     woken.clear()
-    await ingest.accept(event(), "k", [job()], T0)
+    await ingest.accept(event(), "k", [job()], now=T0)
     await asyncio.wait_for(woken.wait(), 5)
 
     async def claimed() -> bool:

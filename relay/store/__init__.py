@@ -1,4 +1,8 @@
-"""The durable store: the `Store` protocol, its records, and `open_store(url)`.
+"""The durable store: the `JobQueue` (hot path) and `Ledger` (read side) protocols,
+`Store` (both, plus its lifetime), the records, and `open_store(url)`.
+
+The job rules both stores follow are in `relay.store.rules`; the schema and its
+migration steps in `relay.store.schema`; the shared SQL in `relay.store.sql`.
 
 Jobs move through these states:
 
@@ -16,134 +20,79 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from relay.errors import StoreError
 from relay.events import Event
+from relay.store.records import (
+    ACTIVE_STATES,
+    JOB_STATES,
+    Accepted,
+    Attempt,
+    AttemptOutcome,
+    Bucket,
+    Circuit,
+    ClaimResult,
+    Job,
+    JobAttempt,
+    JobDetail,
+    JobSpec,
+    JobState,
+    ReceiverState,
+    Stats,
+    Timeline,
+    TimelineEvent,
+)
+from relay.store.schema import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-ACTIVE_STATES = ("pending", "claimed")
-
-
-class JobSpec(Protocol):
-    """What `accept` persists per notification (the pipeline's Notification fits)."""
-
-    @property
-    def receiver(self) -> str: ...
-    @property
-    def url_index(self) -> int: ...
-    @property
-    def route(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def body(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def suppress_stale(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Accepted:
-    event_id: int
-    duplicate: bool
-    jobs: int
-    suppressed: str = ""  # why notifications were dropped as stale, if they were
+__all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
+           "AttemptOutcome", "Bucket", "Circuit", "ClaimResult", "Job", "JobAttempt",
+           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "ReceiverState", "Stats",
+           "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
 
 
-@dataclass(frozen=True)
-class Attempt:
-    at: float
-    outcome: str  # sent | retry | failed | timeout | released
-    error: str = ""
-    duration: float = 0.0
+class JobQueue(Protocol):
+    """The hot path: ingest accepts, the worker claims and records what each attempt gave."""
 
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    event_id: int
-    receiver: str
-    url_index: int
-    route: str
-    title: str
-    body: str
-    type: str
-    format: str
-    state: str
-    attempts: int
-    created_at: float
-    next_attempt_at: float
-    last_error: str = ""
-    claim_token: str = ""
-    delivery_id: str = ""
-    event_type: str = ""
-
-
-@dataclass(frozen=True)
-class JobDetail:
-    job: Job
-    event: dict[str, Any]
-    history: tuple[Attempt, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Circuit:
-    failures: int = 5
-    cooldown: float = 60.0
-    max_cooldown: float = 600.0
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """A token bucket: `count` sends per `per` seconds, bursting to `count`."""
-
-    count: int
-    per: float
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    jobs: list[Job]
-    wait_until: float | None = None  # when this receiver may have work or capacity again
-    paused: bool = False  # its circuit is open
-
-
-@dataclass(frozen=True)
-class Stats:
-    backlog: int
-    dead: int
-    oldest_pending_at: float | None
-
-
-class Store(Protocol):
-    """What the worker, the web handler and the CLI need from a durable store."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
                      ) -> Accepted: ...
-    async def claim(self, receiver: str, limit: int, now: float, lease: float, owner: str,
+    async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
                     bucket: Bucket | None, circuit: Circuit) -> ClaimResult: ...
     async def complete(self, job: Job, attempt: Attempt) -> None: ...
-    async def retry_later(self, job: Job, at: float, attempt: Attempt, circuit: Circuit,
-                          ) -> bool: ...
+    async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
+                          ) -> bool:
+        """Count the failure and reschedule the job, in one transaction. True: circuit opened."""
     async def bury(self, job: Job, attempt: Attempt) -> None: ...
     async def release(self, job: Job) -> None: ...
-    async def active_receivers(self) -> set[str]: ...
-    async def stats(self) -> Stats: ...
     def backlog_estimate(self) -> int: ...
+    async def active_receivers(self) -> set[str]: ...
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever jobs may have become claimable."""
+
+
+class Ledger(Protocol):
+    """The read side: what operators, the admin API and a status page look at."""
+
+    async def stats(self) -> Stats: ...
     async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]: ...
     async def detail(self, job_id: int) -> JobDetail | None: ...
+    async def timeline(self, delivery_id: str) -> Timeline:
+        """One delivery's events, jobs and attempts, oldest first."""
+    async def receivers(self) -> list[ReceiverState]:
+        """Each receiver's circuit, tokens, backlog, last success and last error."""
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int: ...
     async def purge(self, before: float, batch: int = 500) -> int: ...
+
+
+class Store(JobQueue, Ledger, Protocol):
+    """A durable store: both interfaces plus its lifetime."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """Commit a write (the `health` row) or raise StoreError: what readiness proves."""
 
 
 def new_owner() -> str:

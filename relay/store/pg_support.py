@@ -1,0 +1,115 @@
+"""PostgreSQL plumbing: errors, DSN redaction, the LISTEN connection, claim primitives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from relay.store import rules, sql
+from relay.store.records import Circuit, Job
+from relay.store.schema import JOB_COLUMNS, from_row, job_from_row
+from relay.store.sql import numbered as q
+
+log = logging.getLogger("relay.store.postgres")
+CHANNEL = "kourier_relay_jobs"
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0  # bounds a query on a connection whose server vanished silently
+KEEPALIVE = 5.0
+# InternalClientError: asyncpg's protocol state after the server dropped mid-command.
+ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+          asyncio.TimeoutError)
+
+
+def redact(url: str) -> str:
+    """The DSN with its password (in the netloc or the query) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: say nothing of it but the scheme
+        return url.split(":", 1)[0] + "://***"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    query = urlencode([(k, "***" if k == "password" else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hosts}", query=query))
+
+
+def rows_touched(status: str) -> int:
+    """Rows touched, from a command status such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+async def listen_forever(url: str, notified: Callable[..., None],
+                     connected: Callable[[], None]) -> None:
+    """Keep one LISTEN connection up, reconnecting with backoff when it drops."""
+    backoff = 0.5
+    while True:
+        try:
+            conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT,
+                                         command_timeout=COMMAND_TIMEOUT)
+        except (*ERRORS, ValueError) as e:
+            log.warning("LISTEN connection failed, retrying in %.1fs: %s", backoff,
+                        describe(e))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        backoff = 0.5
+        try:
+            await _listen(conn, notified, connected)
+            log.warning("LISTEN connection lost; reconnecting")
+        except ERRORS as e:
+            log.warning("LISTEN connection lost: %s", describe(e))
+        finally:
+            conn.terminate()
+        await asyncio.sleep(backoff)
+
+async def _listen(conn: Any, notified: Callable[..., None], connected: Callable[[], None],
+              ) -> None:
+    lost = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: lost.set())
+    await conn.add_listener(CHANNEL, notified)
+    connected()  # jobs may have arrived while nobody was listening
+    while not lost.is_set():
+        try:
+            await asyncio.wait_for(lost.wait(), KEEPALIVE)
+        except TimeoutError:
+            await conn.execute("SELECT 1", timeout=KEEPALIVE)
+
+
+async def lock_receiver(conn: Any, name: str, circuit: Circuit) -> rules.ReceiverRow:
+    """The receiver's row, locked until the transaction ends (created on first use)."""
+    row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
+    if row is None:
+        await conn.execute(q(sql.INSERT_RECEIVER), name, circuit.cooldown)
+        row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
+    return from_row(rules.ReceiverRow, row)
+
+
+async def take(conn: Any, receiver: str, limit: int, now: float, lease: float, owner: str,
+                ) -> list[Job]:
+    """Claim up to `limit` due jobs: expired leases first, then pending by due time."""
+    ids = [r[0] for r in await conn.fetch(
+        "SELECT id FROM jobs WHERE receiver = $1 AND state = 'claimed' AND lease_until < $2"
+        " ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED", receiver, now, limit)]
+    if len(ids) < limit:
+        ids += [r[0] for r in await conn.fetch(
+            "SELECT id FROM jobs WHERE receiver = $1 AND state = 'pending'"
+            " AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3"
+            " FOR UPDATE SKIP LOCKED", receiver, now, limit - len(ids))]
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        f"UPDATE jobs SET state = 'claimed', claim_token = $1, claimed_by = $2,"
+        f" lease_until = $3 WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}",
+        uuid.uuid4().hex, owner, now + lease, ids)
+    return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)

@@ -1,0 +1,162 @@
+"""The job rules, once for every store: pure functions over plain values.
+
+A store reads rows, asks these functions what to do, and writes what they
+say. Nothing here touches a database, and every rule takes `now` from the
+caller (only the backlog estimate's age is measured on the monotonic clock).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from relay.store.records import Bucket, Circuit, JobState
+
+CANCELLED = "delivery.cancelled"
+UPDATED = "delivery.updated"
+CANCELLED_REASON = "delivery was cancelled"
+# A success closes the circuit to these values (failures, open_until, cooldown). A row
+# whose failures and open_until already hold them is not written, so a success on a
+# healthy receiver neither waits on nor fails with its row; the cooldown only counts
+# once failures reach the threshold, and the first trip starts from circuit.cooldown.
+CLOSED = (0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ReceiverRow:
+    """A receiver's circuit and token bucket as the store keeps them."""
+
+    failures: int = 0
+    open_until: float = 0.0
+    cooldown: float = 0.0
+    tokens: float | None = None
+    tokens_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a claim may take now: `limit` jobs (0: none), and when to look again if none."""
+
+    limit: int
+    wait_until: float | None = None
+    paused: bool = False  # the circuit is open
+    tokens: float | None = None  # the bucket's level after refilling; None: no bucket
+
+
+@dataclass(frozen=True)
+class Trip:
+    """The circuit after a failure that reached the threshold."""
+
+    open_until: float
+    cooldown: float
+    opened: bool  # it was closed before this failure: tell the operator
+
+
+def needs_probe_check(row: ReceiverRow, now: float, circuit: Circuit) -> bool:
+    """Half-open (cooled down after tripping): the store must say whether a probe is out."""
+    return row.open_until <= now and row.failures >= circuit.failures
+
+
+def admit(row: ReceiverRow, *, limit: int, now: float, bucket: Bucket | None,
+          circuit: Circuit, probing: bool = False) -> Admission:
+    """How many jobs a claim may take: circuit first, then the half-open probe, then tokens."""
+    if row.open_until > now:
+        return Admission(0, row.open_until, paused=True)
+    if row.failures >= circuit.failures:  # half-open: one probe at a time
+        if probing:
+            return Admission(0)
+        limit = 1
+    if bucket is None:
+        return Admission(limit)
+    tokens = refill(row.tokens, row.tokens_at, bucket, now)
+    if tokens < 1:
+        return Admission(0, next_token_at(tokens, bucket, now), tokens=tokens)
+    return Admission(min(limit, int(tokens)), tokens=tokens)
+
+
+def refill(tokens: float | None, last: float | None, bucket: Bucket, now: float) -> float:
+    """The tokens available now, topped up for the time passed since `last`."""
+    if tokens is None or last is None:
+        return float(bucket.count)
+    return min(float(bucket.count), tokens + max(0.0, now - last) * bucket.count / bucket.per)
+
+
+def next_token_at(tokens: float, bucket: Bucket, now: float) -> float:
+    """When the bucket holds one whole token again."""
+    return now + (1 - tokens) * bucket.per / bucket.count
+
+
+def wants_next_due(admission: Admission, taken: int) -> bool:
+    """A claim that took less than it could says when the receiver next has work."""
+    return taken < admission.limit
+
+
+def trip(failures: int, cooldown: float, now: float, circuit: Circuit) -> Trip | None:
+    """After counting a failure (`failures` includes it): the circuit to set, if it opens.
+
+    The first trip cools down for `circuit.cooldown`; each failed probe after it
+    doubles the cooldown up to `circuit.max_cooldown`.
+    """
+    if failures < circuit.failures:
+        return None
+    if failures > circuit.failures:
+        cooldown = min(max(cooldown * 2, circuit.cooldown), circuit.max_cooldown)
+    else:
+        cooldown = circuit.cooldown
+    return Trip(now + cooldown, cooldown, opened=failures == circuit.failures)
+
+
+def finished_at(state: JobState, at: float) -> float | None:
+    """A job that leaves the queue records when; a retry is not finished."""
+    return None if state == "pending" else at
+
+
+def stale_reason(event_type: str, ts: float, newest: float | None, cancelled: bool) -> str:
+    """Why an update's notifications that ask for it are suppressed; "" to send them."""
+    if event_type != UPDATED:
+        return ""
+    if cancelled:
+        return "delivery was already cancelled"
+    if newest is not None and ts < newest:
+        return "an update with a newer timestamp was already received"
+    return ""
+
+
+def delivery_after(event_type: str, ts: float, newest: float | None, cancelled: bool,
+                   ) -> tuple[float, bool]:
+    """The delivery's ordering state after this event: newest timestamp, cancelled."""
+    return max(ts, newest if newest is not None else ts), cancelled or event_type == CANCELLED
+
+
+def cancels(event_type: str) -> bool:
+    """A cancellation suppresses the delivery's pending updates that ask for it."""
+    return event_type == CANCELLED
+
+
+class Backlog:
+    """The estimate of pending + claimed jobs that ingest checks against `max_backlog`.
+
+    Kept from what this process writes and corrected by a count now and then
+    (`counted`), so ingest never runs a `count(*)` per request.
+    """
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.value = 0
+        self.ttl = ttl
+        self._at = 0.0
+
+    def counted(self, value: int) -> None:
+        self.value = value
+        self._at = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.value += n
+
+    def left(self, state: JobState) -> None:
+        """A job finished as `state`: only a retry stays in the backlog."""
+        if state not in ("pending", "claimed"):
+            self.value -= 1
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._at > self.ttl

@@ -1,0 +1,147 @@
+"""The schema, described once and rendered for SQLite and PostgreSQL, with its migration steps.
+
+Step N of `migrations(dialect)` takes a database from version N-1 to N. Step 1
+is the schema every relay before numbered SQLite migrations created, so an
+existing database (SQLite `user_version` 1, PostgreSQL `schema_version` 1)
+only runs the steps after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar
+
+from relay.store.records import JOB_STATES, Job
+
+Dialect = Literal["sqlite", "postgres"]
+R = TypeVar("R")
+SCHEMA_VERSION = 2
+
+# Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
+# real, bool. `pk` makes a non-key column the primary key.
+TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {"key": "INTEGER PRIMARY KEY", "ref": "INTEGER", "text": "TEXT",
+               "int": "INTEGER", "real": "REAL", "bool": "INTEGER"},
+    "postgres": {"key": "bigserial PRIMARY KEY", "ref": "bigint", "text": "text",
+                 "int": "integer", "real": "double precision", "bool": "boolean"},
+}
+FALSE: dict[Dialect, str] = {"sqlite": "0", "postgres": "false"}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    null: bool = False
+    default: str | None = None  # an SQL literal; "false" is rendered per dialect
+    extra: str = ""  # UNIQUE, PRIMARY KEY, CHECK (...)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    table: str
+    columns: str
+    where: str = ""
+
+
+def _c(name: str, type: str = "text", **kw: Any) -> Column:
+    return Column(name, type, **kw)
+
+
+STATE_CHECK = "CHECK (state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + "))"
+TABLES_1 = (
+    Table("events", (_c("id", "key"), _c("dedup_key", extra="UNIQUE"), _c("type"),
+                     _c("delivery_id"), _c("received_at", "real"), _c("payload"))),
+    Table("jobs", (
+        _c("id", "key"), _c("event_id", "ref:events"), _c("receiver"), _c("url_index", "int"),
+        _c("route"), _c("title"), _c("body"), _c("type"), _c("format"), _c("delivery_id"),
+        _c("event_type"), _c("suppress_stale", "bool", default="false"),
+        _c("state", default="'pending'", extra=STATE_CHECK),
+        _c("attempts", "int", default="0"), _c("created_at", "real"),
+        _c("next_attempt_at", "real"), _c("lease_until", "real", null=True),
+        _c("claim_token", null=True), _c("claimed_by", null=True),
+        _c("last_error", default="''"), _c("finished_at", "real", null=True))),
+    Table("attempts", (_c("id", "key"), _c("job_id", "ref:jobs"), _c("at", "real"),
+                       _c("outcome"), _c("error"), _c("duration", "real"))),
+    Table("receivers", (_c("name", extra="PRIMARY KEY"), _c("tokens", "real", null=True),
+                        _c("tokens_at", "real", null=True),
+                        _c("failures", "int", default="0"),
+                        _c("open_until", "real", default="0"),
+                        _c("cooldown", "real", default="0"))),
+    Table("deliveries", (_c("delivery_id", extra="PRIMARY KEY"), _c("newest", "real"),
+                         _c("cancelled", "bool", default="false"))),
+)
+# The claim walks these. SQLite: one index over (state, receiver, due); PostgreSQL:
+# partial indexes per state, which its planner uses with SKIP LOCKED.
+INDEXES_1: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (Index("jobs_due", "jobs", "state, receiver, next_attempt_at"),
+               Index("jobs_event", "jobs", "event_id"),
+               Index("jobs_delivery", "jobs", "delivery_id, state"),
+               Index("attempts_job", "attempts", "job_id")),
+    "postgres": (Index("events_received", "events", "received_at"),
+                 Index("jobs_pending", "jobs", "receiver, next_attempt_at, id", "state = 'pending'"),
+                 Index("jobs_claimed", "jobs", "receiver, lease_until", "state = 'claimed'"),
+                 Index("jobs_dead", "jobs", "receiver, id", "state = 'dead'"),
+                 Index("jobs_event", "jobs", "event_id"),
+                 Index("jobs_delivery", "jobs", "delivery_id", "state = 'pending'"),
+                 Index("attempts_job", "attempts", "job_id")),
+}
+# Step 2: one row that `ping()` rewrites, so readiness proves a commit, not a read.
+TABLES_2 = (Table("health", (_c("id", "int", extra="PRIMARY KEY"), _c("at", "real"))),)
+
+
+def render_column(column: Column, dialect: Dialect) -> str:
+    kind, _, target = column.type.partition(":")
+    parts = [column.name, TYPES[dialect][kind]]
+    if kind != "key" and not column.null and "PRIMARY KEY" not in column.extra:
+        parts.append("NOT NULL")
+    if target:
+        parts.append(f"REFERENCES {target} (id) ON DELETE CASCADE")
+    if column.default is not None:
+        default = FALSE[dialect] if column.default == "false" else column.default
+        parts.append(f"DEFAULT {default}")
+    if column.extra:
+        parts.append(column.extra)
+    return " ".join(parts)
+
+
+def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Dialect) -> str:
+    """CREATE statements for the tables and indexes, `;`-separated."""
+    out = [f"CREATE TABLE IF NOT EXISTS {t.name} (\n    "
+           + ",\n    ".join(render_column(c, dialect) for c in t.columns) + "\n)"
+           for t in tables]
+    out += [f"CREATE INDEX IF NOT EXISTS {i.name} ON {i.table} ({i.columns})"
+            + (f" WHERE {i.where}" if i.where else "") for i in indexes]
+    return ";\n".join(out) + ";\n"
+
+
+def migrations(dialect: Dialect) -> dict[int, str]:
+    """The SQL of each migration step for this dialect."""
+    return {1: render(TABLES_1, INDEXES_1[dialect], dialect),
+            2: render(TABLES_2, (), dialect)}
+
+
+JOB_FIELDS = tuple(f.name for f in fields(Job))
+JOB_COLUMNS = ", ".join(JOB_FIELDS)
+_OPTIONAL_TEXT = ("last_error", "claim_token")
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """A Job from a row selected with JOB_COLUMNS (sqlite3.Row and asyncpg.Record both fit)."""
+    values = {name: row[name] for name in JOB_FIELDS}
+    for name in _OPTIONAL_TEXT:
+        values[name] = values[name] or ""
+    return Job(**values)
+
+
+def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
+    """A record from a row whose columns are named like the record's fields."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]

@@ -1,0 +1,141 @@
+"""The SQL both stores run, written once with `?` placeholders; `numbered()` makes `$1…`.
+
+Only what a dialect does differently stays in its store: how a claim takes
+rows (one UPDATE through the index in SQLite, `FOR UPDATE SKIP LOCKED` in
+PostgreSQL), row locks, and lists as parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from relay.events import Event
+from relay.store.records import (
+    Attempt,
+    Job,
+    JobAttempt,
+    JobSpec,
+    JobState,
+    Timeline,
+    TimelineEvent,
+)
+from relay.store.rules import CANCELLED_REASON, CLOSED, UPDATED, finished_at
+from relay.store.schema import JOB_COLUMNS, from_row, job_from_row
+
+ACTIVE = "state IN ('pending', 'claimed')"
+
+INSERT_EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
+EVENT_BY_KEY = "SELECT id FROM events WHERE dedup_key = ?"
+INSERT_JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, type, format,"
+              " delivery_id, event_type, suppress_stale, created_at, next_attempt_at)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+DELIVERY = "SELECT newest, cancelled FROM deliveries WHERE delivery_id = ?"
+UPSERT_DELIVERY = ("INSERT INTO deliveries (delivery_id, newest, cancelled) VALUES (?, ?, ?)"
+                   " ON CONFLICT (delivery_id) DO UPDATE SET newest = excluded.newest,"
+                   " cancelled = excluded.cancelled")
+SUPPRESS_UPDATES = (f"UPDATE jobs SET state = 'suppressed', last_error = '{CANCELLED_REASON}'"
+                    f" WHERE delivery_id = ? AND event_type = '{UPDATED}' AND state = 'pending'"
+                    " AND suppress_stale")
+
+RECEIVER = ("SELECT failures, open_until, cooldown, tokens, tokens_at FROM receivers"
+            " WHERE name = ?")
+INSERT_RECEIVER = ("INSERT INTO receivers (name, cooldown) VALUES (?, ?)"
+                   " ON CONFLICT (name) DO NOTHING")
+PROBE_OUT = ("SELECT 1 FROM jobs WHERE receiver = ? AND state = 'claimed' AND lease_until > ?"
+             " LIMIT 1")
+SET_TOKENS = "UPDATE receivers SET tokens = ?, tokens_at = ? WHERE name = ?"
+NEXT_DUE = ("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM jobs"
+            " WHERE state = 'pending' AND receiver = ? UNION ALL SELECT min(lease_until)"
+            " FROM jobs WHERE state = 'claimed' AND receiver = ?) AS due")
+
+FINISH = ("UPDATE jobs SET state = ?, attempts = attempts + 1, last_error = ?,"
+          " claim_token = NULL, claimed_by = NULL, lease_until = NULL,"
+          " next_attempt_at = coalesce(?, next_attempt_at), finished_at = ?"
+          " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
+INSERT_ATTEMPT = ("INSERT INTO attempts (job_id, at, outcome, error, duration)"
+                  " VALUES (?, ?, ?, ?, ?)")
+RELEASE = ("UPDATE jobs SET state = 'pending', claim_token = NULL, claimed_by = NULL,"
+           " lease_until = NULL WHERE id = ? AND claim_token = ?")
+# Parameters: close_args() (see rules.CLOSED).
+CLOSE_CIRCUIT = ("UPDATE receivers SET failures = ?, open_until = ?, cooldown = ?"
+                 " WHERE name = ? AND NOT (failures = ? AND open_until = ?)")
+COUNT_FAILURE = ("UPDATE receivers SET failures = failures + 1 WHERE name = ?"
+                 " RETURNING failures, cooldown")
+OPEN_CIRCUIT = "UPDATE receivers SET open_until = ?, cooldown = ? WHERE name = ?"
+
+PING = ("INSERT INTO health (id, at) VALUES (1, ?)"
+        " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+BACKLOG = f"SELECT count(*) FROM jobs WHERE {ACTIVE}"
+DEAD_COUNT = "SELECT count(*) FROM jobs WHERE state = 'dead'"
+OLDEST = f"SELECT min(created_at) FROM jobs WHERE {ACTIVE}"
+ACTIVE_RECEIVERS = f"SELECT DISTINCT receiver FROM jobs WHERE {ACTIVE}"
+JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+PAYLOAD = "SELECT payload FROM events WHERE id = ?"
+HISTORY = "SELECT at, outcome, error, duration FROM attempts WHERE job_id = ? ORDER BY id"
+
+TIMELINE_EVENTS = ("SELECT id, type, received_at, payload FROM events WHERE delivery_id = ?"
+                   " ORDER BY id")
+TIMELINE_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ? ORDER BY id"
+TIMELINE_ATTEMPTS = ("SELECT a.job_id, a.at, a.outcome, a.error, a.duration FROM attempts a"
+                     " JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ? ORDER BY a.id")
+_LAST_FAILURE = ("(SELECT a.{} FROM attempts a JOIN jobs j ON j.id = a.job_id"
+                 " WHERE j.receiver = r.name AND a.outcome <> 'sent' ORDER BY a.id DESC LIMIT 1)")
+RECEIVER_STATES = (
+    "SELECT r.name, r.failures, r.open_until, r.cooldown, r.tokens, r.tokens_at,"
+    f" (SELECT count(*) FROM jobs j WHERE j.receiver = r.name AND j.{ACTIVE}) AS backlog,"
+    " (SELECT max(j.finished_at) FROM jobs j WHERE j.receiver = r.name"
+    "  AND j.state = 'sent') AS last_sent_at,"
+    f" coalesce({_LAST_FAILURE.format('error')}, '') AS last_error,"
+    f" {_LAST_FAILURE.format('at')} AS last_error_at"
+    " FROM receivers r ORDER BY r.name")
+
+
+@functools.cache
+def numbered(sql: str) -> str:
+    """The statement with PostgreSQL's `$1, $2, …` for each `?`, in order."""
+    count = itertools.count(1)
+    return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
+
+
+def job_rows(event_id: int, event: Event, jobs: Sequence[JobSpec], now: float,
+             ) -> list[tuple[Any, ...]]:
+    """INSERT_JOB's parameters for each job of an accepted event."""
+    return [(event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type, j.format,
+             event.delivery_id, event.type, j.suppress_stale, now, now) for j in jobs]
+
+
+def finish_args(job: Job, state: JobState, at: float | None, attempt: Attempt,
+                ) -> tuple[Any, ...]:
+    """FINISH's parameters: the job leaves its claim as `state` (due again at `at`)."""
+    return (state, attempt.error, at, finished_at(state, attempt.at), job.id, job.claim_token)
+
+
+def attempt_args(job: Job, attempt: Attempt) -> tuple[Any, ...]:
+    return (job.id, attempt.at, attempt.outcome, attempt.error, attempt.duration)
+
+
+def close_args(receiver: str) -> tuple[Any, ...]:
+    """CLOSE_CIRCUIT's parameters."""
+    return (*CLOSED, receiver, *CLOSED[:2])
+
+
+def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
+    return (key, event.type, event.delivery_id, now, json.dumps(event.payload))
+
+
+def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
+             jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
+             ) -> Timeline:
+    """A Timeline from the rows of TIMELINE_EVENTS, TIMELINE_JOBS and TIMELINE_ATTEMPTS."""
+    return Timeline(
+        delivery_id,
+        tuple(TimelineEvent(e["id"], e["type"], e["received_at"], json.loads(e["payload"]))
+              for e in events),
+        tuple(job_from_row(j) for j in jobs),
+        tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts))
