@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.app import Relay
 
+pytest_plugins = ["tests.livefakes"]  # fixtures: slack, discord, telegram (faked at HTTP)
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
 

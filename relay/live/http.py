@@ -1,0 +1,91 @@
+"""The HTTP call every live client makes, and how its answer becomes an `Outcome`.
+
+Same rules as `relay.notify.classify`: 408/425/429 and 5xx are retried, other
+4xx are permanent, a timeout waits at least a minute (the message may still
+arrive). A `Retry-After` the platform gives (header or body) is honoured as
+given; a 429 without one waits a minute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from relay.logs import scrub
+from relay.notify import MIN_WAIT_AFTER_TIMEOUT, RETRYABLE_STATUS, SENT, Outcome, _retry_after
+
+MAX_ANSWER = 1 << 20  # a platform's answer is a small JSON object; never read more
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A platform's answer: HTTP status (None when no answer came), parsed JSON, headers."""
+
+    status: int | None
+    body: Any = None
+    retry_after: float | None = None
+    error: str = ""  # transport error (redacted), when status is None
+    timed_out: bool = False
+
+
+class Api:
+    """One platform endpoint: a shared aiohttp session, a timeout, and the secrets to hide."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, timeout: float,
+                 secrets: Sequence[str] = ()) -> None:
+        self.session = session
+        self.base = base.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.secrets = tuple(s for s in secrets if s)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return scrub(text)
+
+    async def call(self, method: str, path: str, *, json: Any = None,
+                   params: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None) -> Answer:
+        try:
+            async with self.session.request(method, self.base + path, json=json, params=params,
+                                            headers=headers, timeout=self.timeout,
+                                            allow_redirects=False) as r:
+                raw = await r.content.read(MAX_ANSWER)
+                return Answer(r.status, _json(raw), _retry_after(r.headers.get("Retry-After"))
+                              if "Retry-After" in r.headers else None)
+        except TimeoutError:
+            return Answer(None, error=f"timed out after {self.timeout.total:g}s", timed_out=True)
+        except aiohttp.ClientError as e:
+            # aiohttp's messages can hold the request URL, and so the token in its path
+            return Answer(None, error=self.redact(f"{type(e).__name__}: {e}"))
+
+
+def _json(raw: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def outcome_for(answer: Answer, error: str, retry_after: float | None = None) -> Outcome:
+    """The outcome of a failed call: `error` is the platform's own reason (already redacted)."""
+    if answer.status is None:
+        return Outcome("retry", answer.error, MIN_WAIT_AFTER_TIMEOUT if answer.timed_out else 0.0)
+    status = answer.status
+    text = f"HTTP {status}: {error}"
+    wait: float | None = retry_after if retry_after is not None else answer.retry_after
+    if status == 429:
+        return Outcome("retry", text, MIN_WAIT_AFTER_TIMEOUT if wait is None else wait, status)
+    if status in RETRYABLE_STATUS or status >= 500:
+        return Outcome("retry", text, wait or 0.0, status)
+    if 400 <= status < 500:
+        return Outcome("failed", text, 0.0, status)
+    return Outcome("retry", text, wait or 0.0, status)  # 2xx with a body we cannot read, 3xx
+
+
+__all__ = ["SENT", "Answer", "Api", "outcome_for"]
