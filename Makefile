@@ -3,12 +3,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.example.yaml
 
-.PHONY: run test lint check bench image-test clean
+SYNAPSE ?= .cache/synapse
+
+.PHONY: run test lint check bench image-test clean synapse
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[dev]'  # quiet setuptools' editable-mode notes
+	touch $@
+
+# A real Matrix homeserver for the Matrix tests, in its own virtualenv (its pins stay out of ours).
+synapse: $(SYNAPSE)/.installed
+
+$(SYNAPSE)/.installed:
+	python3 -m venv $(SYNAPSE)
+	$(SYNAPSE)/bin/pip install -q 'matrix-synapse>=1.100,<2'
 	touch $@
 
 run: $(VENV)/.installed
@@ -32,4 +42,4 @@ image-test:
 	scripts/image-test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache relay.db relay.db-*
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache relay.db relay.db-*

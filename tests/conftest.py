@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestServer
 
 from relay.app import Relay
 
-pytest_plugins = ["tests.livefakes"]  # fixtures: slack, discord, telegram (faked at HTTP)
+# Fixtures: slack, discord, telegram (faked at HTTP); homeserver (a real Synapse).
+pytest_plugins = ["tests.livefakes", "tests.synapse"]
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
 

@@ -39,7 +39,8 @@ def unsupported(plugin: Any) -> str | None:
 
 
 def _room(room: str, host: str) -> str:
-    return room if ":" in room else f"{room}:{host}"
+    """An alias without its server is on the URL's host (as Apprise reads it); room ids are kept."""
+    return f"{room}:{host}" if room.startswith("#") and ":" not in room else room
 
 
 class MatrixClient:
