@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from relay.errors import StoreError
 from relay.events import Event
+from relay.store.live import LiveMessages
 from relay.store.records import (
     ACTIVE_STATES,
     JOB_STATES,
@@ -39,6 +40,7 @@ from relay.store.records import (
     JobDetail,
     JobSpec,
     JobState,
+    LiveSlot,
     ReceiverState,
     Stats,
     Timeline,
@@ -48,8 +50,8 @@ from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
            "AttemptOutcome", "Bucket", "Circuit", "ClaimResult", "Job", "JobAttempt",
-           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "ReceiverState", "Stats",
-           "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
+           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
+           "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
 
 
 class JobQueue(Protocol):
@@ -86,8 +88,8 @@ class Ledger(Protocol):
     async def purge(self, before: float, batch: int = 500) -> int: ...
 
 
-class Store(JobQueue, Ledger, Protocol):
-    """A durable store: both interfaces plus its lifetime."""
+class Store(JobQueue, Ledger, LiveMessages, Protocol):
+    """A durable store: its interfaces plus its lifetime."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -22,6 +22,7 @@ import asyncpg
 from relay.errors import RelayError, SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
+from relay.store.live import PostgresLive
 from relay.store.pg_support import (
     CHANNEL,
     COMMAND_TIMEOUT,
@@ -57,7 +58,7 @@ BACKLOG_TTL = 1.0
 MIGRATIONS = migrations("postgres")
 
 
-class PostgresStore:
+class PostgresStore(PostgresLive):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
     def __init__(self, url: str, min_size: int = 0, max_size: int = 10) -> None:

@@ -145,3 +145,11 @@ class ReceiverState:
     last_sent_at: float | None
     last_error: str
     last_error_at: float | None
+
+
+@dataclass(frozen=True)
+class LiveSlot:
+    """A live message as the store keeps it, held by the caller until `live_done`/`live_release`."""
+
+    ref: str | None  # the message ref (JSON), None before the first post
+    shown: float | None  # the event time the message shows

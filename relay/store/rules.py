@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from relay.store.records import Bucket, Circuit, JobState
 
@@ -160,3 +161,25 @@ class Backlog:
     @property
     def stale(self) -> bool:
         return time.monotonic() - self._at > self.ttl
+
+
+LiveAction = Literal["post", "edit", "skip"]
+
+
+def live_key(delivery_id: str, route: str, receiver: str, url_index: int) -> str:
+    """The live message of one delivery, route and receiver URL."""
+    return f"{url_index}:{receiver}:{route}:{delivery_id}"
+
+
+def live_action(ref: str | None, shown: float | None, ts: float) -> LiveAction:
+    """Post the first message, edit it to a newer state, never back to an older one."""
+    if ref is None:
+        return "post"
+    if shown is not None and ts < shown:
+        return "skip"
+    return "edit"
+
+
+def shown_after(shown: float | None, ts: float) -> float:
+    """The event time a live message shows after showing `ts` (never older than before)."""
+    return ts if shown is None else max(shown, ts)

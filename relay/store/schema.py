@@ -16,7 +16,7 @@ from relay.store.records import JOB_STATES, Job
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -96,6 +96,14 @@ INDEXES_1: dict[Dialect, tuple[Index, ...]] = {
 }
 # Step 2: one row that `ping()` rewrites, so readiness proves a commit, not a read.
 TABLES_2 = (Table("health", (_c("id", "int", extra="PRIMARY KEY"), _c("at", "real"))),)
+# Step 3: live messages. One row per (delivery, route, receiver URL): the message ref, the
+# event time the message shows, and who is sending to it now (a lease, so that the edits
+# of one message never overlap, across processes and replicas).
+TABLES_3 = (Table("live_messages", (
+    _c("live_key", extra="PRIMARY KEY"), _c("delivery_id"), _c("ref", null=True),
+    _c("shown", "real", null=True), _c("holder", null=True), _c("held_until", "real", null=True),
+    _c("updated_at", "real"))),)
+INDEXES_3 = (Index("live_messages_delivery", "live_messages", "delivery_id"),)
 
 
 def render_column(column: Column, dialect: Dialect) -> str:
@@ -126,7 +134,8 @@ def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Diale
 def migrations(dialect: Dialect) -> dict[int, str]:
     """The SQL of each migration step for this dialect."""
     return {1: render(TABLES_1, INDEXES_1[dialect], dialect),
-            2: render(TABLES_2, (), dialect)}
+            2: render(TABLES_2, (), dialect),
+            3: render(TABLES_3, INDEXES_3, dialect)}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))

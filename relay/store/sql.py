@@ -69,6 +69,19 @@ COUNT_FAILURE = ("UPDATE receivers SET failures = failures + 1 WHERE name = ?"
                  " RETURNING failures, cooldown")
 OPEN_CIRCUIT = "UPDATE receivers SET open_until = ?, cooldown = ? WHERE name = ?"
 
+# A live message is taken by one sender at a time: the upsert takes a free row, an expired
+# lease or the caller's own, and returns nothing when another sender holds it.
+TAKE_LIVE = ("INSERT INTO live_messages (live_key, delivery_id, holder, held_until, updated_at)"
+             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (live_key) DO UPDATE"
+             " SET holder = excluded.holder, held_until = excluded.held_until"
+             " WHERE live_messages.holder IS NULL OR live_messages.held_until <= ?"
+             " OR live_messages.holder = excluded.holder RETURNING ref, shown")
+DONE_LIVE = ("UPDATE live_messages SET ref = ?, shown = ?, holder = NULL, held_until = NULL,"
+             " updated_at = ? WHERE live_key = ? AND holder = ?")
+RELEASE_LIVE = ("UPDATE live_messages SET holder = NULL, held_until = NULL"
+                " WHERE live_key = ? AND holder = ?")
+LIVE_REF = "SELECT ref, shown FROM live_messages WHERE live_key = ?"
+
 PING = ("INSERT INTO health (id, at) VALUES (1, ?)"
         " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
 BACKLOG = f"SELECT count(*) FROM jobs WHERE {ACTIVE}"

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
+from relay.store.live import SQLiteLive
 from relay.store.records import (
     Accepted,
     Attempt,
@@ -61,7 +62,7 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteLive):
     def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
         self.synchronous = synchronous
