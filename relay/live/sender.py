@@ -1,0 +1,98 @@
+"""One live job's send: hold the message, then post, edit (+ thread reply) or skip, record the ref.
+
+The rules (post first, never edit back to an older state, which state the
+message shows) are `relay.store.rules`; the store keeps the ref and holds the
+message for one sender at a time. A message that is gone (deleted, no longer
+editable) is posted afresh and its new ref kept: never a dead letter for that.
+
+The crash window: a post that succeeded but whose ref was not recorded (the
+process died in between, or the answer was lost) is posted again by the
+retry, so the channel shows a second root message. On Matrix the retry reuses
+the first attempt's transaction id, so the server answers with the event it
+already made (with an access-token URL; a password login is a new device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.live import LiveClient, LiveMessage, LiveResult, MessageRef
+from relay.notify import SENT, Outcome
+from relay.store import LiveMessages, LiveSlot, rules
+
+HELD_WAIT = 1.0  # another sender is updating the same message: look again shortly
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    key: str  # rules.live_key(delivery_id, route, receiver, url_index)
+    delivery_id: str
+    ts: float  # the event's time: the state this job shows
+    idem: str  # stable across retries of one job (its id): an idempotent post where possible
+    message: LiveMessage
+
+
+@dataclass(frozen=True)
+class LiveSent:
+    """What one live send did: `post`, `edit`, `repost` (the old one was gone), `skip`, `held`."""
+
+    outcome: Outcome
+    action: str
+    ref: MessageRef | None = None
+    shows: bool = False  # the message now shows this job's state (even if its reply failed)
+
+
+class LiveSender:
+    def __init__(self, store: LiveMessages, owner: str, clock: Callable[[], float],
+                 lease: float = 60.0) -> None:
+        self.store = store
+        self.owner = owner
+        self.clock = clock
+        self.lease = lease
+
+    async def send(self, client: LiveClient, job: LiveJob) -> LiveSent:
+        slot = await self.store.live_take(job.key, job.delivery_id, owner=self.owner,
+                                          now=self.clock(), lease=self.lease)
+        if slot is None:
+            return LiveSent(Outcome("retry", "another sender is updating this live message",
+                                    HELD_WAIT), "held")
+        try:
+            sent = await self._act(client, job, slot)
+        except BaseException:
+            await self.store.live_release(job.key, owner=self.owner)
+            raise
+        await self._record(job, slot, sent)
+        return sent
+
+    async def _act(self, client: LiveClient, job: LiveJob, slot: LiveSlot) -> LiveSent:
+        action = rules.live_action(slot.ref, slot.shown, job.ts)
+        if action == "skip":  # the message already shows a newer state
+            return LiveSent(SENT, "skip", MessageRef.from_json(slot.ref or ""))
+        if action == "edit":
+            ref = MessageRef.from_json(slot.ref or "")
+            edited = await client.edit(ref, job.message)
+            if not edited.gone:
+                return await self._thread(client, job, ref, edited)
+            posted = await client.post(job.message, key=job.idem + ".repost")
+            return LiveSent(posted.outcome, "repost", posted.ref, posted.sent)
+        posted = await client.post(job.message, key=job.idem)
+        return LiveSent(posted.outcome, "post", posted.ref, posted.sent)
+
+    @staticmethod
+    async def _thread(client: LiveClient, job: LiveJob, ref: MessageRef,
+                      edited: LiveResult) -> LiveSent:
+        """After an edit, the change as a reply in the message's thread (its history)."""
+        if not edited.sent or not client.threads:
+            return LiveSent(edited.outcome, "edit", ref, edited.sent)
+        replied = await client.reply(ref, job.message, key=job.idem + ".reply")
+        return LiveSent(replied.outcome, "edit", ref, True)
+
+    async def _record(self, job: LiveJob, slot: LiveSlot, sent: LiveSent) -> None:
+        if not sent.shows or sent.ref is None:
+            await self.store.live_release(job.key, owner=self.owner)
+            return
+        # a fresh post starts the message's history; an edit never moves it back
+        shown = job.ts if sent.action != "edit" else rules.shown_after(slot.shown, job.ts)
+        await self.store.live_done(job.key, owner=self.owner, ref=sent.ref.to_json(),
+                                   shown=shown, now=self.clock())
