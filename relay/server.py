@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 from aiohttp import http_exceptions as hx
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from relay.config import Config, ServerConfig
 
@@ -32,6 +33,10 @@ LOG_EVERY = 10.0  # each kind of refusal is logged at most once per this many se
 LINGER = 10.0  # aiohttp's default for reading the rest of a body it answered early
 FD_RESERVE = 64  # open files besides connections: store, logs, pipes, child processes
 FD_PER_SEND = 4  # a send thread's kept-alive sockets (one per receiver host it talks to)
+# asyncio accepts up to `backlog` connections per loop pass before any of them reaches the
+# cap; a small burst (with the kernel's queue kept long) bounds that overshoot.
+ACCEPT_BURST = 16
+ACCEPT_SLACK = 4 * ACCEPT_BURST  # accepted connections not yet counted, across loop passes
 MIN_CONNECTIONS = 16
 _TIMEOUT_BODY = b'{"error": "Request timeout", "details": "the request headers did not arrive in time"}'
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
@@ -65,7 +70,7 @@ def open_files_cap(send_threads: int) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(MIN_CONNECTIONS, soft - FD_RESERVE - FD_PER_SEND * send_threads)
+    return max(MIN_CONNECTIONS, soft - FD_RESERVE - ACCEPT_SLACK - FD_PER_SEND * send_threads)
 
 
 def raise_open_files_limit(ceiling: int = 65536) -> None:
@@ -115,6 +120,8 @@ class Connections:
 def describe(exc: BaseException | None) -> str:
     """What was wrong with a refused request, in our words: aiohttp's own messages quote
     the raw bytes of the offending line, which may be an Authorization header."""
+    if isinstance(exc, RequestPayloadError):  # a body error, wrapped; the cause says which
+        exc = exc.__cause__
     for kind, text in _DESCRIPTIONS:
         if isinstance(exc, kind):
             return text
@@ -132,13 +139,15 @@ _DESCRIPTIONS: tuple[tuple[type[BaseException], str], ...] = (
     (hx.ContentEncodingError, "body cannot be decoded by its Content-Encoding"),
     (hx.BadHttpMessage, "malformed request headers"),
 )
+BODY_ERRORS = (hx.HttpProcessingError, RequestPayloadError)
 
 
 class GuardedHandler(RequestHandler):
     """aiohttp's request handler with a header read deadline, a place in the connection
     cap and JSON refusals that never quote the request."""
 
-    __slots__ = ("_guard", "_header_timeout", "_header_clock", "_header_count", "_partial")
+    __slots__ = ("_guard", "_header_timeout", "_header_clock", "_header_count", "_partial",
+                 "refused")
 
     def __init__(self, manager: web.Server, guard: Listener, header_timeout: float,
                  **kwargs: Any) -> None:
@@ -148,6 +157,7 @@ class GuardedHandler(RequestHandler):
         self._header_clock: asyncio.TimerHandle | None = None
         self._header_count = 0
         self._partial = False
+        self.refused = False
 
     def idle(self) -> bool:
         """Waiting for a request (nothing, or only part of its headers, has arrived)."""
@@ -155,8 +165,14 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._start_header_clock()
-        self._guard.connections.opened(self)
+        if self.refused:
+            self.force_close()
+        else:
+            self._start_header_clock()
+
+    def force_close(self) -> None:
+        self.refused = True  # before it has a transport: close as soon as it gets one
+        super().force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_header_clock()
@@ -195,6 +211,14 @@ class GuardedHandler(RequestHandler):
                              self._header_timeout)
             self.transport.write(REQUEST_TIMEOUT)
         self.force_close()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After an answer, aiohttp reads the rest of the body ("lingering") and logs a
+        # traceback when that body is corrupt; the request was already answered: stay quiet.
+        if isinstance(kw.get("exc_info"), BODY_ERRORS):
+            log.debug("dropped the rest of a malformed body")
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -243,8 +267,11 @@ class Listener:
         # aiohttp's Server keeps the AppRunner's handler arguments in `_kwargs`.
         kwargs = {**self.server._kwargs, "keepalive_timeout": s.keepalive_timeout,
                   "lingering_time": min(LINGER, s.body_timeout)}
-        return GuardedHandler(self.server, self, s.header_timeout,
+        conn = GuardedHandler(self.server, self, s.header_timeout,
                               loop=asyncio.get_running_loop(), **kwargs)
+        # Counted here, when asyncio has just accepted the socket, not a loop pass later.
+        self.connections.opened(conn)
+        return conn
 
     def quiet_accept_errors(self, loop: asyncio.AbstractEventLoop) -> None:
         """asyncio reports EMFILE on accept once per queued connection, with a traceback
@@ -279,7 +306,10 @@ class GuardedSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         self.listener.quiet_accept_errors(loop)
         self._server = await loop.create_server(self.listener, self._host, self._port,
-                                                backlog=self._backlog)
+                                                backlog=ACCEPT_BURST)
+        for listening in self._server.sockets:  # a dup is the same socket: lengthen its queue
+            with socket.fromfd(listening.fileno(), listening.family, listening.type) as same:
+                same.listen(self._backlog)
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.config import Config
@@ -27,7 +26,7 @@ from relay.events import decode_json, dedup_key, parse_event
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.pipeline import Planner
-from relay.server import describe
+from relay.server import BODY_ERRORS, describe
 from relay.store import Job, Store
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except TimeoutError:
         raise InvalidEvent("Request timeout", f"the body did not arrive within {timeout:g}s",
                            408) from None
-    except HttpProcessingError as e:  # corrupt gzip/deflate, bad chunks, short body
+    except BODY_ERRORS as e:  # corrupt gzip/deflate, bad chunks, short body
         raise InvalidEvent("Invalid body", describe(e)) from None
 
 
