@@ -15,9 +15,20 @@ import pytest
 
 from relay.config import ServerConfig, loads
 from relay.errors import ConfigError
-from tests.conftest import BASE_CONFIG, DEFAULTS, TOKEN, free_port, relay_cmd, \
-    wait_for_sync, wait_healthy, write_config
-from tests.guarded import event, guarded, request, response, until_eof  # noqa: F401
+from tests import guarded as guarded_module
+from tests.conftest import (
+    BASE_CONFIG,
+    DEFAULTS,
+    TOKEN,
+    free_port,
+    relay_cmd,
+    wait_for_sync,
+    wait_healthy,
+    write_config,
+)
+from tests.guarded import event, request, response, until_eof
+
+guarded = guarded_module.guarded  # the fixture
 
 SHORT = ("header_timeout: 0.3s", "body_timeout: 0.3s", "keepalive_timeout: 0.3s")
 

@@ -7,15 +7,17 @@ here, against the relay served the way `serve` serves it.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import zlib
 
 import pytest
 
 from relay.server import GuardedHandler
+from tests import guarded as guarded_module
 from tests.conftest import TOKEN
-from tests.guarded import event, guarded, request, response  # noqa: F401
+from tests.guarded import event, request, response
+
+guarded = guarded_module.guarded  # the fixture
 
 SECRET_HEADER = f"Bearer {TOKEN}"
 
