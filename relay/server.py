@@ -252,7 +252,7 @@ class Listener:
         self.server = server
         self.config = config
         self.note = LogThrottle(log)
-        self.fd_cap = open_files_cap(config().delivery.concurrency)
+        self.fd_cap = open_files_cap(config().sending.concurrency)
         self.connections = Connections(self.cap, self.note)
         explicit = config().server.max_connections
         if explicit > self.fd_cap:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -94,10 +95,17 @@ def _next_request_id() -> str:
     return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
 
 
+def _safe_request_id(given: str) -> str:
+    """A caller's id percent-encoded (it goes back out in a header), or a new one."""
+    if not given:
+        return _next_request_id()
+    return quote(given.encode("utf-8", "surrogateescape"), safe="._:/+=-")[:64]
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQUEST_ID.fullmatch(given) else _next_request_id()
+    rid = given if _REQUEST_ID.fullmatch(given) else _safe_request_id(given)
     request[REQUEST_ID] = rid
     response = await handler(request)
     response.headers["X-Request-Id"] = rid

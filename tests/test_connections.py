@@ -135,7 +135,7 @@ def _limited_relay(tmp_path: Path, nofile: int, server_lines: str = "",
                    ) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     values = {**DEFAULTS, "port": port, "db": tmp_path / "relay.db", "server": server_lines,
-              "delivery": "concurrency: 2"}
+              "sending": "concurrency: 2"}
     cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG, **values)
     log = tmp_path / "relay.log"
 

@@ -42,7 +42,7 @@ routes:
   - receivers: [sink]
 default_receiver: sink
 """
-DELIVERY = "retry: {schedule: [0], jitter: 0}"
+SENDING = "retry: {schedule: [0], jitter: 0}"
 SPECIAL = ["\ud800", "\udfff", "\x00", "\u202e", "\ufeff", "\n", "\\", '"', "{{", "}}",
            "@everyone", "<!channel>", "\u00e9", "\U0001f600"]
 
@@ -111,7 +111,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRelay]:
     tmp = tmp_path_factory.mktemp("fuzz")
     port = free_port()
     cfg = write_config(tmp / "config.yaml", BASE_CONFIG + ROUTES,
-                       **{**DEFAULTS, "port": port, "db": tmp / "relay.db", "delivery": DELIVERY})
+                       **{**DEFAULTS, "port": port, "db": tmp / "relay.db", "sending": SENDING})
     ready = threading.Event()
     loop_box: list[Any] = []
 
