@@ -8,6 +8,7 @@ import json
 import resource
 import socket
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -203,3 +204,14 @@ def test_accept_errors_are_logged_once_per_interval_not_per_attempt(tmp_path):
             s.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one_and_the_cap_follows():
+    """Containers often start with soft 1024 under a far higher hard limit."""
+    script = ("import resource; from relay import server\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))\n"
+              "server.raise_open_files_limit()\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE), server.open_files_cap(16))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["(1024,", "1024)", str(1024 - 64 - 64 - 4 * 16)]
