@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from relay import config as config_mod
+from relay import server
 from relay.config import Config
 from relay.errors import ConfigError, Issue, SchemaTooNew, StoreError
 from relay.events import Event
@@ -262,8 +263,7 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port), backlog=1024)
-    await site.start()
+    site = await server.listen(runner, host or "0.0.0.0", int(port), lambda: relay.config)
     settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -79,6 +79,11 @@ class ServerConfig:
     admin_token: str = ""
     max_body_bytes: int = 65536
     watch_config: bool = False
+    # Connection guards (relay/server.py); durations in seconds.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 0  # 0: derived from the open-files limit
 
     @property
     def host(self) -> str:
@@ -287,6 +292,13 @@ def duration(v: Any) -> float:
     return seconds
 
 
+def _positive_duration(v: Any) -> float:
+    seconds = duration(v)
+    if seconds <= 0:  # 0 would mean "no timeout", which is the hazard these keys exist for
+        raise ValueError("must be more than 0")
+    return seconds
+
+
 def rate(v: Any) -> RateLimit:
     """`1/s`, `30/min`, `100/5m` -> RateLimit."""
     m = _RATE.match(v) if isinstance(v, str) else None
@@ -362,7 +374,9 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
          "receivers": _expect(list, "a list"), "templates": _MAP, "routes": _expect(list, "a list"),
          "default_receiver": _STR, "timezone": _STR, "delivery": _MAP},
     "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
-               "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL},
+               "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
+               "header_timeout": _positive_duration, "body_timeout": _positive_duration,
+               "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},
     "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
               "max_backlog": _int(1), "busy_timeout": duration},
     "sending": {"concurrency": _int(1, 512), "attempt_timeout": duration,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +20,14 @@ OPTIONAL = {"status": str}
 # Every field Kourier documents; `check` warns about templates using others.
 DOCUMENTED_FIELDS = frozenset(REQUIRED) | frozenset(OPTIONAL)
 _MISSING = object()
+# Kourier's payloads are a few levels deep; json.loads itself recurses until RecursionError.
+MAX_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Escapes that decode to what no store can keep: a lone surrogate (not UTF-8) or NUL
+# (PostgreSQL text and jsonb refuse it). Only bodies with such an escape get the full check.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -40,13 +50,69 @@ class Event:
 
 def parse_event(body: bytes) -> Event:
     """Decode and validate a request body; raise InvalidEvent with the JSON error shape."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidEvent("Invalid JSON", str(e)) from None
+    data = decode_json(body)
     if not isinstance(data, dict):
         raise InvalidEvent("Invalid request data", "Body must be a JSON object")
     return event_from_dict(data)
+
+
+def decode_json(body: bytes) -> Any:
+    """`json.loads` that refuses (InvalidEvent, 400) where it would crash or let through
+    what cannot be stored: deep nesting, huge numbers, NaN/Infinity, lone surrogates, NUL."""
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+        raise InvalidEvent("Invalid JSON", f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        # Decode first: json.loads(bytes) would also take UTF-16/32 and raw surrogates.
+        data = json.loads(body.decode("utf-8-sig"), parse_constant=_refuse_constant,
+                          parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidEvent("Invalid JSON", f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit, ours
+        raise InvalidEvent("Invalid JSON", _reason(e)) from None
+    if _SUSPECT_ESCAPE.search(body) and _has_unstorable(data):
+        raise InvalidEvent("Invalid JSON", "strings must not hold NUL or unpaired surrogates")
+    return data
+
+
+def _depth(body: bytes) -> int:
+    """Deepest nesting of arrays and objects, brackets inside strings not counted."""
+    depth = deepest = 0
+    for byte in _STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf, which no JSON can carry back out
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _reason(e: ValueError) -> str:
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+        return str(e)
+    if "digits" in str(e):
+        return "a number has too many digits"
+    return str(e)
+
+
+def _has_unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_unstorable(k) or _has_unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unstorable(v) for v in value)
+    return False
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:
@@ -77,8 +143,8 @@ def _check_field(data: Mapping[str, Any], name: str, kind: type, required: bool)
 
 def _check_timestamp(value: str) -> None:
     try:
-        parse_timestamp(value)
-    except ValueError:
+        parse_timestamp(value).astimezone(UTC)  # out-of-range years fail here, not in a store
+    except (ValueError, OverflowError):
         raise InvalidEvent(
             "Invalid request data", "timestamp must be ISO 8601, e.g. 2024-09-14T14:30:00Z"
         ) from None

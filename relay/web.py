@@ -5,30 +5,37 @@ Every error answer has the shape `{"error": ..., "details": ...}`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
-import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.config import Config
 from relay.errors import InvalidEvent, StoreError
-from relay.events import dedup_key, parse_event
+from relay.events import decode_json, dedup_key, parse_event
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.pipeline import Planner
+from relay.server import BODY_ERRORS, describe
 from relay.store import Job, Store
 
 log = logging.getLogger(__name__)
 JSON_TYPES = ("application/json",)
+# An X-Request-Id is echoed in a response header and logged: only plain tokens are kept.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
+_ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer
+MAX_LIMIT = 10_000
 
 
 class LiveRuntime(Protocol):
@@ -88,9 +95,17 @@ def _next_request_id() -> str:
     return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
 
 
+def _safe_request_id(given: str) -> str:
+    """A caller's id percent-encoded (it goes back out in a header), or a new one."""
+    if not given:
+        return _next_request_id()
+    return quote(given.encode("utf-8", "surrogateescape"), safe="._:/+=-")[:64]
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id", "")[:64] or _next_request_id()
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else _safe_request_id(given)
     request[REQUEST_ID] = rid
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
@@ -107,10 +122,23 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(e.status, e.reason, e.text or e.reason)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 before reading when it is (or grows) over the limit."""
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with 413 before reading when it is (or grows) over the limit,
+    with 408 when it has not all arrived within `timeout`, with 400 when its framing or
+    compression is broken."""
     if request.content_length is not None and request.content_length > limit:
         raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_upto(request, limit)
+    except TimeoutError:
+        raise InvalidEvent("Request timeout", f"the body did not arrive within {timeout:g}s",
+                           408) from None
+    except BODY_ERRORS as e:  # corrupt gzip/deflate, bad chunks, short body
+        raise InvalidEvent("Invalid body", describe(e)) from None
+
+
+async def _read_upto(request: web.Request, limit: int) -> bytes:
     body = bytearray()
     while len(body) <= limit:  # read(n) returns what has arrived so far, not n bytes
         chunk = await request.content.read(limit + 1 - len(body))
@@ -126,7 +154,14 @@ def check_content_type(request: web.Request) -> None:
     ctype = request.content_type.lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise InvalidEvent("Unsupported media type",
-                           f"Content-Type must be application/json, got {ctype or 'none'}", 415)
+                           f"Content-Type must be application/json, got {_printable(ctype)}", 415)
+    charset = request.charset
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        raise InvalidEvent("Unsupported media type", "JSON must be UTF-8 (charset=utf-8)", 415)
+
+
+def _printable(text: str) -> str:
+    return text[:60].encode("ascii", "replace").decode() if text else "none"
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -139,11 +174,12 @@ async def webhook(request: web.Request) -> web.Response:
         return _unauthorized("missing or invalid bearer token")
     try:
         check_content_type(request)
-        event = parse_event(await read_body(request, rt.config.server.max_body_bytes))
+        event = parse_event(await read_body(request, rt.config.server.max_body_bytes,
+                                            rt.config.server.body_timeout))
     except InvalidEvent as e:
         s.metrics.count_event("", f"rejected_{e.status}")
         log.warning("rejected: %s", e, extra=fields(request_id=rid))
-        return error(e.status, e.error, e.details)
+        return _refusal(e)
     if s.store.backlog_estimate() >= rt.config.store.max_backlog:
         s.metrics.count_event(event.type, "rejected_backlog")
         log.warning("rejected: backlog full", extra=fields(request_id=rid))
@@ -174,6 +210,13 @@ async def webhook(request: web.Request) -> web.Response:
         log.info("accepted", extra=info)
     return web.json_response({"id": accepted.event_id, "status": "accepted",
                               "notifications": accepted.jobs}, status=202)
+
+
+def _refusal(e: InvalidEvent) -> web.Response:
+    response = error(e.status, e.error, e.details)
+    if e.status in (408, 413):  # the rest of the body is not coming, or not wanted
+        response.force_close()
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -225,33 +268,59 @@ def job_json(job: Job) -> dict[str, Any]:
 async def dead_list(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     limit = _int_param(request, "limit", 100)
-    jobs = await s.store.dead(request.query.get("receiver"), limit)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad_request(f"limit must be between 1 and {MAX_LIMIT}")
+    receiver = request.query.get("receiver")
+    if receiver is not None:
+        _check_receiver(request, receiver)
+    jobs = await s.store.dead(receiver, limit)
     return web.json_response({"jobs": [job_json(j) for j in jobs]})
 
 
 async def dead_show(request: web.Request) -> web.Response:
-    detail = await request.app[SERVICES].store.detail(_int_param(request, "id", 0, match=True))
+    job_id = _int_param(request, "id", 0, match=True)
+    detail = await request.app[SERVICES].store.detail(job_id)
     if detail is None:
-        return error(404, "Not found", f"no job {request.match_info['id']}")
+        return error(404, "Not found", f"no job {job_id}")
     return web.json_response({"job": job_json(detail.job), "event": detail.event,
                               "attempts": [asdict(a) for a in detail.history]})
 
 
 async def dead_replay(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
+    server = s.runtime().config.server
     try:
-        spec = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        return error(400, "Invalid JSON", "body must be a JSON object")
+        body = await read_body(request, server.max_body_bytes, server.body_timeout)
+        spec = decode_json(body) if body.strip() else {}
+    except InvalidEvent as e:
+        return _refusal(e)
     if not isinstance(spec, dict) or not (spec.get("ids") or spec.get("receiver")
                                           or spec.get("all") is True):
         return error(400, "Invalid request data",
                      'give "ids": [..], "receiver": "name" or "all": true')
-    ids = spec.get("ids")
-    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+    ids, receiver = spec.get("ids"), spec.get("receiver")
+    if ids is not None and not (isinstance(ids, list) and all(_is_id(i) for i in ids)):
         return error(400, "Invalid request data", '"ids" must be a list of job ids')
-    count = await s.store.replay(ids, spec.get("receiver"), s.clock())
+    if receiver is not None:
+        if not isinstance(receiver, str):
+            return error(400, "Invalid request data", '"receiver" must be a receiver name')
+        _check_receiver(request, receiver)
+    count = await s.store.replay(ids, receiver, s.clock())
     return web.json_response({"replayed": count})
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int and 0 < value < 2**63  # bool is an int; SQLite ids are 64-bit
+
+
+def _check_receiver(request: web.Request, name: str) -> None:
+    if name not in request.app[SERVICES].runtime().config.receivers:
+        raise web.HTTPBadRequest(reason="Invalid request data",
+                                 text=f"unknown receiver {_printable(name)!r}")
+
+
+def _bad_request(details: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(reason="Invalid request data", text=details)
 
 
 async def reload_config(request: web.Request) -> web.Response:
@@ -267,8 +336,8 @@ def _int_param(request: web.Request, name: str, default: int, match: bool = Fals
     raw = request.match_info.get(name) if match else request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise web.HTTPBadRequest(reason="Invalid request data", text=f"{name} must be a number")
+    if not _ID.fullmatch(raw):  # str.isdigit() takes "²" and "١", which int() may not
+        raise _bad_request(f"{name} must be a number")
     return int(raw)
 
 

@@ -1,0 +1,217 @@
+"""No connection is held forever: header, body and keep-alive timeouts; a connection cap
+from the open-files limit; accept errors logged once per interval. Real sockets only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from relay.config import ServerConfig, loads
+from relay.errors import ConfigError
+from tests import guarded as guarded_module
+from tests.conftest import (
+    BASE_CONFIG,
+    DEFAULTS,
+    TOKEN,
+    free_port,
+    relay_cmd,
+    wait_for_sync,
+    wait_healthy,
+    write_config,
+)
+from tests.guarded import event, request, response, until_eof
+
+guarded = guarded_module.guarded  # the fixture
+
+SHORT = ("header_timeout: 0.3s", "body_timeout: 0.3s", "keepalive_timeout: 0.3s")
+
+
+def test_timeouts_have_bounded_defaults():
+    s = ServerConfig()
+    assert (s.header_timeout, s.body_timeout, s.keepalive_timeout) == (10.0, 30.0, 75.0)
+    assert s.max_connections == 0  # derived from the open-files limit
+
+
+def test_a_timeout_of_zero_is_refused_with_its_place():
+    text = BASE_CONFIG.replace("{server}", "header_timeout: 0")
+    for key, value in {**DEFAULTS, "port": 8080, "db": "x.db"}.items():
+        text = text.replace("{" + key + "}", str(value))
+    with pytest.raises(ConfigError) as e:
+        loads(text, "config.yaml", {})
+    assert str(e.value) == "config.yaml:5: server.header_timeout: must be more than 0"
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(guarded):
+    g = await guarded(*SHORT[:1], "keepalive_timeout: 60s")
+    reader, writer = await g.connect()
+    assert await until_eof(reader) == b""  # closed, silently: nothing was asked
+    writer.close()
+
+
+async def test_headers_that_trickle_in_get_408_and_the_connection_is_closed(guarded):
+    """Slowloris: one byte every 20 ms never finishes the headers; the deadline holds."""
+    g = await guarded(*SHORT[:1], "keepalive_timeout: 60s")
+    reader, writer = await g.connect()
+    slow = request(headers={"X-Padding": "p" * 5000})
+
+    async def drip() -> None:
+        for i in range(len(slow)):
+            if writer.is_closing() or reader.at_eof():
+                return
+            writer.write(slow[i:i + 1])
+            await asyncio.sleep(0.02)  # the attacker's pace, not synchronisation
+
+    dripping = asyncio.create_task(drip())
+    raw = await until_eof(reader)
+    dripping.cancel()
+    writer.close()
+    status, headers, body = response(raw)
+    assert status == 408 and headers["content-type"] == "application/json"
+    assert set(body) == {"error", "details"}
+
+
+async def test_a_body_that_stops_half_way_gets_408_and_the_connection_is_closed(guarded):
+    g = await guarded(*SHORT)
+    reader, writer = await g.connect()
+    whole = event()
+    writer.write(request(body=whole, close=False)[: -len(whole) // 2])
+    raw = await until_eof(reader)
+    writer.close()
+    status, _, body = response(raw)
+    assert status == 408 and body["error"] == "Request timeout"
+
+
+async def test_a_chunked_body_without_its_last_chunk_gets_408(guarded):
+    g = await guarded(*SHORT)
+    reader, writer = await g.connect()
+    body = event()
+    head = request(headers={"Transfer-Encoding": "chunked"}, close=False)
+    writer.write(head + b"%x\r\n%s\r\n" % (len(body), body))  # and never "0\r\n\r\n"
+    raw = await until_eof(reader)
+    writer.close()
+    status, _, answer = response(raw)
+    assert status == 408 and answer["error"] == "Request timeout"
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(guarded):
+    g = await guarded("header_timeout: 60s", "keepalive_timeout: 0.3s")
+    reader, writer = await g.connect()
+    writer.write(request("GET", "/healthz", close=False))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    rest = await until_eof(reader)  # the body, then EOF once idle for 0.3 s
+    assert json.loads(rest) == {"status": "ok"}
+    writer.close()
+
+
+async def test_the_header_timeout_applies_to_each_request_on_a_kept_alive_connection(guarded):
+    g = await guarded("header_timeout: 0.3s", "keepalive_timeout: 60s")
+    reader, writer = await g.connect()
+    writer.write(request("GET", "/healthz", close=False))
+    await asyncio.wait_for(reader.readuntil(b'"ok"}'), 5)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n")  # the second one stalls
+    status, _, body = response(await until_eof(reader))
+    writer.close()
+    assert status == 408 and body["error"] == "Request timeout"
+
+
+async def test_a_real_request_is_unaffected_by_the_guards(guarded):
+    g = await guarded(*SHORT)
+    status, headers, body = response(await g.exchange(request(body=event())))
+    assert status == 202 and body["status"] == "accepted"
+
+
+# ---------------------------------------------------------------- open files
+
+
+def _limited_relay(tmp_path: Path, nofile: int, server_lines: str = "",
+                   ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    values = {**DEFAULTS, "port": port, "db": tmp_path / "relay.db", "server": server_lines,
+              "sending": "concurrency: 2"}
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG, **values)
+    log = tmp_path / "relay.log"
+
+    def limit() -> None:  # in the child, before the relay starts
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), stdout=out,
+                                stderr=subprocess.STDOUT, cwd=tmp_path, preexec_fn=limit)
+    return proc, port, log
+
+
+def _post_event(port: int) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/webhook", data=event(),
+                                 headers={"Authorization": f"Bearer {TOKEN}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return int(r.status)
+
+
+def _flood(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def test_a_flood_of_idle_connections_past_the_open_files_limit_leaves_requests_served(tmp_path):
+    proc, port, log = _limited_relay(tmp_path, 256)
+    socks: list[socket.socket] = []
+    try:
+        wait_healthy(port)
+        socks = _flood(port, 400)  # more connections than the relay may have open files
+        assert _post_event(port) == 202
+        text = log.read_text()
+        assert "Traceback" not in text and "Too many open files" not in text
+        assert "connection cap" in text
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_accept_errors_are_logged_once_per_interval_not_per_attempt(tmp_path):
+    """Forced past the limit (max_connections above it), accept() fails with EMFILE for
+    every queued connection; the log gets one line, and serving resumes afterwards."""
+    proc, port, log = _limited_relay(tmp_path, 128, "max_connections: 5000")
+    socks: list[socket.socket] = []
+    try:
+        wait_healthy(port)
+        socks = _flood(port, 300)
+        wait_for_sync(lambda: "cannot accept connections" in log.read_text(),
+                      message="the accept error in the log")
+        for s in socks:
+            s.close()
+        socks = []
+        assert _post_event(port) == 202
+        text = log.read_text()
+        assert text.count("cannot accept connections") == 1, text[-2000:]
+        assert "Traceback" not in text and "socket.accept() out of system" not in text
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one_and_the_cap_follows():
+    """Containers often start with soft 1024 under a far higher hard limit."""
+    script = ("import resource; from relay import server\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))\n"
+              "server.raise_open_files_limit()\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE), server.open_files_cap(16))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["(1024,", "1024)", str(1024 - 64 - 64 - 4 * 16)]

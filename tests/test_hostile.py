@@ -1,0 +1,209 @@
+"""Hostile requests get a JSON 4xx, never a 500, never an echo of what they sent.
+
+Each class found by probing the relay from outside (HAZARDS.md, issue 11) has a test
+here, against the relay served the way `serve` serves it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+
+import pytest
+
+from relay.server import GuardedHandler
+from tests import guarded as guarded_module
+from tests.conftest import TOKEN
+from tests.guarded import event, request, response
+
+guarded = guarded_module.guarded  # the fixture
+
+SECRET_HEADER = f"Bearer {TOKEN}"
+
+
+def _assert_json_error(raw: bytes, status: int = 400) -> dict[str, str]:
+    code, headers, body = response(raw)
+    assert code == status, raw[:300]
+    assert headers["content-type"].startswith("application/json")
+    assert isinstance(body, dict) and set(body) == {"error", "details"}
+    return body
+
+
+def _relay_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith(("aiohttp", "relay", "asyncio"))]
+
+
+# ---------------------------------------------------------------- below the handler
+
+PARSER_REFUSALS = {
+    "header over 8 KB": request(body=event(), headers={"X-Big": "A" * 9000}),
+    "NUL in a header": request(body=event(), headers={"X-Note": "a\x00b"}),
+    "control byte in a header": request(body=event(), headers={"X-Note": "a\x01b"}),
+    "bad request line": b"POST /webhook HTTP/1.1 trailing\r\nAuthorization: "
+                        + SECRET_HEADER.encode() + b"\r\n\r\n",
+    "bad header name": request(body=event(), headers={"Bad Name": "x"}),
+    "unknown HTTP version": request(body=event()).replace(b"HTTP/1.1", b"HTTP/7.3", 1),
+}
+
+
+@pytest.mark.parametrize("raw", PARSER_REFUSALS.values(), ids=PARSER_REFUSALS.keys())
+async def test_a_request_the_http_parser_refuses_gets_json_400_and_one_quiet_log_line(
+        guarded, caplog, raw):
+    g = await guarded()
+    caplog.set_level(logging.DEBUG)
+    answer = await g.exchange(raw)
+    _assert_json_error(answer)
+    assert TOKEN.encode() not in answer and b"AAAA" not in answer and b"\x00" not in answer
+    records = _relay_log(caplog)
+    assert len(records) <= 1, [r.getMessage() for r in records]
+    for r in records:
+        assert r.exc_info is None and TOKEN not in r.getMessage()
+        assert "AAAA" not in r.getMessage() and "X-" not in r.getMessage()
+
+
+async def test_a_flood_of_refused_requests_is_logged_once_per_interval(guarded, caplog):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    for _ in range(5):
+        _assert_json_error(await g.exchange(PARSER_REFUSALS["NUL in a header"]))
+    assert len([r for r in _relay_log(caplog) if "malformed" in r.getMessage()]) == 1
+
+
+async def test_bad_chunked_framing_gets_json_400(guarded, caplog):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    raw = request(headers={"Transfer-Encoding": "chunked"}) + b"zz\r\n{}\r\n0\r\n\r\n"
+    answer = await g.exchange(raw)
+    _assert_json_error(answer)
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+@pytest.mark.parametrize("encoding,body", [
+    ("gzip", b"\x1f\x8b\x08\x00garbage that is not deflate data"),
+    ("gzip", gzip.compress(event())[:-12]),  # cut short
+    ("deflate", b"not zlib at all"),
+    ("deflate", zlib.compress(event())[:10]),
+], ids=["gzip garbage", "gzip truncated", "deflate garbage", "deflate truncated"])
+async def test_a_corrupt_compressed_body_is_the_clients_fault(guarded, caplog, encoding, body):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    answer = await g.exchange(request(body=body, headers={"Content-Encoding": encoding}))
+    _assert_json_error(answer)
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+async def test_a_compressed_event_is_still_accepted(guarded):
+    g = await guarded()
+    raw = request(body=gzip.compress(event()), headers={"Content-Encoding": "gzip"})
+    assert response(await g.exchange(raw))[0] == 202
+
+
+def test_the_aiohttp_internals_the_guards_rely_on_are_still_there():
+    """relay/server.py reads RequestHandler._waiter and _request_count: an upgrade that
+    renames them must fail here, not silently switch the header timeout off."""
+    import inspect
+
+    source = inspect.getsource(GuardedHandler.__mro__[1])
+    assert "self._waiter = loop.create_future()" in source
+    assert "self._request_count += 1" in source
+
+
+# ---------------------------------------------------------------- bodies
+
+CRASHING_BODIES = {
+    "3000-deep array": event().replace(b"}", b', "extra": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
+    "65-deep objects": event().replace(b"}", b', "x": ' + b'{"a": ' * 65 + b"1" + b"}" * 65 + b"}"),
+    "5000-digit integer": event().replace(b"}", b', "n": ' + b"9" * 5000 + b"}"),
+    "NaN": event().replace(b"}", b', "n": NaN}'),
+    "Infinity": event().replace(b"}", b', "n": -Infinity}'),
+    "float overflow": event().replace(b"}", b', "n": 1e999}'),
+    "lone high surrogate": event().replace(b"}", b', "s": "\\ud800"}'),
+    "lone low surrogate in a key": event().replace(b"}", b', "\\udc00": 1}'),
+    "lone surrogate in delivery_id": event(delivery_id="x").replace(b'"x"', b'"\\udbff"'),
+    "NUL in a string": event().replace(b"}", b', "s": "a\\u0000b"}'),
+    "raw UTF-8 surrogate bytes": event().replace(b"}", b', "s": "\xed\xa0\x80"}'),
+    "UTF-16 body": event().decode().encode("utf-16"),
+    "timestamp out of range": event(timestamp="0001-01-01T00:00:00+23:59"),
+}
+
+
+@pytest.mark.parametrize("body", CRASHING_BODIES.values(), ids=CRASHING_BODIES.keys())
+async def test_a_body_that_would_crash_or_could_not_be_stored_gets_json_400(guarded, body):
+    g = await guarded()
+    _assert_json_error(await g.exchange(request(body=body)))
+
+
+async def test_a_paired_surrogate_escape_and_shallow_nesting_are_fine(guarded):
+    g = await guarded()
+    body = event().replace(b"}", b', "emoji": "\\ud83d\\ude00", "deep": ' + b"[" * 60
+                           + b"]" * 60 + b', "text": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+    code, _, answer = response(await g.exchange(request(body=body)))
+    assert code == 202, answer
+
+
+@pytest.mark.parametrize("ctype", ["application/json; charset=iso-8859-1",
+                                   "application/json; charset=utf-16"])
+async def test_a_json_body_in_another_charset_gets_415(guarded, ctype):
+    g = await guarded()
+    body = _assert_json_error(await g.exchange(
+        request(body=event(), headers={"Content-Type": ctype})), 415)
+    assert "UTF-8" in body["details"]
+
+
+async def test_a_request_id_that_cannot_go_back_into_a_header_is_percent_encoded(guarded):
+    g = await guarded()
+    raw = request(body=event(), headers={"X-Request-Id": "caf\xe9 au lait"})
+    code, headers, _ = response(await g.exchange(raw))
+    assert code == 202 and headers["x-request-id"] == "caf%E9%20au%20lait"
+
+
+# ---------------------------------------------------------------- admin API
+
+ADMIN = "Bearer admin-secret"
+DEEP = b"[" * 3000 + b"]" * 3000
+MALFORMED_ADMIN = {
+    "limit not a number": ("GET", "/-/dead?limit=abc", b""),
+    "limit negative": ("GET", "/-/dead?limit=-1", b""),
+    "limit zero": ("GET", "/-/dead?limit=0", b""),
+    "limit superscript digit": ("GET", "/-/dead?limit=%C2%B2", b""),
+    "limit past 64 bits": ("GET", "/-/dead?limit=" + "9" * 30, b""),
+    "limit 5000 digits": ("GET", "/-/dead?limit=" + "9" * 5000, b""),
+    "unknown receiver": ("GET", "/-/dead?receiver=nope", b""),
+    "id not a number": ("GET", "/-/dead/abc", b""),
+    "id superscript digit": ("GET", "/-/dead/%C2%B2", b""),
+    "id past 64 bits": ("GET", "/-/dead/" + "9" * 30, b""),
+    "replay body not JSON": ("POST", "/-/dead/replay", b"{nope"),
+    "replay body not UTF-8": ("POST", "/-/dead/replay", b'{"all": true, "x": "\xff"}'),
+    "replay body too deep": ("POST", "/-/dead/replay", b'{"ids": ' + DEEP + b"}"),
+    "replay body NaN": ("POST", "/-/dead/replay", b'{"ids": [NaN]}'),
+    "replay body a list": ("POST", "/-/dead/replay", b"[1, 2]"),
+    "replay nothing chosen": ("POST", "/-/dead/replay", b"{}"),
+    "replay ids a string": ("POST", "/-/dead/replay", b'{"ids": "1"}'),
+    "replay ids booleans": ("POST", "/-/dead/replay", b'{"ids": [true]}'),
+    "replay ids past 64 bits": ("POST", "/-/dead/replay", b'{"ids": [' + b"9" * 30 + b"]}"),
+    "replay ids negative": ("POST", "/-/dead/replay", b'{"ids": [-1]}'),
+    "replay receiver a number": ("POST", "/-/dead/replay", b'{"receiver": 5}'),
+    "replay receiver a list": ("POST", "/-/dead/replay", b'{"receiver": ["a"]}'),
+    "replay unknown receiver": ("POST", "/-/dead/replay", b'{"receiver": "nope"}'),
+}
+
+
+@pytest.mark.parametrize("method,path,body", MALFORMED_ADMIN.values(), ids=MALFORMED_ADMIN.keys())
+async def test_a_malformed_admin_request_gets_json_400(guarded, method, path, body):
+    g = await guarded()
+    raw = request(method, path, body=body, token=None, headers={"Authorization": ADMIN})
+    _assert_json_error(await g.exchange(raw))
+
+
+async def test_well_formed_admin_requests_still_work(guarded):
+    g = await guarded()
+    for method, path, body in [("GET", "/-/dead?limit=5", b""), ("GET", "/-/dead", b""),
+                               ("POST", "/-/dead/replay", b'{"all": true}'),
+                               ("POST", "/-/dead/replay", b'{"ids": [1, 2]}')]:
+        raw = request(method, path, body=body, token=None, headers={"Authorization": ADMIN})
+        code, _, answer = response(await g.exchange(raw))
+        assert code == 200, (path, answer)
+    code, _, answer = response(await g.exchange(
+        request("GET", "/-/dead/7", token=None, headers={"Authorization": ADMIN})))
+    assert code == 404 and answer["details"] == "no job 7"
