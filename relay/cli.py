@@ -103,9 +103,9 @@ def send_only(config_path: str, log_level: str, log_format: str) -> None:
     from relay.app import send_only as run
 
     setup(log_level, log_format)
-    asyncio.run(run(config_path))
+    code = asyncio.run(run(config_path))
     logging.shutdown()
-    os._exit(0)  # as in serve: do not wait for a send thread stuck past the grace period
+    os._exit(code)  # as in serve: do not wait for a send thread stuck past the grace period
 
 
 @main.command()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from relay.app import build_runtime
 from relay.config import Config
 from relay.escaping import strip_controls
 from relay.events import Event
 from relay.notify import converted
 from relay.pipeline import Channel, Notification, Plan
 from relay.routing import Route
+from relay.runtime import build_runtime
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
                 " can match it)")

@@ -7,13 +7,13 @@ from collections.abc import Callable
 import jinja2
 
 from relay import config as config_mod
-from relay.app import compile_config
-from relay.config import Config, TemplateConfig, used_receivers
+from relay.config import Config, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS
 from relay.routing import MatcherError, Route, Router
+from relay.runtime import build_runtime
 from relay.store import open_store
-from relay.templating import referenced_fields
+from relay.templating import RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, referenced_fields
 
 Lint = Callable[[Config], list[Issue]]
 
@@ -25,7 +25,7 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:
         return e.issues
     try:
-        found = compile_config(config)[3]
+        found = list(build_runtime(config).warnings)
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
@@ -96,21 +96,29 @@ def undocumented(config: Config) -> list[Issue]:
     seen: set[str] = set()
     templates = [(t, t.path) for t in config.templates.values()]
     templates += [(r.template, r.path) for r in config.routes]
+    notice = config.templates.get(RECEIVER_FAILING)
     for template, path in templates:
         for key in ("title", "body"):
             source = getattr(template, key)
             if source is None or f"{path}.{key}" in seen:
                 continue
             seen.add(f"{path}.{key}")
-            out += _fields_issue(config, template, f"{path}.{key}", source)
+            if template is notice:
+                out += _fields_issue(config, f"{path}.{key}", source, RECEIVER_FAILING_FIELDS,
+                                     "the receiver_failing notice never carries")
+            else:
+                out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
+                                     "Kourier never sends")
     return out
 
 
-def _fields_issue(config: Config, t: TemplateConfig, path: str, source: str) -> list[Issue]:
-    extra = sorted(referenced_fields(source) - DOCUMENTED_FIELDS)
+def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
+                  never: str) -> list[Issue]:
+    extra = sorted(referenced_fields(source) - known)
     if not extra:
         return []
     names = ", ".join(extra)
-    sent = ", ".join(sorted(DOCUMENTED_FIELDS))
-    return [config.source.issue(path, f"uses {names}, which Kourier never sends (it sends {sent});"
+    sent = ", ".join(sorted(known))
+    it = "it sends" if known is DOCUMENTED_FIELDS else "it has"
+    return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
                                       " renders empty unless an event carries it", "warning")]

@@ -6,8 +6,8 @@
   such as Matrix), so each URL has a small pool of objects and a thread
   borrows one object for one send.
 - The HTTP status and `Retry-After` of the last response a send received are
-  read from `requests` (`_tap`), because
-  Apprise reports them only as text, if at all.
+  read from `requests` (`_tap`, installed by `install_requests_tap()`),
+  because Apprise reports them only as text, if at all.
 """
 
 from __future__ import annotations
@@ -120,8 +120,6 @@ def service_reason(response: Any) -> str:
     return scrub(strip_controls(text, single_line=True)).strip()[:REASON_MAX]
 
 
-requests.Session.send = _tapped_send  # type: ignore[method-assign]
-
 # Apprise's HTTP plugins call `requests.post()`, which builds a new Session and
 # opens a new connection per send (≈ 9 % of a send's CPU plus a TCP/TLS
 # handshake). Inside our sends only, one Session per send thread keeps
@@ -140,8 +138,15 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
     return session.request(method=method, url=url, **kwargs)
 
 
-# Plugins call `requests.request` or `requests.post` (which calls `requests.api.request`).
-requests.api.request = requests.request = _pooled_request  # type: ignore[assignment]
+def install_requests_tap() -> None:
+    """Patch `requests` for our sends (status tap, kept-alive sessions); idempotent.
+
+    Process-wide, so only the composition root calls it (`serve`, `send-only`):
+    importing this module, as `check` and `route` do, changes nothing.
+    """
+    requests.Session.send = _tapped_send  # type: ignore[method-assign]
+    # Plugins call `requests.request` or `requests.post` (which calls `requests.api.request`).
+    requests.api.request = requests.request = _pooled_request  # type: ignore[assignment]
 
 
 def redact(url: str) -> str:

@@ -18,6 +18,7 @@ from relay.templating import Rendered, Templates
 
 log = logging.getLogger(__name__)
 ELLIPSIS = "…"
+NOTICE_ROUTE = "(receiver_failing)"  # the route name on notice jobs: no route made them
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,18 @@ class Planner:
             for index, channel in enumerate(self.channels.get(receiver, ())):
                 out.append(self._notification(event, route, receiver, index, channel))
         return Plan(match, tuple(out))
+
+    def receiver_failing(self, event: Event, fallback: str) -> tuple[Notification, ...]:
+        """The failing-receiver notice, one per URL of the fallback receiver."""
+        out = []
+        for index, channel in enumerate(self.channels.get(fallback, ())):
+            fmt = self.templates.receiver_failing.format
+            rendered = self.templates.render_receiver_failing(event, for_channel(
+                channel.scheme, fmt, channel.renders_as(fmt), channel.title_in_body))
+            title, body, cut = _fit(rendered, channel)
+            out.append(Notification(fallback, index, NOTICE_ROUTE, title, body, rendered.type,
+                                    rendered.format, False, cut))
+        return tuple(out)
 
     def _notification(self, event: Event, route: Route | None, receiver: str, index: int,
                       channel: Channel) -> Notification:

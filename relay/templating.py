@@ -41,6 +41,15 @@ DEFAULT_BODY = (
     "Time: {{ timestamp | localtime }}\n"
     "Event: {{ event }}"
 )
+# The notice sent to `sending.fallback_receiver` when a receiver's circuit opens; the
+# operator overrides it with `templates.receiver_failing` (any of its keys).
+RECEIVER_FAILING = "receiver_failing"
+RECEIVER_FAILING_FIELDS = frozenset({"event", "timestamp", "receiver", "error"})
+RECEIVER_FAILING_TEMPLATE = TemplateConfig(
+    title="Receiver {{ receiver }} is failing",
+    body="The relay paused sending to {{ receiver }} after repeated failures and will probe"
+         " it again. Last error: {{ error }}",
+    type="failure", format="text")
 FAILED_STATUSES = frozenset({"failed", "returned", "lost", "exception", "undeliverable"})
 # What stays of a notification when even the built-in template fails.
 LAST_RESORT = ("Kourier event", "A notification could not be rendered; see the relay's log.")
@@ -118,10 +127,12 @@ def default_type(event: Event) -> str:
 class Templates:
     """Every route's template, compiled once; `render()` never raises."""
 
-    def __init__(self, compiled: Mapping[str, CompiledTemplate], timezone: str) -> None:
+    def __init__(self, compiled: Mapping[str, CompiledTemplate], timezone: str,
+                 receiver_failing: CompiledTemplate | None = None) -> None:
         self.compiled = compiled
         self.timezone = timezone
         self.default = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
+        self.receiver_failing = receiver_failing or _BUILTIN_NOTICE
 
     @classmethod
     def from_config(cls, config: Config) -> Templates:
@@ -137,18 +148,29 @@ class Templates:
                 key = _field_of(where, e) or "body"
                 issues.append(config.source.issue(
                     f"{where.path}.{key}", f"template syntax error: {e.message}"))
+        notice = _compile_notice(config, issues)
         try:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             issues.append(config.source.issue("timezone", f"unknown time zone {shown(config.timezone)}"))
         if issues:
             raise ConfigError(issues)
-        return cls(compiled, config.timezone)
+        return cls(compiled, config.timezone, notice)
 
     def render(self, route: str | None, event: Event,
                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
         """Title and body for one channel; `escaping` is (title, body) from `escaping.for_channel`."""
         template = self.compiled.get(route or "", self.default)
+        return self._safely(template, self.default, route, event, escaping)
+
+    def render_receiver_failing(self, event: Event,
+                                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+        """The failing-receiver notice (`templates.receiver_failing`, else the built-in)."""
+        return self._safely(self.receiver_failing, _BUILTIN_NOTICE, RECEIVER_FAILING, event,
+                            escaping)
+
+    def _safely(self, template: CompiledTemplate, fallback: CompiledTemplate, route: str | None,
+                event: Event, escaping: tuple[Escaping, Escaping]) -> Rendered:
         context = {**event.payload, "payload": event.payload}
         token_tz = _default_tz.set(self.timezone)
         try:
@@ -156,14 +178,14 @@ class Templates:
         except Exception as e:  # a template bug must not lose the notification
             log.warning("template for route %s failed (%s); using the built-in one", route,
                         strip_controls(str(e), True))
-            return self._fallback(context, event, escaping)
+            return self._fallback(fallback, context, event, escaping)
         finally:
             _default_tz.reset(token_tz)
 
-    def _fallback(self, context: dict[str, Any], event: Event,
+    def _fallback(self, fallback: CompiledTemplate, context: dict[str, Any], event: Event,
                   escaping: tuple[Escaping, Escaping]) -> Rendered:
         try:
-            return self._render(self.default, context, event, escaping)
+            return self._render(fallback, context, event, escaping)
         except Exception as e:  # nothing a payload holds may lose the notification
             log.error("the built-in template failed too (%s)", strip_controls(str(e), True))
             return Rendered(*LAST_RESORT, "warning", "text")
@@ -181,6 +203,19 @@ def _with(escaping: Escaping, template: jinja2.Template, context: dict[str, Any]
         return template.render(context)
     finally:
         _escaping.reset(token)
+
+
+def _compile_notice(config: Config, issues: list[Issue]) -> CompiledTemplate | None:
+    """`templates.receiver_failing`, each key the operator left out taken from the built-in."""
+    own = config.templates.get(RECEIVER_FAILING)
+    if own is None:
+        return None
+    try:
+        return _compile_template(_merge(RECEIVER_FAILING_TEMPLATE, own))
+    except jinja2.TemplateSyntaxError as e:
+        issues.append(config.source.issue(f"{own.path}.{_field_of(own, e) or 'body'}",
+                                          f"template syntax error: {e.message}"))
+        return None
 
 
 def _merge(base: TemplateConfig, override: TemplateConfig) -> TemplateConfig:
@@ -228,3 +263,6 @@ def referenced_fields(source: str) -> frozenset[str]:
 
 def undocumented_fields(t: CompiledTemplate) -> frozenset[str]:
     return t.fields - DOCUMENTED_FIELDS
+
+
+_BUILTIN_NOTICE = _compile_template(RECEIVER_FAILING_TEMPLATE)

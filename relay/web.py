@@ -14,19 +14,18 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.config import Config
 from relay.errors import InvalidEvent, StoreError
 from relay.events import decode_json, dedup_key, parse_event
 from relay.logs import fields
 from relay.metrics import Metrics
-from relay.pipeline import Planner
+from relay.runtime import Runtime
 from relay.server import BODY_ERRORS, describe
 from relay.store import Job, Store
 
@@ -38,18 +37,23 @@ _ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-b
 MAX_LIMIT = 10_000
 
 
-class LiveRuntime(Protocol):
-    config: Config
-    planner: Planner
+@dataclass(frozen=True)
+class Readiness:
+    checks: dict[str, bool]
+    reasons: dict[str, str] = field(default_factory=dict)  # why a check fails, when known
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks.values())
 
 
 @dataclass
 class Services:
     store: Store
     metrics: Metrics
-    runtime: Callable[[], LiveRuntime]
+    runtime: Callable[[], Runtime]
     reload: Callable[[], Awaitable[None]]
-    readiness: Callable[[], Awaitable[dict[str, bool]]]
+    readiness: Callable[[], Awaitable[Readiness]]
     clock: Callable[[], float] = time.time
 
 
@@ -224,10 +228,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await request.app[SERVICES].readiness()
-    ready = all(checks.values())
-    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                             status=200 if ready else 503)
+    state = await request.app[SERVICES].readiness()
+    body: dict[str, Any] = {"status": "ready" if state.ready else "not ready",
+                            "checks": state.checks}
+    if state.reasons:
+        body["reasons"] = state.reasons
+    return web.json_response(body, status=200 if state.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

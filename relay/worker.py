@@ -4,6 +4,10 @@ Each receiver is claimed for separately and only up to its free capacity
 (concurrency slots, rate-limit tokens, circuit state), so a slow or failing
 receiver never holds back another one, and nothing waits in memory: excess
 jobs wait in the store.
+
+What an attempt means is decided by `relay.decision.decide` (pure); the worker
+writes it to the store and tells its observers (metrics, logs, the
+failing-receiver notice), which never edit the loop.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-from relay.config import Config
+from relay.config import Config, ReceiverConfig
+from relay.decision import Decision, Observer, Report, decide, orphaned
 from relay.errors import StaleClaim, StoreError
 from relay.logs import fields
 from relay.metrics import Metrics
-from relay.notify import Notifier, Outcome
-from relay.retry import delay_for
+from relay.runtime import Runtime
 from relay.store import Attempt, Bucket, Circuit, Job, Store, new_owner
 
 log = logging.getLogger(__name__)
@@ -28,16 +31,9 @@ POLL = 1.0  # re-check every receiver at least this often (other processes add j
 ORPHAN_CHECK = 30.0
 
 
-class Runtime(Protocol):
-    """What the worker needs from the live config; swapped whole on reload."""
-
-    config: Config
-    notifier: Notifier
-
-    def on_circuit_open(self, receiver: str, error: str) -> None: ...
-
-
 class Worker:
+    """One send loop. Observers (`subscribe`) hear every recorded decision."""
+
     def __init__(self, store: Store, runtime: Callable[[], Runtime], metrics: Metrics,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  ) -> None:
@@ -48,28 +44,54 @@ class Worker:
         self.rng = rng or random.Random()
         self.owner = new_owner()
         self.inflight: dict[asyncio.Task[None], Job] = {}
+        self.observers: list[Observer] = []
+        self.on_crash: Callable[[str, BaseException], None] = _log_only
         self._per_receiver: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._pass = asyncio.Lock()  # one pass at a time, whoever asks for it
         self._orphans_at = 0.0
         self._exited = asyncio.Event()
         self._exited.set()
-        self.ticks = 0  # completed passes over the receivers (tests wait on it)
         self._stopping = False
+        self._held = False
         self.running = False
-        self.paused = False
+
+    def subscribe(self, observer: Observer) -> None:
+        self.observers.append(observer)
 
     def wake(self) -> None:
         """New jobs exist: look at every receiver again now."""
         self._not_before.clear()
         self._wake.set()
 
+    def pause(self) -> None:
+        """Claim nothing until `resume()` (sends already started finish)."""
+        self._held = True
+
+    def resume(self) -> None:
+        self._held = False
+        self.wake()
+
     def config_changed(self) -> None:
         """A reload may have removed receivers: look for their jobs now."""
         self._orphans_at = 0.0
         self.wake()
 
+    async def run_once(self) -> float:
+        """One full pass over every receiver, after any pass under way: claim, send, record.
+
+        Returns once every send it started is recorded, with the seconds until
+        the loop would look again (for a caller that drives the clock itself).
+        """
+        self._not_before.clear()
+        started: list[asyncio.Task[None]] = []
+        wait = await self._tick(started)
+        await asyncio.gather(*started, return_exceptions=True)  # _done reports any crash
+        return wait
+
     async def run(self) -> None:
+        """The loop: until `stop()`. Store outages back off; anything else is a crash."""
         self.running = True
         self._exited.clear()
         backoff = 0.5
@@ -93,35 +115,42 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _tick(self) -> float:
-        rt = self.runtime()
-        now = self.clock()
-        if self.paused:
-            return POLL
-        wake_at = now + POLL
-        cap = rt.config.sending.concurrency
-        for name, rc in rt.config.receivers.items():
-            if self._not_before.get(name, 0.0) > now:
-                wake_at = min(wake_at, self._not_before[name])
-                continue
-            free = min(rc.concurrency - self._per_receiver.get(name, 0), cap - len(self.inflight))
-            if free <= 0:
-                continue
-            result = await self.store.claim(
-                name, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
-                bucket=Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
-                circuit=_circuit(rt.config))
-            self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
-            for job in result.jobs:
-                self._start(job, rt)
-            if len(result.jobs) < free:
-                self._not_before[name] = min(result.wait_until or now + POLL, now + POLL)
-                wake_at = min(wake_at, self._not_before[name])
-        if now >= self._orphans_at:
-            self._orphans_at = now + ORPHAN_CHECK
-            await self._bury_orphans(rt, now)
-        self.ticks += 1
-        return wake_at - now
+    async def _tick(self, started: list[asyncio.Task[None]] | None = None) -> float:
+        async with self._pass:
+            rt = self.runtime()
+            now = self.clock()
+            if self._held:
+                return POLL
+            wake_at = now + POLL
+            for name, rc in rt.config.receivers.items():
+                wake_at = min(wake_at, await self._claim_for(name, rc, rt, now, started))
+            if now >= self._orphans_at:
+                self._orphans_at = now + ORPHAN_CHECK
+                await self._bury_orphans(rt, now)
+            return wake_at - now
+
+    async def _claim_for(self, name: str, rc: ReceiverConfig, rt: Runtime, now: float,
+                         started: list[asyncio.Task[None]] | None) -> float:
+        """Claim up to the receiver's free capacity; when to look at it again."""
+        if self._not_before.get(name, 0.0) > now:
+            return self._not_before[name]
+        free = min(rc.concurrency - self._per_receiver.get(name, 0),
+                   rt.config.sending.concurrency - len(self.inflight))
+        if free <= 0:
+            return now + POLL
+        result = await self.store.claim(
+            name, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
+            bucket=Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
+            circuit=_circuit(rt.config))
+        self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
+        for job in result.jobs:
+            task = self._start(job, rt)
+            if started is not None:
+                started.append(task)
+        if len(result.jobs) >= free:
+            return now + POLL
+        self._not_before[name] = min(result.wait_until or now + POLL, now + POLL)
+        return self._not_before[name]
 
     async def _bury_orphans(self, rt: Runtime, now: float) -> None:
         """Jobs whose receiver left the config go dead with that reason (replay after a fix)."""
@@ -130,77 +159,72 @@ class Worker:
                                             lease=rt.config.sending.lease, owner=self.owner,
                                             bucket=None, circuit=_circuit(rt.config))
             for job in result.jobs:
-                why = f"receiver {name!r} is no longer in the config"
-                await self.store.bury(job, Attempt(now, "failed", why))
-                log.error("dead: %s", why, extra=fields(job_id=job.id, receiver=name))
+                dead = orphaned(name)
+                attempt = Attempt(now, "failed", dead.reason)
+                await self.store.bury(job, attempt)
+                self._tell(Report(job, attempt, dead, attempted=False))
 
-    def _start(self, job: Job, rt: Runtime) -> None:
-        task = asyncio.create_task(self._attempt(job, rt))
+    def _start(self, job: Job, rt: Runtime) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._attempt(job, rt), name=f"send-{job.id}")
         self.inflight[task] = job
         self._per_receiver[job.receiver] = self._per_receiver.get(job.receiver, 0) + 1
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         job = self.inflight.pop(task)
         self._per_receiver[job.receiver] -= 1
         self._wake.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A bug, not an outcome: the job stays claimed until its lease ends.
+            self.on_crash(f"send of job {job.id}", error)
 
     async def _attempt(self, job: Job, rt: Runtime) -> None:
         started = self.clock()
         t0 = time.perf_counter()
         outcome = await rt.notifier.send(job.receiver, job.url_index, job.title, job.body,
                                          job.type, job.format)
-        elapsed = time.perf_counter() - t0
-        self.metrics.attempt_seconds.labels(job.receiver).observe(elapsed)
-        attempt = Attempt(started, outcome.kind, outcome.error, elapsed)
-        await self._record(job, outcome, attempt, rt)
+        attempt = Attempt(started, outcome.kind, outcome.error, time.perf_counter() - t0)
+        decision = decide(job, outcome, rt.config.retry_for(job.receiver), started, self.rng)
+        opened = await self._record(job, decision, attempt, rt)
+        if opened is not None:
+            self._tell(Report(job, attempt, decision, opened))
 
-    async def _record(self, job: Job, outcome: Outcome, attempt: Attempt, rt: Runtime) -> None:
-        """Write the outcome, retrying while the store is down (the lease covers us meanwhile)."""
+    def _tell(self, report: Report) -> None:
+        for observer in self.observers:
+            observer.observe(report)
+
+    async def _record(self, job: Job, decision: Decision, attempt: Attempt, rt: Runtime,
+                      ) -> bool | None:
+        """Write the decision, retrying while the store is down (the lease covers us meanwhile).
+
+        Whether it opened the receiver's circuit; None when it could not be written.
+        """
         backoff = 0.2
         while True:
             try:
-                await self._apply(job, outcome, attempt, rt)
-                return
+                return await self._write(job, decision, attempt, rt)
             except StaleClaim:
                 log.warning("job %s was taken over by another worker; outcome dropped", job.id,
                             extra=fields(job_id=job.id, receiver=job.receiver))
-                return
+                return None
             except StoreError as e:
                 if self._stopping and backoff > 2:
                     log.error("could not record job %s before shutdown: %s", job.id, e)
-                    return
+                    return None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _apply(self, job: Job, outcome: Outcome, attempt: Attempt, rt: Runtime) -> None:
-        info = fields(job_id=job.id, event_id=job.event_id, delivery_id=job.delivery_id,
-                      route=job.route, receiver=job.receiver, url=job.url_index,
-                      attempt=job.attempts + 1)
-        if outcome.sent:
+    async def _write(self, job: Job, decision: Decision, attempt: Attempt, rt: Runtime) -> bool:
+        if decision.kind == "sent":
             await self.store.complete(job, attempt)
-            self.metrics.notifications.labels(job.receiver, "sent").inc()
-            log.info("sent", extra=info)
-            return
-        delay = None
-        if outcome.kind == "retry":
-            delay = delay_for(rt.config.retry_for(job.receiver), job.attempts + 1,
-                              outcome.min_delay, attempt.at - job.created_at, self.rng)
-        if delay is None:
-            why = outcome.error if outcome.kind == "failed" else \
-                f"gave up after {job.attempts + 1} attempts: {outcome.error}"
-            await self.store.bury(job, Attempt(attempt.at, outcome.kind, why, attempt.duration))
-            self.metrics.count_burial(job.receiver, outcome.kind)
-            log.error("dead: %s", why, extra=info)
-            return
-        opened = await self.store.retry_later(job, attempt, at=attempt.at + delay,
-                                              circuit=_circuit(rt.config))
-        self.metrics.notifications.labels(job.receiver, "retry").inc()
-        log.warning("retry in %.0fs: %s", delay, outcome.error, extra=info)
-        if opened:
-            log.error("receiver %s keeps failing; pausing it", job.receiver,
-                      extra=fields(receiver=job.receiver))
-            rt.on_circuit_open(job.receiver, outcome.error)
+            return False
+        if decision.kind == "dead":
+            await self.store.bury(job, Attempt(attempt.at, attempt.outcome, decision.reason,
+                                               attempt.duration))
+            return False
+        return await self.store.retry_later(job, attempt, at=decision.at,
+                                            circuit=_circuit(rt.config))
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let in-flight sends finish within `grace`, then release the rest."""
@@ -222,6 +246,10 @@ class Worker:
             log.info("released job %s for a later run", job.id, extra=fields(job_id=job.id))
         except StoreError as e:
             log.warning("could not release job %s (its lease will expire): %s", job.id, e)
+
+
+def _log_only(what: str, error: BaseException) -> None:
+    log.error("%s crashed", what, exc_info=error)
 
 
 def _circuit(config: Config) -> Circuit:

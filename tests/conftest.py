@@ -18,7 +18,10 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from relay.app import Relay
+from relay.lifecycle import Relay
+from relay.notify import install_requests_tap
+
+install_requests_tap()  # what `serve` does at start-up: these tests build the relay themselves
 
 # Fixtures: slack, discord, telegram (faked at HTTP); homeserver (a real Synapse).
 pytest_plugins = ["tests.livefakes", "tests.synapse"]

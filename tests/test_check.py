@@ -13,9 +13,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from relay.app import Relay
 from relay.cli import main
 from relay.errors import ConfigError
+from relay.lifecycle import Relay
 from tests.conftest import ROOT, relay_cmd
 
 DATA = "tests/data"

@@ -96,13 +96,12 @@ async def test_metrics_count_a_known_sequence(running, sink):
 async def test_queue_depth_and_oldest_pending_follow_waiting_jobs(running, sink):
     r = await running(THREE_RECEIVERS,
                       ok=sink.url("ok"), flaky=sink.url("flaky"), broken=sink.url("broken"))
-    r.relay.worker.paused = True
+    r.relay.worker.pause()
     assert (await r.post(event("D-3")))[0] == 202
     m = await scrape(r.url)
     assert value(m, "kourier_relay_queue_depth") == 3
     assert 0 <= value(m, "kourier_relay_oldest_pending_seconds") < 60
-    r.relay.worker.paused = False
-    r.relay.worker.wake()
+    r.relay.worker.resume()
     await wait_for(lambda: len(sink.messages()) == 3)
     await wait_for(lambda: queue_empty(r.url), message="the queue to drain")
 

@@ -126,13 +126,12 @@ async def test_reload_needs_the_admin_token_and_is_off_without_one(running, sink
 
 async def test_queued_jobs_keep_their_text_and_follow_the_new_url(running, sink):
     r = await running(ROUTES, sink=sink.url("a"))
-    r.relay.worker.paused = True  # hold the job in the queue across the reload
+    r.relay.worker.pause()  # hold the job in the queue across the reload
     assert (await r.post(event("D-7")))[0] == 202
     edit(r.relay.config_path, 'title: "v1', 'title: "v2')
     edit(r.relay.config_path, sink.url("a"), sink.url("b"))
     assert (await reload(r.url))[0] == 200
-    r.relay.worker.paused = False
-    r.relay.worker.wake()
+    r.relay.worker.resume()
     assert await wait_for(lambda: titles(sink, "b")) == ["v1 D-7"]  # rendered at ingest
     assert (await r.post(event("D-8")))[0] == 202
     await wait_for(lambda: len(sink.messages("b")) == 2)

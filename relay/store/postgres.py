@@ -241,6 +241,8 @@ class PostgresStore(PostgresLive):
     @staticmethod
     async def _track_delivery(conn: Any, event: Event) -> tuple[str, int]:
         """Record the delivery's ordering state; say why an update is stale, if it is."""
+        if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
+            return "", 0
         ts = parse_timestamp(event.timestamp).timestamp()
         # A placeholder row first, so that concurrent events of one delivery queue on its lock.
         await conn.execute("INSERT INTO deliveries (delivery_id, newest) VALUES ($1, '-Infinity')"

@@ -158,6 +158,8 @@ class SQLiteStore(SQLiteLive):
 
     def _track_delivery(self, conn: sqlite3.Connection, event: Event) -> str:
         """Record the delivery's ordering state; say why an update is stale, if it is."""
+        if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
+            return ""
         ts = parse_timestamp(event.timestamp).timestamp()
         row = conn.execute(sql.DELIVERY, (event.delivery_id,)).fetchone()
         newest, cancelled = (row["newest"], bool(row["cancelled"])) if row else (None, False)

@@ -1,0 +1,77 @@
+"""What an attempt means for its job: sent, retry at a time, or dead with a reason. Pure.
+
+The worker computes a `Decision` with `decide()` apart from its effects (the
+store write), then tells its observers (`Observer`) what happened as a
+`Report`: metrics and logs are observers, and so is anything a new kind of
+work needs to hear about (the failing-receiver notice), so none of them edits
+the worker.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from relay.config import RetryPolicy
+from relay.notify import Outcome
+from relay.retry import delay_for
+from relay.store import Attempt, Job
+
+
+@dataclass(frozen=True)
+class Sent:
+    kind: Literal["sent"] = "sent"
+
+
+@dataclass(frozen=True)
+class Retry:
+    at: float  # epoch seconds of the next attempt
+    delay: float
+    error: str
+    kind: Literal["retry"] = "retry"
+
+
+@dataclass(frozen=True)
+class Dead:
+    reason: str
+    kind: Literal["dead"] = "dead"
+
+
+Decision = Sent | Retry | Dead
+
+
+def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
+           rng: random.Random) -> Decision:
+    """The job's next state after one attempt made at `now` (`rng` draws the jitter)."""
+    if outcome.kind == "sent":
+        return Sent()
+    made = job.attempts + 1
+    if outcome.kind == "failed":
+        return Dead(outcome.error)
+    delay = delay_for(policy, made, outcome.min_delay, now - job.created_at, rng)
+    if delay is None:
+        return Dead(f"gave up after {made} attempts: {outcome.error}")
+    return Retry(now + delay, delay, outcome.error)
+
+
+def orphaned(receiver: str) -> Dead:
+    """A job whose receiver left the config (replay it after a fix)."""
+    return Dead(f"receiver {receiver!r} is no longer in the config")
+
+
+@dataclass(frozen=True)
+class Report:
+    """One recorded decision, as observers see it."""
+
+    job: Job
+    attempt: Attempt
+    decision: Decision
+    circuit_opened: bool = False  # this failure opened the receiver's circuit
+    attempted: bool = True  # False for a job buried without a send (its receiver is gone)
+
+
+class Observer(Protocol):
+    """Hears every recorded decision; must not block (it runs on the event loop)."""
+
+    def observe(self, report: Report) -> None: ...

@@ -1,0 +1,218 @@
+"""One running relay: store, worker, supervised background tasks, reload, readiness, purge.
+
+Process concerns (signals, the listening socket, extra processes) are the
+entry points' (`relay.app`); what is compiled from a config is `relay.runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from relay import config as config_mod
+from relay.config import Config
+from relay.errors import ConfigError, SchemaTooNew, StoreError
+from relay.logs import fields
+from relay.metrics import Metrics
+from relay.notice import FailingReceiverNotice
+from relay.observers import LogObserver, MetricsObserver
+from relay.runtime import Runtime, build_runtime
+from relay.store import Store, open_store
+from relay.supervisor import Supervisor
+from relay.web import Readiness, Services, create_app
+from relay.worker import Worker
+
+log = logging.getLogger(__name__)
+PURGE_EVERY = 600.0
+STORE_WAIT = 30.0  # at start-up, wait this long for the database (e.g. a PostgreSQL starting)
+WATCH_EVERY = 0.5  # server.watch_config: how often the file is looked at
+RESTART_KEYS = ("server.listen", "server.path", "store.url")
+
+
+class Relay:
+    """One running relay: store, worker, web app and the live runtime."""
+
+    def __init__(self, config_path: str, env: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config_path = config_path
+        self.env = env
+        self.clock = clock
+        self.metrics = Metrics()
+        config = config_mod.load(config_path, env)
+        _log_warnings(config)
+        self.executor = ThreadPoolExecutor(max_workers=config.sending.concurrency,
+                                           thread_name_prefix="send")
+        self.live: Runtime = build_runtime(config, self.executor)
+        try:
+            self.store: Store = open_store(config.store.url,
+                                           busy_timeout=config.store.busy_timeout)
+        except StoreError as e:
+            raise ConfigError([config.source.issue("store.url", str(e))]) from None
+        self.tasks = Supervisor()
+        self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
+        self.worker.on_crash = self.tasks.crash
+        for observer in (MetricsObserver(self.metrics), LogObserver(),
+                         FailingReceiverNotice(self.store, lambda: self.live, clock,
+                                               self.tasks.spawn)):
+            self.worker.subscribe(observer)
+        self._reload_lock = asyncio.Lock()
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_time.set(time.time())
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    def web_app(self) -> web.Application:
+        services = Services(self.store, self.metrics, lambda: self.live, self.reload,
+                            self.readiness, self.clock)
+        app = create_app(services, self.config.server.path, self.config.server.max_body_bytes)
+        app.cleanup_ctx.append(self._lifetime)
+        return app
+
+    async def _lifetime(self, app: web.Application) -> Any:
+        await self.start()
+        yield
+        await self.stop()
+
+    async def start(self) -> None:
+        remote = self.config.store.url.startswith(("postgresql:", "postgres:"))
+        await self._open_store(STORE_WAIT if remote else 0.0)
+        self.store.subscribe(self.worker.wake)
+        self.supervise("worker", self.worker.run())
+        self.supervise("purge", self._purge_loop())
+        self.supervise("watch-config", self._watch_loop())
+
+    def supervise(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background task for the relay's lifetime; its crash makes /readyz fail."""
+        self.tasks.spawn(name, coro)
+
+    async def _open_store(self, patience: float) -> None:
+        """Open the store, waiting a while for a database that is still starting."""
+        deadline = time.monotonic() + patience
+        delay = 0.5
+        while True:
+            try:
+                await self.store.open()
+                return
+            except SchemaTooNew:
+                raise
+            except StoreError as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("store not available yet (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        await self.worker.stop(self.config.sending.grace_period)
+        await self.tasks.stop()
+        await self.store.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def reload(self) -> None:
+        """Load, validate and build the new config; swap it in only if all of that worked.
+
+        Reloads never overlap. A failed one keeps the running config and raises why.
+        Jobs already queued keep their rendered text; their URLs come from the new config.
+        """
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
+                live = build_runtime(config, self.executor)
+                _log_warnings(config)
+            except Exception as e:  # whatever went wrong, the running config stays
+                self.metrics.reload_success.set(0)
+                log.error("config reload failed; keeping the running config:\n%s", e)
+                raise
+            changed = [k for k in RESTART_KEYS if _setting(config, k) != _setting(self.config, k)]
+            if changed:
+                log.warning("%s changed: restart the relay to apply (the rest is live now)",
+                            ", ".join(changed))
+            self.live = live
+            self.metrics.reload_success.set(1)
+            self.metrics.reload_time.set(time.time())
+            self.worker.config_changed()
+            log.info("config reloaded", extra=fields(routes=len(config.routes),
+                                                     receivers=len(config.receivers)))
+
+    async def reload_quietly(self) -> None:
+        """A reload whose failure is only logged (SIGHUP, the file watch): the old config serves."""
+        try:
+            await self.reload()
+        except Exception:  # already logged by reload()
+            pass
+
+    async def _watch_loop(self) -> None:
+        """With server.watch_config, reload once the file has changed and then held still."""
+        loaded = previous = _file_signature(self.config_path)
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if not self.config.server.watch_config:
+                continue
+            current = await asyncio.to_thread(_file_signature, self.config_path)
+            # Unchanged since the last look: an editor (or a ConfigMap swap) is done writing.
+            if current is not None and current != loaded and current == previous:
+                loaded = current
+                await self.reload_quietly()
+            previous = current
+
+    async def readiness(self) -> Readiness:
+        """The store answers, the worker runs, and no background task has crashed."""
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+            store_ok = True
+        except (TimeoutError, StoreError):
+            store_ok = False
+        crashed = dict(self.tasks.crashed)
+        checks = {"config": True, "store": store_ok,
+                  "worker": self.worker.running and not crashed}
+        return Readiness(checks, {name: f"crashed: {why}" for name, why in crashed.items()})
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_EVERY)
+            await self.purge()
+
+    async def purge(self) -> int:
+        """Delete finished events past retention, in small batches that let ingest through."""
+        total = 0
+        before = self.clock() - self.config.store.retention
+        try:
+            while (n := await self.store.purge(before, 500)) > 0:
+                total += n
+                await asyncio.sleep(0.05)
+        except StoreError as e:
+            log.warning("purge postponed: %s", e)
+        if total:
+            log.info("purged %d old events", total)
+        return total
+
+
+def _log_warnings(config: Config) -> None:
+    for issue in config.warnings:
+        log.warning("config: %s", issue)
+
+
+def _setting(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def _file_signature(path: str) -> bytes | None:
+    """A digest of the file's content: mtimes can be too coarse, and a `touch` changes nothing.
+
+    Follows symlinks, so a Kubernetes ConfigMap update (a swapped link) is seen too.
+    """
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None

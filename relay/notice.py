@@ -1,0 +1,55 @@
+"""The failing-receiver notice: when a receiver's circuit opens, tell the fallback receiver.
+
+An observer of the worker. The notice is a relay-internal event
+(`relay.receiver_failing`) about no parcel delivery: its `delivery_id` is
+empty, so the store tracks no delivery for it and nothing counts it as one.
+It is rendered by the planner with `templates.receiver_failing` (or the
+built-in text) and queued as ordinary jobs, with the same retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.decision import Report
+from relay.errors import StoreError
+from relay.events import Event
+from relay.runtime import Runtime
+from relay.store import Store
+
+log = logging.getLogger(__name__)
+KIND = "relay.receiver_failing"
+
+
+def notice_event(receiver: str, error: str, now: float) -> Event:
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    payload = {"event": KIND, "timestamp": stamp, "receiver": receiver, "error": error}
+    return Event(KIND, "", stamp, None, payload)
+
+
+class FailingReceiverNotice:
+    def __init__(self, store: Store, runtime: Callable[[], Runtime], clock: Callable[[], float],
+                 spawn: Callable[[str, Coroutine[Any, Any, None]], object]) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.clock = clock
+        self.spawn = spawn  # runs the write as a supervised task: observers must not block
+
+    def observe(self, report: Report) -> None:
+        fallback = self.runtime().config.sending.fallback_receiver
+        receiver = report.job.receiver
+        if report.circuit_opened and fallback and fallback != receiver:
+            self.spawn("receiver-failing notice", self.queue(fallback, receiver,
+                                                             report.attempt.error))
+
+    async def queue(self, fallback: str, receiver: str, error: str) -> None:
+        now = self.clock()
+        event = notice_event(receiver, error, now)
+        jobs = self.runtime().planner.receiver_failing(event, fallback)
+        try:
+            await self.store.accept(event, f"circuit:{receiver}:{event.timestamp}", jobs, now=now)
+        except StoreError as e:
+            log.error("could not queue the failing-receiver notice: %s", e)

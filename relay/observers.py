@@ -1,0 +1,43 @@
+"""The worker's standard observers: metrics and log lines, one per recorded decision."""
+
+from __future__ import annotations
+
+import logging
+
+from relay.decision import Report
+from relay.logs import fields
+from relay.metrics import Metrics
+
+log = logging.getLogger("relay.worker")  # operators filter on the worker's logger name
+
+
+class MetricsObserver:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def observe(self, report: Report) -> None:
+        if not report.attempted:  # buried without a send (its receiver left the config)
+            return
+        receiver = report.job.receiver
+        if report.decision.kind == "dead":  # the attempt's outcome, and the burial's reason
+            self.metrics.count_burial(receiver, report.attempt.outcome)
+        else:
+            self.metrics.notifications.labels(receiver, report.attempt.outcome).inc()
+        self.metrics.attempt_seconds.labels(receiver).observe(report.attempt.duration)
+
+
+class LogObserver:
+    def observe(self, report: Report) -> None:
+        job, decision = report.job, report.decision
+        info = fields(job_id=job.id, event_id=job.event_id, delivery_id=job.delivery_id,
+                      route=job.route, receiver=job.receiver, url=job.url_index,
+                      attempt=job.attempts + 1)
+        if decision.kind == "sent":
+            log.info("sent", extra=info)
+        elif decision.kind == "retry":
+            log.warning("retry in %.0fs: %s", decision.delay, decision.error, extra=info)
+        else:
+            log.error("dead: %s", decision.reason, extra=info)
+        if report.circuit_opened:
+            log.error("receiver %s keeps failing; its circuit is open until a probe succeeds",
+                      job.receiver, extra=fields(receiver=job.receiver))

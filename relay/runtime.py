@@ -1,0 +1,55 @@
+"""The runtime compiled from one config: router, templates, planner, notifier, warnings.
+
+Built before anything goes live and swapped whole on reload. `check` and
+`route` build it too, which is why this module imports neither the server,
+the worker nor the store.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from relay.config import Config
+from relay.errors import ConfigError, Issue
+from relay.notify import Notifier, check_urls
+from relay.pipeline import Planner
+from relay.routing import MatcherError, Router
+from relay.templating import Templates
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything compiled from one config; the worker, the web app and the CLI read it."""
+
+    config: Config
+    planner: Planner
+    notifier: Notifier
+    warnings: tuple[Issue, ...] = ()  # compile-time findings that do not stop the config
+
+
+# `check` and `route` build a notifier but never send: this pool never starts a thread.
+_DRY_RUN_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run")
+
+
+def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
+    """Compile every piece, collecting all errors: raise ConfigError, or return the runtime."""
+    issues: list[Issue] = []
+    router = templates = None
+    try:
+        router = Router.from_config(config)
+    except MatcherError as e:
+        issues += e.issues
+    try:
+        templates = Templates.from_config(config)
+    except ConfigError as e:
+        issues += e.issues
+    issues += check_urls(config)
+    errors = [i for i in issues if i.severity == "error"]
+    if errors:
+        raise ConfigError(sorted(errors, key=lambda i: i.line))
+    assert router and templates
+    notifier = Notifier(config.receivers, executor or _DRY_RUN_EXECUTOR,
+                        config.sending.attempt_timeout)
+    planner = Planner(config, router, templates, notifier.channels())
+    return Runtime(config, planner, notifier, tuple(i for i in issues if i.severity != "error"))
