@@ -73,6 +73,7 @@ class Sink:
     delay: float = 0.0
     port: int = 0
     hits: list[str] = field(default_factory=list)
+    let_go: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str = "", **params: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in params.items())
@@ -88,8 +89,9 @@ class Sink:
         action: Any = plan.pop(0) if plan else self.default_status
         if self.delay:
             await asyncio.sleep(self.delay)
-        if action == "hang":
-            await asyncio.sleep(3600)
+        if action == "hang":  # until the test is over (the fixture lets go at teardown)
+            await self.let_go.wait()
+            raise web.HTTPServiceUnavailable()
         status, headers = action if isinstance(action, tuple) else (action, {})
         if status < 300:
             peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -113,6 +115,7 @@ async def sink() -> AsyncIterator[Sink]:
     server = await serve_posts(s.handle)
     s.port = server.port or 0
     yield s
+    s.let_go.set()
     await server.close()
 
 
