@@ -1,0 +1,229 @@
+"""The config's schema: the keys of every section and the converter of each value.
+
+`Checker` reads a section against `SCHEMAS`, collecting every issue instead of
+stopping at the first; the builders in `relay.config` turn its output into
+the frozen dataclasses. `shown()` is how any config value may appear in a
+message (never a URL, credentials or a token).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import Issue
+from relay.yamlfile import Source
+
+NOTIFY_TYPES = ("info", "success", "warning", "failure")
+BODY_FORMATS = ("text", "markdown", "html")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
+          "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+               "hour": 3600}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    count: int
+    per: float  # seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per
+
+
+Conv = Callable[[Any], Any]
+
+
+def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
+    def conv(v: Any) -> Any:
+        if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ValueError(f"expected {label}, got {kind_of(v)}")
+        if not isinstance(v, kind):
+            hint = " (put it in quotes)" if kind is str and kind_of(v) in ("a number", "a boolean") \
+                else ""
+            raise ValueError(f"expected {label}, got {kind_of(v)}{hint}")
+        return v
+    return conv
+
+
+def kind_of(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", str: "a string",
+            type(None): "nothing"}.get(type(v), "a number")
+
+
+def _int(lo: int, hi: int | None = None) -> Conv:
+    def conv(v: Any) -> int:
+        _expect(int, "an integer")(v)
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi else f"must be at least {lo}")
+        return int(v)
+    return conv
+
+
+def duration(v: Any) -> float:
+    """Seconds from a number or `500ms`, `5s`, `2m`, `1h`, `7d`."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        seconds = float(v)
+    else:
+        m = _DURATION.match(str(v)) if isinstance(v, str) else None
+        if not m:
+            raise ValueError(f"expected a duration like 30s, 5m, 2h, got {shown(v)}")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _positive_duration(v: Any) -> float:
+    seconds = duration(v)
+    if seconds <= 0:  # 0 would mean "no timeout", which is the hazard these keys exist for
+        raise ValueError("must be more than 0")
+    return seconds
+
+
+def rate(v: Any) -> RateLimit:
+    """`1/s`, `30/min`, `100/5m` -> RateLimit."""
+    m = _RATE.match(v) if isinstance(v, str) else None
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"expected a rate like 1/s or 30/min, got {shown(v)}")
+    return RateLimit(int(m.group(1)), float(m.group(2) or 1) * _RATE_UNITS[m.group(3)])
+
+
+def _choice(options: tuple[str, ...]) -> Conv:
+    def conv(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {shown(v)}")
+        return str(v)
+    return conv
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of strings, got {kind_of(v)}")
+    for i, x in enumerate(v):
+        if not isinstance(x, str):
+            raise ValueError(f"expected a list of strings, but item {i} is {kind_of(x)}"
+                             + (" (write the value itself, not a mapping)"
+                                if isinstance(x, dict) else ""))
+    return tuple(v)
+
+
+_CREDENTIALS = re.compile(r"[^\s/:@]+:[^\s/@]+@")
+_TOKENISH = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[^\s]{16,}")
+
+
+def shown(v: Any) -> str:
+    """A config value as an error message may echo it: never a URL, credentials or a token.
+
+    Config values may be secrets (an Apprise URL pasted in the wrong key, a token):
+    a URL shows only its scheme, credentials and long token-like strings are not shown.
+    """
+    if isinstance(v, (bool, int, float)) or v is None:
+        return repr(v)
+    if not isinstance(v, str):
+        return kind_of(v)
+    if "://" in v:
+        return repr(_URL_SCHEME.sub(lambda m: f"{m.group(1)}://***", v))
+    if _CREDENTIALS.search(v) or _TOKENISH.search(v) or len(v) > 40:
+        return f"a string of {len(v)} characters (not shown: it may hold a secret)"
+    return repr(v)
+
+
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://\S*")
+
+
+def _listen(v: Any) -> str:
+    host, sep, port = str(v).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {shown(v)}")
+    return str(v)
+
+
+def _path(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError("must start with /")
+    return v
+
+
+_STR = _expect(str, "a string")
+_BOOL = _expect(bool, "true or false")
+_MAP = _expect(dict, "a mapping")
+
+SCHEMAS: dict[str, dict[str, Conv]] = {
+    "": {"server": _MAP, "store": _MAP, "sending": _MAP, "deliveries": _MAP,
+         "receivers": _expect(list, "a list"), "templates": _MAP, "routes": _expect(list, "a list"),
+         "default_receiver": _STR, "timezone": _STR, "delivery": _MAP},
+    "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
+               "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
+               "header_timeout": _positive_duration, "body_timeout": _positive_duration,
+               "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},
+    "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
+              "max_backlog": _int(1), "busy_timeout": duration},
+    "sending": {"concurrency": _int(1, 512), "attempt_timeout": duration,
+                "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
+                "fallback_receiver": _STR, "processes": _int(1, 32)},
+    "deliveries": {"suppress_stale": _BOOL},
+    "retry": {"schedule": _expect(list, "a list of durations"), "jitter": _expect((int, float), "a number"),
+              "max_age": duration},
+    "circuit": {"failures": _int(1, 1000), "cooldown": duration, "max_cooldown": duration},
+    "receiver": {"name": _STR, "urls": _str_list, "concurrency": _int(1, 64), "rate_limit": rate,
+                 "retry": _MAP},
+    "template": {"title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
+                 "format": _choice(BODY_FORMATS)},
+    "route": {"name": _STR, "match": _MAP, "receivers": _str_list, "template": _STR,
+              "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
+              "format": _choice(BODY_FORMATS), "continue": _BOOL, "suppress_stale": _BOOL},
+}
+
+
+class Checker:
+    """Reads sections against SCHEMAS, collecting issues instead of stopping at the first."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.issues.append(self.source.issue(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(self.source.issue(path, message, "warning"))
+
+    def section(self, data: Any, path: str, schema: str) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.error(path, f"expected a mapping, got {kind_of(data)}")
+            return {}
+        fields = SCHEMAS[schema]
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in fields:  # a key that may be a secret is not shown in the path either
+                self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
+                continue
+            try:
+                out[key] = fields[key](value)
+            except ValueError as e:
+                self.error(sub, str(e))
+        return out
+
+
+def unknown_key(key: str, fields: Mapping[str, Any]) -> str:
+    if shown(key) != repr(key):  # a secret pasted as a key
+        return f"unknown key ({shown(key)})"
+    return f'unknown key "{key}"{did_you_mean(key, fields)}'
+
+
+def did_you_mean(name: str, options: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""

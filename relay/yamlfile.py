@@ -1,0 +1,106 @@
+"""The config file as read: YAML nodes to plain values, `${ENV}` / `NAME_FILE` secrets, lines.
+
+`Tree` records the line of every key path (for `Source`, which puts a
+`file:line` on every issue) and the env variable behind each value, so that
+nothing downstream needs the YAML nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.errors import Issue, Severity
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the config came from, and the line of every key path in it."""
+
+    file: str
+    lines: Mapping[str, int] = field(default_factory=dict, repr=False)
+
+    def line(self, path: str) -> int:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+        return self.lines.get("", 1)
+
+    def issue(self, path: str, message: str, severity: Severity = "error") -> Issue:
+        return Issue(self.file, self.line(path), path, message, severity)
+
+
+def yaml_error(file: str, e: yaml.YAMLError) -> Issue:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    line = mark.line + 1 if mark else 1
+    problem = getattr(e, "problem", None) or str(e)
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start and start.line + 1 != line:  # the cause is often where it started
+        problem += f" ({context} that starts on line {start.line + 1})"
+    return Issue(file, line, "", f"invalid YAML: {problem}")
+
+
+class Tree:
+    """Turns a composed YAML node tree into plain values, recording lines and env issues."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.lines: dict[str, int] = {}
+        self.issues: list[Issue] = []
+        self.env_refs: dict[str, str] = {}
+
+    def value(self, node: yaml.Node, path: str) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                sub = f"{path}.{key}" if path else key
+                self.lines[sub] = key_node.start_mark.line + 1
+                if key in out:
+                    self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
+                out[key] = self.value(value_node, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        scalar = yaml.SafeLoader(".").construct_object(node, deep=True)  # typed scalar
+        if isinstance(scalar, str) and "$" in scalar:
+            return self.interpolate(scalar, path, node.start_mark.line + 1)
+        return scalar
+
+    def interpolate(self, text: str, path: str, line: int) -> str:
+        def repl(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            value = resolve_env(name, self.env)
+            if value is None and default is None:
+                self.issues.append(Issue(self.file, line, path,
+                                         f"environment variable {name} is not set (nor {name}_FILE)"))
+                return ""
+            self.env_refs[path] = name
+            return value if value not in (None, "") else (default or "")
+
+        return _ENV_REF.sub(repl, text)
+
+
+def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
+    """`NAME` from the environment, else the contents of the file named by `NAME_FILE`."""
+    if name in env:
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+    return None
