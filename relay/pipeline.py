@@ -56,13 +56,14 @@ class Plan:
     notifications: tuple[Notification, ...]
 
 
+@dataclass(frozen=True)
 class Planner:
-    def __init__(self, config: Config, router: Router, templates: Templates,
-                 channels: Mapping[str, Sequence[Channel]]) -> None:
-        self.config = config
-        self.router = router
-        self.templates = templates
-        self.channels = channels
+    """Routes and renders with one config's router, templates and channel limits."""
+
+    config: Config
+    router: Router
+    templates: Templates
+    channels: Mapping[str, Sequence[Channel]]
 
     def plan(self, event: Event) -> Plan:
         match = self.router.match(event)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Config, RouteConfig, Source
-from relay.errors import Issue
+from relay.errors import ConfigError, Issue
 from relay.events import Event, lookup
 
 _ABSENT = object()
@@ -113,10 +113,8 @@ def compile_matchers(spec: Mapping[str, Any], path: str, source: Source) -> tupl
     return tuple(matchers)
 
 
-class MatcherError(ValueError):
-    def __init__(self, issues: list[Issue]) -> None:
-        self.issues = issues
-        super().__init__("; ".join(str(i) for i in issues))
+class MatcherError(ConfigError):
+    """Routes whose matchers cannot be built; `issues` says where and why."""
 
 
 def _compile(value: Any) -> tuple[Predicate, str, bool]:

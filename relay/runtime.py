@@ -7,15 +7,19 @@ the worker nor the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from relay.config import Config
 from relay.errors import ConfigError, Issue
 from relay.notify import Notifier, check_urls
 from relay.pipeline import Planner
-from relay.routing import MatcherError, Router
+from relay.routing import Router
 from relay.templating import Templates
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,8 @@ _DRY_RUN_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-ru
 def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
     """Compile every piece, collecting all errors: raise ConfigError, or return the runtime."""
     issues: list[Issue] = []
-    router = templates = None
-    try:
-        router = Router.from_config(config)
-    except MatcherError as e:
-        issues += e.issues
-    try:
-        templates = Templates.from_config(config)
-    except ConfigError as e:
-        issues += e.issues
+    router = _collecting(Router.from_config, config, issues)
+    templates = _collecting(Templates.from_config, config, issues)
     issues += check_urls(config)
     errors = [i for i in issues if i.severity == "error"]
     if errors:
@@ -53,3 +50,12 @@ def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
                         config.sending.attempt_timeout)
     planner = Planner(config, router, templates, notifier.channels())
     return Runtime(config, planner, notifier, tuple(i for i in issues if i.severity != "error"))
+
+
+def _collecting(build: Callable[[Config], T], config: Config, issues: list[Issue]) -> T | None:
+    """`build(config)`, its issues added to `issues` when it fails (MatcherError is one)."""
+    try:
+        return build(config)
+    except ConfigError as e:
+        issues += e.issues
+        return None
