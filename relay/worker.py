@@ -65,9 +65,14 @@ class Worker:
         self._not_before.clear()
         self._wake.set()
 
-    def pause(self) -> None:
-        """Claim nothing until `resume()` (sends already started finish)."""
+    async def pause(self) -> None:
+        """Claim nothing until `resume()`; returns once a pass under way is over.
+
+        Sends already started finish and are recorded as usual.
+        """
         self._held = True
+        async with self._pass:
+            pass
 
     def resume(self) -> None:
         self._held = False

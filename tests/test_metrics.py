@@ -96,7 +96,7 @@ async def test_metrics_count_a_known_sequence(running, sink):
 async def test_queue_depth_and_oldest_pending_follow_waiting_jobs(running, sink):
     r = await running(THREE_RECEIVERS,
                       ok=sink.url("ok"), flaky=sink.url("flaky"), broken=sink.url("broken"))
-    r.relay.worker.pause()
+    await r.relay.worker.pause()
     assert (await r.post(event("D-3")))[0] == 202
     m = await scrape(r.url)
     assert value(m, "kourier_relay_queue_depth") == 3

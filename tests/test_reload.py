@@ -126,7 +126,7 @@ async def test_reload_needs_the_admin_token_and_is_off_without_one(running, sink
 
 async def test_queued_jobs_keep_their_text_and_follow_the_new_url(running, sink):
     r = await running(ROUTES, sink=sink.url("a"))
-    r.relay.worker.pause()  # hold the job in the queue across the reload
+    await r.relay.worker.pause()  # hold the job in the queue across the reload
     assert (await r.post(event("D-7")))[0] == 202
     edit(r.relay.config_path, 'title: "v1', 'title: "v2')
     edit(r.relay.config_path, sink.url("a"), sink.url("b"))

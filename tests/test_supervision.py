@@ -61,7 +61,7 @@ async def test_a_crash_of_the_worker_loop_itself_fails_readyz(running, sink, cap
     r = await running(f'receivers: [{{name: x, urls: ["{sink.url("x")}"]}},'
                       f' {{name: y, urls: ["{sink.url("y")}"]}}]\n'
                       "default_receiver: x\n")
-    r.relay.worker.pause()
+    await r.relay.worker.pause()
     assert (await r.post(EVENT))[0] == 202
     cfg = Path(r.relay.config_path)
     text = cfg.read_text().replace(f'{{name: x, urls: ["{sink.url("x")}"]}},', "")
