@@ -37,10 +37,15 @@ class Source:
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     def line(self, path: str) -> int:
+        """The line of `path`, else of its nearest recorded parent, else of the document."""
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+            # Drop the last step: `.key`, `[i]`, or a first key with no dot before it.
+            shorter = re.sub(r"(\.[^.\[]*|\[\d+\]|^[^.\[]+)$", "", path)
+            if shorter == path:  # a shape the pattern does not know must not loop forever
+                break
+            path = shorter
         return self.lines.get("", 1)
 
     def issue(self, path: str, message: str, severity: Severity = "error") -> Issue:
@@ -455,7 +460,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     except yaml.YAMLError as e:
         raise ConfigError([_yaml_error(file, e)]) from None
     tree = _Tree(file, os.environ if env is None else env)
-    raw = tree.value(node, "") if node is not None else {}
+    raw = tree.value(node, "") if node is not None else None
     source = Source(file, tree.lines)
     checker = _Checker(source)
     checker.issues.extend(tree.issues)
@@ -466,8 +471,21 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     return Config(**{**config.__dict__, "env_refs": tree.env_refs})
 
 
+_SECTIONS_HINT = "sections such as server:, receivers:, routes: (see config.example.yaml)"
+
+
 def _build(raw: Any, c: _Checker) -> Config | None:
-    top = c.section(raw if raw is not None else {}, "", "")
+    if raw is None:  # an empty file, or only comments
+        c.error("", "the config is empty: it needs at least a server: section with tokens"
+                " (see config.example.yaml)")
+        return None
+    if not isinstance(raw, dict):
+        c.error("", f"the top level must be a mapping of {_SECTIONS_HINT}, got {_kind(raw)}")
+        return None
+    top = c.section(raw, "", "")
+    if "server" not in raw:
+        c.error("", 'missing "server:" section: it needs at least server.tokens,'
+                " the bearer tokens Kourier sends")
     server = _server(c.section(top.get("server"), "server", "server"), c)
     store = StoreConfig(**c.section(top.get("store"), "store", "store"))
     sending, deliveries = _sending(top, c)
@@ -484,7 +502,8 @@ def _build(raw: Any, c: _Checker) -> Config | None:
 
 def _server(data: dict[str, Any], c: _Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
-    if not tokens and not any(i.path.startswith("server.tokens") for i in c.issues):
+    if not tokens and not any(i.path.startswith("server.tokens") or "server:" in i.message
+                              for i in c.issues):
         c.error("server.tokens", "at least one non-empty webhook token is required")
     return ServerConfig(**{**data, "tokens": tokens})
 

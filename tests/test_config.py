@@ -127,3 +127,16 @@ def test_an_error_inside_the_old_section_names_the_old_key():
         load(MINIMAL + "delivery: {concurrency: many}\n", {"TOKEN": "t"})
     assert str(e.value.issues[0]) == \
         "relay.yaml:7: delivery.concurrency: expected an integer, got a string"
+
+
+@pytest.mark.parametrize("path, line", [
+    ("server", 1),                    # a first key with no dot: looped forever before
+    ("server.tokens", 1),             # nothing of it recorded
+    ("receivers[0].urls[1]", 3),      # falls back to the nearest recorded parent
+    ("routes[4]", 1),
+    ("", 1),
+    ("weird..path[x]", 1),            # a shape the trimming does not know
+])
+def test_source_line_finds_a_line_for_every_path_shape(path, line):
+    source = config.Source("c.yaml", {"": 1, "receivers": 2, "receivers[0]": 3})
+    assert source.line(path) == line
