@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -83,14 +85,41 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
     from relay.app import serve as run
 
     setup(log_level, log_format)
-    asyncio.run(run(config_path, listen=listen,
-                    log_args=["--log-level", log_level, "--log-format", log_format]))
+    try:
+        asyncio.run(run(config_path, listen=listen,
+                        log_args=["--log-level", log_level, "--log-format", log_format]))
+    except OSError as e:
+        address = listen or load_config(config_path).server.listen
+        problem = listen_problem(e, address)
+        if problem is None:
+            raise
+        fail(problem)
     # Everything is committed or released by now. A send still blocked in a thread
     # past the grace period would hold the interpreter's exit until its socket
     # timeout (pool threads are joined at exit), so leave without waiting for it.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
+
+
+def listen_problem(e: OSError, address: str) -> str | None:
+    """What to change when the server cannot listen on `address`; None for other errors."""
+    host = address.rpartition(":")[0] or "0.0.0.0"
+    where = f"cannot listen on {address}"
+    if isinstance(e, socket.gaierror):
+        return (f"{where}: the host {host!r} does not resolve: set server.listen (or --listen)"
+                " to an IP address or a name of this machine, e.g. 0.0.0.0:8080")
+    if e.errno == errno.EADDRINUSE:
+        return (f"{where}: the port is already in use (another relay?): stop that process,"
+                " or choose a free port in server.listen (or --listen)")
+    if e.errno == errno.EACCES:
+        return (f"{where}: permission denied (ports below 1024 need root or"
+                " CAP_NET_BIND_SERVICE): choose a port of 1024 or above in server.listen"
+                " (or --listen)")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"{where}: {host} is not an address of this machine: use one of its"
+                " addresses in server.listen (or --listen), or 0.0.0.0 for all")
+    return None
 
 
 @main.command("send-only", hidden=True)
@@ -293,8 +322,12 @@ def healthcheck(url: str, timeout: float) -> None:
     sys.exit(0 if ok else 1)
 
 
-def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]],
+              create: bool = False) -> T:
+    """Run `action` on the config's store; only a writer (`create`) may bring a new one about."""
     config = load_config(config_path)
+    if not create:
+        _require_existing(config)
 
     async def go() -> T:
         store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
@@ -307,6 +340,19 @@ def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]
     return asyncio.run(go())
 
 
+def _require_existing(config: Config) -> None:
+    """A command that only reads must not create an empty store and report it empty."""
+    if not config.store.url.startswith("sqlite:"):
+        return
+    from relay.store.sqlite import sqlite_path
+
+    path = sqlite_path(config.store.url)
+    if not os.path.exists(path):
+        fail(f"no store at {path} (store.url in {config.source.file}; a relative sqlite: path"
+             " is relative to the config file's folder): check store.url, or start the relay"
+             " once with serve")
+
+
 @main.command()
 @config_option
 @guarded
@@ -317,7 +363,7 @@ def migrate(config_path: str) -> None:
     async def noop(store: Store) -> None:
         return None
 
-    run_store(config_path, noop)
+    run_store(config_path, noop, create=True)
     click.echo(f"store schema is at version {SCHEMA_VERSION}")
 
 

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -451,7 +451,26 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         text = Path(file).read_text()
     except OSError as e:
         raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
-    return loads(text, file, os.environ if env is None else env)
+    config = loads(text, file, os.environ if env is None else env)
+    url = store_beside(config.store.url, Path(file).resolve().parent)
+    return replace(config, store=replace(config.store, url=url))
+
+
+def store_beside(url: str, folder: Path) -> str:
+    """A relative `sqlite:` path names a file in `folder` (the config's), not in the working directory.
+
+    Operators run `dead list -c /etc/…/config.yaml` from anywhere; the store must be
+    the one `serve` uses. Absolute forms (`sqlite:/x`, `sqlite:///x`, `sqlite:////x`)
+    and other schemes are left alone.
+    """
+    if not url.startswith("sqlite:"):
+        return url
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    if not rest or rest.startswith("/") or rest == ":memory:":
+        return url
+    return f"sqlite:{folder / rest}"
 
 
 def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:

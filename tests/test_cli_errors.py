@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
+import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import relay_cmd
+from tests.conftest import ROOT, free_port, relay_cmd, spawn_relay, wait_healthy
 
 # Variables the example config reads: unset, so results do not depend on the shell.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
@@ -58,3 +62,140 @@ def test_a_config_of_the_wrong_shape_is_one_line_not_a_spin(tmp_path, shape, com
     assert done.returncode == 1
     summary = f"{cfg}: 1 error(s), 0 warning(s)"  # check: findings on stdout, summary here
     assert one_line(done) == (f"{cfg}:{message}" if command == "serve" else summary)
+
+
+def relay_config(folder: Path, listen: str, store: str = "sqlite:relay.db") -> Path:
+    cfg = folder / "config.yaml"
+    cfg.write_text(f"""\
+server:
+  listen: "{listen}"
+  tokens: ["t0ken"]
+store:
+  url: "{store}"
+receivers:
+  - name: log
+    urls: ["console://"]
+default_receiver: log
+""")
+    return cfg
+
+
+LISTEN_HINT = "server.listen (or --listen)"
+
+
+def test_a_second_relay_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    port = free_port()
+    first = spawn_relay(relay_config(tmp_path, f"127.0.0.1:{port}"))
+    try:
+        wait_healthy(port)
+        (tmp_path / "second").mkdir()
+        cfg = relay_config(tmp_path / "second", f"127.0.0.1:{port}")
+        line = one_line(run("serve", "-c", str(cfg)))
+        assert line == (f"error: cannot listen on 127.0.0.1:{port}: the port is already in use"
+                        " (another relay?): stop that process, or choose a free port in"
+                        f" {LISTEN_HINT}")
+    finally:
+        first.terminate()
+        first.wait(20)
+
+
+def test_a_listen_host_that_does_not_resolve_is_one_line(tmp_path):
+    cfg = relay_config(tmp_path, "no-such-host.invalid:8080")
+    assert one_line(run("serve", "-c", str(cfg))) == (
+        "error: cannot listen on no-such-host.invalid:8080: the host 'no-such-host.invalid'"
+        f" does not resolve: set {LISTEN_HINT} to an IP address or a name of this machine,"
+        " e.g. 0.0.0.0:8080")
+
+
+def _as_nobody() -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+
+
+def _readable_by_all(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in path.parents) and \
+        path.stat().st_mode & 0o005 == 0o005
+
+
+def _python_for_nobody() -> tuple[list[str], dict[str, str]]:
+    """An interpreter nobody may run, with this venv's packages; skips when there is none."""
+    real = Path(os.path.realpath(sys.executable))
+    if _readable_by_all(real) and _readable_by_all(Path(sysconfig.get_paths()["stdlib"])):
+        return [sys.executable], {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / version
+    if not system.exists() or not _readable_by_all(system):
+        pytest.skip(f"running as root, and the interpreter ({real}) is in a folder the user"
+                    f" nobody may not read, and there is no /usr/bin/{version}")
+    site = sysconfig.get_paths()["purelib"]
+    return [str(system)], {"PYTHONPATH": os.pathsep.join([site, str(ROOT)])}
+
+
+def test_a_port_the_user_may_not_bind_is_one_line():
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() != "1024":
+        pytest.skip("this machine lets every user bind low ports")
+    python, env, drop = [sys.executable], {}, None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("running as root and there is no user nobody to drop to")
+        (python, env), drop = _python_for_nobody(), _as_nobody
+    # Not under pytest's tmp_path: nobody may not enter root's private folders.
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        folder.chmod(0o777)
+        cfg = relay_config(folder, "127.0.0.1:1")
+        done = subprocess.run([*python, "-m", "relay", "serve", "-c", str(cfg)], cwd=folder,
+                              env={**CLEAN_ENV, **env}, preexec_fn=drop, capture_output=True,
+                              text=True, timeout=30)
+    assert one_line(done) == (
+        "error: cannot listen on 127.0.0.1:1: permission denied (ports below 1024 need root or"
+        f" CAP_NET_BIND_SERVICE): choose a port of 1024 or above in {LISTEN_HINT}")
+
+
+def test_a_store_path_whose_parent_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    cfg = relay_config(tmp_path, f"127.0.0.1:{free_port()}", "sqlite:data/relay.db")
+    assert one_line(run("serve", "-c", str(cfg))) == (
+        f"error: cannot create the store's folder {tmp_path / 'data'}: {tmp_path / 'data'} is a"
+        " file, not a folder: set store.url to a path in a folder the relay may write")
+
+
+@pytest.mark.parametrize("command", [["dead", "list"], ["dead", "show", "1"],
+                                     ["dead", "replay", "--all"]])
+def test_a_command_that_only_reads_the_store_never_creates_one(tmp_path, command):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = relay_config(tmp_path / "etc", "127.0.0.1:8080")
+    done = run(*command, "-c", str(cfg), cwd=tmp_path / "elsewhere")
+    assert one_line(done) == (
+        f"error: no store at {tmp_path / 'etc' / 'relay.db'} (store.url in {cfg}; a relative"
+        " sqlite: path is relative to the config file's folder): check store.url, or start the"
+        " relay once with serve")
+    assert done.returncode == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "elsewhere", "etc"]
+
+
+def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tmp_path):
+    for folder in ("etc", "here", "there"):
+        (tmp_path / folder).mkdir()
+    port = free_port()
+    cfg = relay_config(tmp_path / "etc", f"127.0.0.1:{port}")
+    relay = subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), cwd=tmp_path / "here",
+                             env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port)  # serve creates the store
+    finally:
+        relay.terminate()
+        assert relay.wait(20) == 0
+    assert (tmp_path / "etc" / "relay.db").exists()
+    assert list((tmp_path / "here").iterdir()) == []
+    done = run("dead", "list", "-c", str(cfg), cwd=tmp_path / "there")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "no dead jobs\n", "")
+    migrated = run("migrate", "-c", str(tmp_path / "etc" / ".." / "etc" / "config.yaml"),
+                   cwd=tmp_path / "there")
+    assert migrated.returncode == 0, migrated.stderr
+    assert list((tmp_path / "there").iterdir()) == []
