@@ -35,6 +35,8 @@ class Source:
 
     file: str
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The line each scalar's text begins on: the key's line, or the next for `|` and `>`.
+    starts: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
@@ -50,6 +52,11 @@ class Source:
 
     def issue(self, path: str, message: str, severity: Severity = "error") -> Issue:
         return Issue(self.file, self.line(path), path, message, severity)
+
+    def line_within(self, path: str, lineno: int) -> int:
+        """The file line of line `lineno` (1-based) of the text at `path`, e.g. a template's."""
+        start = self.starts.get(path)
+        return start + max(lineno, 1) - 1 if start else self.line(path)
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,7 @@ class _Tree:
         self.file = file
         self.env = env
         self.lines: dict[str, int] = {}
+        self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
 
@@ -217,6 +225,7 @@ class _Tree:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        self.starts[path] = node.start_mark.line + 1 + (node.style in ("|", ">"))
         scalar = yaml.SafeLoader(".").construct_object(node, deep=True)  # typed scalar
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
@@ -480,7 +489,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
         raise ConfigError([_yaml_error(file, e)]) from None
     tree = _Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
-    source = Source(file, tree.lines)
+    source = Source(file, tree.lines, tree.starts)
     checker = _Checker(source)
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)
