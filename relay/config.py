@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from relay import yamlsyntax
 from relay.errors import ConfigError, Issue, Severity
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
@@ -190,14 +191,9 @@ class Config:
 # ---------------------------------------------------------------- YAML + env
 
 
-def _yaml_error(file: str, e: yaml.YAMLError) -> Issue:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    line = mark.line + 1 if mark else 1
-    problem = getattr(e, "problem", None) or str(e)
-    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
-    if context and start and start.line + 1 != line:  # the cause is often where it started
-        problem += f" ({context} that starts on line {start.line + 1})"
-    return Issue(file, line, "", f"invalid YAML: {problem}")
+def _yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
+    found = yamlsyntax.explain(e, text)
+    return Issue(file, found.line, "", found.message)
 
 
 class _Tree:
@@ -225,7 +221,8 @@ class _Tree:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
-        self.starts[path] = node.start_mark.line + 1 + (node.style in ("|", ">"))
+        block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
+        self.starts[path] = node.start_mark.line + 1 + block
         scalar = yaml.SafeLoader(".").construct_object(node, deep=True)  # typed scalar
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
@@ -273,6 +270,8 @@ def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
         if not isinstance(v, kind):
             hint = " (put it in quotes)" if kind is str and _kind(v) in ("a number", "a boolean") \
                 else ""
+            if kind is str and isinstance(v, dict):  # `title: {{ x }}` is a YAML mapping
+                hint = ' (a value that starts with "{" must be in quotes)'
             raise ValueError(f"expected {label}, got {_kind(v)}{hint}")
         return v
     return conv
@@ -486,7 +485,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError([_yaml_error(file, e)]) from None
+        raise ConfigError([_yaml_error(file, e, text)]) from None
     tree = _Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
     source = Source(file, tree.lines, tree.starts)

@@ -26,8 +26,9 @@ UNSET = ["KOURIER_TEST_UNSET_CHAT_URL", "OPS_CHAT_URL", "KOURIER_WEBHOOK_TOKEN",
          "KOURIER_RELAY_TIMEZONE", "KOURIER_RELAY_CONFIG"]
 
 ERRORS = {
-    "yaml_syntax": "4: invalid YAML: expected ',' or ']', but got '<scalar>'"
-                   " (while parsing a flow sequence that starts on line 3)",
+    "yaml_syntax": "3: invalid YAML: unclosed [: the [ on this line needs a matching ], or a"
+                   " comma is missing between its items (PyYAML: expected ',' or ']', but got"
+                   " '<scalar>', while parsing a flow sequence)",
     "unknown_key": '7: receivers[0].rate_limt: unknown key "rate_limt"'
                    ' (did you mean "rate_limit"?)',
     "wrong_type": "5: sending.concurrency: expected an integer, got a string",
