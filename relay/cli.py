@@ -246,7 +246,9 @@ def _local_url(config: Config, path: str) -> str:
 @click.option("--status", help="Delivery status (default in_transit for delivery.updated).")
 @click.option("--field", "extra", multiple=True, type=_field, metavar="KEY=VALUE",
               help="Extra payload field; dotted keys nest, JSON values are parsed.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the relay.")
+@click.option("--timeout", default=5.0, show_default=True,
+              help="Seconds to wait for the relay's answer; a relay still starting (connection"
+                   " refused) is tried again until then.")
 @guarded
 def send(config_path: str, event_type: str, url: str | None, token: str | None,
          delivery_id: str | None, status: str | None, extra: tuple[tuple[str, Any], ...],
@@ -286,18 +288,28 @@ def _reason(status: int) -> str:
 
 
 def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
-    """Status and body of the answer; any answer counts, only no answer at all fails."""
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace").strip()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
-        click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}",
-                   err=True)
-        sys.exit(1)
+    """Status and body of the answer; any answer counts, only no answer at all fails.
+
+    A refused connection is a relay still starting (`serve … &` then `send`): it is
+    tried again until `timeout` has passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _OPENER.open(request, timeout=max(deadline - time.monotonic(), 0.1)) as answer:
+                return answer.status, answer.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace").strip()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ConnectionRefusedError) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a starting relay binds within a second or so
+                continue
+            waited = f" (waited {timeout:g}s)" if isinstance(reason, ConnectionRefusedError) else ""
+            # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
+            click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}"
+                       f"{waited}", err=True)
+            sys.exit(1)
 
 
 # Redirects would re-send the body without asking; a relay never redirects a webhook.
@@ -309,17 +321,37 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-@main.command()
-@click.option("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}/healthz", show_default=True)
-@click.option("--timeout", default=3.0, show_default=True)
-def healthcheck(url: str, timeout: float) -> None:
-    """Exit 0 when the relay answers /healthz (for container health checks)."""
+def health_url(config: Config) -> str:
+    """Where this config's relay answers `/healthz` on this machine."""
+    return _local_url(config, "/healthz")
+
+
+@main.command(short_help="Exit 0 when the relay answers /healthz (for container health checks).")
+@config_option
+@click.option("--url", help="Health URL (default: /healthz at the config's server.listen).")
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the answer.")
+@guarded
+def healthcheck(config_path: str, url: str | None, timeout: float) -> None:
+    """Exit 0 when the relay answers /healthz (for container health checks).
+
+    The address comes from the config's server.listen (0.0.0.0 means 127.0.0.1),
+    unless --url is given; then the config is not read.
+    """
+    url = url or health_url(load_config(config_path))
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            ok = response.status == 200
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
     except (urllib.error.URLError, OSError) as e:
-        fail(f"{url}: {getattr(e, 'reason', e)}")
-    sys.exit(0 if ok else 1)
+        # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
+        click.echo(f"error: {_without_password(url)} did not answer: {getattr(e, 'reason', e)}",
+                   err=True)
+        sys.exit(1)
+    if status != 200:
+        click.echo(f"error: {_without_password(url)} answered {status} {_reason(status)}",
+                   err=True)
+        sys.exit(1)
 
 
 def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]],

@@ -199,3 +199,39 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
                    cwd=tmp_path / "there")
     assert migrated.returncode == 0, migrated.stderr
     assert list((tmp_path / "there").iterdir()) == []
+
+
+def test_healthcheck_reads_the_address_from_the_config(tmp_path):
+    port = free_port()
+    cfg = relay_config(tmp_path, f"0.0.0.0:{port}")
+    relay = spawn_relay(cfg)
+    try:
+        wait_healthy(port)
+        done = run("healthcheck", "-c", str(cfg))
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    finally:
+        relay.terminate()
+        relay.wait(20)
+
+
+def test_healthcheck_names_its_own_url_unmasked_when_nothing_answers(tmp_path):
+    port = free_port()
+    cfg = relay_config(tmp_path, f"127.0.0.1:{port}")
+    assert one_line(run("healthcheck", "-c", str(cfg))) == (
+        f"error: http://127.0.0.1:{port}/healthz did not answer: [Errno 111] Connection refused")
+
+
+def test_healthcheck_never_prints_a_password_of_its_url():
+    port = free_port()
+    line = one_line(run("healthcheck", "--url", f"http://ops:s3cr3t@127.0.0.1:{port}/healthz"))
+    assert line.startswith(f"error: http://ops:***@127.0.0.1:{port}/healthz did not answer: ")
+    assert "s3cr3t" not in line
+
+
+def test_send_to_a_relay_that_never_starts_gives_up_after_its_timeout_in_one_line():
+    port = free_port()
+    done = run("send", "--url", f"http://127.0.0.1:{port}/webhook", "--token", "t0ken",
+               "--timeout", "0.3")
+    assert one_line(done) == (f"error: cannot reach http://127.0.0.1:{port}/webhook:"
+                              " [Errno 111] Connection refused (waited 0.3s)")
+    assert "t0ken" not in done.stdout + done.stderr
