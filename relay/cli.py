@@ -76,9 +76,10 @@ def main() -> None:
 @config_option
 @click.option("--listen", help="host:port, overriding server.listen.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Least severe log lines shown.")
 @click.option("--log-format", default="text", show_default=True,
-              type=click.Choice(["text", "json"]))
+              type=click.Choice(["text", "json"]), help="Log lines as text or as JSON objects.")
 @guarded
 def serve(config_path: str, listen: str | None, log_level: str, log_format: str) -> None:
     """Run the relay."""
@@ -160,7 +161,7 @@ def check(config_path: str, strict: bool) -> None:
     click.echo(f"{config_path}: OK ({warnings} warning(s))", err=True)
 
 
-@main.command()
+@main.command(short_help="Dry run: which routes an event matches and what would be sent.")
 @config_option
 @click.argument("event_file", metavar="EVENT.json|-")
 @click.option("--expect", metavar="A,B", help="Receivers the event must reach, comma-separated"
@@ -237,9 +238,9 @@ def _local_url(config: Config, path: str) -> str:
     return f"http://{host}:{config.server.port}{path}"
 
 
-@main.command()
+@main.command(short_help="Fire a sample Kourier event at a running relay.")
 @config_option
-@click.argument("event_type", default="delivery.updated")
+@click.argument("event_type", default="delivery.updated", metavar="[EVENT_TYPE]")
 @click.option("--url", help="Webhook URL (default: from the config's server.listen and path).")
 @click.option("--token", help="Bearer token (default: the config's first server token).")
 @click.option("--delivery-id", help="Default: a fresh test-… id.")
@@ -255,7 +256,8 @@ def send(config_path: str, event_type: str, url: str | None, token: str | None,
          timeout: float) -> None:
     """Fire a sample Kourier event at a running relay, like Kourier would.
 
-    Prints the relay's answer; exits 1 unless it is a 2xx.
+    EVENT_TYPE defaults to delivery.updated (with status in_transit). Prints
+    the relay's answer; exits 1 unless it is a 2xx.
     """
     if not url or not token:
         config = load_config(config_path)
@@ -326,7 +328,7 @@ def health_url(config: Config) -> str:
     return _local_url(config, "/healthz")
 
 
-@main.command(short_help="Exit 0 when the relay answers /healthz (for container health checks).")
+@main.command(short_help="Exit 0 when the relay answers /healthz (for containers).")
 @config_option
 @click.option("--url", help="Health URL (default: /healthz at the config's server.listen).")
 @click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the answer.")
@@ -407,8 +409,9 @@ def dead() -> None:
 @dead.command("list")
 @config_option
 @click.option("--receiver", help="Only this receiver's jobs.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=100, show_default=True, help="Show at most this many jobs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the jobs as a JSON array (the admin API's shape) instead of a table.")
 @guarded
 def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool) -> None:
     """List dead jobs."""
@@ -455,12 +458,42 @@ def dead_show(config_path: str, job_id: int) -> None:
 @guarded
 def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None,
                 everything: bool) -> None:
-    """Queue dead jobs again, exactly as they were rendered."""
+    """Queue dead jobs again, exactly as they were rendered.
+
+    Exits 1, saying why, when a job id is not a dead job or nothing was replayed.
+    """
     if not (job_ids or receiver or everything):
         fail("give job ids, --receiver NAME or --all")
-    count = run_store(config_path, lambda s: s.replay(list(job_ids) or None, receiver,
-                                                      time.time()))
-    click.echo(f"replayed {count} job(s)")
-    if count == 0:
-        sys.exit(1)
 
+    async def replay(store: Store) -> tuple[int, list[str]]:
+        problems = [p for p in [await _not_dead(store, i) for i in job_ids] if p]
+        wanted = [i for i in job_ids if not any(p.startswith(f"job {i} ") for p in problems)]
+        if job_ids and not wanted:
+            return 0, problems
+        return await store.replay(wanted or None, receiver, time.time()), problems
+
+    count, problems = run_store(config_path, replay)
+    click.echo(f"replayed {count} job(s)")
+    if problems:
+        fail("; ".join(problems))
+    if count == 0:
+        fail(_why_nothing(load_config(config_path), receiver))
+
+
+async def _not_dead(store: Store, job_id: int) -> str:
+    detail = await store.detail(job_id)
+    if detail is None:
+        return f"job {job_id} does not exist"
+    if detail.job.state != "dead":
+        return f"job {job_id} is {detail.job.state}, not dead"
+    return ""
+
+
+def _why_nothing(config: Config, receiver: str | None) -> str:
+    if receiver and receiver not in config.receivers:
+        names = ", ".join(sorted(config.receivers))
+        return f'receiver "{receiver}" is not in {config.source.file} (its receivers: {names})' \
+               " and has no dead jobs"
+    if receiver:
+        return f'receiver "{receiver}" has no dead jobs'
+    return "there are no dead jobs"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, relay_cmd, spawn_relay, wait_healthy
+from tests.conftest import (
+    ROOT,
+    free_port,
+    relay_cmd,
+    spawn_relay,
+    wait_for_sync,
+    wait_healthy,
+)
 
 # Variables the example config reads: unset, so results do not depend on the shell.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
@@ -235,3 +244,68 @@ def test_send_to_a_relay_that_never_starts_gives_up_after_its_timeout_in_one_lin
     assert one_line(done) == (f"error: cannot reach http://127.0.0.1:{port}/webhook:"
                               " [Errno 111] Connection refused (waited 0.3s)")
     assert "t0ken" not in done.stdout + done.stderr
+
+
+DEAD_CONFIG = """\
+server:
+  listen: "127.0.0.1:{port}"
+  tokens: ["t0ken"]
+sending:
+  retry: {schedule: [0], jitter: 0}   # one attempt: a refused connection is dead at once
+receivers:
+  - name: hook
+    urls: ["json://127.0.0.1:{closed}/"]
+routes:
+  - receivers: [hook]
+"""
+
+
+@pytest.fixture(scope="module")
+def one_dead_job(tmp_path_factory) -> tuple[Path, int]:
+    """A real store holding one dead job, made by a real relay that could not send it."""
+    folder = tmp_path_factory.mktemp("dead")
+    port = free_port()
+    cfg = folder / "config.yaml"
+    cfg.write_text(DEAD_CONFIG.replace("{port}", str(port)).replace("{closed}", str(free_port())))
+    relay = spawn_relay(cfg)
+    try:
+        wait_healthy(port)
+        assert run("send", "-c", str(cfg)).returncode == 0
+
+        def dead() -> list[dict[str, object]]:
+            return json.loads(run("dead", "list", "--json", "-c", str(cfg)).stdout)
+
+        jobs = wait_for_sync(dead, message="the job to go dead")
+    finally:
+        relay.terminate()
+        relay.wait(20)
+    return cfg, int(jobs[0]["id"])  # type: ignore[call-overload]
+
+
+def test_replaying_a_job_that_does_not_exist_says_so(one_dead_job):
+    cfg, _ = one_dead_job
+    done = run("dead", "replay", "999", "-c", str(cfg))
+    assert one_line(done) == "error: job 999 does not exist"
+    assert done.stdout == "replayed 0 job(s)\n"
+
+
+def test_replaying_an_unknown_receiver_says_it_is_not_in_the_config(one_dead_job):
+    cfg, _ = one_dead_job
+    done = run("dead", "replay", "--receiver", "nosuch", "-c", str(cfg))
+    assert one_line(done) == (f'error: receiver "nosuch" is not in {cfg} (its receivers: hook)'
+                              " and has no dead jobs")
+
+
+def test_replay_says_which_ids_it_could_not_replay_and_replays_the_rest(tmp_path, one_dead_job):
+    cfg, job = one_dead_job
+    shutil.copytree(cfg.parent, tmp_path / "copy")  # this test changes the store
+    copy = tmp_path / "copy" / "config.yaml"
+    done = run("dead", "replay", str(job), "999", "-c", str(copy))
+    assert one_line(done) == "error: job 999 does not exist"
+    assert done.stdout == "replayed 1 job(s)\n"
+    again = run("dead", "replay", str(job), "-c", str(copy))
+    assert one_line(again) == f"error: job {job} is pending, not dead"
+    everything = run("dead", "replay", "--all", "-c", str(copy))
+    assert one_line(everything) == "error: there are no dead jobs"
+    hook = run("dead", "replay", "--receiver", "hook", "-c", str(copy))
+    assert one_line(hook) == 'error: receiver "hook" has no dead jobs'

@@ -10,7 +10,9 @@ import subprocess
 from datetime import datetime
 
 import pytest
+from click.testing import CliRunner
 
+from relay.cli import main
 from relay.events import parse_event
 from tests.conftest import ROOT, relay_cmd
 
@@ -19,6 +21,7 @@ EVENTS = ROOT / "examples" / "events"
 REACHES = {"created": "log", "in_transit": "log", "delivered": "log", "failed": "ops-chat",
            "cancelled": "ops-chat"}
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
+UNSET = [k for k in os.environ if k.startswith(("KOURIER_", "OPS_"))]
 
 
 def test_there_is_one_example_of_each_kind():
@@ -42,11 +45,12 @@ def test_an_example_event_is_shaped_as_kourier_sends_it(name):
 
 
 @pytest.mark.parametrize("name", sorted(REACHES))
-def test_an_example_event_reaches_its_receiver_in_the_example_config(name):
-    done = subprocess.run(relay_cmd("route", "-c", "config.example.yaml",
-                                    f"examples/events/{name}.json", "--expect", REACHES[name]),
-                          cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_an_example_event_reaches_its_receiver_in_the_example_config(name, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    done = CliRunner().invoke(main, ["route", "-c", "config.example.yaml",
+                                     f"examples/events/{name}.json", "--expect", REACHES[name]],
+                              env=dict.fromkeys(UNSET))
+    assert done.exit_code == 0, done.output
     assert f"receivers: {REACHES[name]}" in done.stdout
 
 
@@ -69,6 +73,7 @@ def matches(shown: list[str], actual: list[str]) -> bool:
 
 
 ROUTE_EXAMPLES = console_examples("kourier-relay route ")
+CHECK_EXAMPLES = console_examples("kourier-relay check ")
 
 
 def test_the_docs_show_route_examples_on_the_example_events():
@@ -82,3 +87,19 @@ def test_a_route_example_in_the_docs_runs_exactly_as_written(line, shown):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     assert matches(shown, done.stdout.rstrip("\n").split("\n")), done.stdout
     assert done.returncode == (1 if any(s.startswith("error:") for s in shown) else 0)
+
+
+@pytest.mark.parametrize("line, shown", CHECK_EXAMPLES, ids=[x[0] for x in CHECK_EXAMPLES])
+def test_a_check_example_in_the_docs_runs_exactly_as_written(line, shown):
+    """Findings on stdout, the summary on stderr: both shown, in this order."""
+    words = shlex.split(line)
+    done = subprocess.run(relay_cmd(*words[1:]), cwd=ROOT, env=CLEAN_ENV, text=True,
+                          capture_output=True, timeout=60)
+    assert done.stdout.splitlines() + done.stderr.splitlines() == shown
+
+
+def test_the_docs_say_where_check_prints_its_findings():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = " ".join(" ".join(p.read_text() for p in pages).split())
+    assert "`check` prints its findings on stdout, one per line" in text
+    assert "the summary line goes to stderr" in text
