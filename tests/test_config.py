@@ -8,6 +8,7 @@ import pytest
 
 from relay import config
 from relay.errors import ConfigError
+from tests.conftest import at_most
 
 MINIMAL = """\
 server:
@@ -141,7 +142,8 @@ def test_an_error_inside_the_old_section_names_the_old_key():
 ])
 def test_source_line_finds_a_line_for_every_path_shape(path, line):
     source = config.Source("c.yaml", {"": 1, "receivers": 2, "receivers[0]": 3})
-    assert source.line(path) == line
+    with at_most(5):  # a path without a dot used to loop forever
+        assert source.line(path) == line
 
 
 @pytest.mark.parametrize("url, resolved", [
