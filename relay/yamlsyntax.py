@@ -39,8 +39,13 @@ def explain(e: yaml.YAMLError, text: str) -> Syntax:
     problem_mark = getattr(e, "problem_mark", None)
     context_mark = getattr(e, "context_mark", None)
     mark = problem_mark or context_mark
+    problem = str(getattr(e, "problem", None) or e)
+    if problem.startswith("found undefined alias"):
+        return Syntax(mark.line + 1 if mark else 1,
+                      "invalid YAML: a value that starts with * names an anchor (&name) that is"
+                      " not defined: put the value in quotes (PyYAML: found undefined alias)")
     error = _Error(
-        problem=str(getattr(e, "problem", None) or e), context=str(getattr(e, "context", None) or ""),
+        problem=problem, context=str(getattr(e, "context", None) or ""),
         line=mark.line + 1 if mark else 1, column=mark.column if mark else 0,
         start=context_mark.line + 1 if context_mark else 0, lines=text.splitlines())
     for rule in _RULES:
@@ -113,13 +118,6 @@ def _mapping_values(e: _Error) -> tuple[int, str] | None:
                     " above it, which already has a value")
 
 
-def _alias(e: _Error) -> tuple[int, str] | None:
-    m = re.match(r"found undefined alias '(.*)'", e.problem)
-    if m:
-        return e.line, (f"*{m.group(1)} refers to an anchor &{m.group(1)} that is not defined:"
-                        " put a value that starts with * in quotes")
-    return None
-
 
 _RULES: tuple[Rule, ...] = (_tab, _unclosed_quote, _unclosed_flow, _block_end, _simple_key,
-                            _mapping_values, _alias)
+                            _mapping_values)

@@ -53,9 +53,9 @@ CASES = [
     ("colon in a value", "server:\n  path: a: b\n",
      f"2: invalid YAML: a colon followed by a space inside a value: put the value in quotes"
      f" {VALUES}"),
-    ("undefined alias", "server:\n  path: *nope\n",
-     "2: invalid YAML: *nope refers to an anchor &nope that is not defined: put a value that"
-     " starts with * in quotes (PyYAML: found undefined alias 'nope')"),
+    ("undefined alias, never echoed", "server:\n  tokens: [*S3cretT0ken]\n",
+     "2: invalid YAML: a value that starts with * names an anchor (&name) that is not defined:"
+     " put the value in quotes (PyYAML: found undefined alias)"),
 ]
 
 
