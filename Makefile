@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/kourier-relay serve -c $(CONFIG)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs  # -rs: say why each skipped test was skipped
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check relay tests

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
@@ -44,14 +45,17 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
     install_requests_tap()
     relay = Relay(config_path, env)
+    host, _, port = (listen or relay.config.server.listen).rpartition(":")
+    # Bind before the store and worker start: a relay that cannot listen (the port is
+    # taken, say by another relay on the same store) must not start sending either.
+    sock = bind(host or "0.0.0.0", int(port))
     extra = SendingProcesses(config_path, relay.config.sending.processes - 1, log_args or [])
     app = relay.web_app()
     if extra.count:
         app.on_startup.append(lambda _: _start_extra(relay, extra))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    host, _, port = (listen or relay.config.server.listen).rpartition(":")
-    site = await server.listen(runner, host or "0.0.0.0", int(port), lambda: relay.config)
+    site = await server.listen(runner, host or "0.0.0.0", int(port), lambda: relay.config, sock)
     settle_garbage_collector()
     stop = asyncio.Event()
     on_signals(relay, stop, lambda: extra.signal(signal.SIGHUP))
@@ -63,6 +67,14 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     await site.stop()
     await asyncio.gather(runner.cleanup(), extra.stop(relay.config.sending.grace_period))
     log.info("stopped")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; raises OSError (`socket.gaierror` for a name that does not resolve)."""
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:8080 names an IPv6 address
+    family, *_ = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0]
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 async def _start_extra(relay: Relay, extra: SendingProcesses) -> None:

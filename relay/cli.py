@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -74,23 +76,51 @@ def main() -> None:
 @config_option
 @click.option("--listen", help="host:port, overriding server.listen.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Least severe log lines shown.")
 @click.option("--log-format", default="text", show_default=True,
-              type=click.Choice(["text", "json"]))
+              type=click.Choice(["text", "json"]), help="Log lines as text or as JSON objects.")
 @guarded
 def serve(config_path: str, listen: str | None, log_level: str, log_format: str) -> None:
     """Run the relay."""
     from relay.app import serve as run
 
     setup(log_level, log_format)
-    asyncio.run(run(config_path, listen=listen,
-                    log_args=["--log-level", log_level, "--log-format", log_format]))
+    try:
+        asyncio.run(run(config_path, listen=listen,
+                        log_args=["--log-level", log_level, "--log-format", log_format]))
+    except OSError as e:
+        address = listen or load_config(config_path).server.listen
+        problem = listen_problem(e, address)
+        if problem is None:
+            raise
+        fail(problem)
     # Everything is committed or released by now. A send still blocked in a thread
     # past the grace period would hold the interpreter's exit until its socket
     # timeout (pool threads are joined at exit), so leave without waiting for it.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)
+
+
+def listen_problem(e: OSError, address: str) -> str | None:
+    """What to change when the server cannot listen on `address`; None for other errors."""
+    host = address.rpartition(":")[0] or "0.0.0.0"
+    where = f"cannot listen on {address}"
+    if isinstance(e, socket.gaierror):
+        return (f"{where}: the host {host!r} does not resolve: set server.listen (or --listen)"
+                " to an IP address or a name of this machine, e.g. 0.0.0.0:8080")
+    if e.errno == errno.EADDRINUSE:
+        return (f"{where}: the port is already in use (another relay?): stop that process,"
+                " or choose a free port in server.listen (or --listen)")
+    if e.errno == errno.EACCES:
+        return (f"{where}: permission denied (ports below 1024 need root or"
+                " CAP_NET_BIND_SERVICE): choose a port of 1024 or above in server.listen"
+                " (or --listen)")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"{where}: {host} is not an address of this machine: use one of its"
+                " addresses in server.listen (or --listen), or 0.0.0.0 for all")
+    return None
 
 
 @main.command("send-only", hidden=True)
@@ -131,7 +161,7 @@ def check(config_path: str, strict: bool) -> None:
     click.echo(f"{config_path}: OK ({warnings} warning(s))", err=True)
 
 
-@main.command()
+@main.command(short_help="Dry run: which routes an event matches and what would be sent.")
 @config_option
 @click.argument("event_file", metavar="EVENT.json|-")
 @click.option("--expect", metavar="A,B", help="Receivers the event must reach, comma-separated"
@@ -208,23 +238,26 @@ def _local_url(config: Config, path: str) -> str:
     return f"http://{host}:{config.server.port}{path}"
 
 
-@main.command()
+@main.command(short_help="Fire a sample Kourier event at a running relay.")
 @config_option
-@click.argument("event_type", default="delivery.updated")
+@click.argument("event_type", default="delivery.updated", metavar="[EVENT_TYPE]")
 @click.option("--url", help="Webhook URL (default: from the config's server.listen and path).")
 @click.option("--token", help="Bearer token (default: the config's first server token).")
 @click.option("--delivery-id", help="Default: a fresh test-… id.")
 @click.option("--status", help="Delivery status (default in_transit for delivery.updated).")
 @click.option("--field", "extra", multiple=True, type=_field, metavar="KEY=VALUE",
               help="Extra payload field; dotted keys nest, JSON values are parsed.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the relay.")
+@click.option("--timeout", default=5.0, show_default=True,
+              help="Seconds to wait for the relay's answer; a relay still starting (connection"
+                   " refused) is tried again until then.")
 @guarded
 def send(config_path: str, event_type: str, url: str | None, token: str | None,
          delivery_id: str | None, status: str | None, extra: tuple[tuple[str, Any], ...],
          timeout: float) -> None:
     """Fire a sample Kourier event at a running relay, like Kourier would.
 
-    Prints the relay's answer; exits 1 unless it is a 2xx.
+    EVENT_TYPE defaults to delivery.updated (with status in_transit). Prints
+    the relay's answer; exits 1 unless it is a 2xx.
     """
     if not url or not token:
         config = load_config(config_path)
@@ -257,18 +290,28 @@ def _reason(status: int) -> str:
 
 
 def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
-    """Status and body of the answer; any answer counts, only no answer at all fails."""
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace").strip()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace").strip()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
-        click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}",
-                   err=True)
-        sys.exit(1)
+    """Status and body of the answer; any answer counts, only no answer at all fails.
+
+    A refused connection is a relay still starting (`serve … &` then `send`): it is
+    tried again until `timeout` has passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _OPENER.open(request, timeout=max(deadline - time.monotonic(), 0.1)) as answer:
+                return answer.status, answer.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace").strip()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ConnectionRefusedError) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a starting relay binds within a second or so
+                continue
+            waited = f" (waited {timeout:g}s)" if isinstance(reason, ConnectionRefusedError) else ""
+            # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
+            click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}"
+                       f"{waited}", err=True)
+            sys.exit(1)
 
 
 # Redirects would re-send the body without asking; a relay never redirects a webhook.
@@ -280,21 +323,45 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-@main.command()
-@click.option("--url", default=f"http://127.0.0.1:{DEFAULT_PORT}/healthz", show_default=True)
-@click.option("--timeout", default=3.0, show_default=True)
-def healthcheck(url: str, timeout: float) -> None:
-    """Exit 0 when the relay answers /healthz (for container health checks)."""
+def health_url(config: Config) -> str:
+    """Where this config's relay answers `/healthz` on this machine."""
+    return _local_url(config, "/healthz")
+
+
+@main.command(short_help="Exit 0 when the relay answers /healthz (for containers).")
+@config_option
+@click.option("--url", help="Health URL (default: /healthz at the config's server.listen).")
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the answer.")
+@guarded
+def healthcheck(config_path: str, url: str | None, timeout: float) -> None:
+    """Exit 0 when the relay answers /healthz (for container health checks).
+
+    The address comes from the config's server.listen (0.0.0.0 means 127.0.0.1),
+    unless --url is given; then the config is not read.
+    """
+    url = url or health_url(load_config(config_path))
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            ok = response.status == 200
+            status = response.status
+    except urllib.error.HTTPError as e:
+        status = e.code
     except (urllib.error.URLError, OSError) as e:
-        fail(f"{url}: {getattr(e, 'reason', e)}")
-    sys.exit(0 if ok else 1)
+        # Not `fail`: it masks URLs, and this one is the relay's own address, not a secret.
+        click.echo(f"error: {_without_password(url)} did not answer: {getattr(e, 'reason', e)}",
+                   err=True)
+        sys.exit(1)
+    if status != 200:
+        click.echo(f"error: {_without_password(url)} answered {status} {_reason(status)}",
+                   err=True)
+        sys.exit(1)
 
 
-def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]],
+              create: bool = False) -> T:
+    """Run `action` on the config's store; only a writer (`create`) may bring a new one about."""
     config = load_config(config_path)
+    if not create:
+        _require_existing(config)
 
     async def go() -> T:
         store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
@@ -307,6 +374,19 @@ def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]
     return asyncio.run(go())
 
 
+def _require_existing(config: Config) -> None:
+    """A command that only reads must not create an empty store and report it empty."""
+    if not config.store.url.startswith("sqlite:"):
+        return
+    from relay.store.sqlite import sqlite_path
+
+    path = sqlite_path(config.store.url)
+    if not os.path.exists(path):
+        fail(f"no store at {path} (store.url in {config.source.file}; a relative sqlite: path"
+             " is relative to the config file's folder): check store.url, or start the relay"
+             " once with serve")
+
+
 @main.command()
 @config_option
 @guarded
@@ -317,7 +397,7 @@ def migrate(config_path: str) -> None:
     async def noop(store: Store) -> None:
         return None
 
-    run_store(config_path, noop)
+    run_store(config_path, noop, create=True)
     click.echo(f"store schema is at version {SCHEMA_VERSION}")
 
 
@@ -329,8 +409,9 @@ def dead() -> None:
 @dead.command("list")
 @config_option
 @click.option("--receiver", help="Only this receiver's jobs.")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=100, show_default=True, help="Show at most this many jobs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the jobs as a JSON array (the admin API's shape) instead of a table.")
 @guarded
 def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool) -> None:
     """List dead jobs."""
@@ -377,12 +458,42 @@ def dead_show(config_path: str, job_id: int) -> None:
 @guarded
 def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None,
                 everything: bool) -> None:
-    """Queue dead jobs again, exactly as they were rendered."""
+    """Queue dead jobs again, exactly as they were rendered.
+
+    Exits 1, saying why, when a job id is not a dead job or nothing was replayed.
+    """
     if not (job_ids or receiver or everything):
         fail("give job ids, --receiver NAME or --all")
-    count = run_store(config_path, lambda s: s.replay(list(job_ids) or None, receiver,
-                                                      time.time()))
-    click.echo(f"replayed {count} job(s)")
-    if count == 0:
-        sys.exit(1)
 
+    async def replay(store: Store) -> tuple[int, list[str]]:
+        problems = [p for p in [await _not_dead(store, i) for i in job_ids] if p]
+        wanted = [i for i in job_ids if not any(p.startswith(f"job {i} ") for p in problems)]
+        if job_ids and not wanted:
+            return 0, problems
+        return await store.replay(wanted or None, receiver, time.time()), problems
+
+    count, problems = run_store(config_path, replay)
+    click.echo(f"replayed {count} job(s)")
+    if problems:
+        fail("; ".join(problems))
+    if count == 0:
+        fail(_why_nothing(load_config(config_path), receiver))
+
+
+async def _not_dead(store: Store, job_id: int) -> str:
+    detail = await store.detail(job_id)
+    if detail is None:
+        return f"job {job_id} does not exist"
+    if detail.job.state != "dead":
+        return f"job {job_id} is {detail.job.state}, not dead"
+    return ""
+
+
+def _why_nothing(config: Config, receiver: str | None) -> str:
+    if receiver and receiver not in config.receivers:
+        names = ", ".join(sorted(config.receivers))
+        return f'receiver "{receiver}" is not in {config.source.file} (its receivers: {names})' \
+               " and has no dead jobs"
+    if receiver:
+        return f'receiver "{receiver}" has no dead jobs'
+    return "there are no dead jobs"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ from relay.yamlfile import Source, Tree, resolve_env, yaml_error
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "CircuitConfig", "Config",
            "DeliveriesConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig",
-           "duration", "load", "loads", "rate", "resolve_env", "shown", "used_receivers"]
+           "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
+           "used_receivers"]
 
 DEFAULT_SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
 
@@ -166,17 +167,36 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         text = Path(file).read_text()
     except OSError as e:
         raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
-    return loads(text, file, os.environ if env is None else env)
+    config = loads(text, file, os.environ if env is None else env)
+    url = store_beside(config.store.url, Path(file).resolve().parent)
+    return replace(config, store=replace(config.store, url=url))
+
+
+def store_beside(url: str, folder: Path) -> str:
+    """A relative `sqlite:` path names a file in `folder` (the config's), not in the working directory.
+
+    Operators run `dead list -c /etc/…/config.yaml` from anywhere; the store must be
+    the one `serve` uses. Absolute forms (`sqlite:/x`, `sqlite:///x`, `sqlite:////x`)
+    and other schemes are left alone.
+    """
+    if not url.startswith("sqlite:"):
+        return url
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    if not rest or rest.startswith("/") or rest == ":memory:":
+        return url
+    return f"sqlite:{folder / rest}"
 
 
 def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError([yaml_error(file, e)]) from None
+        raise ConfigError([yaml_error(file, e, text)]) from None
     tree = Tree(file, os.environ if env is None else env)
-    raw = tree.value(node, "") if node is not None else {}
-    source = Source(file, tree.lines)
+    raw = tree.value(node, "") if node is not None else None
+    source = Source(file, tree.lines, tree.starts)
     checker = Checker(source)
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)
@@ -186,8 +206,21 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     return Config(**{**config.__dict__, "env_refs": tree.env_refs})
 
 
+_SECTIONS_HINT = "sections such as server:, receivers:, routes: (see config.example.yaml)"
+
+
 def _build(raw: Any, c: Checker) -> Config | None:
-    top = c.section(raw if raw is not None else {}, "", "")
+    if raw is None:  # an empty file, or only comments
+        c.error("", "the config is empty: it needs at least a server: section with tokens"
+                " (see config.example.yaml)")
+        return None
+    if not isinstance(raw, dict):
+        c.error("", f"the top level must be a mapping of {_SECTIONS_HINT}, got {kind_of(raw)}")
+        return None
+    top = c.section(raw, "", "")
+    if "server" not in raw:
+        c.error("", 'missing "server:" section: it needs at least server.tokens,'
+                " the bearer tokens Kourier sends")
     server = _server(c.section(top.get("server"), "server", "server"), c)
     store = StoreConfig(**c.section(top.get("store"), "store", "store"))
     sending, deliveries = _sending(top, c)
@@ -204,7 +237,8 @@ def _build(raw: Any, c: Checker) -> Config | None:
 
 def _server(data: dict[str, Any], c: Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
-    if not tokens and not any(i.path.startswith("server.tokens") for i in c.issues):
+    if not tokens and not any(i.path.startswith("server.tokens") or "server:" in i.message
+                              for i in c.issues):
         c.error("server.tokens", "at least one non-empty webhook token is required")
     return ServerConfig(**{**data, "tokens": tokens})
 

@@ -47,6 +47,8 @@ def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
         if not isinstance(v, kind):
             hint = " (put it in quotes)" if kind is str and kind_of(v) in ("a number", "a boolean") \
                 else ""
+            if kind is str and isinstance(v, dict):  # `title: {{ x }}` is a YAML mapping
+                hint = ' (a value that starts with "{" must be in quotes)'
             raise ValueError(f"expected {label}, got {kind_of(v)}{hint}")
         return v
     return conv

@@ -294,19 +294,24 @@ class Listener:
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections are made by a Listener."""
 
-    __slots__ = ("listener",)
+    __slots__ = ("listener", "sock")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, listener: Listener,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, sock: socket.socket | None = None) -> None:
         super().__init__(runner, host, port, backlog=backlog)
         self.listener = listener
+        self.sock = sock  # bound already (app.bind), so that a taken port fails before start-up
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
         self.listener.quiet_accept_errors(loop)
-        self._server = await loop.create_server(self.listener, self._host, self._port,
-                                                backlog=ACCEPT_BURST)
+        if self.sock is not None:
+            self._server = await loop.create_server(self.listener, sock=self.sock,
+                                                    backlog=ACCEPT_BURST)
+        else:
+            self._server = await loop.create_server(self.listener, self._host, self._port,
+                                                    backlog=ACCEPT_BURST)
         for listening in self._server.sockets:  # a dup is the same socket: lengthen its queue
             with socket.fromfd(listening.fileno(), listening.family, listening.type) as same:
                 same.listen(self._backlog)
@@ -314,10 +319,10 @@ class GuardedSite(web.TCPSite):
 
 
 async def listen(runner: web.AppRunner, host: str, port: int,
-                 config: Callable[[], Config]) -> GuardedSite:
-    """Start serving `runner`'s app on host:port behind the guards above."""
+                 config: Callable[[], Config], sock: socket.socket | None = None) -> GuardedSite:
+    """Start serving `runner`'s app on host:port (or on `sock`, bound to it) behind the guards."""
     assert runner.server is not None, "call runner.setup() first"
     raise_open_files_limit()
-    site = GuardedSite(runner, host, port, Listener(runner.server, config))
+    site = GuardedSite(runner, host, port, Listener(runner.server, config), sock=sock)
     await site.start()
     return site

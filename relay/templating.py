@@ -10,6 +10,7 @@ back to the built-in one, so a notification is never lost to a template.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -22,7 +23,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from relay.config import Config, TemplateConfig, shown
+from relay.config import Config, Source, TemplateConfig, shown
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
@@ -136,18 +137,15 @@ class Templates:
 
     @classmethod
     def from_config(cls, config: Config) -> Templates:
-        issues: list[Issue] = []
+        issues = [issue for t in (*config.templates.values(), *(r.template for r in config.routes))
+                  for issue in template_issues(t, config.source)]
         compiled = {}
         for route in config.routes:
             base = config.templates.get(route.template_ref, TemplateConfig())
-            merged = _merge(base, route.template)
             try:
-                compiled[route.name] = _compile_template(merged)
-            except jinja2.TemplateSyntaxError as e:
-                where = route.template if _field_of(route.template, e) else base
-                key = _field_of(where, e) or "body"
-                issues.append(config.source.issue(
-                    f"{where.path}.{key}", f"template syntax error: {e.message}"))
+                compiled[route.name] = _compile_template(_merge(base, route.template))
+            except jinja2.TemplateSyntaxError:  # already reported above, at its own key
+                pass
         notice = _compile_notice(config, issues)
         try:
             ZoneInfo(config.timezone)
@@ -212,9 +210,7 @@ def _compile_notice(config: Config, issues: list[Issue]) -> CompiledTemplate | N
         return None
     try:
         return _compile_template(_merge(RECEIVER_FAILING_TEMPLATE, own))
-    except jinja2.TemplateSyntaxError as e:
-        issues.append(config.source.issue(f"{own.path}.{_field_of(own, e) or 'body'}",
-                                          f"template syntax error: {e.message}"))
+    except jinja2.TemplateSyntaxError:  # reported by template_issues, at its own key
         return None
 
 
@@ -224,20 +220,37 @@ def _merge(base: TemplateConfig, override: TemplateConfig) -> TemplateConfig:
     return TemplateConfig(**values, path=override.path)
 
 
-def _field_of(template: TemplateConfig, error: jinja2.TemplateSyntaxError) -> str:
+def template_issues(t: TemplateConfig, source: Source) -> list[Issue]:
+    """Each of a template's title and body that does not compile, at its own key and line."""
+    out = []
     for key in ("title", "body"):
-        source = getattr(template, key)
-        if source is not None and _syntax_error(source):
-            return key
-    return ""
+        text = getattr(t, key)
+        problem = template_problem(text) if text is not None else None
+        if problem:
+            path = f"{t.path}.{key}"
+            lineno, message = problem
+            out.append(Issue(source.file, source.line_within(path, lineno), path, message))
+    return out
 
 
-def _syntax_error(source: str) -> bool:
+def template_problem(text: str) -> tuple[int, str] | None:
+    """The first problem of a template text, as (its line in the text, message); None if none.
+
+    Jinja2 reports an unknown filter or test only when the branch holding it runs
+    (`{% if %}`), so every `Filter` and `Test` node is looked up here instead.
+    """
     try:
-        ENV.parse(source)
-    except jinja2.TemplateSyntaxError:
-        return True
-    return False
+        ast = ENV.parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        return e.lineno, f"template syntax error: {e.message}"
+    for node in ast.find_all((nodes.Filter, nodes.Test)):
+        kind, known = ("filter", ENV.filters) if isinstance(node, nodes.Filter) \
+            else ("test", ENV.tests)
+        if node.name not in known:
+            close = difflib.get_close_matches(node.name, list(known), n=1, cutoff=0.6)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            return node.lineno, f'template error: unknown {kind} "{node.name}"{hint}'
+    return None
 
 
 def _compile_template(t: TemplateConfig) -> CompiledTemplate:

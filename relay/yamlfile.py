@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from relay import yamlsyntax
 from relay.errors import Issue, Severity
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -26,26 +27,33 @@ class Source:
 
     file: str
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The line each scalar's text begins on: the key's line, or the next for `|` and `>`.
+    starts: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     def line(self, path: str) -> int:
+        """The line of `path`, else of its nearest recorded parent, else of the document."""
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+            # Drop the last step: `.key`, `[i]`, or a first key with no dot before it.
+            shorter = re.sub(r"(\.[^.\[]*|\[\d+\]|^[^.\[]+)$", "", path)
+            if shorter == path:  # a shape the pattern does not know must not loop forever
+                break
+            path = shorter
         return self.lines.get("", 1)
 
     def issue(self, path: str, message: str, severity: Severity = "error") -> Issue:
         return Issue(self.file, self.line(path), path, message, severity)
 
+    def line_within(self, path: str, lineno: int) -> int:
+        """The file line of line `lineno` (1-based) of the text at `path`, e.g. a template's."""
+        start = self.starts.get(path)
+        return start + max(lineno, 1) - 1 if start else self.line(path)
 
-def yaml_error(file: str, e: yaml.YAMLError) -> Issue:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    line = mark.line + 1 if mark else 1
-    problem = getattr(e, "problem", None) or str(e)
-    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
-    if context and start and start.line + 1 != line:  # the cause is often where it started
-        problem += f" ({context} that starts on line {start.line + 1})"
-    return Issue(file, line, "", f"invalid YAML: {problem}")
+
+def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
+    found = yamlsyntax.explain(e, text)
+    return Issue(file, found.line, "", found.message)
 
 
 class Tree:
@@ -55,6 +63,7 @@ class Tree:
         self.file = file
         self.env = env
         self.lines: dict[str, int] = {}
+        self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
 
@@ -72,6 +81,8 @@ class Tree:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+        block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
+        self.starts[path] = node.start_mark.line + 1 + block
         scalar = yaml.SafeLoader(".").construct_object(node, deep=True)  # typed scalar
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)

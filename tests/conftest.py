@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,21 @@ install_requests_tap()  # what `serve` does at start-up: these tests build the r
 pytest_plugins = ["tests.livefakes", "tests.synapse"]
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
+
+
+@contextmanager
+def at_most(seconds: float) -> Iterator[None]:
+    """Fail, instead of hanging forever, when the block spins."""
+    def spun(signum: int, frame: object) -> None:
+        raise AssertionError(f"still running after {seconds}s: it spins")
+
+    previous = signal.signal(signal.SIGALRM, spun)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def free_port() -> int:

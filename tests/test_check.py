@@ -26,8 +26,9 @@ UNSET = ["KOURIER_TEST_UNSET_CHAT_URL", "OPS_CHAT_URL", "KOURIER_WEBHOOK_TOKEN",
          "KOURIER_RELAY_TIMEZONE", "KOURIER_RELAY_CONFIG"]
 
 ERRORS = {
-    "yaml_syntax": "4: invalid YAML: expected ',' or ']', but got '<scalar>'"
-                   " (while parsing a flow sequence that starts on line 3)",
+    "yaml_syntax": "3: invalid YAML: unclosed [: the [ on this line needs a matching ], or a"
+                   " comma is missing between its items (PyYAML: expected ',' or ']', but got"
+                   " '<scalar>', while parsing a flow sequence)",
     "unknown_key": '7: receivers[0].rate_limt: unknown key "rate_limt"'
                    ' (did you mean "rate_limit"?)',
     "wrong_type": "5: sending.concurrency: expected an integer, got a string",
@@ -212,3 +213,75 @@ def test_check_warns_about_the_old_delivery_section_with_the_new_name(tmp_path):
                 if text.startswith("delivery:"))
     assert f'old.yaml:{line}: delivery: warning: renamed: call this section "sending:"' in out
     assert "Traceback" not in out
+
+
+TEMPLATES = """\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - name: log
+    urls: ["console://"]
+templates:
+  problem:
+    title: "{{ status | humanstatus }}"
+    body: |
+      {{ event }}
+      {% if status %}
+      Status: {{ status | human_status }}
+      {% endif %}
+routes:
+  - name: a
+    match: {status: failed}
+    receivers: [log]
+    template: problem
+  - name: b
+    match: {status: lost}
+    receivers: [log]
+    template: problem
+  - name: c
+    match: {status: delivered}
+    receivers: [log]
+    title: "{{ delivery_id | upperr }}"
+    body: |
+      first line
+      {% if status is nosuchtest %}x{% endif %}
+  - name: d
+    match: {status: returned}
+    receivers: [log]
+    body: |
+      {% if status %}{{ status | nope }}{% endif %}
+      second
+      {{ delivery_id }
+default_receiver: log
+"""
+
+
+def test_every_template_error_names_its_own_key_and_line_once(tmp_path):
+    """Filters and tests inside {% if %} too; a named template used twice is reported once."""
+    cfg = tmp_path / "templates.yaml"
+    cfg.write_text(TEMPLATES)
+    result = check("-c", str(cfg))
+    assert result.stdout.splitlines() == [
+        f'{cfg}:8: templates.problem.title: template error: unknown filter "humanstatus"'
+        ' (did you mean "human_status"?)',
+        f'{cfg}:26: routes[2].title: template error: unknown filter "upperr"'
+        ' (did you mean "upper"?)',
+        f'{cfg}:29: routes[2].body: template error: unknown test "nosuchtest"',
+        f"{cfg}:36: routes[3].body: template syntax error: unexpected '}}'",
+    ]
+    assert result.exit_code == 1
+    with pytest.raises(ConfigError) as e:  # and serve refuses it, instead of falling back later
+        Relay(str(cfg), env={})
+    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+
+
+def test_an_unknown_filter_inside_if_is_found_before_the_first_event(tmp_path):
+    cfg = tmp_path / "if.yaml"
+    cfg.write_text(TEMPLATES.split("templates:")[0] + """\
+routes:
+  - receivers: [log]
+    body: "{% if status %}{{ status | nope }}{% endif %}"
+default_receiver: log
+""")
+    assert check("-c", str(cfg)).stdout == (
+        f'{cfg}:8: routes[0].body: template error: unknown filter "nope"\n')

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from relay import config
 from relay.errors import ConfigError
+from tests.conftest import at_most
 
 MINIMAL = """\
 server:
@@ -127,3 +130,39 @@ def test_an_error_inside_the_old_section_names_the_old_key():
         load(MINIMAL + "delivery: {concurrency: many}\n", {"TOKEN": "t"})
     assert str(e.value.issues[0]) == \
         "relay.yaml:7: delivery.concurrency: expected an integer, got a string"
+
+
+@pytest.mark.parametrize("path, line", [
+    ("server", 1),                    # a first key with no dot: looped forever before
+    ("server.tokens", 1),             # nothing of it recorded
+    ("receivers[0].urls[1]", 3),      # falls back to the nearest recorded parent
+    ("routes[4]", 1),
+    ("", 1),
+    ("weird..path[x]", 1),            # a shape the trimming does not know
+])
+def test_source_line_finds_a_line_for_every_path_shape(path, line):
+    source = config.Source("c.yaml", {"": 1, "receivers": 2, "receivers[0]": 3})
+    with at_most(5):  # a path without a dot used to loop forever
+        assert source.line(path) == line
+
+
+@pytest.mark.parametrize("url, resolved", [
+    ("sqlite:relay.db", "sqlite:/etc/kr/relay.db"),
+    ("sqlite:data/relay.db", "sqlite:/etc/kr/data/relay.db"),
+    ("sqlite://relay.db", "sqlite:/etc/kr/relay.db"),
+    ("sqlite:/var/lib/relay.db", "sqlite:/var/lib/relay.db"),
+    ("sqlite:///var/lib/relay.db", "sqlite:///var/lib/relay.db"),
+    ("sqlite:////var/lib/relay.db", "sqlite:////var/lib/relay.db"),
+    ("sqlite:", "sqlite:"),
+    ("postgresql://u@db/relay", "postgresql://u@db/relay"),
+])
+def test_a_relative_sqlite_path_is_relative_to_the_config_folder(url, resolved):
+    assert config.store_beside(url, Path("/etc/kr")) == resolved
+
+
+def test_load_resolves_the_store_beside_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text(MINIMAL + "store: {url: 'sqlite:r.db'}\n")
+    monkeypatch.chdir(tmp_path)
+    loaded = config.load("cfg/c.yaml", {"TOKEN": "x"})
+    assert loaded.store.url == f"sqlite:{tmp_path / 'cfg' / 'r.db'}"

@@ -21,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from relay import cli
+from relay import config as config_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -136,8 +137,9 @@ def test_dockerfile_exposes_and_healthchecks_the_clis_port(runtime: list[Instruc
     assert one(runtime, "EXPOSE").args == str(cli.DEFAULT_PORT)
     test = one(runtime, "HEALTHCHECK").args.split(" CMD ", 1)[1]
     assert json.loads(test) == ["kourier-relay", "healthcheck"]
-    healthcheck_url = next(p for p in cli.healthcheck.params if p.name == "url").default
-    assert healthcheck_url == f"http://127.0.0.1:{cli.DEFAULT_PORT}/healthz"
+    # With no --url, healthcheck reads the image's config (config.example.yaml) for the address.
+    example = config_mod.load(ROOT / "config.example.yaml", env={})
+    assert cli.health_url(example) == f"http://127.0.0.1:{cli.DEFAULT_PORT}/healthz"
 
 
 def test_example_config_listens_on_the_exposed_port() -> None:

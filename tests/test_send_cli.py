@@ -106,8 +106,8 @@ async def test_non_2xx_answer_is_printed_and_exits_1(relay_with_sink, sink):
 
 async def test_unreachable_relay_is_one_line_and_exits_1():
     url = f"http://127.0.0.1:{free_port()}/webhook"
-    code, _, err = await run_send("--url", url, "--token", "t")
-    assert err == f"error: cannot reach {url}: [Errno 111] Connection refused\n"
+    code, _, err = await run_send("--url", url, "--token", "t", "--timeout", "0.2")
+    assert err == f"error: cannot reach {url}: [Errno 111] Connection refused (waited 0.2s)\n"
     assert code == 1
 
 
@@ -127,7 +127,8 @@ def test_password_in_the_url_is_not_printed():
 def test_field_values_nest_and_parse_as_json(fields, expected):
     args = [a for f in fields for a in ("--field", f)]
     result = CliRunner().invoke(main, ["send", "--url", f"http://127.0.0.1:{free_port()}/",
-                                       "--token", "t", "delivery.created", *args])
+                                       "--token", "t", "--timeout", "0", "delivery.created",
+                                       *args])
     body = json.loads(result.stdout.splitlines()[1])
     assert {k: body[k] for k in expected} == expected
 

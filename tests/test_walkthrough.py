@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from tests.conftest import ROOT, free_port, wait_for, wait_healthy
+from tests.conftest import ROOT, free_port, wait_for
 
 
 def walkthrough_lines() -> list[str]:
@@ -28,16 +28,17 @@ def argv(line: str) -> list[str]:
 
 
 async def test_readme_walkthrough_delivers_the_cancellation_to_the_chat(tmp_path, sink):
-    export, serve, send = walkthrough_lines()
+    """Pasted as is: `send` runs the moment `serve` is started, with no wait in between."""
+    export, serve, send, stop = walkthrough_lines()
     name, _, value = export.removeprefix("export ").partition("=")
     assert name == "OPS_CHAT_URL" and shlex.split(value)[0].startswith("slack://")
+    assert serve.endswith("&") and stop == "kill %1"
     shutil.copy(ROOT / "config.example.yaml", tmp_path)
     port = free_port()
     env = {**os.environ, name: sink.url("slack"), "KOURIER_RELAY_LISTEN": f"127.0.0.1:{port}"}
     relay = subprocess.Popen(argv(serve), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
     try:
-        await asyncio.to_thread(wait_healthy, port)
         done = await asyncio.to_thread(subprocess.run, argv(send), cwd=tmp_path, env=env,
                                        capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
@@ -45,5 +46,5 @@ async def test_readme_walkthrough_delivers_the_cancellation_to_the_chat(tmp_path
         messages = await wait_for(lambda: sink.messages("slack"), message="the chat alert")
         assert messages[0]["title"] == "⚠ Delivery abc123: Cancelled"
     finally:
-        relay.send_signal(signal.SIGTERM)
+        relay.send_signal(signal.SIGTERM)  # what `kill %1` sends
         assert relay.wait(timeout=15) == 0

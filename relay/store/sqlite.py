@@ -62,6 +62,18 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the store's folder, or say which part of its path stands in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+                       None)
+        why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+        raise StoreError(f"cannot create the store's folder {folder}: {why}:"
+                         " set store.url to a path in a folder the relay may write") from None
+
+
 class SQLiteStore(SQLiteLive):
     def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -76,7 +88,7 @@ class SQLiteStore(SQLiteLive):
     async def open(self) -> None:
         if self._writer.running:
             return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(Path(self.path).parent)
         await self._writer.start()
         await self._call(self._release_dead_owners)
         await self._call(self._count_backlog)

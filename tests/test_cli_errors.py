@@ -1,0 +1,343 @@
+"""Operator mistakes, run as users run them: one line on stderr, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from relay.cli import main
+from tests.conftest import (
+    ROOT,
+    at_most,
+    free_port,
+    relay_cmd,
+    spawn_relay,
+    wait_for_sync,
+    wait_healthy,
+)
+
+# Variables the example config reads: unset, so results do not depend on the shell.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
+UNSET = [k for k in os.environ if k.startswith(("KOURIER_", "OPS_"))]
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 30,
+        **popen: object) -> subprocess.CompletedProcess[str]:
+    """The command as a subprocess; a timeout fails the test instead of hanging it."""
+    return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=CLEAN_ENV, **popen)  # type: ignore[call-overload]
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a failed command (asserting there is one, and no traceback)."""
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert done.returncode != 0
+    return lines[0]
+
+
+SHAPES = {
+    "empty": ("", "1: the config is empty: it needs at least a server: section with tokens"
+                  " (see config.example.yaml)"),
+    "comments only": ("# nothing yet\n", "1: the config is empty: it needs at least a server:"
+                                         " section with tokens (see config.example.yaml)"),
+    "a list": ("- server\n- routes\n", "1: the top level must be a mapping of sections such as"
+                                       " server:, receivers:, routes: (see config.example.yaml),"
+                                       " got a list"),
+    "a scalar": ("relay\n", "1: the top level must be a mapping of sections such as server:,"
+                            " receivers:, routes: (see config.example.yaml), got a string"),
+    "no server": ("receivers:\n  - name: log\n    urls: [\"console://\"]\n",
+                  '1: missing "server:" section: it needs at least server.tokens, the bearer'
+                  " tokens Kourier sends"),
+}
+
+
+@pytest.fixture(scope="module")
+def served_shapes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """`serve` on every shape, run side by side; a spin fails by its timeout."""
+    folder = tmp_path_factory.mktemp("shapes")
+    procs = {}
+    for shape, (text, _) in SHAPES.items():
+        cfg = folder / f"{shape.replace(' ', '_')}.yaml"
+        cfg.write_text(text)
+        procs[shape] = cfg, subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), env=CLEAN_ENV,
+                                             text=True, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE)
+    results = {}
+    for shape, (cfg, proc) in procs.items():
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += "\n(timed out: it spins)"
+        results[shape] = cfg, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_serving_a_config_of_the_wrong_shape_is_one_line_not_a_spin(served_shapes, shape):
+    cfg, done = served_shapes[shape]
+    assert one_line(done) == f"{cfg}:{SHAPES[shape][1]}"
+    assert done.returncode == 1
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_checking_a_config_of_the_wrong_shape_is_one_finding_not_a_spin(tmp_path, shape):
+    text, message = SHAPES[shape]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    with at_most(10):
+        result = CliRunner().invoke(main, ["check", "-c", str(cfg)], env=dict.fromkeys(UNSET))
+    assert result.stdout.splitlines() == [f"{cfg}:{message}"]
+    assert result.stderr == f"{cfg}: 1 error(s), 0 warning(s)\n"  # findings go to stdout
+    assert result.exit_code == 1
+
+
+def relay_config(folder: Path, listen: str, store: str = "sqlite:relay.db") -> Path:
+    cfg = folder / "config.yaml"
+    cfg.write_text(f"""\
+server:
+  listen: "{listen}"
+  tokens: ["t0ken"]
+store:
+  url: "{store}"
+receivers:
+  - name: log
+    urls: ["console://"]
+default_receiver: log
+""")
+    return cfg
+
+
+LISTEN_HINT = "server.listen (or --listen)"
+
+
+def test_a_second_relay_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    port = free_port()
+    first = spawn_relay(relay_config(tmp_path, f"127.0.0.1:{port}"))
+    try:
+        wait_healthy(port)
+        (tmp_path / "second").mkdir()
+        cfg = relay_config(tmp_path / "second", f"127.0.0.1:{port}")
+        line = one_line(run("serve", "-c", str(cfg)))
+        assert line == (f"error: cannot listen on 127.0.0.1:{port}: the port is already in use"
+                        " (another relay?): stop that process, or choose a free port in"
+                        f" {LISTEN_HINT}")
+    finally:
+        first.terminate()
+        first.wait(20)
+
+
+def test_a_listen_host_that_does_not_resolve_is_one_line(tmp_path):
+    cfg = relay_config(tmp_path, "no-such-host.invalid:8080")
+    assert one_line(run("serve", "-c", str(cfg))) == (
+        "error: cannot listen on no-such-host.invalid:8080: the host 'no-such-host.invalid'"
+        f" does not resolve: set {LISTEN_HINT} to an IP address or a name of this machine,"
+        " e.g. 0.0.0.0:8080")
+
+
+def _as_nobody() -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+
+
+def _readable_by_all(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in path.parents) and \
+        path.stat().st_mode & 0o005 == 0o005
+
+
+def _python_for_nobody() -> tuple[list[str], dict[str, str]]:
+    """An interpreter nobody may run, with this venv's packages; skips when there is none."""
+    real = Path(os.path.realpath(sys.executable))
+    if _readable_by_all(real) and _readable_by_all(Path(sysconfig.get_paths()["stdlib"])):
+        return [sys.executable], {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / version
+    if not system.exists() or not _readable_by_all(system):
+        pytest.skip(f"running as root, and the interpreter ({real}) is in a folder the user"
+                    f" nobody may not read, and there is no /usr/bin/{version}")
+    site = sysconfig.get_paths()["purelib"]
+    return [str(system)], {"PYTHONPATH": os.pathsep.join([site, str(ROOT)])}
+
+
+def test_a_port_the_user_may_not_bind_is_one_line():
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() != "1024":
+        pytest.skip("this machine lets every user bind low ports")
+    python, env, drop = [sys.executable], {}, None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("running as root and there is no user nobody to drop to")
+        (python, env), drop = _python_for_nobody(), _as_nobody
+    # Not under pytest's tmp_path: nobody may not enter root's private folders.
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        folder.chmod(0o777)
+        cfg = relay_config(folder, "127.0.0.1:1")
+        done = subprocess.run([*python, "-m", "relay", "serve", "-c", str(cfg)], cwd=folder,
+                              env={**CLEAN_ENV, **env}, preexec_fn=drop, capture_output=True,
+                              text=True, timeout=30)
+    assert one_line(done) == (
+        "error: cannot listen on 127.0.0.1:1: permission denied (ports below 1024 need root or"
+        f" CAP_NET_BIND_SERVICE): choose a port of 1024 or above in {LISTEN_HINT}")
+
+
+def test_a_store_path_whose_parent_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    cfg = relay_config(tmp_path, f"127.0.0.1:{free_port()}", "sqlite:data/relay.db")
+    assert one_line(run("serve", "-c", str(cfg))) == (
+        f"error: cannot create the store's folder {tmp_path / 'data'}: {tmp_path / 'data'} is a"
+        " file, not a folder: set store.url to a path in a folder the relay may write")
+
+
+@pytest.mark.parametrize("command", [["dead", "list"], ["dead", "show", "1"],
+                                     ["dead", "replay", "--all"]])
+def test_a_command_that_only_reads_the_store_never_creates_one(tmp_path, command):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = relay_config(tmp_path / "etc", "127.0.0.1:8080")
+    done = run(*command, "-c", str(cfg), cwd=tmp_path / "elsewhere")
+    assert one_line(done) == (
+        f"error: no store at {tmp_path / 'etc' / 'relay.db'} (store.url in {cfg}; a relative"
+        " sqlite: path is relative to the config file's folder): check store.url, or start the"
+        " relay once with serve")
+    assert done.returncode == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yaml", "elsewhere", "etc"]
+
+
+def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tmp_path):
+    for folder in ("etc", "here", "there"):
+        (tmp_path / folder).mkdir()
+    port = free_port()
+    cfg = relay_config(tmp_path / "etc", f"127.0.0.1:{port}")
+    relay = subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), cwd=tmp_path / "here",
+                             env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port)  # serve creates the store
+    finally:
+        relay.terminate()
+        assert relay.wait(20) == 0
+    assert (tmp_path / "etc" / "relay.db").exists()
+    assert list((tmp_path / "here").iterdir()) == []
+    done = run("dead", "list", "-c", str(cfg), cwd=tmp_path / "there")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "no dead jobs\n", "")
+    migrated = run("migrate", "-c", str(tmp_path / "etc" / ".." / "etc" / "config.yaml"),
+                   cwd=tmp_path / "there")
+    assert migrated.returncode == 0, migrated.stderr
+    assert list((tmp_path / "there").iterdir()) == []
+
+
+def test_healthcheck_reads_the_address_from_the_config(tmp_path):
+    port = free_port()
+    cfg = relay_config(tmp_path, f"0.0.0.0:{port}")
+    relay = spawn_relay(cfg)
+    try:
+        wait_healthy(port)
+        done = run("healthcheck", "-c", str(cfg))
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    finally:
+        relay.terminate()
+        relay.wait(20)
+
+
+def test_healthcheck_names_its_own_url_unmasked_when_nothing_answers(tmp_path):
+    port = free_port()
+    cfg = relay_config(tmp_path, f"127.0.0.1:{port}")
+    assert one_line(run("healthcheck", "-c", str(cfg))) == (
+        f"error: http://127.0.0.1:{port}/healthz did not answer: [Errno 111] Connection refused")
+
+
+def test_healthcheck_never_prints_a_password_of_its_url():
+    port = free_port()
+    line = one_line(run("healthcheck", "--url", f"http://ops:s3cr3t@127.0.0.1:{port}/healthz"))
+    assert line.startswith(f"error: http://ops:***@127.0.0.1:{port}/healthz did not answer: ")
+    assert "s3cr3t" not in line
+
+
+def test_send_to_a_relay_that_never_starts_gives_up_after_its_timeout_in_one_line():
+    port = free_port()
+    done = run("send", "--url", f"http://127.0.0.1:{port}/webhook", "--token", "t0ken",
+               "--timeout", "0.3")
+    assert one_line(done) == (f"error: cannot reach http://127.0.0.1:{port}/webhook:"
+                              " [Errno 111] Connection refused (waited 0.3s)")
+    assert "t0ken" not in done.stdout + done.stderr
+
+
+DEAD_CONFIG = """\
+server:
+  listen: "127.0.0.1:{port}"
+  tokens: ["t0ken"]
+sending:
+  retry: {schedule: [0], jitter: 0}   # one attempt: a refused connection is dead at once
+receivers:
+  - name: hook
+    urls: ["json://127.0.0.1:{closed}/"]
+routes:
+  - receivers: [hook]
+"""
+
+
+@pytest.fixture(scope="module")
+def one_dead_job(tmp_path_factory) -> tuple[Path, int]:
+    """A real store holding one dead job, made by a real relay that could not send it."""
+    folder = tmp_path_factory.mktemp("dead")
+    port = free_port()
+    cfg = folder / "config.yaml"
+    cfg.write_text(DEAD_CONFIG.replace("{port}", str(port)).replace("{closed}", str(free_port())))
+    relay = spawn_relay(cfg)
+    try:
+        wait_healthy(port)
+        assert run("send", "-c", str(cfg)).returncode == 0
+
+        def dead() -> list[dict[str, object]]:
+            return json.loads(run("dead", "list", "--json", "-c", str(cfg)).stdout)
+
+        jobs = wait_for_sync(dead, message="the job to go dead")
+    finally:
+        relay.terminate()
+        relay.wait(20)
+    return cfg, int(jobs[0]["id"])  # type: ignore[call-overload]
+
+
+def test_replaying_a_job_that_does_not_exist_says_so(one_dead_job):
+    cfg, _ = one_dead_job
+    done = run("dead", "replay", "999", "-c", str(cfg))
+    assert one_line(done) == "error: job 999 does not exist"
+    assert done.stdout == "replayed 0 job(s)\n"
+
+
+def test_replaying_an_unknown_receiver_says_it_is_not_in_the_config(one_dead_job):
+    cfg, _ = one_dead_job
+    done = run("dead", "replay", "--receiver", "nosuch", "-c", str(cfg))
+    assert one_line(done) == (f'error: receiver "nosuch" is not in {cfg} (its receivers: hook)'
+                              " and has no dead jobs")
+
+
+def test_replay_says_which_ids_it_could_not_replay_and_replays_the_rest(tmp_path, one_dead_job):
+    cfg, job = one_dead_job
+    shutil.copytree(cfg.parent, tmp_path / "copy")  # this test changes the store
+    copy = tmp_path / "copy" / "config.yaml"
+    done = run("dead", "replay", str(job), "999", "-c", str(copy))
+    assert one_line(done) == "error: job 999 does not exist"
+    assert done.stdout == "replayed 1 job(s)\n"
+    again = run("dead", "replay", str(job), "-c", str(copy))
+    assert one_line(again) == f"error: job {job} is pending, not dead"
+    everything = run("dead", "replay", "--all", "-c", str(copy))
+    assert one_line(everything) == "error: there are no dead jobs"
+    hook = run("dead", "replay", "--receiver", "hook", "-c", str(copy))
+    assert one_line(hook) == 'error: receiver "hook" has no dead jobs'

@@ -1,0 +1,74 @@
+"""YAML syntax errors in plain words, at the line to fix, with PyYAML's words after them."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay import config
+from relay.errors import ConfigError
+
+INDENT = "inconsistent indentation: this line is indented differently from the keys or list" \
+         " items above it"
+DEEPER = "inconsistent indentation: this line is indented deeper than the key above it, which" \
+         " already has a value"
+TAB = "a tab character: YAML indents with spaces only (PyYAML: found character '\\t' that" \
+      " cannot start any token, while scanning for the next token)"
+QUOTE = "unclosed quote: the string that starts on this line never ends (PyYAML: found" \
+        " unexpected end of stream, while scanning a quoted scalar)"
+COLON = "missing colon: a key on this line needs a ':' after it"
+VALUES = "(PyYAML: mapping values are not allowed here)"
+
+CASES = [
+    ("deeper key", "server:\n  tokens: [t]\n   path: /x\n",
+     f"3: invalid YAML: {INDENT} (PyYAML: expected <block end>, but found '<block mapping"
+     " start>', while parsing a block mapping that starts on line 2)"),
+    ("shallower key", "server:\n    tokens: [t]\n  path: /x\n",
+     f"3: invalid YAML: {INDENT} (PyYAML: expected <block end>, but found '<block mapping"
+     " start>', while parsing a block mapping that starts on line 1)"),
+    ("key under a list item", "receivers:\n  - name: log\n     urls: [x]\n",
+     f"3: invalid YAML: {DEEPER} {VALUES}"),
+    ("key outside a list item", "receivers:\n  - name: a\n  name: b\n",
+     f"3: invalid YAML: {INDENT} (PyYAML: expected <block end>, but found '?', while parsing a"
+     " block collection that starts on line 2)"),
+    ("tab indent", "server:\n\ttokens: [t]\n", f"2: invalid YAML: {TAB}"),
+    ("tab after a colon", "server:\n  path: /x\n  tokens:\t[t]\n", f"3: invalid YAML: {TAB}"),
+    ("unclosed double quote", 'server:\n  tokens: ["t]\nreceivers: []\n',
+     f"2: invalid YAML: {QUOTE}"),
+    ("unclosed single quote", "server:\n  path: '/x\n  tokens: [t]\nreceivers: []\n",
+     f"2: invalid YAML: {QUOTE}"),
+    ("section without colon", "server\n  tokens: [t]\n", f"1: invalid YAML: {COLON} {VALUES}"),
+    ("key without colon", "server:\n  tokens [t]\n  path: /x\n",
+     f"2: invalid YAML: {COLON} {VALUES}"),
+    ("last key without colon", "server:\n  path: /x\n  tokens\n",
+     f"3: invalid YAML: {COLON} (PyYAML: could not find expected ':', while scanning a simple"
+     " key)"),
+    ("unclosed list", 'server:\n  tokens: ["t0ken"\nreceivers:\n  - name: log\n',
+     "2: invalid YAML: unclosed [: the [ on this line needs a matching ], or a comma is missing"
+     " between its items (PyYAML: expected ',' or ']', but got '<scalar>', while parsing a"
+     " flow sequence)"),
+    ("unclosed mapping", "routes:\n  - match: {event: x\n    receivers: [a]\n",
+     "2: invalid YAML: unclosed {: the { on this line needs a matching }, or a comma is missing"
+     " between its items (PyYAML: expected ',' or '}', but got ':', while parsing a flow"
+     " mapping)"),
+    ("colon in a value", "server:\n  path: a: b\n",
+     f"2: invalid YAML: a colon followed by a space inside a value: put the value in quotes"
+     f" {VALUES}"),
+    ("undefined alias, never echoed", "server:\n  tokens: [*S3cretT0ken]\n",
+     "2: invalid YAML: a value that starts with * names an anchor (&name) that is not defined:"
+     " put the value in quotes (PyYAML: found undefined alias)"),
+]
+
+
+@pytest.mark.parametrize("text, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_yaml_mistake_is_named_in_plain_words_at_its_line(text, message):
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, "c.yaml", {})
+    assert [str(i) for i in e.value.issues] == [f"c.yaml:{message}"]
+
+
+def test_an_unquoted_template_says_to_quote_it():
+    text = "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n    title: {{ x }}\n"
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, "c.yaml", {})
+    assert "c.yaml:5: routes[0].title: expected a string, got a mapping (a value that starts" \
+           ' with "{" must be in quotes)' in [str(i) for i in e.value.issues]
