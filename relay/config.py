@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from relay.errors import ConfigError, Issue
+from relay.limits import Circuit
 from relay.schema import (
     BODY_FORMATS,
     NOTIFY_TYPES,
@@ -33,7 +34,7 @@ from relay.schema import (
 )
 from relay.yamlfile import Source, Tree, resolve_env, yaml_error
 
-__all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "CircuitConfig", "Config",
+__all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config",
            "DeliveriesConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig",
            "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
@@ -47,13 +48,6 @@ class RetryPolicy:
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     jitter: float = 0.2
     max_age: float = 86400.0
-
-
-@dataclass(frozen=True)
-class CircuitConfig:
-    failures: int = 5
-    cooldown: float = 60.0
-    max_cooldown: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ class SendingConfig:
     grace_period: float = 10.0
     lease: float = 60.0
     retry: RetryPolicy = RetryPolicy()
-    circuit: CircuitConfig = CircuitConfig()
+    circuit: Circuit = Circuit()
     fallback_receiver: str = ""
     processes: int = 1
 
@@ -287,7 +281,7 @@ def _sending(top: dict[str, Any], c: Checker) -> tuple[SendingConfig, Deliveries
 
 def _sending_section(data: dict[str, Any], path: str, c: Checker) -> SendingConfig:
     retry = _retry(data.pop("retry", {}), f"{path}.retry", c)
-    circuit = CircuitConfig(**c.section(data.pop("circuit", {}), f"{path}.circuit", "circuit"))
+    circuit = Circuit(**c.section(data.pop("circuit", {}), f"{path}.circuit", "circuit"))
     return SendingConfig(**data, retry=retry, circuit=circuit)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import Issue
+from relay.limits import RateLimit
 from relay.yamlfile import Source
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
@@ -25,16 +25,6 @@ _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
                "hour": 3600}
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    count: int
-    per: float  # seconds
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.per
 
 
 Conv = Callable[[Any], Any]

@@ -18,13 +18,13 @@ import random
 import time
 from collections.abc import Callable
 
-from relay.config import Config, ReceiverConfig
+from relay.config import ReceiverConfig
 from relay.decision import Decision, Observer, Report, decide, orphaned
 from relay.errors import StaleClaim, StoreError
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.runtime import Runtime
-from relay.store import Attempt, Bucket, Circuit, Job, Store, new_owner
+from relay.store import Attempt, Job, Store, new_owner
 
 log = logging.getLogger(__name__)
 POLL = 1.0  # re-check every receiver at least this often (other processes add jobs too)
@@ -145,8 +145,7 @@ class Worker:
             return now + POLL
         result = await self.store.claim(
             name, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
-            bucket=Bucket(rc.rate_limit.count, rc.rate_limit.per) if rc.rate_limit else None,
-            circuit=_circuit(rt.config))
+            bucket=rc.rate_limit, circuit=rt.config.sending.circuit)
         self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
         for job in result.jobs:
             task = self._start(job, rt)
@@ -162,7 +161,7 @@ class Worker:
         for name in await self.store.active_receivers() - set(rt.config.receivers):
             result = await self.store.claim(name, limit=100, now=now,
                                             lease=rt.config.sending.lease, owner=self.owner,
-                                            bucket=None, circuit=_circuit(rt.config))
+                                            bucket=None, circuit=rt.config.sending.circuit)
             for job in result.jobs:
                 dead = orphaned(name)
                 attempt = Attempt(now, "failed", dead.reason)
@@ -229,7 +228,7 @@ class Worker:
                                                attempt.duration))
             return False
         return await self.store.retry_later(job, attempt, at=decision.at,
-                                            circuit=_circuit(rt.config))
+                                            circuit=rt.config.sending.circuit)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let in-flight sends finish within `grace`, then release the rest."""
@@ -256,7 +255,3 @@ class Worker:
 def _log_only(what: str, error: BaseException) -> None:
     log.error("%s crashed", what, exc_info=error)
 
-
-def _circuit(config: Config) -> Circuit:
-    c = config.sending.circuit
-    return Circuit(c.failures, c.cooldown, c.max_cooldown)

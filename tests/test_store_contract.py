@@ -23,10 +23,10 @@ from relay.pipeline import Notification
 from relay.store import (
     SCHEMA_VERSION,
     Attempt,
-    Bucket,
     Circuit,
     ClaimResult,
     Job,
+    RateLimit,
     Store,
     open_store,
 )
@@ -137,7 +137,7 @@ def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> N
 
 
 async def claim(store: Store, receiver: str = "hook", limit: int = 10, now: float = T0,
-                owner: str = "a", lease: float = 30.0, bucket: Bucket | None = None,
+                owner: str = "a", lease: float = 30.0, bucket: RateLimit | None = None,
                 circuit: Circuit = CIRCUIT) -> ClaimResult:
     return await store.claim(receiver, limit=limit, now=now, lease=lease, owner=owner,
                              bucket=bucket, circuit=circuit)
@@ -340,7 +340,7 @@ async def test_a_rate_limit_bucket_is_shared_by_every_owner(backend: Backend,
                                                             store: Store) -> None:
     await queue(store, 8)
     other = await backend.open()
-    bucket = Bucket(2, 10.0)  # 2 per 10 s: one token every 5 s
+    bucket = RateLimit(2, 10.0)  # 2 per 10 s: one token every 5 s
     first = await asyncio.gather(*(claim(s, limit=5, owner=f"o{i}", bucket=bucket)
                                    for i, s in enumerate([store, other, store, other])))
     assert sum(len(r.jobs) for r in first) == 2

@@ -32,7 +32,6 @@ from relay.store.records import (
     Accepted,
     Attempt,
     AttemptOutcome,
-    Bucket,
     Circuit,
     ClaimResult,
     Job,
@@ -41,6 +40,7 @@ from relay.store.records import (
     JobSpec,
     JobState,
     LiveSlot,
+    RateLimit,
     ReceiverState,
     Stats,
     Timeline,
@@ -49,7 +49,7 @@ from relay.store.records import (
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
-           "AttemptOutcome", "Bucket", "Circuit", "ClaimResult", "Job", "JobAttempt",
+           "AttemptOutcome", "RateLimit", "Circuit", "ClaimResult", "Job", "JobAttempt",
            "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
            "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
 
@@ -60,7 +60,7 @@ class JobQueue(Protocol):
     async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
                      ) -> Accepted: ...
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: Bucket | None, circuit: Circuit) -> ClaimResult: ...
+                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult: ...
     async def complete(self, job: Job, attempt: Attempt) -> None: ...
     async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
                           ) -> bool:

@@ -38,13 +38,13 @@ from relay.store.pg_support import (
 from relay.store.records import (
     Accepted,
     Attempt,
-    Bucket,
     Circuit,
     ClaimResult,
     Job,
     JobDetail,
     JobSpec,
     JobState,
+    RateLimit,
     ReceiverState,
     Stats,
     Timeline,
@@ -257,11 +257,11 @@ class PostgresStore(PostgresLive):
         return rules.stale_reason(event.type, ts, newest, cancelled), suppressed
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: Bucket | None, circuit: Circuit) -> ClaimResult:
+                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
         return await self._tx(self._claim, receiver, limit, now, lease, owner, bucket, circuit)
 
     async def _claim(self, conn: Any, receiver: str, limit: int, now: float, lease: float,
-                     owner: str, bucket: Bucket | None, circuit: Circuit) -> ClaimResult:
+                     owner: str, bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
         row = await lock_receiver(conn, receiver, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             await conn.fetchval(q(sql.PROBE_OUT), receiver, now) is not None

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
+# Re-exported: the limits the store enforces are the config's own values.
+from relay.limits import Circuit as Circuit
+from relay.limits import RateLimit as RateLimit
+
 JobState = Literal["pending", "claimed", "sent", "dead", "suppressed"]
 AttemptOutcome = Literal["sent", "retry", "failed"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
@@ -74,21 +78,6 @@ class JobDetail:
     job: Job
     event: dict[str, Any]
     history: tuple[Attempt, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Circuit:
-    failures: int = 5
-    cooldown: float = 60.0
-    max_cooldown: float = 600.0
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """A token bucket: `count` sends per `per` seconds, bursting to `count`."""
-
-    count: int
-    per: float
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from relay.store.records import Bucket, Circuit, JobState
+from relay.store.records import Circuit, JobState, RateLimit
 
 CANCELLED = "delivery.cancelled"
 UPDATED = "delivery.updated"
@@ -58,7 +58,7 @@ def needs_probe_check(row: ReceiverRow, now: float, circuit: Circuit) -> bool:
     return row.open_until <= now and row.failures >= circuit.failures
 
 
-def admit(row: ReceiverRow, *, limit: int, now: float, bucket: Bucket | None,
+def admit(row: ReceiverRow, *, limit: int, now: float, bucket: RateLimit | None,
           circuit: Circuit, probing: bool = False) -> Admission:
     """How many jobs a claim may take: circuit first, then the half-open probe, then tokens."""
     if row.open_until > now:
@@ -75,14 +75,14 @@ def admit(row: ReceiverRow, *, limit: int, now: float, bucket: Bucket | None,
     return Admission(min(limit, int(tokens)), tokens=tokens)
 
 
-def refill(tokens: float | None, last: float | None, bucket: Bucket, now: float) -> float:
+def refill(tokens: float | None, last: float | None, bucket: RateLimit, now: float) -> float:
     """The tokens available now, topped up for the time passed since `last`."""
     if tokens is None or last is None:
         return float(bucket.count)
     return min(float(bucket.count), tokens + max(0.0, now - last) * bucket.count / bucket.per)
 
 
-def next_token_at(tokens: float, bucket: Bucket, now: float) -> float:
+def next_token_at(tokens: float, bucket: RateLimit, now: float) -> float:
     """When the bucket holds one whole token again."""
     return now + (1 - tokens) * bucket.per / bucket.count
 

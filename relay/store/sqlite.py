@@ -26,13 +26,13 @@ from relay.store.live import SQLiteLive
 from relay.store.records import (
     Accepted,
     Attempt,
-    Bucket,
     Circuit,
     ClaimResult,
     Job,
     JobDetail,
     JobSpec,
     JobState,
+    RateLimit,
     ReceiverState,
     Stats,
     Timeline,
@@ -183,12 +183,12 @@ class SQLiteStore(SQLiteLive):
         return rules.stale_reason(event.type, ts, newest, cancelled)
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: Bucket | None, circuit: Circuit) -> ClaimResult:
+                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
         return await self._call(self._claim, receiver, limit, now, lease, owner, bucket,
                                 circuit)
 
     def _claim(self, conn: sqlite3.Connection, receiver: str, limit: int, now: float,
-               lease: float, owner: str, bucket: Bucket | None, circuit: Circuit,
+               lease: float, owner: str, bucket: RateLimit | None, circuit: Circuit,
                ) -> ClaimResult:
         row = _receiver(conn, receiver, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
