@@ -75,7 +75,8 @@ async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         run(f"DROP TRIGGER fault_{table}")
 
     async def downgrade() -> None:
-        run("DROP TABLE health", "PRAGMA user_version=1")
+        run("DROP TABLE health", "DROP TABLE timers",
+            "ALTER TABLE deliveries DROP COLUMN last_event_id", "PRAGMA user_version=1")
 
     yield Backend("sqlite", f"sqlite:{path}", bump, fail_updates, heal, downgrade)
 
@@ -105,7 +106,9 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
             await run(f"DROP TRIGGER fault_{table} ON {table}")
 
         async def downgrade() -> None:
-            await run("DROP TABLE health", "DELETE FROM schema_version WHERE version > 1")
+            await run("DROP TABLE health", "DROP TABLE timers",
+                      "ALTER TABLE deliveries DROP COLUMN last_event_id",
+                      "DELETE FROM schema_version WHERE version > 1")
 
         yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 

@@ -12,6 +12,12 @@ Jobs move through these states:
        └────release──────┘   (a lease that expires is claimable again)
     pending ──(delivery cancelled / stale update)──▶ suppressed
 
+Timers (watches, digests, quiet hours) are due work of their own: `accept` arms,
+opens or disarms them in the event's transaction (`TimerOp`), the worker claims
+due ones like jobs (`TimerQueue`), and `fire` inserts the jobs a timer produces
+and marks it fired in one transaction, so each timer fires once. Their states
+are drawn in `relay.store.rules` (TIMER_FROM).
+
 Every method takes `now` (epoch seconds) from the caller, so tests drive time.
 """
 
@@ -45,20 +51,29 @@ from relay.store.records import (
     Stats,
     Timeline,
     TimelineEvent,
+    Timer,
+    TimerChange,
+    TimerInputs,
+    TimerOp,
 )
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
            "AttemptOutcome", "RateLimit", "Circuit", "ClaimResult", "Job", "JobAttempt",
            "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
-           "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
+           "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "Timer", "TimerChange",
+           "TimerInputs", "TimerOp", "TimerQueue", "new_owner", "open_store"]
 
 
 class JobQueue(Protocol):
     """The hot path: ingest accepts, the worker claims and records what each attempt gave."""
 
     async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
-                     ) -> Accepted: ...
+                     timers: Sequence[TimerOp] = ()) -> Accepted:
+        """Store the event, its jobs and its timer operations in one transaction.
+
+        A duplicate (its dedup key is known) stores and applies nothing.
+        """
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
                     bucket: RateLimit | None, circuit: Circuit) -> ClaimResult: ...
     async def complete(self, job: Job, attempt: Attempt) -> None: ...
@@ -73,6 +88,20 @@ class JobQueue(Protocol):
         """Call `callback` (on the event loop) whenever jobs may have become claimable."""
 
 
+class TimerQueue(Protocol):
+    """Due timers, claimed and fired like jobs: leased, and fired once per arming."""
+
+    async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
+                           ) -> list[Timer]:
+        """Due timers (and those whose claim's lease expired), oldest due first."""
+    async def timer_inputs(self, timer: Timer) -> TimerInputs: ...
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
+        """Insert the timer's jobs and mark it fired, in one transaction; StaleClaim if the
+        claim is no longer this one (re-armed, disarmed or taken over after its lease)."""
+    async def release_timer(self, timer: Timer) -> None:
+        """Give a claimed timer back unfired (shutting down); a stale claim changes nothing."""
+
+
 class Ledger(Protocol):
     """The read side: what operators, the admin API and a status page look at."""
 
@@ -80,7 +109,7 @@ class Ledger(Protocol):
     async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]: ...
     async def detail(self, job_id: int) -> JobDetail | None: ...
     async def timeline(self, delivery_id: str) -> Timeline:
-        """One delivery's events, jobs and attempts, oldest first."""
+        """One delivery's events, jobs, attempts and timers, oldest first."""
     async def receivers(self) -> list[ReceiverState]:
         """Each receiver's circuit, tokens, backlog, last success and last error."""
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
@@ -88,7 +117,7 @@ class Ledger(Protocol):
     async def purge(self, before: float, batch: int = 500) -> int: ...
 
 
-class Store(JobQueue, Ledger, LiveMessages, Protocol):
+class Store(JobQueue, TimerQueue, Ledger, LiveMessages, Protocol):
     """A durable store: its interfaces plus its lifetime."""
 
     async def open(self) -> None: ...

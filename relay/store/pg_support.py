@@ -113,3 +113,4 @@ async def take(conn: Any, receiver: str, limit: int, now: float, lease: float, o
         f" lease_until = $3 WHERE id = ANY($4::bigint[]) RETURNING {JOB_COLUMNS}",
         uuid.uuid4().hex, owner, now + lease, ids)
     return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
+

@@ -35,6 +35,7 @@ from relay.store.pg_support import (
     rows_touched,
     take,
 )
+from relay.store.pg_timers import PostgresTimers, apply_timers
 from relay.store.records import (
     Accepted,
     Attempt,
@@ -48,8 +49,15 @@ from relay.store.records import (
     ReceiverState,
     Stats,
     Timeline,
+    TimerOp,
 )
-from relay.store.schema import JOB_COLUMNS, SCHEMA_VERSION, from_row, job_from_row, migrations
+from relay.store.schema import (
+    JOB_COLUMNS,
+    SCHEMA_VERSION,
+    from_row,
+    job_from_row,
+    migrations,
+)
 from relay.store.sql import numbered as q
 
 log = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ BACKLOG_TTL = 1.0
 MIGRATIONS = migrations("postgres")
 
 
-class PostgresStore(PostgresLive):
+class PostgresStore(PostgresLive, PostgresTimers):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
     def __init__(self, url: str, min_size: int = 0, max_size: int = 10) -> None:
@@ -206,25 +214,26 @@ class PostgresStore(PostgresLive):
             self._refresh_task = None
 
     async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
-                     ) -> Accepted:
-        accepted, suppressed = await self._tx(self._accept, event, key, jobs, now)
+                     timers: Sequence[TimerOp] = ()) -> Accepted:
+        accepted, suppressed = await self._tx(self._accept, event, key, jobs, now, timers)
         self._backlog.add(accepted.jobs - suppressed)
-        if accepted.jobs:
+        if accepted.jobs or accepted.timers:
             self._wake()
         return accepted
 
     async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[JobSpec],
-                      now: float) -> tuple[Accepted, int]:
+                      now: float, timers: Sequence[TimerOp]) -> tuple[Accepted, int]:
         event_id = await self._insert_event(conn, event, key, now)
         if event_id < 0:
             return Accepted(-event_id, True, 0), 0
-        reason, suppressed = await self._track_delivery(conn, event)
+        reason, suppressed = await self._track_delivery(conn, event, event_id)
         kept = [j for j in jobs if not (reason and j.suppress_stale)]
         await conn.executemany(q(sql.INSERT_JOB), sql.job_rows(event_id, event, kept, now))
-        if kept:
+        changes = await apply_timers(conn, timers, event_id, now)
+        if kept or changes:
             await self._notify(conn)
         why = reason if len(kept) < len(jobs) else ""
-        return Accepted(event_id, False, len(kept), why), suppressed
+        return Accepted(event_id, False, len(kept), why, changes), suppressed
 
     @staticmethod
     async def _insert_event(conn: Any, event: Event, key: str, now: float) -> int:
@@ -239,7 +248,7 @@ class PostgresStore(PostgresLive):
         raise StoreError(f"dedup key {key!r} keeps changing hands; retry later")
 
     @staticmethod
-    async def _track_delivery(conn: Any, event: Event) -> tuple[str, int]:
+    async def _track_delivery(conn: Any, event: Event, event_id: int) -> tuple[str, int]:
         """Record the delivery's ordering state; say why an update is stale, if it is."""
         if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
             return "", 0
@@ -250,7 +259,8 @@ class PostgresStore(PostgresLive):
         row = await conn.fetchrow(q(sql.DELIVERY) + " FOR UPDATE", event.delivery_id)
         newest, cancelled = row["newest"], row["cancelled"]
         await conn.execute(q(sql.UPSERT_DELIVERY), event.delivery_id,
-                           *rules.delivery_after(event.type, ts, newest, cancelled))
+                           *rules.delivery_after(event.type, ts, newest, cancelled),
+                           rules.last_event_after(ts, newest, event_id, row["last_event_id"]))
         suppressed = 0
         if rules.cancels(event.type):
             suppressed = rows_touched(await conn.execute(q(sql.SUPPRESS_UPDATES), event.delivery_id))
@@ -355,8 +365,7 @@ class PostgresStore(PostgresLive):
     async def timeline(self, delivery_id: str) -> Timeline:
         async def timeline(conn: Any) -> Timeline:
             return sql.timeline(delivery_id, *[
-                await conn.fetch(q(query), delivery_id)
-                for query in (sql.TIMELINE_EVENTS, sql.TIMELINE_JOBS, sql.TIMELINE_ATTEMPTS)])
+                await conn.fetch(q(query), delivery_id) for query in sql.TIMELINE_QUERIES])
 
         return await self._tx(timeline)
 
@@ -389,8 +398,13 @@ class PostgresStore(PostgresLive):
         status = await self._tx(lambda conn: conn.execute(
             "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE received_at < $1"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id"
-            " AND j.state IN ('pending', 'claimed', 'dead'))"
+            f" AND j.state IN ('pending', 'claimed', 'dead')) AND {sql.KEEPS_EVENT}"
             " ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)", before, batch))
+        if rows_touched(status):
+            return rows_touched(status)
+        status = await self._tx(lambda conn: conn.execute(
+            f"DELETE FROM timers WHERE id IN ({q(sql.ENDED_TIMERS)} FOR UPDATE SKIP LOCKED)",
+            before, batch))
         if rows_touched(status):
             return rows_touched(status)
         # Then the per-delivery ordering state of deliveries quiet for as long.

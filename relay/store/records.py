@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -13,6 +14,11 @@ JobState = Literal["pending", "claimed", "sent", "dead", "suppressed"]
 AttemptOutcome = Literal["sent", "retry", "failed"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 ACTIVE_STATES: tuple[JobState, ...] = ("pending", "claimed")  # what counts as backlog
+TimerKind = Literal["watch", "digest", "quiet"]
+TimerState = Literal["armed", "claimed", "fired", "disarmed"]
+TimerAction = Literal["arm", "disarm", "open"]
+TIMER_KINDS: tuple[TimerKind, ...] = get_args(TimerKind)
+TIMER_STATES: tuple[TimerState, ...] = get_args(TimerState)
 
 
 class JobSpec(Protocol):
@@ -37,11 +43,67 @@ class JobSpec(Protocol):
 
 
 @dataclass(frozen=True)
+class TimerOp:
+    """One change to a timer that an event implies; `accept` applies it with the event.
+
+    `arm` creates or re-arms (due again, new context), `disarm` ends an armed
+    timer, `open` creates one only if none is armed (a later event does not move
+    it). Due `delay` seconds after the event's receipt, or at `due_at` if given.
+    """
+
+    action: TimerAction
+    kind: TimerKind
+    key: str
+    delivery_id: str = ""
+    delay: float = 0.0
+    due_at: float | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TimerChange:
+    """An operation `accept` applied (one that found nothing to change is not listed)."""
+
+    action: TimerAction
+    kind: TimerKind
+    key: str
+
+
+@dataclass(frozen=True)
 class Accepted:
     event_id: int
     duplicate: bool
     jobs: int
     suppressed: str = ""  # why notifications were dropped as stale, if they were
+    timers: tuple[TimerChange, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timer:
+    """One timer row. `event_id`: the event that armed (or opened) it."""
+
+    id: int
+    kind: TimerKind
+    key: str
+    delivery_id: str
+    event_id: int
+    due_at: float
+    state: TimerState
+    armed_at: float
+    context: Mapping[str, Any]
+    ended_at: float | None = None  # when it fired or was disarmed
+    claim_token: str = ""
+
+
+@dataclass(frozen=True)
+class TimerInputs:
+    """What a claimed timer fires with: the arming event and the delivery's newest event.
+
+    Either is None only if it is gone from the store (purged, or never there).
+    """
+
+    arming: TimelineEvent | None
+    last: TimelineEvent | None
 
 
 @dataclass(frozen=True)
@@ -118,6 +180,7 @@ class Timeline:
     events: tuple[TimelineEvent, ...]
     jobs: tuple[Job, ...]
     attempts: tuple[JobAttempt, ...]
+    timers: tuple[Timer, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ caller (only the backlog estimate's age is measured on the monotonic clock).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from relay.store.records import Circuit, JobState, RateLimit
+from relay.store.records import Circuit, JobState, RateLimit, TimerAction, TimerOp, TimerState
 
 CANCELLED = "delivery.cancelled"
 UPDATED = "delivery.updated"
@@ -129,9 +130,48 @@ def delivery_after(event_type: str, ts: float, newest: float | None, cancelled: 
     return max(ts, newest if newest is not None else ts), cancelled or event_type == CANCELLED
 
 
+def last_event_after(ts: float, newest: float | None, event_id: int, last: int | None) -> int:
+    """The delivery's newest event after this one: by Kourier's timestamp, ties to the later."""
+    return event_id if newest is None or last is None or ts >= newest else last
+
+
 def cancels(event_type: str) -> bool:
     """A cancellation suppresses the delivery's pending updates that ask for it."""
     return event_type == CANCELLED
+
+
+# ---------------------------------------------------------------- timers
+#
+#   (none) ──arm/open──▶ armed ──claim──▶ claimed ──fire──▶ fired ──arm/open──▶ armed
+#                          ▲ └──disarm──▶ disarmed ◀──disarm──┘   (a lease that expires
+#                          └──────────── arm (re-arm) ◀───────────  is claimable again)
+#
+# The states each operation changes a timer from ("new": no row for the key). A
+# re-arm of a claimed timer takes it back from the worker firing it: the fire then
+# finds the claim gone and produces nothing, and the new arming fires later.
+TIMER_FROM: dict[TimerAction, tuple[TimerState | str, ...]] = {
+    "arm": ("new", "armed", "claimed", "fired", "disarmed"),
+    "open": ("new", "fired", "disarmed"),
+    "disarm": ("armed", "claimed"),
+}
+TIMER_TO: dict[TimerAction, TimerState] = {"arm": "armed", "open": "armed", "disarm": "disarmed"}
+TIMER_LIVE: tuple[TimerState, ...] = ("armed", "claimed")  # keeps its arming event from purge
+TIMER_ENDED: tuple[TimerState, ...] = ("fired", "disarmed")  # purged with the retention
+
+
+def timer_after(action: TimerAction, state: TimerState | None) -> TimerState | None:
+    """The timer's state after `action`, or None when the action changes nothing."""
+    return TIMER_TO[action] if (state or "new") in TIMER_FROM[action] else None
+
+
+def timer_due(op: TimerOp, now: float) -> float:
+    """When an armed or opened timer falls due: its own time, or `delay` after receipt."""
+    return op.due_at if op.due_at is not None else now + op.delay
+
+
+def ordered_ops(ops: Sequence[TimerOp]) -> list[TimerOp]:
+    """One operation per timer: the last one named for a (kind, key) wins."""
+    return list({(op.kind, op.key): op for op in ops}.values())
 
 
 class Backlog:

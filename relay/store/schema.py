@@ -8,15 +8,16 @@ only runs the steps after it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
-from relay.store.records import JOB_STATES, Job
+from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Timer
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -50,6 +51,7 @@ class Index:
     table: str
     columns: str
     where: str = ""
+    unique: bool = False
 
 
 def _c(name: str, type: str = "text", **kw: Any) -> Column:
@@ -106,6 +108,35 @@ TABLES_3 = (Table("live_messages", (
 INDEXES_3 = (Index("live_messages_delivery", "live_messages", "delivery_id"),)
 
 
+# Step 4: timed work (watches, digests, quiet hours; see rules.TIMER_FROM) and, per
+# delivery, its newest event (what a fired watch renders as `last`).
+TIMER_STATE_CHECK = "CHECK (state IN (" + ", ".join(f"'{s}'" for s in TIMER_STATES) + "))"
+TIMER_KIND_CHECK = "CHECK (kind IN (" + ", ".join(f"'{k}'" for k in TIMER_KINDS) + "))"
+TABLES_4 = (
+    Table("timers", (
+        _c("id", "key"), _c("kind", extra=TIMER_KIND_CHECK), _c("key"), _c("delivery_id"),
+        _c("event_id", "ref"), _c("due_at", "real"),
+        _c("state", default="'armed'", extra=TIMER_STATE_CHECK),
+        _c("lease_until", "real", null=True), _c("claim_token", null=True),
+        _c("claimed_by", null=True), _c("armed_at", "real"), _c("ended_at", "real", null=True),
+        _c("context", default="'{}'"))),
+)
+# Claims walk the due index; a million armed timers cost ingest one index entry each
+# and nothing else. `timers_event` keeps purge from scanning for live arming events.
+INDEXES_4: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (Index("timers_key", "timers", "kind, key", unique=True),
+               Index("timers_due", "timers", "state, due_at"),
+               Index("timers_delivery", "timers", "delivery_id"),
+               Index("timers_event", "timers", "event_id")),
+    "postgres": (Index("timers_key", "timers", "kind, key", unique=True),
+                 Index("timers_due", "timers", "due_at, id", "state = 'armed'"),
+                 Index("timers_claimed", "timers", "lease_until", "state = 'claimed'"),
+                 Index("timers_ended", "timers", "ended_at", "state IN ('fired', 'disarmed')"),
+                 Index("timers_delivery", "timers", "delivery_id"),
+                 Index("timers_event", "timers", "event_id", "state IN ('armed', 'claimed')")),
+}
+
+
 def render_column(column: Column, dialect: Dialect) -> str:
     kind, _, target = column.type.partition(":")
     parts = [column.name, TYPES[dialect][kind]]
@@ -126,16 +157,19 @@ def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Diale
     out = [f"CREATE TABLE IF NOT EXISTS {t.name} (\n    "
            + ",\n    ".join(render_column(c, dialect) for c in t.columns) + "\n)"
            for t in tables]
-    out += [f"CREATE INDEX IF NOT EXISTS {i.name} ON {i.table} ({i.columns})"
+    out += [f"CREATE {'UNIQUE ' if i.unique else ''}INDEX IF NOT EXISTS {i.name}"
+            f" ON {i.table} ({i.columns})"
             + (f" WHERE {i.where}" if i.where else "") for i in indexes]
     return ";\n".join(out) + ";\n"
 
 
 def migrations(dialect: Dialect) -> dict[int, str]:
     """The SQL of each migration step for this dialect."""
+    last_event = f"ALTER TABLE deliveries ADD COLUMN last_event_id {TYPES[dialect]['ref']};\n"
     return {1: render(TABLES_1, INDEXES_1[dialect], dialect),
             2: render(TABLES_2, (), dialect),
-            3: render(TABLES_3, INDEXES_3, dialect)}
+            3: render(TABLES_3, INDEXES_3, dialect),
+            4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))
@@ -149,6 +183,18 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     for name in _OPTIONAL_TEXT:
         values[name] = values[name] or ""
     return Job(**values)
+
+
+TIMER_FIELDS = tuple(f.name for f in fields(Timer))
+TIMER_COLUMNS = ", ".join(TIMER_FIELDS)
+
+
+def timer_from_row(row: Mapping[str, Any]) -> Timer:
+    """A Timer from a row selected with TIMER_COLUMNS (its context is JSON text)."""
+    values = {name: row[name] for name in TIMER_FIELDS}
+    values["context"] = json.loads(values["context"] or "{}")
+    values["claim_token"] = values["claim_token"] or ""
+    return Timer(**values)
 
 
 def from_row(cls: type[R], row: Mapping[str, Any]) -> R:

@@ -23,9 +23,23 @@ from relay.store.records import (
     JobState,
     Timeline,
     TimelineEvent,
+    Timer,
+    TimerAction,
+    TimerInputs,
+    TimerOp,
 )
-from relay.store.rules import CANCELLED_REASON, CLOSED, UPDATED, finished_at
-from relay.store.schema import JOB_COLUMNS, from_row, job_from_row
+from relay.store.rules import (
+    CANCELLED_REASON,
+    CLOSED,
+    TIMER_ENDED,
+    TIMER_FROM,
+    TIMER_LIVE,
+    TIMER_TO,
+    UPDATED,
+    finished_at,
+    timer_due,
+)
+from relay.store.schema import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
 
 ACTIVE = "state IN ('pending', 'claimed')"
 
@@ -35,10 +49,11 @@ EVENT_BY_KEY = "SELECT id FROM events WHERE dedup_key = ?"
 INSERT_JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, type, format,"
               " delivery_id, event_type, suppress_stale, created_at, next_attempt_at)"
               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-DELIVERY = "SELECT newest, cancelled FROM deliveries WHERE delivery_id = ?"
-UPSERT_DELIVERY = ("INSERT INTO deliveries (delivery_id, newest, cancelled) VALUES (?, ?, ?)"
-                   " ON CONFLICT (delivery_id) DO UPDATE SET newest = excluded.newest,"
-                   " cancelled = excluded.cancelled")
+DELIVERY = "SELECT newest, cancelled, last_event_id FROM deliveries WHERE delivery_id = ?"
+UPSERT_DELIVERY = ("INSERT INTO deliveries (delivery_id, newest, cancelled, last_event_id)"
+                   " VALUES (?, ?, ?, ?) ON CONFLICT (delivery_id) DO UPDATE SET"
+                   " newest = excluded.newest, cancelled = excluded.cancelled,"
+                   " last_event_id = excluded.last_event_id")
 SUPPRESS_UPDATES = (f"UPDATE jobs SET state = 'suppressed', last_error = '{CANCELLED_REASON}'"
                     f" WHERE delivery_id = ? AND event_type = '{UPDATED}' AND state = 'pending'"
                     " AND suppress_stale")
@@ -109,6 +124,44 @@ RECEIVER_STATES = (
     " FROM receivers r ORDER BY r.name")
 
 
+def _states(states: Iterable[str]) -> str:
+    return "(" + ", ".join(f"'{s}'" for s in states if s != "new") + ")"
+
+
+# ---------------------------------------------------------------- timers (rules.TIMER_FROM)
+_UNCLAIM = "lease_until = NULL, claim_token = NULL, claimed_by = NULL"
+_ARM = ("INSERT INTO timers (kind, key, delivery_id, event_id, due_at, state, armed_at, context)"
+        " VALUES (?, ?, ?, ?, ?, 'armed', ?, ?) ON CONFLICT (kind, key) DO UPDATE SET"
+        " delivery_id = excluded.delivery_id, event_id = excluded.event_id,"
+        " due_at = excluded.due_at, state = 'armed', armed_at = excluded.armed_at,"
+        f" context = excluded.context, ended_at = NULL, {_UNCLAIM}"
+        " WHERE timers.state IN {} RETURNING id")
+TIMER_WRITE: dict[TimerAction, str] = {
+    "arm": _ARM.format(_states(TIMER_FROM["arm"])),
+    "open": _ARM.format(_states(TIMER_FROM["open"])),
+    "disarm": (f"UPDATE timers SET state = '{TIMER_TO['disarm']}', ended_at = ?, {_UNCLAIM}"
+               f" WHERE kind = ? AND key = ? AND state IN {_states(TIMER_FROM['disarm'])}"
+               " RETURNING id"),
+}
+CLAIM_TIMERS = (f"UPDATE timers SET state = 'claimed', claim_token = ?, claimed_by = ?,"
+                f" lease_until = ? WHERE id IN ({{}}) RETURNING {TIMER_COLUMNS}")
+UNCLAIM_EXPIRED_TIMERS = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
+                          " WHERE state = 'claimed' AND lease_until < ?")
+DUE_TIMERS = "SELECT id FROM timers WHERE state = 'armed' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
+FIRE_TIMER = (f"UPDATE timers SET state = 'fired', ended_at = ?, {_UNCLAIM}"
+              " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
+RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
+                 " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
+EVENT_ROW = "SELECT id, type, received_at, payload FROM events WHERE id = ?"
+LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"
+TIMELINE_TIMERS = f"SELECT {TIMER_COLUMNS} FROM timers WHERE delivery_id = ? ORDER BY id"
+# Events that armed a live timer stay: the timer fires with them.
+KEEPS_EVENT = ("NOT EXISTS (SELECT 1 FROM timers t WHERE t.event_id = e.id"
+               f" AND t.state IN {_states(TIMER_LIVE)})")
+ENDED_TIMERS = (f"SELECT id FROM timers WHERE state IN {_states(TIMER_ENDED)}"
+                " AND ended_at < ? LIMIT ?")
+
+
 @functools.cache
 def numbered(sql: str) -> str:
     """The statement with PostgreSQL's `$1, $2, …` for each `?`, in order."""
@@ -121,6 +174,33 @@ def job_rows(event_id: int, event: Event, jobs: Sequence[JobSpec], now: float,
     """INSERT_JOB's parameters for each job of an accepted event."""
     return [(event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type, j.format,
              event.delivery_id, event.type, j.suppress_stale, now, now) for j in jobs]
+
+
+def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
+    """TIMER_WRITE[op.action]'s parameters."""
+    if op.action == "disarm":
+        return (now, op.kind, op.key)
+    return (op.kind, op.key, op.delivery_id, event_id, timer_due(op, now), now,
+            json.dumps(dict(op.context), sort_keys=True))
+
+
+def timer_job_rows(timer: Timer, jobs: Sequence[JobSpec], now: float) -> list[tuple[Any, ...]]:
+    """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
+    return [(timer.event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type,
+             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, now) for j in jobs]
+
+
+def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:
+    if row is None:
+        return None
+    return TimelineEvent(row["id"], row["type"], row["received_at"], json.loads(row["payload"]))
+
+
+def timer_inputs(arming: Mapping[str, Any] | None, last: Mapping[str, Any] | None,
+                 ) -> TimerInputs:
+    """TimerInputs from EVENT_ROW rows; without a newest event the arming one stands in."""
+    first = timeline_event(arming)
+    return TimerInputs(first, timeline_event(last) or first)
 
 
 def finish_args(job: Job, state: JobState, at: float | None, attempt: Attempt,
@@ -142,13 +222,17 @@ def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
     return (key, event.type, event.delivery_id, now, json.dumps(event.payload))
 
 
+TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS)
+
+
 def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
              jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
-             ) -> Timeline:
-    """A Timeline from the rows of TIMELINE_EVENTS, TIMELINE_JOBS and TIMELINE_ATTEMPTS."""
+             timers: Iterable[Mapping[str, Any]] = ()) -> Timeline:
+    """A Timeline from the rows of TIMELINE_QUERIES."""
     return Timeline(
         delivery_id,
         tuple(TimelineEvent(e["id"], e["type"], e["received_at"], json.loads(e["payload"]))
               for e in events),
         tuple(job_from_row(j) for j in jobs),
-        tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts))
+        tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts),
+        tuple(timer_from_row(t) for t in timers))

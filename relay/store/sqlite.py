@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
-from relay.store import rules, sql
+from relay.store import rules, sql, sqlite_timers
 from relay.store.live import SQLiteLive
 from relay.store.records import (
     Accepted,
@@ -36,6 +36,10 @@ from relay.store.records import (
     ReceiverState,
     Stats,
     Timeline,
+    Timer,
+    TimerChange,
+    TimerInputs,
+    TimerOp,
 )
 from relay.store.schema import (
     JOB_COLUMNS,
@@ -135,6 +139,11 @@ class SQLiteStore(SQLiteLive):
         for owner in dead:
             conn.execute("UPDATE jobs SET state='pending', claim_token=NULL, claimed_by=NULL,"
                          " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
+        timer_owners = [r[0] for r in conn.execute(
+            "SELECT DISTINCT claimed_by FROM timers WHERE state='claimed'")]
+        for owner in (o for o in timer_owners if _owner_gone(o, host)):
+            conn.execute("UPDATE timers SET state='armed', claim_token=NULL, claimed_by=NULL,"
+                         " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
         return len(dead)
 
     def _count_backlog(self, conn: sqlite3.Connection) -> int:
@@ -150,34 +159,39 @@ class SQLiteStore(SQLiteLive):
         return self._backlog.value
 
     async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
-                     ) -> Accepted:
-        accepted = await self._call(self._accept, event, key, jobs, now)
-        if accepted.jobs:
+                     timers: Sequence[TimerOp] = ()) -> Accepted:
+        accepted = await self._call(self._accept, event, key, jobs, now, timers)
+        if accepted.jobs or accepted.timers:
             self._wake()
         return accepted
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
-                jobs: Sequence[JobSpec], now: float) -> Accepted:
+                jobs: Sequence[JobSpec], now: float, timers: Sequence[TimerOp]) -> Accepted:
         inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now)).fetchall()
         if not inserted:
             return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
         event_id = inserted[0][0]
-        reason = self._track_delivery(conn, event)
+        reason = self._track_delivery(conn, event, event_id)
         kept = [j for j in jobs if not (reason and j.suppress_stale)]
         conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now))
         self._backlog.add(len(kept))
-        return Accepted(event_id, False, len(kept), reason if len(kept) < len(jobs) else "")
+        changes = tuple(TimerChange(op.action, op.kind, op.key) for op in rules.ordered_ops(timers)
+                        if conn.execute(sql.TIMER_WRITE[op.action],
+                                        sql.timer_args(op, event_id, now)).fetchall())
+        return Accepted(event_id, False, len(kept), reason if len(kept) < len(jobs) else "",
+                        changes)
 
-    def _track_delivery(self, conn: sqlite3.Connection, event: Event) -> str:
+    def _track_delivery(self, conn: sqlite3.Connection, event: Event, event_id: int) -> str:
         """Record the delivery's ordering state; say why an update is stale, if it is."""
         if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
             return ""
         ts = parse_timestamp(event.timestamp).timestamp()
         row = conn.execute(sql.DELIVERY, (event.delivery_id,)).fetchone()
-        newest, cancelled = (row["newest"], bool(row["cancelled"])) if row else (None, False)
-        conn.execute(sql.UPSERT_DELIVERY, (event.delivery_id,
-                                           *rules.delivery_after(event.type, ts, newest,
-                                                                 cancelled)))
+        newest, cancelled, last = (row["newest"], bool(row["cancelled"]), row["last_event_id"]) \
+            if row else (None, False, None)
+        conn.execute(sql.UPSERT_DELIVERY, (
+            event.delivery_id, *rules.delivery_after(event.type, ts, newest, cancelled),
+            rules.last_event_after(ts, newest, event_id, last)))
         if rules.cancels(event.type):
             self._backlog.add(-conn.execute(sql.SUPPRESS_UPDATES, (event.delivery_id,)).rowcount)
         return rules.stale_reason(event.type, ts, newest, cancelled)
@@ -244,6 +258,33 @@ class SQLiteStore(SQLiteLive):
     async def active_receivers(self) -> set[str]:
         return await self._call(lambda conn: {r[0] for r in conn.execute(sql.ACTIVE_RECEIVERS)})
 
+    # ------------------------------------------------------------ timers
+
+    async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
+                           ) -> list[Timer]:
+        return await self._call(sqlite_timers.claim, limit, now, lease, owner)
+
+    async def timer_inputs(self, timer: Timer) -> TimerInputs:
+        return await self._call(sqlite_timers.inputs, timer)
+
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
+        count = await self._call(self._fire, timer, jobs, now)
+        if count:
+            self._wake()
+        return count
+
+    def _fire(self, conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
+              now: float) -> int:
+        if conn.execute(sql.FIRE_TIMER, (now, timer.id, timer.claim_token)).rowcount == 0:
+            raise StaleClaim(f"timer {timer.id} is no longer claimed by this worker")
+        conn.executemany(sql.INSERT_JOB, sql.timer_job_rows(timer, jobs, now))
+        self._backlog.add(len(jobs))
+        return len(jobs)
+
+    async def release_timer(self, timer: Timer) -> None:
+        await self._call(lambda conn: conn.execute(
+            sql.RELEASE_TIMER, (timer.id, timer.claim_token)) and None)
+
     # ------------------------------------------------------------ read side
 
     async def stats(self) -> Stats:
@@ -274,8 +315,7 @@ class SQLiteStore(SQLiteLive):
 
     async def timeline(self, delivery_id: str) -> Timeline:
         return await self._call(lambda conn: sql.timeline(delivery_id, *(
-            conn.execute(q, (delivery_id,)).fetchall()
-            for q in (sql.TIMELINE_EVENTS, sql.TIMELINE_JOBS, sql.TIMELINE_ATTEMPTS))))
+            conn.execute(q, (delivery_id,)).fetchall() for q in sql.TIMELINE_QUERIES)))
 
     async def receivers(self) -> list[ReceiverState]:
         return await self._call(self._receivers)
@@ -313,8 +353,13 @@ class SQLiteStore(SQLiteLive):
     def _purge(conn: sqlite3.Connection, before: float, batch: int) -> int:
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM events e WHERE received_at<? AND NOT EXISTS (SELECT 1 FROM jobs j"
-            " WHERE j.event_id=e.id AND j.state IN ('pending','claimed','dead')) LIMIT ?",
-            (before, batch))]
+            " WHERE j.event_id=e.id AND j.state IN ('pending','claimed','dead'))"
+            f" AND {sql.KEEPS_EVENT} LIMIT ?", (before, batch))]
+        if not ids:  # then timers that ended as long ago
+            ids = [r[0] for r in conn.execute(sql.ENDED_TIMERS, (before, batch))]
+            if ids:
+                return conn.execute(f"DELETE FROM timers WHERE id IN ({','.join('?' * len(ids))})",
+                                    ids).rowcount
         if not ids:  # then the per-delivery ordering state of deliveries quiet as long
             return conn.execute("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM"
                                 " deliveries WHERE newest < ? LIMIT ?)", (before, batch)).rowcount

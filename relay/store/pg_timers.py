@@ -1,0 +1,89 @@
+"""The PostgreSQL store's timers: applied in the accept transaction, claimed with
+`FOR UPDATE SKIP LOCKED`, fired under the claim token (so once across replicas)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from relay.errors import StaleClaim
+from relay.store import rules, sql
+from relay.store.pg_support import rows_touched
+from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
+from relay.store.schema import timer_from_row
+from relay.store.sql import numbered as q
+
+
+class PostgresTimers:
+    """The TimerQueue half of PostgresStore (which provides the transaction and wake-ups)."""
+
+    _backlog: rules.Backlog
+    _tx: Callable[..., Awaitable[Any]]
+    _notify: Callable[[Any], Awaitable[None]]
+    _wake: Callable[[], None]
+
+    async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
+                           ) -> list[Timer]:
+        timers: list[Timer] = await self._tx(take_timers, limit, now, lease, owner)
+        return timers
+
+    async def timer_inputs(self, timer: Timer) -> TimerInputs:
+        inputs: TimerInputs = await self._tx(timer_inputs, timer)
+        return inputs
+
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
+        async def fire(conn: Any) -> None:
+            await fire_timer(conn, timer, jobs, now)
+            if jobs:
+                await self._notify(conn)
+
+        await self._tx(fire)
+        self._backlog.add(len(jobs))
+        if jobs:
+            self._wake()
+        return len(jobs)
+
+    async def release_timer(self, timer: Timer) -> None:
+        await self._tx(lambda conn: conn.execute(q(sql.RELEASE_TIMER), timer.id,
+                                                 timer.claim_token))
+
+
+async def take_timers(conn: Any, limit: int, now: float, lease: float, owner: str,
+                      ) -> list[Timer]:
+    """Claim up to `limit` due timers: expired claims first, then armed ones by due time."""
+    ids = [r[0] for r in await conn.fetch(
+        "SELECT id FROM timers WHERE state = 'claimed' AND lease_until < $1"
+        " ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit)]
+    if len(ids) < limit:
+        ids += [r[0] for r in await conn.fetch(
+            q(sql.DUE_TIMERS) + " FOR UPDATE SKIP LOCKED", now, limit - len(ids))]
+    if not ids:
+        return []
+    rows = await conn.fetch(q(sql.CLAIM_TIMERS.format("SELECT unnest($4::bigint[])")),
+                            uuid.uuid4().hex, owner, now + lease, ids)
+    return sorted((timer_from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
+
+
+async def timer_inputs(conn: Any, timer: Timer) -> TimerInputs:
+    last = await conn.fetchval(q(sql.LAST_EVENT), timer.delivery_id)
+    return sql.timer_inputs(await conn.fetchrow(q(sql.EVENT_ROW), timer.event_id),
+                            await conn.fetchrow(q(sql.EVENT_ROW), last) if last else None)
+
+
+async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec], now: float) -> None:
+    """Mark the timer fired if this claim still holds it, and insert its jobs."""
+    if rows_touched(await conn.execute(q(sql.FIRE_TIMER), now, timer.id, timer.claim_token)) == 0:
+        raise StaleClaim(f"timer {timer.id} is no longer claimed by this worker")
+    await conn.executemany(q(sql.INSERT_JOB), sql.timer_job_rows(timer, jobs, now))
+
+
+async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: float,
+                       ) -> tuple[TimerChange, ...]:
+    """Apply an accepted event's timer operations; the ones that changed a timer."""
+    changes = []
+    for op in rules.ordered_ops(ops):
+        if await conn.fetchval(q(sql.TIMER_WRITE[op.action]),
+                               *sql.timer_args(op, event_id, now)) is not None:
+            changes.append(TimerChange(op.action, op.kind, op.key))
+    return tuple(changes)
