@@ -35,12 +35,14 @@ from relay.store.records import (
     Bucket,
     Circuit,
     ClaimResult,
+    DeliverySummary,
     Job,
     JobAttempt,
     JobDetail,
     JobSpec,
     JobState,
     LiveSlot,
+    Minute,
     ReceiverState,
     Stats,
     Timeline,
@@ -49,9 +51,10 @@ from relay.store.records import (
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
-           "AttemptOutcome", "Bucket", "Circuit", "ClaimResult", "Job", "JobAttempt",
-           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
-           "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "new_owner", "open_store"]
+           "AttemptOutcome", "Bucket", "Circuit", "ClaimResult", "DeliverySummary", "Job",
+           "JobAttempt", "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages",
+           "LiveSlot", "Minute", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
+           "new_owner", "open_store"]
 
 
 class JobQueue(Protocol):
@@ -83,6 +86,10 @@ class Ledger(Protocol):
         """One delivery's events, jobs and attempts, oldest first."""
     async def receivers(self) -> list[ReceiverState]:
         """Each receiver's circuit, tokens, backlog, last success and last error."""
+    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
+        """The deliveries with the newest events, newest first."""
+    async def activity(self, since: float, minutes: int) -> list[Minute]:
+        """Events and attempts per minute for `minutes` minutes from `since`, oldest first."""
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int: ...
     async def purge(self, before: float, batch: int = 500) -> int: ...
