@@ -85,9 +85,9 @@ async def test_login_sets_a_strict_httponly_session_cookie_and_logout_ends_it(ru
                               allow_redirects=False) as out:
         assert out.status == 303 and out.headers["Location"] == "/ui/login"
     # The old cookie, sent again after logout, is refused by this relay.
-    async with aiohttp.ClientSession(cookies={"kourier_session": value}) as other:
-        async with other.get(r.url + "/ui/dead", headers=HTML, allow_redirects=False) as again:
-            assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
+    async with aiohttp.ClientSession(cookies={"kourier_session": value}) as other, \
+            other.get(r.url + "/ui/dead", headers=HTML, allow_redirects=False) as again:
+        assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
 
 
 async def test_the_cookie_is_secure_behind_a_tls_proxy(running, sink):
@@ -110,9 +110,9 @@ async def test_a_forged_or_altered_session_cookie_is_refused(running, sink):
     role, expires, nonce, mac = value.split(".")
     for forged in (f"admin.{expires}.{nonce}.{mac}", f"viewer.{int(expires) + 9}.{nonce}.{mac}",
                    f"viewer.{expires}.{nonce}.{'0' * 64}", "admin.9999999999.x.y", "é.1.2.3"):
-        async with aiohttp.ClientSession(cookies={"kourier_session": forged}) as other:
-            async with other.get(r.url + "/ui/", allow_redirects=False) as resp:
-                assert resp.status == 401, forged
+        async with aiohttp.ClientSession(cookies={"kourier_session": forged}) as other, \
+                other.get(r.url + "/ui/", allow_redirects=False) as resp:
+            assert resp.status == 401, forged
 
 
 async def test_login_only_redirects_to_pages_of_the_status_page(running, sink):
