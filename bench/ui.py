@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp import ClientSession  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
 
-from relay.app import Relay  # noqa: E402
+from relay.lifecycle import Relay  # noqa: E402
 from relay.store.sqlite import SQLiteStore  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 

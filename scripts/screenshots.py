@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp import ClientSession  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
 
-from relay.app import Relay  # noqa: E402
+from relay.lifecycle import Relay  # noqa: E402
 from tests.cdp import chromium  # noqa: E402
 from tests.conftest import Sink, free_port, serve_posts, wait_for  # noqa: E402
 
