@@ -56,6 +56,7 @@ class ServerConfig:
     path: str = "/webhook"
     tokens: tuple[str, ...] = ()
     admin_token: str = ""
+    viewer_token: str = ""  # the status page, read-only
     max_body_bytes: int = 65536
     watch_config: bool = False
     # Connection guards (relay/server.py); durations in seconds.

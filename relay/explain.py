@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from relay.config import Config
 from relay.escaping import strip_controls
 from relay.events import Event
@@ -35,20 +38,36 @@ def _headline(event: Event) -> str:
     return strip_controls(line, single_line=True)  # payload text, shown on a terminal
 
 
-def _routes(routes: tuple[Route, ...], plan: Plan, event: Event) -> list[str]:
-    lines = []
+@dataclass(frozen=True)
+class Verdict:
+    """What one route made of an event: `match`, `skip` (an earlier route stopped) or `no`."""
+
+    route: str
+    outcome: str
+    detail: str  # the receivers, who stopped the walk, or the failed matchers
+
+
+def verdicts(routes: Sequence[Route], matched: Sequence[Route], event: Event) -> list[Verdict]:
+    """Every route's verdict, in order; the status page shows these per stored event too."""
+    out = []
     stopped_by = None
     for route in routes:
-        if route in plan.match.routes:
+        if route in matched:
             cont = " (continue)" if route.config.continue_ else ""
-            lines.append(f"  MATCH  {route.name}{cont} -> {', '.join(route.config.receivers)}")
+            out.append(Verdict(route.name, "match", f"{cont} -> {', '.join(route.config.receivers)}"))
             stopped_by = stopped_by or (None if route.config.continue_ else route.name)
         elif stopped_by:
-            lines.append(f'  skip   {route.name}: not evaluated, "{stopped_by}" matched first'
-                         " without continue")
+            out.append(Verdict(route.name, "skip", f'not evaluated, "{stopped_by}" matched first'
+                               " without continue"))
         else:
-            lines.append(f"  no     {route.name}: {_why_not(route, event)}")
-    return lines
+            out.append(Verdict(route.name, "no", _why_not(route, event)))
+    return out
+
+
+def _routes(routes: tuple[Route, ...], plan: Plan, event: Event) -> list[str]:
+    marks = {"match": "MATCH  {}{}", "skip": "skip   {}: {}", "no": "no     {}: {}"}
+    return ["  " + marks[v.outcome].format(v.route, v.detail)
+            for v in verdicts(routes, plan.match.routes, event)]
 
 
 def _why_not(route: Route, event: Event) -> str:

@@ -154,6 +154,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
          "receivers": _expect(list, "a list"), "templates": _MAP, "routes": _expect(list, "a list"),
          "default_receiver": _STR, "timezone": _STR, "delivery": _MAP},
     "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
+               "viewer_token": _STR,
                "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
                "header_timeout": _positive_duration, "body_timeout": _positive_duration,
                "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},

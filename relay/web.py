@@ -368,4 +368,7 @@ def create_app(services: Services, webhook_path: str = "/webhook",
     app.router.add_get("/-/dead/{id}", dead_show)
     app.router.add_post("/-/dead/replay", dead_replay)
     app.router.add_post("/-/reload", reload_config)
+    from relay.ui import mount  # here, not at the top: the status page imports this module
+
+    mount(app)
     return app

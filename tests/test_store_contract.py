@@ -437,6 +437,36 @@ async def test_a_delivery_timeline_holds_its_events_jobs_and_attempts(store: Sto
     assert (empty.events, empty.jobs, empty.attempts) == ((), (), ())
 
 
+async def test_recent_deliveries_newest_first_with_their_notification_counts(
+        store: Store) -> None:
+    await store.accept(event(delivery="d1"), "a", [job(), job("mail")], now=T0)
+    await store.accept(event(delivery="d2", ts="2024-09-14T15:00:00Z"), "b", [job()], now=T0 + 1)
+    await store.accept(event("delivery.delivered", delivery="d1", ts="2024-09-14T16:00:00Z",
+                             status="delivered"), "c", [], now=T0 + 2)
+    first, second = (await claim(store, now=T0 + 2)).jobs
+    await store.complete(first, attempt(T0 + 3, "sent", ""))
+    await store.bury(second, attempt(T0 + 3, "failed", "HTTP 404"))
+    recent = await store.recent_deliveries(10)
+    assert [(d.delivery_id, d.last_type, d.last_status, d.last_at, d.events) for d in recent] == \
+        [("d1", "delivery.delivered", "delivered", T0 + 2, 2),
+         ("d2", "delivery.updated", "in_transit", T0 + 1, 1)]
+    assert [(d.sent, d.waiting, d.dead) for d in recent] == [(1, 1, 0), (0, 0, 1)]
+    assert [d.delivery_id for d in await store.recent_deliveries(1)] == ["d1"]
+
+
+async def test_activity_counts_events_and_attempts_per_minute(store: Store) -> None:
+    await store.accept(event(delivery="old"), "o", [job()], now=T0 - 1)  # before the window
+    await store.accept(event(delivery="d1"), "a", [job(), job(url_index=1)], now=T0 + 5)
+    await store.accept(event(delivery="d2"), "b", [job()], now=T0 + 65)
+    one, two, three, four = (await claim(store, now=T0 + 65)).jobs
+    await store.complete(two, attempt(T0 + 70, "sent", ""))
+    await store.retry_later(three, attempt(T0 + 125), at=T0 + 200, circuit=CIRCUIT)
+    await store.bury(four, attempt(T0 + 179, "failed", "HTTP 404"))
+    minutes = await store.activity(T0, 4)
+    assert [(m.at, m.events, m.sent, m.failed) for m in minutes] == \
+        [(T0, 1, 0, 0), (T0 + 60, 1, 1, 0), (T0 + 120, 0, 0, 2), (T0 + 180, 0, 0, 0)]
+
+
 async def test_ping_commits_a_write(backend: Backend, store: Store) -> None:
     await store.ping()  # creates the health row
     await backend.fail_updates("health")

@@ -40,12 +40,14 @@ from relay.store.records import (
     AttemptOutcome,
     Circuit,
     ClaimResult,
+    DeliverySummary,
     Job,
     JobAttempt,
     JobDetail,
     JobSpec,
     JobState,
     LiveSlot,
+    Minute,
     RateLimit,
     ReceiverState,
     Stats,
@@ -59,10 +61,11 @@ from relay.store.records import (
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
-           "AttemptOutcome", "RateLimit", "Circuit", "ClaimResult", "Job", "JobAttempt",
+           "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "Job", "JobAttempt",
            "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
-           "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent", "Timer", "TimerChange",
-           "TimerInputs", "TimerOp", "TimerQueue", "new_owner", "open_store"]
+           "Minute", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
+           "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
+           "open_store"]
 
 
 class JobQueue(Protocol):
@@ -112,6 +115,10 @@ class Ledger(Protocol):
         """One delivery's events, jobs, attempts and timers, oldest first."""
     async def receivers(self) -> list[ReceiverState]:
         """Each receiver's circuit, tokens, backlog, last success and last error."""
+    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
+        """The deliveries with the newest events, newest first."""
+    async def activity(self, since: float, minutes: int) -> list[Minute]:
+        """Events and attempts per minute for `minutes` minutes from `since`, oldest first."""
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int: ...
     async def purge(self, before: float, batch: int = 500) -> int: ...

@@ -41,10 +41,12 @@ from relay.store.records import (
     Attempt,
     Circuit,
     ClaimResult,
+    DeliverySummary,
     Job,
     JobDetail,
     JobSpec,
     JobState,
+    Minute,
     RateLimit,
     ReceiverState,
     Stats,
@@ -372,6 +374,18 @@ class PostgresStore(PostgresLive, PostgresTimers):
     async def receivers(self) -> list[ReceiverState]:
         rows = await self._tx(lambda conn: conn.fetch(sql.RECEIVER_STATES))
         return [from_row(ReceiverState, r) for r in rows]
+
+    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
+        rows = await self._tx(lambda conn: conn.fetch(q(sql.RECENT_DELIVERIES),
+                                                      limit * sql.RECENT_WINDOW, limit))
+        return sql.recent(rows)
+
+    async def activity(self, since: float, minutes: int) -> list[Minute]:
+        async def activity(conn: Any) -> list[Minute]:
+            return sql.minutes(since, minutes, *[await conn.fetch(q(query), since, since)
+                                                 for query in sql.per_minute("postgres")])
+
+        return await self._tx(activity)
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:

@@ -205,3 +205,27 @@ class LiveSlot:
 
     ref: str | None  # the message ref (JSON), None before the first post
     shown: float | None  # the event time the message shows
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One minute of traffic: events received, attempts sent and attempts that failed."""
+
+    at: float  # the minute's start, epoch seconds
+    events: int = 0
+    sent: int = 0
+    failed: int = 0  # attempts that gave retry or failed
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    """One recent delivery: its newest event and how its notifications stand."""
+
+    delivery_id: str
+    last_type: str
+    last_status: str | None
+    last_at: float
+    events: int
+    sent: int
+    waiting: int  # pending or claimed
+    dead: int

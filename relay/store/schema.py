@@ -17,7 +17,7 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -106,6 +106,19 @@ TABLES_3 = (Table("live_messages", (
     _c("shown", "real", null=True), _c("holder", null=True), _c("held_until", "real", null=True),
     _c("updated_at", "real"))),)
 INDEXES_3 = (Index("live_messages_delivery", "live_messages", "delivery_id"),)
+# Step 5: what the status page reads (relay/ui), so none of its queries scans a table.
+# A delivery's events (its timeline, the recent list); the traffic chart's last hour;
+# a receiver's last success and last failure. The partial indexes take only the rows
+# they serve (sent jobs, failed attempts); each costs one index entry per write.
+_READ_SIDE_5 = (Index("events_delivery", "events", "delivery_id"),
+                Index("attempts_at", "attempts", "at"),
+                Index("jobs_sent", "jobs", "receiver, finished_at", "state = 'sent'"),
+                Index("attempts_failed", "attempts", "id", "outcome <> 'sent'"))
+INDEXES_5: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (*_READ_SIDE_5, Index("events_received", "events", "received_at")),
+    # SQLite's jobs_delivery covers every state; PostgreSQL's is partial (pending only).
+    "postgres": (*_READ_SIDE_5, Index("jobs_delivery_all", "jobs", "delivery_id")),
+}
 
 
 # Step 4: timed work (watches, digests, quiet hours; see rules.TIMER_FROM) and, per
@@ -169,7 +182,8 @@ def migrations(dialect: Dialect) -> dict[int, str]:
     return {1: render(TABLES_1, INDEXES_1[dialect], dialect),
             2: render(TABLES_2, (), dialect),
             3: render(TABLES_3, INDEXES_3, dialect),
-            4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event}
+            4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event,
+            5: render((), INDEXES_5[dialect], dialect)}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))

@@ -28,10 +28,12 @@ from relay.store.records import (
     Attempt,
     Circuit,
     ClaimResult,
+    DeliverySummary,
     Job,
     JobDetail,
     JobSpec,
     JobState,
+    Minute,
     RateLimit,
     ReceiverState,
     Stats,
@@ -323,6 +325,14 @@ class SQLiteStore(SQLiteLive):
     @staticmethod
     def _receivers(conn: sqlite3.Connection) -> list[ReceiverState]:
         return [from_row(ReceiverState, r) for r in conn.execute(sql.RECEIVER_STATES)]
+
+    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
+        return await self._call(lambda conn: sql.recent(conn.execute(
+            sql.RECENT_DELIVERIES, (limit * sql.RECENT_WINDOW, limit))))
+
+    async def activity(self, since: float, minutes: int) -> list[Minute]:
+        return await self._call(lambda conn: sql.minutes(since, minutes, *(
+            conn.execute(q, (since, since)).fetchall() for q in sql.per_minute("sqlite"))))
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:

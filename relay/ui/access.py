@@ -1,0 +1,111 @@
+"""Who may see the status page: the admin or viewer token, as a bearer header or a session.
+
+A session is a signed cookie, `role.expires.nonce.mac`, keyed by a digest of
+that role's token: nothing is stored, so it survives a restart and works on
+every replica, and changing the token (a reload) ends every session of its
+role. Logging out forgets the nonce in this process; other replicas accept a
+copied cookie until it expires. The CSRF token of a session is derived from
+its nonce with the same key: one per session, never stored either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["admin", "viewer"]
+SESSION_TTL = 12 * 3600.0
+COOKIE = "kourier_session"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    admin: str
+    viewer: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.admin or self.viewer)
+
+    def secret(self, role: Role) -> str:
+        return self.admin if role == "admin" else self.viewer
+
+
+@dataclass(frozen=True)
+class Visitor:
+    role: Role
+    csrf: str = ""  # empty: a bearer header, which a cross-site form cannot send
+
+    @property
+    def may_replay(self) -> bool:
+        return self.role == "admin"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def role_for(given: str, tokens: Tokens) -> Role | None:
+    """The role a token grants, compared in constant time (digests: any bytes compare)."""
+    if not given:
+        return None
+    digest = _digest(given)
+    found: Role | None = None
+    for role in ("admin", "viewer"):  # no early exit: time does not say which one matched
+        secret = tokens.secret(role)  # type: ignore[arg-type]
+        if hmac.compare_digest(digest, _digest(secret)) and secret:
+            found = found or role  # type: ignore[assignment]
+    return found
+
+
+def bearer_role(header: str | None, tokens: Tokens) -> Role | None:
+    scheme, _, token = (header or "").partition(" ")
+    return role_for(token.strip(), tokens) if scheme.lower() == "bearer" else None
+
+
+def _key(role: Role, tokens: Tokens) -> bytes:
+    return hashlib.sha256(b"kourier-relay status page\0" + tokens.secret(role).encode()).digest()
+
+
+def _mac(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+class Sessions:
+    """Issues and checks session cookies; remembers the nonces logged out here."""
+
+    def __init__(self) -> None:
+        self._ended: dict[str, float] = {}  # nonce -> when its cookie would have expired
+
+    def issue(self, role: Role, tokens: Tokens, now: float) -> str:
+        body = f"{role}.{int(now + SESSION_TTL)}.{secrets.token_urlsafe(18)}"
+        return f"{body}.{_mac(_key(role, tokens), body)}"
+
+    def check(self, cookie: str | None, tokens: Tokens, now: float) -> Visitor | None:
+        parts = (cookie or "").split(".")
+        if len(parts) != 4 or parts[0] not in ("admin", "viewer") or not parts[1].isdigit():
+            return None
+        role: Role = parts[0]  # type: ignore[assignment]
+        if not tokens.secret(role) or int(parts[1]) <= now or parts[2] in self._ended:
+            return None
+        key = _key(role, tokens)
+        given = parts[3].encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, _mac(key, ".".join(parts[:3])).encode()):
+            return None
+        return Visitor(role, _mac(key, "csrf\0" + parts[2])[:32])
+
+    def end(self, cookie: str | None, now: float) -> None:
+        parts = (cookie or "").split(".")
+        if len(parts) == 4 and parts[1].isdigit():
+            self._ended[parts[2]] = float(parts[1])
+        self._ended = {n: t for n, t in self._ended.items() if t > now}
+
+
+def csrf_ok(visitor: Visitor, given: str | None) -> bool:
+    """A bearer visitor needs none; a session must send its own token."""
+    if not visitor.csrf:
+        return True
+    return hmac.compare_digest(_digest(given or ""), _digest(visitor.csrf))

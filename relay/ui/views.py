@@ -1,0 +1,194 @@
+"""What the pages show, computed from store records: pure functions, no I/O.
+
+Values that came from a payload or a receiver stay plain strings here; the
+templates escape them (autoescape is on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from relay.config import Config
+from relay.errors import InvalidEvent
+from relay.events import event_from_dict
+from relay.explain import Verdict, verdicts
+from relay.logs import scrub
+from relay.routing import Router
+from relay.store import Attempt, Job, Minute, ReceiverState, Timeline, TimelineEvent
+
+CHART_W, CHART_H = 600, 120
+
+
+def when(ts: float | None, zone: str = "UTC") -> str:
+    """`2026-01-02 10:11:12 UTC`; empty for never."""
+    if not ts:
+        return ""
+    tz = ZoneInfo(zone) if zone != "UTC" else UTC
+    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ago(ts: float | None, now: float) -> str:
+    if not ts:
+        return "never"
+    s = max(0, int(now - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} ago"
+    return f"{s} s ago"
+
+
+# ---------------------------------------------------------------- overview
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    h: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """An inline SVG bar chart: one series of bars per count, bars side by side per minute."""
+
+    width: int
+    height: int
+    bar_width: float
+    series: tuple[tuple[str, str, tuple[Bar, ...]], ...]  # (name, css class, bars)
+    peak: int
+    totals: Mapping[str, int]
+
+
+def chart(minutes: Sequence[Minute], zone: str) -> Chart:
+    names = (("events", "events received"), ("sent", "notifications sent"),
+             ("failed", "attempts failed"))
+    peak = max([1] + [max(m.events, m.sent, m.failed) for m in minutes])
+    slot = CHART_W / max(1, len(minutes))
+    bar_w = slot / (len(names) + 1)
+    series = []
+    for i, (attr, name) in enumerate(names):
+        bars = []
+        for j, m in enumerate(minutes):
+            value = getattr(m, attr)
+            h = (CHART_H - 4) * value / peak
+            bars.append(Bar(round(j * slot + i * bar_w, 2), round(CHART_H - h, 2), round(h, 2),
+                            f"{when(m.at, zone)}: {value} {name}"))
+        series.append((name, attr, tuple(bars)))
+    totals = {attr: sum(getattr(m, attr) for m in minutes) for attr, _ in names}
+    return Chart(CHART_W, CHART_H, round(bar_w, 2), tuple(series), peak, totals)
+
+
+@dataclass(frozen=True)
+class ReceiverRow:
+    name: str
+    state: str  # idle, sending, retrying, probing, circuit open, not in config
+    detail: str
+    backlog: int
+    rate_limit: str
+    last_success: float | None
+    last_error: str
+    last_error_at: float | None
+    urls: int
+
+
+def receiver_rows(config: Config, states: Sequence[ReceiverState], now: float,
+                  ) -> list[ReceiverRow]:
+    """Every configured receiver (and any the store still knows), with its state."""
+    known = {s.name: s for s in states}
+    names = sorted(set(config.receivers) | set(known))
+    return [_receiver_row(config, name, known.get(name), now) for name in names]
+
+
+def _receiver_row(config: Config, name: str, s: ReceiverState | None, now: float,
+                  ) -> ReceiverRow:
+    rc = config.receivers.get(name)
+    limit = rc.rate_limit if rc else None
+    rate = f"{limit.count} per {limit.per:g} s" if limit else "none"
+    if limit and s and s.tokens is not None:
+        rate += f" ({max(0, int(s.tokens))} left)"
+    state, detail = _state(config, rc is not None, s, now)
+    # Quiet hours (issue 15) add their state here: "quiet until HH:MM, N held".
+    return ReceiverRow(name, state, detail, s.backlog if s else 0, rate,
+                       s.last_sent_at if s else None, scrub(s.last_error) if s else "",
+                       s.last_error_at if s else None, len(rc.urls) if rc else 0)
+
+
+def _state(config: Config, configured: bool, s: ReceiverState | None, now: float,
+           ) -> tuple[str, str]:
+    if not configured:
+        return "not in config", "removed from the config; its jobs go dead when sent"
+    if s is None:
+        return "idle", "nothing sent yet"
+    if s.open_until > now:
+        return "circuit open", f"paused after {s.failures} failures; probes again in" \
+            f" {int(s.open_until - now)} s"
+    if s.failures >= config.sending.circuit.failures:
+        return "probing", "cooled down: one probe at a time"
+    if s.failures:
+        return "retrying", f"{s.failures} failure{'s' if s.failures > 1 else ''} in a row"
+    return ("sending", f"{s.backlog} waiting") if s.backlog else ("idle", "nothing waiting")
+
+
+# ---------------------------------------------------------------- one delivery
+
+
+@dataclass(frozen=True)
+class JobView:
+    job: Job
+    attempts: tuple[Attempt, ...]
+    # Live message refs (issue 13) go here: the platform's message id per job.
+    message_ref: str = ""
+
+
+@dataclass(frozen=True)
+class EventView:
+    event: TimelineEvent
+    status: str
+    verdicts: tuple[Verdict, ...]
+    jobs: tuple[JobView, ...]
+    routes_recorded: tuple[str, ...]  # the routes its jobs were rendered for, at ingest
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    delivery_id: str
+    events: tuple[EventView, ...]
+    counts: Mapping[str, int]
+    # Armed watches (issue 14), digests and held notifications (issue 15) fill these.
+    watches: tuple[Any, ...] = field(default_factory=tuple)
+    digests: tuple[Any, ...] = field(default_factory=tuple)
+    held: tuple[Any, ...] = field(default_factory=tuple)
+
+
+def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
+    attempts: dict[int, list[Attempt]] = {}
+    for a in timeline.attempts:
+        attempts.setdefault(a.job_id, []).append(a.attempt)
+    jobs: dict[int, list[JobView]] = {}
+    for j in timeline.jobs:
+        jobs.setdefault(j.event_id, []).append(JobView(j, tuple(attempts.get(j.id, ()))))
+    events = tuple(_event_view(e, tuple(jobs.get(e.id, ())), router) for e in timeline.events)
+    counts: dict[str, int] = {}
+    for j in timeline.jobs:
+        counts[j.state] = counts.get(j.state, 0) + 1
+    return DeliveryView(timeline.delivery_id, events, counts)
+
+
+def _event_view(e: TimelineEvent, jobs: tuple[JobView, ...], router: Router) -> EventView:
+    status = e.payload.get("status")
+    try:
+        event = event_from_dict(e.payload)
+        found = tuple(verdicts(router.routes, router.match(event).routes, event))
+    except InvalidEvent:  # a relay-internal event (the failing-receiver notice)
+        found = ()
+    routes = tuple(dict.fromkeys(j.job.route for j in jobs))
+    return EventView(e, status if isinstance(status, str) else "", found, jobs, routes)

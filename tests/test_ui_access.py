@@ -1,0 +1,223 @@
+"""The status page's access rules and error paths, through a real relay and a plain HTTP client."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+
+from tests.conftest import wait_for
+from tests.uiutil import ADMIN, HOSTILE, VIEWER, event, one_dead_letter, start_ui_relay
+
+HTML = {"Accept": "text/html"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **HTML}
+
+
+async def login(r, token: str, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    return await r.session.post(r.url + "/ui/login", data={"token": token, "next": "/ui/dead"},
+                                allow_redirects=False, headers=headers or {})
+
+
+async def csrf_of(r, path: str = "/ui/dead") -> str:
+    async with r.session.get(r.url + path) as resp:
+        found = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+    assert found, "the page carries the session's CSRF token"
+    return found.group(1)
+
+
+async def test_a_page_without_login_redirects_to_the_login_form_and_shows_no_data(running, sink):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    async with r.session.get(r.url + "/ui/dead", headers=HTML, allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/ui/login?next=/ui/dead"
+    async with r.session.get(r.url + "/ui/dead", headers=HTML) as resp:
+        page = await resp.text()
+    assert resp.status == 200 and 'name="token"' in page
+    assert "D-1042" not in page and "chat" not in page
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/ui/"), ("GET", "/ui/delivery?id=D-1"),
+                                         ("POST", "/ui/dead/replay"), ("POST", "/ui/tester")])
+async def test_api_clients_without_a_token_get_json_401(running, sink, method, path):
+    r = await start_ui_relay(running, sink)
+    async with r.session.request(method, r.url + path, headers={"Authorization": "Bearer nope"},
+                                 allow_redirects=False) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "Unauthorized"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_the_status_page_is_off_without_admin_and_viewer_tokens(running, sink):
+    r = await running(admin='""')
+    async with r.session.get(r.url + "/ui/login", headers=HTML) as resp:
+        assert resp.status == 403
+        assert await resp.json() == {"error": "Forbidden", "details": "the status page is off:"
+                                     " set server.admin_token (or server.viewer_token)"}
+
+
+async def test_bearer_tokens_open_the_pages_and_name_the_role(running, sink):
+    r = await start_ui_relay(running, sink)
+    for token, role in ((ADMIN, "admin"), (VIEWER, "viewer")):
+        async with r.session.get(r.url + "/ui/", headers=bearer(token)) as resp:
+            page = await resp.text()
+        assert resp.status == 200 and f'role-{role}"' in page
+        assert "Log out" not in page  # a bearer header has no session to end
+
+
+async def test_login_sets_a_strict_httponly_session_cookie_and_logout_ends_it(running, sink):
+    r = await start_ui_relay(running, sink)
+    resp = await login(r, ADMIN)
+    assert resp.status == 303 and resp.headers["Location"] == "/ui/dead"
+    cookie = resp.headers["Set-Cookie"]
+    for flag in ("HttpOnly", "SameSite=Strict", "Path=/ui/"):
+        assert flag in cookie
+    assert "Secure" not in cookie  # plain HTTP here
+    value = resp.cookies["kourier_session"].value
+    assert ADMIN not in value
+    async with r.session.get(r.url + "/ui/dead", headers=HTML) as page:
+        assert page.status == 200 and "Dead letters" in await page.text()
+    token = await csrf_of(r)
+    async with r.session.post(r.url + "/ui/logout", data={"csrf": token},
+                              allow_redirects=False) as out:
+        assert out.status == 303 and out.headers["Location"] == "/ui/login"
+    # The old cookie, sent again after logout, is refused by this relay.
+    async with aiohttp.ClientSession(cookies={"kourier_session": value}) as other, \
+            other.get(r.url + "/ui/dead", headers=HTML, allow_redirects=False) as again:
+        assert again.status == 303 and again.headers["Location"].startswith("/ui/login")
+
+
+async def test_the_cookie_is_secure_behind_a_tls_proxy(running, sink):
+    r = await start_ui_relay(running, sink)
+    resp = await login(r, VIEWER, {"X-Forwarded-Proto": "https"})
+    assert "Secure" in resp.headers["Set-Cookie"]
+
+
+async def test_a_wrong_token_shows_the_form_again_and_sets_no_cookie(running, sink):
+    r = await start_ui_relay(running, sink)
+    resp = await login(r, "admin-secreT")
+    page = await resp.text()
+    assert resp.status == 401 and "That token is not valid." in page and 'name="token"' in page
+    assert "Set-Cookie" not in resp.headers and "admin-secreT" not in page
+
+
+async def test_a_forged_or_altered_session_cookie_is_refused(running, sink):
+    r = await start_ui_relay(running, sink)
+    value = (await login(r, VIEWER)).cookies["kourier_session"].value
+    role, expires, nonce, mac = value.split(".")
+    for forged in (f"admin.{expires}.{nonce}.{mac}", f"viewer.{int(expires) + 9}.{nonce}.{mac}",
+                   f"viewer.{expires}.{nonce}.{'0' * 64}", "admin.9999999999.x.y", "é.1.2.3"):
+        async with aiohttp.ClientSession(cookies={"kourier_session": forged}) as other, \
+                other.get(r.url + "/ui/", allow_redirects=False) as resp:
+            assert resp.status == 401, forged
+
+
+async def test_login_only_redirects_to_pages_of_the_status_page(running, sink):
+    r = await start_ui_relay(running, sink)
+    for target in ("//evil.example/", "https://evil.example/ui/", "/\\evil.example", "/other"):
+        resp = await r.session.post(r.url + "/ui/login", data={"token": ADMIN, "next": target},
+                                    allow_redirects=False)
+        assert resp.headers["Location"] == "/ui/", target
+
+
+async def test_a_replay_post_without_or_with_a_wrong_csrf_token_is_refused(running, sink):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    [job] = await r.relay.store.dead()
+    await login(r, ADMIN)
+    for data in ({"one": str(job.id)}, {"one": str(job.id), "csrf": "0" * 32}):
+        async with r.session.post(r.url + "/ui/dead/replay", data=data,
+                                  allow_redirects=False) as resp:
+            assert resp.status == 403
+            assert "CSRF" in (await resp.json())["details"]
+    assert [j.id for j in await r.relay.store.dead()] == [job.id]  # still dead
+    token = await csrf_of(r)
+    async with r.session.post(r.url + "/ui/dead/replay", data={"one": str(job.id), "csrf": token},
+                              allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/ui/dead?replayed=1"
+    await wait_for(lambda: sink.messages("chat"), message="the replayed message at the sink")
+
+
+async def test_the_viewer_token_can_look_but_not_replay(running, sink):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    [job] = await r.relay.store.dead()
+    await login(r, VIEWER)
+    async with r.session.get(r.url + "/ui/dead") as resp:
+        page = await resp.text()
+    assert "D-1042" in page and "Replay" not in page.replace("log in with the admin token to replay", "")
+    token = await csrf_of(r, "/ui/tester")
+    async with r.session.post(r.url + "/ui/dead/replay", data={"one": str(job.id), "csrf": token},
+                              allow_redirects=False) as resp:
+        assert resp.status == 403
+        assert await resp.json() == {"error": "Forbidden",
+                                     "details": "the viewer token can look but not replay"}
+    async with r.session.post(r.url + "/ui/dead/replay", headers={"Authorization": f"Bearer {VIEWER}"},
+                              data={"all": "1", "receiver": "chat"}) as resp:
+        assert resp.status == 403
+    assert len(await r.relay.store.dead()) == 1
+
+
+@pytest.mark.parametrize("data,details", [({"one": "x1"}, "job ids must be numbers"),
+                                          ({}, "select dead letters, or replay all of a receiver's"),
+                                          ({"receiver": "chat"}, "select dead letters, or replay all"
+                                           " of a receiver's")])
+async def test_a_bad_replay_form_is_a_json_400(running, sink, data, details):
+    r = await start_ui_relay(running, sink)
+    async with r.session.post(r.url + "/ui/dead/replay", data=data,
+                              headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+        assert resp.status == 400 and await resp.json() == {"error": "Invalid request data",
+                                                            "details": details}
+
+
+async def test_an_unknown_delivery_is_a_404_page_with_the_search_form(running, sink):
+    r = await start_ui_relay(running, sink)
+    async with r.session.get(r.url + "/ui/delivery?id=D-none", headers=bearer(ADMIN)) as resp:
+        page = await resp.text()
+    assert resp.status == 404 and "No events for delivery <code>D-none</code>" in page
+    async with r.session.get(r.url + "/ui/deliveries?delivery_id=D-none",
+                             headers=bearer(ADMIN)) as resp:
+        assert resp.status == 200 and "No events for delivery" in await resp.text()
+
+
+async def test_pages_escape_payload_values_and_never_show_secrets(running, sink):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink, delivery="D-<b>1</b>")
+    pages = ["/ui/", "/ui/deliveries", "/ui/delivery?id=D-%3Cb%3E1%3C%2Fb%3E", "/ui/dead"]
+    for path in pages:
+        async with r.session.get(r.url + path, headers=bearer(ADMIN)) as resp:
+            page = await resp.text()
+        assert resp.status == 200, path
+        assert "<b>1</b>" not in page and HOSTILE not in page, path
+        for secret in ("SINK-SECRET-42", ADMIN, VIEWER, "test-token"):
+            assert secret not in page, (path, secret)
+    assert "D-&lt;b&gt;1&lt;/b&gt;" in page
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+
+
+async def test_the_rule_tester_shows_the_dry_run_and_sends_nothing(running, sink):
+    r = await start_ui_relay(running, sink)
+    token = (await login(r, VIEWER)) and await csrf_of(r, "/ui/tester")
+    body = '{"event": "delivery.updated", "delivery_id": "D-7", "timestamp": "2026-01-02T10:00:00Z", "status": "failed", "reason": "flat tyre"}'
+    async with r.session.post(r.url + "/ui/tester", data={"csrf": token, "event": body}) as resp:
+        page = await resp.text()
+    assert "MATCH  failures -&gt; chat" in page and "skip   quiet: not evaluated" in page
+    assert "Reason: flat tyre" in page and "chat[0] json://***" in page
+    assert "SINK-SECRET-42" not in page
+    async with r.session.post(r.url + "/ui/tester", data={"csrf": token, "event": "[1"}) as resp:
+        assert "Invalid JSON:" in await resp.text()
+    assert sink.received == [] and await r.relay.store.recent_deliveries() == []
+
+
+async def test_static_files_need_no_login_and_are_cached(running, sink):
+    r = await start_ui_relay(running, sink)
+    async with r.session.get(r.url + "/ui/static/ui.css") as resp:
+        assert resp.status == 200 and "Cache-Control" not in resp.headers
+        assert "system-ui" in await resp.text()
+    async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
+        assert resp.headers["Cache-Control"] == "no-store"
+    assert (await r.post(event("D-9", "in_transit")))[0] == 202  # the webhook is unaffected

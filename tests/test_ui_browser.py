@@ -1,0 +1,123 @@
+"""The status page in a real headless Chromium, against a real relay with a json:// sink.
+
+Each page loads with no console error, shows the data the test sent in through
+the webhook, and loads nothing from anywhere but the relay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.cdp import Browser, Page, chromium
+from tests.conftest import wait_for
+from tests.uiutil import ADMIN, HOSTILE, VIEWER, event, one_dead_letter, start_ui_relay
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+async def log_in(page: Page, base: str, token: str, start: str = "/ui/") -> None:
+    await page.goto(base + start)
+    assert await page.js("location.pathname") == "/ui/login"
+    await page.fill("#token", token)
+    await page.submit("button[type=submit].primary")
+
+
+def only_from(page: Page, base: str) -> None:
+    strangers = [u for u in page.requests if not u.startswith(base + "/")]
+    assert strangers == [], "every resource comes from the relay"
+
+
+async def test_every_page_shows_its_data_with_no_console_error(running, sink, browser):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    assert (await r.post(event("D-2001", "in_transit", 5)))[0] == 202
+    page = await browser.new_page()
+    await log_in(page, r.url, ADMIN)
+    assert await page.js("location.pathname") == "/ui/"
+    overview = await page.text("main")
+    assert "chat" in overview and "log" in overview and "Traffic per minute" in overview
+    assert await page.text("#dead-count") == "1"
+    assert await page.js("document.querySelectorAll('svg rect').length") >= 2
+
+    await page.goto(r.url + "/ui/deliveries")
+    listed = await page.text("main")
+    assert "D-1042" in listed and "D-2001" in listed
+    await page.fill("#delivery_id", "D-1042")
+    await page.submit(".search button")
+    assert await page.js("location.search") == "?id=D-1042"
+    timeline = await page.text("main")
+    assert "Delivery D-1042 failed" in timeline and f"Reason: {HOSTILE}" in timeline
+    assert "HTTP 404" in timeline and "failures" in timeline
+    assert await page.js("document.querySelectorAll('main img').length") == 0  # escaped
+
+    await page.goto(r.url + "/ui/dead")
+    assert "D-1042" in await page.text("table.dead")
+
+    await page.goto(r.url + "/ui/tester")
+    await page.fill("#event", json.dumps(event("D-3", "in_transit")))
+    await page.submit("form.stack button")
+    report = await page.text("#report")
+    assert "MATCH  quiet -> log" in report and "no     failures: status == 'failed'" in report
+    assert page.errors == []
+    only_from(page, r.url)
+    assert "SINK-SECRET-42" not in await page.js("document.documentElement.outerHTML")
+
+
+async def test_replay_through_the_form_sends_the_message_again(running, sink, browser):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    page = await browser.new_page()
+    await log_in(page, r.url, ADMIN, "/ui/dead")
+    assert await page.js("location.pathname") == "/ui/dead"
+    [job] = await r.relay.store.dead()
+    await page.js(f"document.querySelector('#pick-{job.id}').checked = true")
+    await page.submit("#replay-selected")
+    assert "1 dead letter queued again." in await page.text("#replayed")
+    [sent] = await wait_for(lambda: sink.messages("chat"), message="the replayed message")
+    assert sent["title"] == "Delivery D-1042 failed"
+    assert await r.relay.store.dead() == []
+    assert page.errors == []
+    only_from(page, r.url)
+
+
+async def test_login_logout_and_no_data_without_a_session(running, sink, browser):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    page = await browser.new_page()
+    await page.goto(r.url + "/ui/delivery?id=D-1042")
+    assert await page.js("location.pathname") == "/ui/login"
+    assert "D-1042" not in await page.text("body")
+    await page.fill("#token", ADMIN)
+    await page.submit("button.primary")
+    assert await page.js("location.pathname + location.search") == "/ui/delivery?id=D-1042"
+    assert await page.js("document.cookie") == ""  # HttpOnly: invisible to page scripts
+    await page.submit("button.link")  # log out
+    assert await page.js("location.pathname") == "/ui/login"
+    await page.goto(r.url + "/ui/dead")
+    assert await page.js("location.pathname") == "/ui/login"
+    assert "D-1042" not in await page.text("body")
+    assert page.errors == []
+
+
+async def test_a_viewer_sees_dead_letters_without_replay_and_a_forged_post_is_refused(
+        running, sink, browser):
+    r = await start_ui_relay(running, sink)
+    await one_dead_letter(r, sink)
+    page = await browser.new_page()
+    await log_in(page, r.url, VIEWER, "/ui/dead")
+    assert "D-1042" in await page.text("table.dead")
+    assert await page.js("document.querySelectorAll('#replay-form, button[name=one]').length") == 0
+    [job] = await r.relay.store.dead()
+    # Even with the session's own CSRF token (from the logout form), the POST is refused.
+    status = await page.js(
+        f"fetch('/ui/dead/replay', {{method: 'POST', body: new URLSearchParams({{one: '{job.id}',"
+        " csrf: document.querySelector('input[name=csrf]').value})}).then(r => r.status)")
+    assert status == 403
+    assert len(await r.relay.store.dead()) == 1

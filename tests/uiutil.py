@@ -1,0 +1,55 @@
+"""The status page's test setup: a real relay with a json:// sink, and events sent to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import RunningRelay, Sink, wait_for
+
+ADMIN, VIEWER = "admin-secret", "viewer-secret"
+HOSTILE = '<img src=x onerror="console.error(1)">'
+UI_CONFIG = """
+receivers:
+  - name: chat
+    urls: ["{chat}"]
+  - name: log
+    urls: ["console://"]
+routes:
+  - name: failures
+    match: {event: "delivery.*", status: failed}
+    receivers: [chat]
+    type: failure
+    title: "Delivery {{ delivery_id }} failed"
+    body: "Reason: {{ reason }}"
+  - name: quiet
+    match: {status: in_transit}
+    receivers: [log]
+"""
+
+
+async def start_ui_relay(running: Any, sink: Sink) -> RunningRelay:
+    """A relay whose `chat` receiver is the sink at /chat (its URL carries a secret).
+
+    Its client session keeps cookies of 127.0.0.1 (aiohttp's jar drops cookies of IP
+    addresses by default), as a browser does.
+    """
+    r = await running(UI_CONFIG, server=f"viewer_token: {VIEWER}",
+                      chat=sink.url("chat", token="SINK-SECRET-42"))
+    await r.session.close()
+    r.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    return r
+
+
+def event(delivery: str, status: str, second: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"event": "delivery.updated", "delivery_id": delivery, "status": status,
+            "timestamp": f"2026-01-02T10:00:{second:02d}Z", **extra}
+
+
+async def one_dead_letter(r: RunningRelay, sink: Sink, delivery: str = "D-1042") -> None:
+    """A failure for `delivery` whose notification the sink refuses for good (HTTP 404)."""
+    sink.script["/chat"] = [404]
+    status, _, _ = await r.post(event(delivery, "failed", reason=HOSTILE))
+    assert status == 202
+    await wait_for(lambda: r.relay.store.dead(), message="a dead letter")
