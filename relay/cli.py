@@ -364,7 +364,8 @@ def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]
         _require_existing(config)
 
     async def go() -> T:
-        store = open_store(config.store.url, busy_timeout=config.store.busy_timeout)
+        store = open_store(config.store.url, busy_timeout=config.store.busy_timeout,
+                           create=create)
         await store.open()
         try:
             return await action(store)

@@ -341,3 +341,23 @@ def test_replay_says_which_ids_it_could_not_replay_and_replays_the_rest(tmp_path
     assert one_line(everything) == "error: there are no dead jobs"
     hook = run("dead", "replay", "--receiver", "hook", "-c", str(copy))
     assert one_line(hook) == 'error: receiver "hook" has no dead jobs'
+
+
+@pytest.mark.postgres
+async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_schema(tmp_path):
+    from tests import pgutil
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        cfg = relay_config(tmp_path, "127.0.0.1:8080", dsn)
+        done = run("dead", "list", "-c", str(cfg))
+        line = one_line(done)
+        assert line.startswith("error: ") and "no relay schema in postgresql://" in line
+        assert line.endswith(" (check store.url, or run migrate or serve once)")
+        conn = await __import__("asyncpg").connect(dsn)
+        try:  # and it created nothing there
+            assert await conn.fetchval("SELECT count(*) FROM pg_tables"
+                                       " WHERE schemaname = current_schema()") == 0
+        finally:
+            await conn.close()
+        assert run("migrate", "-c", str(cfg)).returncode == 0
+        assert run("dead", "list", "-c", str(cfg)).returncode == 0

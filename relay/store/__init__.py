@@ -27,7 +27,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from relay.errors import StoreError
 from relay.events import Event
@@ -138,12 +138,17 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def open_store(url: str, **options: Any) -> Store:
-    """The store for a config URL: `sqlite:path`, `sqlite:///abs/path`, `postgresql://…`."""
+def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True) -> Store:
+    """The store for a config URL: `sqlite:path`, `sqlite:///abs/path`, `postgresql://…`.
+
+    `create=False` opens a store for reading only: PostgreSQL refuses a database
+    without the relay's schema instead of creating it (the CLI checks a SQLite
+    file exists before it opens one, and can say where it looked).
+    """
     if url.startswith("sqlite:"):
         from relay.store.sqlite import SQLiteStore, sqlite_path
 
-        return SQLiteStore(sqlite_path(url), **options)
+        return SQLiteStore(sqlite_path(url), busy_timeout=busy_timeout)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from relay.store.postgres import PostgresStore
@@ -151,6 +156,6 @@ def open_store(url: str, **options: Any) -> Store:
             raise StoreError(
                 "the PostgreSQL store needs asyncpg: pip install 'kourier-relay[postgres]'"
             ) from e
-        return PostgresStore(url)  # lock waits are the server's business
+        return PostgresStore(url, create=create)  # lock waits are the server's business
     raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}:"
                      " use sqlite: or postgresql://")

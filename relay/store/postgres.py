@@ -71,8 +71,10 @@ MIGRATIONS = migrations("postgres")
 class PostgresStore(PostgresLive, PostgresTimers):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
-    def __init__(self, url: str, min_size: int = 0, max_size: int = 10) -> None:
+    def __init__(self, url: str, min_size: int = 0, max_size: int = 10, create: bool = True,
+                 ) -> None:
         self.url = url
+        self.create = create  # False: a reader; a schema that is not there is an error
         self.min_size = min_size
         self.max_size = max_size
         self._subscribers: list[Callable[[], None]] = []
@@ -140,6 +142,9 @@ class PostgresStore(PostgresLive, PostgresTimers):
                 raise SchemaTooNew(
                     f"{redact(self.url)} has schema version {version}; this relay knows up to"
                     f" {SCHEMA_VERSION}: upgrade the relay")
+            if not exists and not self.create:
+                raise StoreError(f"no relay schema in {redact(self.url)} (check store.url,"
+                                 " or run migrate or serve once)")
             if not exists:
                 await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
                                    " applied_at timestamptz NOT NULL DEFAULT now())")
