@@ -252,10 +252,16 @@ async def test_rate_limited_and_hanging_receivers_do_not_slow_a_third(running, s
         clock.advance(0.5)
         await ticked(r.relay)
         await wait_for(lambda n=sent: len(sink.messages("limited")) == n)
-    starts = [at for (at,) in db_rows(tmp_path / "relay.db", "SELECT a.at FROM attempts a JOIN"
-                                      " jobs j ON j.id = a.job_id WHERE j.receiver='limited'"
-                                      " ORDER BY a.at")]
-    assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == [1.0] * 4
+
+    def starts() -> list[float]:
+        return [at for (at,) in db_rows(tmp_path / "relay.db", "SELECT a.at FROM attempts a JOIN"
+                                        " jobs j ON j.id = a.job_id WHERE j.receiver='limited'"
+                                        " ORDER BY a.at")]
+
+    # The sink sees the fifth message before the worker has recorded its attempt.
+    await wait_for(lambda: len(starts()) == 5, message="five attempts recorded")
+    at = starts()
+    assert [b - a for a, b in zip(at, at[1:], strict=False)] == [1.0] * 4
 
 
 async def test_circuit_pauses_a_failing_receiver_and_resumes_after_a_probe(running, sink,
