@@ -132,6 +132,8 @@ class RouteConfig:
     template_ref: str = ""
     continue_: bool = False
     suppress_stale: bool | None = None
+    live: bool = False  # one message per delivery and receiver URL, edited as it moves
+    hold: float = 0.0  # seconds a notification waits for a newer one that replaces it
     path: str = ""
 
 
@@ -325,6 +327,8 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
         template_ref=values.get("template", ""),
         continue_=values.get("continue", False),
         suppress_stale=values.get("suppress_stale"),
+        live=values.get("live", False),
+        hold=values.get("hold", 0.0),
         path=path,
     )
 

@@ -38,12 +38,24 @@ class Dead:
     kind: Literal["dead"] = "dead"
 
 
-Decision = Sent | Retry | Dead
+@dataclass(frozen=True)
+class Postponed:
+    """Not attempted (another sender holds its live message): pending again at `at`,
+    without counting an attempt or a failure of the receiver."""
+
+    at: float
+    why: str
+    kind: Literal["postponed"] = "postponed"
+
+
+Decision = Sent | Retry | Dead | Postponed
 
 
 def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
            rng: random.Random) -> Decision:
     """The job's next state after one attempt made at `now` (`rng` draws the jitter)."""
+    if outcome.held:
+        return Postponed(now + outcome.min_delay, outcome.error)
     if outcome.kind == "sent":
         return Sent()
     made = job.attempts + 1
@@ -68,7 +80,7 @@ class Report:
     attempt: Attempt
     decision: Decision
     circuit_opened: bool = False  # this failure opened the receiver's circuit
-    attempted: bool = True  # False for a job buried without a send (its receiver is gone)
+    attempted: bool = True  # False: no send was made (its receiver is gone, or it was postponed)
 
 
 class Observer(Protocol):

@@ -25,7 +25,8 @@ from relay.metrics import Metrics
 from relay.notice import FailingReceiverNotice
 from relay.observers import LogObserver, MetricsObserver
 from relay.runtime import Runtime, build_runtime
-from relay.store import Store, open_store
+from relay.sending import Sending
+from relay.store import Store, new_owner, open_store
 from relay.supervisor import Supervisor
 from relay.web import Readiness, Services, create_app
 from relay.worker import Worker
@@ -41,7 +42,9 @@ class Relay:
     """One running relay: store, worker, web app and the live runtime."""
 
     def __init__(self, config_path: str, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 live_api: Mapping[str, str] | None = None) -> None:
+        """`live_api`: platform API roots for tests (see `relay.sending.Sending`)."""
         self.config_path = config_path
         self.env = env
         self.clock = clock
@@ -57,7 +60,9 @@ class Relay:
         except StoreError as e:
             raise ConfigError([config.source.issue("store.url", str(e))]) from None
         self.tasks = Supervisor()
-        self.worker = Worker(self.store, lambda: self.live, self.metrics, clock)
+        self.sending = Sending(self.store, new_owner(), clock, live_api)
+        self.worker = Worker(self.store, lambda: self.live, self.metrics, clock,
+                             sender=self.sending)
         self.worker.on_crash = self.tasks.crash
         for observer in (MetricsObserver(self.metrics), LogObserver(),
                          FailingReceiverNotice(self.store, lambda: self.live, clock,
@@ -114,6 +119,7 @@ class Relay:
 
     async def stop(self) -> None:
         await self.worker.stop(self.config.sending.grace_period)
+        await self.sending.close()
         await self.tasks.stop()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -63,6 +63,9 @@ class Outcome:
     error: str = ""
     min_delay: float = 0.0
     status: int | None = None
+    # Not tried: the live message is being updated by another sender. The job waits
+    # `min_delay` and is not counted as an attempt, nor as a failure of the receiver.
+    held: bool = False
 
     @property
     def sent(self) -> bool:
@@ -244,15 +247,23 @@ class Notifier:
         obj.add(plugin)
         return obj
 
+    def url(self, receiver: str, index: int) -> str | None:
+        """The receiver's URL #index in this config, if it still has one."""
+        rc = self.receivers.get(receiver)
+        return rc.urls[index] if rc is not None and index < len(rc.urls) else None
+
     async def send(self, receiver: str, index: int, title: str, body: str, notify_type: str,
-                   body_format: str) -> Outcome:
-        """Send in the bounded pool; a send that outlives the attempt timeout is a retry."""
-        if receiver not in self.receivers or index >= len(self.receivers[receiver].urls):
+                   body_format: str, headers: Mapping[str, str] | None = None) -> Outcome:
+        """Send in the bounded pool; a send that outlives the attempt timeout is a retry.
+
+        `headers` are added to this send's own (an email's thread headers).
+        """
+        if self.url(receiver, index) is None:
             return Outcome("failed", f"receiver {receiver!r} (URL #{index}) is no longer"
                                      " in the config")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self.send_blocking, receiver, index, title,
-                                      body, notify_type, body_format)
+                                      body, notify_type, body_format, headers)
         try:
             return await asyncio.wait_for(future, self.attempt_timeout + 1.0)
         except TimeoutError:
@@ -260,13 +271,14 @@ class Notifier:
                            MIN_WAIT_AFTER_TIMEOUT)
 
     def send_blocking(self, receiver: str, index: int, title: str, body: str, notify_type: str,
-                      body_format: str) -> Outcome:
+                      body_format: str, headers: Mapping[str, str] | None = None) -> Outcome:
         obj = self._borrow(receiver, index)
         if obj is None:
             return Outcome("failed", "no Apprise plugin accepts this URL")
         lines: list[str] = []
         box: dict[str, Any] = {}
         token = _tap.set(box)
+        own = _add_headers(obj, headers)
         try:
             result = obj.notify(body=body, title=title, notify_type=notify_type,
                                 body_format=body_format, log_level=logging.WARNING,
@@ -281,7 +293,20 @@ class Notifier:
             return Outcome("retry", scrub(f"{type(e).__name__}: {e}"))
         finally:
             _tap.reset(token)
+            _add_headers(obj, own, replace=True)
             self._pools[(receiver, index)].put(obj)
+
+
+def _add_headers(obj: apprise.Apprise, headers: Mapping[str, str] | None,
+                 replace: bool = False) -> dict[str, str] | None:
+    """Add headers for one send to a borrowed object (the plugin's `+Header=` parameters,
+    set per send); returns the plugin's own, to put back afterwards."""
+    plugin: Any = obj[0]
+    if headers is None or not isinstance(getattr(plugin, "headers", None), dict):
+        return None
+    own = dict(plugin.headers)
+    plugin.headers = dict(headers) if replace else {**own, **headers}
+    return own
 
 
 MIN_WAIT_AFTER_TIMEOUT = 60.0
@@ -310,14 +335,22 @@ def classify(result: Any, lines: list[str], status: int | None, retry_after: str
         timeout = "timed out" in error.lower() or "timeout" in error.lower()
         return Outcome("retry", error, MIN_WAIT_AFTER_TIMEOUT if timeout else 0.0)
     error = f"HTTP {status}: {error}"
-    wait = _retry_after(retry_after) if status in (429, 503) else 0.0
-    if status == 429:
-        wait = max(wait, MIN_WAIT_AFTER_TIMEOUT)
+    wait = wait_after(status, _retry_after(retry_after))
     if status in RETRYABLE_STATUS or status >= 500:
         return Outcome("retry", error, wait, status)
     if 400 <= status < 500:
         return Outcome("failed", error, 0.0, status)
     return Outcome("retry", error, wait, status)  # e.g. 200 with a body the plugin rejected
+
+
+def wait_after(status: int, retry_after: float | None) -> float:
+    """The least wait before retrying after `status`, for every sender (Apprise and live).
+
+    `Retry-After` (or a platform's own retry_after) counts on 429 and 503; after a
+    429 the wait is at least a minute whatever it says, as a timeout's is.
+    """
+    wait = (retry_after or 0.0) if status in (429, 503) else 0.0
+    return max(wait, MIN_WAIT_AFTER_TIMEOUT) if status == 429 else wait
 
 
 def _retry_after(value: str | None) -> float:

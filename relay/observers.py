@@ -32,7 +32,9 @@ class LogObserver:
         info = fields(job_id=job.id, event_id=job.event_id, delivery_id=job.delivery_id,
                       route=job.route, receiver=job.receiver, url=job.url_index,
                       attempt=job.attempts + 1)
-        if decision.kind == "sent":
+        if decision.kind == "postponed":
+            log.debug("postponed: %s", decision.why, extra=info)
+        elif decision.kind == "sent":
             log.info("sent", extra=info)
         elif decision.kind == "retry":
             log.warning("retry in %.0fs: %s", decision.delay, decision.error, extra=info)

@@ -48,6 +48,8 @@ class Notification:
     format: str
     suppress_stale: bool = False
     truncated: bool = False
+    live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
+    hold: float = 0.0  # the route's `hold`: seconds it waits for a newer one to replace it
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,9 @@ class Planner:
         title, body, cut = _fit(rendered, channel)
         stale = route.config.suppress_stale if route and route.config.suppress_stale is not None \
             else self.config.deliveries.suppress_stale
+        live, hold = (route.config.live, route.config.hold) if route else (False, 0.0)
         return Notification(receiver, index, name or "(default)", title, body, rendered.type,
-                            rendered.format, stale, cut)
+                            rendered.format, stale, cut, live and bool(event.delivery_id), hold)
 
 
 def _fit(rendered: Rendered, channel: Channel) -> tuple[str, str, bool]:

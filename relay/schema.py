@@ -79,6 +79,16 @@ def _positive_duration(v: Any) -> float:
     return seconds
 
 
+MAX_HOLD = 3600.0
+
+
+def _hold(v: Any) -> float:
+    seconds = duration(v)
+    if seconds > MAX_HOLD:  # a hold delays every notification of the route by this much
+        raise ValueError(f"must be at most 1h, got {shown(v)}")
+    return seconds
+
+
 def rate(v: Any) -> RateLimit:
     """`1/s`, `30/min`, `100/5m` -> RateLimit."""
     m = _RATE.match(v) if isinstance(v, str) else None
@@ -173,7 +183,8 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                  "format": _choice(BODY_FORMATS)},
     "route": {"name": _STR, "match": _MAP, "receivers": _str_list, "template": _STR,
               "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
-              "format": _choice(BODY_FORMATS), "continue": _BOOL, "suppress_stale": _BOOL},
+              "format": _choice(BODY_FORMATS), "continue": _BOOL, "suppress_stale": _BOOL,
+              "live": _BOOL, "hold": _hold},
 }
 
 

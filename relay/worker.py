@@ -17,12 +17,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from relay.config import ReceiverConfig
 from relay.decision import Decision, Observer, Report, decide, orphaned
 from relay.errors import StaleClaim, StoreError
 from relay.logs import fields
 from relay.metrics import Metrics
+from relay.notify import Outcome
 from relay.runtime import Runtime
 from relay.store import Attempt, Job, Store, new_owner
 
@@ -31,13 +33,28 @@ POLL = 1.0  # re-check every receiver at least this often (other processes add j
 ORPHAN_CHECK = 30.0
 
 
+class Sender(Protocol):
+    """Makes one attempt at a job (`relay.sending.Sending`: live messages, email threads)."""
+
+    async def send(self, job: Job, rt: Runtime) -> Outcome: ...
+
+
+class AppriseSender:
+    """Every job through Apprise, as it was rendered."""
+
+    async def send(self, job: Job, rt: Runtime) -> Outcome:
+        return await rt.notifier.send(job.receiver, job.url_index, job.title, job.body,
+                                      job.type, job.format)
+
+
 class Worker:
     """One send loop. Observers (`subscribe`) hear every recorded decision."""
 
     def __init__(self, store: Store, runtime: Callable[[], Runtime], metrics: Metrics,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 ) -> None:
+                 sender: Sender | None = None) -> None:
         self.store = store
+        self.sender: Sender = sender or AppriseSender()
         self.runtime = runtime
         self.metrics = metrics
         self.clock = clock
@@ -186,13 +203,13 @@ class Worker:
     async def _attempt(self, job: Job, rt: Runtime) -> None:
         started = self.clock()
         t0 = time.perf_counter()
-        outcome = await rt.notifier.send(job.receiver, job.url_index, job.title, job.body,
-                                         job.type, job.format)
+        outcome = await self.sender.send(job, rt)
         attempt = Attempt(started, outcome.kind, outcome.error, time.perf_counter() - t0)
         decision = decide(job, outcome, rt.config.retry_for(job.receiver), started, self.rng)
         opened = await self._record(job, decision, attempt, rt)
         if opened is not None:
-            self._tell(Report(job, attempt, decision, opened))
+            self._tell(Report(job, attempt, decision, opened,
+                              attempted=decision.kind != "postponed"))
 
     def _tell(self, report: Report) -> None:
         for observer in self.observers:
@@ -220,6 +237,9 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
 
     async def _write(self, job: Job, decision: Decision, attempt: Attempt, rt: Runtime) -> bool:
+        if decision.kind == "postponed":  # nothing was attempted: no attempt, no failure
+            await self.store.release(job, at=decision.at)
+            return False
         if decision.kind == "sent":
             await self.store.complete(job, attempt)
             return False

@@ -92,10 +92,20 @@ async def test_slack_deleted_message_is_gone(slack, session) -> None:
 
 async def test_slack_429_is_a_retry_after_the_header(slack, session) -> None:
     c = client(SLACK_URL, session, "slack", slack.base)
-    slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "30"})
+    slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "90"})
     result = await c.post(CREATED)
-    assert (result.outcome.kind, result.outcome.min_delay, result.outcome.status) == ("retry", 30, 429)
+    assert (result.outcome.kind, result.outcome.min_delay, result.outcome.status) == ("retry", 90, 429)
     assert not result.gone and result.ref is None
+
+
+async def test_a_429_waits_at_least_a_minute_as_every_send_does(slack, session) -> None:
+    c = client(SLACK_URL, session, "slack", slack.base)
+    slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "2"})
+    assert (await c.post(CREATED)).outcome.min_delay == 60  # notify.wait_after's rule
+    slack.fail_next(200, {"ok": False, "error": "ratelimited"})  # said in a 200 answer
+    assert (await c.post(CREATED)).outcome.min_delay == 60
+    slack.fail_next(503, {"ok": False, "error": "service_unavailable"}, {"Retry-After": "7"})
+    assert (await c.post(CREATED)).outcome.min_delay == 7
 
 
 @pytest.mark.parametrize("code,kind", [("invalid_auth", "failed"), ("channel_not_found", "failed"),
@@ -169,10 +179,10 @@ async def test_discord_unknown_webhook_fails_and_is_not_gone(discord, session) -
 
 async def test_discord_429_honours_retry_after_from_the_body(discord, session) -> None:
     c = client(DISCORD_URL, session, "discord", discord.base)
-    discord.fail_next(429, {"message": "You are being rate limited.", "retry_after": 2.5,
-                            "global": False}, {"Retry-After": "3"})
+    discord.fail_next(429, {"message": "You are being rate limited.", "retry_after": 72.5,
+                            "global": False}, {"Retry-After": "73"})
     result = await c.post(CREATED)
-    assert (result.outcome.kind, result.outcome.min_delay) == ("retry", 2.5)
+    assert (result.outcome.kind, result.outcome.min_delay) == ("retry", 72.5)
 
 
 async def test_discord_5xx_is_a_retry(discord, session) -> None:
@@ -213,10 +223,10 @@ async def test_telegram_message_to_edit_not_found_is_gone(telegram, session) -> 
 async def test_telegram_429_waits_parameters_retry_after(telegram, session) -> None:
     c = client(TELEGRAM_URL, session, "telegram", telegram.base)
     telegram.fail_next(429, {"ok": False, "error_code": 429,
-                             "description": "Too Many Requests: retry after 7",
-                             "parameters": {"retry_after": 7}})
+                             "description": "Too Many Requests: retry after 70",
+                             "parameters": {"retry_after": 70}})
     result = await c.post(CREATED)
-    assert (result.outcome.kind, result.outcome.min_delay) == ("retry", 7)
+    assert (result.outcome.kind, result.outcome.min_delay) == ("retry", 70)
 
 
 async def test_telegram_unknown_chat_and_bad_token_fail_without_the_token(telegram, session) -> None:

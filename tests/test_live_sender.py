@@ -85,7 +85,7 @@ async def test_a_message_being_updated_by_another_sender_is_retried_shortly(stor
     c = slack_client(slack, session)
     assert await store.live_take(KEY, "D1", owner="other", now=T0, lease=60) is not None
     held = await LiveSender(store, "a", lambda: T0 + 1).send(c, job(1, "created", T0))
-    assert (held.action, held.outcome.kind, held.outcome.min_delay) == ("held", "retry", 1.0)
+    assert (held.action, held.outcome.held, held.outcome.min_delay) == ("held", True, 1.0)
     assert slack.requests == []
 
 
@@ -93,9 +93,9 @@ async def test_a_failed_edit_keeps_the_shown_state_and_lets_the_message_go(store
                                                                           session) -> None:
     sender, c = LiveSender(store, "a", FakeClock()), slack_client(slack, session)
     await sender.send(c, job(1, "created", T0))
-    slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "5"})
+    slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "65"})
     failed = await sender.send(c, job(2, "in transit", T0 + 1))
-    assert (failed.outcome.kind, failed.outcome.min_delay) == ("retry", 5)
+    assert (failed.outcome.kind, failed.outcome.min_delay) == ("retry", 65)
     assert (await store.live_ref(KEY)).shown == T0
     retried = await LiveSender(store, "b", FakeClock()).send(c, job(2, "in transit", T0 + 1))
     assert retried.outcome.sent and slack.roots()[0].text == "Delivery D1: in transit"

@@ -56,6 +56,12 @@ class Backend:
         return store
 
 
+# What the steps after 1 added, undone (as a relay before them left its database).
+UNDO_STEPS = ("DROP TABLE health", "DROP TABLE timers", "ALTER TABLE deliveries DROP COLUMN"
+              " last_event_id", "DROP TABLE live_messages", "ALTER TABLE jobs DROP COLUMN live",
+              "ALTER TABLE jobs DROP COLUMN event_at")
+
+
 async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     path = tmp_path / "relay.db"
 
@@ -75,8 +81,7 @@ async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         run(f"DROP TRIGGER fault_{table}")
 
     async def downgrade() -> None:
-        run("DROP TABLE health", "DROP TABLE timers",
-            "ALTER TABLE deliveries DROP COLUMN last_event_id", "PRAGMA user_version=1")
+        run(*UNDO_STEPS, "PRAGMA user_version=1")
 
     yield Backend("sqlite", f"sqlite:{path}", bump, fail_updates, heal, downgrade)
 
@@ -106,9 +111,7 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
             await run(f"DROP TRIGGER fault_{table} ON {table}")
 
         async def downgrade() -> None:
-            await run("DROP TABLE health", "DROP TABLE timers",
-                      "ALTER TABLE deliveries DROP COLUMN last_event_id",
-                      "DELETE FROM schema_version WHERE version > 1")
+            await run(*UNDO_STEPS, "DELETE FROM schema_version WHERE version > 1")
 
         yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 

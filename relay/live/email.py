@@ -1,8 +1,9 @@
 """Email threads: one thread per delivery through `In-Reply-To` / `References` headers.
 
-Apprise sends the headers given as `+Header=value` URL parameters, written
-before its own `Message-ID`, so the relay never sets `Message-ID` (the mail
-would carry two). Every mail of one delivery (and route and receiver URL)
+Apprise sends the headers its email plugin was given (`+Header=value` URL
+parameters; the relay adds these two to the plugin's own for one send),
+written before its own `Message-ID`, so the relay never sets `Message-ID`
+(the mail would carry two). Every mail of one delivery (and route and receiver URL)
 refers to the same stable id; mail clients group mails that share a
 reference (the id itself names no real mail), and Gmail also wants the same
 subject, so a live route's email title should not change with the status.
@@ -11,7 +12,6 @@ subject, so a live route's email title should not change with the status.
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import quote
 
 import apprise
 
@@ -29,8 +29,6 @@ def thread_id(delivery_id: str, route: str, receiver: str, url_index: int) -> st
     return f"<live.{digest.hexdigest()[:32]}@{DOMAIN}>"
 
 
-def threaded_url(url: str, thread: str) -> str:
-    """The email URL with the thread's headers as Apprise `+Header=` parameters."""
-    value = quote(thread, safe="")
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}+In-Reply-To={value}&+References={value}"
+def thread_headers(thread: str) -> dict[str, str]:
+    """The headers that put a mail in the thread (what `+In-Reply-To=…&+References=…` sets)."""
+    return {"In-Reply-To": thread, "References": thread}

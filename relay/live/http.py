@@ -2,8 +2,9 @@
 
 Same rules as `relay.notify.classify`: 408/425/429 and 5xx are retried, other
 4xx are permanent, a timeout waits at least a minute (the message may still
-arrive). A `Retry-After` the platform gives (header or body) is honoured as
-given; a 429 without one waits a minute.
+arrive), and the wait after a status is `relay.notify.wait_after` (a
+`Retry-After` the platform gives, as a header or in its body, on 429 and 503;
+at least a minute after a 429).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 import aiohttp
 
 from relay.logs import scrub
-from relay.notify import MIN_WAIT_AFTER_TIMEOUT, RETRYABLE_STATUS, SENT, Outcome, _retry_after
+from relay.notify import (
+    MIN_WAIT_AFTER_TIMEOUT,
+    RETRYABLE_STATUS,
+    SENT,
+    Outcome,
+    _retry_after,
+    wait_after,
+)
 
 MAX_ANSWER = 1 << 20  # a platform's answer is a small JSON object; never read more
 
@@ -78,14 +86,10 @@ def outcome_for(answer: Answer, error: str, retry_after: float | None = None) ->
         return Outcome("retry", answer.error, MIN_WAIT_AFTER_TIMEOUT if answer.timed_out else 0.0)
     status = answer.status
     text = f"HTTP {status}: {error}"
-    wait: float | None = retry_after if retry_after is not None else answer.retry_after
-    if status == 429:
-        return Outcome("retry", text, MIN_WAIT_AFTER_TIMEOUT if wait is None else wait, status)
-    if status in RETRYABLE_STATUS or status >= 500:
-        return Outcome("retry", text, wait or 0.0, status)
-    if 400 <= status < 500:
+    wait = wait_after(status, retry_after if retry_after is not None else answer.retry_after)
+    if 400 <= status < 500 and status not in RETRYABLE_STATUS:
         return Outcome("failed", text, 0.0, status)
-    return Outcome("retry", text, wait or 0.0, status)  # 2xx with a body we cannot read, 3xx
+    return Outcome("retry", text, wait, status)  # also a 2xx with a body we cannot read, a 3xx
 
 
 __all__ = ["SENT", "Answer", "Api", "outcome_for"]

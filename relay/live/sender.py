@@ -14,13 +14,17 @@ already made (with an access-token URL; a password login is a new device).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from relay.errors import StoreError
 from relay.live import LiveClient, LiveMessage, LiveResult, MessageRef
-from relay.notify import SENT, Outcome
+from relay.notify import MIN_WAIT_AFTER_TIMEOUT, SENT, Outcome
 from relay.store import LiveMessages, LiveSlot, rules
 
+log = logging.getLogger(__name__)
 HELD_WAIT = 1.0  # another sender is updating the same message: look again shortly
 
 
@@ -44,23 +48,35 @@ class LiveSent:
 
 
 class LiveSender:
+    """Sends as `owner` (one send's own name: the hold is per send); `timeout` bounds the
+    platform calls of one send, `lease` the hold on the message."""
+
     def __init__(self, store: LiveMessages, owner: str, clock: Callable[[], float],
-                 lease: float = 60.0) -> None:
+                 lease: float = 60.0, timeout: float = 15.0) -> None:
         self.store = store
         self.owner = owner
         self.clock = clock
         self.lease = lease
+        self.timeout = timeout
 
     async def send(self, client: LiveClient, job: LiveJob) -> LiveSent:
-        slot = await self.store.live_take(job.key, job.delivery_id, owner=self.owner,
-                                          now=self.clock(), lease=self.lease)
+        try:
+            slot = await self.store.live_take(job.key, job.delivery_id, owner=self.owner,
+                                              now=self.clock(), lease=self.lease)
+        except StoreError as e:  # nothing was tried: not the receiver's failure
+            return LiveSent(Outcome("retry", f"store unavailable: {e}", HELD_WAIT, held=True),
+                            "held")
         if slot is None:
             return LiveSent(Outcome("retry", "another sender is updating this live message",
-                                    HELD_WAIT), "held")
+                                    HELD_WAIT, held=True), "held")
         try:
-            sent = await self._act(client, job, slot)
+            async with asyncio.timeout(self.timeout):
+                sent = await self._act(client, job, slot)
+        except TimeoutError:  # it may have arrived: wait as after any timeout
+            sent = LiveSent(Outcome("retry", f"timed out after {self.timeout:g}s",
+                                    MIN_WAIT_AFTER_TIMEOUT), "timeout")
         except BaseException:
-            await self.store.live_release(job.key, owner=self.owner)
+            await self._durably(lambda: self.store.live_release(job.key, owner=self.owner), 0)
             raise
         await self._record(job, slot, sent)
         return sent
@@ -90,9 +106,28 @@ class LiveSender:
 
     async def _record(self, job: LiveJob, slot: LiveSlot, sent: LiveSent) -> None:
         if not sent.shows or sent.ref is None:
-            await self.store.live_release(job.key, owner=self.owner)
+            await self._durably(lambda: self.store.live_release(job.key, owner=self.owner), 0)
             return
         # a fresh post starts the message's history; an edit never moves it back
         shown = job.ts if sent.action != "edit" else rules.shown_after(slot.shown, job.ts)
-        await self.store.live_done(job.key, owner=self.owner, ref=sent.ref.to_json(),
-                                   shown=shown, now=self.clock())
+        ref = sent.ref.to_json()
+        # A ref that is not kept means a second root message at the next edit: keep trying
+        # while the hold lasts (the store may be back in a moment).
+        await self._durably(lambda: self.store.live_done(job.key, owner=self.owner, ref=ref,
+                                                         shown=shown, now=self.clock()),
+                            self.lease)
+
+    async def _durably(self, write: Callable[[], Awaitable[object]], patience: float) -> None:
+        """A store write, retried while the store is down for up to `patience` seconds."""
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                await write()
+                return
+            except StoreError as e:
+                if waited + delay > patience:
+                    log.warning("live message %s not recorded (store unavailable: %s); its"
+                                " hold lapses with its lease", self.owner, e)
+                    return
+                await asyncio.sleep(delay)
+                waited, delay = waited + delay, min(delay * 2, 5.0)

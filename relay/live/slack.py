@@ -15,7 +15,7 @@ from apprise.plugins.slack import CHANNEL_RE
 
 from relay.live import LiveMessage, LiveResult, MessageRef
 from relay.live.http import SENT, Answer, Api, outcome_for
-from relay.notify import Outcome
+from relay.notify import Outcome, wait_after
 
 API = "https://slack.com/api"
 GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
@@ -101,6 +101,7 @@ class SlackClient:
             return LiveResult(Outcome("failed", error, 0.0, answer.status), gone=True)
         if answer.status != 200:
             return LiveResult(outcome_for(answer, error))
-        if code in RETRY:
-            return LiveResult(Outcome("retry", error, answer.retry_after or 0.0, 200))
+        if code in RETRY:  # in a 200 answer: wait as after the status Slack means
+            wait = wait_after(429 if code == "ratelimited" else 503, answer.retry_after)
+            return LiveResult(Outcome("retry", error, wait, 200))
         return LiveResult(Outcome("failed", error, 0.0, 200))

@@ -10,7 +10,7 @@ Jobs move through these states:
        ▲                 │ ├──retry_later──▶ pending (next_attempt_at in the future)
        │                 │ └──bury─────────▶ dead ──replay──▶ pending
        └────release──────┘   (a lease that expires is claimable again)
-    pending ──(delivery cancelled / stale update)──▶ suppressed
+    pending ──(delivery cancelled / stale update / replaced during its hold)──▶ suppressed
 
 Timers (watches, digests, quiet hours) are due work of their own: `accept` arms,
 opens or disarms them in the event's transaction (`TimerOp`), the worker claims
@@ -46,6 +46,7 @@ from relay.store.records import (
     JobDetail,
     JobSpec,
     JobState,
+    LiveRef,
     LiveSlot,
     Minute,
     RateLimit,
@@ -62,7 +63,8 @@ from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
            "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "Job", "JobAttempt",
-           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveSlot",
+           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveRef",
+           "LiveSlot",
            "Minute", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
            "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
            "open_store"]
@@ -84,7 +86,8 @@ class JobQueue(Protocol):
                           ) -> bool:
         """Count the failure and reschedule the job, in one transaction. True: circuit opened."""
     async def bury(self, job: Job, attempt: Attempt) -> None: ...
-    async def release(self, job: Job) -> None: ...
+    async def release(self, job: Job, *, at: float | None = None) -> None:
+        """Give the job back unattempted (pending again; due at `at` if given)."""
     def backlog_estimate(self) -> int: ...
     async def active_receivers(self) -> set[str]: ...
     def subscribe(self, callback: Callable[[], None]) -> None:

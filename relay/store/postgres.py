@@ -23,6 +23,7 @@ from relay.errors import RelayError, SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
 from relay.store.live import PostgresLive
+from relay.store.pg_ingest import hold, insert_event, track_delivery
 from relay.store.pg_support import (
     CHANNEL,
     COMMAND_TIMEOUT,
@@ -230,48 +231,23 @@ class PostgresStore(PostgresLive, PostgresTimers):
 
     async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[JobSpec],
                       now: float, timers: Sequence[TimerOp]) -> tuple[Accepted, int]:
-        event_id = await self._insert_event(conn, event, key, now)
+        event_id = await insert_event(conn, event, key, now)
         if event_id < 0:
             return Accepted(-event_id, True, 0), 0
-        reason, suppressed = await self._track_delivery(conn, event, event_id)
-        kept = [j for j in jobs if not (reason and j.suppress_stale)]
-        await conn.executemany(q(sql.INSERT_JOB), sql.job_rows(event_id, event, kept, now))
-        changes = await apply_timers(conn, timers, event_id, now)
-        if kept or changes:
-            await self._notify(conn)
-        why = reason if len(kept) < len(jobs) else ""
-        return Accepted(event_id, False, len(kept), why, changes), suppressed
-
-    @staticmethod
-    async def _insert_event(conn: Any, event: Event, key: str, now: float) -> int:
-        """The new event's id, or minus the id of the event that already has this key."""
-        for _ in range(3):  # the holder of the key may be purged between the two statements
-            new = await conn.fetchval(q(sql.INSERT_EVENT), *sql.event_args(event, key, now))
-            if new is not None:
-                return int(new)
-            old = await conn.fetchval(q(sql.EVENT_BY_KEY), key)
-            if old is not None:
-                return -int(old)
-        raise StoreError(f"dedup key {key!r} keeps changing hands; retry later")
-
-    @staticmethod
-    async def _track_delivery(conn: Any, event: Event, event_id: int) -> tuple[str, int]:
-        """Record the delivery's ordering state; say why an update is stale, if it is."""
-        if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
-            return "", 0
         ts = parse_timestamp(event.timestamp).timestamp()
-        # A placeholder row first, so that concurrent events of one delivery queue on its lock.
-        await conn.execute("INSERT INTO deliveries (delivery_id, newest) VALUES ($1, '-Infinity')"
-                           " ON CONFLICT (delivery_id) DO NOTHING", event.delivery_id)
-        row = await conn.fetchrow(q(sql.DELIVERY) + " FOR UPDATE", event.delivery_id)
-        newest, cancelled = row["newest"], row["cancelled"]
-        await conn.execute(q(sql.UPSERT_DELIVERY), event.delivery_id,
-                           *rules.delivery_after(event.type, ts, newest, cancelled),
-                           rules.last_event_after(ts, newest, event_id, row["last_event_id"]))
-        suppressed = 0
-        if rules.cancels(event.type):
-            suppressed = rows_touched(await conn.execute(q(sql.SUPPRESS_UPDATES), event.delivery_id))
-        return rules.stale_reason(event.type, ts, newest, cancelled), suppressed
+        reason, suppressed = await track_delivery(conn, event, event_id, ts)
+        kept = []
+        for spec in (j for j in jobs if not (reason and j.suppress_stale)):
+            job, replaced = await hold(conn, event_id, event, spec, ts, now)
+            kept.append(job)
+            suppressed += replaced
+        await conn.executemany(q(sql.INSERT_JOB), sql.job_rows(event_id, event, kept, now, ts))
+        queued = sum(j.state == "pending" for j in kept)
+        changes = await apply_timers(conn, timers, event_id, now)
+        if queued or changes:
+            await self._notify(conn)
+        why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
+        return Accepted(event_id, False, queued, why, changes), suppressed
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
                     bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
@@ -321,9 +297,9 @@ class PostgresStore(PostgresLive, PostgresTimers):
 
         return await self._tx(retry_later)
 
-    async def release(self, job: Job) -> None:
+    async def release(self, job: Job, *, at: float | None = None) -> None:
         async def release(conn: Any) -> None:
-            if rows_touched(await conn.execute(q(sql.RELEASE), job.id, job.claim_token)):
+            if rows_touched(await conn.execute(q(sql.RELEASE), at, job.id, job.claim_token)):
                 await self._notify(conn)  # another replica may send it now
 
         await self._tx(release)
@@ -430,4 +406,8 @@ class PostgresStore(PostgresLive, PostgresTimers):
         status = await self._tx(lambda conn: conn.execute(
             "DELETE FROM deliveries WHERE delivery_id IN (SELECT delivery_id FROM deliveries"
             " WHERE newest < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)", before, batch))
+        if rows_touched(status):
+            return rows_touched(status)
+        status = await self._tx(lambda conn: conn.execute(  # then quiet live messages
+            q(sql.PURGE_LIVE_SKIP_LOCKED), before, before, batch))
         return rows_touched(status)

@@ -40,6 +40,10 @@ class JobSpec(Protocol):
     def format(self) -> str: ...
     @property
     def suppress_stale(self) -> bool: ...
+    @property
+    def live(self) -> bool: ...
+    @property
+    def hold(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class Job:
     claim_token: str = ""
     delivery_id: str = ""
     event_type: str = ""
+    live: bool = False  # its route is live: sent as a post or an edit of the delivery's message
+    event_at: float | None = None  # the event's own `timestamp` (what a live message orders by)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,21 @@ class Timeline:
     jobs: tuple[Job, ...]
     attempts: tuple[JobAttempt, ...]
     timers: tuple[Timer, ...] = ()
+    live: tuple[LiveRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveRef:
+    """One live message of a delivery, as its timeline shows it.
+
+    `key` is `rules.live_key(job.delivery_id, job.route, job.receiver, job.url_index)`
+    of the live jobs that post and edit it.
+    """
+
+    key: str
+    ref: str | None  # JSON {"platform", "channel", "message"}; None until the first post
+    shown: float | None  # the event time of the state it shows
+    updated_at: float
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,48 @@ def live_action(ref: str | None, shown: float | None, ts: float) -> LiveAction:
 def shown_after(shown: float | None, ts: float) -> float:
     """The event time a live message shows after showing `ts` (never older than before)."""
     return ts if shown is None else max(shown, ts)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A pending job of the same delivery, route and receiver URL as a new held notification."""
+
+    id: int
+    event_at: float | None  # None: queued before the relay kept event times
+    due: float
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """What a held notification does: wait until `due`, replacing `replaces`, or step aside.
+
+    `replaced_by` is a waiting job of a newer event: then the new one is not sent.
+    """
+
+    due: float
+    replaces: tuple[int, ...] = ()
+    replaced_by: int | None = None
+
+
+def coalesce(ts: float, now: float, hold: float, waiting: Sequence[Waiting]) -> Coalesced:
+    """A notification held for `hold` seconds replaces what waits for the same message.
+
+    The hold starts with the first notification it replaces and is never extended by a
+    newer one, so a delivery that keeps moving still gets a message every `hold`. An
+    update older than one already waiting (out of order) is itself replaced.
+    """
+    if hold <= 0:
+        return Coalesced(now)
+    newer = [w for w in waiting if w.event_at is not None and w.event_at > ts]
+    if newer:
+        return Coalesced(now, replaced_by=max(newer, key=lambda w: (w.event_at, w.id)).id)
+    return Coalesced(min([now + hold, *(w.due for w in waiting)]), tuple(w.id for w in waiting))
+
+
+def replaced_reason(event_id: int) -> str:
+    """Why a waiting job was replaced (its state becomes `suppressed`)."""
+    return f"replaced during its hold by the notification of event {event_id}"
+
+
+def outdated_reason(job_id: int) -> str:
+    return f"a notification of a newer event (job {job_id}) was already waiting"

@@ -17,7 +17,7 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -148,6 +148,11 @@ INDEXES_4: dict[Dialect, tuple[Index, ...]] = {
                  Index("timers_delivery", "timers", "delivery_id"),
                  Index("timers_event", "timers", "event_id", "state IN ('armed', 'claimed')")),
 }
+# Step 6: what a job of a live route needs (whether it is live; the event's own time, which
+# orders a live message's states and a hold's replacements), and purging quiet live messages.
+COLUMNS_6 = (("jobs", _c("live", "bool", default="false")),
+             ("jobs", _c("event_at", "real", null=True)))
+INDEXES_6 = (Index("live_messages_updated", "live_messages", "updated_at"),)
 
 
 def render_column(column: Column, dialect: Dialect) -> str:
@@ -176,6 +181,12 @@ def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Diale
     return ";\n".join(out) + ";\n"
 
 
+def add_columns(columns: tuple[tuple[str, Column], ...], dialect: Dialect) -> str:
+    """ALTER TABLE statements adding each (table, column), `;`-separated."""
+    return "".join(f"ALTER TABLE {table} ADD COLUMN {render_column(column, dialect)};\n"
+                   for table, column in columns)
+
+
 def migrations(dialect: Dialect) -> dict[int, str]:
     """The SQL of each migration step for this dialect."""
     last_event = f"ALTER TABLE deliveries ADD COLUMN last_event_id {TYPES[dialect]['ref']};\n"
@@ -183,7 +194,8 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             2: render(TABLES_2, (), dialect),
             3: render(TABLES_3, INDEXES_3, dialect),
             4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event,
-            5: render((), INDEXES_5[dialect], dialect)}
+            5: render((), INDEXES_5[dialect], dialect),
+            6: add_columns(COLUMNS_6, dialect) + render((), INDEXES_6, dialect)}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))
@@ -196,6 +208,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     values = {name: row[name] for name in JOB_FIELDS}
     for name in _OPTIONAL_TEXT:
         values[name] = values[name] or ""
+    values["live"] = bool(values["live"])  # SQLite keeps booleans as 0/1
     return Job(**values)
 
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from relay.events import Event
@@ -22,6 +23,7 @@ from relay.store.records import (
     JobAttempt,
     JobSpec,
     JobState,
+    LiveRef,
     Minute,
     Timeline,
     TimelineEvent,
@@ -38,7 +40,10 @@ from relay.store.rules import (
     TIMER_LIVE,
     TIMER_TO,
     UPDATED,
+    Coalesced,
     finished_at,
+    outdated_reason,
+    replaced_reason,
     timer_due,
 )
 from relay.store.schema import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
@@ -49,8 +54,15 @@ INSERT_EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, 
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
 EVENT_BY_KEY = "SELECT id FROM events WHERE dedup_key = ?"
 INSERT_JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, type, format,"
-              " delivery_id, event_type, suppress_stale, created_at, next_attempt_at)"
-              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+              " delivery_id, event_type, suppress_stale, created_at, next_attempt_at, live,"
+              " event_at, state, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+              " ?, ?)")
+# A held notification (rules.coalesce) looks at what waits for the same message, and
+# replaces it. PostgreSQL locks these rows (FOR UPDATE): a claim skips them meanwhile.
+WAITING = ("SELECT id, event_at, next_attempt_at AS due FROM jobs WHERE delivery_id = ?"
+           " AND route = ? AND receiver = ? AND url_index = ? AND state = 'pending'")
+REPLACE = ("UPDATE jobs SET state = 'suppressed', last_error = ?, finished_at = ?"
+           " WHERE id = ? AND state = 'pending'")
 DELIVERY = "SELECT newest, cancelled, last_event_id FROM deliveries WHERE delivery_id = ?"
 UPSERT_DELIVERY = ("INSERT INTO deliveries (delivery_id, newest, cancelled, last_event_id)"
                    " VALUES (?, ?, ?, ?) ON CONFLICT (delivery_id) DO UPDATE SET"
@@ -78,7 +90,8 @@ FINISH = ("UPDATE jobs SET state = ?, attempts = attempts + 1, last_error = ?,"
 INSERT_ATTEMPT = ("INSERT INTO attempts (job_id, at, outcome, error, duration)"
                   " VALUES (?, ?, ?, ?, ?)")
 RELEASE = ("UPDATE jobs SET state = 'pending', claim_token = NULL, claimed_by = NULL,"
-           " lease_until = NULL WHERE id = ? AND claim_token = ?")
+           " lease_until = NULL, next_attempt_at = coalesce(?, next_attempt_at)"
+           " WHERE id = ? AND claim_token = ?")
 # Parameters: close_args() (see rules.CLOSED).
 CLOSE_CIRCUIT = ("UPDATE receivers SET failures = ?, open_until = ?, cooldown = ?"
                  " WHERE name = ? AND NOT (failures = ? AND open_until = ?)")
@@ -98,6 +111,14 @@ DONE_LIVE = ("UPDATE live_messages SET ref = ?, shown = ?, holder = NULL, held_u
 RELEASE_LIVE = ("UPDATE live_messages SET holder = NULL, held_until = NULL"
                 " WHERE live_key = ? AND holder = ?")
 LIVE_REF = "SELECT ref, shown FROM live_messages WHERE live_key = ?"
+# Purge: live messages quiet for the retention (and not held) are forgotten; a later
+# notification of their delivery posts a new message.
+_PURGE_LIVE = ("DELETE FROM live_messages WHERE live_key IN (SELECT live_key FROM live_messages"
+               " WHERE updated_at < ? AND (holder IS NULL OR held_until < ?) LIMIT ?{})")
+PURGE_LIVE = _PURGE_LIVE.format("")
+PURGE_LIVE_SKIP_LOCKED = _PURGE_LIVE.format(" FOR UPDATE SKIP LOCKED")  # PostgreSQL
+LIVE_HOLDERS = "SELECT DISTINCT holder FROM live_messages WHERE holder IS NOT NULL"
+FREE_LIVE = "UPDATE live_messages SET holder = NULL, held_until = NULL WHERE holder = ?"
 
 PING = ("INSERT INTO health (id, at) VALUES (1, ?)"
         " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
@@ -186,6 +207,8 @@ RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
 EVENT_ROW = "SELECT id, type, received_at, payload FROM events WHERE id = ?"
 LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"
 TIMELINE_TIMERS = f"SELECT {TIMER_COLUMNS} FROM timers WHERE delivery_id = ? ORDER BY id"
+TIMELINE_LIVE = ("SELECT live_key AS key, ref, shown, updated_at FROM live_messages"
+                 " WHERE delivery_id = ? ORDER BY live_key")
 # Events that armed a live timer stay: the timer fires with them.
 KEEPS_EVENT = ("NOT EXISTS (SELECT 1 FROM timers t WHERE t.event_id = e.id"
                f" AND t.state IN {_states(TIMER_LIVE)})")
@@ -200,11 +223,41 @@ def numbered(sql: str) -> str:
     return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
 
 
-def job_rows(event_id: int, event: Event, jobs: Sequence[JobSpec], now: float,
+@dataclass(frozen=True)
+class Queued:
+    """One job of an accepted event as it is inserted: due when, in which state, and why."""
+
+    spec: JobSpec
+    due: float
+    state: JobState = "pending"
+    reason: str = ""
+
+
+def queued(spec: JobSpec, coalesced: Coalesced) -> Queued:
+    """The job a notification becomes after `rules.coalesce`."""
+    if coalesced.replaced_by is not None:
+        return Queued(spec, coalesced.due, "suppressed", outdated_reason(coalesced.replaced_by))
+    return Queued(spec, coalesced.due)
+
+
+def waiting_key(event: Event, spec: JobSpec) -> tuple[Any, ...] | None:
+    """WAITING's parameters for a held notification; None when it is not held."""
+    if spec.hold <= 0 or not event.delivery_id:
+        return None
+    return (event.delivery_id, spec.route, spec.receiver, spec.url_index)
+
+
+def job_rows(event_id: int, event: Event, jobs: Sequence[Queued], now: float, ts: float,
              ) -> list[tuple[Any, ...]]:
-    """INSERT_JOB's parameters for each job of an accepted event."""
-    return [(event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type, j.format,
-             event.delivery_id, event.type, j.suppress_stale, now, now) for j in jobs]
+    """INSERT_JOB's parameters for each job of an accepted event (`ts`: its own time)."""
+    return [(event_id, j.spec.receiver, j.spec.url_index, j.spec.route, j.spec.title, j.spec.body,
+             j.spec.type, j.spec.format, event.delivery_id, event.type, j.spec.suppress_stale,
+             now, j.due, j.spec.live, ts, j.state, j.reason) for j in jobs]
+
+
+def replace_args(ids: Sequence[int], event_id: int, now: float) -> list[tuple[Any, ...]]:
+    """REPLACE's parameters: the waiting jobs a held notification of `event_id` replaces."""
+    return [(replaced_reason(event_id), now, i) for i in ids]
 
 
 def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
@@ -218,7 +271,8 @@ def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
 def timer_job_rows(timer: Timer, jobs: Sequence[JobSpec], now: float) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
     return [(timer.event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type,
-             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, now) for j in jobs]
+             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, now, False, None,
+             "pending", "") for j in jobs]
 
 
 def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:
@@ -253,12 +307,14 @@ def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
     return (key, event.type, event.delivery_id, now, json.dumps(event.payload))
 
 
-TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS)
+TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS,
+                    TIMELINE_LIVE)
 
 
 def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
              jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
-             timers: Iterable[Mapping[str, Any]] = ()) -> Timeline:
+             timers: Iterable[Mapping[str, Any]] = (), live: Iterable[Mapping[str, Any]] = (),
+             ) -> Timeline:
     """A Timeline from the rows of TIMELINE_QUERIES."""
     return Timeline(
         delivery_id,
@@ -266,7 +322,8 @@ def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
               for e in events),
         tuple(job_from_row(j) for j in jobs),
         tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts),
-        tuple(timer_from_row(t) for t in timers))
+        tuple(timer_from_row(t) for t in timers),
+        tuple(from_row(LiveRef, r) for r in live))
 
 
 def recent(rows: Iterable[Mapping[str, Any]]) -> list[DeliverySummary]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -21,7 +19,7 @@ from typing import Any, TypeVar
 
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
-from relay.store import rules, sql, sqlite_timers
+from relay.store import rules, sql, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
 from relay.store.records import (
     Accepted,
@@ -96,7 +94,7 @@ class SQLiteStore(SQLiteLive):
             return
         _make_folder(Path(self.path).parent)
         await self._writer.start()
-        await self._call(self._release_dead_owners)
+        await self._call(sqlite_support.release_dead_owners)
         await self._call(self._count_backlog)
 
     async def close(self) -> None:
@@ -132,22 +130,6 @@ class SQLiteStore(SQLiteLive):
                                "COMMIT;")
             log.info("store schema migrated to version %d", step)
 
-    def _release_dead_owners(self, conn: sqlite3.Connection) -> int:
-        """Claims of crashed processes on this host go back to pending at once."""
-        host = socket.gethostname()
-        owners = [r[0] for r in conn.execute(
-            "SELECT DISTINCT claimed_by FROM jobs WHERE state='claimed'")]
-        dead = [o for o in owners if _owner_gone(o, host)]
-        for owner in dead:
-            conn.execute("UPDATE jobs SET state='pending', claim_token=NULL, claimed_by=NULL,"
-                         " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
-        timer_owners = [r[0] for r in conn.execute(
-            "SELECT DISTINCT claimed_by FROM timers WHERE state='claimed'")]
-        for owner in (o for o in timer_owners if _owner_gone(o, host)):
-            conn.execute("UPDATE timers SET state='armed', claim_token=NULL, claimed_by=NULL,"
-                         " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
-        return len(dead)
-
     def _count_backlog(self, conn: sqlite3.Connection) -> int:
         self._backlog.counted(conn.execute(sql.BACKLOG).fetchone()[0])
         return self._backlog.value
@@ -173,21 +155,27 @@ class SQLiteStore(SQLiteLive):
         if not inserted:
             return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
         event_id = inserted[0][0]
-        reason = self._track_delivery(conn, event, event_id)
-        kept = [j for j in jobs if not (reason and j.suppress_stale)]
-        conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now))
-        self._backlog.add(len(kept))
+        ts = parse_timestamp(event.timestamp).timestamp()
+        reason = self._track_delivery(conn, event, event_id, ts)
+        kept = []
+        for spec in (j for j in jobs if not (reason and j.suppress_stale)):
+            job, replaced = sqlite_support.hold(conn, event_id, event, spec, ts, now)
+            kept.append(job)
+            self._backlog.add(-replaced)
+        conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now, ts))
+        queued = sum(j.state == "pending" for j in kept)
+        self._backlog.add(queued)
         changes = tuple(TimerChange(op.action, op.kind, op.key) for op in rules.ordered_ops(timers)
                         if conn.execute(sql.TIMER_WRITE[op.action],
                                         sql.timer_args(op, event_id, now)).fetchall())
-        return Accepted(event_id, False, len(kept), reason if len(kept) < len(jobs) else "",
-                        changes)
+        why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
+        return Accepted(event_id, False, queued, why, changes)
 
-    def _track_delivery(self, conn: sqlite3.Connection, event: Event, event_id: int) -> str:
+    def _track_delivery(self, conn: sqlite3.Connection, event: Event, event_id: int,
+                        ts: float) -> str:
         """Record the delivery's ordering state; say why an update is stale, if it is."""
         if not event.delivery_id:  # a relay-internal event (a notice): about no delivery
             return ""
-        ts = parse_timestamp(event.timestamp).timestamp()
         row = conn.execute(sql.DELIVERY, (event.delivery_id,)).fetchone()
         newest, cancelled, last = (row["newest"], bool(row["cancelled"]), row["last_event_id"]) \
             if row else (None, False, None)
@@ -246,8 +234,8 @@ class SQLiteStore(SQLiteLive):
         conn.execute(sql.OPEN_CIRCUIT, (tripped.open_until, tripped.cooldown, job.receiver))
         return tripped.opened
 
-    async def release(self, job: Job) -> None:
-        await self._call(lambda conn: conn.execute(sql.RELEASE, (job.id, job.claim_token))
+    async def release(self, job: Job, *, at: float | None = None) -> None:
+        await self._call(lambda conn: conn.execute(sql.RELEASE, (at, job.id, job.claim_token))
                          and None)
 
     def _finish(self, conn: sqlite3.Connection, job: Job, state: JobState, at: float | None,
@@ -370,9 +358,11 @@ class SQLiteStore(SQLiteLive):
             if ids:
                 return conn.execute(f"DELETE FROM timers WHERE id IN ({','.join('?' * len(ids))})",
                                     ids).rowcount
-        if not ids:  # then the per-delivery ordering state of deliveries quiet as long
+        if not ids:  # then the per-delivery state of deliveries quiet as long
             return conn.execute("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM"
-                                " deliveries WHERE newest < ? LIMIT ?)", (before, batch)).rowcount
+                                " deliveries WHERE newest < ? LIMIT ?)", (before, batch)
+                                ).rowcount or \
+                conn.execute(sql.PURGE_LIVE, (before, before, batch)).rowcount
         # Explicit deletes: files created before step 1 rendered ON DELETE CASCADE lack it.
         marks = ",".join("?" * len(ids))
         conn.execute(f"DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE"
@@ -403,20 +393,3 @@ def _take(conn: sqlite3.Connection, receiver: str, limit: int, now: float, lease
         f" AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?) RETURNING {JOB_COLUMNS}",
         (uuid.uuid4().hex, owner, now + lease, receiver, now, limit)).fetchall()
     return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)
-
-
-def _owner_gone(owner: str | None, host: str) -> bool:
-    """True when a claim's owner was a process on this host that no longer runs."""
-    parts = (owner or "").rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-        return not owner
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return True  # a pid reused by us (PID 1 in a restarted container)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False

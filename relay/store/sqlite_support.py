@@ -1,0 +1,66 @@
+"""SQLite primitives beside the store: a held notification at ingest, and what processes
+of this host that died left claimed or held.
+
+Plain functions of a connection, run on the writer thread inside a batch's
+transaction; the rules are `rules`, the statements `sql`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+
+from relay.events import Event
+from relay.store import rules, sql
+from relay.store.records import JobSpec
+from relay.store.schema import from_row
+
+
+def hold(conn: sqlite3.Connection, event_id: int, event: Event, spec: JobSpec, ts: float,
+         now: float) -> tuple[sql.Queued, int]:
+    """The job a notification becomes, and how many waiting jobs it replaced."""
+    key = sql.waiting_key(event, spec)
+    waiting = [] if key is None else [from_row(rules.Waiting, r)
+                                      for r in conn.execute(sql.WAITING, key)]
+    coalesced = rules.coalesce(ts, now, spec.hold, waiting)
+    replaced = sum(conn.execute(sql.REPLACE, args).rowcount
+                   for args in sql.replace_args(coalesced.replaces, event_id, now))
+    return sql.queued(spec, coalesced), replaced
+
+
+def release_dead_owners(conn: sqlite3.Connection) -> int:
+    """Claims of crashed processes on this host go back to pending at once."""
+    host = socket.gethostname()
+    owners = [r[0] for r in conn.execute(
+        "SELECT DISTINCT claimed_by FROM jobs WHERE state='claimed'")]
+    dead = [o for o in owners if owner_gone(o, host)]
+    for owner in dead:
+        conn.execute("UPDATE jobs SET state='pending', claim_token=NULL, claimed_by=NULL,"
+                     " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
+    timer_owners = [r[0] for r in conn.execute(
+        "SELECT DISTINCT claimed_by FROM timers WHERE state='claimed'")]
+    for owner in (o for o in timer_owners if owner_gone(o, host)):
+        conn.execute("UPDATE timers SET state='armed', claim_token=NULL, claimed_by=NULL,"
+                     " lease_until=NULL WHERE state='claimed' AND claimed_by=?", (owner,))
+    # Live messages they held, likewise (else their next edit waits out the lease).
+    holders = [r[0] for r in conn.execute(sql.LIVE_HOLDERS)]
+    conn.executemany(sql.FREE_LIVE, [(h,) for h in holders if owner_gone(h, host)])
+    return len(dead)
+
+
+def owner_gone(owner: str | None, host: str) -> bool:
+    """True when a claim's owner was a process on this host that no longer runs."""
+    parts = (owner or "").rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return not owner
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True  # a pid reused by us (PID 1 in a restarted container)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
