@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from relay.config import Config
 from relay.escaping import strip_controls
-from relay.events import Event
+from relay.events import Event, parse_timestamp
+from relay.live import MessageRef, has_threads, why_not_live
+from relay.live.email import is_email, thread_id
 from relay.notify import converted
 from relay.pipeline import Channel, Notification, Plan
 from relay.routing import Route
-from relay.runtime import build_runtime
+from relay.runtime import Runtime, build_runtime
+from relay.store import rules
+from relay.store.peek import Peek, peek
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
                 " can match it)")
 
 
 def explain(config: Config, event: Event) -> tuple[str, list[str]]:
-    """A readable report and the receivers the event reaches."""
+    """A readable report and the receivers the event reaches.
+
+    For live and held notifications it reads the store, read-only, when there is one.
+    """
     rt = build_runtime(config)
     plan = rt.planner.plan(event)
     lines = [_headline(event), "", "routes (first match wins unless it says continue):"]
@@ -27,7 +35,7 @@ def explain(config: Config, event: Event) -> tuple[str, list[str]]:
         lines.append(_unmatched(config, event))
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
-    lines += _notifications(plan, rt.notifier.channels())
+    lines += _notifications(plan, rt.notifier.channels(), live_lines(rt, event, plan))
     return "\n".join(lines), receivers
 
 
@@ -84,7 +92,8 @@ def _unmatched(config: Config, event: Event) -> str:
     return f'  (no route matched: default_receiver "{default}" takes it)'
 
 
-def _notifications(plan: Plan, channels: dict[str, list[Channel]]) -> list[str]:
+def _notifications(plan: Plan, channels: dict[str, list[Channel]],
+                   live: Mapping[Notification, list[str]]) -> list[str]:
     if not plan.notifications:
         return ["notifications: none"]
     lines = ["notifications:"]
@@ -92,6 +101,7 @@ def _notifications(plan: Plan, channels: dict[str, list[Channel]]) -> list[str]:
         ch = channels[n.receiver][n.url_index]
         lines.append(f"  {n.receiver}[{n.url_index}] {ch.label}  route={n.route}"
                      f"  type={n.type}  format={n.format}")
+        lines += live.get(n, [])
         title = _size(n.title, ch.title_max, n) if ch.title_max else \
             f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
         lines.append(f"    title ({title}): {n.title}")
@@ -118,3 +128,62 @@ _MISSING = object()
 
 def _show(value: object) -> str:
     return "missing" if value is _MISSING else repr(value)
+
+
+def live_lines(rt: Runtime, event: Event, plan: Plan) -> dict[Notification, list[str]]:
+    """What each live or held notification would do: post, edit or wait (store read-only)."""
+    asked = [n for n in plan.notifications if n.live or n.hold > 0]
+    if not asked:
+        return {}
+    found, why = peek(rt.config.store.url, [(
+        rules.live_key(event.delivery_id, n.route, n.receiver, n.url_index),
+        (event.delivery_id, n.route, n.receiver, n.url_index)) for n in asked])
+    ts = parse_timestamp(event.timestamp).timestamp()
+    out = {}
+    for i, n in enumerate(asked):
+        seen = found[i] if found is not None else None
+        url = rt.notifier.url(n.receiver, n.url_index) or ""
+        lines = [_live_line(n, event.delivery_id, url, ts, seen, why)] if n.live else []
+        out[n] = lines + ([_held_line(n, seen)] if n.hold > 0 else [])
+    return out
+
+
+def _live_line(n: Notification, delivery_id: str, url: str, ts: float, seen: Peek | None,
+               why: str) -> str:
+    reason = why_not_live(url)
+    if reason is not None and is_email(url):
+        thread = thread_id(delivery_id, n.route, n.receiver, n.url_index)
+        return f"    live: a mail in the delivery's thread (In-Reply-To {thread})"
+    if reason is not None:
+        return f"    live: a new message ({reason})"
+    if seen is None:
+        return f"    live: posts a new message, or edits the delivery's if it has one ({why})"
+    slot = seen.live
+    if slot is None or slot.ref is None:
+        return "    live: would post a new message (none for this delivery yet) and keep its ref"
+    ref = _ref(slot.ref)
+    action = rules.live_action(slot.ref, slot.shown, ts)
+    if action == "skip":
+        return (f"    live: would leave message {ref} as it is: it shows a newer state"
+                f" (of {_time(slot.shown)})")
+    thread = " and reply in its thread" if has_threads(url) else ""
+    return f"    live: would edit message {ref}{thread}"
+
+
+def _held_line(n: Notification, seen: Peek | None) -> str:
+    replaces = f"; it replaces waiting job {', '.join(map(str, seen.waiting))}" \
+        if seen is not None and seen.waiting else ""
+    return (f"    held {n.hold:g}s: a newer notification of this delivery in that time replaces"
+            f" it{replaces}")
+
+
+def _ref(text: str) -> str:
+    try:
+        ref = MessageRef.from_json(text)
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable ref)"
+    return strip_controls(f"{ref.platform} {ref.channel}/{ref.message}", single_line=True)
+
+
+def _time(ts: float | None) -> str:
+    return "?" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

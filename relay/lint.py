@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import apprise
 import jinja2
 
 from relay import config as config_mod
 from relay.config import Config, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS
+from relay.live import why_not_live
+from relay.live.email import is_email
+from relay.notify import redact
 from relay.routing import MatcherError, Route, Router
 from relay.runtime import build_runtime
 from relay.store import open_store
@@ -29,7 +33,7 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, store_url):
+    for rule in (unused, shadowed, undocumented, store_url, cannot_edit):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -49,6 +53,24 @@ def store_url(config: Config) -> list[Issue]:
     except StoreError as e:
         return [config.source.issue("store.url", str(e))]
     return []
+
+
+def cannot_edit(config: Config) -> list[Issue]:
+    """Receiver URLs of live routes that cannot edit: they get a new message each time.
+
+    Email is not listed: its live form is a thread per delivery.
+    """
+    out = []
+    for route in (r for r in config.routes if r.live):
+        for name in (n for n in route.receivers if n in config.receivers):
+            for i, url in enumerate(config.receivers[name].urls):
+                reason = why_not_live(url)
+                if reason is None or is_email(url) or apprise.Apprise.instantiate(url) is None:
+                    continue  # editable, threaded, or already an error of its own
+                out.append(config.source.issue(
+                    f"{route.path}.live", f'receiver "{name}" URL #{i} ({redact(url)}) cannot'
+                    f" edit, so it gets a new message per notification: {reason}", "warning"))
+    return out
 
 
 def unused(config: Config) -> list[Issue]:

@@ -193,12 +193,14 @@ async def running(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[TestServer, RunningRelay]] = []
 
     async def start(extra: str = "", env: dict[str, str] | None = None,
-                    clock: Callable[[], float] = time.time, **values: Any) -> RunningRelay:
+                    clock: Callable[[], float] = time.time,
+                    live_api: dict[str, str] | None = None, config_name: str = "config.yaml",
+                    **values: Any) -> RunningRelay:
         port = free_port()
         values = {"port": port, "db": tmp_path / "relay.db", **DEFAULTS, **values}
-        cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + textwrap.dedent(extra),
-                           **values)
-        relay = Relay(str(cfg), env=env or {}, clock=clock)
+        cfg = write_config(tmp_path / config_name,
+                           BASE_CONFIG + textwrap.dedent(extra), **values)
+        relay = Relay(str(cfg), env=env or {}, clock=clock, live_api=live_api)
         server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
         await server.start_server()
         running = RunningRelay(relay, f"http://127.0.0.1:{port}", ClientSession())

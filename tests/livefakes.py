@@ -30,6 +30,14 @@ class Message:
     text: str
     thread: str = ""  # Slack thread_ts / Telegram reply_to message_id
     edits: int = 0
+    history: list[str] = field(default_factory=list)  # every text it showed, oldest first
+
+    def __post_init__(self) -> None:
+        self.history.append(self.text)
+
+    def edit(self, text: str) -> None:
+        self.text, self.edits = text, self.edits + 1
+        self.history.append(text)
 
 
 @dataclass
@@ -101,7 +109,7 @@ class FakeSlack(Fake):
         message = self.messages.get(p["ts"])
         if message is None or message.channel != p["channel"]:
             return 200, {"ok": False, "error": "message_not_found"}, {}
-        message.text, message.edits = p["text"], message.edits + 1
+        message.edit(p["text"])
         return 200, {"ok": True, "channel": p["channel"], "ts": p["ts"], "text": p["text"],
                      "message": {"text": p["text"]}}, {}
 
@@ -131,7 +139,7 @@ class FakeDiscord(Fake):
         message = self.messages.get(parts[6])
         if message is None:
             return 404, {"message": "Unknown Message", "code": 10008}, {}
-        message.text, message.edits = payload["content"], message.edits + 1
+        message.edit(payload["content"])
         return 200, self._object(message), {}
 
     @staticmethod
@@ -172,7 +180,7 @@ class FakeTelegram(Fake):
             return self._bad("message is not modified: specified new message content and reply"
                              " markup are exactly the same as a current content and reply markup"
                              " of the message")
-        message.text, message.edits = p["text"], message.edits + 1
+        message.edit(p["text"])
         return 200, {"ok": True, "result": {**self._object(message), "edit_date": 1700000100}}, {}
 
     @staticmethod

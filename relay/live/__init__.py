@@ -107,6 +107,12 @@ def why_not_live(url: str) -> str | None:
     return _reason(plugin)
 
 
+def has_threads(url: str) -> bool:
+    """Whether a live message at this URL keeps its history in a thread (Discord's cannot)."""
+    plugin = apprise.Apprise.instantiate(url)
+    return plugin is not None and _reason(plugin) is None and _clients()[_platform(plugin)].threads
+
+
 def _platform(plugin: Any) -> str:
     return {"NotifySlack": "slack", "NotifyDiscord": "discord", "NotifyTelegram": "telegram",
             "NotifyMatrix": "matrix"}.get(type(plugin).__name__, "")
@@ -123,11 +129,13 @@ def _reason(plugin: Any) -> str | None:
     return checks[platform](plugin)
 
 
-def _build(plugin: Any, session: ClientSession, timeout: float, base: str | None) -> LiveClient:
+def _clients() -> dict[str, Any]:
     from relay.live import discord, matrix, slack, telegram
 
-    builders: dict[str, Callable[..., LiveClient]] = {
-        "slack": slack.SlackClient.from_plugin, "discord": discord.DiscordClient.from_plugin,
-        "telegram": telegram.TelegramClient.from_plugin,
-        "matrix": matrix.MatrixClient.from_plugin}
-    return builders[_platform(plugin)](plugin, session, timeout, base)
+    return {"slack": slack.SlackClient, "discord": discord.DiscordClient,
+            "telegram": telegram.TelegramClient, "matrix": matrix.MatrixClient}
+
+
+def _build(plugin: Any, session: ClientSession, timeout: float, base: str | None) -> LiveClient:
+    build: Callable[..., LiveClient] = _clients()[_platform(plugin)].from_plugin
+    return build(plugin, session, timeout, base)

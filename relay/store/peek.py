@@ -1,0 +1,81 @@
+"""What the `route` dry run may read of a store: read-only, and never creating one.
+
+A SQLite file is opened read-only (a missing file stays missing); PostgreSQL
+is asked in a read-only transaction. A store that is not there, not reachable
+or older than the live tables is reported as such, never as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay.errors import StoreError
+from relay.store import sql
+from relay.store.records import LiveSlot
+
+Ask = tuple[str, tuple[Any, ...]]  # a live key, and WAITING's parameters (delivery, route, …)
+
+
+@dataclass(frozen=True)
+class Peek:
+    """One live message as the store has it, and the pending jobs a hold would replace."""
+
+    live: LiveSlot | None
+    waiting: tuple[int, ...] = ()
+
+
+def peek(url: str, asks: Sequence[Ask]) -> tuple[list[Peek] | None, str]:
+    """The store's answer to each ask, or None and why it could not be read."""
+    try:
+        if url.startswith("sqlite:"):
+            return _sqlite(url, asks), ""
+        if url.startswith(("postgresql://", "postgres://")):
+            return asyncio.run(_postgres(url, asks)), ""
+    except (StoreError, LookupError) as e:
+        return None, str(e)
+    return None, "not a store this relay has"
+
+
+def _sqlite(url: str, asks: Sequence[Ask]) -> list[Peek]:
+    from relay.store.sqlite import sqlite_path
+
+    path = Path(sqlite_path(url))
+    if not path.exists():
+        raise LookupError(f"no store at {path} yet")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return [Peek(_slot(conn.execute(sql.LIVE_REF, (key,)).fetchone()),
+                         tuple(r[0] for r in conn.execute(sql.WAITING, waiting)))
+                    for key, waiting in asks]
+    except sqlite3.Error as e:  # locked, unreadable, or a schema before live messages
+        raise StoreError(f"{path} cannot be read: {e}") from None
+
+
+async def _postgres(url: str, asks: Sequence[Ask]) -> list[Peek]:
+    import asyncpg
+
+    from relay.store.pg_support import ERRORS, describe, redact
+
+    try:
+        conn = await asyncpg.connect(url, timeout=3, command_timeout=3, server_settings={
+            "default_transaction_read_only": "on", "application_name": "kourier-relay route"})
+    except (*ERRORS, ValueError) as e:
+        raise StoreError(f"cannot reach {redact(url)}: {describe(e)}") from None
+    try:
+        return [Peek(_slot(await conn.fetchrow(sql.numbered(sql.LIVE_REF), key)),
+                     tuple(r[0] for r in await conn.fetch(sql.numbered(sql.WAITING), *waiting)))
+                for key, waiting in asks]
+    except ERRORS as e:
+        raise StoreError(f"{redact(url)} cannot be read: {describe(e)}") from None
+    finally:
+        await conn.close()
+
+
+def _slot(row: Any) -> LiveSlot | None:
+    return None if row is None else LiveSlot(row[0], row[1])
