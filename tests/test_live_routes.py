@@ -241,7 +241,7 @@ async def test_replaying_a_dead_edit_edits_the_message_or_leaves_a_newer_state(
     assert root.text.endswith("delivered") and root.edits == 2
 
 
-async def test_email_of_a_live_route_threads_every_mail_of_a_delivery(running, smtp) -> None:
+async def test_email_of_a_live_route_threads_every_mail_of_a_delivery(running, smtp) -> None:  # noqa: F811
     mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
     r = await running(config(mail))
     for body in (event(0), event(1), event(0, "D2")):
@@ -255,7 +255,7 @@ async def test_email_of_a_live_route_threads_every_mail_of_a_delivery(running, s
     assert all(len(m.get_all("Message-ID")) == 1 for m in (d1a, d1b, d2))
 
 
-async def test_email_of_a_route_that_is_not_live_is_not_threaded(running, smtp) -> None:
+async def test_email_of_a_route_that_is_not_live_is_not_threaded(running, smtp) -> None:  # noqa: F811
     mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
     r = await running(config(mail, route=""))
     await r.post(event(0))
