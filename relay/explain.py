@@ -157,7 +157,7 @@ def _live_line(n: Notification, delivery_id: str, url: str, ts: float, seen: Pee
     if reason is not None:
         return f"    live: a new message ({reason})"
     if seen is None:
-        return f"    live: posts a new message, or edits the delivery's if it has one ({why})"
+        return f"    live: posts a new message, or edits the delivery's if it has one (store: {why})"
     slot = seen.live
     if slot is None or slot.ref is None:
         return "    live: would post a new message (none for this delivery yet) and keep its ref"

@@ -1,8 +1,9 @@
 """What the `route` dry run may read of a store: read-only, and never creating one.
 
-A SQLite file is opened read-only (a missing file stays missing); PostgreSQL
-is asked in a read-only transaction. A store that is not there, not reachable
-or older than the live tables is reported as such, never as an error.
+A SQLite file is opened read-only (a missing file stays missing: nothing is
+stored yet); PostgreSQL is asked in read-only transactions. A store that is
+not reachable or older than the live tables is reported as such, never as an
+error.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def peek(url: str, asks: Sequence[Ask]) -> tuple[list[Peek] | None, str]:
             return _sqlite(url, asks), ""
         if url.startswith(("postgresql://", "postgres://")):
             return asyncio.run(_postgres(url, asks)), ""
-    except (StoreError, LookupError) as e:
+    except StoreError as e:
         return None, str(e)
     return None, "not a store this relay has"
 
@@ -46,10 +47,14 @@ def _sqlite(url: str, asks: Sequence[Ask]) -> list[Peek]:
     from relay.store.sqlite import sqlite_path
 
     path = Path(sqlite_path(url))
-    if not path.exists():
-        raise LookupError(f"no store at {path} yet")
+    if not path.exists():  # no relay ran here yet: nothing is stored
+        return [Peek(None) for _ in asks]
+    # A running relay's WAL is read as well; with none (a relay at rest has checkpointed it)
+    # the file is read as immutable, so that not even a -wal or -shm file is made.
+    wal = Path(f"{path}-wal").exists()
+    mode = "mode=ro" if wal else "immutable=1"
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)) as conn:
             return [Peek(_slot(conn.execute(sql.LIVE_REF, (key,)).fetchone()),
                          tuple(r[0] for r in conn.execute(sql.WAITING, waiting)))
                     for key, waiting in asks]
