@@ -10,6 +10,7 @@ from relay.store import rules
 from tests.conftest import FakeClock, wait_for
 from tests.livefakes import DISCORD_ID, DISCORD_TOKEN, SLACK_TOKEN, TELEGRAM_TOKEN
 from tests.test_live_email import smtp  # noqa: F401  (fixture)
+from tests.test_live_matrix import room  # noqa: F401  (fixture)
 
 SLACK_URL = f"slack://{SLACK_TOKEN}/#ops"
 DISCORD_URL = f"discord://{DISCORD_ID}/{DISCORD_TOKEN}"
@@ -261,3 +262,41 @@ async def test_email_of_a_route_that_is_not_live_is_not_threaded(running, smtp) 
     await r.post(event(0))
     (m,) = await wait_for(lambda: smtp.messages(), message="the mail")
     assert m["In-Reply-To"] is None and m["References"] is None
+
+
+# ------------------------------------------------------------------ Matrix (a real Synapse)
+
+
+async def test_matrix_one_top_level_message_per_delivery_with_edits_and_thread_replies(
+        running, room, tmp_path) -> None:  # noqa: F811
+    r = await running(config(room.url()))
+    for body in (event(0), event(1), event(2), event(0, "D2")):
+        await r.post(body)
+    await done(tmp_path / "relay.db")
+    top = room.top_level()
+    assert [e["content"]["body"] for e in top] == ["Delivery D1\ncreated", "Delivery D2\ncreated"]
+    root = top[0]["event_id"]
+    edits = room.hs.relations(room.room_id, root, "m.replace", room.watcher)
+    assert sorted(e["content"]["m.new_content"]["body"] for e in edits) == [
+        "Delivery D1\nin_transit", "Delivery D1\nout_for_delivery"]
+    replies = room.hs.relations(room.room_id, root, "m.thread", room.watcher)
+    assert sorted(e["content"]["body"] for e in replies) == [
+        "Delivery D1\nin_transit", "Delivery D1\nout_for_delivery"]
+    assert room.hs.relations(room.room_id, top[1]["event_id"], "m.replace", room.watcher) == []
+
+
+async def test_matrix_a_redacted_message_is_posted_afresh_and_edited_from_then_on(
+        running, room, tmp_path) -> None:  # noqa: F811
+    r = await running(config(room.url()))
+    await r.post(event(0))
+    await done(tmp_path / "relay.db")
+    (old,) = room.top_level()
+    room.hs.redact(room.room_id, old["event_id"], room.watcher)  # the room's owner deletes it
+    await r.post(event(1))
+    await r.post(event(2))
+    await done(tmp_path / "relay.db")
+    (new,) = [e for e in room.top_level() if e["content"]]
+    assert new["event_id"] != old["event_id"] and new["content"]["body"] == "Delivery D1\nin_transit"
+    (edit,) = room.hs.relations(room.room_id, new["event_id"], "m.replace", room.watcher)
+    assert edit["content"]["m.new_content"]["body"] == "Delivery D1\nout_for_delivery"
+    assert rows(tmp_path / "relay.db", "SELECT state FROM jobs") == [("sent",)] * 3
