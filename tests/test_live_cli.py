@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,23 @@ async def test_route_reads_postgresql_in_a_read_only_transaction(tmp_path) -> No
             await conn.close()
         await stored(dsn)
         assert (await asyncio.to_thread(route, path, event(6)))[1:] == [EDIT, REPLACES]
+
+
+def test_the_live_route_per_platform_in_the_docs_passes_check_and_every_url_can_edit(
+        tmp_path, monkeypatch) -> None:
+    from relay.lint import lint
+    from tests.conftest import ROOT
+
+    page = (ROOT / "docs" / "live-messages.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, re.S)
+    env = {"SLACK_BOT_TOKEN": "xoxb-1-2-abcd", "DISCORD_WEBHOOK_ID": "1234",
+           "DISCORD_WEBHOOK_TOKEN": "abcd", "TELEGRAM_BOT_TOKEN": "123456789:AAabcd",
+           "TELEGRAM_CHAT_ID": "-1001234", "MATRIX_ACCESS_TOKEN": "syt_abcd",
+           "SMTP_USER": "relay", "SMTP_PASSWORD": "pw"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.yaml"
+        path.write_text("server: {tokens: [t]}\n" + block)
+        assert [str(issue) for issue in lint(str(path))] == []
+    assert len(blocks) == 2
