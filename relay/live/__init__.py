@@ -78,8 +78,8 @@ class LiveClient(Protocol):
     async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
         """Post a new message; `key` makes a retried post idempotent where the platform allows."""
 
-    async def edit(self, ref: MessageRef, message: LiveMessage) -> LiveResult:
-        """Replace the message's text with the current state."""
+    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+        """Replace the message's text with the current state (`key`: as for `post`)."""
 
     async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         """Post `message` in the thread of `ref`."""

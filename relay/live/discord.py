@@ -59,7 +59,7 @@ class DiscordClient:
                                            "allowed_mentions": NO_MENTIONS})
         return self._result("post", answer)
 
-    async def edit(self, ref: MessageRef, message: LiveMessage) -> LiveResult:
+    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         answer = await self.api.call("PATCH", f"{self.path}/messages/{ref.message}",
                                      params=self._params(),
                                      json={"content": self.content(message),

@@ -87,10 +87,11 @@ class LiveSender:
             return LiveSent(SENT, "skip", MessageRef.from_json(slot.ref or ""))
         if action == "edit":
             ref = MessageRef.from_json(slot.ref or "")
-            edited = await client.edit(ref, job.message)
+            # the target is in the key: a reused key answers with what it made the first time
+            edited = await client.edit(ref, job.message, key=f"{job.idem}.edit.{ref.message}")
             if not edited.gone:
                 return await self._thread(client, job, ref, edited)
-            posted = await client.post(job.message, key=job.idem + ".repost")
+            posted = await client.post(job.message, key=f"{job.idem}.repost.{ref.message}")
             return LiveSent(posted.outcome, "repost", posted.ref, posted.sent)
         posted = await client.post(job.message, key=job.idem)
         return LiveSent(posted.outcome, "post", posted.ref, posted.sent)
@@ -101,7 +102,7 @@ class LiveSender:
         """After an edit, the change as a reply in the message's thread (its history)."""
         if not edited.sent or not client.threads:
             return LiveSent(edited.outcome, "edit", ref, edited.sent)
-        replied = await client.reply(ref, job.message, key=job.idem + ".reply")
+        replied = await client.reply(ref, job.message, key=f"{job.idem}.reply.{ref.message}")
         return LiveSent(replied.outcome, "edit", ref, True)
 
     async def _record(self, job: LiveJob, slot: LiveSlot, sent: LiveSent) -> None:
@@ -113,9 +114,12 @@ class LiveSender:
         ref = sent.ref.to_json()
         # A ref that is not kept means a second root message at the next edit: keep trying
         # while the hold lasts (the store may be back in a moment).
-        await self._durably(lambda: self.store.live_done(job.key, owner=self.owner, ref=ref,
-                                                         shown=shown, now=self.clock()),
-                            self.lease)
+        async def done() -> None:
+            if not await self.store.live_done(job.key, owner=self.owner, ref=ref, shown=shown,
+                                              now=self.clock()):
+                log.warning("live message %s: its hold lapsed before the ref was recorded; the"
+                            " next update may post a second message", job.key)
+        await self._durably(done, self.lease)
 
     async def _durably(self, write: Callable[[], Awaitable[object]], patience: float) -> None:
         """A store write, retried while the store is down for up to `patience` seconds."""

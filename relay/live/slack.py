@@ -77,7 +77,7 @@ class SlackClient:
             payload["thread_ts"] = self.thread_ts
         return await self._send("chat.postMessage", payload)
 
-    async def edit(self, ref: MessageRef, message: LiveMessage) -> LiveResult:
+    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         return await self._send("chat.update", {"channel": ref.channel, "ts": ref.message,
                                                 "text": self.text(message)})
 

@@ -54,7 +54,7 @@ class TelegramClient:
     async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
         return await self._call("sendMessage", self._new(message))
 
-    async def edit(self, ref: MessageRef, message: LiveMessage) -> LiveResult:
+    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         result = await self._call("editMessageText", {
             "chat_id": ref.channel, "message_id": int(ref.message), "text": message.plain()})
         return LiveResult(SENT, ref) if UNCHANGED in result.outcome.error else result
