@@ -28,7 +28,7 @@ async def test_a_held_message_is_not_handed_to_a_second_sender_until_its_lease_e
     assert await store.live_take(KEY, "D1", owner="b", now=T0 + 30, lease=30) is not None
     # the first sender lost its hold: what it reports now must not overwrite the second's
     assert not await store.live_done(KEY, owner="a", ref=REF, shown=T0, now=T0 + 31)
-    assert await store.live_ref(KEY) == LiveSlot(None, None)
+    assert await store.live_ref(KEY) == LiveSlot(None, None, T0 + 60)  # b's hold, and until when
 
 
 async def test_a_release_lets_the_next_sender_in_at_once(store: Store) -> None:  # noqa: F811
@@ -61,3 +61,13 @@ def test_shown_after_keeps_the_newest_state() -> None:
     assert rules.shown_after(None, T0) == T0
     assert rules.shown_after(T0, T0 - 1) == T0
     assert rules.shown_after(T0, T0 + 1) == T0 + 1
+
+
+@pytest.mark.parametrize("held_until,now,wait", [
+    (None, T0, 1.0),  # not held (any more): look again in a moment
+    (T0 + 60, T0 + 29, 1.0),  # held 29 s of a 60 s lease: the sender may still be at work
+    (T0 + 60, T0 + 31, 29.0),  # held longer than a send takes: wait out its lease
+    (T0 + 60, T0 + 59.5, 1.0)])
+def test_a_held_message_is_waited_for_a_moment_or_until_a_gone_senders_lease_ends(
+        held_until, now, wait) -> None:
+    assert rules.held_wait(held_until, now, lease=60, busy=30) == wait

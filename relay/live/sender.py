@@ -67,8 +67,7 @@ class LiveSender:
             return LiveSent(Outcome("retry", f"store unavailable: {e}", HELD_WAIT, held=True),
                             "held")
         if slot is None:
-            return LiveSent(Outcome("retry", "another sender is updating this live message",
-                                    HELD_WAIT, held=True), "held")
+            return await self._held(job)
         try:
             async with asyncio.timeout(self.timeout):
                 sent = await self._act(client, job, slot)
@@ -80,6 +79,18 @@ class LiveSender:
             raise
         await self._record(job, slot, sent)
         return sent
+
+    async def _held(self, job: LiveJob) -> LiveSent:
+        """Another sender holds the message: wait a moment, or its lease if it seems gone."""
+        try:
+            current = await self.store.live_ref(job.key)
+        except StoreError:
+            current = None
+        now = self.clock()
+        wait = rules.held_wait(current.held_until if current else None, now, self.lease,
+                               2 * self.timeout, HELD_WAIT)
+        return LiveSent(Outcome("retry", "another sender is updating this live message", wait,
+                                held=True), "held")
 
     async def _act(self, client: LiveClient, job: LiveJob, slot: LiveSlot) -> LiveSent:
         action = rules.live_action(slot.ref, slot.shown, job.ts)

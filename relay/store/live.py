@@ -33,7 +33,10 @@ class LiveMessages(Protocol):
 
 
 def _slot(row: Any) -> LiveSlot | None:
-    return None if row is None else LiveSlot(row["ref"], row["shown"])
+    if row is None:
+        return None
+    # TAKE_LIVE answers (ref, shown); LIVE_REF (ref, shown, held_until)
+    return LiveSlot(row[0], row[1], row[2] if len(row) > 2 else None)
 
 
 class SQLiteLive:

@@ -226,6 +226,7 @@ class LiveSlot:
 
     ref: str | None  # the message ref (JSON), None before the first post
     shown: float | None  # the event time the message shows
+    held_until: float | None = None  # `live_ref` only: when another sender's hold ends
 
 
 @dataclass(frozen=True)

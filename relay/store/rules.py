@@ -220,6 +220,19 @@ def live_action(ref: str | None, shown: float | None, ts: float) -> LiveAction:
     return "edit"
 
 
+def held_wait(held_until: float | None, now: float, lease: float, busy: float,
+              moment: float = 1.0) -> float:
+    """How long a job waits for a live message that another sender holds.
+
+    A moment while that sender may still be at work (its hold, taken with `lease`, is
+    younger than `busy`); after that it is probably gone, so until its lease ends
+    rather than a claim (and a rate-limit token) every moment.
+    """
+    if held_until is None or now - (held_until - lease) <= busy:
+        return moment
+    return max(moment, held_until - now)
+
+
 def shown_after(shown: float | None, ts: float) -> float:
     """The event time a live message shows after showing `ts` (never older than before)."""
     return ts if shown is None else max(shown, ts)

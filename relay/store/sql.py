@@ -110,7 +110,7 @@ DONE_LIVE = ("UPDATE live_messages SET ref = ?, shown = ?, holder = NULL, held_u
              " updated_at = ? WHERE live_key = ? AND holder = ?")
 RELEASE_LIVE = ("UPDATE live_messages SET holder = NULL, held_until = NULL"
                 " WHERE live_key = ? AND holder = ?")
-LIVE_REF = "SELECT ref, shown FROM live_messages WHERE live_key = ?"
+LIVE_REF = "SELECT ref, shown, held_until FROM live_messages WHERE live_key = ?"
 # Purge: live messages quiet for the retention (and not held) are forgotten; a later
 # notification of their delivery posts a new message.
 _PURGE_LIVE = ("DELETE FROM live_messages WHERE live_key IN (SELECT live_key FROM live_messages"
