@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import pytest
+
 from relay.live.email import thread_id
 from relay.store import rules
 from tests.conftest import FakeClock, wait_for
@@ -151,18 +153,23 @@ async def test_slack_429_on_an_edit_waits_its_retry_after_and_then_edits_the_sam
     assert (root.text, len(slack.roots())) == ("*Delivery D1*\nin_transit", 1)
 
 
-async def test_slack_cant_update_posts_a_new_message_and_later_edits_go_to_that_one(
-        running, slack, tmp_path) -> None:
+@pytest.mark.parametrize("error", ["edit_window_closed", "cant_update_message",
+                                   "message_not_found"])
+async def test_slack_a_message_it_cannot_edit_is_posted_afresh_and_later_edits_go_there(
+        running, slack, tmp_path, error) -> None:
     r = await running(config(SLACK_URL), live_api={"slack": slack.base})
     await r.post(event(0))
     (old,) = await wait_for(lambda: slack.roots(), message="the first post")
-    slack.fail_next(200, {"ok": False, "error": "edit_window_closed"})
+    if error == "message_not_found":
+        slack.delete(old.id)  # someone deleted it: the fake answers as Slack does
+    else:
+        slack.fail_next(200, {"ok": False, "error": error})
     await r.post(event(1))
-    await wait_for(lambda: len(slack.roots()) == 2, message="the repost")
+    await wait_for(lambda: slack.roots() and slack.roots()[-1].id != old.id, message="the repost")
     await r.post(event(2))
-    await wait_for(lambda: slack.roots()[1].edits == 1, message="the edit of the new message")
-    assert [m.text for m in slack.roots()] == ["*Delivery D1*\ncreated",
-                                               "*Delivery D1*\nout_for_delivery"]
+    await wait_for(lambda: slack.roots()[-1].edits == 1, message="the edit of the new message")
+    kept = [] if error == "message_not_found" else ["*Delivery D1*\ncreated"]
+    assert [m.text for m in slack.roots()] == [*kept, "*Delivery D1*\nout_for_delivery"]
     await done(tmp_path / "relay.db")
     assert rows(tmp_path / "relay.db", "SELECT count(*) FROM jobs WHERE state = 'sent'") == [(3,)]
     assert rows(tmp_path / "relay.db", "SELECT outcome FROM attempts") == [("sent",)] * 3
