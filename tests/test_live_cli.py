@@ -15,6 +15,7 @@ from relay import config
 from relay.cli import main
 from relay.errors import ConfigError
 from relay.events import event_from_dict
+from relay.explain import explain
 from relay.pipeline import Notification
 from relay.store import open_store, rules
 from tests import pgutil
@@ -158,6 +159,9 @@ async def test_route_reads_postgresql_in_a_read_only_transaction(tmp_path) -> No
             await conn.close()
         await stored(dsn)
         assert (await asyncio.to_thread(route, path, event(6)))[1:] == [EDIT, REPLACES]
+        # the status page's rule tester runs the dry run on the server's event loop
+        report, _ = explain(config.load(path, {}), event_from_dict(event(6)))
+        assert EDIT in report.splitlines()
 
 
 def test_the_live_route_per_platform_in_the_docs_passes_check_and_every_url_can_edit(

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.errors import StoreError
 from relay.store import sql
 from relay.store.records import LiveSlot
 
+T = TypeVar("T")
 Ask = tuple[str, tuple[Any, ...]]  # a live key, and WAITING's parameters (delivery, route, …)
 
 
@@ -37,10 +39,21 @@ def peek(url: str, asks: Sequence[Ask]) -> tuple[list[Peek] | None, str]:
         if url.startswith("sqlite:"):
             return _sqlite(url, asks), ""
         if url.startswith(("postgresql://", "postgres://")):
-            return asyncio.run(_postgres(url, asks)), ""
+            return _run(_postgres(url, asks)), ""
     except StoreError as e:
         return None, str(e)
     return None, "not a store this relay has"
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end, also when called from a running event loop (the status
+    page's rule tester calls the dry run there): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="peek") as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 def _sqlite(url: str, asks: Sequence[Ask]) -> list[Peek]:
