@@ -21,6 +21,7 @@ from relay.store import Attempt, Job
 
 @dataclass(frozen=True)
 class Sent:
+    live: str = ""  # what a live send did: post, edit, repost (the old one was gone), skip
     kind: Literal["sent"] = "sent"
 
 
@@ -57,7 +58,7 @@ def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
     if outcome.held:
         return Postponed(now + outcome.min_delay, outcome.error)
     if outcome.kind == "sent":
-        return Sent()
+        return Sent(outcome.live)
     made = job.attempts + 1
     if outcome.kind == "failed":
         return Dead(outcome.error)

@@ -35,7 +35,7 @@ class LogObserver:
         if decision.kind == "postponed":
             log.debug("postponed: %s", decision.why, extra=info)
         elif decision.kind == "sent":
-            log.info("sent", extra=info)
+            log.info("sent", extra=fields(**info["fields"], live=decision.live or None))
         elif decision.kind == "retry":
             log.warning("retry in %.0fs: %s", decision.delay, decision.error, extra=info)
         else:

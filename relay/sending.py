@@ -12,20 +12,18 @@ for any job. The URL is looked up in the running config at send time.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from aiohttp import ClientSession
 
 from relay.live import LiveClient, LiveMessage, live_client
 from relay.live import email as live_email
 from relay.live.sender import LiveJob, LiveSender
-from relay.logs import fields
 from relay.notify import Outcome
 from relay.runtime import Runtime
 from relay.store import Job, LiveMessages, rules
 
-log = logging.getLogger("relay.worker")
 EMAIL = "email"  # the way of an email URL: Apprise, in the delivery's thread
 
 
@@ -83,9 +81,7 @@ class Sending:
         sender = LiveSender(self.store, f"{self.owner}/{job.id}", self.clock, sending.lease,
                             sending.attempt_timeout)
         sent = await sender.send(client, live_job(job))
-        log.debug("live message: %s", sent.action,
-                  extra=fields(job_id=job.id, delivery_id=job.delivery_id, receiver=job.receiver))
-        return sent.outcome
+        return replace(sent.outcome, live=sent.action)
 
 
 async def _apprise(job: Job, rt: Runtime, headers: Mapping[str, str] | None = None) -> Outcome:

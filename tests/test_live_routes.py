@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 
@@ -50,7 +51,8 @@ def rows(path: Any, query: str, *args: Any) -> list[Any]:
 
 
 async def test_slack_one_message_per_delivery_edited_in_order_with_its_history_in_the_thread(
-        running, slack, tmp_path) -> None:
+        running, slack, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, "relay.worker")
     r = await running(config(SLACK_URL), live_api={"slack": slack.base})
     for n in range(4):
         assert (await r.post(event(n)))[0] == 202
@@ -69,6 +71,8 @@ async def test_slack_one_message_per_delivery_edited_in_order_with_its_history_i
     (live,) = timeline.live
     assert live.key == rules.live_key("D1", "lifecycle", "ops-chat", 0)
     assert d1.id in (live.ref or "") and all(j.live for j in timeline.jobs)
+    sent = [r.fields.get("live") for r in caplog.records if r.getMessage() == "sent"]
+    assert sent == ["post", "edit", "edit", "edit", "post"]  # the log line says which
 
 
 async def done(db: Any) -> None:
