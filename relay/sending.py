@@ -28,7 +28,7 @@ EMAIL = "email"  # the way of an email URL: Apprise, in the delivery's thread
 
 
 class Sending:
-    """The worker's `Sender`: live jobs to their platform's API, the rest through Apprise.
+    """The worker's `JobSender`: live jobs to their platform's API, the rest through Apprise.
 
     `api_base` points platforms' APIs elsewhere (`{"slack": "http://127.0.0.1:9000/api"}`):
     it exists for tests that answer as the platforms do on a local port.

@@ -33,7 +33,7 @@ POLL = 1.0  # re-check every receiver at least this often (other processes add j
 ORPHAN_CHECK = 30.0
 
 
-class Sender(Protocol):
+class JobSender(Protocol):
     """Makes one attempt at a job (`relay.sending.Sending`: live messages, email threads)."""
 
     async def send(self, job: Job, rt: Runtime) -> Outcome: ...
@@ -52,9 +52,9 @@ class Worker:
 
     def __init__(self, store: Store, runtime: Callable[[], Runtime], metrics: Metrics,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 sender: Sender | None = None) -> None:
+                 sender: JobSender | None = None) -> None:
         self.store = store
-        self.sender: Sender = sender or AppriseSender()
+        self.sender: JobSender = sender or AppriseSender()
         self.runtime = runtime
         self.metrics = metrics
         self.clock = clock
