@@ -149,6 +149,7 @@ async def test_slack_429_on_an_edit_waits_its_retry_after_and_then_edits_the_sam
     retry = rows(tmp_path / "relay.db", "SELECT state, attempts, next_attempt_at, last_error"
                                         " FROM jobs WHERE id = 2")
     assert retry == [("pending", 1, clock.now + 90, "HTTP 429: chat.update: ratelimited")]
+    assert rows(tmp_path / "relay.db", "SELECT failures FROM receivers") == [(1,)]  # counted
     clock.advance(89)
     await settle(r)
     assert root.edits == 0
