@@ -20,8 +20,9 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -279,11 +280,11 @@ class Notifier:
         lines: list[str] = []
         box: dict[str, Any] = {}
         token = _tap.set(box)
-        own = _add_headers(obj, headers)
         try:
-            result = obj.notify(body=body, title=title, notify_type=notify_type,
-                                body_format=body_format, log_level=logging.WARNING,
-                                log_callback=lambda entry, _svc: _keep(lines, entry))
+            with _headers(obj, headers):
+                result = obj.notify(body=body, title=title, notify_type=notify_type,
+                                    body_format=body_format, log_level=logging.WARNING,
+                                    log_callback=lambda entry, _svc: _keep(lines, entry))
             if box.get("reason"):
                 lines.append(f"the service said: {box['reason']}")
             if box.get("timeout") and not result:
@@ -294,20 +295,23 @@ class Notifier:
             return Outcome("retry", scrub(f"{type(e).__name__}: {e}"))
         finally:
             _tap.reset(token)
-            _add_headers(obj, own, replace=True)
             self._pools[(receiver, index)].put(obj)
 
 
-def _add_headers(obj: apprise.Apprise, headers: Mapping[str, str] | None,
-                 replace: bool = False) -> dict[str, str] | None:
-    """Add headers for one send to a borrowed object (the plugin's `+Header=` parameters,
-    set per send); returns the plugin's own, to put back afterwards."""
+@contextmanager
+def _headers(obj: apprise.Apprise, headers: Mapping[str, str] | None) -> Iterator[None]:
+    """For one send of a borrowed object, these headers beside the plugin's own `+Header=`
+    ones (an email's thread headers); the object goes back to its pool as it was."""
     plugin: Any = obj[0]
-    if headers is None or not isinstance(getattr(plugin, "headers", None), dict):
-        return None
-    own = dict(plugin.headers)
-    plugin.headers = dict(headers) if replace else {**own, **headers}
-    return own
+    if not headers or not isinstance(getattr(plugin, "headers", None), dict):
+        yield
+        return
+    own = plugin.headers
+    plugin.headers = {**own, **headers}
+    try:
+        yield
+    finally:
+        plugin.headers = own
 
 
 MIN_WAIT_AFTER_TIMEOUT = 60.0
