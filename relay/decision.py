@@ -41,8 +41,8 @@ class Dead:
 
 @dataclass(frozen=True)
 class Postponed:
-    """Not attempted (another sender holds its live message): pending again at `at`,
-    without counting an attempt or a failure of the receiver."""
+    """Not attempted (another sender holds its live message, or the store could not be
+    asked): pending again at `at`, counting neither an attempt nor a receiver failure."""
 
     at: float
     why: str

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from relay.config import RetryPolicy
-from relay.decision import Dead, Retry, Sent, decide
+from relay.decision import Dead, Postponed, Retry, Sent, decide
 from relay.notify import Outcome
 from relay.store import Job
 from tests.conftest import ROOT
@@ -48,6 +48,9 @@ def job(attempts: int = 0, created: float = T) -> Job:
      Dead("gave up after 3 attempts: HTTP 500")),
     (job(0, created=T - 3595), Outcome("retry", "HTTP 500"), T,
      Dead("gave up after 1 attempts: HTTP 500")),  # the next try would pass max_age
+    (job(), Outcome("sent", live="edit"), T, Sent("edit")),  # a live send says what it did
+    # another sender holds the live message: not an attempt, even with none left
+    (job(2), Outcome("retry", "held", 1.0, held=True), T, Postponed(T + 1, "held")),
 ])
 def test_decide_maps_job_outcome_policy_and_now_to_the_next_state(job_, outcome, now,
                                                                    expected):
