@@ -44,6 +44,10 @@ class Metrics:
                                     "1 if the last config (re)load succeeded", registry=r)
         self.reload_time = Gauge("kourier_relay_config_last_reload_success_timestamp_seconds",
                                  "When the config was last loaded successfully", registry=r)
+        self.live_messages = Counter(
+            "kourier_relay_live_messages",
+            "Live jobs by receiver and what their send did (post, edit, repost, skip) or"
+            " postponed (another sender held the message)", ["receiver", "action"], registry=r)
         self.circuit_open = Gauge("kourier_relay_circuit_open", "1 while a receiver is paused",
                                   ["receiver"], registry=r)
         Info("kourier_relay_build", "Build information", registry=r).info(

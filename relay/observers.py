@@ -16,9 +16,12 @@ class MetricsObserver:
         self.metrics = metrics
 
     def observe(self, report: Report) -> None:
-        if not report.attempted:  # buried without a send (its receiver left the config)
+        receiver, decision = report.job.receiver, report.decision
+        if decision.kind == "postponed" or (decision.kind == "sent" and decision.live):
+            action = "postponed" if decision.kind == "postponed" else decision.live
+            self.metrics.live_messages.labels(receiver, action).inc()
+        if not report.attempted:  # postponed, or buried without a send (its receiver is gone)
             return
-        receiver = report.job.receiver
         if report.decision.kind == "dead":  # the attempt's outcome, and the burial's reason
             self.metrics.count_burial(receiver, report.attempt.outcome)
         else:

@@ -73,6 +73,12 @@ async def test_slack_one_message_per_delivery_edited_in_order_with_its_history_i
     assert d1.id in (live.ref or "") and all(j.live for j in timeline.jobs)
     sent = [r.fields.get("live") for r in caplog.records if r.getMessage() == "sent"]
     assert sent == ["post", "edit", "edit", "edit", "post"]  # the log line says which
+    assert live_metric(r, "post") == 2 and live_metric(r, "edit") == 3  # and the metrics
+
+
+def live_metric(r: Any, action: str) -> float | None:
+    return r.relay.metrics.registry.get_sample_value(
+        "kourier_relay_live_messages_total", {"receiver": "ops-chat", "action": action})
 
 
 async def done(db: Any) -> None:
@@ -206,7 +212,7 @@ async def test_a_message_another_sender_holds_postpones_the_job_without_blame(
         ("pending", 0, clock.now + 1)]
     assert rows(db, "SELECT count(*) FROM attempts") == [(0,)]
     assert rows(db, "SELECT failures FROM receivers WHERE name = 'ops-chat'") == [(0,)]
-    assert slack.requests == []
+    assert slack.requests == [] and live_metric(r, "postponed") == 1
     await r.relay.store.live_release(key, owner="replica-b:1:x/9")
     clock.advance(1)
     await settle(r)
