@@ -90,6 +90,16 @@ async def test_slack_deleted_message_is_gone(slack, session) -> None:
     assert result.gone and "message_not_found" in result.outcome.error
 
 
+async def test_slack_an_edit_of_a_message_in_a_channel_out_of_reach_is_gone(slack,
+                                                                         session) -> None:
+    # a reload pointed the URL at another workspace: the old message cannot be reached
+    c = client(SLACK_URL, session, "slack", slack.base)
+    result = await c.edit(MessageRef("slack", "C0ELSEWHERE", "1700000001.000001"), TRANSIT)
+    assert result.gone and "channel_not_found" in result.outcome.error
+    slack.fail_next(200, {"ok": False, "error": "not_in_channel"})  # the bot was removed
+    assert (await c.edit(MessageRef("slack", "C0OPS", "1700000001.000001"), TRANSIT)).gone
+
+
 async def test_slack_429_is_a_retry_after_the_header(slack, session) -> None:
     c = client(SLACK_URL, session, "slack", slack.base)
     slack.fail_next(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "90"})
@@ -227,6 +237,12 @@ async def test_telegram_429_waits_parameters_retry_after(telegram, session) -> N
                              "parameters": {"retry_after": 70}})
     result = await c.post(CREATED)
     assert (result.outcome.kind, result.outcome.min_delay) == ("retry", 70)
+
+
+async def test_telegram_an_edit_in_a_chat_out_of_reach_is_gone(telegram, session) -> None:
+    c = client(TELEGRAM_URL, session, "telegram", telegram.base)
+    result = await c.edit(MessageRef("telegram", "-1009999", "7"), TRANSIT)
+    assert result.gone and "chat not found" in result.outcome.error
 
 
 async def test_telegram_unknown_chat_and_bad_token_fail_without_the_token(telegram, session) -> None:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import ClientSession
 
-from relay.live import LiveMessage, live_client
+from relay.live import LiveMessage, MessageRef, live_client
 from relay.live.matrix import MatrixClient
 from tests.synapse import Homeserver
 
@@ -106,6 +106,16 @@ async def test_a_redacted_message_is_gone(room: Room, session) -> None:
     result = await c.edit(posted.ref, TRANSIT, key="job-2")
     assert result.gone and result.outcome.kind == "failed"
     assert room.hs.relations(room.room_id, posted.ref.message, "m.replace", room.watcher) == []
+
+
+async def test_an_edit_of_a_message_in_a_room_out_of_reach_is_gone(room: Room, session) -> None:
+    elsewhere = room.hs.create_room(room.watcher)  # the bot is not in it
+    posted = room.hs.request("PUT", f"/_matrix/client/v3/rooms/{quote(elsewhere)}/send/"
+                                    "m.room.message/t1", {"msgtype": "m.text", "body": "x"},
+                             room.watcher)
+    ref = MessageRef("matrix", elsewhere, posted["event_id"])
+    result = await client(room, session).edit(ref, TRANSIT, key="job-9")
+    assert result.gone and result.outcome.status == 404  # what the spec answers for it
 
 
 def _bot_token(room: Room) -> str:

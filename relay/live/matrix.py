@@ -113,7 +113,7 @@ class MatrixClient:
             redacted = "redacted_because" in (body.get("unsigned") or {}) or not body.get("content")
             return LiveResult(Outcome("failed", "the live message was redacted"),
                               gone=True) if redacted else None
-        if answer.status == 404:
+        if answer.status == 404:  # also (the spec says) an event this user may not read
             return LiveResult(Outcome("failed", "the live message no longer exists", 0.0, 404),
                               gone=True)
         return self._failure("event", answer)

@@ -19,6 +19,9 @@ from relay.notify import Outcome, wait_after
 
 API = "https://slack.com/api"
 GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+# An edit of a message this URL can no longer reach (a reload pointed it at another
+# workspace, or the bot left the channel): posted afresh where the URL points now.
+UNREACHABLE = frozenset({"channel_not_found", "not_in_channel"})
 RETRY = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                    "request_timeout", "team_added_to_org"})
 
@@ -97,7 +100,7 @@ class SlackClient:
 
     def _failure(self, method: str, answer: Answer, code: str) -> LiveResult:
         error = self.api.redact(f"{method}: {code}")
-        if code in GONE:
+        if code in GONE or (method == "chat.update" and code in UNREACHABLE):
             return LiveResult(Outcome("failed", error, 0.0, answer.status), gone=True)
         if answer.status != 200:
             return LiveResult(outcome_for(answer, error))

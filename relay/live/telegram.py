@@ -18,6 +18,7 @@ from relay.live.http import SENT, Answer, Api, outcome_for
 
 API = "https://api.telegram.org"
 GONE = ("message to edit not found", "message can't be edited", "message_id_invalid")
+UNREACHABLE = "chat not found"  # an edit of a message in a chat this bot no longer reaches
 UNCHANGED = "message is not modified"
 
 
@@ -82,5 +83,6 @@ class TelegramClient:
         params = body["parameters"] if isinstance(body.get("parameters"), dict) else {}
         wait = params.get("retry_after")
         outcome = outcome_for(answer, error, float(wait) if isinstance(wait, int | float) else None)
-        gone = answer.status == 400 and any(g in description.lower() for g in GONE)
+        gone = answer.status == 400 and (any(g in description.lower() for g in GONE) or (
+            method == "editMessageText" and UNREACHABLE in description.lower()))
         return LiveResult(outcome, gone=gone)
