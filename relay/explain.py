@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from relay.notify import converted
 from relay.pipeline import Channel, Notification, Plan
 from relay.routing import Route
 from relay.runtime import build_runtime
+from relay.watches import Watches, describe
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
                 " can match it)")
@@ -27,8 +29,19 @@ def explain(config: Config, event: Event) -> tuple[str, list[str]]:
         lines.append(_unmatched(config, event))
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
+    lines += _watches(rt.planner.watches, event)
     lines += _notifications(plan, rt.notifier.channels())
     return "\n".join(lines), receivers
+
+
+def _watches(watches: Watches, event: Event) -> list[str]:
+    """Which watches the event arms or disarms, as if it were received now."""
+    if not watches.watches:
+        return []
+    found = watches.decisions(event)
+    now = time.time()
+    return ["watches:", *(describe(w, action, stop, event, now) for w, action, stop in found)] \
+        + (["  (none armed or disarmed)"] if not found else []) + [""]
 
 
 def _headline(event: Event) -> str:
