@@ -143,6 +143,34 @@ async def test_metrics_count_armed_disarmed_and_fired(running, sink):
         assert f'kourier_relay_timers_total{{change="{change}",kind="watch"}} {n}.0' in text
 
 
+async def delivery_page(r, delivery_id: str) -> str:
+    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
+            "Authorization": "Bearer admin-secret", "Accept": "text/html"}) as resp:
+        assert resp.status == 200
+        return " ".join((await resp.text()).split())
+
+
+async def test_the_status_page_shows_a_deliverys_watches_armed_disarmed_and_fired(running, sink):
+    clock = FakeClock()  # 2027-01-15 08:00:00 UTC
+    r = await start(running, sink, clock)
+    await r.post(created(clock, "D-1"))
+    await r.post(created(clock, "D-2"))
+    await r.post(updated(clock, "delivered", "D-2"))
+    assert '<strong>not-delivered</strong> <span class="pill st-armed">armed</span> fires' \
+        " <time>2027-01-15 12:00:00 UTC</time> unless a stop event comes first" \
+        in await delivery_page(r, "D-1")
+    assert '<span class="pill st-disarmed">disarmed</span> disarmed' \
+        " <time>2027-01-15 08:00:00 UTC</time> by a stop event" in await delivery_page(r, "D-2")
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
+    page = await delivery_page(r, "D-1")
+    assert '<span class="pill st-fired">fired</span> fired <time>2027-01-15 12:00:00 UTC</time>' \
+        in page
+    assert "Delivery D-1 not delivered after 4h" in page  # the alert, under its arming event
+    assert "route watch:not-delivered" in page
+
+
 def test_human_duration_shows_the_two_largest_units():
     assert [human_duration(s) for s in (0, 59, 61, 4 * HOUR, 4 * HOUR + 300, 90000)] == \
         ["0s", "59s", "1m 1s", "4h", "4h 5m", "1d 1h"]
