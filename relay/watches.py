@@ -103,6 +103,9 @@ def is_late(event: Event, after: float, now: float) -> bool:
 
 def _compile(wc: WatchConfig, config: Config) -> Watch:
     issues: list[Issue] = []
+    if ":" in wc.name:  # "a" + "b:c" and "a:b" + "c" would share a timer
+        issues.append(config.source.issue(f"{wc.path}.name", 'a watch name must not contain ":"'
+                                          " (its timers are keyed name:delivery_id)"))
     routes: list[Route] = []
     for section, spec in [("start", wc.start), *((f"stop[{i}]", s) for i, s in
                                                   enumerate(wc.stop))]:

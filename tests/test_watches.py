@@ -219,6 +219,20 @@ def test_check_reports_each_watch_mistake_with_its_place(tmp_path):
     ]
 
 
+def test_check_refuses_a_watch_name_with_a_colon_and_a_duplicate_name(tmp_path):
+    watch = """\
+  - name: "late:4h"
+    start: {event: delivery.created}
+    after: 4h
+    receivers: [ops]
+"""
+    assert findings(tmp_path, watch) == [
+        '5: watches[0].name: a watch name must not contain ":" (its timers are keyed'
+        " name:delivery_id)"]
+    assert findings(tmp_path, watch.replace("late:4h", "late") * 2) == [
+        '9: watches[1].name: duplicate watch "late"']
+
+
 def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
     assert findings(tmp_path, """\
   - name: w
