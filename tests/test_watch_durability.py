@@ -69,6 +69,9 @@ async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_star
     proc.wait(timeout=10)
     # Stay down until the timer is due: it falls due while no relay runs.
     await wait_for(lambda: time.time() > due + 0.5, message="the timer to fall due in downtime")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT state FROM timers").fetchall() == [("armed",)]
+    assert titles(sink)["D-down"] == 0
     proc = spawn_relay(cfg, log=log)
     try:
         await ready(port, proc)
@@ -76,6 +79,9 @@ async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_star
         assert await post(port, "D-armed") == 202
         proc.send_signal(signal.SIGKILL)  # armed, not yet due
         proc.wait(timeout=10)
+        with sqlite3.connect(db) as conn:  # what the restart must find (it was killed in time)
+            assert conn.execute("SELECT state FROM timers WHERE key = 'stuck:D-armed'"
+                                ).fetchone() == ("armed",)
         proc = spawn_relay(cfg, log=log)
         await ready(port, proc)
         await wait_for(lambda: titles(sink)["D-armed"] == 1, message="the alert armed before")
