@@ -128,6 +128,27 @@ async def test_a_broken_template_falls_back_to_the_built_in_one(running, sink):
     assert "Watch not-delivered was armed by delivery.created 4h ago." in message["message"]
 
 
+async def test_after_a_reload_an_alert_follows_the_new_config_and_a_removed_watch_sends_nothing(
+        running, sink, tmp_path, caplog):
+    clock = FakeClock()
+    two = WATCH + WATCH.split("\n", 1)[1].replace("not-delivered", "no-courier").replace(
+        "after: 4h", "after: 1h")
+    r = await start(running, sink, clock, two)
+    await r.post(created(clock))
+    cfg = Path(r.relay.config_path)
+    text = cfg.read_text()
+    kept = text[:text.index("  - name: no-courier")]  # no-courier is removed
+    cfg.write_text(kept.replace("not delivered after", "still not delivered after"))
+    await r.relay.reload()
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"), message="the remaining alert")
+    assert message["title"] == "Delivery D-1 still not delivered after 4h"  # today's template
+    assert "watch 'no-courier' is no longer in the config; nothing sent" in caplog.text
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "fired"),
+                                             ("no-courier:D-1", "fired")]
+
+
 async def test_metrics_count_armed_disarmed_and_fired(running, sink):
     clock = FakeClock()
     r = await start(running, sink, clock)
