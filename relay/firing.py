@@ -47,6 +47,8 @@ class TimerObserver(Protocol):
 
 
 class TimerPass:
+    """The timers part of the worker's pass; `on_crash` hears a handler's bug."""
+
     def __init__(self, store: TimerQueue, owner: str,
                  on_crash: Callable[[str, BaseException], None]) -> None:
         self.store = store
@@ -79,7 +81,8 @@ class TimerPass:
         handler = rt.planner.handlers.get(timer.kind)
         if handler is None:
             return TimerReport(timer, "unhandled")
-        jobs = handler(timer, await self.store.timer_inputs(timer), now)
+        inputs = await self.store.timer_inputs(timer)
+        jobs = handler(timer, inputs, now)
         await self.store.fire(timer, jobs, now=now)
         return TimerReport(timer, "fired", len(jobs))
 
