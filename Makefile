@@ -5,7 +5,7 @@ CONFIG ?= config.example.yaml
 
 SYNAPSE ?= .cache/synapse
 
-.PHONY: run test lint check bench bench-ui screenshots image-test clean synapse
+.PHONY: run test lint check bench bench-timers bench-ui screenshots image-test clean synapse
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+	$(PY) bench/timers.py
+
+bench-timers: $(VENV)/.installed
+	$(PY) bench/timers.py
 
 bench-ui: $(VENV)/.installed  # the status page with 1M events in the store
 	$(PY) bench/ui.py

@@ -37,7 +37,7 @@ from relay.yamlfile import Source, Tree, resolve_env, yaml_error
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config",
            "DeliveriesConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig",
-           "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
+           "WatchConfig", "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
            "used_receivers"]
 
 DEFAULT_SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
@@ -138,6 +138,19 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """A timer per delivery: `start` arms it, any of `stop` disarms it, it fires `after`."""
+
+    name: str
+    start: Mapping[str, Any]
+    stop: tuple[Mapping[str, Any], ...]
+    after: float
+    receivers: tuple[str, ...]
+    template: TemplateConfig
+    path: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     source: Source
     server: ServerConfig
@@ -151,6 +164,7 @@ class Config:
     timezone: str = "UTC"
     env_refs: Mapping[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[Issue, ...] = ()  # found while loading, e.g. a renamed key still in use
+    watches: tuple[WatchConfig, ...] = ()
 
     def retry_for(self, receiver: str) -> RetryPolicy:
         rc = self.receivers.get(receiver)
@@ -225,9 +239,10 @@ def _build(raw: Any, c: Checker) -> Config | None:
     templates = {name: _template(body, f"templates.{name}", c)
                  for name, body in (top.get("templates") or {}).items()}
     routes = tuple(_route(r, f"routes[{i}]", c) for i, r in enumerate(top.get("routes", [])))
+    watches = tuple(_watch(w, f"watches[{i}]", c) for i, w in enumerate(top.get("watches", [])))
     config = Config(c.source, server, store, sending, deliveries, receivers, templates, routes,
                     top.get("default_receiver", ""), top.get("timezone", "UTC"),
-                    warnings=tuple(sorted(c.warnings, key=lambda i: i.line)))
+                    warnings=tuple(sorted(c.warnings, key=lambda i: i.line)), watches=watches)
     _check_references(config, c)
     return config
 
@@ -333,7 +348,28 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
     )
 
 
+def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
+    values = c.section(data, path, "watch")
+    for key in ("name", "start", "after", "receivers"):
+        if not values.get(key) and not any(i.path.startswith(f"{path}.{key}") for i in c.issues):
+            c.error(f"{path}.{key}" if key != "name" else path, f'missing "{key}"'
+                    if key not in values else f'"{key}" must not be empty or zero')
+    template = TemplateConfig(
+        **{k: values.pop(k) for k in ("title", "body", "type", "format") if k in values}, path=path)
+    return WatchConfig(values.get("name", path), values.get("start", {}),
+                       values.get("stop", ()), values.get("after", 0.0),
+                       values.get("receivers", ()), template, path)
+
+
 def _check_references(config: Config, c: Checker) -> None:
+    names: set[str] = set()
+    for watch in config.watches:
+        for i, name in enumerate(watch.receivers):
+            if name not in config.receivers:
+                c.error(f"{watch.path}.receivers[{i}]", _undefined_receiver(name, config))
+        if watch.name in names:
+            c.error(f"{watch.path}.name", f'duplicate watch "{watch.name}"')
+        names.add(watch.name)
     for route in config.routes:
         for i, name in enumerate(route.receivers):
             if name not in config.receivers:
@@ -362,4 +398,5 @@ def _undefined_receiver(name: str, config: Config) -> str:
 
 def used_receivers(config: Config) -> set[str]:
     names = {r for route in config.routes for r in route.receivers}
+    names |= {r for watch in config.watches for r in watch.receivers}
     return names | {n for n in (config.default_receiver, config.sending.fallback_receiver) if n}

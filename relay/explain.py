@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from relay.routing import Route
 from relay.runtime import Runtime, build_runtime
 from relay.store import rules
 from relay.store.peek import Peek, peek
+from relay.watches import Watches, describe
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
                 " can match it)")
@@ -35,8 +37,19 @@ def explain(config: Config, event: Event) -> tuple[str, list[str]]:
         lines.append(_unmatched(config, event))
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
+    lines += _watches(rt.planner.watches, event)
     lines += _notifications(plan, rt.notifier.channels(), live_lines(rt, event, plan))
     return "\n".join(lines), receivers
+
+
+def _watches(watches: Watches, event: Event) -> list[str]:
+    """Which watches the event arms or disarms, as if it were received now."""
+    if not watches.watches:
+        return []
+    found = watches.decisions(event)
+    now = time.time()
+    return ["watches:", *(describe(w, action, stop, event, now) for w, action, stop in found)] \
+        + (["  (none armed or disarmed)"] if not found else []) + [""]
 
 
 def _headline(event: Event) -> str:

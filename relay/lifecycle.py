@@ -64,10 +64,12 @@ class Relay:
         self.worker = Worker(self.store, lambda: self.live, self.metrics, clock,
                              sender=self.sending)
         self.worker.on_crash = self.tasks.crash
-        for observer in (MetricsObserver(self.metrics), LogObserver(),
-                         FailingReceiverNotice(self.store, lambda: self.live, clock,
-                                               self.tasks.spawn)):
+        counted, logged = MetricsObserver(self.metrics), LogObserver()
+        for observer in (counted, logged, FailingReceiverNotice(self.store, lambda: self.live,
+                                                                 clock, self.tasks.spawn)):
             self.worker.subscribe(observer)
+        for timer_observer in (counted, logged):
+            self.worker.timers.subscribe(timer_observer)
         self._reload_lock = asyncio.Lock()
         self.metrics.reload_success.set(1)
         self.metrics.reload_time.set(time.time())

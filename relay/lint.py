@@ -10,7 +10,7 @@ import jinja2
 from relay import config as config_mod
 from relay.config import Config, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
-from relay.events import DOCUMENTED_FIELDS
+from relay.events import DOCUMENTED_FIELDS, KNOWN_TYPES
 from relay.live import why_not_live
 from relay.live.email import is_email
 from relay.notify import redact
@@ -18,6 +18,10 @@ from relay.routing import MatcherError, Route, Router
 from relay.runtime import build_runtime
 from relay.store import open_store
 from relay.templating import RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, referenced_fields
+from relay.watches import FIELDS as WATCH_FIELDS
+from relay.watches import Watches
+
+CREATED = "delivery.created"
 
 Lint = Callable[[Config], list[Issue]]
 
@@ -33,7 +37,7 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, store_url, cannot_edit):
+    for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -42,7 +46,7 @@ def _safely(rule: Lint, config: Config) -> list[Issue]:
     """A rule that needs compiled parts has nothing to add when those parts are in error."""
     try:
         return rule(config)
-    except (MatcherError, jinja2.TemplateSyntaxError):
+    except (MatcherError, ConfigError, jinja2.TemplateSyntaxError):
         return []
 
 
@@ -76,7 +80,7 @@ def cannot_edit(config: Config) -> list[Issue]:
 def unused(config: Config) -> list[Issue]:
     used = used_receivers(config)
     return [config.source.issue(f"{rc.path}.name", f'receiver "{name}" is never used: no route,'
-                                " default_receiver or fallback_receiver names it", "warning")
+                                " watch, default_receiver or fallback_receiver names it", "warning")
             for name, rc in config.receivers.items() if name not in used]
 
 
@@ -113,11 +117,36 @@ def swallows(earlier: Route, later: Route) -> bool:
     return not names_event
 
 
+def watch_stops(config: Config) -> list[Issue]:
+    """A stop no event can bring after the start, or one that every start event matches."""
+    out = []
+    for watch in Watches.from_config(config).watches:
+        for i, stop in enumerate(watch.stops):
+            path = f"{watch.config.path}.stop[{i}]"
+            if _only_created(stop):
+                out.append(config.source.issue(path, (
+                    f'watch "{watch.name}": this stop can never match after start: it matches'
+                    " only delivery.created, which Kourier sends once, before any other event"
+                    " of a delivery"), "warning"))
+            elif swallows(stop, watch.start):
+                out.append(config.source.issue(path, (
+                    f'watch "{watch.name}": every event that matches start also matches this'
+                    " stop, and a stop wins, so the watch never arms"), "warning"))
+    return out
+
+
+def _only_created(stop: Route) -> bool:
+    events = [m for m in stop.matchers if m.path == "event" and m.positive]
+    return bool(events) and all(not m.test(t) for m in events for t in KNOWN_TYPES - {CREATED})
+
+
 def undocumented(config: Config) -> list[Issue]:
     out = []
     seen: set[str] = set()
     templates = [(t, t.path) for t in config.templates.values()]
     templates += [(r.template, r.path) for r in config.routes]
+    templates += [(w.template, w.path) for w in config.watches]
+    watch_paths = {w.path for w in config.watches}
     notice = config.templates.get(RECEIVER_FAILING)
     for template, path in templates:
         for key in ("title", "body"):
@@ -128,6 +157,9 @@ def undocumented(config: Config) -> list[Issue]:
             if template is notice:
                 out += _fields_issue(config, f"{path}.{key}", source, RECEIVER_FAILING_FIELDS,
                                      "the receiver_failing notice never carries")
+            elif path in watch_paths:  # the arming event's fields, and what a watch adds
+                out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
+                                     "Kourier never sends", WATCH_FIELDS)
             else:
                 out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
                                      "Kourier never sends")
@@ -135,8 +167,8 @@ def undocumented(config: Config) -> list[Issue]:
 
 
 def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
-                  never: str) -> list[Issue]:
-    extra = sorted(referenced_fields(source) - known)
+                  never: str, also: frozenset[str] = frozenset()) -> list[Issue]:
+    extra = sorted(referenced_fields(source) - known - also)
     if not extra:
         return []
     names = ", ".join(extra)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from relay import __version__
 from relay.events import KNOWN_TYPES
+from relay.store.records import TimerChange
 
 OTHER_TYPE = "other"  # every event type Kourier does not document: labels stay bounded
 # Why a job went dead, by the outcome of its last attempt.
+TIMER_CHANGES = {"arm": "armed", "open": "armed", "disarm": "disarmed"}
 BURIAL_REASONS = {"failed": "failed", "retry": "retries_exhausted"}
 
 
@@ -50,6 +54,10 @@ class Metrics:
             " postponed (another sender held the message)", ["receiver", "action"], registry=r)
         self.circuit_open = Gauge("kourier_relay_circuit_open", "1 while a receiver is paused",
                                   ["receiver"], registry=r)
+        self.timers = Counter(
+            "kourier_relay_timers",
+            "Timer changes by kind (watch, digest, quiet) and change (armed, disarmed, fired)",
+            ["kind", "change"], registry=r)
         Info("kourier_relay_build", "Build information", registry=r).info(
             {"version": __version__})
 
@@ -60,3 +68,8 @@ class Metrics:
         """The last attempt's outcome, and the job's burial with its reason."""
         self.notifications.labels(receiver, outcome_kind).inc()
         self.dead_letters.labels(receiver, BURIAL_REASONS.get(outcome_kind, outcome_kind)).inc()
+
+    def count_timers(self, changes: Iterable[TimerChange]) -> None:
+        """What an accepted event did to timers (`open` counts as armed)."""
+        for change in changes:
+            self.timers.labels(change.kind, TIMER_CHANGES[change.action]).inc()

@@ -1,10 +1,12 @@
-"""The worker's standard observers: metrics and log lines, one per recorded decision."""
+"""The worker's standard observers: metrics and log lines, one per recorded decision
+and one per claimed timer's outcome."""
 
 from __future__ import annotations
 
 import logging
 
 from relay.decision import Report
+from relay.firing import TimerReport
 from relay.logs import fields
 from relay.metrics import Metrics
 
@@ -28,6 +30,10 @@ class MetricsObserver:
             self.metrics.notifications.labels(receiver, report.attempt.outcome).inc()
         self.metrics.attempt_seconds.labels(receiver).observe(report.attempt.duration)
 
+    def observe_timer(self, report: TimerReport) -> None:
+        if report.outcome == "fired":
+            self.metrics.timers.labels(report.timer.kind, "fired").inc()
+
 
 class LogObserver:
     def observe(self, report: Report) -> None:
@@ -46,3 +52,16 @@ class LogObserver:
         if report.circuit_opened:
             log.error("receiver %s keeps failing; its circuit is open until a probe succeeds",
                       job.receiver, extra=fields(receiver=job.receiver))
+
+    def observe_timer(self, report: TimerReport) -> None:
+        timer = report.timer
+        info = fields(kind=timer.kind, key=timer.key, delivery_id=timer.delivery_id,
+                      jobs=report.jobs if report.outcome == "fired" else None)
+        if report.outcome == "fired":
+            log.info("timer fired", extra=info)
+        elif report.outcome == "stale":
+            log.info("timer changed before it fired (disarmed, re-armed or taken over);"
+                     " nothing sent", extra=info)
+        else:
+            log.warning("no handler for %s timers here; left for a relay that has one", timer.kind,
+                        extra=info)

@@ -98,8 +98,12 @@ class Router:
                     return
 
 
-def compile_matchers(spec: Mapping[str, Any], path: str, source: Source) -> tuple[Matcher, ...]:
-    """Build a route's matchers; every bad one is reported (with its place) in `MatcherError`."""
+def compile_matchers(spec: Mapping[str, Any], path: str, source: Source, section: str = "match",
+                     ) -> tuple[Matcher, ...]:
+    """Build a route's matchers; every bad one is reported (with its place) in `MatcherError`.
+
+    `section`: the key under `path` that holds them (a watch's `start`, `stop[0]`).
+    """
     errors: list[Issue] = []
     matchers = []
     for key, value in spec.items():
@@ -107,7 +111,7 @@ def compile_matchers(spec: Mapping[str, Any], path: str, source: Source) -> tupl
             test, text, positive = _compile(value)
             matchers.append(Matcher(key, f"{key} {text}", test, positive))
         except ValueError as e:
-            errors.append(source.issue(f"{path}.match.{key}", str(e)))
+            errors.append(source.issue(f"{path}.{section}.{key}", str(e)))
     if errors:
         raise MatcherError(errors)
     return tuple(matchers)

@@ -1,4 +1,4 @@
-"""The runtime compiled from one config: router, templates, planner, notifier, warnings.
+"""The runtime compiled from one config: router, templates, watches, planner, notifier, warnings.
 
 Built before anything goes live and swapped whole on reload. `check` and
 `route` build it too, which is why this module imports neither the server,
@@ -18,6 +18,7 @@ from relay.notify import Notifier, check_urls
 from relay.pipeline import Planner
 from relay.routing import Router
 from relay.templating import Templates
+from relay.watches import Watches
 
 T = TypeVar("T")
 
@@ -41,14 +42,15 @@ def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
     issues: list[Issue] = []
     router = _collecting(Router.from_config, config, issues)
     templates = _collecting(Templates.from_config, config, issues)
+    watches = _collecting(Watches.from_config, config, issues)
     issues += check_urls(config)
     errors = [i for i in issues if i.severity == "error"]
     if errors:
         raise ConfigError(sorted(errors, key=lambda i: i.line))
-    assert router and templates
+    assert router and templates and watches is not None
     notifier = Notifier(config.receivers, executor or _DRY_RUN_EXECUTOR,
                         config.sending.attempt_timeout)
-    planner = Planner(config, router, templates, notifier.channels())
+    planner = Planner(config, router, templates, notifier.channels(), watches)
     return Runtime(config, planner, notifier, tuple(i for i in issues if i.severity != "error"))
 
 

@@ -162,7 +162,8 @@ _MAP = _expect(dict, "a mapping")
 SCHEMAS: dict[str, dict[str, Conv]] = {
     "": {"server": _MAP, "store": _MAP, "sending": _MAP, "deliveries": _MAP,
          "receivers": _expect(list, "a list"), "templates": _MAP, "routes": _expect(list, "a list"),
-         "default_receiver": _STR, "timezone": _STR, "delivery": _MAP},
+         "default_receiver": _STR, "timezone": _STR, "delivery": _MAP,
+         "watches": _expect(list, "a list")},
     "server": {"listen": _listen, "path": _path, "tokens": _str_list, "admin_token": _STR,
                "viewer_token": _STR,
                "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
@@ -185,7 +186,19 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
               "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
               "format": _choice(BODY_FORMATS), "continue": _BOOL, "suppress_stale": _BOOL,
               "live": _BOOL, "hold": _hold},
+    "watch": {"name": _STR, "start": _MAP, "stop": lambda v: _stops(v), "after": duration,
+              "receivers": _str_list, "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
+              "format": _choice(BODY_FORMATS)},
 }
+
+
+def _stops(v: Any) -> tuple[dict[str, Any], ...]:
+    """A watch's `stop`: one set of matchers, or a list of them (any one disarms)."""
+    items = v if isinstance(v, list) else [v]
+    if not items or not all(isinstance(i, dict) and i for i in items):
+        raise ValueError("expected matchers (a mapping) or a list of them, e.g."
+                         " [{event: delivery.cancelled}]")
+    return tuple(items)
 
 
 class Checker:

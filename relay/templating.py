@@ -167,6 +167,28 @@ class Templates:
         return self._safely(self.receiver_failing, _BUILTIN_NOTICE, RECEIVER_FAILING, event,
                             escaping)
 
+    def render_context(self, template: CompiledTemplate, fallback: CompiledTemplate,
+                       context: dict[str, Any], type_: str,
+                       escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+        """Timed work (a fired watch) rendered from its own context, `type_` unless the
+        template sets one. Never raises: a failing template falls back to `fallback`,
+        then to the last resort."""
+        token_tz = _default_tz.set(self.timezone)
+        try:
+            for t in (template, fallback):
+                try:
+                    title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
+                    body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
+                    return Rendered(title, body, t.type or type_, t.format)
+                except Exception as e:  # a template bug must not lose the notification
+                    log.warning("%s template failed (%s)%s",
+                                "the" if t is template else "the built-in",
+                                strip_controls(str(e), True),
+                                "; using the built-in one" if t is template else "")
+            return Rendered(*LAST_RESORT, "warning", "text")
+        finally:
+            _default_tz.reset(token_tz)
+
     def _safely(self, template: CompiledTemplate, fallback: CompiledTemplate, route: str | None,
                 event: Event, escaping: tuple[Escaping, Escaping]) -> Rendered:
         context = {**event.payload, "payload": event.payload}
@@ -256,6 +278,11 @@ def template_problem(text: str) -> tuple[int, str] | None:
 def _compile_template(t: TemplateConfig) -> CompiledTemplate:
     return _compile_pair(t.title if t.title is not None else DEFAULT_TITLE,
                          t.body if t.body is not None else DEFAULT_BODY, t.type, t.format or "text")
+
+
+def compile_pair(title: str, body: str, type_: str | None, fmt: str) -> CompiledTemplate:
+    """A title and body compiled in the sandbox; raises jinja2.TemplateSyntaxError."""
+    return _compile_pair(title, body, type_, fmt)
 
 
 def _compile_pair(title: str, body: str, type_: str | None, fmt: str) -> CompiledTemplate:

@@ -190,9 +190,11 @@ async def webhook(request: web.Request) -> web.Response:
         return error(503, "Backlog full", "too many notifications are waiting; retry later",
                      {"Retry-After": "30"})
     plan = rt.planner.plan(event)
+    now = s.clock()
     try:
         accepted = await s.store.accept(event, dedup_key(event, rt.config.store.dedup_fields),
-                                        plan.notifications, now=s.clock())
+                                        plan.notifications, now=now,
+                                        timers=rt.planner.timers(event, now))
     except StoreError as e:
         s.metrics.count_event(event.type, "rejected_store")
         log.error("store unavailable: %s", e, extra=fields(request_id=rid))
@@ -206,6 +208,7 @@ async def webhook(request: web.Request) -> web.Response:
         log.info("duplicate event", extra=info)
         return web.json_response({"id": accepted.event_id, "status": "duplicate"}, status=200)
     s.metrics.count_event(event.type, "accepted")
+    s.metrics.count_timers(accepted.timers)
     if accepted.suppressed:
         log.info("accepted; notifications suppressed: %s", accepted.suppressed, extra=info)
     elif not event.known:

@@ -1,4 +1,4 @@
-"""The send loop: claim due jobs per receiver -> send -> record the outcome.
+"""The send loop: fire due timers, claim due jobs per receiver -> send -> record the outcome.
 
 Each receiver is claimed for separately and only up to its free capacity
 (concurrency slots, rate-limit tokens, circuit state), so a slow or failing
@@ -7,7 +7,9 @@ jobs wait in the store.
 
 What an attempt means is decided by `relay.decision.decide` (pure); the worker
 writes it to the store and tells its observers (metrics, logs, the
-failing-receiver notice), which never edit the loop.
+failing-receiver notice), which never edit the loop. Due timers (watches) are
+fired first in each pass by `relay.firing.TimerPass`, so the jobs they make
+are claimed in the same pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Protocol
 from relay.config import ReceiverConfig
 from relay.decision import Decision, Observer, Report, decide, orphaned
 from relay.errors import StaleClaim, StoreError
+from relay.firing import TimerPass
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.notify import Outcome
@@ -63,6 +66,7 @@ class Worker:
         self.inflight: dict[asyncio.Task[None], Job] = {}
         self.observers: list[Observer] = []
         self.on_crash: Callable[[str, BaseException], None] = _log_only
+        self.timers = TimerPass(store, self.owner, lambda what, e: self.on_crash(what, e))
         self._per_receiver: dict[str, int] = {}
         self._not_before: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -75,6 +79,7 @@ class Worker:
         self.running = False
 
     def subscribe(self, observer: Observer) -> None:
+        """Hear every recorded job decision (timers' outcomes: `self.timers.subscribe`)."""
         self.observers.append(observer)
 
     def wake(self) -> None:
@@ -101,7 +106,7 @@ class Worker:
         self.wake()
 
     async def run_once(self) -> float:
-        """One full pass over every receiver, after any pass under way: claim, send, record.
+        """One full pass, after any pass under way: fire due timers, then claim, send, record.
 
         Returns once every send it started is recorded, with the seconds until
         the loop would look again (for a caller that drives the clock itself).
@@ -143,7 +148,8 @@ class Worker:
             now = self.clock()
             if self._held:
                 return POLL
-            wake_at = now + POLL
+            more_timers = await self.timers.run(rt, now)
+            wake_at = now if more_timers else now + POLL
             for name, rc in rt.config.receivers.items():
                 wake_at = min(wake_at, await self._claim_for(name, rc, rt, now, started))
             if now >= self._orphans_at:

@@ -10,11 +10,13 @@ the same headless Chromium the browser tests use.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,6 +64,12 @@ routes:
     title: "Your parcel {{{{ delivery_id }}}} was delivered"
     body: "Delivered at {{{{ timestamp | localtime('Europe/Berlin') }}}}"
 default_receiver: log
+watches:
+  - name: not-delivered
+    start: {{event: delivery.updated, status: out_for_delivery}}
+    stop: [{{status: delivered}}, {{event: delivery.cancelled}}]
+    after: 2h
+    receivers: [ops-chat]
 """
 
 
@@ -131,6 +139,8 @@ async def shoot(base: str) -> None:
                            ("delivery", "/ui/delivery?id=D-1003"), ("dead", "/ui/dead")):
             await page.goto(base + path)
             await page.screenshot(OUT / f"ui-{name}.png", 1280, 800)
+        await page.goto(base + "/ui/delivery?id=D-1003")
+        await element_shot(page, "#watches", OUT / "ui-watches.png")
         await page.goto(base + "/ui/tester")
         await page.fill("#event", json.dumps({"event": "delivery.updated", "delivery_id": "D-1042",
                                               "timestamp": "2026-01-02T10:00:00Z",
@@ -142,6 +152,18 @@ async def shoot(base: str) -> None:
         if page.errors:
             raise SystemExit(f"console errors: {page.errors}")
     print(f"screenshots written to {OUT.relative_to(ROOT)}/")
+
+
+async def element_shot(page: Any, selector: str, path: Path, margin: int = 12) -> None:
+    """One element of the page (the full-page shot is already laid out), with a margin."""
+    box = await page.js(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                        ".getBoundingClientRect(); return [r.left, r.top + window.scrollY,"
+                        " r.width, r.height]; })()")
+    x, y, w, h = box
+    shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                           clip={"x": max(0, x - margin), "y": max(0, y - margin),
+                                 "width": w + 2 * margin, "height": h + 2 * margin, "scale": 1})
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -150,19 +151,31 @@ async def chromium() -> AsyncIterator[Browser]:
     if binary is None:
         unavailable("no chromium on PATH")
     with tempfile.TemporaryDirectory(prefix="kourier-chromium-") as profile:
+        # Its own process group: Chromium's helper processes (zygote, renderers) outlive
+        # a terminated parent and keep writing into the profile while it is removed.
         process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
         try:
             port = await _devtools_port(Path(profile), process)
             async with aiohttp.ClientSession() as session:
                 yield Browser(process, f"http://127.0.0.1:{port}", session)
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _end_group(process)
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM Chromium's whole process group, SIGKILL it after 10 s, and reap the parent."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # helpers still alive after the parent
+        return
 
 
 async def _devtools_port(profile: Path, process: subprocess.Popen[bytes]) -> int:

@@ -52,7 +52,7 @@ ERRORS = {
 }
 WARNINGS = {
     "unused_receiver": '7: receivers[1].name: warning: receiver "pager" is never used: no route,'
-                       " default_receiver or fallback_receiver names it",
+                       " watch, default_receiver or fallback_receiver names it",
     "shadowed_route": '13: routes[1]: warning: route "failed" can never match: the earlier route'
                       ' "all-updates" (line 10) matches every event it would, and has no'
                       " continue: true",
@@ -144,7 +144,7 @@ default_receiver: log
     result = CliRunner().invoke(main, ["check", "-c", str(cfg)])
     assert result.stdout.splitlines() == [
         f'{cfg}:6: receivers[1].name: warning: receiver "spare" is never used: no route,'
-        " default_receiver or fallback_receiver names it",
+        " watch, default_receiver or fallback_receiver names it",
         f"{cfg}:9: receivers[2].urls[0]: no Apprise plugin accepts this URL (slakc://***);"
         " check its scheme and required parts",
     ]

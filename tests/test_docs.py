@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 
 SECTIONS = {"": "", "server": "server.", "store": "store.", "sending": "sending.",
             "deliveries": "deliveries.", "retry": "sending.retry.", "circuit": "sending.circuit.",
-            "receiver": "receivers[].", "route": "routes[].", "template": ""}
+            "receiver": "receivers[].", "route": "routes[].", "template": "",
+            "watch": "watches[]."}
 
 
 def test_every_config_key_is_in_the_configuration_reference():
@@ -21,7 +22,7 @@ def test_every_config_key_is_in_the_configuration_reference():
         for key in SCHEMAS[section]:
             if section == "template" or key in ("server", "store", "sending", "deliveries",
                                                 "delivery", "receivers", "routes", "templates",
-                                                "retry", "circuit"):
+                                                "retry", "circuit", "watches"):
                 needle = key  # sections are documented by their keys
             else:
                 needle = f"`{prefix}{key}`"
@@ -79,5 +80,5 @@ def test_the_readme_is_a_front_page_and_the_reference_lives_in_docs():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) < 150
     for page in ("configuration", "webhook", "guarantees", "commands", "operations",
-                 "container", "performance", "architecture"):
+                 "container", "performance", "architecture", "watches"):
         assert f"docs/{page}.md" in readme, f"the README does not link docs/{page}.md"

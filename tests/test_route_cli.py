@@ -140,6 +140,22 @@ RECEIVERS = {"created": "log", "in_transit": "log", "delivered": "log", "failed"
              "cancelled": "ops-chat", "unknown type": ""}
 
 
+# What the example config's watch does with each case (it sits between receivers and
+# notifications). The samples are from 2024: older than the watch's 4 h, so late.
+NOTHING = ["  (none armed or disarmed)"]
+WATCHES = {
+    "created": ["  ARM    not-delivered -> ops-chat: fires 1m after receipt: the event is"
+                " already older than after (4h)"],
+    "delivered": ["  DISARM not-delivered: stop[0] matches (a timer armed for this delivery"
+                  " will not fire)"],
+    "cancelled": ["  DISARM not-delivered: stop[1] matches (a timer armed for this delivery"
+                  " will not fire)"],
+}
+for _case, (_body, _lines) in CASES.items():
+    _at = next(i for i, line in enumerate(_lines) if line.startswith("notifications"))
+    _lines[_at:_at] = ["watches:", *WATCHES.get(_case, NOTHING), ""]
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_report_shows_matches_reasons_receivers_and_rendered_text(case):
     body, lines = CASES[case]

@@ -18,7 +18,7 @@ from relay.events import event_from_dict
 from relay.explain import Verdict, verdicts
 from relay.logs import scrub
 from relay.routing import Router
-from relay.store import Attempt, Job, Minute, ReceiverState, Timeline, TimelineEvent
+from relay.store import Attempt, Job, Minute, ReceiverState, Timeline, TimelineEvent, Timer
 
 CHART_W, CHART_H = 600, 120
 
@@ -159,12 +159,25 @@ class EventView:
 
 
 @dataclass(frozen=True)
+class WatchView:
+    """One of the delivery's watch timers: armed (or firing), fired or disarmed."""
+
+    name: str
+    state: str
+    armed_at: float
+    due_at: float
+    ended_at: float | None
+    late: bool  # the arming event arrived already older than the watch's `after`
+    event_id: int  # the event that armed it (its alert's jobs are listed under it)
+
+
+@dataclass(frozen=True)
 class DeliveryView:
     delivery_id: str
     events: tuple[EventView, ...]
     counts: Mapping[str, int]
-    # Armed watches (issue 14), digests and held notifications (issue 15) fill these.
-    watches: tuple[Any, ...] = field(default_factory=tuple)
+    watches: tuple[WatchView, ...] = ()
+    # Digests and held notifications (issue 15) fill these.
     digests: tuple[Any, ...] = field(default_factory=tuple)
     held: tuple[Any, ...] = field(default_factory=tuple)
 
@@ -180,7 +193,13 @@ def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
     counts: dict[str, int] = {}
     for j in timeline.jobs:
         counts[j.state] = counts.get(j.state, 0) + 1
-    return DeliveryView(timeline.delivery_id, events, counts)
+    watches = tuple(_watch_view(t) for t in timeline.timers if t.kind == "watch")
+    return DeliveryView(timeline.delivery_id, events, counts, watches)
+
+
+def _watch_view(t: Timer) -> WatchView:
+    return WatchView(str(t.context.get("watch", t.key)), t.state, t.armed_at, t.due_at,
+                     t.ended_at, bool(t.context.get("late")), t.event_id)
 
 
 def _event_view(e: TimelineEvent, jobs: tuple[JobView, ...], router: Router) -> EventView:

@@ -1,0 +1,130 @@
+"""Watches survive kill -9, fire when due during downtime, and fire once across replicas.
+
+Real `python -m relay serve` processes, a real json:// sink, real SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+
+from tests import pgutil
+from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, write_config
+from tests.test_crash import ready
+
+CONFIG = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}"]
+store:
+  url: "{store}"
+sending:
+  grace_period: 1s
+  lease: 3s
+receivers:
+  - name: ops
+    urls: ["{url}"]
+watches:
+  - name: stuck
+    start: {event: delivery.created}
+    stop: {event: delivery.cancelled}
+    after: {after}
+    receivers: [ops]
+    title: "{{ delivery_id }}"
+"""
+
+
+async def post(port: int, delivery_id: str) -> int:
+    body = {"event": "delivery.created", "delivery_id": delivery_id,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{port}/webhook", json=body,
+            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        return r.status
+
+
+def titles(sink) -> Counter[str]:
+    return Counter(m["title"] for m in sink.messages("ops"))
+
+
+async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_start(tmp_path,
+                                                                                  sink):
+    port = free_port()
+    db = tmp_path / "relay.db"
+    cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
+                       store=f"sqlite:{db}", url=sink.url("ops"), after="2s")
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(cfg, log=log)
+    await ready(port, proc)
+    assert await post(port, "D-down") == 202
+    due = time.time() + 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    # Stay down until the timer is due: it falls due while no relay runs.
+    await wait_for(lambda: time.time() > due + 0.5, message="the timer to fall due in downtime")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT state FROM timers").fetchall() == [("armed",)]
+    assert titles(sink)["D-down"] == 0
+    proc = spawn_relay(cfg, log=log)
+    try:
+        await ready(port, proc)
+        await wait_for(lambda: titles(sink)["D-down"] == 1, message="the alert due in downtime")
+        assert await post(port, "D-armed") == 202
+        proc.send_signal(signal.SIGKILL)  # armed, not yet due
+        proc.wait(timeout=10)
+        with sqlite3.connect(db) as conn:  # what the restart must find (it was killed in time)
+            assert conn.execute("SELECT state FROM timers WHERE key = 'stuck:D-armed'"
+                                ).fetchone() == ("armed",)
+        proc = spawn_relay(cfg, log=log)
+        await ready(port, proc)
+        await wait_for(lambda: titles(sink)["D-armed"] == 1, message="the alert armed before")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    assert titles(sink) == Counter({"D-down": 1, "D-armed": 1})
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT key, state FROM timers ORDER BY id").fetchall() == \
+            [("stuck:D-down", "fired"), ("stuck:D-armed", "fired")]
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_postgresql_fire_each_timer_once(tmp_path, sink):
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        procs = []
+        ports = [free_port(), free_port()]
+        try:
+            for port in ports:
+                cfg = write_config(tmp_path / f"r{port}.yaml", CONFIG, port=port, token=TOKEN,
+                                   store=dsn, url=sink.url("ops"), after="1s")
+                procs.append(spawn_relay(cfg, log=tmp_path / f"r{port}.log"))
+            for port, proc in zip(ports, procs, strict=True):
+                await ready(port, proc)
+            ids = [f"D-{n}" for n in range(30)]
+            for n, delivery_id in enumerate(ids):
+                assert await post(ports[n % 2], delivery_id) == 202
+            await wait_for(lambda: set(titles(sink)) == set(ids), timeout=30,
+                           message="every watch's alert")
+            import asyncpg
+
+            async def all_fired() -> bool:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    return await conn.fetchval(
+                        "SELECT count(*) FROM timers WHERE state = 'fired'") == len(ids)
+                finally:
+                    await conn.close()
+
+            await wait_for(all_fired, message="every timer fired")
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                await asyncio.to_thread(proc.wait, 15)
+        assert titles(sink) == Counter({i: 1 for i in ids})

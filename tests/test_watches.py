@@ -1,0 +1,272 @@
+"""Watches: a real relay, a real json:// sink, the relay's clock driven by a FakeClock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from relay.lint import lint
+from relay.watches import human_duration
+from tests.conftest import FakeClock, wait_for
+from tests.test_sending import receivers
+
+HOUR = 3600.0
+WATCH = """\
+watches:
+  - name: not-delivered
+    start: {event: delivery.created}
+    stop:
+      - {event: delivery.updated, status: delivered}
+      - {event: delivery.cancelled}
+    after: 4h
+    receivers: [ops]
+    title: "Delivery {{ delivery_id }} not delivered after {{ elapsed }}"
+    body: "Last seen: {{ last.status | human_status }} ({{ watch }})"
+"""
+
+
+def ts(clock: FakeClock, offset: float = 0.0) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(clock.now + offset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def created(clock: FakeClock, delivery: str = "D-1", offset: float = 0.0) -> dict[str, str]:
+    return {"event": "delivery.created", "delivery_id": delivery, "timestamp": ts(clock, offset)}
+
+
+def updated(clock: FakeClock, status: str, delivery: str = "D-1") -> dict[str, str]:
+    return {"event": "delivery.updated", "delivery_id": delivery, "status": status,
+            "timestamp": ts(clock)}
+
+
+async def start(running, sink, clock: FakeClock, watch: str = WATCH):
+    return await running(receivers(sink, ops="ops") + watch, clock=clock)
+
+
+def timers(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT key, state FROM timers ORDER BY id").fetchall()
+
+
+async def test_a_watch_fires_after_its_time_and_not_before(running, sink, tmp_path):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    assert (await r.post(created(clock)))[0] == 202
+    clock.advance(HOUR)
+    assert (await r.post(updated(clock, "in_transit")))[0] == 202
+    clock.advance(3 * HOUR - 1)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []
+    clock.advance(1)  # exactly due
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
+    assert message["title"] == "Delivery D-1 not delivered after 4h"
+    assert message["message"] == "Last seen: In transit (not-delivered)"
+    assert message["type"] == "warning"
+    clock.advance(10 * HOUR)
+    await r.relay.worker.run_once()
+    assert len(sink.messages("ops")) == 1  # once per arming
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "fired")]
+
+
+async def test_a_stop_in_time_means_no_alert(running, sink, tmp_path):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(created(clock, "D-1"))
+    await r.post(created(clock, "D-2"))
+    clock.advance(3 * HOUR)
+    await r.post(updated(clock, "delivered", "D-1"))
+    await r.post({"event": "delivery.cancelled", "delivery_id": "D-2", "timestamp": ts(clock)})
+    clock.advance(5 * HOUR)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "disarmed"),
+                                             ("not-delivered:D-2", "disarmed")]
+    timeline = await r.relay.store.timeline("D-1")
+    assert [t.state for t in timeline.timers] == ["disarmed"]
+
+
+async def test_a_later_start_re_arms_the_clock(running, sink):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(created(clock))
+    clock.advance(3 * HOUR)
+    await r.post(created(clock))  # another start (a new timestamp: not a duplicate)
+    clock.advance(2 * HOUR)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []  # 5 h after the first start, 2 h after the second
+    clock.advance(2 * HOUR)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"))
+    assert message["title"] == "Delivery D-1 not delivered after 4h"
+
+
+async def test_an_event_older_than_after_fires_a_minute_after_receipt(running, sink):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(created(clock, offset=-5 * HOUR))
+    clock.advance(59)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []
+    clock.advance(2)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"))
+    assert message["title"] == "Delivery D-1 not delivered after 1m 1s"
+
+
+async def test_a_broken_template_falls_back_to_the_built_in_one(running, sink):
+    clock = FakeClock()
+    watch = WATCH.replace('"Last seen: {{ last.status | human_status }} ({{ watch }})"',
+                          '"{{ last.status | localtime(\'Nowhere/Zone\') }}{{ 1 // 0 }}"')
+    r = await start(running, sink, clock, watch)
+    await r.post(created(clock))
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"))
+    assert message["title"] == "Delivery D-1: not-delivered (4h without a stop event)"
+    assert "Watch not-delivered was armed by delivery.created 4h ago." in message["message"]
+
+
+async def test_after_a_reload_an_alert_follows_the_new_config_and_a_removed_watch_sends_nothing(
+        running, sink, tmp_path, caplog):
+    clock = FakeClock()
+    two = WATCH + WATCH.split("\n", 1)[1].replace("not-delivered", "no-courier").replace(
+        "after: 4h", "after: 1h")
+    r = await start(running, sink, clock, two)
+    await r.post(created(clock))
+    cfg = Path(r.relay.config_path)
+    text = cfg.read_text()
+    kept = text[:text.index("  - name: no-courier")]  # no-courier is removed
+    cfg.write_text(kept.replace("not delivered after", "still not delivered after"))
+    await r.relay.reload()
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"), message="the remaining alert")
+    assert message["title"] == "Delivery D-1 still not delivered after 4h"  # today's template
+    assert "watch 'no-courier' is no longer in the config; nothing sent" in caplog.text
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "fired"),
+                                             ("no-courier:D-1", "fired")]
+
+
+async def test_metrics_count_armed_disarmed_and_fired(running, sink):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    for d in ("D-1", "D-2", "D-3"):
+        await r.post(created(clock, d))
+    await r.post(updated(clock, "delivered", "D-3"))
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    await wait_for(lambda: len(sink.messages("ops")) == 2)
+    async with r.session.get(r.url + "/metrics") as resp:
+        text = await resp.text()
+    for change, n in (("armed", 3), ("disarmed", 1), ("fired", 2)):
+        assert f'kourier_relay_timers_total{{change="{change}",kind="watch"}} {n}.0' in text
+
+
+async def delivery_page(r, delivery_id: str) -> str:
+    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
+            "Authorization": "Bearer admin-secret", "Accept": "text/html"}) as resp:
+        assert resp.status == 200
+        return " ".join((await resp.text()).split())
+
+
+async def test_the_status_page_shows_a_deliverys_watches_armed_disarmed_and_fired(running, sink):
+    clock = FakeClock()  # 2027-01-15 08:00:00 UTC
+    r = await start(running, sink, clock)
+    await r.post(created(clock, "D-1"))
+    await r.post(created(clock, "D-2"))
+    await r.post(updated(clock, "delivered", "D-2"))
+    assert '<strong>not-delivered</strong> <span class="pill st-armed">armed</span> fires' \
+        " <time>2027-01-15 12:00:00 UTC</time> unless a stop event comes first" \
+        in await delivery_page(r, "D-1")
+    assert '<span class="pill st-disarmed">disarmed</span> disarmed' \
+        " <time>2027-01-15 08:00:00 UTC</time> by a stop event" in await delivery_page(r, "D-2")
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
+    page = await delivery_page(r, "D-1")
+    assert '<span class="pill st-fired">fired</span> fired <time>2027-01-15 12:00:00 UTC</time>' \
+        in page
+    assert "Delivery D-1 not delivered after 4h" in page  # the alert, under its arming event
+    assert "route watch:not-delivered" in page
+
+
+def test_human_duration_shows_the_two_largest_units():
+    assert [human_duration(s) for s in (0, 59, 61, 4 * HOUR, 4 * HOUR + 300, 90000)] == \
+        ["0s", "59s", "1m 1s", "4h", "4h 5m", "1d 1h"]
+
+
+# ---------------------------------------------------------------- check
+
+
+BASE = """\
+server: {tokens: [t]}
+receivers: [{name: ops, urls: ["json://127.0.0.1:9/x"]}]
+routes: [{match: {event: delivery.updated}, receivers: [ops]}]
+watches:
+"""
+
+
+def findings(tmp_path: Path, watch: str) -> list[str]:
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + watch)
+    return [f"{i.line}: {i.path}: {i.message}" for i in lint(str(path))]
+
+
+def test_check_reports_each_watch_mistake_with_its_place(tmp_path):
+    assert findings(tmp_path, """\
+  - name: w
+    start: {status: {regex: "("}}
+    stop: [{event: delivery.cancelled}, {status: {bogus: 1}}]
+    after: 2 hours
+    receivers: [opz]
+""") == [
+        "8: watches[0].after: expected a duration like 30s, 5m, 2h, got '2 hours'",
+        '9: watches[0].receivers[0]: undefined receiver "opz" (did you mean "ops"?)',
+    ]
+    assert findings(tmp_path, """\
+  - name: w
+    start: {status: {regex: "("}}
+    stop: [{event: delivery.cancelled}, {status: {bogus: 1}}]
+    after: 2h
+    receivers: [ops]
+    title: "{{ delivery_id }"
+""") == [
+        "6: watches[0].start.status: invalid regex '(': missing ), unterminated subpattern"
+        " at position 0",
+        '7: watches[0].stop[1].status: unknown matcher "bogus" (use regex, not or exists)',
+        "10: watches[0].title: template syntax error: unexpected '}'",
+    ]
+
+
+def test_check_refuses_a_watch_name_with_a_colon_and_a_duplicate_name(tmp_path):
+    watch = """\
+  - name: "late:4h"
+    start: {event: delivery.created}
+    after: 4h
+    receivers: [ops]
+"""
+    assert findings(tmp_path, watch) == [
+        '5: watches[0].name: a watch name must not contain ":" (its timers are keyed'
+        " name:delivery_id)"]
+    assert findings(tmp_path, watch.replace("late:4h", "late") * 2) == [
+        '9: watches[1].name: duplicate watch "late"']
+
+
+def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
+    assert findings(tmp_path, """\
+  - name: w
+    start: {event: delivery.updated, status: in_transit}
+    stop: [{event: delivery.created}, {event: "delivery.*"}]
+    after: 2h
+    receivers: [ops]
+    body: "{{ last.status }} {{ elapsed }} {{ watch }} {{ courier }}"
+""") == [
+        "7: watches[0].stop[0]: watch \"w\": this stop can never match after start: it matches"
+        " only delivery.created, which Kourier sends once, before any other event of a delivery",
+        '7: watches[0].stop[1]: watch "w": every event that matches start also matches this'
+        " stop, and a stop wins, so the watch never arms",
+        "10: watches[0].body: uses courier, which Kourier never sends (it sends delivery_id,"
+        " event, status, timestamp); renders empty unless an event carries it",
+    ]
