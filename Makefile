@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/kourier-relay serve -c $(CONFIG)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs  # -rs: say why each skipped test was skipped
+	$(PY) -m pytest -q -rs -n auto  # -rs: say why each skipped test was skipped; -n: one worker per core
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check relay tests
