@@ -1,0 +1,85 @@
+"""What every `kourier-relay` command shares: the config option, one-line errors, the store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from relay import config as config_mod
+from relay.config import Config
+from relay.errors import ConfigError, RelayError
+from relay.logs import scrub
+from relay.store import Store, open_store
+
+DEFAULT_CONFIG_PATH = "/etc/kourier-relay/config.yaml"
+CONFIG_ENV = "KOURIER_RELAY_CONFIG"
+DEFAULT_PORT = 8080
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {scrub(message)}", err=True)
+    sys.exit(code)
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-c", "--config", "config_path", envvar=CONFIG_ENV,
+                        default=DEFAULT_CONFIG_PATH, show_default=True, metavar="FILE",
+                        help=f"Config file (env {CONFIG_ENV}).")(f)
+
+
+def guarded(f: Callable[..., T]) -> Callable[..., T]:
+    """Turn the relay's own errors into one readable line and a non-zero exit."""
+    @wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ConfigError as e:
+            for issue in e.issues:
+                click.echo(str(issue), err=True)
+            sys.exit(1)
+        except RelayError as e:
+            fail(str(e))
+    return wrapper
+
+
+def load_config(path: str) -> Config:
+    return config_mod.load(path)
+
+
+def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]],
+              create: bool = False) -> T:
+    """Run `action` on the config's store; only a writer (`create`) may bring a new one about."""
+    config = load_config(config_path)
+    if not create:
+        _require_existing(config)
+
+    async def go() -> T:
+        store = open_store(config.store.url, busy_timeout=config.store.busy_timeout,
+                           create=create)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _require_existing(config: Config) -> None:
+    """A command that only reads must not create an empty store and report it empty."""
+    if not config.store.url.startswith("sqlite:"):
+        return
+    from relay.store.sqlite import sqlite_path
+
+    path = sqlite_path(config.store.url)
+    if not os.path.exists(path):
+        fail(f"no store at {path} (store.url in {config.source.file}; a relative sqlite: path"
+             " is relative to the config file's folder): check store.url, or start the relay"
+             " once with serve")
