@@ -20,6 +20,8 @@ import yaml
 
 from relay.errors import ConfigError, Issue
 from relay.limits import Circuit
+from relay.noiseconfig import DigestConfig, digest, quiet_hours
+from relay.quiet import QuietHours
 from relay.schema import (
     BODY_FORMATS,
     NOTIFY_TYPES,
@@ -35,7 +37,8 @@ from relay.schema import (
 from relay.yamlfile import Source, Tree, resolve_env, yaml_error
 
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config",
-           "DeliveriesConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
+           "DeliveriesConfig", "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy",
+           "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig",
            "WatchConfig", "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
            "used_receivers"]
@@ -111,6 +114,8 @@ class ReceiverConfig:
     concurrency: int = 1
     rate_limit: RateLimit | None = None
     retry: RetryPolicy | None = None
+    quiet_hours: QuietHours | None = None
+    quiet_template: str = ""  # a `templates:` entry for the summary; "" is the built-in one
     path: str = ""
 
 
@@ -134,6 +139,7 @@ class RouteConfig:
     suppress_stale: bool | None = None
     live: bool = False  # one message per delivery and receiver URL, edited as it moves
     hold: float = 0.0  # seconds a notification waits for a newer one that replaces it
+    digest: DigestConfig | None = None
     path: str = ""
 
 
@@ -318,7 +324,11 @@ def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
             c.error(f"{path}.urls", "needs at least one Apprise URL")
         retry = _retry(data.pop("retry"), f"{path}.retry", c) if "retry" in data else None
         urls = data.pop("urls", ())
-        out[name] = ReceiverConfig(name=name, urls=urls, retry=retry, path=path, **data)
+        quiet = data.pop("quiet_hours", None)
+        hours, summary = quiet_hours(quiet, f"{path}.quiet_hours", c) if quiet is not None \
+            else (None, "")
+        out[name] = ReceiverConfig(name=name, urls=urls, retry=retry, quiet_hours=hours,
+                                   quiet_template=summary, path=path, **data)
     return out
 
 
@@ -344,6 +354,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
         suppress_stale=values.get("suppress_stale"),
         live=values.get("live", False),
         hold=values.get("hold", 0.0),
+        digest=digest(values["digest"], f"{path}.digest", c) if "digest" in values else None,
         path=path,
     )
 
@@ -377,6 +388,12 @@ def _check_references(config: Config, c: Checker) -> None:
         named = route.template_ref
         if named and named not in config.templates:
             c.error(f"{route.path}.template",
+                    f'undefined template "{named}"{did_you_mean(named, config.templates)}'
+                    if shown(named) == repr(named) else f"undefined template ({shown(named)})")
+    for rc in config.receivers.values():
+        named = rc.quiet_template
+        if named and named not in config.templates:
+            c.error(f"{rc.path}.quiet_hours.template",
                     f'undefined template "{named}"{did_you_mean(named, config.templates)}'
                     if shown(named) == repr(named) else f"undefined template ({shown(named)})")
     for key in ("default_receiver",):

@@ -15,6 +15,7 @@ from typing import Any
 
 from relay.errors import Issue
 from relay.limits import RateLimit
+from relay.quiet import parse_days, parse_time
 from relay.yamlfile import Source
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
@@ -179,13 +180,18 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
               "max_age": duration},
     "circuit": {"failures": _int(1, 1000), "cooldown": duration, "max_cooldown": duration},
     "receiver": {"name": _STR, "urls": _str_list, "concurrency": _int(1, 64), "rate_limit": rate,
-                 "retry": _MAP},
+                 "retry": _MAP, "quiet_hours": _MAP},
+    "quiet_hours": {"timezone": _STR, "windows": _expect(list, "a list of windows"),
+                    "urgent": _str_list, "template": _STR},
+    "quiet_window": {"days": parse_days, "from": lambda v: parse_time(v, end=False),
+                     "to": lambda v: parse_time(v, end=True)},
+    "digest": {"window": duration, "group_by": _str_list, "max_events": _int(1, 1000)},
     "template": {"title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
                  "format": _choice(BODY_FORMATS)},
     "route": {"name": _STR, "match": _MAP, "receivers": _str_list, "template": _STR,
               "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
               "format": _choice(BODY_FORMATS), "continue": _BOOL, "suppress_stale": _BOOL,
-              "live": _BOOL, "hold": _hold},
+              "live": _BOOL, "hold": _hold, "digest": _MAP},
     "watch": {"name": _STR, "start": _MAP, "stop": lambda v: _stops(v), "after": duration,
               "receivers": _str_list, "title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
               "format": _choice(BODY_FORMATS)},

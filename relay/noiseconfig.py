@@ -1,0 +1,79 @@
+"""Config for less noise: `routes[].digest` and `receivers[].quiet_hours`, checked.
+
+Kept apart from relay.config so that module stays about the relay's core
+sections; every mistake is collected with its `file:line` and key path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relay.quiet import QuietHours, Window
+from relay.schema import NOTIFY_TYPES, Checker, shown
+
+
+@dataclass(frozen=True)
+class DigestConfig:
+    window: float
+    group_by: tuple[str, ...] = ()
+    max_events: int | None = None
+
+
+def quiet_hours(data: Any, path: str, c: Checker) -> tuple[QuietHours | None, str]:
+    """The receiver's quiet hours (None when they have a mistake) and its summary template."""
+    values = c.section(data, path, "quiet_hours")
+    zone = values.get("timezone", "")
+    if not zone:
+        c.error(f"{path}.timezone", "needed: the time zone the windows are in (e.g. Europe/Berlin)")
+    elif not known_zone(zone):
+        c.error(f"{path}.timezone", f"unknown time zone {shown(zone)}")
+    windows = tuple(w for i, item in enumerate(values.get("windows", []))
+                    if (w := _quiet_window(item, f"{path}.windows[{i}]", c)))
+    if not values.get("windows") and not any(i.path.startswith(f"{path}.windows") for i in c.issues):
+        c.error(f"{path}.windows", 'needs at least one window like {days: [mon], from: "22:00",'
+                ' to: "07:00"}')
+    for i, kind in enumerate(values.get("urgent", ())):
+        if kind not in NOTIFY_TYPES:
+            c.error(f"{path}.urgent[{i}]", f"must be one of {', '.join(NOTIFY_TYPES)},"
+                    f" got {shown(kind)}")
+    if not windows or not known_zone(zone):
+        return None, values.get("template", "")
+    return QuietHours(zone, windows, frozenset(values.get("urgent", ()))), values.get("template", "")
+
+
+def _quiet_window(data: Any, path: str, c: Checker) -> Window | None:
+    before = len(c.issues)
+    values = c.section(data, path, "quiet_window")
+    for key in ("days", "from", "to"):
+        if key not in values and len(c.issues) == before:
+            c.error(f"{path}.{key}" if data else path, f'missing "{key}"')
+    if len(c.issues) > before:
+        return None
+    if values["from"] == values["to"]:
+        c.error(f"{path}.to", 'the same time as "from": write from "00:00" to "24:00" for a'
+                " whole day")
+        return None
+    return Window(values["days"], values["from"], values["to"])
+
+
+def known_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return False
+    return True
+
+
+def digest(data: Any, path: str, c: Checker) -> DigestConfig | None:
+    values = c.section(data, path, "digest")
+    if "window" not in values:
+        if not any(i.path.startswith(f"{path}.window") for i in c.issues):
+            c.error(f"{path}.window", "needed: how long a digest collects, e.g. 10m")
+        return None
+    if values["window"] <= 0:
+        c.error(f"{path}.window", "must be longer than 0s")
+        return None
+    return DigestConfig(**values)
