@@ -21,18 +21,6 @@ from relay.events import lookup
 # However large `max_events` (or none), a window closes at this many events: one
 # message of 100,000 lines helps nobody, and rendering it would hold the worker.
 CEILING = 1000
-DEFAULT_TITLE = (
-    "{{ count }} {% if count == 1 %}event{% else %}events{% endif %}"
-    "{% for name, value in group.items() %} {{ name }}={{ value }}{% endfor %}"
-    " ({{ route }})"
-)
-DEFAULT_BODY = (
-    "{% for e in events %}- {{ e.delivery_id }}: "
-    "{% if e.status %}{{ e.status | human_status }}{% else %}{{ e.event }}{% endif %}"
-    " at {{ e.timestamp | localtime('UTC', '%H:%M') }}\n{% endfor %}"
-)
-
-
 @dataclass(frozen=True)
 class Group:
     """The values of a route's `group_by` fields for one event (missing fields are empty)."""

@@ -51,6 +51,22 @@ RECEIVER_FAILING_TEMPLATE = TemplateConfig(
     body="The relay paused sending to {{ receiver }} after repeated failures and will probe"
          " it again. Last error: {{ error }}",
     type="failure", format="text")
+# A digest sees `events` (payloads in arrival order), `count`, `group`, `window`, `route`.
+DIGEST_TITLE = (
+    "{{ count }} {% if count == 1 %}event{% else %}events{% endif %}"
+    "{% for name, value in group.items() %} {{ name }}={{ value }}{% endfor %}"
+    " ({{ route }})"
+)
+DIGEST_BODY = (
+    "{% for e in events %}- {{ e.delivery_id }}: "
+    "{% if e.status %}{{ e.status | human_status }}{% else %}{{ e.event }}{% endif %}"
+    " at {{ e.timestamp | localtime(fmt='%H:%M') }}\n{% endfor %}"
+)
+# A quiet-hours summary sees `notifications` (title, body, type, route, delivery_id,
+# event_type, at), `count`, `receiver` and `quiet` (from, until).
+SUMMARY_TITLE = ("{{ count }} {% if count == 1 %}notification{% else %}notifications{% endif %}"
+                 " during quiet hours")
+SUMMARY_BODY = "{% for n in notifications %}- {{ n.title }}\n{% endfor %}"
 FAILED_STATUSES = frozenset({"failed", "returned", "lost", "exception", "undeliverable"})
 # What stays of a notification when even the built-in template fails.
 LAST_RESORT = ("Kourier event", "A notification could not be rendered; see the relay's log.")
@@ -129,11 +145,15 @@ class Templates:
     """Every route's template, compiled once; `render()` never raises."""
 
     def __init__(self, compiled: Mapping[str, CompiledTemplate], timezone: str,
-                 receiver_failing: CompiledTemplate | None = None) -> None:
+                 receiver_failing: CompiledTemplate | None = None,
+                 summaries: Mapping[str, CompiledTemplate] | None = None) -> None:
         self.compiled = compiled
         self.timezone = timezone
         self.default = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
         self.receiver_failing = receiver_failing or _BUILTIN_NOTICE
+        self.digest_default = _compile_pair(DIGEST_TITLE, DIGEST_BODY, None, "text")
+        self.summary_default = _compile_pair(SUMMARY_TITLE, SUMMARY_BODY, None, "text")
+        self.summaries = summaries or {}  # receiver -> its quiet-hours summary template
 
     @classmethod
     def from_config(cls, config: Config) -> Templates:
@@ -143,7 +163,8 @@ class Templates:
         for route in config.routes:
             base = config.templates.get(route.template_ref, TemplateConfig())
             try:
-                compiled[route.name] = _compile_template(_merge(base, route.template))
+                compiled[route.name] = _compile_template(_merge(base, route.template),
+                                                         digest=route.digest is not None)
             except jinja2.TemplateSyntaxError:  # already reported above, at its own key
                 pass
         notice = _compile_notice(config, issues)
@@ -151,9 +172,39 @@ class Templates:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             issues.append(config.source.issue("timezone", f"unknown time zone {shown(config.timezone)}"))
+        summaries = {}
+        for rc in config.receivers.values():
+            t = config.templates.get(rc.quiet_template) if rc.quiet_template else None
+            if t is not None:
+                try:
+                    summaries[rc.name] = _compile_pair(t.title or SUMMARY_TITLE,
+                                                       t.body or SUMMARY_BODY, t.type,
+                                                       t.format or "text")
+                except jinja2.TemplateSyntaxError:  # already reported above, at its own key
+                    pass
         if issues:
             raise ConfigError(issues)
-        return cls(compiled, config.timezone, notice)
+        return cls(compiled, config.timezone, notice, summaries)
+
+    def render_batch(self, template: CompiledTemplate, fallback: CompiledTemplate,
+                     context: dict[str, Any], type_: str,
+                     escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+        """A digest or summary from its own context; falls back like `render`, never raises."""
+        token_tz = _default_tz.set(self.timezone)
+        try:
+            for t in (template, fallback):
+                try:
+                    title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
+                    body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
+                    return Rendered(title, body, t.type or type_, t.format)
+                except Exception as e:  # a template bug must not lose the digest
+                    log.warning("%s template failed (%s)%s",
+                                "digest or summary" if t is template else "built-in",
+                                strip_controls(str(e), True),
+                                "; using the built-in one" if t is template else "")
+            return Rendered(*LAST_RESORT, "warning", "text")
+        finally:
+            _default_tz.reset(token_tz)
 
     def render(self, route: str | None, event: Event,
                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
@@ -275,9 +326,10 @@ def template_problem(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _compile_template(t: TemplateConfig) -> CompiledTemplate:
-    return _compile_pair(t.title if t.title is not None else DEFAULT_TITLE,
-                         t.body if t.body is not None else DEFAULT_BODY, t.type, t.format or "text")
+def _compile_template(t: TemplateConfig, digest: bool = False) -> CompiledTemplate:
+    title, body = (DIGEST_TITLE, DIGEST_BODY) if digest else (DEFAULT_TITLE, DEFAULT_BODY)
+    return _compile_pair(t.title if t.title is not None else title,
+                         t.body if t.body is not None else body, t.type, t.format or "text")
 
 
 def compile_pair(title: str, body: str, type_: str | None, fmt: str) -> CompiledTemplate:
