@@ -140,15 +140,26 @@ def _only_created(stop: Route) -> bool:
     return bool(events) and all(not m.test(t) for m in events for t in KNOWN_TYPES - {CREATED})
 
 
+# What a digest's and a quiet-hours summary's templates see besides payload fields.
+DIGEST_NAMES = frozenset({"events", "count", "group", "window", "route"})
+SUMMARY_NAMES = frozenset({"notifications", "count", "receiver", "quiet"})
+
+
 def undocumented(config: Config) -> list[Issue]:
     out = []
     seen: set[str] = set()
-    templates = [(t, t.path) for t in config.templates.values()]
-    templates += [(r.template, r.path) for r in config.routes]
-    templates += [(w.template, w.path) for w in config.watches]
+    batch: dict[str, frozenset[str]] = {r.template_ref: DIGEST_NAMES for r in config.routes
+                                        if r.digest and r.template_ref}
+    batch |= {rc.quiet_template: SUMMARY_NAMES for rc in config.receivers.values()
+              if rc.quiet_template}
+    templates = [(t, t.path, batch.get(name, frozenset()))
+                 for name, t in config.templates.items()]
+    templates += [(r.template, r.path, DIGEST_NAMES if r.digest else frozenset())
+                  for r in config.routes]
+    templates += [(w.template, w.path, frozenset()) for w in config.watches]
     watch_paths = {w.path for w in config.watches}
     notice = config.templates.get(RECEIVER_FAILING)
-    for template, path in templates:
+    for template, path, extra_known in templates:
         for key in ("title", "body"):
             source = getattr(template, key)
             if source is None or f"{path}.{key}" in seen:
@@ -162,7 +173,7 @@ def undocumented(config: Config) -> list[Issue]:
                                      "Kourier never sends", WATCH_FIELDS)
             else:
                 out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
-                                     "Kourier never sends")
+                                     "Kourier never sends", extra_known)
     return out
 
 
@@ -173,6 +184,6 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
         return []
     names = ", ".join(extra)
     sent = ", ".join(sorted(known))
-    it = "it sends" if known is DOCUMENTED_FIELDS else "it has"
+    it = "it sends" if never == "Kourier never sends" else "it has"
     return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
                                       " renders empty unless an event carries it", "warning")]
