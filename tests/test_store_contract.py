@@ -57,9 +57,9 @@ class Backend:
 
 
 # What the steps after 1 added, undone (as a relay before them left its database).
-UNDO_STEPS = ("DROP TABLE health", "DROP TABLE timers", "ALTER TABLE deliveries DROP COLUMN"
-              " last_event_id", "DROP TABLE live_messages", "ALTER TABLE jobs DROP COLUMN live",
-              "ALTER TABLE jobs DROP COLUMN event_at")
+UNDO_STEPS = ("DROP TABLE digest_items", "DROP TABLE health", "DROP TABLE timers",
+              "ALTER TABLE deliveries DROP COLUMN last_event_id", "DROP TABLE live_messages",
+              "ALTER TABLE jobs DROP COLUMN live", "ALTER TABLE jobs DROP COLUMN event_at")
 
 
 async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
@@ -111,7 +111,10 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
             await run(f"DROP TRIGGER fault_{table} ON {table}")
 
         async def downgrade() -> None:
-            await run(*UNDO_STEPS, "DELETE FROM schema_version WHERE version > 1")
+            await run(*UNDO_STEPS, "ALTER TABLE jobs DROP CONSTRAINT jobs_state_check",
+                      "ALTER TABLE jobs ADD CONSTRAINT jobs_state_check"
+                      " CHECK (state IN ('pending', 'claimed', 'sent', 'dead', 'suppressed'))",
+                      "DELETE FROM schema_version WHERE version > 1")
 
         yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 

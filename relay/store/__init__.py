@@ -11,6 +11,9 @@ Jobs move through these states:
        │                 │ └──bury─────────▶ dead ──replay──▶ pending
        └────release──────┘   (a lease that expires is claimable again)
     pending ──(delivery cancelled / stale update / replaced during its hold)──▶ suppressed
+    held ──(quiet hours end: the summary timer fires)──▶ summarised
+      (a job for a receiver in its quiet hours; counts as backlog, spends no attempts,
+       is never replaced by a route's hold)
 
 Timers (watches, digests, quiet hours) are due work of their own: `accept` arms,
 opens or disarms them in the event's transaction (`TimerOp`), the worker claims
@@ -37,6 +40,7 @@ from relay.store.records import (
     JOB_STATES,
     Accepted,
     Attempt,
+    DigestItem,
     AttemptOutcome,
     Circuit,
     ClaimResult,
@@ -62,9 +66,9 @@ from relay.store.records import (
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
-           "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "Job", "JobAttempt",
-           "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages", "LiveRef",
-           "LiveSlot",
+           "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "DigestItem", "Job",
+           "JobAttempt", "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages",
+           "LiveRef", "LiveSlot",
            "Minute", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
            "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
            "open_store"]
@@ -101,9 +105,13 @@ class TimerQueue(Protocol):
                            ) -> list[Timer]:
         """Due timers (and those whose claim's lease expired), oldest due first."""
     async def timer_inputs(self, timer: Timer) -> TimerInputs: ...
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+                   consumed: TimerInputs | None = None) -> int:
         """Insert the timer's jobs and mark it fired, in one transaction; StaleClaim if the
-        claim is no longer this one (re-armed, disarmed or taken over after its lease)."""
+        claim is no longer this one (re-armed, disarmed or taken over after its lease).
+
+        `consumed`: the inputs the jobs were rendered from; exactly those digest items
+        and held jobs are marked done, and what arrived since re-opens the timer."""
     async def release_timer(self, timer: Timer) -> None:
         """Give a claimed timer back unfired (shutting down); a stale claim changes nothing."""
 

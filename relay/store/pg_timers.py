@@ -32,14 +32,15 @@ class PostgresTimers:
         inputs: TimerInputs = await self._tx(timer_inputs, timer)
         return inputs
 
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
-        async def fire(conn: Any) -> None:
-            await fire_timer(conn, timer, jobs, now)
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+                   consumed: TimerInputs | None = None) -> int:
+        async def fire(conn: Any) -> int:
+            change = await fire_timer(conn, timer, jobs, consumed, now)
             if jobs:
                 await self._notify(conn)
+            return change
 
-        await self._tx(fire)
-        self._backlog.add(len(jobs))
+        self._backlog.add(await self._tx(fire))
         if jobs:
             self._wake()
         return len(jobs)
@@ -67,23 +68,58 @@ async def take_timers(conn: Any, limit: int, now: float, lease: float, owner: st
 
 async def timer_inputs(conn: Any, timer: Timer) -> TimerInputs:
     last = await conn.fetchval(q(sql.LAST_EVENT), timer.delivery_id)
+    items = await conn.fetch(q(sql.DIGEST_ITEMS), timer.id, rules.BATCH_CEILING) \
+        if timer.kind == "digest" else []
+    held = await conn.fetch(q(sql.HELD_JOBS), timer.context.get("receiver", ""),
+                            timer.context.get("url_index", 0), timer.due_at,
+                            rules.BATCH_CEILING) if timer.kind == "quiet" else []
     return sql.timer_inputs(await conn.fetchrow(q(sql.EVENT_ROW), timer.event_id),
-                            await conn.fetchrow(q(sql.EVENT_ROW), last) if last else None)
+                            await conn.fetchrow(q(sql.EVENT_ROW), last) if last else None,
+                            items, held)
 
 
-async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec], now: float) -> None:
-    """Mark the timer fired if this claim still holds it, and insert its jobs."""
+async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec],
+                     consumed: TimerInputs | None, now: float) -> int:
+    """Mark the timer fired if this claim still holds it, insert its jobs, consume exactly
+    what it rendered, and re-open it for what arrived meanwhile; the backlog change."""
     if rows_touched(await conn.execute(q(sql.FIRE_TIMER), now, timer.id, timer.claim_token)) == 0:
         raise StaleClaim(f"timer {timer.id} is no longer claimed by this worker")
     await conn.executemany(q(sql.INSERT_JOB), sql.timer_job_rows(timer, jobs, now))
+    await apply_timers(conn, (), timer.event_id, now, jobs, timer.delivery_id)
+    summarised = 0
+    if consumed is not None:
+        await conn.executemany(q(sql.FIRE_ITEM), [(now, item.id) for item in consumed.items])
+        for job in consumed.held:
+            summarised += rows_touched(await conn.execute(q(sql.SUMMARISE), now, job.id))
+    await _reopen(conn, timer, now)
+    return len(jobs) - summarised
+
+
+async def _reopen(conn: Any, timer: Timer, now: float) -> None:
+    if timer.kind not in sql.FIRST_WAITING:
+        return
+    args = (timer.id,) if timer.kind == "digest" else \
+        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
+    row = await conn.fetchrow(q(sql.FIRST_WAITING[timer.kind]), *args)
+    if row is not None:
+        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
+        await conn.execute(q(sql.REOPEN), due, row[0], now, timer.id)
 
 
 async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: float,
+                       jobs: Sequence[JobSpec] = (), delivery_id: str = "",
                        ) -> tuple[TimerChange, ...]:
-    """Apply an accepted event's timer operations; the ones that changed a timer."""
+    """Apply an accepted event's timer operations, digest items and held jobs' summary
+    timers; the operations that changed a timer."""
     changes = []
-    for op in rules.ordered_ops(ops):
+    for op in rules.ordered_ops([*ops, *rules.summary_ops(jobs)]):
         if await conn.fetchval(q(sql.TIMER_WRITE[op.action]),
                                *sql.timer_args(op, event_id, now)) is not None:
             changes.append(TimerChange(op.action, op.kind, op.key))
+        if op.collect:
+            # The row is locked by the upsert: concurrent events of one window queue here.
+            timer_id = await conn.fetchval(q(sql.TIMER_ID), op.kind, op.key)
+            await conn.execute(q(sql.ADD_ITEM), timer_id, event_id, delivery_id, now)
+            if rules.closes_early(await conn.fetchval(q(sql.DIGEST_WAITING), timer_id), op.full_at):
+                await conn.execute(q(sql.CLOSE_EARLY), now, timer_id, now)
     return tuple(changes)

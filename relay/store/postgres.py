@@ -242,8 +242,9 @@ class PostgresStore(PostgresLive, PostgresTimers):
             kept.append(job)
             suppressed += replaced
         await conn.executemany(q(sql.INSERT_JOB), sql.job_rows(event_id, event, kept, now, ts))
-        queued = sum(j.state == "pending" for j in kept)
-        changes = await apply_timers(conn, timers, event_id, now)
+        queued = sql.active(kept)
+        changes = await apply_timers(conn, timers, event_id, now, [j.spec for j in kept],
+                                     event.delivery_id)
         if queued or changes:
             await self._notify(conn)
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
@@ -323,8 +324,8 @@ class PostgresStore(PostgresLive, PostgresTimers):
 
     async def _stats(self, conn: Any) -> Stats:
         self._backlog.counted(await conn.fetchval(sql.BACKLOG))
-        return Stats(self._backlog.value, await conn.fetchval(sql.DEAD_COUNT),
-                     await conn.fetchval(sql.OLDEST))
+        return Stats(self._backlog.value, *[await conn.fetchval(query) for query in (
+            sql.DEAD_COUNT, sql.OLDEST, sql.HELD_COUNT, sql.OPEN_WINDOWS)])
 
     async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]:
         rows = await self._tx(lambda conn: conn.fetch(
@@ -348,7 +349,8 @@ class PostgresStore(PostgresLive, PostgresTimers):
     async def timeline(self, delivery_id: str) -> Timeline:
         async def timeline(conn: Any) -> Timeline:
             return sql.timeline(delivery_id, *[
-                await conn.fetch(q(query), delivery_id) for query in sql.TIMELINE_QUERIES])
+                await conn.fetch(q(query), *[delivery_id] * n)
+                for query, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True)])
 
         return await self._tx(timeline)
 
@@ -393,7 +395,7 @@ class PostgresStore(PostgresLive, PostgresTimers):
         status = await self._tx(lambda conn: conn.execute(
             "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE received_at < $1"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id"
-            f" AND j.state IN ('pending', 'claimed', 'dead')) AND {sql.KEEPS_EVENT}"
+            f" AND j.state IN ('pending', 'claimed', 'dead', 'held')) AND {sql.KEEPS_EVENT}"
             " ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)", before, batch))
         if rows_touched(status):
             return rows_touched(status)

@@ -10,10 +10,12 @@ from typing import Any, Literal, Protocol, get_args
 from relay.limits import Circuit as Circuit
 from relay.limits import RateLimit as RateLimit
 
-JobState = Literal["pending", "claimed", "sent", "dead", "suppressed"]
+# `held`: waits out a receiver's quiet hours (backlog, no attempts); `summarised`: went out
+# inside the quiet-hours summary instead of on its own.
+JobState = Literal["pending", "claimed", "sent", "dead", "suppressed", "held", "summarised"]
 AttemptOutcome = Literal["sent", "retry", "failed"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
-ACTIVE_STATES: tuple[JobState, ...] = ("pending", "claimed")  # what counts as backlog
+ACTIVE_STATES: tuple[JobState, ...] = ("pending", "claimed", "held")  # what counts as backlog
 TimerKind = Literal["watch", "digest", "quiet"]
 TimerState = Literal["armed", "claimed", "fired", "disarmed"]
 TimerAction = Literal["arm", "disarm", "open"]
@@ -44,6 +46,9 @@ class JobSpec(Protocol):
     def live(self) -> bool: ...
     @property
     def hold(self) -> float: ...
+    @property
+    def held_until(self) -> float | None:
+        """Quiet hours: stored `held` until then, for the receiver URL's summary."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class TimerOp:
     `arm` creates or re-arms (due again, new context), `disarm` ends an armed
     timer, `open` creates one only if none is armed (a later event does not move
     it). Due `delay` seconds after the event's receipt, or at `due_at` if given.
+    `collect` (digests): the event joins the timer's items; once `full_at` items
+    wait, the timer falls due at once (early close).
     """
 
     action: TimerAction
@@ -62,6 +69,8 @@ class TimerOp:
     delay: float = 0.0
     due_at: float | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    collect: bool = False
+    full_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,16 @@ class TimerInputs:
 
     arming: TimelineEvent | None
     last: TimelineEvent | None
+    items: tuple[DigestItem, ...] = ()  # a digest's events, in arrival order
+    held: tuple[Job, ...] = ()  # a quiet-hours summary's held jobs, oldest first
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One event in a digest window (`id`: its place in arrival order)."""
+
+    id: int
+    event: TimelineEvent
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,8 @@ class Stats:
     backlog: int
     dead: int
     oldest_pending_at: float | None
+    held: int = 0  # notifications waiting out quiet hours (part of the backlog)
+    open_windows: int = 0  # digest windows collecting events
 
 
 @dataclass(frozen=True)

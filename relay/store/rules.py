@@ -8,11 +8,21 @@ caller (only the backlog estimate's age is measured on the monotonic clock).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from relay.store.records import Circuit, JobState, RateLimit, TimerAction, TimerOp, TimerState
+from relay.store.records import (
+    Circuit,
+    JobSpec,
+    JobState,
+    RateLimit,
+    Timer,
+    TimerAction,
+    TimerKind,
+    TimerOp,
+    TimerState,
+)
 
 CANCELLED = "delivery.cancelled"
 UPDATED = "delivery.updated"
@@ -172,6 +182,49 @@ def timer_due(op: TimerOp, now: float) -> float:
 def ordered_ops(ops: Sequence[TimerOp]) -> list[TimerOp]:
     """One operation per timer: the last one named for a (kind, key) wins."""
     return list({(op.kind, op.key): op for op in ops}.values())
+
+
+# ---------------------------------------------------------------- digests and quiet hours
+#
+# A digest timer collects events (`digest_items`); a quiet timer stands for the jobs its
+# receiver URL holds (state `held`). Firing consumes exactly what was rendered; whatever
+# arrived meanwhile re-opens the timer at once, so nothing waits without a timer.
+BATCH_CEILING = 1000  # items one digest or summary renders (the rest re-open it at once)
+
+
+def summary_key(receiver: str, url_index: int) -> str:
+    """The quiet-hours summary timer of one receiver URL."""
+    return f"{url_index}:{receiver}"
+
+
+def summary_ops(jobs: Iterable[JobSpec]) -> list[TimerOp]:
+    """Every held job has its receiver URL's summary timer, due when its quiet time ends."""
+    until: dict[tuple[str, int], float] = {}
+    for j in jobs:
+        if j.held_until is not None:
+            key = (j.receiver, j.url_index)
+            until[key] = min(until.get(key, j.held_until), j.held_until)
+    return [TimerOp("open", "quiet", summary_key(r, i), due_at=at,
+                    context={"receiver": r, "url_index": i}) for (r, i), at in until.items()]
+
+
+def closes_early(waiting: int, full_at: int | None) -> bool:
+    """A digest window with this many events waiting closes now."""
+    return waiting >= min(full_at or BATCH_CEILING, BATCH_CEILING)
+
+
+def reopen_due(kind: TimerKind, context: Mapping[str, Any], first_at: float, waiting: int,
+               now: float) -> float:
+    """When a fired timer with work left falls due again.
+
+    A digest: a new window from its oldest waiting event's arrival (at once when
+    that many already close it); a summary: when its oldest held job's quiet ends.
+    """
+    if kind == "digest":
+        if closes_early(waiting, context.get("full_at")):
+            return now
+        return first_at + float(context.get("window", 0))
+    return first_at
 
 
 class Backlog:

@@ -17,7 +17,7 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -58,19 +58,31 @@ def _c(name: str, type: str = "text", **kw: Any) -> Column:
     return Column(name, type, **kw)
 
 
-STATE_CHECK = "CHECK (state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + "))"
-TABLES_1 = (
-    Table("events", (_c("id", "key"), _c("dedup_key", extra="UNIQUE"), _c("type"),
-                     _c("delivery_id"), _c("received_at", "real"), _c("payload"))),
-    Table("jobs", (
+def _state_check(states: tuple[str, ...]) -> str:
+    return "CHECK (state IN (" + ", ".join(f"'{s}'" for s in states) + "))"
+
+
+# Step 1 as it was: later steps widen the check (a migration must not change under a file).
+STATES_1 = ("pending", "claimed", "sent", "dead", "suppressed")
+STATE_CHECK = _state_check(STATES_1)
+
+
+def _jobs(check: str, name: str = "jobs") -> Table:
+    return Table(name, (
         _c("id", "key"), _c("event_id", "ref:events"), _c("receiver"), _c("url_index", "int"),
         _c("route"), _c("title"), _c("body"), _c("type"), _c("format"), _c("delivery_id"),
         _c("event_type"), _c("suppress_stale", "bool", default="false"),
-        _c("state", default="'pending'", extra=STATE_CHECK),
+        _c("state", default="'pending'", extra=check),
         _c("attempts", "int", default="0"), _c("created_at", "real"),
         _c("next_attempt_at", "real"), _c("lease_until", "real", null=True),
         _c("claim_token", null=True), _c("claimed_by", null=True),
-        _c("last_error", default="''"), _c("finished_at", "real", null=True))),
+        _c("last_error", default="''"), _c("finished_at", "real", null=True)))
+
+
+TABLES_1 = (
+    Table("events", (_c("id", "key"), _c("dedup_key", extra="UNIQUE"), _c("type"),
+                     _c("delivery_id"), _c("received_at", "real"), _c("payload"))),
+    _jobs(STATE_CHECK),
     Table("attempts", (_c("id", "key"), _c("job_id", "ref:jobs"), _c("at", "real"),
                        _c("outcome"), _c("error"), _c("duration", "real"))),
     Table("receivers", (_c("name", extra="PRIMARY KEY"), _c("tokens", "real", null=True),
@@ -155,6 +167,64 @@ COLUMNS_6 = (("jobs", _c("live", "bool", default="false")),
 INDEXES_6 = (Index("live_messages_updated", "live_messages", "updated_at"),)
 
 
+# Step 7: digests and quiet hours. A digest window's events (`fired_at` NULL while they
+# wait; `delivery_id` for the delivery's timeline), and two job states: `held` (quiet
+# hours) and `summarised` (went out in the summary). SQLite cannot alter a CHECK: the
+# jobs table is rebuilt (with foreign keys off, see `REBUILDS`); PostgreSQL swaps it.
+TABLES_7 = (Table("digest_items", (
+    _c("id", "key"), _c("timer_id", "ref:timers"), _c("event_id", "ref:events"),
+    _c("delivery_id"), _c("added_at", "real"), _c("fired_at", "real", null=True))),)
+INDEXES_7: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (Index("digest_items_timer", "digest_items", "timer_id, fired_at, id"),
+               Index("digest_items_event", "digest_items", "event_id"),
+               Index("digest_items_delivery", "digest_items", "delivery_id"),
+               Index("jobs_held", "jobs", "state, receiver, url_index, next_attempt_at")),
+    "postgres": (Index("digest_items_waiting", "digest_items", "timer_id, id",
+                       "fired_at IS NULL"),
+                 Index("digest_items_event", "digest_items", "event_id"),
+                 Index("digest_items_delivery", "digest_items", "delivery_id"),
+                 Index("jobs_held", "jobs", "receiver, url_index, next_attempt_at, id",
+                       "state = 'held'")),
+}
+STATE_CHECK_7 = _state_check(JOB_STATES)
+# Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
+REBUILDS = frozenset({7})
+
+
+def _jobs_7(name: str = "jobs") -> Table:
+    """The jobs table as steps 1-6 left it (step 6 added its columns last), with the wider check."""
+    base = _jobs(STATE_CHECK_7, name)
+    added = tuple(column for table, column in COLUMNS_6 if table == "jobs")
+    return Table(name, base.columns + added)
+
+
+def _rebuild_jobs_sqlite() -> str:
+    columns = ", ".join(c.name for c in _jobs_7().columns)
+    return (render((_jobs_7("jobs_new"),), (), "sqlite")
+            + f"INSERT INTO jobs_new ({columns}) SELECT {columns} FROM jobs;\n"
+            + "DROP TABLE jobs;\nALTER TABLE jobs_new RENAME TO jobs;\n"
+            + render((), _jobs_indexes(), "sqlite"))
+
+
+def _jobs_indexes() -> tuple[Index, ...]:
+    """Every index steps 1-6 made on jobs: the rebuild drops them with the old table.
+
+    Taken from every earlier step's list, so an index a later step adds on jobs cannot be
+    forgotten here (tests/test_schema_steps.py compares a migrated file with a fresh one)."""
+    earlier = (*INDEXES_1["sqlite"], *INDEXES_3, *INDEXES_4["sqlite"], *INDEXES_5["sqlite"],
+               *INDEXES_6)
+    return tuple(i for i in earlier if i.table == "jobs")
+
+
+def _step_7(dialect: Dialect) -> str:
+    if dialect == "sqlite":
+        jobs = _rebuild_jobs_sqlite()
+    else:
+        jobs = ("ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_state_check;\n"
+                f"ALTER TABLE jobs ADD CONSTRAINT jobs_state_check {STATE_CHECK_7};\n")
+    return jobs + render(TABLES_7, INDEXES_7[dialect], dialect)
+
+
 def render_column(column: Column, dialect: Dialect) -> str:
     kind, _, target = column.type.partition(":")
     parts = [column.name, TYPES[dialect][kind]]
@@ -195,7 +265,8 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             3: render(TABLES_3, INDEXES_3, dialect),
             4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event,
             5: render((), INDEXES_5[dialect], dialect),
-            6: add_columns(COLUMNS_6, dialect) + render((), INDEXES_6, dialect)}
+            6: add_columns(COLUMNS_6, dialect) + render((), INDEXES_6, dialect),
+            7: _step_7(dialect)}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))

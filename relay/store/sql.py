@@ -17,8 +17,10 @@ from typing import Any
 
 from relay.events import Event
 from relay.store.records import (
+    ACTIVE_STATES,
     Attempt,
     DeliverySummary,
+    DigestItem,
     Job,
     JobAttempt,
     JobSpec,
@@ -48,7 +50,8 @@ from relay.store.rules import (
 )
 from relay.store.schema import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
 
-ACTIVE = "state IN ('pending', 'claimed')"
+ACTIVE = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"  # the backlog
+SENDING = "state IN ('pending', 'claimed')"  # on its way (held jobs wait for their summary)
 
 INSERT_EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
@@ -69,7 +72,8 @@ UPSERT_DELIVERY = ("INSERT INTO deliveries (delivery_id, newest, cancelled, last
                    " newest = excluded.newest, cancelled = excluded.cancelled,"
                    " last_event_id = excluded.last_event_id")
 SUPPRESS_UPDATES = (f"UPDATE jobs SET state = 'suppressed', last_error = '{CANCELLED_REASON}'"
-                    f" WHERE delivery_id = ? AND event_type = '{UPDATED}' AND state = 'pending'"
+                    f" WHERE delivery_id = ? AND event_type = '{UPDATED}'"
+                    " AND state IN ('pending', 'held')"
                     " AND suppress_stale")
 
 RECEIVER = ("SELECT failures, open_until, cooldown, tokens, tokens_at FROM receivers"
@@ -124,7 +128,9 @@ PING = ("INSERT INTO health (id, at) VALUES (1, ?)"
         " ON CONFLICT (id) DO UPDATE SET at = excluded.at")
 BACKLOG = f"SELECT count(*) FROM jobs WHERE {ACTIVE}"
 DEAD_COUNT = "SELECT count(*) FROM jobs WHERE state = 'dead'"
-OLDEST = f"SELECT min(created_at) FROM jobs WHERE {ACTIVE}"
+OLDEST = f"SELECT min(created_at) FROM jobs WHERE {SENDING}"
+HELD_COUNT = "SELECT count(*) FROM jobs WHERE state = 'held'"
+OPEN_WINDOWS = "SELECT count(*) FROM timers WHERE kind = 'digest' AND state IN ('armed', 'claimed')"
 ACTIVE_RECEIVERS = f"SELECT DISTINCT receiver FROM jobs WHERE {ACTIVE}"
 JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
 PAYLOAD = "SELECT payload FROM events WHERE id = ?"
@@ -206,12 +212,40 @@ RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
                  " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
 EVENT_ROW = "SELECT id, type, received_at, payload FROM events WHERE id = ?"
 LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"
-TIMELINE_TIMERS = f"SELECT {TIMER_COLUMNS} FROM timers WHERE delivery_id = ? ORDER BY id"
+# A delivery's timers: its own, and the digests its events joined.
+TIMELINE_TIMERS = (f"SELECT {TIMER_COLUMNS} FROM timers WHERE id IN (SELECT t.id FROM timers t"
+                   " WHERE t.delivery_id = CAST(? AS TEXT) UNION SELECT i.timer_id FROM"
+                   " digest_items i WHERE i.delivery_id = CAST(? AS TEXT)) ORDER BY id")
 TIMELINE_LIVE = ("SELECT live_key AS key, ref, shown, updated_at FROM live_messages"
                  " WHERE delivery_id = ? ORDER BY live_key")
-# Events that armed a live timer stay: the timer fires with them.
+# Events that armed a live timer, or wait in a digest, stay: the timer fires with them.
 KEEPS_EVENT = ("NOT EXISTS (SELECT 1 FROM timers t WHERE t.event_id = e.id"
-               f" AND t.state IN {_states(TIMER_LIVE)})")
+               f" AND t.state IN {_states(TIMER_LIVE)}) AND NOT EXISTS (SELECT 1 FROM"
+               " digest_items i WHERE i.event_id = e.id AND i.fired_at IS NULL)")
+# ---------------------------------------------------------------- digests and quiet hours
+TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
+ADD_ITEM = ("INSERT INTO digest_items (timer_id, event_id, delivery_id, added_at)"
+            " VALUES (?, ?, ?, ?)")
+DIGEST_WAITING = "SELECT count(*) FROM digest_items WHERE timer_id = ? AND fired_at IS NULL"
+CLOSE_EARLY = "UPDATE timers SET due_at = ? WHERE id = ? AND state = 'armed' AND due_at > ?"
+DIGEST_ITEMS = ("SELECT i.id AS item_id, e.id, e.type, e.received_at, e.payload"
+                " FROM digest_items i JOIN events e ON e.id = i.event_id"
+                " WHERE i.timer_id = ? AND i.fired_at IS NULL ORDER BY i.id LIMIT ?")
+HELD_JOBS = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'held' AND receiver = ?"
+             " AND url_index = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?")
+FIRE_ITEM = "UPDATE digest_items SET fired_at = ? WHERE id = ? AND fired_at IS NULL"
+SUMMARISE = ("UPDATE jobs SET state = 'summarised', finished_at = ? WHERE id = ?"
+             " AND state = 'held'")
+# What is left for a fired timer: the oldest waiting item / held job re-opens it.
+FIRST_WAITING = {
+    "digest": ("SELECT event_id, added_at, (SELECT count(*) FROM digest_items w WHERE"
+               " w.timer_id = i.timer_id AND w.fired_at IS NULL) FROM digest_items i"
+               " WHERE i.timer_id = ? AND i.fired_at IS NULL ORDER BY i.id LIMIT 1"),
+    "quiet": ("SELECT event_id, next_attempt_at, 1 FROM jobs WHERE state = 'held'"
+              " AND receiver = ? AND url_index = ? ORDER BY next_attempt_at, id LIMIT 1"),
+}
+REOPEN = ("UPDATE timers SET state = 'armed', due_at = ?, event_id = ?, armed_at = ?,"
+          " ended_at = NULL WHERE id = ? AND state = 'fired'")
 ENDED_TIMERS = (f"SELECT id FROM timers WHERE state IN {_states(TIMER_ENDED)}"
                 " AND ended_at < ? LIMIT ?")
 
@@ -234,15 +268,20 @@ class Queued:
 
 
 def queued(spec: JobSpec, coalesced: Coalesced) -> Queued:
-    """The job a notification becomes after `rules.coalesce`."""
+    """The job a notification becomes after `rules.coalesce`; held (quiet hours) wins."""
+    if spec.held_until is not None:
+        return Queued(spec, spec.held_until, "held")
     if coalesced.replaced_by is not None:
         return Queued(spec, coalesced.due, "suppressed", outdated_reason(coalesced.replaced_by))
     return Queued(spec, coalesced.due)
 
 
 def waiting_key(event: Event, spec: JobSpec) -> tuple[Any, ...] | None:
-    """WAITING's parameters for a held notification; None when it is not held."""
-    if spec.hold <= 0 or not event.delivery_id:
+    """WAITING's parameters for a held notification; None when it is not held.
+
+    A notification held for quiet hours neither replaces what waits (the summary lists it
+    as it came) nor is replaced: WAITING and REPLACE take only pending jobs."""
+    if spec.hold <= 0 or not event.delivery_id or spec.held_until is not None:
         return None
     return (event.delivery_id, spec.route, spec.receiver, spec.url_index)
 
@@ -255,9 +294,18 @@ def job_rows(event_id: int, event: Event, jobs: Sequence[Queued], now: float, ts
              now, j.due, j.spec.live, ts, j.state, j.reason) for j in jobs]
 
 
+def active(jobs: Sequence[Queued]) -> int:
+    """How many of an accepted event's jobs are backlog (pending, or held for quiet hours)."""
+    return sum(j.state in ACTIVE_STATES for j in jobs)
+
+
 def replace_args(ids: Sequence[int], event_id: int, now: float) -> list[tuple[Any, ...]]:
     """REPLACE's parameters: the waiting jobs a held notification of `event_id` replaces."""
     return [(replaced_reason(event_id), now, i) for i in ids]
+
+
+def _due(job: JobSpec, now: float) -> tuple[float, JobState]:
+    return (now, "pending") if job.held_until is None else (job.held_until, "held")
 
 
 def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
@@ -271,8 +319,8 @@ def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
 def timer_job_rows(timer: Timer, jobs: Sequence[JobSpec], now: float) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
     return [(timer.event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type,
-             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, now, False, None,
-             "pending", "") for j in jobs]
+             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, due, False, None,
+             state, "") for j in jobs for due, state in (_due(j, now),)]
 
 
 def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:
@@ -282,10 +330,16 @@ def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:
 
 
 def timer_inputs(arming: Mapping[str, Any] | None, last: Mapping[str, Any] | None,
+                 items: Iterable[Mapping[str, Any]] = (), held: Iterable[Mapping[str, Any]] = (),
                  ) -> TimerInputs:
-    """TimerInputs from EVENT_ROW rows; without a newest event the arming one stands in."""
+    """TimerInputs from EVENT_ROW rows (without a newest event the arming one stands in),
+    DIGEST_ITEMS rows and HELD_JOBS rows."""
     first = timeline_event(arming)
-    return TimerInputs(first, timeline_event(last) or first)
+    return TimerInputs(first, timeline_event(last) or first,
+                       tuple(DigestItem(r["item_id"], TimelineEvent(
+                           r["id"], r["type"], r["received_at"], json.loads(r["payload"])))
+                           for r in items),
+                       tuple(job_from_row(r) for r in held))
 
 
 def finish_args(job: Job, state: JobState, at: float | None, attempt: Attempt,
@@ -309,6 +363,7 @@ def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
 
 TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS,
                     TIMELINE_LIVE)
+TIMELINE_PARAMS = (1, 1, 1, 2, 1)  # how many times each query takes the delivery id
 
 
 def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],

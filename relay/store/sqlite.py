@@ -37,12 +37,12 @@ from relay.store.records import (
     Stats,
     Timeline,
     Timer,
-    TimerChange,
     TimerInputs,
     TimerOp,
 )
 from relay.store.schema import (
     JOB_COLUMNS,
+    REBUILDS,
     SCHEMA_VERSION,
     from_row,
     job_from_row,
@@ -126,8 +126,17 @@ class SQLiteStore(SQLiteLive):
             raise SchemaTooNew(f"{self.path} has schema version {version}; this relay knows"
                                f" up to {SCHEMA_VERSION}: upgrade the relay")
         for step in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[step]}PRAGMA user_version={step};"
-                               "COMMIT;")
+            # A table rebuild drops the old table: with foreign keys on, that would cascade
+            # into its children (the pragma is a no-op inside a transaction, so set it here).
+            rebuild = step in REBUILDS
+            if rebuild:
+                conn.execute("PRAGMA foreign_keys=OFF")
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[step]}"
+                                   f"PRAGMA user_version={step};COMMIT;")
+            finally:
+                if rebuild:
+                    conn.execute("PRAGMA foreign_keys=ON")
             log.info("store schema migrated to version %d", step)
 
     def _count_backlog(self, conn: sqlite3.Connection) -> int:
@@ -163,11 +172,10 @@ class SQLiteStore(SQLiteLive):
             kept.append(job)
             self._backlog.add(-replaced)
         conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now, ts))
-        queued = sum(j.state == "pending" for j in kept)
+        queued = sql.active(kept)
         self._backlog.add(queued)
-        changes = tuple(TimerChange(op.action, op.kind, op.key) for op in rules.ordered_ops(timers)
-                        if conn.execute(sql.TIMER_WRITE[op.action],
-                                        sql.timer_args(op, event_id, now)).fetchall())
+        changes = sqlite_timers.apply(conn, timers, [j.spec for j in kept], event_id,
+                                      event.delivery_id, now)
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
         return Accepted(event_id, False, queued, why, changes)
 
@@ -257,18 +265,12 @@ class SQLiteStore(SQLiteLive):
     async def timer_inputs(self, timer: Timer) -> TimerInputs:
         return await self._call(sqlite_timers.inputs, timer)
 
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float) -> int:
-        count = await self._call(self._fire, timer, jobs, now)
-        if count:
+    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+                   consumed: TimerInputs | None = None) -> int:
+        change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
+        self._backlog.add(change)
+        if jobs:
             self._wake()
-        return count
-
-    def _fire(self, conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
-              now: float) -> int:
-        if conn.execute(sql.FIRE_TIMER, (now, timer.id, timer.claim_token)).rowcount == 0:
-            raise StaleClaim(f"timer {timer.id} is no longer claimed by this worker")
-        conn.executemany(sql.INSERT_JOB, sql.timer_job_rows(timer, jobs, now))
-        self._backlog.add(len(jobs))
         return len(jobs)
 
     async def release_timer(self, timer: Timer) -> None:
@@ -282,8 +284,8 @@ class SQLiteStore(SQLiteLive):
 
     def _stats(self, conn: sqlite3.Connection) -> Stats:
         backlog = self._count_backlog(conn)
-        return Stats(backlog, conn.execute(sql.DEAD_COUNT).fetchone()[0],
-                     conn.execute(sql.OLDEST).fetchone()[0])
+        return Stats(backlog, *(conn.execute(q).fetchone()[0] for q in (
+            sql.DEAD_COUNT, sql.OLDEST, sql.HELD_COUNT, sql.OPEN_WINDOWS)))
 
     async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]:
         return await self._call(lambda conn: [job_from_row(r) for r in conn.execute(
@@ -305,7 +307,8 @@ class SQLiteStore(SQLiteLive):
 
     async def timeline(self, delivery_id: str) -> Timeline:
         return await self._call(lambda conn: sql.timeline(delivery_id, *(
-            conn.execute(q, (delivery_id,)).fetchall() for q in sql.TIMELINE_QUERIES)))
+            conn.execute(q, (delivery_id,) * n).fetchall()
+            for q, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True))))
 
     async def receivers(self) -> list[ReceiverState]:
         return await self._call(self._receivers)
@@ -351,13 +354,14 @@ class SQLiteStore(SQLiteLive):
     def _purge(conn: sqlite3.Connection, before: float, batch: int) -> int:
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM events e WHERE received_at<? AND NOT EXISTS (SELECT 1 FROM jobs j"
-            " WHERE j.event_id=e.id AND j.state IN ('pending','claimed','dead'))"
+            " WHERE j.event_id=e.id AND j.state IN ('pending','claimed','dead','held'))"
             f" AND {sql.KEEPS_EVENT} LIMIT ?", (before, batch))]
         if not ids:  # then timers that ended as long ago
             ids = [r[0] for r in conn.execute(sql.ENDED_TIMERS, (before, batch))]
             if ids:
-                return conn.execute(f"DELETE FROM timers WHERE id IN ({','.join('?' * len(ids))})",
-                                    ids).rowcount
+                marks = ",".join("?" * len(ids))
+                conn.execute(f"DELETE FROM digest_items WHERE timer_id IN ({marks})", ids)
+                return conn.execute(f"DELETE FROM timers WHERE id IN ({marks})", ids).rowcount
         if not ids:  # then the per-delivery state of deliveries quiet as long
             return conn.execute("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM"
                                 " deliveries WHERE newest < ? LIMIT ?)", (before, batch)
@@ -368,6 +372,7 @@ class SQLiteStore(SQLiteLive):
         conn.execute(f"DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE"
                      f" event_id IN ({marks}))", ids)
         conn.execute(f"DELETE FROM jobs WHERE event_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM digest_items WHERE event_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
         return len(ids)
 

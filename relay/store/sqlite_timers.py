@@ -1,12 +1,15 @@
-"""The SQLite store's timer reads: claiming due timers and what a claimed one fires with."""
+"""The SQLite store's timers: applied in the accept transaction, claimed, read and fired
+(all on the writer thread, inside one batch's transaction)."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Sequence
 
-from relay.store import sql
-from relay.store.records import Timer, TimerInputs
+from relay.errors import StaleClaim
+from relay.store import rules, sql
+from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
 from relay.store.schema import timer_from_row
 
 
@@ -21,6 +24,57 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, lease: float, owner:
 
 def inputs(conn: sqlite3.Connection, timer: Timer) -> TimerInputs:
     last = conn.execute(sql.LAST_EVENT, (timer.delivery_id,)).fetchone()
+    items = conn.execute(sql.DIGEST_ITEMS, (timer.id, rules.BATCH_CEILING)).fetchall() \
+        if timer.kind == "digest" else []
+    held = conn.execute(sql.HELD_JOBS, (timer.context.get("receiver", ""),
+                                        timer.context.get("url_index", 0), timer.due_at,
+                                        rules.BATCH_CEILING)).fetchall() \
+        if timer.kind == "quiet" else []
     return sql.timer_inputs(
         conn.execute(sql.EVENT_ROW, (timer.event_id,)).fetchone(),
-        conn.execute(sql.EVENT_ROW, (last[0],)).fetchone() if last and last[0] else None)
+        conn.execute(sql.EVENT_ROW, (last[0],)).fetchone() if last and last[0] else None,
+        items, held)
+
+
+def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[JobSpec],
+          event_id: int, delivery_id: str, now: float) -> tuple[TimerChange, ...]:
+    """An accepted event's timer operations, digest items and held jobs' summary timers."""
+    changes = []
+    for op in rules.ordered_ops([*ops, *rules.summary_ops(jobs)]):
+        if conn.execute(sql.TIMER_WRITE[op.action], sql.timer_args(op, event_id, now)).fetchall():
+            changes.append(TimerChange(op.action, op.kind, op.key))
+        if op.collect:
+            timer_id = conn.execute(sql.TIMER_ID, (op.kind, op.key)).fetchone()[0]
+            conn.execute(sql.ADD_ITEM, (timer_id, event_id, delivery_id, now))
+            if rules.closes_early(conn.execute(sql.DIGEST_WAITING, (timer_id,)).fetchone()[0],
+                                  op.full_at):
+                conn.execute(sql.CLOSE_EARLY, (now, timer_id, now))
+    return tuple(changes)
+
+
+def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
+         consumed: TimerInputs | None, now: float) -> int:
+    """Mark the timer fired under its claim, insert its jobs, consume exactly what it
+    rendered, and re-open it for what arrived meanwhile. Returns the backlog change."""
+    if conn.execute(sql.FIRE_TIMER, (now, timer.id, timer.claim_token)).rowcount == 0:
+        raise StaleClaim(f"timer {timer.id} is no longer claimed by this worker")
+    conn.executemany(sql.INSERT_JOB, sql.timer_job_rows(timer, jobs, now))
+    apply(conn, (), jobs, timer.event_id, timer.delivery_id, now)
+    summarised = 0
+    if consumed is not None:
+        conn.executemany(sql.FIRE_ITEM, [(now, item.id) for item in consumed.items])
+        summarised = sum(conn.execute(sql.SUMMARISE, (now, job.id)).rowcount
+                         for job in consumed.held)
+    _reopen(conn, timer, now)
+    return len(jobs) - summarised
+
+
+def _reopen(conn: sqlite3.Connection, timer: Timer, now: float) -> None:
+    if timer.kind not in sql.FIRST_WAITING:
+        return
+    args = (timer.id,) if timer.kind == "digest" else \
+        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
+    row = conn.execute(sql.FIRST_WAITING[timer.kind], args).fetchone()
+    if row is not None:
+        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
+        conn.execute(sql.REOPEN, (due, row[0], now, timer.id))
