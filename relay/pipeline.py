@@ -9,14 +9,17 @@ sends: `handlers` maps each timer kind to its fire function.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.config import Config
 from relay.escaping import Escaping, for_channel
 from relay.events import Event
+from relay.quiet import held
 from relay.routing import Match, Route, Router
 from relay.store.records import Timer, TimerInputs, TimerKind, TimerOp
+from relay.summaries import Batch, Limits, digest_op, render_digest, render_summary
 from relay.templating import Rendered, Templates
 from relay.watches import FALLBACK as WATCH_FALLBACK
 from relay.watches import Watches
@@ -57,12 +60,14 @@ class Notification:
     truncated: bool = False
     live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
     hold: float = 0.0  # the route's `hold`: seconds it waits for a newer one to replace it
+    held_until: float | None = None  # quiet hours: stored `held` until then, for the summary
 
 
 @dataclass(frozen=True)
 class Plan:
     match: Match
     notifications: tuple[Notification, ...]
+    timers: tuple[TimerOp, ...] = ()  # digest windows opened or joined, watches (un)armed
 
 
 # Renders a claimed timer into its jobs, from its inputs, at `now`; must never raise.
@@ -79,13 +84,29 @@ class Planner:
     channels: Mapping[str, Sequence[Channel]]
     watches: Watches = Watches()
 
-    def plan(self, event: Event) -> Plan:
+    def plan(self, event: Event, now: float | None = None) -> Plan:
+        """`now`: the relay's clock at receipt (quiet hours, watches); the wall clock if not
+        given. The plan's timer operations are applied with the event."""
+        now = time.time() if now is None else now
         match = self.router.match(event)
         out: list[Notification] = []
+        timers: list[TimerOp] = []
         for route, receiver in match.receivers:
             for index, channel in enumerate(self.channels.get(receiver, ())):
-                out.append(self._notification(event, route, receiver, index, channel))
-        return Plan(match, tuple(out))
+                if route is not None and route.config.digest is not None:
+                    # The digest is this route's message: the event gets none of its own.
+                    timers.append(digest_op(event, route.name, route.config.digest, receiver,
+                                            index))
+                    continue
+                out.append(self.hold(self._notification(event, route, receiver, index,
+                                                        channel), now))
+        return Plan(match, tuple(out), (*timers, *self.timers(event, now)))
+
+    def hold(self, n: Notification, now: float) -> Notification:
+        """Quiet hours: a notification that is not urgent waits for its receiver's summary."""
+        rc = self.config.receivers.get(n.receiver)
+        until = held(rc.quiet_hours if rc else None, n.type, now)
+        return n if until is None else replace(n, held_until=until)
 
     def timers(self, event: Event, now: float) -> tuple[TimerOp, ...]:
         """The timer operations an event received at `now` implies (applied with the event)."""
@@ -94,7 +115,40 @@ class Planner:
     @property
     def handlers(self) -> Mapping[TimerKind, FireHandler]:
         """What fires a due timer, per kind: its notifications in today's config."""
-        return {"watch": self.fire_watch}
+        return {"watch": self.fire_watch, "digest": self.fire_digest,
+                "quiet": self.fire_summary}
+
+    def fire_digest(self, timer: Timer, inputs: TimerInputs, now: float,
+                    ) -> tuple[Notification, ...]:
+        """A closed window's one message to its receiver URL (held in its quiet hours).
+
+        A receiver or URL gone from the config still gets its job: the worker buries it
+        with that reason, for a replay after the fix, instead of losing the events.
+        """
+        if not inputs.items:
+            return ()
+        receiver, index, limits = self._address(timer)
+        batch = render_digest(self.templates, timer, inputs.items, now, limits)
+        return (self.hold(_from_batch(batch, receiver, index), now),)
+
+    def fire_summary(self, timer: Timer, inputs: TimerInputs, now: float,
+                     ) -> tuple[Notification, ...]:
+        """The summary of what a receiver URL's quiet time held."""
+        if not inputs.held:
+            return ()
+        receiver, index, limits = self._address(timer)
+        return (_from_batch(render_summary(self.templates, timer, inputs.held, now, limits),
+                            receiver, index),)
+
+    def _address(self, timer: Timer) -> tuple[str, int, Limits]:
+        receiver = str(timer.context.get("receiver", ""))
+        index = int(timer.context.get("url_index", 0))
+        channels = self.channels.get(receiver, ())
+        if index >= len(channels):
+            return receiver, index, Limits("", 0, 0)
+        ch = channels[index]
+        return receiver, index, Limits(ch.scheme, ch.body_max, ch.title_max, ch.title_in_body,
+                                       ch.resolves)
 
     def fire_watch(self, timer: Timer, inputs: TimerInputs, now: float,
                    ) -> tuple[Notification, ...]:
@@ -109,10 +163,11 @@ class Planner:
             return ()
         event, context = watch_context(timer, inputs, now)
         template = watch.template
-        return tuple(n for receiver in watch.config.receivers for n in self._each_url(
+        alerts = (n for receiver in watch.config.receivers for n in self._each_url(
             receiver, WATCH_ROUTE.format(watch.name), template.format,
             lambda escaping: self.templates.render_context(template, WATCH_FALLBACK, context,
                                                            "warning", escaping)))
+        return tuple(self.hold(n, now) for n in alerts)  # quiet hours apply to alerts too
 
     def receiver_failing(self, event: Event, fallback: str) -> tuple[Notification, ...]:
         """The failing-receiver notice, one per URL of the fallback receiver."""
@@ -145,6 +200,11 @@ class Planner:
         live, hold = (route.config.live, route.config.hold) if route else (False, 0.0)
         return Notification(receiver, index, name or "(default)", title, body, rendered.type,
                             rendered.format, stale, cut, live and bool(event.delivery_id), hold)
+
+
+def _from_batch(batch: Batch, receiver: str, index: int) -> Notification:
+    return Notification(receiver, index, batch.route, batch.title, batch.body, batch.type,
+                        batch.format, False, batch.truncated)
 
 
 def _fit(rendered: Rendered, channel: Channel) -> tuple[str, str, bool]:

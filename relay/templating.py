@@ -186,26 +186,6 @@ class Templates:
             raise ConfigError(issues)
         return cls(compiled, config.timezone, notice, summaries)
 
-    def render_batch(self, template: CompiledTemplate, fallback: CompiledTemplate,
-                     context: dict[str, Any], type_: str,
-                     escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
-        """A digest or summary from its own context; falls back like `render`, never raises."""
-        token_tz = _default_tz.set(self.timezone)
-        try:
-            for t in (template, fallback):
-                try:
-                    title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
-                    body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
-                    return Rendered(title, body, t.type or type_, t.format)
-                except Exception as e:  # a template bug must not lose the digest
-                    log.warning("%s template failed (%s)%s",
-                                "digest or summary" if t is template else "built-in",
-                                strip_controls(str(e), True),
-                                "; using the built-in one" if t is template else "")
-            return Rendered(*LAST_RESORT, "warning", "text")
-        finally:
-            _default_tz.reset(token_tz)
-
     def render(self, route: str | None, event: Event,
                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
         """Title and body for one channel; `escaping` is (title, body) from `escaping.for_channel`."""
