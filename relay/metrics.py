@@ -58,6 +58,10 @@ class Metrics:
             "kourier_relay_timers",
             "Timer changes by kind (watch, digest, quiet) and change (armed, disarmed, fired)",
             ["kind", "change"], registry=r)
+        self.held = Gauge("kourier_relay_held_notifications",
+                          "Notifications waiting out their receiver's quiet hours", registry=r)
+        self.open_windows = Gauge("kourier_relay_digest_windows_open",
+                                  "Digest windows collecting events", registry=r)
         Info("kourier_relay_build", "Build information", registry=r).info(
             {"version": __version__})
 

@@ -189,12 +189,11 @@ async def webhook(request: web.Request) -> web.Response:
         log.warning("rejected: backlog full", extra=fields(request_id=rid))
         return error(503, "Backlog full", "too many notifications are waiting; retry later",
                      {"Retry-After": "30"})
-    plan = rt.planner.plan(event)
     now = s.clock()
+    plan = rt.planner.plan(event, now)
     try:
         accepted = await s.store.accept(event, dedup_key(event, rt.config.store.dedup_fields),
-                                        plan.notifications, now=now,
-                                        timers=rt.planner.timers(event, now))
+                                        plan.notifications, now=now, timers=plan.timers)
     except StoreError as e:
         s.metrics.count_event(event.type, "rejected_store")
         log.error("store unavailable: %s", e, extra=fields(request_id=rid))
@@ -245,6 +244,8 @@ async def metrics(request: web.Request) -> web.Response:
         stats = await s.store.stats()
         s.metrics.queue_depth.set(stats.backlog)
         s.metrics.dead_jobs.set(stats.dead)
+        s.metrics.held.set(stats.held)
+        s.metrics.open_windows.set(stats.open_windows)
         age = s.clock() - stats.oldest_pending_at if stats.oldest_pending_at else 0.0
         s.metrics.oldest_pending.set(max(0.0, age))
     except StoreError as e:
