@@ -6,14 +6,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from relay.config import Config
+from relay.digests import group_of
 from relay.escaping import strip_controls
 from relay.events import Event, parse_timestamp
 from relay.live import MessageRef, has_threads, why_not_live
 from relay.live.email import is_email, thread_id
 from relay.notify import converted
 from relay.pipeline import Channel, Notification, Plan
+from relay.quiet import until_epoch
 from relay.routing import Route
 from relay.runtime import Runtime, build_runtime
 from relay.store import rules
@@ -24,32 +27,58 @@ UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an eve
                 " can match it)")
 
 
-def explain(config: Config, event: Event) -> tuple[str, list[str]]:
-    """A readable report and the receivers the event reaches.
+def explain(config: Config, event: Event, now: float | None = None) -> tuple[str, list[str]]:
+    """A readable report and the receivers the event reaches, as if received at `now`.
 
     For live and held notifications it reads the store, read-only, when there is one.
     """
     rt = build_runtime(config)
-    plan = rt.planner.plan(event)
+    now = time.time() if now is None else now
+    plan = rt.planner.plan(event, now)
     lines = [_headline(event), "", "routes (first match wins unless it says continue):"]
     lines += _routes(rt.planner.router.routes, plan, event)
     if not plan.match.routes:
         lines.append(_unmatched(config, event))
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
-    lines += _watches(rt.planner.watches, event)
-    lines += _notifications(plan, rt.notifier.channels(), live_lines(rt, event, plan))
+    lines += _watches(rt.planner.watches, event, now)
+    lines += _digests(config, plan, event, now)
+    lines += _notifications(config, plan, rt.notifier.channels(), now,
+                            live_lines(rt, event, plan))
     return "\n".join(lines), receivers
 
 
-def _watches(watches: Watches, event: Event) -> list[str]:
+def _watches(watches: Watches, event: Event, now: float) -> list[str]:
     """Which watches the event arms or disarms, as if it were received now."""
     if not watches.watches:
         return []
     found = watches.decisions(event)
-    now = time.time()
     return ["watches:", *(describe(w, action, stop, event, now) for w, action, stop in found)] \
         + (["  (none armed or disarmed)"] if not found else []) + [""]
+
+
+def _digests(config: Config, plan: Plan, event: Event, now: float) -> list[str]:
+    """Each receiver URL whose digest window the event joins, and when it closes at the
+    latest (when this event opens it; a window already open closes sooner)."""
+    digests = [op for op in plan.timers if op.kind == "digest"]
+    if not digests:
+        return []
+    lines = ["digests (no message of its own from these routes):"]
+    for op in digests:
+        route = next(r for r in config.routes if r.name == op.context["route"])
+        assert route.digest is not None
+        group = group_of(event.payload, route.digest.group_by).describe()
+        closes = _clock(config.timezone, now + route.digest.window, now)
+        lines.append(strip_controls(
+            f"  {op.context['receiver']}[{op.context['url_index']}] joins the digest {group},"
+            f" closes {closes} (route {route.name}; if this event opens the window)", True))
+    return [*lines, ""]
+
+
+def _clock(zone: str, at: float, now: float) -> str:
+    """`07:00` in `zone` within the next 24 hours, with the weekday when later."""
+    when = datetime.fromtimestamp(at, ZoneInfo(zone))
+    return when.strftime("%H:%M" if at - now < 86400 else "%a %H:%M")
 
 
 def _headline(event: Event) -> str:
@@ -105,8 +134,8 @@ def _unmatched(config: Config, event: Event) -> str:
     return f'  (no route matched: default_receiver "{default}" takes it)'
 
 
-def _notifications(plan: Plan, channels: dict[str, list[Channel]],
-                   live: Mapping[Notification, list[str]]) -> list[str]:
+def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]],
+                   now: float, live: Mapping[Notification, list[str]]) -> list[str]:
     if not plan.notifications:
         return ["notifications: none"]
     lines = ["notifications:"]
@@ -114,6 +143,15 @@ def _notifications(plan: Plan, channels: dict[str, list[Channel]],
         ch = channels[n.receiver][n.url_index]
         lines.append(f"  {n.receiver}[{n.url_index}] {ch.label}  route={n.route}"
                      f"  type={n.type}  format={n.format}")
+        hours = config.receivers[n.receiver].quiet_hours
+        if n.held_until is not None and hours is not None:
+            lines.append(f"    held until {_clock(hours.timezone, n.held_until, now)}"
+                         " (quiet hours), then sent in one summary")
+            if n.live or n.hold > 0:
+                lines.append("    quiet hours win over live and hold: the summary is a plain"
+                             " message (no edit of the delivery's), nothing replaces this one")
+        elif hours is not None and until_epoch(hours, now) is not None:
+            lines.append(f"    sent now: {n.type} is urgent during quiet hours")
         lines += live.get(n, [])
         title = _size(n.title, ch.title_max, n) if ch.title_max else \
             f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
@@ -145,7 +183,7 @@ def _show(value: object) -> str:
 
 def live_lines(rt: Runtime, event: Event, plan: Plan) -> dict[Notification, list[str]]:
     """What each live or held notification would do: post, edit or wait (store read-only)."""
-    asked = [n for n in plan.notifications if n.live or n.hold > 0]
+    asked = [n for n in plan.notifications if (n.live or n.hold > 0) and n.held_until is None]
     if not asked:
         return {}
     found, why = peek(rt.config.store.url, [(

@@ -68,7 +68,7 @@ async def take_timers(conn: Any, limit: int, now: float, lease: float, owner: st
 
 async def timer_inputs(conn: Any, timer: Timer) -> TimerInputs:
     last = await conn.fetchval(q(sql.LAST_EVENT), timer.delivery_id)
-    items = await conn.fetch(q(sql.DIGEST_ITEMS), timer.id, rules.BATCH_CEILING) \
+    items = await conn.fetch(q(sql.DIGEST_ITEMS), timer.id, rules.batch_size(timer)) \
         if timer.kind == "digest" else []
     held = await conn.fetch(q(sql.HELD_JOBS), timer.context.get("receiver", ""),
                             timer.context.get("url_index", 0), timer.due_at,

@@ -213,6 +213,13 @@ def closes_early(waiting: int, full_at: int | None) -> bool:
     return waiting >= min(full_at or BATCH_CEILING, BATCH_CEILING)
 
 
+def batch_size(timer: Timer) -> int:
+    """How many waiting items one firing renders: a full window's worth; the rest
+    (events that arrived after it filled, before it fired) open the next window."""
+    full_at = timer.context.get("full_at") if timer.kind == "digest" else None
+    return min(int(full_at or BATCH_CEILING), BATCH_CEILING)
+
+
 def reopen_due(kind: TimerKind, context: Mapping[str, Any], first_at: float, waiting: int,
                now: float) -> float:
     """When a fired timer with work left falls due again.

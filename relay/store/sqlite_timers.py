@@ -24,7 +24,7 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, lease: float, owner:
 
 def inputs(conn: sqlite3.Connection, timer: Timer) -> TimerInputs:
     last = conn.execute(sql.LAST_EVENT, (timer.delivery_id,)).fetchone()
-    items = conn.execute(sql.DIGEST_ITEMS, (timer.id, rules.BATCH_CEILING)).fetchall() \
+    items = conn.execute(sql.DIGEST_ITEMS, (timer.id, rules.batch_size(timer))).fetchall() \
         if timer.kind == "digest" else []
     held = conn.execute(sql.HELD_JOBS, (timer.context.get("receiver", ""),
                                         timer.context.get("url_index", 0), timer.due_at,

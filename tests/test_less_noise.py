@@ -1,0 +1,344 @@
+"""Digests and quiet hours end to end: a real relay (SQLite), a real json:// sink, a fake clock.
+
+Time only moves when a test moves it; `worker.run_once()` is one full pass
+(timers fired, then jobs claimed and sent).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+
+from relay.config import loads
+from relay.events import event_from_dict
+from relay.explain import explain
+from tests.conftest import FakeClock, Sink, wait_for
+from tests.test_sending import db_rows
+
+BERLIN = ZoneInfo("Europe/Berlin")
+UTC = ZoneInfo("UTC")
+FAILED = {"event": "delivery.updated", "status": "failed", "timestamp": "2024-09-14T14:30:00Z"}
+MOVING = {"event": "delivery.updated", "status": "in_transit",
+          "timestamp": "2024-09-14T14:30:00Z"}
+
+
+def at(text: str, zone: ZoneInfo = BERLIN) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=zone).timestamp()
+
+
+def failed(n: int, hub: str = "Hub 3", **extra: object) -> dict[str, object]:
+    return {**FAILED, "delivery_id": f"d{n}", "hub": hub, "reason": f"reason {n}", **extra}
+
+
+def moving(n: int) -> dict[str, object]:
+    return {**MOVING, "delivery_id": f"d{n}"}
+
+
+def ops(sink: Sink, quiet: str = "") -> str:
+    return f"""
+receivers:
+  - name: ops
+    urls: ["{sink.url('ops')}"]
+{quiet}"""
+
+
+QUIET = """\
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows:
+        - {days: [mon, tue, wed, thu, fri], from: "22:00", to: "07:00"}
+        - {days: [sat, sun], from: "00:00", to: "24:00"}
+      urgent: [failure]
+"""
+DIGEST_ROUTE = """
+routes:
+  - name: failures
+    match: {event: delivery.updated, status: [failed, returned]}
+    receivers: [ops]
+    digest: %s
+    title: "{{ events | length }} deliveries failed at {{ group.hub }}"
+    body: |
+      {%% for e in events %%}- {{ e.delivery_id }}: {{ e.reason }}
+      {%% endfor %%}
+"""
+DEFAULT_ROUTE = "default_receiver: ops\n"
+
+
+async def passes(relay, n: int = 1) -> None:
+    for _ in range(n):
+        await relay.worker.run_once()
+
+
+def sent(sink: Sink) -> list[tuple[str, str]]:
+    return [(m["title"], m["message"]) for m in sink.messages("ops")]
+
+
+async def metric(r, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{r.url}/metrics") as resp:
+        text = await resp.text()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith(name + " "))
+
+
+# ---------------------------------------------------------------- digests
+
+
+async def test_one_digest_per_group_when_its_window_closes_with_the_events_in_order(
+        running, sink, tmp_path):
+    clock = FakeClock(at("2026-12-02T14:30"))
+    r = await running(ops(sink) + DIGEST_ROUTE % "{window: 10m, group_by: [hub]}", clock=clock)
+    assert (await r.post(failed(1, "Hub 3")))[0] == 202
+    clock.advance(60)
+    assert (await r.post(failed(2, "Hub 7")))[0] == 202
+    clock.advance(60)
+    assert (await r.post(failed(3, "Hub 3")))[0] == 202
+    status, body, _ = await r.post(failed(1, "Hub 3"))  # a duplicate joins nothing
+    assert (status, body["status"]) == (200, "duplicate")
+    await passes(r.relay)
+    assert sent(sink) == []  # no message of their own
+    assert (await r.relay.store.stats()).open_windows == 2
+    assert await metric(r, "kourier_relay_digest_windows_open") == 2
+    clock.advance(600 - 120 - 1)
+    await passes(r.relay)
+    assert sent(sink) == []
+    clock.advance(1)  # Hub 3's window opened at 14:30 and closes at 14:40
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("2 deliveries failed at Hub 3", "- d1: reason 1\n- d3: reason 3")]
+    clock.advance(60)
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 2)
+    assert sent(sink)[1] == ("1 deliveries failed at Hub 7", "- d2: reason 2")
+    assert sink.messages("ops")[0]["type"] == "failure"
+    assert (await r.relay.store.stats()).open_windows == 0
+    await passes(r.relay)
+    assert len(sent(sink)) == 2  # each window fired once
+
+
+async def test_max_events_closes_a_window_at_once_and_the_next_event_opens_another(
+        running, sink):
+    clock = FakeClock(at("2026-12-02T14:30"))
+    r = await running(ops(sink) + DIGEST_ROUTE % "{window: 10m, max_events: 2}", clock=clock)
+    for n in (1, 2, 3):
+        await r.post(failed(n, hub=f"Hub {n}"))  # no group_by: one group
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("2 deliveries failed at", "- d1: reason 1\n- d2: reason 2")]
+    clock.advance(599)
+    await passes(r.relay)
+    assert len(sent(sink)) == 1  # d3 opened a window of its own at 14:30, closing 14:40
+    clock.advance(1)
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 2)
+    assert sent(sink)[1] == ("1 deliveries failed at", "- d3: reason 3")
+
+
+async def test_the_built_in_digest_template_and_a_failing_one_falls_back_to_it(running, sink):
+    clock = FakeClock(at("2026-12-02T14:30"))
+    r = await running(ops(sink) + f"""
+  - name: other
+    urls: ["{sink.url('other')}"]
+routes:
+  - name: built-in
+    match: {{status: failed}}
+    receivers: [ops]
+    digest: {{window: 1m, group_by: [hub]}}
+    continue: true
+  - name: broken
+    match: {{status: failed}}
+    receivers: [other]
+    digest: {{window: 2m}}
+    title: "{{{{ count // (count - count) }}}} failures"
+""", clock=clock)
+    await r.post(failed(1))
+    await r.post(failed(2))
+    clock.advance(120)
+    await passes(r.relay)
+    await wait_for(lambda: len(sink.messages()) == 2)
+    body = "- d1: Failed at 14:30\n- d2: Failed at 14:30"
+    assert sent(sink) == [("2 events hub=Hub 3 (built-in)", body)]
+    assert [(m["title"], m["message"]) for m in sink.messages("other")] == \
+        [("2 events (broken)", body)]
+
+
+# ---------------------------------------------------------------- quiet hours
+
+
+async def test_quiet_hours_hold_across_midnight_and_send_one_summary_urgent_goes_at_once(
+        running, sink, tmp_path):
+    clock = FakeClock(at("2026-12-02T23:00"))  # a Wednesday night
+    r = await running(ops(sink, QUIET) + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    await r.post(moving(2))
+    await r.post(failed(3))  # failure is urgent
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink)[0][0] == "Delivery d3: Failed"
+    db = tmp_path / "relay.db"
+    assert db_rows(db, "SELECT delivery_id, state, attempts, next_attempt_at FROM jobs"
+                       " WHERE state = 'held' ORDER BY id") == \
+        [("d1", "held", 0, at("2026-12-03T07:00")), ("d2", "held", 0, at("2026-12-03T07:00"))]
+    assert (await r.relay.store.stats()).held == 2
+    assert await metric(r, "kourier_relay_held_notifications") == 2
+    clock.now = at("2026-12-03T06:59:59")
+    await passes(r.relay)
+    assert len(sent(sink)) == 1
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 2)
+    assert sent(sink)[1] == ("2 notifications during quiet hours",
+                             "- Delivery d1: In transit\n- Delivery d2: In transit")
+    assert db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state") == \
+        [("sent", 2), ("summarised", 2)]
+    assert await metric(r, "kourier_relay_held_notifications") == 0
+    timeline = await r.relay.store.timeline("d1")
+    assert [(j.state, j.route) for j in timeline.jobs] == [("summarised", "(default)")]
+
+
+async def test_friday_night_merges_with_the_weekend_until_monday_midnight(running, sink):
+    clock = FakeClock(at("2026-12-04T23:00"))  # Friday
+    r = await running(ops(sink, QUIET) + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    clock.now = at("2026-12-06T12:00")  # Sunday noon: still quiet
+    await r.post(moving(2))
+    await passes(r.relay)
+    assert sent(sink) == []
+    clock.now = at("2026-12-07T00:00")  # Monday 00:00: Monday's window starts at 22:00
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink)[0][0] == "2 notifications during quiet hours"
+    await r.post(moving(3))  # Monday 00:00 is not quiet
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 2)
+    assert sent(sink)[1][0] == "Delivery d3: In transit"
+
+
+@pytest.mark.parametrize(("received", "ends"), [
+    ("2026-03-29T00:30", "2026-03-29T05:00"),  # spring forward: 07:00 CEST, not 07:00 CET
+    ("2026-10-25T00:30", "2026-10-25T06:00"),  # fall back: 07:00 CET, not 07:00 CEST
+])
+async def test_quiet_time_ends_at_07_00_berlin_on_daylight_saving_nights(running, sink, received,
+                                                                       ends):
+    clock = FakeClock(at(received, UTC))
+    r = await running(ops(sink, """\
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows: [{days: daily, from: "01:00", to: "07:00"}]
+""") + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    await passes(r.relay)
+    assert sent(sink) == []
+    assert datetime.fromtimestamp(at(ends, UTC), BERLIN).strftime("%H:%M") == "07:00"
+    clock.now = at(ends, UTC) - 1
+    await passes(r.relay)
+    assert sent(sink) == []
+    clock.now = at(ends, UTC)
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("1 notification during quiet hours", "- Delivery d1: In transit")]
+
+
+async def test_a_failing_summary_template_falls_back_to_the_built_in_summary(running, sink):
+    clock = FakeClock(at("2026-12-02T23:00"))
+    r = await running(ops(sink, QUIET.replace("urgent: [failure]", "template: morning"))
+                      + DEFAULT_ROUTE + """
+templates:
+  morning:
+    title: "{{ count // (count - count) }}"
+""", clock=clock)
+    await r.post(failed(1))  # not urgent here
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("1 notification during quiet hours", "- Delivery d1: Failed")]
+    assert sink.messages("ops")[0]["type"] == "failure"
+
+
+async def test_a_digest_closing_in_quiet_hours_is_held_for_the_summary(running, sink):
+    clock = FakeClock(at("2026-12-02T21:55"))
+    r = await running(ops(sink, QUIET.replace("urgent: [failure]", "urgent: []"))
+                      + DIGEST_ROUTE % "{window: 10m}", clock=clock)
+    await r.post(failed(1))
+    clock.advance(600)  # closes 22:05: quiet
+    await passes(r.relay)
+    assert sent(sink) == []
+    assert (await r.relay.store.stats()).held == 1
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("1 notification during quiet hours",
+                           "- 1 deliveries failed at")]
+
+
+async def test_held_notifications_count_against_the_backlog(running, sink):
+    clock = FakeClock(at("2026-12-02T23:00"))
+    r = await running(ops(sink, QUIET) + DEFAULT_ROUTE, clock=clock, store="max_backlog: 2")
+    assert (await r.post(moving(1)))[0] == 202
+    assert (await r.post(moving(2)))[0] == 202
+    status, body, headers = await r.post(moving(3))
+    assert (status, body["error"], headers["Retry-After"]) == (503, "Backlog full", "30")
+
+
+async def test_purge_removes_fired_digests_and_summaries_with_their_events(running, sink,
+                                                                            tmp_path):
+    clock = FakeClock(at("2026-12-02T23:00"))
+    r = await running(ops(sink, QUIET.replace("[failure]", "[]")) + DEFAULT_ROUTE + """
+routes:
+  - name: failures
+    match: {status: failed}
+    receivers: [ops]
+    digest: {window: 1m}
+""", clock=clock, store="retention: 1h")
+    await r.post(failed(1))
+    await r.post(moving(2))
+    db = tmp_path / "relay.db"
+    clock.advance(7200)
+    await passes(r.relay)  # the digest closes at 23:01, in quiet hours: held
+    await r.relay.purge()  # held work is kept, with the events it came from
+    assert db_rows(db, "SELECT count(*) FROM events") == [(2,)]
+    assert db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state") == [("held", 2)]
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 3)
+    await wait_for(lambda: len(sent(sink)) == 1)  # the digest was held: one summary
+    clock.advance(7200)
+    await r.relay.purge()
+    for table in ("events", "jobs", "timers", "digest_items"):
+        assert db_rows(db, f"SELECT count(*) FROM {table}") == [(0,)], table
+
+
+# ---------------------------------------------------------------- the route dry run
+
+
+def test_the_dry_run_says_what_joins_a_digest_and_what_is_held(tmp_path):
+    config = loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:{tmp_path}/r.db"}}
+timezone: Europe/Berlin
+receivers:
+  - name: ops
+    urls: ["json://127.0.0.1:9/ops"]
+{QUIET}  - name: chat
+    urls: ["json://127.0.0.1:9/chat"]
+routes:
+  - name: failures
+    match: {{status: failed}}
+    receivers: [chat]
+    digest: {{window: 10m, group_by: [hub]}}
+    continue: true
+  - name: all
+    match: {{}}
+    receivers: [ops]
+""")
+    report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T14:30"))
+    assert "  chat[0] joins the digest hub=Hub 3, closes 14:40 (route failures; if this event" \
+           " opens the window)" in report.splitlines()
+    report, _ = explain(config, event_from_dict(moving(1)), now=at("2026-12-02T23:00"))
+    assert "    held until 07:00 (quiet hours), then sent in one summary" in report.splitlines()
+    report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T23:00"))
+    assert "    sent now: failure is urgent during quiet hours" in report.splitlines()
+    report, _ = explain(config, event_from_dict(moving(1)), now=at("2026-12-05T23:00"))
+    assert "    held until Mon 00:00 (quiet hours), then sent in one summary" in \
+        report.splitlines()
