@@ -1,0 +1,123 @@
+"""Digest windows survive kill -9 and close once across PostgreSQL replicas.
+
+Real `python -m relay serve` processes, a real json:// sink, real SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from tests import pgutil
+from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, write_config
+from tests.test_crash import ready
+
+CONFIG = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}"]
+store:
+  url: "{store}"
+sending:
+  grace_period: 1s
+  lease: 3s
+receivers:
+  - name: ops
+    urls: ["{url}"]
+routes:
+  - name: failures
+    match: {event: delivery.updated, status: failed}
+    receivers: [ops]
+    digest: {window: {window}, group_by: [hub]}
+    title: "{{ count }} failed at {{ group.hub }}"
+    body: "{% for e in events %}{{ e.delivery_id }} {% endfor %}"
+"""
+
+
+async def post(port: int, delivery_id: str, hub: str = "Hub 3") -> int:
+    body = {"event": "delivery.updated", "status": "failed", "delivery_id": delivery_id,
+            "hub": hub, "timestamp": "2024-09-14T14:30:00Z"}
+    async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{port}/webhook", json=body,
+            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        return r.status
+
+
+def digests(sink) -> list[tuple[str, str]]:
+    return [(m["title"], m["message"]) for m in sink.messages("ops")]
+
+
+async def test_kill_9_mid_window_loses_and_repeats_nothing(tmp_path, sink):
+    port = free_port()
+    db = tmp_path / "relay.db"
+    cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
+                       store=f"sqlite:{db}", url=sink.url("ops"), window="2s")
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(cfg, log=log)
+    await ready(port, proc)
+    for n in range(3):
+        assert await post(port, f"D{n}") == 202
+    proc.send_signal(signal.SIGKILL)  # the window is open: its events are only in the store
+    proc.wait(timeout=10)
+    assert digests(sink) == []
+    proc = spawn_relay(cfg, log=log)
+    try:
+        await ready(port, proc)
+        await wait_for(lambda: digests(sink), timeout=15, message="the digest after restart")
+
+        def settled() -> bool:
+            with sqlite3.connect(db) as conn:
+                return conn.execute(
+                    "SELECT (SELECT count(*) FROM digest_items WHERE fired_at IS NULL)"
+                    " + (SELECT count(*) FROM jobs WHERE state <> 'sent')"
+                    " + (SELECT count(*) FROM timers WHERE state <> 'fired')").fetchone()[0] == 0
+
+        await wait_for(settled, message="every item fired and every job sent")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    assert digests(sink) == [("3 failed at Hub 3", "D0 D1 D2")]
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_postgresql_send_one_digest_per_group(tmp_path, sink):
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        procs, ports = [], [free_port(), free_port()]
+        try:
+            for port in ports:
+                cfg = write_config(tmp_path / f"r{port}.yaml", CONFIG, port=port, token=TOKEN,
+                                   store=dsn, url=sink.url("ops"), window="2s")
+                procs.append(spawn_relay(cfg, log=tmp_path / f"r{port}.log"))
+            for port, proc in zip(ports, procs, strict=True):
+                await ready(port, proc)
+            sent = await asyncio.gather(*(post(ports[n % 2], f"D{n}", f"Hub {n % 2}")
+                                          for n in range(20)))
+            assert set(sent) == {202}
+            await wait_for(lambda: len(digests(sink)) >= 2, timeout=20, message="two digests")
+            import asyncpg
+
+            async def settled() -> bool:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    return await conn.fetchval(
+                        "SELECT (SELECT count(*) FROM digest_items WHERE fired_at IS NULL)"
+                        " + (SELECT count(*) FROM jobs WHERE state <> 'sent')"
+                        " + (SELECT count(*) FROM timers WHERE state <> 'fired')") == 0
+                finally:
+                    await conn.close()
+
+            await wait_for(settled, message="every item fired and every job sent")
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                await asyncio.to_thread(proc.wait, 15)
+    assert sorted(title for title, _ in digests(sink)) == ["10 failed at Hub 0",
+                                                           "10 failed at Hub 1"]
+    shown = Counter(d for _, body in digests(sink) for d in body.split())
+    assert shown == Counter({f"D{n}": 1 for n in range(20)})
