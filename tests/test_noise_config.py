@@ -1,0 +1,105 @@
+"""Config of digests and quiet hours: every mistake is one issue with file:line and key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay import config
+from relay.errors import ConfigError
+from relay.quiet import Window
+
+HEAD = """\
+server:
+  tokens: [t]
+receivers:
+  - name: ops
+    urls: ["console://"]
+"""
+QUIET = HEAD + """\
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows:
+        - {days: [mon], from: "22:00", to: "07:00"}
+"""
+ROUTE = HEAD + """\
+routes:
+  - name: failures
+    receivers: [ops]
+"""
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, "relay.yaml", {})
+    return [str(i) for i in e.value.issues]
+
+
+def test_a_valid_digest_and_quiet_hours_load() -> None:
+    cfg = config.loads(QUIET + ROUTE.removeprefix(HEAD) + "    digest: {window: 10m,"
+                       " group_by: [hub], max_events: 50}\n", "relay.yaml", {})
+    assert cfg.routes[0].digest == config.DigestConfig(600.0, ("hub",), 50)
+    hours = cfg.receivers["ops"].quiet_hours
+    assert hours is not None and hours.timezone == "Europe/Berlin"
+    assert hours.windows == (Window(frozenset({0}), 22 * 60, 7 * 60),)
+
+
+@pytest.mark.parametrize("quiet, expected", [
+    ('      timezone: Mars/Olympus\n      windows: [{days: [mon], from: "22:00", to: "07:00"}]',
+     "relay.yaml:7: receivers[0].quiet_hours.timezone: unknown time zone 'Mars/Olympus'"),
+    ('      windows: [{days: [mon], from: "22:00", to: "07:00"}]',
+     "relay.yaml:6: receivers[0].quiet_hours.timezone: needed: the time zone the windows are"
+     " in (e.g. Europe/Berlin)"),
+    ("      timezone: UTC",
+     'relay.yaml:6: receivers[0].quiet_hours.windows: needs at least one window like'
+     ' {days: [mon], from: "22:00", to: "07:00"}'),
+    ("      timezone: UTC\n      windows: []",
+     'relay.yaml:8: receivers[0].quiet_hours.windows: needs at least one window like'
+     ' {days: [mon], from: "22:00", to: "07:00"}'),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: 22:00, to: "07:00"}]',
+     'relay.yaml:8: receivers[0].quiet_hours.windows[0].from: expected a time like "07:00" in'
+     " quotes (unquoted, YAML reads it as a number)"),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "24:00", to: "07:00"}]',
+     'relay.yaml:8: receivers[0].quiet_hours.windows[0].from: "24:00" is only allowed as the'
+     ' end ("to") of a window'),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "25:00"}]',
+     "relay.yaml:8: receivers[0].quiet_hours.windows[0].to: expected a time from 00:00 to"
+     " 24:00, got '25:00'"),
+    ('      timezone: UTC\n      windows: [{days: [mondays], from: "22:00", to: "07:00"}]',
+     "relay.yaml:8: receivers[0].quiet_hours.windows[0].days: unknown day 'mondays': use mon,"
+     " tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays, weekend or daily"),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "22:00"}]',
+     'relay.yaml:8: receivers[0].quiet_hours.windows[0].to: the same time as "from": write'
+     ' from "00:00" to "24:00" for a whole day'),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00"}]',
+     'relay.yaml:8: receivers[0].quiet_hours.windows[0].to: missing "to"'),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "07:00",'
+     ' till: "08:00"}]',
+     'relay.yaml:8: receivers[0].quiet_hours.windows[0].till: unknown key "till"'),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "07:00"}]\n'
+     "      urgent: [critical]",
+     "relay.yaml:9: receivers[0].quiet_hours.urgent[0]: must be one of info, success, warning,"
+     " failure, got 'critical'"),
+    ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "07:00"}]\n'
+     "      template: mornign",
+     'relay.yaml:9: receivers[0].quiet_hours.template: undefined template "mornign"'),
+])
+def test_quiet_hours_mistakes(quiet: str, expected: str) -> None:
+    assert issues(HEAD + "    quiet_hours:\n" + quiet + "\n") == [expected]
+
+
+@pytest.mark.parametrize("digest, expected", [
+    ("{group_by: [hub]}",
+     "relay.yaml:9: routes[0].digest.window: needed: how long a digest collects, e.g. 10m"),
+    ("{window: soon}",
+     "relay.yaml:9: routes[0].digest.window: expected a duration like 30s, 5m, 2h, got 'soon'"),
+    ("{window: 0s}", "relay.yaml:9: routes[0].digest.window: must be longer than 0s"),
+    ("{window: 10m, max_events: 0}",
+     "relay.yaml:9: routes[0].digest.max_events: must be between 1 and 1000"),
+    ("{window: 10m, group_by: [3]}",
+     "relay.yaml:9: routes[0].digest.group_by: expected a list of strings, but item 0 is a"
+     " number"),
+    ("{window: 10m, every: 5m}", 'relay.yaml:9: routes[0].digest.every: unknown key "every"'),
+    ("10m", "relay.yaml:9: routes[0].digest: expected a mapping, got a string"),
+])
+def test_digest_mistakes(digest: str, expected: str) -> None:
+    assert issues(ROUTE + f"    digest: {digest}\n") == [expected]
