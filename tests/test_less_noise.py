@@ -6,7 +6,9 @@ Time only moves when a test moves it; `worker.run_once()` is one full pass
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -342,3 +344,122 @@ routes:
     report, _ = explain(config, event_from_dict(moving(1)), now=at("2026-12-05T23:00"))
     assert "    held until Mon 00:00 (quiet hours), then sent in one summary" in \
         report.splitlines()
+
+
+# ---------------------------------------------------------------- what docs/less-noise.md shows
+
+DOC = Path(__file__).parent.parent / "docs" / "less-noise.md"
+SUMMARY_EVENTS = [
+    {"event": "delivery.updated", "delivery_id": "P-1001", "status": "in_transit",
+     "timestamp": "2026-12-02T22:10:00Z"},
+    {"event": "delivery.updated", "delivery_id": "P-1002", "status": "delivered",
+     "timestamp": "2026-12-02T23:40:00Z"},
+    {"event": "delivery.cancelled", "delivery_id": "P-1003", "timestamp": "2026-12-03T01:05:00Z"},
+    {"event": "delivery.updated", "delivery_id": "P-1004", "status": "out_for_delivery",
+     "timestamp": "2026-12-03T05:30:00Z"},
+]
+
+
+def doc_blocks() -> dict[str, str]:
+    """The fenced block after each `<!-- rendered: NAME -->` in the page."""
+    found = re.findall(r"<!-- rendered: ([\w-]+) -->\n(?:[^`]*\n)?```\n(.*?)```", DOC.read_text(),
+                       re.S)
+    return {name: text for name, text in found}
+
+
+def hub3_failures(count: int = 3) -> list[dict[str, object]]:
+    minutes = [0, 1, 6] if count == 3 else list(range(count))
+    return [{"event": "delivery.updated", "delivery_id": f"P-{1001 + n * (3 if n == 2 else 1)}"
+             if count == 3 else f"P-{1001 + n}",
+             "status": "returned" if count == 3 and n == 2 else "failed", "hub": "3",
+             "reason": "nobody home" if n % 2 else "address not found",
+             "timestamp": f"2026-12-02T14:{30 + m:02d}:00Z"} for n, m in enumerate(minutes)]
+
+
+DOC_DIGEST = """
+routes:
+  - name: failures
+    match: {event: delivery.updated, status: [failed, returned]}
+    receivers: [ops]
+    digest: {window: 10m, group_by: [hub]}
+"""
+
+
+async def rendered_for_the_docs(running, sink: Sink) -> dict[str, str]:
+    clock = FakeClock(at("2026-12-02T14:30", UTC))
+    r = await running(ops(sink, QUIET.replace("urgent: [failure]", "urgent: []")) + f"""
+  - name: team
+    urls: ["{sink.url('team')}"]
+  - name: team2
+    urls: ["{sink.url('team2')}"]
+routes:
+  - name: failures
+    match: {{event: delivery.updated, status: [failed, returned]}}
+    receivers: [team]
+    digest: {{window: 10m, group_by: [hub]}}
+    continue: true
+  - name: failures-custom
+    match: {{event: delivery.updated, status: [failed, returned]}}
+    receivers: [team2]
+    digest: {{window: 10m, group_by: [hub]}}
+    title: "{{{{ count }}}} deliveries failed at hub {{{{ group.hub }}}}"
+    body: |
+      {{% for e in events %}}- {{{{ e.delivery_id }}}}: {{{{ e.reason }}}}
+      {{% endfor %}}
+  - name: all
+    match: {{}}
+    receivers: [ops]
+""", clock=clock)
+    for e in hub3_failures():
+        await r.post(e)
+    clock.advance(600)
+    await passes(r.relay)
+    await wait_for(lambda: len(sink.messages("team")) == len(sink.messages("team2")) == 1)
+    out = {}
+    for name, path in (("digest-builtin", "team"), ("digest-custom", "team2")):
+        [m] = sink.messages(path)
+        out[name] = f"{m['title']}\n{m['message']}\n"
+    clock.now = at("2026-12-02T22:05", UTC)
+    for e in SUMMARY_EVENTS:
+        await r.post(e)
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sink.messages("ops")) == 1)
+    [summary] = sink.messages("ops")
+    out["summary-builtin"] = f"{summary['title']}\n{summary['message']}\n"
+    return out
+
+
+async def test_the_less_noise_page_shows_what_the_channel_receives(running, sink):
+    shown, actual = doc_blocks(), await rendered_for_the_docs(running, sink)
+    actual["digest-cut"] = cut_digest()
+    wrong = {name: text for name, text in actual.items() if shown.get(name) != text}
+    assert not wrong, "docs/less-noise.md should show:\n" + "\n".join(
+        f"<!-- rendered: {name} -->\n```\n{text}```" for name, text in wrong.items())
+
+
+def cut_digest() -> str:
+    """Forty failures at hub 3 for a channel that takes 160 characters (an SMS)."""
+    from relay.pipeline import Channel, Planner
+    from relay.runtime import build_runtime
+    from relay.store.records import DigestItem, TimelineEvent, Timer, TimerInputs
+
+    cfg = loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:/nonexistent/r.db"}}
+receivers:
+  - name: ops
+    urls: ["json://127.0.0.1:9/ops"]
+{DOC_DIGEST}""")
+    rt = build_runtime(cfg)
+    planner = Planner(cfg, rt.planner.router, rt.planner.templates,
+                      {"ops": [Channel("sns", "sns://***", 160, 0)]})
+    opened = at("2026-12-02T14:30", UTC)
+    timer = Timer(1, "digest", "k", "", 1, opened + 600, "claimed", opened,
+                  {"route": "failures", "group": [["hub", "3"]], "receiver": "ops",
+                   "url_index": 0})
+    items = tuple(DigestItem(n, TimelineEvent(n, "delivery.updated", opened, e))
+                  for n, e in enumerate(hub3_failures(40)))
+    [n] = planner.fire(timer, TimerInputs(None, None, items), opened + 600)
+    assert n.truncated and len(n.body) <= 160
+    return f"{n.title}\n{n.body}\n"
