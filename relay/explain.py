@@ -41,8 +41,8 @@ def explain(config: Config, event: Event, now: float | None = None) -> tuple[str
         lines.append(_unmatched(config, event))
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
-    lines += _watches(rt.planner.watches, event, now)
     lines += _digests(config, plan, event, now)
+    lines += _watches(rt.planner.watches, event, now)
     lines += _notifications(config, plan, rt.notifier.channels(), now,
                             live_lines(rt, event, plan))
     return "\n".join(lines), receivers

@@ -2,10 +2,10 @@
 
 Each tick the worker runs this pass before its job claims, so the jobs a timer
 makes are claimed in the same tick. A timer is claimed with a lease like a
-job; its kind's handler (`Planner.handlers`: `watch` today, `digest` and
-`quiet` plug in the same way) renders its jobs from `store.timer_inputs`, and
-`store.fire` inserts them and marks the timer fired in one transaction, only
-while the claim still holds, so each timer fires once across replicas.
+job; its kind's handler (`Planner.handlers`: `watch`, `digest`, `quiet`)
+renders its jobs from `store.timer_inputs`, and `store.fire` inserts them and
+marks the timer fired in one transaction, only while the claim still holds, so
+each timer fires once across replicas.
 Observers hear what each claimed timer came to, as the worker's observers
 hear each job's decision.
 """
@@ -83,6 +83,7 @@ class TimerPass:
             return TimerReport(timer, "unhandled")
         inputs = await self.store.timer_inputs(timer)
         jobs = handler(timer, inputs, now)
-        await self.store.fire(timer, jobs, now=now)
+        # Consumed: exactly the digest events and held jobs rendered; later ones re-open it.
+        await self.store.fire(timer, jobs, now=now, consumed=inputs)
         return TimerReport(timer, "fired", len(jobs))
 

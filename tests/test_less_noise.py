@@ -460,6 +460,6 @@ receivers:
                    "url_index": 0})
     items = tuple(DigestItem(n, TimelineEvent(n, "delivery.updated", opened, e))
                   for n, e in enumerate(hub3_failures(40)))
-    [n] = planner.fire(timer, TimerInputs(None, None, items), opened + 600)
+    [n] = planner.handlers["digest"](timer, TimerInputs(None, None, items), opened + 600)
     assert n.truncated and len(n.body) <= 160
     return f"{n.title}\n{n.body}\n"

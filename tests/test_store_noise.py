@@ -1,4 +1,4 @@
-"""Digest windows and held jobs in the store (schema step 5), against SQLite and PostgreSQL.
+"""Digest windows and held jobs in the store (schema step 6), against SQLite and PostgreSQL.
 
 A second store instance on the same database stands in for another replica.
 """
@@ -178,13 +178,13 @@ async def test_purge_keeps_held_jobs_and_their_events(store: Store) -> None:
 # ---------------------------------------------------------------- migration
 
 
-def test_a_version_4_sqlite_file_keeps_its_jobs_and_attempts_through_the_rebuild(
+def test_a_version_5_sqlite_file_keeps_its_jobs_attempts_and_indexes_through_the_rebuild(
         tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     steps = migrations("sqlite")
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA foreign_keys=ON")
-        for step in range(1, 5):
+        for step in range(1, 6):
             conn.executescript(f"BEGIN;{steps[step]}PRAGMA user_version={step};COMMIT;")
         conn.execute("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
                      " VALUES ('k', 'delivery.updated', 'd1', 1, '{}')")
@@ -215,4 +215,4 @@ def test_a_version_4_sqlite_file_keeps_its_jobs_and_attempts_through_the_rebuild
         assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 1
         indexes = {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'")}
-        assert {"jobs_due", "jobs_event", "jobs_delivery", "jobs_held"} <= indexes
+        assert {"jobs_due", "jobs_event", "jobs_delivery", "jobs_sent", "jobs_held"} <= indexes
