@@ -463,3 +463,50 @@ receivers:
     [n] = planner.handlers["digest"](timer, TimerInputs(None, None, items), opened + 600)
     assert n.truncated and len(n.body) <= 160
     return f"{n.title}\n{n.body}\n"
+
+
+# ---------------------------------------------------------------- the status page
+
+
+async def delivery_page(r, delivery_id: str) -> str:
+    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
+            "Authorization": "Bearer admin-secret", "Accept": "text/html"}) as resp:
+        assert resp.status == 200
+        return " ".join((await resp.text()).split())
+
+
+async def test_the_status_page_shows_a_deliverys_digest_and_held_notifications(running, sink):
+    clock = FakeClock(at("2026-12-02T20:55", UTC))  # 21:55 in Berlin
+    r = await running(ops(sink, QUIET.replace("urgent: [failure]", "urgent: []")) + f"""
+  - name: team
+    urls: ["{sink.url('team')}"]
+routes:
+  - name: failures
+    match: {{status: failed}}
+    receivers: [team]
+    digest: {{window: 10m, group_by: [hub]}}
+    continue: true
+  - name: all
+    match: {{}}
+    receivers: [ops]
+""", clock=clock)
+    await r.post(failed(1))
+    page = await delivery_page(r, "d1")
+    assert '<strong>failures</strong> hub=Hub 3 to team[0]: <a href="#event-1">an event</a>' \
+        ' joined <time>2026-12-02 20:55:00 UTC</time>; <span class="pill st-pending">waiting' \
+        "</span> for the window to close <time>2026-12-02 21:05:00 UTC</time>" in page
+    clock.advance(300)  # 22:00 Berlin: quiet
+    await r.post(moving(2))
+    assert '<strong>Delivery d2: In transit</strong> to ops: <span class="pill st-pending">held' \
+        "</span> until <time>2026-12-03 06:00:00 UTC</time>, then sent in one summary" \
+        in await delivery_page(r, "d2")
+    clock.advance(300)
+    await passes(r.relay)
+    await wait_for(lambda: sink.messages("team"))
+    assert 'st-sent">sent</span> in the digest of <time>2026-12-02 21:05:00 UTC</time>' \
+        in await delivery_page(r, "d1")
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: sink.messages("ops"))
+    assert 'st-sent">summarised</span> in the summary of <time>2026-12-03 06:00:00 UTC</time>' \
+        in await delivery_page(r, "d2")

@@ -45,6 +45,7 @@ from relay.store.records import (
     ClaimResult,
     DeliverySummary,
     DigestItem,
+    DigestJoin,
     Job,
     JobAttempt,
     JobDetail,
@@ -66,9 +67,9 @@ from relay.store.records import (
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
-           "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "DigestItem", "Job",
-           "JobAttempt", "JobDetail", "JobQueue", "JobSpec", "JobState", "Ledger", "LiveMessages",
-           "LiveRef", "LiveSlot",
+           "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "DigestItem",
+           "DigestJoin", "Job", "JobAttempt", "JobDetail", "JobQueue", "JobSpec", "JobState",
+           "Ledger", "LiveMessages", "LiveRef", "LiveSlot",
            "Minute", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
            "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
            "open_store"]

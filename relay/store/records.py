@@ -158,6 +158,7 @@ class Job:
     event_type: str = ""
     live: bool = False  # its route is live: sent as a post or an edit of the delivery's message
     event_at: float | None = None  # the event's own `timestamp` (what a live message orders by)
+    finished_at: float | None = None  # sent, dead, suppressed or summarised at
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ class Timeline:
     jobs: tuple[Job, ...]
     attempts: tuple[JobAttempt, ...]
     timers: tuple[Timer, ...] = ()
-    live: tuple[LiveRef, ...] = ()
+    live: tuple[LiveRef, ...] = ()  # its live messages
+    joined: tuple[DigestJoin, ...] = ()  # the digest windows its events joined
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,16 @@ class LiveRef:
     ref: str | None  # JSON {"platform", "channel", "message"}; None until the first post
     shown: float | None  # the event time of the state it shows
     updated_at: float
+
+
+@dataclass(frozen=True)
+class DigestJoin:
+    """One of a delivery's events in a digest (`timers` holds the digest's timer)."""
+
+    timer_id: int
+    event_id: int
+    added_at: float
+    fired_at: float | None  # when the digest it was in went out; None while it waits
 
 
 @dataclass(frozen=True)

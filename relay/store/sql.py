@@ -21,6 +21,7 @@ from relay.store.records import (
     Attempt,
     DeliverySummary,
     DigestItem,
+    DigestJoin,
     Job,
     JobAttempt,
     JobSpec,
@@ -361,15 +362,17 @@ def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
     return (key, event.type, event.delivery_id, now, json.dumps(event.payload))
 
 
+TIMELINE_ITEMS = ("SELECT timer_id, event_id, added_at, fired_at FROM digest_items"
+                  " WHERE delivery_id = ? ORDER BY id")
 TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS,
-                    TIMELINE_LIVE)
-TIMELINE_PARAMS = (1, 1, 1, 2, 1)  # how many times each query takes the delivery id
+                    TIMELINE_LIVE, TIMELINE_ITEMS)
+TIMELINE_PARAMS = (1, 1, 1, 2, 1, 1)  # how many times each query takes the delivery id
 
 
 def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
              jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
              timers: Iterable[Mapping[str, Any]] = (), live: Iterable[Mapping[str, Any]] = (),
-             ) -> Timeline:
+             joined: Iterable[Mapping[str, Any]] = ()) -> Timeline:
     """A Timeline from the rows of TIMELINE_QUERIES."""
     return Timeline(
         delivery_id,
@@ -378,7 +381,8 @@ def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
         tuple(job_from_row(j) for j in jobs),
         tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts),
         tuple(timer_from_row(t) for t in timers),
-        tuple(from_row(LiveRef, r) for r in live))
+        tuple(from_row(LiveRef, r) for r in live),
+        tuple(from_row(DigestJoin, j) for j in joined))
 
 
 def recent(rows: Iterable[Mapping[str, Any]]) -> list[DeliverySummary]:

@@ -7,9 +7,8 @@ templates escape them (autoescape is on).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.config import Config
@@ -172,14 +171,37 @@ class WatchView:
 
 
 @dataclass(frozen=True)
+class DigestView:
+    """One of the delivery's events in a digest window: waiting for it to close, or sent."""
+
+    route: str
+    group: str
+    receiver: str
+    event_id: int
+    joined_at: float
+    closes_at: float  # the window's due time (while it waits)
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class HeldView:
+    """A notification quiet hours held: waiting for the summary, or summarised."""
+
+    receiver: str
+    title: str
+    event_id: int
+    until: float
+    summarised_at: float | None
+
+
+@dataclass(frozen=True)
 class DeliveryView:
     delivery_id: str
     events: tuple[EventView, ...]
     counts: Mapping[str, int]
     watches: tuple[WatchView, ...] = ()
-    # Digests and held notifications (issue 15) fill these.
-    digests: tuple[Any, ...] = field(default_factory=tuple)
-    held: tuple[Any, ...] = field(default_factory=tuple)
+    digests: tuple[DigestView, ...] = ()
+    held: tuple[HeldView, ...] = ()
 
 
 def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
@@ -194,7 +216,23 @@ def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
     for j in timeline.jobs:
         counts[j.state] = counts.get(j.state, 0) + 1
     watches = tuple(_watch_view(t) for t in timeline.timers if t.kind == "watch")
-    return DeliveryView(timeline.delivery_id, events, counts, watches)
+    return DeliveryView(timeline.delivery_id, events, counts, watches, _digests(timeline),
+                        tuple(HeldView(j.receiver, j.title, j.event_id, j.next_attempt_at,
+                                       j.finished_at if j.state == "summarised" else None)
+                              for j in timeline.jobs if j.state in ("held", "summarised")))
+
+
+def _digests(timeline: Timeline) -> tuple[DigestView, ...]:
+    timers = {t.id: t for t in timeline.timers if t.kind == "digest"}
+    out = []
+    for j in timeline.joined:
+        t = timers.get(j.timer_id)
+        if t is not None:
+            group = " ".join(f"{k}={v}" for k, v in t.context.get("group", ())) or "(one group)"
+            out.append(DigestView(str(t.context.get("route", "")), group,
+                                  f"{t.context.get('receiver', '')}[{t.context.get('url_index', 0)}]",
+                                  j.event_id, j.added_at, t.due_at, j.fired_at))
+    return tuple(out)
 
 
 def _watch_view(t: Timer) -> WatchView:
