@@ -324,9 +324,8 @@ def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
             c.error(f"{path}.urls", "needs at least one Apprise URL")
         retry = _retry(data.pop("retry"), f"{path}.retry", c) if "retry" in data else None
         urls = data.pop("urls", ())
-        quiet = data.pop("quiet_hours", None)
-        hours, summary = quiet_hours(quiet, f"{path}.quiet_hours", c) if quiet is not None \
-            else (None, "")
+        hours, summary = quiet_hours(data.pop("quiet_hours"), f"{path}.quiet_hours", c) \
+            if "quiet_hours" in data else (None, "")
         out[name] = ReceiverConfig(name=name, urls=urls, retry=retry, quiet_hours=hours,
                                    quiet_template=summary, path=path, **data)
     return out
@@ -385,16 +384,11 @@ def _check_references(config: Config, c: Checker) -> None:
         for i, name in enumerate(route.receivers):
             if name not in config.receivers:
                 c.error(f"{route.path}.receivers[{i}]", _undefined_receiver(name, config))
-        named = route.template_ref
+    for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
+                        *((f"{r.path}.quiet_hours.template", r.quiet_template)
+                          for r in config.receivers.values())]:
         if named and named not in config.templates:
-            c.error(f"{route.path}.template",
-                    f'undefined template "{named}"{did_you_mean(named, config.templates)}'
-                    if shown(named) == repr(named) else f"undefined template ({shown(named)})")
-    for rc in config.receivers.values():
-        named = rc.quiet_template
-        if named and named not in config.templates:
-            c.error(f"{rc.path}.quiet_hours.template",
-                    f'undefined template "{named}"{did_you_mean(named, config.templates)}'
+            c.error(path, f'undefined template "{named}"{did_you_mean(named, config.templates)}'
                     if shown(named) == repr(named) else f"undefined template ({shown(named)})")
     for key in ("default_receiver",):
         name = getattr(config, key)
