@@ -8,7 +8,7 @@ import apprise
 import jinja2
 
 from relay import config as config_mod
-from relay.config import Config, used_receivers
+from relay.config import Config, TemplateConfig, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS, KNOWN_TYPES
 from relay.live import why_not_live
@@ -148,32 +148,45 @@ SUMMARY_NAMES = frozenset({"notifications", "count", "receiver", "quiet"})
 def undocumented(config: Config) -> list[Issue]:
     out = []
     seen: set[str] = set()
-    batch: dict[str, frozenset[str]] = {r.template_ref: DIGEST_NAMES for r in config.routes
-                                        if r.digest and r.template_ref}
-    batch |= {rc.quiet_template: SUMMARY_NAMES for rc in config.receivers.values()
-              if rc.quiet_template}
-    templates = [(t, t.path, batch.get(name, frozenset()))
-                 for name, t in config.templates.items()]
-    templates += [(r.template, r.path, DIGEST_NAMES if r.digest else frozenset())
-                  for r in config.routes]
-    templates += [(w.template, w.path, frozenset()) for w in config.watches]
-    watch_paths = {w.path for w in config.watches}
-    notice = config.templates.get(RECEIVER_FAILING)
-    for template, path, extra_known in templates:
+    for template, path, known, never, also in _templates(config):
         for key in ("title", "body"):
             source = getattr(template, key)
             if source is None or f"{path}.{key}" in seen:
                 continue
             seen.add(f"{path}.{key}")
-            if template is notice:
-                out += _fields_issue(config, f"{path}.{key}", source, RECEIVER_FAILING_FIELDS,
-                                     "the receiver_failing notice never carries")
-            elif path in watch_paths:  # the arming event's fields, and what a watch adds
-                out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
-                                     "Kourier never sends", WATCH_FIELDS)
-            else:
-                out += _fields_issue(config, f"{path}.{key}", source, DOCUMENTED_FIELDS,
-                                     "Kourier never sends", extra_known)
+            out += _fields_issue(config, f"{path}.{key}", source, known, never, also)
+    return out
+
+
+Seen = tuple[TemplateConfig, str, frozenset[str], str, frozenset[str]]
+KOURIER = "Kourier never sends"
+BATCH = {"digest": (DIGEST_NAMES, "a digest template never has"),
+         "summary": (SUMMARY_NAMES, "a quiet-hours summary template never has")}
+
+
+def _templates(config: Config) -> list[Seen]:
+    """Each template with what it sees: (template, path, names, what is missing, extra names)."""
+    by_plain = {r.template_ref for r in config.routes if not r.digest}
+    kinds = {r.template_ref: "digest" for r in config.routes if r.digest and r.template_ref
+             and r.template_ref not in by_plain}
+    kinds |= {rc.quiet_template: "summary" for rc in config.receivers.values()
+              if rc.quiet_template}
+    notice = config.templates.get(RECEIVER_FAILING)
+    out: list[Seen] = []
+    for name, t in config.templates.items():
+        if t is notice:
+            out.append((t, t.path, RECEIVER_FAILING_FIELDS,
+                        "the receiver_failing notice never carries", frozenset()))
+        elif name in kinds:
+            out.append((t, t.path, *BATCH[kinds[name]], frozenset()))
+        else:
+            out.append((t, t.path, DOCUMENTED_FIELDS, KOURIER, frozenset()))
+    out += [(r.template, r.path, *BATCH["digest"], frozenset()) if r.digest
+            else (r.template, r.path, DOCUMENTED_FIELDS, KOURIER, frozenset())
+            for r in config.routes]
+    # A watch sees the arming event's fields and what a watch adds.
+    out += [(w.template, w.path, DOCUMENTED_FIELDS, KOURIER, WATCH_FIELDS)
+            for w in config.watches]
     return out
 
 
@@ -184,6 +197,11 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
         return []
     names = ", ".join(extra)
     sent = ", ".join(sorted(known))
-    it = "it sends" if never == "Kourier never sends" else "it has"
+    if never in (BATCH["digest"][1], BATCH["summary"][1]):
+        items = "events" if never == BATCH["digest"][1] else "notifications"
+        return [config.source.issue(path, f"uses {names}, which {never} (it has {sent});"
+                                          f" renders empty: each item is in {items}",
+                                    "warning")]
+    it = "it sends" if never == KOURIER else "it has"
     return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
                                       " renders empty unless an event carries it", "warning")]

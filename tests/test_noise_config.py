@@ -103,3 +103,56 @@ def test_quiet_hours_mistakes(quiet: str, expected: str) -> None:
 ])
 def test_digest_mistakes(digest: str, expected: str) -> None:
     assert issues(ROUTE + f"    digest: {digest}\n") == [expected]
+
+
+def check(tmp_path, text: str):
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    return CliRunner().invoke(main, ["check", "--strict", "-c", str(path)])
+
+
+CHECKED = """\
+server:
+  tokens: [t]
+receivers:
+  - name: ops
+    urls: ["console://"]
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows: [{days: daily, from: "22:00", to: "07:00"}]
+      template: night
+templates:
+  night:
+    title: "{{ count }} while {{ receiver }} slept ({{ quiet.until }})"
+    body: "{% for n in notifications %}{{ n.title }}{% endfor %}SUMMARY_EXTRA"
+routes:
+  - name: failures
+    receivers: [ops]
+    digest: {window: 10m, group_by: [hub]}
+    title: "{{ count }} at {{ group.hub }} ({{ route }}, {{ window.closes }})"
+    body: "{% for e in events %}{{ e.delivery_id }}{% endfor %}DIGEST_EXTRA"
+"""
+
+
+def test_check_knows_what_digest_and_summary_templates_see(tmp_path) -> None:
+    result = check(tmp_path, CHECKED.replace("SUMMARY_EXTRA", "").replace("DIGEST_EXTRA", ""))
+    assert (result.exit_code, result.stdout) == (0, "")
+
+
+def test_check_warns_of_payload_fields_in_digest_and_summary_templates(tmp_path) -> None:
+    result = check(tmp_path, CHECKED.replace("SUMMARY_EXTRA", "{{ title }}")
+                   .replace("DIGEST_EXTRA", "{{ delivery_id }}"))
+    path = tmp_path / "relay.yaml"
+    assert result.stdout.splitlines() == [
+        f"{path}:13: templates.night.body: warning: uses title, which a quiet-hours summary"
+        " template never has (it has count, notifications, quiet, receiver); renders empty:"
+        " each item is in notifications",
+        f"{path}:19: routes[0].body: warning: uses delivery_id, which a digest template never"
+        " has (it has count, events, group, route, window); renders empty: each item is in"
+        " events",
+    ]
+    assert result.exit_code == 1  # --strict
