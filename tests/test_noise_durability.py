@@ -1,4 +1,4 @@
-"""Digest windows survive kill -9 and close once across PostgreSQL replicas.
+"""Digest windows survive kill -9; digests and summaries go out once across PostgreSQL replicas.
 
 Real `python -m relay serve` processes, a real json:// sink, real SQLite and PostgreSQL.
 """
@@ -121,3 +121,68 @@ async def test_two_replicas_on_postgresql_send_one_digest_per_group(tmp_path, si
                                                            "10 failed at Hub 1"]
     shown = Counter(d for _, body in digests(sink) for d in body.split())
     assert shown == Counter({f"D{n}": 1 for n in range(20)})
+
+
+@pytest.mark.postgres
+async def test_two_relays_on_postgresql_on_one_clock_send_one_summary_and_one_digest(tmp_path,
+                                                                                     sink):
+    """Both workers pass at the same instant of a fake clock: each timer is claimed once."""
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from relay.lifecycle import Relay
+    from tests.conftest import FakeClock
+    from tests.test_less_noise import QUIET, at, failed, moving
+
+    clock = FakeClock(at("2026-12-02T21:55"))
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        servers, relays = [], []
+        try:
+            for n in range(2):
+                port = free_port()
+                cfg = write_config(tmp_path / f"r{n}.yaml", f"""\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{TOKEN}"]
+store:
+  url: "{dsn}"
+receivers:
+  - name: ops
+    urls: ["{sink.url('ops')}"]
+{QUIET.replace("[failure]", "[]")}  - name: team
+    urls: ["{sink.url('team')}"]
+routes:
+  - name: failures
+    match: {{status: failed}}
+    receivers: [team]
+    digest: {{window: 10m}}
+  - name: all
+    match: {{}}
+    receivers: [ops]
+""")
+                relay = Relay(str(cfg), clock=clock)
+                server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
+                await server.start_server()
+                servers.append(server)
+                relays.append(relay)
+            async with ClientSession() as session:
+                for n in range(6):
+                    body = failed(n) if n % 2 else moving(n)
+                    clock.advance(60)  # 21:56 … 22:01: the last ones are held
+                    async with session.post(f"http://127.0.0.1:{servers[n % 2].port}/webhook",
+                                            json=body,
+                                            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                        assert r.status == 202
+            clock.now = at("2026-12-03T07:00")
+            for _ in range(3):
+                await asyncio.gather(*(relay.worker.run_once() for relay in relays))
+            await wait_for(lambda: sink.messages("team") and len(sink.messages("ops")) >= 3)
+            for _ in range(2):
+                await asyncio.gather(*(relay.worker.run_once() for relay in relays))
+        finally:
+            for server in servers:
+                await server.close()
+    assert [m["title"] for m in sink.messages("team")] == ["3 events (failures)"]
+    assert sorted(m["title"] for m in sink.messages("ops")) == [
+        "1 notification during quiet hours", "Delivery d0: In transit",
+        "Delivery d2: In transit"]
