@@ -47,6 +47,9 @@ class Channel:
         return dict(self.resolves).get(template_format, template_format)
 
 
+NO_CHANNEL = Channel("", "", 0, 0)
+
+
 @dataclass(frozen=True)
 class Notification:
     receiver: str
@@ -141,14 +144,11 @@ class Planner:
                             receiver, index),)
 
     def _address(self, timer: Timer) -> tuple[str, int, Limits]:
+        """The timer's receiver URL and its channel (none left in the config: no limits)."""
         receiver = str(timer.context.get("receiver", ""))
         index = int(timer.context.get("url_index", 0))
         channels = self.channels.get(receiver, ())
-        if index >= len(channels):
-            return receiver, index, Limits("", 0, 0)
-        ch = channels[index]
-        return receiver, index, Limits(ch.scheme, ch.body_max, ch.title_max, ch.title_in_body,
-                                       ch.resolves)
+        return receiver, index, channels[index] if index < len(channels) else NO_CHANNEL
 
     def fire_watch(self, timer: Timer, inputs: TimerInputs, now: float,
                    ) -> tuple[Notification, ...]:

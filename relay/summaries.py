@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from relay.digests import Group, fit, group_of, timer_key, window_context
 from relay.escaping import Escaping, for_channel
@@ -30,15 +30,18 @@ ALREADY_ESCAPED = (Escaping(single_line=True), Escaping())
 QUIET_ROUTE = "(quiet hours)"  # the route name on summary jobs
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Protocol):
     """A channel's limits and how it renders (the planner's Channel fits)."""
 
-    scheme: str
-    body_max: int
-    title_max: int
-    title_in_body: bool = False
-    resolves: tuple[tuple[str, str], ...] = ()
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def body_max(self) -> int: ...
+    @property
+    def title_max(self) -> int: ...
+    @property
+    def title_in_body(self) -> bool: ...
+    def renders_as(self, template_format: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,7 @@ def render_digest(templates: Templates, timer: Timer, items: Sequence[DigestItem
     route = str(timer.context.get("route", ""))
     template = templates.compiled.get(route, templates.digest_default)
     fmt = template.format
-    escaping = for_channel(channel.scheme, fmt, dict(channel.resolves).get(fmt, fmt),
-                           channel.title_in_body)
+    escaping = for_channel(channel.scheme, fmt, channel.renders_as(fmt), channel.title_in_body)
     events = [_event(i.event.payload) for i in items]
     base = {"group": group_in(timer).as_dict(), "count": len(items), "route": route,
             "window": window_context(timer.armed_at, timer.due_at, now)}

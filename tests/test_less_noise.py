@@ -510,3 +510,26 @@ routes:
     await wait_for(lambda: sink.messages("ops"))
     assert 'st-sent">summarised</span> in the summary of <time>2026-12-03 06:00:00 UTC</time>' \
         in await delivery_page(r, "d2")
+
+
+def test_a_digest_for_a_receiver_gone_from_the_config_still_makes_its_job():
+    """The worker buries it ('receiver left the config'), for a replay: no event is lost."""
+    from relay.runtime import build_runtime
+    from relay.store.records import DigestItem, TimelineEvent, Timer, TimerInputs
+
+    cfg = loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:/nonexistent/r.db"}}
+receivers:
+  - name: ops
+    urls: ["json://127.0.0.1:9/ops"]
+{DOC_DIGEST}""")
+    planner = build_runtime(cfg).planner
+    opened = at("2026-12-02T14:30", UTC)
+    timer = Timer(1, "digest", "k", "", 1, opened + 600, "claimed", opened,
+                  {"route": "gone-route", "group": [], "receiver": "gone", "url_index": 2})
+    items = (DigestItem(1, TimelineEvent(1, "delivery.updated", opened, failed(1))),)
+    [n] = planner.handlers["digest"](timer, TimerInputs(None, None, items), opened + 600)
+    assert (n.receiver, n.url_index, n.title, n.body) == \
+        ("gone", 2, "1 event (gone-route)", "- d1: Failed at 14:30")
+    assert planner.handlers["quiet"](timer, TimerInputs(None, None), opened) == ()  # nothing held
