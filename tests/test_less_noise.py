@@ -118,6 +118,9 @@ async def test_one_digest_per_group_when_its_window_closes_with_the_events_in_or
     assert (await r.relay.store.stats()).open_windows == 0
     await passes(r.relay)
     assert len(sent(sink)) == 2  # each window fired once
+    for change in ("armed", "fired"):
+        assert await metric(r, f'kourier_relay_timers_total{{change="{change}",kind="digest"}}') \
+            == 2
 
 
 async def test_max_events_closes_a_window_at_once_and_the_next_event_opens_another(
@@ -196,6 +199,9 @@ async def test_quiet_hours_hold_across_midnight_and_send_one_summary_urgent_goes
     assert db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state") == \
         [("sent", 2), ("summarised", 2)]
     assert await metric(r, "kourier_relay_held_notifications") == 0
+    for change in ("armed", "fired"):  # one summary timer for the night
+        assert await metric(r, f'kourier_relay_timers_total{{change="{change}",kind="quiet"}}') \
+            == 1
     timeline = await r.relay.store.timeline("d1")
     assert [(j.state, j.route) for j in timeline.jobs] == [("summarised", "(default)")]
 

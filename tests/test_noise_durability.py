@@ -1,4 +1,5 @@
-"""Digest windows survive kill -9; digests and summaries go out once across PostgreSQL replicas.
+"""Digest windows and held notifications survive kill -9; digests and summaries go out
+once across PostgreSQL replicas.
 
 Real `python -m relay serve` processes, a real json:// sink, real SQLite and PostgreSQL.
 """
@@ -37,6 +38,13 @@ routes:
     title: "{{ count }} failed at {{ group.hub }}"
     body: "{% for e in events %}{{ e.delivery_id }} {% endfor %}"
 """
+# A receiver that is always in quiet hours: what it holds must outlive a kill -9 too.
+NIGHT = """  - name: night
+    urls: ["{night}"]
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows: [{days: daily, from: "00:00", to: "24:00"}]
+"""
 
 
 async def post(port: int, delivery_id: str, hub: str = "Hub 3") -> int:
@@ -55,8 +63,11 @@ def digests(sink) -> list[tuple[str, str]]:
 async def test_kill_9_mid_window_loses_and_repeats_nothing(tmp_path, sink):
     port = free_port()
     db = tmp_path / "relay.db"
-    cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
-                       store=f"sqlite:{db}", url=sink.url("ops"), window="2s")
+    text = CONFIG.replace("routes:\n", NIGHT + "routes:\n") + \
+        "    continue: true\n  - name: all\n    match: {}\n    receivers: [night]\n"
+    cfg = write_config(tmp_path / "relay.yaml", text, port=port, token=TOKEN,
+                       store=f"sqlite:{db}", url=sink.url("ops"), window="2s",
+                       night=sink.url("night"))
     log = tmp_path / "relay.log"
     proc = spawn_relay(cfg, log=log)
     await ready(port, proc)
@@ -74,14 +85,21 @@ async def test_kill_9_mid_window_loses_and_repeats_nothing(tmp_path, sink):
             with sqlite3.connect(db) as conn:
                 return conn.execute(
                     "SELECT (SELECT count(*) FROM digest_items WHERE fired_at IS NULL)"
-                    " + (SELECT count(*) FROM jobs WHERE state <> 'sent')"
-                    " + (SELECT count(*) FROM timers WHERE state <> 'fired')").fetchone()[0] == 0
+                    " + (SELECT count(*) FROM jobs WHERE state NOT IN ('sent', 'held'))"
+                    " + (SELECT count(*) FROM timers WHERE kind = 'digest' AND state <> 'fired')"
+                    ).fetchone()[0] == 0
 
         await wait_for(settled, message="every item fired and every job sent")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
     assert digests(sink) == [("3 failed at Hub 3", "D0 D1 D2")]
+    assert sink.messages("night") == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT delivery_id, attempts FROM jobs WHERE state = 'held'"
+                            " ORDER BY id").fetchall() == [("D0", 0), ("D1", 0), ("D2", 0)]
+        assert conn.execute("SELECT kind, state FROM timers ORDER BY id").fetchall() == \
+            [("digest", "fired"), ("quiet", "armed")]
 
 
 @pytest.mark.postgres
