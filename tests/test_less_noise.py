@@ -539,3 +539,22 @@ receivers:
     assert (n.receiver, n.url_index, n.title, n.body) == \
         ("gone", 2, "1 event (gone-route)", "- d1: Failed at 14:30")
     assert planner.handlers["quiet"](timer, TimerInputs(None, None), opened) == ()  # nothing held
+
+
+async def test_a_watch_alert_due_in_quiet_hours_waits_for_the_summary(running, sink):
+    from tests.test_watches import WATCH
+
+    clock = FakeClock(at("2026-12-02T19:00"))
+    r = await running(ops(sink, QUIET) + WATCH.replace("after: 4h", "after: 210m"),
+                      clock=clock)
+    await r.post({"event": "delivery.created", "delivery_id": "D-1",
+                  "timestamp": "2026-12-02T18:00:00Z"})
+    clock.advance(3.5 * 3600)  # 22:30: the alert (a warning, not urgent here) is held
+    await passes(r.relay)
+    assert sent(sink) == []
+    assert (await r.relay.store.stats()).held == 1
+    clock.now = at("2026-12-03T07:00")
+    await passes(r.relay, 2)
+    await wait_for(lambda: sent(sink))
+    assert sent(sink) == [("1 notification during quiet hours",
+                           "- Delivery D-1 not delivered after 3h 30m")]
