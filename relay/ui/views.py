@@ -15,9 +15,19 @@ from relay.config import Config
 from relay.errors import InvalidEvent
 from relay.events import event_from_dict
 from relay.explain import Verdict, verdicts
+from relay.live import MessageRef
 from relay.logs import scrub
 from relay.routing import Router
-from relay.store import Attempt, Job, Minute, ReceiverState, Timeline, TimelineEvent, Timer
+from relay.store import (
+    Attempt,
+    Job,
+    Minute,
+    ReceiverState,
+    Timeline,
+    TimelineEvent,
+    Timer,
+    rules,
+)
 
 CHART_W, CHART_H = 600, 120
 
@@ -144,8 +154,7 @@ def _state(config: Config, configured: bool, s: ReceiverState | None, now: float
 class JobView:
     job: Job
     attempts: tuple[Attempt, ...]
-    # Live message refs (issue 13) go here: the platform's message id per job.
-    message_ref: str = ""
+    message_ref: str = ""  # a live job's message (platform channel/message), once posted
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,18 @@ class HeldView:
 
 
 @dataclass(frozen=True)
+class LiveView:
+    """One live message of the delivery: where it is and which state it shows."""
+
+    route: str
+    receiver: str  # name[url index]
+    message: str  # platform channel/message; empty until the first post
+    shown: float | None  # the event time of the state it shows
+    updated_at: float
+    job_ids: tuple[int, ...]  # the live jobs that posted and edited it
+
+
+@dataclass(frozen=True)
 class DeliveryView:
     delivery_id: str
     events: tuple[EventView, ...]
@@ -202,15 +223,19 @@ class DeliveryView:
     watches: tuple[WatchView, ...] = ()
     digests: tuple[DigestView, ...] = ()
     held: tuple[HeldView, ...] = ()
+    live: tuple[LiveView, ...] = ()
 
 
 def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
     attempts: dict[int, list[Attempt]] = {}
     for a in timeline.attempts:
         attempts.setdefault(a.job_id, []).append(a.attempt)
+    live = _live(timeline)
+    refs = {i: v.message for v in live for i in v.job_ids}
     jobs: dict[int, list[JobView]] = {}
     for j in timeline.jobs:
-        jobs.setdefault(j.event_id, []).append(JobView(j, tuple(attempts.get(j.id, ()))))
+        jobs.setdefault(j.event_id, []).append(
+            JobView(j, tuple(attempts.get(j.id, ())), refs.get(j.id, "")))
     events = tuple(_event_view(e, tuple(jobs.get(e.id, ())), router) for e in timeline.events)
     counts: dict[str, int] = {}
     for j in timeline.jobs:
@@ -219,7 +244,36 @@ def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
     return DeliveryView(timeline.delivery_id, events, counts, watches, _digests(timeline),
                         tuple(HeldView(j.receiver, j.title, j.event_id, j.next_attempt_at,
                                        j.finished_at if j.state == "summarised" else None)
-                              for j in timeline.jobs if j.state in ("held", "summarised")))
+                              for j in timeline.jobs if j.state in ("held", "summarised")),
+                        live)
+
+
+def _live(timeline: Timeline) -> tuple[LiveView, ...]:
+    """The delivery's live messages, each with the route and receiver URL its key names."""
+    jobs: dict[str, list[Job]] = {}
+    for j in timeline.jobs:
+        if j.live:
+            jobs.setdefault(rules.live_key(j.delivery_id, j.route, j.receiver, j.url_index),
+                            []).append(j)
+    out = []
+    for ref in timeline.live:
+        mine = jobs.get(ref.key, [])
+        # Without its jobs (none on this page) the key names it: url_index:receiver:route:id.
+        route, receiver = (mine[0].route, f"{mine[0].receiver}[{mine[0].url_index}]") if mine \
+            else ("", ref.key)
+        out.append(LiveView(route, receiver, _message(ref.ref), ref.shown, ref.updated_at,
+                            tuple(j.id for j in mine)))
+    return tuple(out)
+
+
+def _message(text: str | None) -> str:
+    if text is None:
+        return ""
+    try:
+        ref = MessageRef.from_json(text)
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable ref)"
+    return f"{ref.platform} {ref.channel}/{ref.message}"
 
 
 def _digests(timeline: Timeline) -> tuple[DigestView, ...]:
