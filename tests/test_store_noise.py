@@ -1,4 +1,4 @@
-"""Digest windows and held jobs in the store (schema step 6), against SQLite and PostgreSQL.
+"""Digest windows and held jobs in the store (schema step 7), against SQLite and PostgreSQL.
 
 A second store instance on the same database stands in for another replica.
 """

@@ -1,0 +1,190 @@
+"""Schema step 7 (digests and quiet hours) on a database left by an older relay.
+
+On SQLite step 7 rebuilds `jobs` (a CHECK cannot be altered): the rebuilt table
+must carry every column and index steps 1-6 made, or it drops them silently.
+Each test builds a database at an older version with the old relay's own steps,
+fills jobs and attempts, opens it with this relay, and compares the whole
+schema with a fresh database's, row by row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.store import SCHEMA_VERSION, open_store
+from relay.store.schema import migrations
+from tests import pgutil
+
+EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
+         " VALUES ('k{n}', 'delivery.updated', 'd{n}', {n}, '{{}}')")
+JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, type, format,"
+       " delivery_id, event_type, created_at, next_attempt_at, state, finished_at{extra_cols})"
+       " VALUES ({n}, 'ops', 0, 'r', 't{n}', 'b', 'info', 'text', 'd{n}', 'delivery.updated',"
+       " {n}, {n}, '{state}', {finished}{extra_vals})")
+ATTEMPT = ("INSERT INTO attempts (job_id, at, outcome, error, duration)"
+           " VALUES ({n}, {n}, 'failed', 'HTTP 400', 0.1)")
+STATES = ("pending", "sent", "dead", "suppressed")
+
+
+def old_rows(version: int) -> list[str]:
+    """Events, one job in each old state (live ones at version 6) and an attempt per job."""
+    out = []
+    for n, state in enumerate(STATES, 1):
+        live = ", live, event_at", f", {n % 2}, {n}.5"
+        extra = live if version >= 6 else ("", "")
+        out += [EVENT.format(n=n),
+                JOB.format(n=n, state=state, finished="NULL" if state == "pending" else n,
+                           extra_cols=extra[0], extra_vals=extra[1]),
+                ATTEMPT.format(n=n)]
+    return out
+
+
+JOB_VIEW = ("SELECT id, event_id, receiver, title, state, attempts, finished_at, live, event_at"
+            " FROM jobs ORDER BY id")
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def sqlite_at(path: Path, version: int) -> None:
+    """A file as a relay at `version` left it, with jobs and attempts in it."""
+    steps = migrations("sqlite")
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        for step in range(1, version + 1):
+            conn.executescript(f"BEGIN;{steps[step]}PRAGMA user_version={step};COMMIT;")
+        for statement in old_rows(version):
+            conn.execute(statement)
+        with pytest.raises(sqlite3.IntegrityError):  # the old CHECK: no held jobs yet
+            conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+
+
+async def open_and_close(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    await store.close()
+
+
+def sqlite_schema(path: Path) -> dict[str, Any]:
+    """Every table's columns, indexes (with their columns and WHERE), foreign keys and SQL."""
+    with closing(sqlite3.connect(path)) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        out: dict[str, Any] = {"master": conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()}
+        for t in tables:
+            indexes = conn.execute(f"PRAGMA index_list({t})").fetchall()
+            out[t] = {"columns": conn.execute(f"PRAGMA table_info({t})").fetchall(),
+                      "indexes": sorted(indexes),
+                      "index_columns": {i[1]: conn.execute(f"PRAGMA index_info({i[1]})").fetchall()
+                                        for i in indexes},
+                      "foreign_keys": conn.execute(f"PRAGMA foreign_key_list({t})").fetchall()}
+        return out
+
+
+@pytest.mark.parametrize("version", [5, 6])
+async def test_a_sqlite_file_at_an_older_version_upgrades_to_7_keeping_every_row_column_and_index(
+        tmp_path: Path, version: int) -> None:
+    old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
+    sqlite_at(old, version)
+    with closing(sqlite3.connect(old)) as conn:
+        before = conn.execute(JOB_VIEW if version >= 6 else JOB_VIEW.replace(
+            "live, event_at", "0, NULL")).fetchall()
+        attempts = conn.execute("SELECT * FROM attempts ORDER BY id").fetchall()
+    await open_and_close(f"sqlite:{old}")
+    await open_and_close(f"sqlite:{fresh}")
+
+    assert sqlite_schema(old) == sqlite_schema(fresh)
+    with closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute(JOB_VIEW).fetchall() == before  # live and event_at kept at 6
+        assert conn.execute("SELECT * FROM attempts ORDER BY id").fetchall() == attempts
+        names = {r[1] for r in conn.execute("PRAGMA index_list(jobs)")}
+        assert {"jobs_due", "jobs_event", "jobs_delivery", "jobs_sent", "jobs_held"} <= names
+        conn.execute("PRAGMA foreign_keys=ON")  # (outside a transaction, or it is a no-op)
+        conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")  # the wider CHECK
+        conn.execute("DELETE FROM events WHERE id = 2")  # still cascades into jobs, attempts
+        assert conn.execute("SELECT count(*) FROM attempts WHERE job_id = 2").fetchone() == (0,)
+
+
+def test_the_step_7_rebuild_lists_every_column_and_index_on_jobs_of_the_steps_before_it() -> None:
+    """The rebuild's SQL, read directly: each earlier step's jobs column and index is in it."""
+    steps = migrations("sqlite")
+    rebuild = steps[7]
+    with closing(sqlite3.connect(":memory:")) as conn:
+        for step in range(1, 7):
+            conn.executescript(steps[step])
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
+        indexes = [r[1] for r in conn.execute("PRAGMA index_list(jobs)")]
+    assert "live" in columns and "event_at" in columns
+    assert f"INSERT INTO jobs_new ({', '.join(columns)}) SELECT {', '.join(columns)} FROM jobs" \
+        in rebuild
+    assert all(f"INDEX IF NOT EXISTS {name} ON jobs " in rebuild for name in indexes), indexes
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+async def pg_schema(conn: Any) -> dict[str, Sequence[Any]]:
+    """Columns, indexes and constraints of the current schema, comparable across schemas."""
+    columns = await conn.fetch(
+        "SELECT table_name, column_name, ordinal_position, data_type, is_nullable,"
+        " regexp_replace(column_default, 't_[0-9a-f]+\\.', '') AS column_default"
+        " FROM information_schema.columns WHERE table_schema = current_schema()"
+        " ORDER BY table_name, ordinal_position")
+    indexes = await conn.fetch(
+        "SELECT tablename, indexname, regexp_replace(indexdef, 't_[0-9a-f]+\\.', '') AS def"
+        " FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname")
+    constraints = await conn.fetch(
+        "SELECT c.conrelid::regclass::text AS tbl, c.conname, pg_get_constraintdef(c.oid) AS def"
+        " FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace"
+        " WHERE n.nspname = current_schema() ORDER BY tbl, conname")
+    return {"columns": [tuple(r) for r in columns], "indexes": [tuple(r) for r in indexes],
+            "constraints": [tuple(r) for r in constraints]}
+
+
+@pytest.mark.postgres
+async def test_a_postgres_schema_at_version_6_upgrades_to_7_keeping_every_row_column_and_index(
+        ) -> None:
+    import asyncpg
+
+    base = await pgutil.base_dsn()
+    async with pgutil.fresh_schema(base) as old, pgutil.fresh_schema(base) as fresh:
+        conn = await asyncpg.connect(old)
+        try:
+            await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                               " applied_at timestamptz NOT NULL DEFAULT now())")
+            steps = migrations("postgres")
+            for step in range(1, 7):
+                await conn.execute(steps[step])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
+            for statement in old_rows(6):
+                await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
+                                   .replace(", 0, 2.5)", ", false, 2.5)")
+                                   .replace(", 1, 3.5)", ", true, 3.5)")
+                                   .replace(", 0, 4.5)", ", false, 4.5)"))
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+            before = [tuple(r) for r in await conn.fetch(JOB_VIEW)]
+            attempts = [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")]
+            await open_and_close(old)
+            await open_and_close(fresh)
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 7
+            assert [tuple(r) for r in await conn.fetch(JOB_VIEW)] == before
+            assert [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")] \
+                == attempts
+            await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+            other = await asyncpg.connect(fresh)
+            try:
+                assert await pg_schema(conn) == await pg_schema(other)
+            finally:
+                await other.close()
+        finally:
+            await conn.close()
