@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -159,3 +160,46 @@ async def test_sqlite_frees_the_live_holds_of_a_dead_process_at_start(tmp_path) 
 def test_coalesce_replaces_older_waiting_notifications_and_never_extends_the_hold(
         ts, hold, waiting, expected) -> None:
     assert coalesce(ts, T0, hold, waiting) == expected
+
+
+# ---------------------------------------------------------------- holds and quiet hours
+
+
+async def test_quiet_hours_win_over_a_hold_and_a_held_job_is_never_replaced(
+        store: Store) -> None:  # noqa: F811
+    quiet_until = T0 + 3600
+    before = await store.accept(event(ts=at(0)), "k1", [held()], now=T0)  # before quiet hours
+    night = [await store.accept(event(ts=at(m)), f"night{m}",
+                                [replace(held(), held_until=quiet_until)], now=T0 + m)
+             for m in (1, 2)]
+    # Held, due when the quiet time ends: it replaced nothing and nothing replaced it.
+    assert [(a.jobs, a.suppressed) for a in (before, *night)] == [(1, ""), (1, ""), (1, "")]
+    assert await states(store) == [("pending", ""), ("held", ""), ("held", "")]
+    assert [a.timers for a in night][0][0].kind == "quiet"
+    assert (await store.stats()).backlog == 3
+    # A notification after the quiet time replaces only what is pending, never a held job.
+    after = await store.accept(event(ts=at(3)), "k3", [held()], now=T0 + 3)
+    assert await states(store) == [("suppressed", REPLACED.format(after.event_id)),
+                                   ("held", ""), ("held", ""), ("pending", "")]
+    (job,) = (await claim(store, now=T0 + 10)).jobs  # the pending one's due time stays
+    assert job.event_id == after.event_id
+    # An older update out of order is replaced by nothing held either: it waits its own hold.
+    late = await store.accept(event(ts=at(2)), "k-late", [held()], now=T0 + 11)
+    assert (late.jobs, late.suppressed) == (1, "")
+
+
+async def test_a_held_live_notification_is_summarised_not_sent_live(store: Store) -> None:  # noqa: F811
+    live = replace(held(hold=0, live=True), held_until=T0 + 3600)
+    await store.accept(event(ts=at(0)), "k1", [live], now=T0)
+    assert await states(store) == [("held", "")]
+    assert (await claim(store, now=T0 + 4000)).jobs == []  # the live sender never sees it
+    [timer] = await store.claim_timers(limit=10, now=T0 + 3600, lease=30.0, owner="a")
+    inputs = await store.timer_inputs(timer)
+    assert [(j.live, j.state) for j in inputs.held] == [(True, "held")]
+    summary = Notification("hook", 0, "quiet-hours", "1 held", "title", "info", "text")
+    await store.fire(timer, [summary], now=T0 + 3600, consumed=inputs)
+    assert [(j.state, j.live) for j in (await store.timeline("d1")).jobs] == [
+        ("summarised", True)]
+    (sent,) = (await claim(store, now=T0 + 3600)).jobs  # the summary: a plain message
+    assert (sent.route, sent.live, sent.event_at) == ("quiet-hours", False, None)
+    assert (await store.timeline("d1")).live == ()  # no live message was made for it
