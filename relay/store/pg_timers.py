@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from relay.errors import StaleClaim
-from relay.store import rules, sql
+from relay.store import rules, sql, sql_noise
 from relay.store.pg_support import rows_touched
 from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
 from relay.store.schema import timer_from_row
@@ -68,9 +68,9 @@ async def take_timers(conn: Any, limit: int, now: float, lease: float, owner: st
 
 async def timer_inputs(conn: Any, timer: Timer) -> TimerInputs:
     last = await conn.fetchval(q(sql.LAST_EVENT), timer.delivery_id)
-    items = await conn.fetch(q(sql.DIGEST_ITEMS), timer.id, rules.batch_size(timer)) \
+    items = await conn.fetch(q(sql_noise.DIGEST_ITEMS), timer.id, rules.batch_size(timer)) \
         if timer.kind == "digest" else []
-    held = await conn.fetch(q(sql.HELD_JOBS), timer.context.get("receiver", ""),
+    held = await conn.fetch(q(sql_noise.HELD_JOBS), timer.context.get("receiver", ""),
                             timer.context.get("url_index", 0), timer.due_at,
                             rules.BATCH_CEILING) if timer.kind == "quiet" else []
     return sql.timer_inputs(await conn.fetchrow(q(sql.EVENT_ROW), timer.event_id),
@@ -88,22 +88,22 @@ async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec],
     await apply_timers(conn, (), timer.event_id, now, jobs, timer.delivery_id)
     summarised = 0
     if consumed is not None:
-        await conn.executemany(q(sql.FIRE_ITEM), [(now, item.id) for item in consumed.items])
+        await conn.executemany(q(sql_noise.FIRE_ITEM), [(now, item.id) for item in consumed.items])
         for job in consumed.held:
-            summarised += rows_touched(await conn.execute(q(sql.SUMMARISE), now, job.id))
+            summarised += rows_touched(await conn.execute(q(sql_noise.SUMMARISE), now, job.id))
     await _reopen(conn, timer, now)
     return len(jobs) - summarised
 
 
 async def _reopen(conn: Any, timer: Timer, now: float) -> None:
-    if timer.kind not in sql.FIRST_WAITING:
+    if timer.kind not in sql_noise.FIRST_WAITING:
         return
     args = (timer.id,) if timer.kind == "digest" else \
         (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = await conn.fetchrow(q(sql.FIRST_WAITING[timer.kind]), *args)
+    row = await conn.fetchrow(q(sql_noise.FIRST_WAITING[timer.kind]), *args)
     if row is not None:
         due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        await conn.execute(q(sql.REOPEN), due, row[0], now, timer.id)
+        await conn.execute(q(sql_noise.REOPEN), due, row[0], now, timer.id)
 
 
 async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: float,
@@ -118,8 +118,8 @@ async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: fl
             changes.append(TimerChange(op.action, op.kind, op.key))
         if op.collect:
             # The row is locked by the upsert: concurrent events of one window queue here.
-            timer_id = await conn.fetchval(q(sql.TIMER_ID), op.kind, op.key)
-            await conn.execute(q(sql.ADD_ITEM), timer_id, event_id, delivery_id, now)
-            if rules.closes_early(await conn.fetchval(q(sql.DIGEST_WAITING), timer_id), op.full_at):
-                await conn.execute(q(sql.CLOSE_EARLY), now, timer_id, now)
+            timer_id = await conn.fetchval(q(sql_noise.TIMER_ID), op.kind, op.key)
+            await conn.execute(q(sql_noise.ADD_ITEM), timer_id, event_id, delivery_id, now)
+            if rules.closes_early(await conn.fetchval(q(sql_noise.DIGEST_WAITING), timer_id), op.full_at):
+                await conn.execute(q(sql_noise.CLOSE_EARLY), now, timer_id, now)
     return tuple(changes)

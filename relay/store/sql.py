@@ -223,30 +223,6 @@ TIMELINE_LIVE = ("SELECT live_key AS key, ref, shown, updated_at FROM live_messa
 KEEPS_EVENT = ("NOT EXISTS (SELECT 1 FROM timers t WHERE t.event_id = e.id"
                f" AND t.state IN {_states(TIMER_LIVE)}) AND NOT EXISTS (SELECT 1 FROM"
                " digest_items i WHERE i.event_id = e.id AND i.fired_at IS NULL)")
-# ---------------------------------------------------------------- digests and quiet hours
-TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
-ADD_ITEM = ("INSERT INTO digest_items (timer_id, event_id, delivery_id, added_at)"
-            " VALUES (?, ?, ?, ?)")
-DIGEST_WAITING = "SELECT count(*) FROM digest_items WHERE timer_id = ? AND fired_at IS NULL"
-CLOSE_EARLY = "UPDATE timers SET due_at = ? WHERE id = ? AND state = 'armed' AND due_at > ?"
-DIGEST_ITEMS = ("SELECT i.id AS item_id, e.id, e.type, e.received_at, e.payload"
-                " FROM digest_items i JOIN events e ON e.id = i.event_id"
-                " WHERE i.timer_id = ? AND i.fired_at IS NULL ORDER BY i.id LIMIT ?")
-HELD_JOBS = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'held' AND receiver = ?"
-             " AND url_index = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?")
-FIRE_ITEM = "UPDATE digest_items SET fired_at = ? WHERE id = ? AND fired_at IS NULL"
-SUMMARISE = ("UPDATE jobs SET state = 'summarised', finished_at = ? WHERE id = ?"
-             " AND state = 'held'")
-# What is left for a fired timer: the oldest waiting item / held job re-opens it.
-FIRST_WAITING = {
-    "digest": ("SELECT event_id, added_at, (SELECT count(*) FROM digest_items w WHERE"
-               " w.timer_id = i.timer_id AND w.fired_at IS NULL) FROM digest_items i"
-               " WHERE i.timer_id = ? AND i.fired_at IS NULL ORDER BY i.id LIMIT 1"),
-    "quiet": ("SELECT event_id, next_attempt_at, 1 FROM jobs WHERE state = 'held'"
-              " AND receiver = ? AND url_index = ? ORDER BY next_attempt_at, id LIMIT 1"),
-}
-REOPEN = ("UPDATE timers SET state = 'armed', due_at = ?, event_id = ?, armed_at = ?,"
-          " ended_at = NULL WHERE id = ? AND state = 'fired'")
 ENDED_TIMERS = (f"SELECT id FROM timers WHERE state IN {_states(TIMER_ENDED)}"
                 " AND ended_at < ? LIMIT ?")
 

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 from relay.errors import StaleClaim
-from relay.store import rules, sql
+from relay.store import rules, sql, sql_noise
 from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
 from relay.store.schema import timer_from_row
 
@@ -24,9 +24,9 @@ def claim(conn: sqlite3.Connection, limit: int, now: float, lease: float, owner:
 
 def inputs(conn: sqlite3.Connection, timer: Timer) -> TimerInputs:
     last = conn.execute(sql.LAST_EVENT, (timer.delivery_id,)).fetchone()
-    items = conn.execute(sql.DIGEST_ITEMS, (timer.id, rules.batch_size(timer))).fetchall() \
+    items = conn.execute(sql_noise.DIGEST_ITEMS, (timer.id, rules.batch_size(timer))).fetchall() \
         if timer.kind == "digest" else []
-    held = conn.execute(sql.HELD_JOBS, (timer.context.get("receiver", ""),
+    held = conn.execute(sql_noise.HELD_JOBS, (timer.context.get("receiver", ""),
                                         timer.context.get("url_index", 0), timer.due_at,
                                         rules.BATCH_CEILING)).fetchall() \
         if timer.kind == "quiet" else []
@@ -44,11 +44,11 @@ def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[JobSp
         if conn.execute(sql.TIMER_WRITE[op.action], sql.timer_args(op, event_id, now)).fetchall():
             changes.append(TimerChange(op.action, op.kind, op.key))
         if op.collect:
-            timer_id = conn.execute(sql.TIMER_ID, (op.kind, op.key)).fetchone()[0]
-            conn.execute(sql.ADD_ITEM, (timer_id, event_id, delivery_id, now))
-            if rules.closes_early(conn.execute(sql.DIGEST_WAITING, (timer_id,)).fetchone()[0],
+            timer_id = conn.execute(sql_noise.TIMER_ID, (op.kind, op.key)).fetchone()[0]
+            conn.execute(sql_noise.ADD_ITEM, (timer_id, event_id, delivery_id, now))
+            if rules.closes_early(conn.execute(sql_noise.DIGEST_WAITING, (timer_id,)).fetchone()[0],
                                   op.full_at):
-                conn.execute(sql.CLOSE_EARLY, (now, timer_id, now))
+                conn.execute(sql_noise.CLOSE_EARLY, (now, timer_id, now))
     return tuple(changes)
 
 
@@ -62,19 +62,19 @@ def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
     apply(conn, (), jobs, timer.event_id, timer.delivery_id, now)
     summarised = 0
     if consumed is not None:
-        conn.executemany(sql.FIRE_ITEM, [(now, item.id) for item in consumed.items])
-        summarised = sum(conn.execute(sql.SUMMARISE, (now, job.id)).rowcount
+        conn.executemany(sql_noise.FIRE_ITEM, [(now, item.id) for item in consumed.items])
+        summarised = sum(conn.execute(sql_noise.SUMMARISE, (now, job.id)).rowcount
                          for job in consumed.held)
     _reopen(conn, timer, now)
     return len(jobs) - summarised
 
 
 def _reopen(conn: sqlite3.Connection, timer: Timer, now: float) -> None:
-    if timer.kind not in sql.FIRST_WAITING:
+    if timer.kind not in sql_noise.FIRST_WAITING:
         return
     args = (timer.id,) if timer.kind == "digest" else \
         (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = conn.execute(sql.FIRST_WAITING[timer.kind], args).fetchone()
+    row = conn.execute(sql_noise.FIRST_WAITING[timer.kind], args).fetchone()
     if row is not None:
         due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        conn.execute(sql.REOPEN, (due, row[0], now, timer.id))
+        conn.execute(sql_noise.REOPEN, (due, row[0], now, timer.id))
