@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from relay import legacy
 from relay.errors import ConfigError, Issue
 from relay.limits import Circuit
 from relay.noiseconfig import DigestConfig, digest, quiet_hours
@@ -278,29 +279,8 @@ def _retry(data: dict[str, Any], path: str, c: Checker) -> RetryPolicy:
 
 def _sending(top: dict[str, Any], c: Checker) -> tuple[SendingConfig, DeliveriesConfig]:
     """`sending:` and `deliveries:`, or the old `delivery:` section that mixed the two."""
-    deliveries = c.section(top.get("deliveries"), "deliveries", "deliveries")
-    if "delivery" not in top:
-        return _sending_section(c.section(top.get("sending"), "sending", "sending"), "sending",
-                                c), DeliveriesConfig(**deliveries)
-    if "sending" in top:
-        c.error("delivery", 'the old "delivery:" section and "sending:" are both here:'
-                ' move everything into "sending:"')
-    old = dict(top.get("delivery") or {}) if isinstance(top.get("delivery"), dict) else {}
-    if "suppress_stale" in old:
-        c.warn("delivery.suppress_stale",
-               'renamed: write "deliveries: {suppress_stale: ...}" (it is about parcel deliveries)')
-        if "suppress_stale" in deliveries:
-            c.error("delivery.suppress_stale", 'also set in "deliveries:": keep only that one')
-        value = old.pop("suppress_stale")
-        if isinstance(value, bool):
-            deliveries.setdefault("suppress_stale", value)
-        else:
-            c.error("delivery.suppress_stale", f"expected true or false, got {kind_of(value)}")
-    if old:
-        c.warn("delivery", 'renamed: call this section "sending:" (the old name still works'
-               ' for now); "delivery" only ever means a Kourier parcel delivery')
-    data = c.section(old, "delivery", "sending")
-    return _sending_section(data, "delivery", c), DeliveriesConfig(**deliveries)
+    sending, deliveries, path = legacy.sending_sections(top, c)
+    return _sending_section(sending, path, c), DeliveriesConfig(**deliveries)
 
 
 def _sending_section(data: dict[str, Any], path: str, c: Checker) -> SendingConfig:

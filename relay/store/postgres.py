@@ -11,7 +11,6 @@ worker backs off); the pool reconnects by itself once the server is back.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
 from relay.store.live import PostgresLive
 from relay.store.pg_ingest import hold, insert_event, track_delivery
+from relay.store.pg_ledger import PostgresLedger
 from relay.store.pg_support import (
     CHANNEL,
     COMMAND_TIMEOUT,
@@ -42,23 +42,14 @@ from relay.store.records import (
     Attempt,
     Circuit,
     ClaimResult,
-    DeliverySummary,
     Job,
-    JobDetail,
     JobSpec,
     JobState,
-    Minute,
     RateLimit,
-    ReceiverState,
-    Stats,
-    Timeline,
     TimerOp,
 )
 from relay.store.schema import (
-    JOB_COLUMNS,
     SCHEMA_VERSION,
-    from_row,
-    job_from_row,
     migrations,
 )
 from relay.store.sql import numbered as q
@@ -69,7 +60,7 @@ BACKLOG_TTL = 1.0
 MIGRATIONS = migrations("postgres")
 
 
-class PostgresStore(PostgresLive, PostgresTimers):
+class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
     def __init__(self, url: str, min_size: int = 0, max_size: int = 10, create: bool = True,
@@ -316,59 +307,6 @@ class PostgresStore(PostgresLive, PostgresTimers):
     async def active_receivers(self) -> set[str]:
         rows = await self._tx(lambda conn: conn.fetch(sql.ACTIVE_RECEIVERS))
         return {r[0] for r in rows}
-
-    # ------------------------------------------------------------ read side
-
-    async def stats(self) -> Stats:
-        return await self._tx(self._stats)
-
-    async def _stats(self, conn: Any) -> Stats:
-        self._backlog.counted(await conn.fetchval(sql.BACKLOG))
-        return Stats(self._backlog.value, *[await conn.fetchval(query) for query in (
-            sql.DEAD_COUNT, sql.OLDEST, sql.HELD_COUNT, sql.OPEN_WINDOWS)])
-
-    async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]:
-        rows = await self._tx(lambda conn: conn.fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'dead'"
-            " AND ($1::text IS NULL OR receiver = $1) ORDER BY id LIMIT $2", receiver, limit))
-        return [job_from_row(r) for r in rows]
-
-    async def detail(self, job_id: int) -> JobDetail | None:
-        return await self._tx(self._detail, job_id)
-
-    @staticmethod
-    async def _detail(conn: Any, job_id: int) -> JobDetail | None:
-        row = await conn.fetchrow(q(sql.JOB), job_id)
-        if row is None:
-            return None
-        job = job_from_row(row)
-        payload = await conn.fetchval(q(sql.PAYLOAD), job.event_id)
-        history = await conn.fetch(q(sql.HISTORY), job_id)
-        return JobDetail(job, json.loads(payload), tuple(from_row(Attempt, h) for h in history))
-
-    async def timeline(self, delivery_id: str) -> Timeline:
-        async def timeline(conn: Any) -> Timeline:
-            return sql.timeline(delivery_id, *[
-                await conn.fetch(q(query), *[delivery_id] * n)
-                for query, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True)])
-
-        return await self._tx(timeline)
-
-    async def receivers(self) -> list[ReceiverState]:
-        rows = await self._tx(lambda conn: conn.fetch(sql.RECEIVER_STATES))
-        return [from_row(ReceiverState, r) for r in rows]
-
-    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
-        rows = await self._tx(lambda conn: conn.fetch(q(sql.RECENT_DELIVERIES),
-                                                      limit * sql.RECENT_WINDOW, limit))
-        return sql.recent(rows)
-
-    async def activity(self, since: float, minutes: int) -> list[Minute]:
-        async def activity(conn: Any) -> list[Minute]:
-            return sql.minutes(since, minutes, *[await conn.fetch(q(query), since, since)
-                                                 for query in sql.per_minute("postgres")])
-
-        return await self._tx(activity)
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:
