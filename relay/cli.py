@@ -87,21 +87,6 @@ def listen_problem(e: OSError, address: str) -> str | None:
     return None
 
 
-@main.command("send-only", hidden=True)
-@config_option
-@click.option("--log-level", default="info")
-@click.option("--log-format", default="text")
-@guarded
-def send_only(config_path: str, log_level: str, log_format: str) -> None:
-    """A sending-only process, started by `serve` when sending.processes > 1."""
-    from relay.app import send_only as run
-
-    setup(log_level, log_format)
-    code = asyncio.run(run(config_path))
-    logging.shutdown()
-    os._exit(code)  # as in serve: do not wait for a send thread stuck past the grace period
-
-
 @main.command()
 @config_option
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")

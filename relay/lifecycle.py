@@ -1,7 +1,7 @@
-"""One running relay: store, worker, supervised background tasks, reload, readiness, purge.
+"""One running relay: store, worker, send processes, supervised tasks, reload, readiness, purge.
 
-Process concerns (signals, the listening socket, extra processes) are the
-entry points' (`relay.app`); what is compiled from a config is `relay.runtime`.
+Process concerns (signals, the listening socket) are the entry points'
+(`relay.app`); what is compiled from a config is `relay.runtime`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from relay.notice import FailingReceiverNotice
 from relay.observers import LogObserver, MetricsObserver
 from relay.runtime import Runtime, build_runtime
 from relay.sending import Sending
+from relay.sendpool import SendPool
 from relay.store import Store, new_owner, open_store
 from relay.supervisor import Supervisor
 from relay.web import Readiness, Services, create_app
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 PURGE_EVERY = 600.0
 STORE_WAIT = 30.0  # at start-up, wait this long for the database (e.g. a PostgreSQL starting)
 WATCH_EVERY = 0.5  # server.watch_config: how often the file is looked at
-RESTART_KEYS = ("server.listen", "server.path", "store.url")
+RESTART_KEYS = ("server.listen", "server.path", "store.url", "sending.processes")
 
 
 class Relay:
@@ -43,17 +44,26 @@ class Relay:
 
     def __init__(self, config_path: str, env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
-                 live_api: Mapping[str, str] | None = None) -> None:
-        """`live_api`: platform API roots for tests (see `relay.sending.Sending`)."""
+                 live_api: Mapping[str, str] | None = None, log_args: Sequence[str] = ()) -> None:
+        """`live_api`: platform API roots for tests (see `relay.sending.Sending`); `log_args`:
+        the logging options of `serve`, for its send processes."""
         self.config_path = config_path
         self.env = env
         self.clock = clock
         self.metrics = Metrics()
-        config = config_mod.load(config_path, env)
+        text, config = config_mod.load_text(config_path, env)
         _log_warnings(config)
         self.executor = ThreadPoolExecutor(max_workers=config.sending.concurrency,
                                            thread_name_prefix="send")
-        self.live: Runtime = build_runtime(config, self.executor)
+        # With sending.processes > 1 every send runs in a send process, none here.
+        self.senders = (SendPool(config.sending.processes - 1, text, config_path,
+                                 config.sending.attempt_timeout, env, log_args)
+                        if config.sending.processes > 1 else None)
+        if self.senders is not None:
+            self.senders.launch()
+        self.live: Runtime = build_runtime(config, self.executor, self.senders)
+        if self.senders is not None:
+            self.senders.fallback = self.live.notifier
         try:
             self.store: Store = open_store(config.store.url,
                                            busy_timeout=config.store.busy_timeout)
@@ -91,6 +101,8 @@ class Relay:
         await self.stop()
 
     async def start(self) -> None:
+        if self.senders is not None:  # first: they load while the store opens
+            await self.senders.start()
         remote = self.config.store.url.startswith(("postgresql:", "postgres:"))
         await self._open_store(STORE_WAIT if remote else 0.0)
         self.store.subscribe(self.worker.wake)
@@ -122,6 +134,8 @@ class Relay:
     async def stop(self) -> None:
         await self.worker.stop(self.config.sending.grace_period)
         await self.sending.close()
+        if self.senders is not None:  # after the worker: its last sends run there
+            await self.senders.close()
         await self.tasks.stop()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -134,8 +148,9 @@ class Relay:
         """
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(config_mod.load, self.config_path, self.env)
-                live = build_runtime(config, self.executor)
+                text, config = await asyncio.to_thread(config_mod.load_text, self.config_path,
+                                                       self.env)
+                live = build_runtime(config, self.executor, self.senders)
                 _log_warnings(config)
             except Exception as e:  # whatever went wrong, the running config stays
                 self.metrics.reload_success.set(0)
@@ -146,6 +161,9 @@ class Relay:
                 log.warning("%s changed: restart the relay to apply (the rest is live now)",
                             ", ".join(changed))
             self.live = live
+            if self.senders is not None:
+                self.senders.configure(text, config.sending.attempt_timeout)
+                self.senders.fallback = live.notifier
             self.metrics.reload_success.set(1)
             self.metrics.reload_time.set(time.time())
             self.worker.config_changed()

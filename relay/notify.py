@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import apprise
 import requests
@@ -75,6 +75,15 @@ class Outcome:
 
 
 SENT = Outcome("sent")
+
+
+class Sender(Protocol):
+    """What an Apprise send goes through: this process (`Notifier`) or the send processes
+    (`relay.sendpool.SendPool`). Never raises for a failed send."""
+
+    async def send(self, receiver: str, index: int, title: str, body: str, notify_type: str,
+                   body_format: str, headers: Mapping[str, str] | None = None) -> Outcome: ...
+
 # service_timeout=0: the send runs on our own (bounded) send thread instead of
 # hopping to Apprise's process-wide pool; our attempt timeout bounds it instead.
 _ASSET = apprise.AppriseAsset(service_timeout=0)
@@ -146,7 +155,7 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
 def install_requests_tap() -> None:
     """Patch `requests` for our sends (status tap, kept-alive sessions); idempotent.
 
-    Process-wide, so only the composition root calls it (`serve`, `send-only`):
+    Process-wide, so only the composition root calls it (`serve`, a send process):
     importing this module, as `check` and `route` do, changes nothing.
     """
     requests.Session.send = _tapped_send  # type: ignore[method-assign]
@@ -260,9 +269,8 @@ class Notifier:
 
         `headers` are added to this send's own (an email's thread headers).
         """
-        if self.url(receiver, index) is None:
-            return Outcome("failed", f"receiver {receiver!r} (URL #{index}) is no longer"
-                                     " in the config")
+        if (gone := self.gone(receiver, index)) is not None:
+            return gone
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self.send_blocking, receiver, index, title,
                                       body, notify_type, body_format, headers)
@@ -272,8 +280,18 @@ class Notifier:
             return Outcome("retry", f"timed out after {self.attempt_timeout:g}s",
                            MIN_WAIT_AFTER_TIMEOUT)
 
+    def gone(self, receiver: str, index: int) -> Outcome | None:
+        """The outcome for a job whose receiver URL left the config, else None."""
+        if self.url(receiver, index) is None:
+            return Outcome("failed", f"receiver {receiver!r} (URL #{index}) is no longer"
+                                     " in the config")
+        return None
+
     def send_blocking(self, receiver: str, index: int, title: str, body: str, notify_type: str,
                       body_format: str, headers: Mapping[str, str] | None = None) -> Outcome:
+        """One send on the calling thread (a send thread, here or in a send process)."""
+        if (gone := self.gone(receiver, index)) is not None:
+            return gone
         obj = self._borrow(receiver, index)
         if obj is None:
             return Outcome("failed", "no Apprise plugin accepts this URL")

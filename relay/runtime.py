@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from relay.config import Config
 from relay.errors import ConfigError, Issue
-from relay.notify import Notifier, check_urls
+from relay.notify import Notifier, Sender, check_urls
 from relay.pipeline import Planner
 from relay.routing import Router
 from relay.templating import Templates
@@ -25,19 +25,29 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Runtime:
-    """Everything compiled from one config; the worker, the web app and the CLI read it."""
+    """Everything compiled from one config; the worker, the web app and the CLI read it.
+
+    `notifier` knows the receivers' channels and can send in this process; `sender`
+    is what the worker sends with: the notifier, or the send processes
+    (`relay.sendpool`) with `sending.processes` > 1.
+    """
 
     config: Config
     planner: Planner
     notifier: Notifier
     warnings: tuple[Issue, ...] = ()  # compile-time findings that do not stop the config
+    sender: Sender | None = None
+
+    def send_with(self) -> Sender:
+        return self.sender or self.notifier
 
 
 # `check` and `route` build a notifier but never send: this pool never starts a thread.
 _DRY_RUN_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run")
 
 
-def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
+def build_runtime(config: Config, executor: Executor | None = None,
+                  sender: Sender | None = None) -> Runtime:
     """Compile every piece, collecting all errors: raise ConfigError, or return the runtime."""
     issues: list[Issue] = []
     router = _collecting(Router.from_config, config, issues)
@@ -51,7 +61,8 @@ def build_runtime(config: Config, executor: Executor | None = None) -> Runtime:
     notifier = Notifier(config.receivers, executor or _DRY_RUN_EXECUTOR,
                         config.sending.attempt_timeout)
     planner = Planner(config, router, templates, notifier.channels(), watches)
-    return Runtime(config, planner, notifier, tuple(i for i in issues if i.severity != "error"))
+    return Runtime(config, planner, notifier, tuple(i for i in issues if i.severity != "error"),
+                   sender)
 
 
 def _collecting(build: Callable[[Config], T], config: Config, issues: list[Issue]) -> T | None:

@@ -85,8 +85,8 @@ class Sending:
 
 
 async def _apprise(job: Job, rt: Runtime, headers: Mapping[str, str] | None = None) -> Outcome:
-    return await rt.notifier.send(job.receiver, job.url_index, job.title, job.body, job.type,
-                                  job.format, headers)
+    return await rt.send_with().send(job.receiver, job.url_index, job.title, job.body,
+                                     job.type, job.format, headers)
 
 
 def live_job(job: Job) -> LiveJob:

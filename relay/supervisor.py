@@ -3,8 +3,7 @@
 The relay's long-running tasks (the worker loop, purge, the config watch) and
 its short ones (a notice's write) all run here. A crash is a bug: it is logged
 with the traceback, remembered in `crashed` (which `/readyz` reports), and
-handed to `on_crash`, which the process entry point chooses (`serve` stays up
-and answers not-ready; a `send-only` process, with nobody to ask it, exits 1).
+handed to `on_crash` (`serve` stays up and answers not-ready).
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ class AppriseSender:
     """Every job through Apprise, as it was rendered."""
 
     async def send(self, job: Job, rt: Runtime) -> Outcome:
-        return await rt.notifier.send(job.receiver, job.url_index, job.title, job.body,
-                                      job.type, job.format)
+        return await rt.send_with().send(job.receiver, job.url_index, job.title, job.body,
+                                         job.type, job.format)
 
 
 class Worker:

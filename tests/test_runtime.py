@@ -26,7 +26,7 @@ def test_check_and_route_load_neither_the_server_nor_the_worker_nor_the_requests
     loaded = set(seen["modules"])
     assert not {"aiohttp.web", "relay.worker", "relay.web", "relay.lifecycle", "relay.app"} \
         & loaded
-    assert seen["patched"] == "requests.sessions"  # not ours: only serve/send-only patch it
+    assert seen["patched"] == "requests.sessions"  # not ours: only serve and its send processes patch it
 
 
 T = 1_800_000_000.0
