@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.conftest import TOKEN, FakeClock, free_port, spawn_relay, wait_for, wait_healthy, write_config
+from tests.test_live_email import smtp  # noqa: F401  (fixture)
 
 POOL = """\
 receivers:
@@ -283,3 +284,18 @@ async def test_while_no_send_process_can_start_the_relay_sends_itself(tmp_path, 
     finally:
         await server.close()
     assert not relay.senders.pids()
+
+
+async def test_an_emails_thread_headers_cross_to_the_send_process(running, smtp):  # noqa: F811
+    from relay.live.email import thread_id
+    from tests.test_live_routes import config
+    from tests.test_live_routes import event as state
+
+    mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
+    r = await running(config(mail), sending="processes: 2")
+    await wait_for(lambda: r.relay.senders.ready_count() == 1, message="the send process")
+    assert (await r.post(state(0)))[0] == 202
+    (m,) = await wait_for(lambda: smtp.messages(), message="the mail")
+    thread = thread_id("D1", "lifecycle", "ops-chat", 0)
+    assert (m["In-Reply-To"], m["References"]) == (thread, thread)
+    assert len(m.get_all("Message-ID")) == 1
