@@ -1,4 +1,4 @@
-"""`sending.processes`: several sending processes on one SQLite store, no job sent twice."""
+"""`sending.processes: 3`: the relay process and two send processes, no job sent twice."""
 
 from __future__ import annotations
 
