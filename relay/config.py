@@ -188,19 +188,13 @@ def load_text(path: str | os.PathLike[str], env: Mapping[str, str] | None = None
     """The config file's text and the config it gives (`serve` hands the text to its send
     processes, so both resolve receiver URLs from the same text)."""
     file = str(path)
-    text = read(file)
+    try:
+        text = Path(file).read_text()
+    except OSError as e:
+        raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
     config = loads(text, file, os.environ if env is None else env)
     url = store_beside(config.store.url, Path(file).resolve().parent)
     return text, replace(config, store=replace(config.store, url=url))
-
-
-def read(path: str | os.PathLike[str]) -> str:
-    """The config file's text (ConfigError if it cannot be read)."""
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise ConfigError([Issue(str(path), 0, "", f"cannot read config: {e.strerror or e}")],
-                          ) from None
 
 
 def store_beside(url: str, folder: Path) -> str:
