@@ -28,8 +28,8 @@ class Runtime:
     """Everything compiled from one config; the worker, the web app and the CLI read it.
 
     `notifier` knows the receivers' channels and can send in this process; `sender`
-    is what the worker sends with: the notifier, or the send processes
-    (`relay.sendpool`) with `sending.processes` > 1.
+    is what Apprise sends go through (`send_with()`): the notifier, or the send
+    processes (`relay.sendpool`) with `sending.processes` > 1.
     """
 
     config: Config
