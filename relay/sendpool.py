@@ -243,12 +243,19 @@ class SendPool:
         self._track(self._restarting, self._restart(child, delay))
 
     async def _restart(self, child: _Child, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self._closing:
-            return
+        while True:
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            try:
+                popen, read_fd = self._popen()
+                break
+            except OSError as e:  # no process could start (out of memory, files): later
+                delay = min(max(delay * 2, RESTART_DELAY[0]), RESTART_DELAY[1])
+                log.error("could not start a send process (%s); trying again in %.1fs", e, delay)
         self.children.remove(child)
         self.restarts += 1
-        await self._connect(*self._popen())
+        await self._connect(popen, read_fd)
 
     async def _reap(self, child: _Child) -> None:
         try:
