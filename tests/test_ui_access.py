@@ -221,3 +221,20 @@ async def test_static_files_need_no_login_and_are_cached(running, sink):
     async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
         assert resp.headers["Cache-Control"] == "no-store"
     assert (await r.post(event("D-9", "in_transit")))[0] == 202  # the webhook is unaffected
+
+
+async def test_the_overview_shows_a_receiver_in_its_quiet_hours_and_when_they_end(running, sink):
+    from tests.conftest import FakeClock
+    from tests.test_less_noise import QUIET, at, ops
+
+    clock = FakeClock(at("2026-12-02T23:00"))  # a Wednesday night in Berlin
+    r = await running(ops(sink, QUIET) + "default_receiver: ops\n", clock=clock)
+    async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
+        page = await resp.text()
+    assert resp.status == 200
+    assert "st-quiet-hours" in page
+    assert ("until Thu 07:00 Europe/Berlin: notifications wait for one summary"
+            " (failure notifications still go out)") in page
+    clock.advance(9 * 3600)  # Thursday 08:00: the quiet time is over
+    async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
+        assert "st-quiet-hours" not in await resp.text()

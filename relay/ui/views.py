@@ -17,6 +17,7 @@ from relay.events import event_from_dict
 from relay.explain import Verdict, verdicts
 from relay.live import MessageRef
 from relay.logs import scrub
+from relay.quiet import QuietHours, until_epoch
 from relay.routing import Router
 from relay.store import (
     Attempt,
@@ -125,10 +126,22 @@ def _receiver_row(config: Config, name: str, s: ReceiverState | None, now: float
     if limit and s and s.tokens is not None:
         rate += f" ({max(0, int(s.tokens))} left)"
     state, detail = _state(config, rc is not None, s, now)
-    # Quiet hours (issue 15) add their state here: "quiet until HH:MM, N held".
+    if rc and rc.quiet_hours and state not in ("circuit open", "probing"):
+        state, detail = _quiet(rc.quiet_hours, now) or (state, detail)
     return ReceiverRow(name, state, detail, s.backlog if s else 0, rate,
                        s.last_sent_at if s else None, scrub(s.last_error) if s else "",
                        s.last_error_at if s else None, len(rc.urls) if rc else 0)
+
+
+def _quiet(hours: QuietHours, now: float) -> tuple[str, str] | None:
+    """("quiet hours", "until 07:00 Europe/Berlin; …") while the receiver's quiet time lasts."""
+    end = until_epoch(hours, now)
+    if end is None:
+        return None
+    local = datetime.fromtimestamp(end, hours.zone)
+    urgent = f" ({', '.join(sorted(hours.urgent))} notifications still go out)" if hours.urgent else ""
+    return "quiet hours", (f"until {local:%a %H:%M} {hours.timezone}: notifications wait for"
+                           f" one summary{urgent}")
 
 
 def _state(config: Config, configured: bool, s: ReceiverState | None, now: float,
