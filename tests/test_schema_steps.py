@@ -61,8 +61,9 @@ def sqlite_at(path: Path, version: int) -> None:
             conn.executescript(f"BEGIN;{steps[step]}PRAGMA user_version={step};COMMIT;")
         for statement in old_rows(version):
             conn.execute(statement)
-        with pytest.raises(sqlite3.IntegrityError):  # the old CHECK: no held jobs yet
-            conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+        if version < 7:
+            with pytest.raises(sqlite3.IntegrityError):  # the old CHECK: no held jobs yet
+                conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
 
 
 async def open_and_close(url: str) -> None:
@@ -88,8 +89,8 @@ def sqlite_schema(path: Path) -> dict[str, Any]:
         return out
 
 
-@pytest.mark.parametrize("version", [5, 6])
-async def test_a_sqlite_file_at_an_older_version_upgrades_to_7_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [5, 6, 7])
+async def test_a_sqlite_file_at_an_older_version_upgrades_to_8_keeping_every_row_column_and_index(
         tmp_path: Path, version: int) -> None:
     old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
     sqlite_at(old, version)
@@ -102,12 +103,16 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_7_keeping_every_row
 
     assert sqlite_schema(old) == sqlite_schema(fresh)
     with closing(sqlite3.connect(old)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute(JOB_VIEW).fetchall() == before  # live and event_at kept at 6
         assert conn.execute("SELECT * FROM attempts ORDER BY id").fetchall() == attempts
         names = {r[1] for r in conn.execute("PRAGMA index_list(jobs)")}
         assert {"jobs_due", "jobs_event", "jobs_delivery", "jobs_sent", "jobs_held"} <= names
+        # step 8: jobs_held is partial (held jobs only); no timers_delivery
+        partial = {r[1]: r[4] for r in conn.execute("PRAGMA index_list(jobs)")}
+        assert partial["jobs_held"] == 1
+        assert "timers_delivery" not in {r[1] for r in conn.execute("PRAGMA index_list(timers)")}
         conn.execute("PRAGMA foreign_keys=ON")  # (outside a transaction, or it is a no-op)
         conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")  # the wider CHECK
         conn.execute("DELETE FROM events WHERE id = 2")  # still cascades into jobs, attempts
@@ -151,7 +156,7 @@ async def pg_schema(conn: Any) -> dict[str, Sequence[Any]]:
 
 
 @pytest.mark.postgres
-async def test_a_postgres_schema_at_version_6_upgrades_to_7_keeping_every_row_column_and_index(
+async def test_a_postgres_schema_at_version_6_upgrades_to_8_keeping_every_row_column_and_index(
         ) -> None:
     import asyncpg
 
@@ -176,7 +181,7 @@ async def test_a_postgres_schema_at_version_6_upgrades_to_7_keeping_every_row_co
             attempts = [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")]
             await open_and_close(old)
             await open_and_close(fresh)
-            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 7
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 8
             assert [tuple(r) for r in await conn.fetch(JOB_VIEW)] == before
             assert [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")] \
                 == attempts

@@ -212,6 +212,22 @@ async def test_the_timeline_lists_the_deliverys_timers(store: Store) -> None:
         [(WATCH, "armed"), ("other:d1", "armed")]
 
 
+async def test_the_timeline_lists_ended_and_re_armed_timers_and_no_other_kind(
+        store: Store) -> None:
+    """A delivery's watch timers are found through its events (schema step 8): a re-armed
+    timer (its arming event is a later one), a disarmed one and a fired one all show; a
+    quiet-hours timer opened by the same event is the receiver's, not the delivery's."""
+    await send(store, 1, arm(), arm("gone:d1"), arm("due:d1", delay=5),
+               TimerOp("open", "quiet", "ops:0", due_at=T0 + 50))
+    await send(store, 2, arm(), disarm("gone:d1"), now=T0 + 1)
+    [fired] = [t for t in await take(store, T0 + 10) if t.key == "due:d1"]
+    await store.fire(fired, [], now=T0 + 10)
+    timeline = await store.timeline("d1")
+    assert [(t.key, t.state) for t in timeline.timers] == \
+        [(WATCH, "armed"), ("gone:d1", "disarmed"), ("due:d1", "fired")]
+    assert timeline.timers[0].event_id == timeline.events[1].id  # re-armed by event 2
+
+
 async def test_purge_keeps_events_of_live_timers_and_removes_ended_timers(store: Store) -> None:
     live = await send(store, 1, arm("w:live", delivery="live"), delivery="live")
     await send(store, 2, arm("w:gone", delivery="gone"), delivery="gone")

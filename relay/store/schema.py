@@ -17,7 +17,7 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.
@@ -187,6 +187,20 @@ INDEXES_7: dict[Dialect, tuple[Index, ...]] = {
                        "state = 'held'")),
 }
 STATE_CHECK_7 = _state_check(JOB_STATES)
+# Step 8: fewer index entries per event (issue 14, bench/README.md "Timers"). A delivery's
+# watch timers are found through its events (`timers_event`, which grows in arrival order)
+# instead of `timers_delivery`, which took one entry at a random place per armed timer:
+# at a million armed timers that index outgrew SQLite's page cache and slowed ingest. On
+# SQLite `jobs_held` becomes partial like PostgreSQL's: it took an entry for every job,
+# for the few that wait out quiet hours; PostgreSQL's `timers_event` now covers ended
+# timers too (the timeline shows them).
+_HELD_8 = Index("jobs_held", "jobs", "receiver, url_index, next_attempt_at, id", "state = 'held'")
+DROPS_8: dict[Dialect, tuple[str, ...]] = {"sqlite": ("timers_delivery", "jobs_held"),
+                                           "postgres": ("timers_delivery", "timers_event")}
+INDEXES_8: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (_HELD_8,), "postgres": (Index("timers_event", "timers", "event_id"),)}
+
+
 # Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
 REBUILDS = frozenset({7})
 
@@ -266,7 +280,9 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             4: render(TABLES_4, INDEXES_4[dialect], dialect) + last_event,
             5: render((), INDEXES_5[dialect], dialect),
             6: add_columns(COLUMNS_6, dialect) + render((), INDEXES_6, dialect),
-            7: _step_7(dialect)}
+            7: _step_7(dialect),
+            8: "".join(f"DROP INDEX IF EXISTS {name};\n" for name in DROPS_8[dialect])
+            + render((), INDEXES_8[dialect], dialect)}
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))

@@ -214,8 +214,10 @@ RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
 EVENT_ROW = "SELECT id, type, received_at, payload FROM events WHERE id = ?"
 LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"
 # A delivery's timers: its own, and the digests its events joined.
+# A watch timer's event is always one of its delivery's (the one that armed it last).
 TIMELINE_TIMERS = (f"SELECT {TIMER_COLUMNS} FROM timers WHERE id IN (SELECT t.id FROM timers t"
-                   " WHERE t.delivery_id = CAST(? AS TEXT) UNION SELECT i.timer_id FROM"
+                   " WHERE t.kind = 'watch' AND t.event_id IN (SELECT e.id FROM events e"
+                   " WHERE e.delivery_id = CAST(? AS TEXT)) UNION SELECT i.timer_id FROM"
                    " digest_items i WHERE i.delivery_id = CAST(? AS TEXT)) ORDER BY id")
 TIMELINE_LIVE = ("SELECT live_key AS key, ref, shown, updated_at FROM live_messages"
                  " WHERE delivery_id = ? ORDER BY live_key")
