@@ -63,8 +63,7 @@ def decode_json(body: bytes) -> Any:
         raise InvalidEvent("Invalid JSON", f"nested deeper than {MAX_DEPTH} levels")
     try:
         # Decode first: json.loads(bytes) would also take UTF-16/32 and raw surrogates.
-        data = json.loads(body.decode("utf-8-sig"), parse_constant=_refuse_constant,
-                          parse_float=_finite_float)
+        data = _DECODER.decode(body.decode("utf-8-sig"))
     except RecursionError:
         raise InvalidEvent("Invalid JSON", f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit, ours
@@ -95,6 +94,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):  # 1e999 parses as inf, which no JSON can carry back out
         raise ValueError("a number is out of range")
     return value
+
+
+# One decoder for every request: json.loads with hooks would build a new one (and its
+# scanner) per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _reason(e: ValueError) -> str:
