@@ -13,6 +13,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+from relay import sendproc
 from tests.conftest import TOKEN, FakeClock, free_port, spawn_relay, wait_for, wait_healthy, write_config
 from tests.test_live_email import smtp  # noqa: F401  (fixture)
 
@@ -47,6 +48,16 @@ async def start_pool(running, sink, grace: str = "2s", **paths: str):
     await wait_for(lambda: relay.relay.senders.ready_count() == 1,
                    message="the send process to load its config")
     return relay
+
+
+async def test_a_send_process_runs_below_the_relay_process_cpu_priority(running, sink):
+    """Busy cores run ingest first (the send process is niced), and it still sends."""
+    r = await start_pool(running, sink)
+    [child] = r.relay.senders.pids()
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, child) == min(19, own + sendproc.NICENESS) > own
+    assert (await r.post(event(1)))[0] == 202
+    await wait_for(lambda: sink.messages("hook"), message="the send process to send")
 
 
 async def test_a_send_process_killed_mid_send_has_its_job_sent_again_once(running, sink):
