@@ -96,14 +96,10 @@ async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec],
 
 
 async def _reopen(conn: Any, timer: Timer, now: float) -> None:
-    if timer.kind not in sql_noise.FIRST_WAITING:
-        return
-    args = (timer.id,) if timer.kind == "digest" else \
-        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = await conn.fetchrow(q(sql_noise.FIRST_WAITING[timer.kind]), *args)
+    waiting = sql_noise.first_waiting(timer)
+    row = await conn.fetchrow(q(waiting[0]), *waiting[1]) if waiting else None
     if row is not None:
-        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        await conn.execute(q(sql_noise.REOPEN), due, row[0], now, timer.id)
+        await conn.execute(q(sql_noise.REOPEN), *sql_noise.reopen_args(timer, row, now))
 
 
 async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: float,

@@ -70,11 +70,7 @@ def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
 
 
 def _reopen(conn: sqlite3.Connection, timer: Timer, now: float) -> None:
-    if timer.kind not in sql_noise.FIRST_WAITING:
-        return
-    args = (timer.id,) if timer.kind == "digest" else \
-        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = conn.execute(sql_noise.FIRST_WAITING[timer.kind], args).fetchone()
+    waiting = sql_noise.first_waiting(timer)
+    row = conn.execute(*waiting).fetchone() if waiting else None
     if row is not None:
-        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        conn.execute(sql_noise.REOPEN, (due, row[0], now, timer.id))
+        conn.execute(sql_noise.REOPEN, sql_noise.reopen_args(timer, row, now))
