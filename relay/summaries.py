@@ -22,7 +22,7 @@ from relay.events import Event
 from relay.noiseconfig import DigestConfig
 from relay.store.records import DigestItem, Job, Timer, TimerOp
 from relay.store.rules import BATCH_CEILING
-from relay.templating import CompiledTemplate, Templates, default_type
+from relay.templating import CompiledTemplate, Rendered, Templates, default_type
 
 SEVERITY = ("info", "success", "warning", "failure")
 # Held notifications were made inert for their channel when they were rendered.
@@ -45,14 +45,10 @@ class Limits(Protocol):
 
 
 @dataclass(frozen=True)
-class Batch:
-    """One fired digest or summary for one receiver URL, rendered and cut."""
+class Batch(Rendered):
+    """One fired digest or summary for one receiver URL, rendered and cut, and its route."""
 
     route: str
-    title: str
-    body: str
-    type: str
-    format: str
     truncated: bool
 
 
@@ -120,8 +116,8 @@ def _cut(templates: Templates, template: CompiledTemplate, fallback: CompiledTem
     title = whole.title
     if channel.title_max and len(title) > channel.title_max:
         title = title[: channel.title_max - 1] + "…"
-    return Batch(route, title, body, whole.type, whole.format,
-                 shown < len(items) or title != whole.title or len(body) < len(whole.body))
+    return Batch(title, body, whole.type, whole.format, route=route,
+                 truncated=shown < len(items) or title != whole.title or len(body) < len(whole.body))
 
 
 def _event(payload: Mapping[str, Any]) -> Event:
