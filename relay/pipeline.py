@@ -18,7 +18,7 @@ from relay.escaping import Escaping, for_channel
 from relay.events import Event
 from relay.quiet import held
 from relay.routing import Match, Route, Router
-from relay.store.records import Timer, TimerInputs, TimerKind, TimerOp
+from relay.store.records import Notification, Timer, TimerInputs, TimerKind, TimerOp
 from relay.summaries import Batch, Limits, digest_op, render_digest, render_summary
 from relay.templating import Rendered, Templates
 from relay.watches import FALLBACK as WATCH_FALLBACK
@@ -48,22 +48,6 @@ class Channel:
 
 
 NO_CHANNEL = Channel("", "", 0, 0)
-
-
-@dataclass(frozen=True)
-class Notification:
-    receiver: str
-    url_index: int
-    route: str
-    title: str
-    body: str
-    type: str
-    format: str
-    suppress_stale: bool = False
-    truncated: bool = False
-    live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
-    hold: float = 0.0  # the route's `hold`: seconds it waits for a newer one to replace it
-    held_until: float | None = None  # quiet hours: stored `held` until then, for the summary
 
 
 @dataclass(frozen=True)

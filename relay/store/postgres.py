@@ -43,8 +43,8 @@ from relay.store.records import (
     Circuit,
     ClaimResult,
     Job,
-    JobSpec,
     JobState,
+    Notification,
     RateLimit,
     TimerOp,
 )
@@ -212,7 +212,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
         finally:
             self._refresh_task = None
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         accepted, suppressed = await self._tx(self._accept, event, key, jobs, now, timers)
         self._backlog.add(accepted.jobs - suppressed)
@@ -220,7 +220,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
             self._wake()
         return accepted
 
-    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[JobSpec],
+    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[Notification],
                       now: float, timers: Sequence[TimerOp]) -> tuple[Accepted, int]:
         event_id = await insert_event(conn, event, key, now)
         if event_id < 0:

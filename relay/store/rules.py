@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from relay.store.records import (
     Circuit,
-    JobSpec,
     JobState,
+    Notification,
     RateLimit,
     Timer,
     TimerAction,
@@ -197,7 +197,7 @@ def summary_key(receiver: str, url_index: int) -> str:
     return f"{url_index}:{receiver}"
 
 
-def summary_ops(jobs: Iterable[JobSpec]) -> list[TimerOp]:
+def summary_ops(jobs: Iterable[Notification]) -> list[TimerOp]:
     """Every held job has its receiver URL's summary timer, due when its quiet time ends."""
     until: dict[tuple[str, int], float] = {}
     for j in jobs:

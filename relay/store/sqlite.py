@@ -29,9 +29,9 @@ from relay.store.records import (
     DeliverySummary,
     Job,
     JobDetail,
-    JobSpec,
     JobState,
     Minute,
+    Notification,
     RateLimit,
     ReceiverState,
     Stats,
@@ -151,7 +151,7 @@ class SQLiteStore(SQLiteLive):
     def backlog_estimate(self) -> int:
         return self._backlog.value
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         accepted = await self._call(self._accept, event, key, jobs, now, timers)
         if accepted.jobs or accepted.timers:
@@ -159,7 +159,7 @@ class SQLiteStore(SQLiteLive):
         return accepted
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
-                jobs: Sequence[JobSpec], now: float, timers: Sequence[TimerOp]) -> Accepted:
+                jobs: Sequence[Notification], now: float, timers: Sequence[TimerOp]) -> Accepted:
         inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now)).fetchall()
         if not inserted:
             return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
@@ -265,7 +265,7 @@ class SQLiteStore(SQLiteLive):
     async def timer_inputs(self, timer: Timer) -> TimerInputs:
         return await self._call(sqlite_timers.inputs, timer)
 
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+    async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
                    consumed: TimerInputs | None = None) -> int:
         change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
         self._backlog.add(change)
