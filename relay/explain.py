@@ -229,11 +229,7 @@ def _held_line(n: Notification, seen: Peek | None) -> str:
 
 
 def _ref(text: str) -> str:
-    try:
-        ref = MessageRef.from_json(text)
-    except (ValueError, KeyError, TypeError):
-        return "(unreadable ref)"
-    return strip_controls(f"{ref.platform} {ref.channel}/{ref.message}", single_line=True)
+    return strip_controls(MessageRef.shown(text), single_line=True)
 
 
 def _time(ts: float | None) -> str:

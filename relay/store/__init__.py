@@ -69,8 +69,8 @@ from relay.store.schema import SCHEMA_VERSION
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
            "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "DigestItem",
            "DigestJoin", "Job", "JobAttempt", "JobDetail", "JobQueue", "JobState",
-           "Ledger", "LiveMessages", "LiveRef", "LiveSlot",
-           "Minute", "Notification", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
+           "Ledger", "LiveMessages", "LiveRef", "LiveSlot", "Minute", "Notification",
+           "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
            "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
            "open_store"]
 
