@@ -60,7 +60,7 @@ BACKLOG_TTL = 1.0
 MIGRATIONS = migrations("postgres")
 
 
-class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
+class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
     def __init__(self, url: str, min_size: int = 0, max_size: int = 10, create: bool = True,
@@ -174,13 +174,6 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
                 # After a commit this must not turn into an error: the caller would think
                 # nothing happened (a claim would then sit out its lease unsent).
                 log.debug("dropping a broken connection: %s", describe(e))
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
-
-    def _wake(self) -> None:
-        for callback in list(self._subscribers):
-            callback()
 
     async def _notify(self, conn: Any) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._schema)

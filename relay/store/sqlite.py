@@ -78,7 +78,7 @@ def _make_folder(folder: Path) -> None:
                          " set store.url to a path in a folder the relay may write") from None
 
 
-class SQLiteStore(SQLiteLive):
+class SQLiteStore(SQLiteLive, rules.Wakeups):
     def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
         self.synchronous = synchronous
@@ -99,13 +99,6 @@ class SQLiteStore(SQLiteLive):
 
     async def close(self) -> None:
         await self._writer.stop()
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
-
-    def _wake(self) -> None:
-        for callback in list(self._subscribers):
-            callback()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._writer.call(fn, *args)
