@@ -37,11 +37,10 @@ from relay.schema import (
 )
 from relay.yamlfile import Source, Tree, resolve_env, yaml_error
 
-__all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config",
-           "DeliveriesConfig", "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy",
-           "RouteConfig",
-           "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig",
-           "WatchConfig", "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
+__all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config", "DeliveriesConfig",
+           "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
+           "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig", "WatchConfig",
+           "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
            "used_receivers"]
 
 DEFAULT_SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
@@ -286,14 +285,10 @@ def _retry(data: dict[str, Any], path: str, c: Checker) -> RetryPolicy:
 
 def _sending(top: dict[str, Any], c: Checker) -> tuple[SendingConfig, DeliveriesConfig]:
     """`sending:` and `deliveries:`, or the old `delivery:` section that mixed the two."""
-    sending, deliveries, path = legacy.sending_sections(top, c)
-    return _sending_section(sending, path, c), DeliveriesConfig(**deliveries)
-
-
-def _sending_section(data: dict[str, Any], path: str, c: Checker) -> SendingConfig:
+    data, deliveries, path = legacy.sending_sections(top, c)
     retry = _retry(data.pop("retry", {}), f"{path}.retry", c)
     circuit = Circuit(**c.section(data.pop("circuit", {}), f"{path}.circuit", "circuit"))
-    return SendingConfig(**data, retry=retry, circuit=circuit)
+    return SendingConfig(**data, retry=retry, circuit=circuit), DeliveriesConfig(**deliveries)
 
 
 def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
@@ -322,19 +317,23 @@ def _template(data: Any, path: str, c: Checker) -> TemplateConfig:
     return TemplateConfig(**c.section(data, path, "template"), path=path)
 
 
+def _inline_template(values: dict[str, Any], path: str) -> TemplateConfig:
+    """A route's or watch's own `title`, `body`, `type` and `format` (taken out of `values`)."""
+    return TemplateConfig(
+        **{k: values.pop(k) for k in ("title", "body", "type", "format") if k in values}, path=path)
+
+
 def _route(data: Any, path: str, c: Checker) -> RouteConfig:
     values = c.section(data, path, "route")
     if "match" not in values:
         values["match"] = {}
-    template = TemplateConfig(
-        **{k: values.pop(k) for k in ("title", "body", "type", "format") if k in values}, path=path)
     if not values.get("receivers"):
         c.error(f"{path}.receivers", "needs at least one receiver")
     return RouteConfig(
         name=values.get("name") or path,
         match=values["match"],
         receivers=values.get("receivers", ()),
-        template=template,
+        template=_inline_template(values, path),
         template_ref=values.get("template", ""),
         continue_=values.get("continue", False),
         suppress_stale=values.get("suppress_stale"),
@@ -351,40 +350,38 @@ def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
         if not values.get(key) and not any(i.path.startswith(f"{path}.{key}") for i in c.issues):
             c.error(f"{path}.{key}" if key != "name" else path, f'missing "{key}"'
                     if key not in values else f'"{key}" must not be empty or zero')
-    template = TemplateConfig(
-        **{k: values.pop(k) for k in ("title", "body", "type", "format") if k in values}, path=path)
     return WatchConfig(values.get("name", path), values.get("start", {}),
                        values.get("stop", ()), values.get("after", 0.0),
-                       values.get("receivers", ()), template, path)
+                       values.get("receivers", ()), _inline_template(values, path), path)
 
 
 def _check_references(config: Config, c: Checker) -> None:
     names: set[str] = set()
     for watch in config.watches:
-        for i, name in enumerate(watch.receivers):
-            if name not in config.receivers:
-                c.error(f"{watch.path}.receivers[{i}]", _undefined_receiver(name, config))
+        _check_receivers(watch, config, c)
         if watch.name in names:
             c.error(f"{watch.path}.name", f'duplicate watch "{watch.name}"')
         names.add(watch.name)
     for route in config.routes:
-        for i, name in enumerate(route.receivers):
-            if name not in config.receivers:
-                c.error(f"{route.path}.receivers[{i}]", _undefined_receiver(name, config))
+        _check_receivers(route, config, c)
     for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
                         *((f"{r.path}.quiet_hours.template", r.quiet_template)
                           for r in config.receivers.values())]:
         if named and named not in config.templates:
             c.error(path, f'undefined template "{named}"{did_you_mean(named, config.templates)}'
                     if shown(named) == repr(named) else f"undefined template ({shown(named)})")
-    for key in ("default_receiver",):
-        name = getattr(config, key)
-        if name and name not in config.receivers:
-            c.error(key, _undefined_receiver(name, config))
+    if config.default_receiver and config.default_receiver not in config.receivers:
+        c.error("default_receiver", _undefined_receiver(config.default_receiver, config))
     fallback = config.sending.fallback_receiver
     if fallback and fallback not in config.receivers:
         section = "delivery" if "delivery.fallback_receiver" in config.source.lines else "sending"
         c.error(f"{section}.fallback_receiver", _undefined_receiver(fallback, config))
+
+
+def _check_receivers(named_by: RouteConfig | WatchConfig, config: Config, c: Checker) -> None:
+    for i, name in enumerate(named_by.receivers):
+        if name not in config.receivers:
+            c.error(f"{named_by.path}.receivers[{i}]", _undefined_receiver(name, config))
 
 
 def _undefined_receiver(name: str, config: Config) -> str:

@@ -1,4 +1,8 @@
-"""How a payload value is made inert for the channel it is rendered for.
+"""How a payload value is made inert for the channel it is rendered for, and the `Channel`.
+
+A `Channel` is what the relay knows of one receiver URL (built by `relay.notify`
+from Apprise's plugin): its scheme, limits and what it renders each template
+format as; never the URL itself.
 
 Payload values are data: whatever a value holds must reach the channel as
 the text it is, never as markup, a link, a mention or a terminal command.
@@ -75,6 +79,25 @@ def strip_controls(text: str, single_line: bool = False) -> str:
     """Remove terminal sequences and control characters; `single_line` folds line breaks too."""
     text = _CONTROL.sub("", _TERMINAL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
     return _BREAKS.sub(" ", text) if single_line else text
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the pipeline needs to know about one receiver URL (never the URL itself)."""
+
+    scheme: str
+    label: str  # redacted, for display
+    body_max: int
+    title_max: int
+    # (template format, what the plugin renders it as), from Apprise's `resolve_format`
+    resolves: tuple[tuple[str, str], ...] = ()
+    title_in_body: bool = False  # Apprise sends "title\r\nbody" as one text
+
+    def renders_as(self, template_format: str) -> str:
+        return dict(self.resolves).get(template_format, template_format)
+
+
+NO_CHANNEL = Channel("", "", 0, 0)
 
 
 def for_channel(scheme: str, template_format: str, channel_format: str,

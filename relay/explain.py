@@ -10,12 +10,12 @@ from zoneinfo import ZoneInfo
 
 from relay.config import Config
 from relay.digests import group_of
-from relay.escaping import strip_controls
+from relay.escaping import Channel, strip_controls
 from relay.events import Event, parse_timestamp
 from relay.live import MessageRef, has_threads, why_not_live
 from relay.live.email import is_email, thread_id
 from relay.notify import converted
-from relay.pipeline import Channel, Notification, Plan
+from relay.pipeline import Notification, Plan
 from relay.quiet import until_epoch
 from relay.routing import Route
 from relay.runtime import Runtime, build_runtime
@@ -229,11 +229,7 @@ def _held_line(n: Notification, seen: Peek | None) -> str:
 
 
 def _ref(text: str) -> str:
-    try:
-        ref = MessageRef.from_json(text)
-    except (ValueError, KeyError, TypeError):
-        return "(unreadable ref)"
-    return strip_controls(f"{ref.platform} {ref.channel}/{ref.message}", single_line=True)
+    return strip_controls(MessageRef.shown(text), single_line=True)
 
 
 def _time(ts: float | None) -> str:

@@ -35,9 +35,8 @@ from apprise.conversion import convert_between
 
 from relay.config import BODY_FORMATS, Config, ReceiverConfig
 from relay.errors import Issue
-from relay.escaping import strip_controls
+from relay.escaping import Channel, strip_controls
 from relay.logs import scrub
-from relay.pipeline import Channel
 from relay.store.records import AttemptOutcome
 
 log = logging.getLogger(__name__)

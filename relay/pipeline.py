@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from relay.config import Config
-from relay.escaping import Escaping, for_channel
+from relay.escaping import NO_CHANNEL, Channel, Escaping, for_channel
 from relay.events import Event
 from relay.quiet import held
 from relay.routing import Match, Route, Router
-from relay.store.records import Timer, TimerInputs, TimerKind, TimerOp
-from relay.summaries import Batch, Limits, digest_op, render_digest, render_summary
+from relay.store.records import Notification, Timer, TimerInputs, TimerKind, TimerOp
+from relay.summaries import Batch, digest_op, render_digest, render_summary
 from relay.templating import Rendered, Templates
 from relay.watches import FALLBACK as WATCH_FALLBACK
 from relay.watches import Watches
@@ -29,41 +29,6 @@ log = logging.getLogger(__name__)
 ELLIPSIS = "…"
 NOTICE_ROUTE = "(receiver_failing)"  # the route name on notice jobs: no route made them
 WATCH_ROUTE = "watch:{}"  # the route name on a fired watch's jobs
-
-
-@dataclass(frozen=True)
-class Channel:
-    """What the pipeline needs to know about one receiver URL (never the URL itself)."""
-
-    scheme: str
-    label: str  # redacted, for display
-    body_max: int
-    title_max: int
-    # (template format, what the plugin renders it as), from Apprise's `resolve_format`
-    resolves: tuple[tuple[str, str], ...] = ()
-    title_in_body: bool = False  # Apprise sends "title\r\nbody" as one text
-
-    def renders_as(self, template_format: str) -> str:
-        return dict(self.resolves).get(template_format, template_format)
-
-
-NO_CHANNEL = Channel("", "", 0, 0)
-
-
-@dataclass(frozen=True)
-class Notification:
-    receiver: str
-    url_index: int
-    route: str
-    title: str
-    body: str
-    type: str
-    format: str
-    suppress_stale: bool = False
-    truncated: bool = False
-    live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
-    hold: float = 0.0  # the route's `hold`: seconds it waits for a newer one to replace it
-    held_until: float | None = None  # quiet hours: stored `held` until then, for the summary
 
 
 @dataclass(frozen=True)
@@ -143,7 +108,7 @@ class Planner:
         return (_from_batch(render_summary(self.templates, timer, inputs.held, now, limits),
                             receiver, index),)
 
-    def _address(self, timer: Timer) -> tuple[str, int, Limits]:
+    def _address(self, timer: Timer) -> tuple[str, int, Channel]:
         """The timer's receiver URL and its channel (none left in the config: no limits)."""
         receiver = str(timer.context.get("receiver", ""))
         index = int(timer.context.get("url_index", 0))

@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from relay.digests import Group, fit, group_of, timer_key, window_context
-from relay.escaping import Escaping, for_channel
+from relay.escaping import Channel, Escaping, for_channel
 from relay.events import Event
 from relay.noiseconfig import DigestConfig
 from relay.store.records import DigestItem, Job, Timer, TimerOp
 from relay.store.rules import BATCH_CEILING
-from relay.templating import CompiledTemplate, Templates, default_type
+from relay.templating import CompiledTemplate, Rendered, Templates, default_type
 
 SEVERITY = ("info", "success", "warning", "failure")
 # Held notifications were made inert for their channel when they were rendered.
@@ -30,29 +30,11 @@ ALREADY_ESCAPED = (Escaping(single_line=True), Escaping())
 QUIET_ROUTE = "(quiet hours)"  # the route name on summary jobs
 
 
-class Limits(Protocol):
-    """A channel's limits and how it renders (the planner's Channel fits)."""
-
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def body_max(self) -> int: ...
-    @property
-    def title_max(self) -> int: ...
-    @property
-    def title_in_body(self) -> bool: ...
-    def renders_as(self, template_format: str) -> str: ...
-
-
 @dataclass(frozen=True)
-class Batch:
-    """One fired digest or summary for one receiver URL, rendered and cut."""
+class Batch(Rendered):
+    """One fired digest or summary for one receiver URL, rendered and cut, and its route."""
 
     route: str
-    title: str
-    body: str
-    type: str
-    format: str
     truncated: bool
 
 
@@ -77,7 +59,7 @@ def severest(types: Sequence[str]) -> str:
 
 
 def render_digest(templates: Templates, timer: Timer, items: Sequence[DigestItem], now: float,
-                  channel: Limits) -> Batch:
+                  channel: Channel) -> Batch:
     """The digest of a closed window, cut to the channel's limits."""
     route = str(timer.context.get("route", ""))
     template = templates.compiled.get(route, templates.digest_default)
@@ -92,7 +74,7 @@ def render_digest(templates: Templates, timer: Timer, items: Sequence[DigestItem
 
 
 def render_summary(templates: Templates, timer: Timer, held: Sequence[Job], now: float,
-                   channel: Limits) -> Batch:
+                   channel: Channel) -> Batch:
     """The summary of what a receiver URL's quiet time held, cut to the channel's limits."""
     receiver = str(timer.context.get("receiver", ""))
     template = templates.summaries.get(receiver, templates.summary_default)
@@ -108,7 +90,7 @@ def render_summary(templates: Templates, timer: Timer, held: Sequence[Job], now:
 
 def _cut(templates: Templates, template: CompiledTemplate, fallback: CompiledTemplate,
          base: Mapping[str, Any], name: str, items: list[Any], type_: str,
-         escaping: tuple[Escaping, Escaping], route: str, channel: Limits) -> Batch:
+         escaping: tuple[Escaping, Escaping], route: str, channel: Channel) -> Batch:
     def render(k: int) -> str:
         return templates.render_context(template, fallback, {**base, name: items[:k]}, type_,
                                       escaping).body
@@ -120,8 +102,8 @@ def _cut(templates: Templates, template: CompiledTemplate, fallback: CompiledTem
     title = whole.title
     if channel.title_max and len(title) > channel.title_max:
         title = title[: channel.title_max - 1] + "…"
-    return Batch(route, title, body, whole.type, whole.format,
-                 shown < len(items) or title != whole.title or len(body) < len(whole.body))
+    return Batch(title, body, whole.type, whole.format, route=route,
+                 truncated=shown < len(items) or title != whole.title or len(body) < len(whole.body))
 
 
 def _event(payload: Mapping[str, Any]) -> Event:

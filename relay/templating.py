@@ -79,6 +79,8 @@ _escaping: ContextVar[Escaping] = ContextVar("escaping", default=PLAIN)
 
 @dataclass(frozen=True)
 class Rendered:
+    """What a template gave: the title and body, the Apprise type and the body format."""
+
     title: str
     body: str
     type: str

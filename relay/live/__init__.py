@@ -40,6 +40,15 @@ class MessageRef:
                            "message": self.message}, separators=(",", ":"))
 
     @classmethod
+    def shown(cls, text: str) -> str:
+        """A stored ref as people read it (`platform channel/message`), even a broken one."""
+        try:
+            ref = cls.from_json(text)
+        except (ValueError, KeyError, TypeError):
+            return "(unreadable ref)"
+        return f"{ref.platform} {ref.channel}/{ref.message}"
+
+    @classmethod
     def from_json(cls, text: str) -> MessageRef:
         data = json.loads(text)
         return cls(str(data["platform"]), str(data["channel"]), str(data["message"]))

@@ -47,17 +47,16 @@ class LiveSent:
     shows: bool = False  # the message now shows this job's state (even if its reply failed)
 
 
+@dataclass(frozen=True)
 class LiveSender:
     """Sends as `owner` (one send's own name: the hold is per send); `timeout` bounds the
     platform calls of one send, `lease` the hold on the message."""
 
-    def __init__(self, store: LiveMessages, owner: str, clock: Callable[[], float],
-                 lease: float = 60.0, timeout: float = 15.0) -> None:
-        self.store = store
-        self.owner = owner
-        self.clock = clock
-        self.lease = lease
-        self.timeout = timeout
+    store: LiveMessages
+    owner: str
+    clock: Callable[[], float]
+    lease: float = 60.0
+    timeout: float = 15.0
 
     async def send(self, client: LiveClient, job: LiveJob) -> LiveSent:
         try:

@@ -49,11 +49,11 @@ from relay.store.records import (
     Job,
     JobAttempt,
     JobDetail,
-    JobSpec,
     JobState,
     LiveRef,
     LiveSlot,
     Minute,
+    Notification,
     RateLimit,
     ReceiverState,
     Stats,
@@ -68,9 +68,9 @@ from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
            "AttemptOutcome", "Circuit", "ClaimResult", "DeliverySummary", "DigestItem",
-           "DigestJoin", "Job", "JobAttempt", "JobDetail", "JobQueue", "JobSpec", "JobState",
-           "Ledger", "LiveMessages", "LiveRef", "LiveSlot",
-           "Minute", "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
+           "DigestJoin", "Job", "JobAttempt", "JobDetail", "JobQueue", "JobState",
+           "Ledger", "LiveMessages", "LiveRef", "LiveSlot", "Minute", "Notification",
+           "RateLimit", "ReceiverState", "Stats", "Store", "Timeline", "TimelineEvent",
            "Timer", "TimerChange", "TimerInputs", "TimerOp", "TimerQueue", "new_owner",
            "open_store"]
 
@@ -78,7 +78,7 @@ __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt
 class JobQueue(Protocol):
     """The hot path: ingest accepts, the worker claims and records what each attempt gave."""
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         """Store the event, its jobs and its timer operations in one transaction.
 
@@ -106,7 +106,7 @@ class TimerQueue(Protocol):
                            ) -> list[Timer]:
         """Due timers (and those whose claim's lease expired), oldest due first."""
     async def timer_inputs(self, timer: Timer) -> TimerInputs: ...
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+    async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
                    consumed: TimerInputs | None = None) -> int:
         """Insert the timer's jobs and mark it fired, in one transaction; StaleClaim if the
         claim is no longer this one (re-armed, disarmed or taken over after its lease).

@@ -9,7 +9,7 @@ from relay.errors import StoreError
 from relay.events import Event
 from relay.store import rules, sql
 from relay.store.pg_support import rows_touched
-from relay.store.records import JobSpec
+from relay.store.records import Notification
 from relay.store.schema import from_row
 from relay.store.sql import numbered as q
 
@@ -44,7 +44,7 @@ async def track_delivery(conn: Any, event: Event, event_id: int, ts: float) -> t
     return rules.stale_reason(event.type, ts, newest, cancelled), suppressed
 
 
-async def hold(conn: Any, event_id: int, event: Event, spec: JobSpec, ts: float, now: float,
+async def hold(conn: Any, event_id: int, event: Event, spec: Notification, ts: float, now: float,
                ) -> tuple[sql.Queued, int]:
     """The job a notification becomes, and how many waiting jobs it replaced. The waiting
     rows are locked (a claim skips them) under the delivery's lock `track_delivery` took."""

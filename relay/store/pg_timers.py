@@ -10,7 +10,7 @@ from typing import Any
 from relay.errors import StaleClaim
 from relay.store import rules, sql, sql_noise
 from relay.store.pg_support import rows_touched
-from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
+from relay.store.records import Notification, Timer, TimerChange, TimerInputs, TimerOp
 from relay.store.schema import timer_from_row
 from relay.store.sql import numbered as q
 
@@ -32,7 +32,7 @@ class PostgresTimers:
         inputs: TimerInputs = await self._tx(timer_inputs, timer)
         return inputs
 
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+    async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
                    consumed: TimerInputs | None = None) -> int:
         async def fire(conn: Any) -> int:
             change = await fire_timer(conn, timer, jobs, consumed, now)
@@ -78,7 +78,7 @@ async def timer_inputs(conn: Any, timer: Timer) -> TimerInputs:
                             items, held)
 
 
-async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec],
+async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[Notification],
                      consumed: TimerInputs | None, now: float) -> int:
     """Mark the timer fired if this claim still holds it, insert its jobs, consume exactly
     what it rendered, and re-open it for what arrived meanwhile; the backlog change."""
@@ -96,18 +96,14 @@ async def fire_timer(conn: Any, timer: Timer, jobs: Sequence[JobSpec],
 
 
 async def _reopen(conn: Any, timer: Timer, now: float) -> None:
-    if timer.kind not in sql_noise.FIRST_WAITING:
-        return
-    args = (timer.id,) if timer.kind == "digest" else \
-        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = await conn.fetchrow(q(sql_noise.FIRST_WAITING[timer.kind]), *args)
+    waiting = sql_noise.first_waiting(timer)
+    row = await conn.fetchrow(q(waiting[0]), *waiting[1]) if waiting else None
     if row is not None:
-        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        await conn.execute(q(sql_noise.REOPEN), due, row[0], now, timer.id)
+        await conn.execute(q(sql_noise.REOPEN), *sql_noise.reopen_args(timer, row, now))
 
 
 async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: float,
-                       jobs: Sequence[JobSpec] = (), delivery_id: str = "",
+                       jobs: Sequence[Notification] = (), delivery_id: str = "",
                        ) -> tuple[TimerChange, ...]:
     """Apply an accepted event's timer operations, digest items and held jobs' summary
     timers; the operations that changed a timer."""

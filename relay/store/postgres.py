@@ -43,8 +43,8 @@ from relay.store.records import (
     Circuit,
     ClaimResult,
     Job,
-    JobSpec,
     JobState,
+    Notification,
     RateLimit,
     TimerOp,
 )
@@ -60,7 +60,7 @@ BACKLOG_TTL = 1.0
 MIGRATIONS = migrations("postgres")
 
 
-class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
+class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups):
     # No connection floor (min_size 0): asyncpg would log a traceback for every failed
     # attempt to restore it while the server is down; connections open on demand instead.
     def __init__(self, url: str, min_size: int = 0, max_size: int = 10, create: bool = True,
@@ -175,13 +175,6 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
                 # nothing happened (a claim would then sit out its lease unsent).
                 log.debug("dropping a broken connection: %s", describe(e))
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
-
-    def _wake(self) -> None:
-        for callback in list(self._subscribers):
-            callback()
-
     async def _notify(self, conn: Any) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._schema)
 
@@ -212,7 +205,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
         finally:
             self._refresh_task = None
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         accepted, suppressed = await self._tx(self._accept, event, key, jobs, now, timers)
         self._backlog.add(accepted.jobs - suppressed)
@@ -220,7 +213,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger):
             self._wake()
         return accepted
 
-    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[JobSpec],
+    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[Notification],
                       now: float, timers: Sequence[TimerOp]) -> tuple[Accepted, int]:
         event_id = await insert_event(conn, event, key, now)
         if event_id < 0:

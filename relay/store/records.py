@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 # Re-exported: the limits the store enforces are the config's own values.
 from relay.limits import Circuit as Circuit
@@ -23,32 +23,23 @@ TIMER_KINDS: tuple[TimerKind, ...] = get_args(TimerKind)
 TIMER_STATES: tuple[TimerState, ...] = get_args(TimerState)
 
 
-class JobSpec(Protocol):
-    """What `accept` persists per notification (the pipeline's Notification fits)."""
+@dataclass(frozen=True)
+class Notification:
+    """What the planner made for one receiver URL, rendered and cut to its channel; `accept`
+    persists each as a job (the pipeline plans them, the store keeps them)."""
 
-    @property
-    def receiver(self) -> str: ...
-    @property
-    def url_index(self) -> int: ...
-    @property
-    def route(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def body(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
-    def suppress_stale(self) -> bool: ...
-    @property
-    def live(self) -> bool: ...
-    @property
-    def hold(self) -> float: ...
-    @property
-    def held_until(self) -> float | None:
-        """Quiet hours: stored `held` until then, for the receiver URL's summary."""
+    receiver: str
+    url_index: int
+    route: str
+    title: str
+    body: str
+    type: str
+    format: str
+    suppress_stale: bool = False
+    truncated: bool = False
+    live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
+    hold: float = 0.0  # the route's `hold`: seconds it waits for a newer one to replace it
+    held_until: float | None = None  # quiet hours: stored `held` until then, for the summary
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ caller (only the backlog estimate's age is measured on the monotonic clock).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from relay.store.records import (
     Circuit,
-    JobSpec,
     JobState,
+    Notification,
     RateLimit,
     Timer,
     TimerAction,
@@ -197,7 +197,7 @@ def summary_key(receiver: str, url_index: int) -> str:
     return f"{url_index}:{receiver}"
 
 
-def summary_ops(jobs: Iterable[JobSpec]) -> list[TimerOp]:
+def summary_ops(jobs: Iterable[Notification]) -> list[TimerOp]:
     """Every held job has its receiver URL's summary timer, due when its quiet time ends."""
     until: dict[tuple[str, int], float] = {}
     for j in jobs:
@@ -261,6 +261,20 @@ class Backlog:
     @property
     def stale(self) -> bool:
         return time.monotonic() - self._at > self.ttl
+
+
+class Wakeups:
+    """`subscribe` and `_wake`, the same in both stores: the subscribers (the worker) are
+    called when jobs are new or replayed. The store sets `_subscribers` to a list."""
+
+    _subscribers: list[Callable[[], None]]
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._subscribers.append(callback)
+
+    def _wake(self) -> None:
+        for callback in list(self._subscribers):
+            callback()
 
 
 LiveAction = Literal["post", "edit", "skip"]

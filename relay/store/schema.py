@@ -174,15 +174,15 @@ INDEXES_6 = (Index("live_messages_updated", "live_messages", "updated_at"),)
 TABLES_7 = (Table("digest_items", (
     _c("id", "key"), _c("timer_id", "ref:timers"), _c("event_id", "ref:events"),
     _c("delivery_id"), _c("added_at", "real"), _c("fired_at", "real", null=True))),)
+_DIGEST_ITEMS_7 = (Index("digest_items_event", "digest_items", "event_id"),
+                   Index("digest_items_delivery", "digest_items", "delivery_id"))
 INDEXES_7: dict[Dialect, tuple[Index, ...]] = {
     "sqlite": (Index("digest_items_timer", "digest_items", "timer_id, fired_at, id"),
-               Index("digest_items_event", "digest_items", "event_id"),
-               Index("digest_items_delivery", "digest_items", "delivery_id"),
+               *_DIGEST_ITEMS_7,
                Index("jobs_held", "jobs", "state, receiver, url_index, next_attempt_at")),
     "postgres": (Index("digest_items_waiting", "digest_items", "timer_id, id",
                        "fired_at IS NULL"),
-                 Index("digest_items_event", "digest_items", "event_id"),
-                 Index("digest_items_delivery", "digest_items", "delivery_id"),
+                 *_DIGEST_ITEMS_7,
                  Index("jobs_held", "jobs", "receiver, url_index, next_attempt_at, id",
                        "state = 'held'")),
 }

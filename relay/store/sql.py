@@ -24,10 +24,10 @@ from relay.store.records import (
     DigestJoin,
     Job,
     JobAttempt,
-    JobSpec,
     JobState,
     LiveRef,
     Minute,
+    Notification,
     Timeline,
     TimelineEvent,
     Timer,
@@ -240,13 +240,13 @@ def numbered(sql: str) -> str:
 class Queued:
     """One job of an accepted event as it is inserted: due when, in which state, and why."""
 
-    spec: JobSpec
+    spec: Notification
     due: float
     state: JobState = "pending"
     reason: str = ""
 
 
-def queued(spec: JobSpec, coalesced: Coalesced) -> Queued:
+def queued(spec: Notification, coalesced: Coalesced) -> Queued:
     """The job a notification becomes after `rules.coalesce`; held (quiet hours) wins."""
     if spec.held_until is not None:
         return Queued(spec, spec.held_until, "held")
@@ -255,7 +255,7 @@ def queued(spec: JobSpec, coalesced: Coalesced) -> Queued:
     return Queued(spec, coalesced.due)
 
 
-def waiting_key(event: Event, spec: JobSpec) -> tuple[Any, ...] | None:
+def waiting_key(event: Event, spec: Notification) -> tuple[Any, ...] | None:
     """WAITING's parameters for a held notification; None when it is not held.
 
     A notification held for quiet hours neither replaces what waits (the summary lists it
@@ -283,7 +283,7 @@ def replace_args(ids: Sequence[int], event_id: int, now: float) -> list[tuple[An
     return [(replaced_reason(event_id), now, i) for i in ids]
 
 
-def _due(job: JobSpec, now: float) -> tuple[float, JobState]:
+def _due(job: Notification, now: float) -> tuple[float, JobState]:
     return (now, "pending") if job.held_until is None else (job.held_until, "held")
 
 
@@ -295,7 +295,7 @@ def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
             json.dumps(dict(op.context), sort_keys=True))
 
 
-def timer_job_rows(timer: Timer, jobs: Sequence[JobSpec], now: float) -> list[tuple[Any, ...]]:
+def timer_job_rows(timer: Timer, jobs: Sequence[Notification], now: float) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
     return [(timer.event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type,
              j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, due, False, None,

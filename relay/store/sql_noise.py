@@ -5,6 +5,11 @@ Written with `?` like `relay.store.sql` (`sql.numbered` makes them PostgreSQL's)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from relay.store import rules
+from relay.store.records import Timer
 from relay.store.schema import JOB_COLUMNS
 
 TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
@@ -30,3 +35,19 @@ FIRST_WAITING = {
 }
 REOPEN = ("UPDATE timers SET state = 'armed', due_at = ?, event_id = ?, armed_at = ?,"
           " ended_at = NULL WHERE id = ? AND state = 'fired'")
+
+
+def first_waiting(timer: Timer) -> tuple[str, tuple[Any, ...]] | None:
+    """The statement and arguments of `FIRST_WAITING` for a fired timer; None for a kind
+    (a watch) that leaves nothing waiting."""
+    if timer.kind not in FIRST_WAITING:
+        return None
+    args = (timer.id,) if timer.kind == "digest" else \
+        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
+    return FIRST_WAITING[timer.kind], args
+
+
+def reopen_args(timer: Timer, waiting: Sequence[Any], now: float) -> tuple[Any, ...]:
+    """`REOPEN`'s arguments, from the `first_waiting` row (event id, time, how many wait)."""
+    due = rules.reopen_due(timer.kind, timer.context, waiting[1], waiting[2], now)
+    return due, waiting[0], now, timer.id

@@ -29,9 +29,9 @@ from relay.store.records import (
     DeliverySummary,
     Job,
     JobDetail,
-    JobSpec,
     JobState,
     Minute,
+    Notification,
     RateLimit,
     ReceiverState,
     Stats,
@@ -78,7 +78,7 @@ def _make_folder(folder: Path) -> None:
                          " set store.url to a path in a folder the relay may write") from None
 
 
-class SQLiteStore(SQLiteLive):
+class SQLiteStore(SQLiteLive, rules.Wakeups):
     def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
         self.synchronous = synchronous
@@ -99,13 +99,6 @@ class SQLiteStore(SQLiteLive):
 
     async def close(self) -> None:
         await self._writer.stop()
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        self._subscribers.append(callback)
-
-    def _wake(self) -> None:
-        for callback in list(self._subscribers):
-            callback()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._writer.call(fn, *args)
@@ -151,7 +144,7 @@ class SQLiteStore(SQLiteLive):
     def backlog_estimate(self) -> int:
         return self._backlog.value
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[JobSpec], *, now: float,
+    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         accepted = await self._call(self._accept, event, key, jobs, now, timers)
         if accepted.jobs or accepted.timers:
@@ -159,7 +152,7 @@ class SQLiteStore(SQLiteLive):
         return accepted
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
-                jobs: Sequence[JobSpec], now: float, timers: Sequence[TimerOp]) -> Accepted:
+                jobs: Sequence[Notification], now: float, timers: Sequence[TimerOp]) -> Accepted:
         inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now)).fetchall()
         if not inserted:
             return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
@@ -265,7 +258,7 @@ class SQLiteStore(SQLiteLive):
     async def timer_inputs(self, timer: Timer) -> TimerInputs:
         return await self._call(sqlite_timers.inputs, timer)
 
-    async def fire(self, timer: Timer, jobs: Sequence[JobSpec], *, now: float,
+    async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
                    consumed: TimerInputs | None = None) -> int:
         change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
         self._backlog.add(change)

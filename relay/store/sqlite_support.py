@@ -13,11 +13,11 @@ import sqlite3
 
 from relay.events import Event
 from relay.store import rules, sql
-from relay.store.records import JobSpec
+from relay.store.records import Notification
 from relay.store.schema import from_row
 
 
-def hold(conn: sqlite3.Connection, event_id: int, event: Event, spec: JobSpec, ts: float,
+def hold(conn: sqlite3.Connection, event_id: int, event: Event, spec: Notification, ts: float,
          now: float) -> tuple[sql.Queued, int]:
     """The job a notification becomes, and how many waiting jobs it replaced."""
     key = sql.waiting_key(event, spec)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from relay.errors import StaleClaim
 from relay.store import rules, sql, sql_noise
-from relay.store.records import JobSpec, Timer, TimerChange, TimerInputs, TimerOp
+from relay.store.records import Notification, Timer, TimerChange, TimerInputs, TimerOp
 from relay.store.schema import timer_from_row
 
 
@@ -36,7 +36,7 @@ def inputs(conn: sqlite3.Connection, timer: Timer) -> TimerInputs:
         items, held)
 
 
-def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[JobSpec],
+def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[Notification],
           event_id: int, delivery_id: str, now: float) -> tuple[TimerChange, ...]:
     """An accepted event's timer operations, digest items and held jobs' summary timers."""
     changes = []
@@ -52,7 +52,7 @@ def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[JobSp
     return tuple(changes)
 
 
-def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
+def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[Notification],
          consumed: TimerInputs | None, now: float) -> int:
     """Mark the timer fired under its claim, insert its jobs, consume exactly what it
     rendered, and re-open it for what arrived meanwhile. Returns the backlog change."""
@@ -70,11 +70,7 @@ def fire(conn: sqlite3.Connection, timer: Timer, jobs: Sequence[JobSpec],
 
 
 def _reopen(conn: sqlite3.Connection, timer: Timer, now: float) -> None:
-    if timer.kind not in sql_noise.FIRST_WAITING:
-        return
-    args = (timer.id,) if timer.kind == "digest" else \
-        (timer.context.get("receiver", ""), timer.context.get("url_index", 0))
-    row = conn.execute(sql_noise.FIRST_WAITING[timer.kind], args).fetchone()
+    waiting = sql_noise.first_waiting(timer)
+    row = conn.execute(*waiting).fetchone() if waiting else None
     if row is not None:
-        due = rules.reopen_due(timer.kind, timer.context, row[1], row[2], now)
-        conn.execute(sql_noise.REOPEN, (due, row[0], now, timer.id))
+        conn.execute(sql_noise.REOPEN, sql_noise.reopen_args(timer, row, now))

@@ -113,7 +113,7 @@ def create_ui() -> web.Application:
 
     app = web.Application(middlewares=[guard])
     app[UI] = UiState(environment(), Sessions())
-    pages.add_routes(app.router)
+    app.router.add_routes(pages.routes)
     app.router.add_static("/static/", STATIC)
     return app
 

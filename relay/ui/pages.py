@@ -21,20 +21,10 @@ DEAD_PAGE = 200
 MAX_TESTER_BYTES = 65536
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("", to_overview)
-    router.add_get("/", overview)
-    router.add_get("/login", login_form)
-    router.add_post("/login", login)
-    router.add_post("/logout", logout)
-    router.add_get("/deliveries", deliveries)
-    router.add_get("/delivery", delivery)
-    router.add_get("/dead", dead)
-    router.add_post("/dead/replay", replay)
-    router.add_get("/tester", tester)
-    router.add_post("/tester", tester)
+routes = web.RouteTableDef()  # each handler's path (under /ui/) stands above it
 
 
+@routes.get("")
 async def to_overview(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/ui/")
 
@@ -52,6 +42,7 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
     return web.Response(text=html, status=status, content_type="text/html")
 
 
+@routes.get("/")
 async def overview(request: web.Request) -> web.Response:
     s = services(request)
     now = s.clock()
@@ -64,6 +55,7 @@ async def overview(request: web.Request) -> web.Response:
                 receivers=rows, title="Overview")
 
 
+@routes.get("/deliveries")
 async def deliveries(request: web.Request) -> web.StreamResponse:
     s = services(request)
     wanted = request.query.get("delivery_id", "").strip()
@@ -76,6 +68,7 @@ async def deliveries(request: web.Request) -> web.StreamResponse:
                 not_found=bool(wanted), title="Deliveries")
 
 
+@routes.get("/delivery")
 async def delivery(request: web.Request) -> web.Response:
     s = services(request)
     wanted = request.query.get("id", "")
@@ -87,6 +80,7 @@ async def delivery(request: web.Request) -> web.Response:
     return page(request, "delivery.html", view=view, title=f"Delivery {wanted}")
 
 
+@routes.get("/dead")
 async def dead(request: web.Request) -> web.Response:
     s = services(request)
     receiver = request.query.get("receiver") or None
@@ -96,6 +90,7 @@ async def dead(request: web.Request) -> web.Response:
                 replayed=request.query.get("replayed"), title="Dead letters")
 
 
+@routes.post("/dead/replay")
 async def replay(request: web.Request) -> web.StreamResponse:
     if not request[VISITOR].may_replay:
         return error(403, "Forbidden", "the viewer token can look but not replay")
@@ -115,6 +110,8 @@ async def replay(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/ui/dead?" + _query(**back))
 
 
+@routes.get("/tester")
+@routes.post("/tester")
 async def tester(request: web.Request) -> web.Response:
     text, report, problem = "", "", None
     if request.method == "POST":
@@ -140,6 +137,7 @@ def _explain(request: web.Request, text: str) -> str:
 # ---------------------------------------------------------------- login
 
 
+@routes.get("/login")
 async def login_form(request: web.Request) -> web.StreamResponse:
     visitor = visitor_of(request, services(request).clock())
     if visitor:
@@ -148,6 +146,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
                 title="Log in")
 
 
+@routes.post("/login")
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     t = tokens(request)
@@ -163,6 +162,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.post("/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     request.config_dict[UI].sessions.end(request.cookies.get(COOKIE), services(request).clock())
     response = web.Response(status=303, headers={"Location": "/ui/login"})

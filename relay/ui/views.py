@@ -280,13 +280,7 @@ def _live(timeline: Timeline) -> tuple[LiveView, ...]:
 
 
 def _message(text: str | None) -> str:
-    if text is None:
-        return ""
-    try:
-        ref = MessageRef.from_json(text)
-    except (ValueError, KeyError, TypeError):
-        return "(unreadable ref)"
-    return f"{ref.platform} {ref.channel}/{ref.message}"
+    return "" if text is None else MessageRef.shown(text)
 
 
 def _digests(timeline: Timeline) -> tuple[DigestView, ...]:
