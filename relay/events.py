@@ -174,10 +174,14 @@ def lookup(data: Any, path: str, default: Any = None) -> Any:
     return current
 
 
+# json.dumps with options would build this encoder again for every event.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dedup_key(event: Event, fields: Iterable[str] | None = None) -> str:
     """Hash of the canonical event (or of the chosen fields): a Kourier retry maps to the same key."""
     subject: Any = event.payload
     if fields:
         subject = {f: lookup(event.payload, f) for f in fields}
-    canonical = json.dumps(subject, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _CANONICAL.encode(subject)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -93,3 +93,17 @@ async def test_forged_delivery_id_and_request_id_stay_on_their_own_log_line(runn
     seen = {p[4].get("request_id") for p in parsed} - {None}
     assert len(seen) == 1 and "\n" not in seen.pop()
     assert any(p[3] == "rejected: bad or missing token" for p in parsed)
+
+
+def test_each_record_is_stamped_with_its_own_second_in_any_order():
+    formatter = TextFormatter()
+
+    def stamp(created: float) -> str:
+        record = logging.LogRecord("relay", logging.INFO, "", 0, "m", None, None)
+        record.created = created
+        return formatter.format(record).split(" ", 1)[0]
+
+    t = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert [stamp(t), stamp(t + 0.9), stamp(t + 1.2), stamp(t - 0.5), stamp(t + 61)] == [
+        "2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z", "2027-01-15T08:00:01Z",
+        "2027-01-15T07:59:59Z", "2027-01-15T08:01:01Z"]
