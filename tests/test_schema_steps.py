@@ -113,6 +113,7 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_8_keeping_every_row
         partial = {r[1]: r[4] for r in conn.execute("PRAGMA index_list(jobs)")}
         assert partial["jobs_held"] == 1
         assert "timers_delivery" not in {r[1] for r in conn.execute("PRAGMA index_list(timers)")}
+        assert [r[2] for r in conn.execute("PRAGMA index_info(jobs_delivery)")] == ["delivery_id"]
         conn.execute("PRAGMA foreign_keys=ON")  # (outside a transaction, or it is a no-op)
         conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")  # the wider CHECK
         conn.execute("DELETE FROM events WHERE id = 2")  # still cascades into jobs, attempts

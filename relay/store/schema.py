@@ -128,7 +128,7 @@ _READ_SIDE_5 = (Index("events_delivery", "events", "delivery_id"),
                 Index("attempts_failed", "attempts", "id", "outcome <> 'sent'"))
 INDEXES_5: dict[Dialect, tuple[Index, ...]] = {
     "sqlite": (*_READ_SIDE_5, Index("events_received", "events", "received_at")),
-    # SQLite's jobs_delivery covers every state; PostgreSQL's is partial (pending only).
+    # SQLite's jobs_delivery covers every job; PostgreSQL's is partial (pending only).
     "postgres": (*_READ_SIDE_5, Index("jobs_delivery_all", "jobs", "delivery_id")),
 }
 
@@ -192,13 +192,18 @@ STATE_CHECK_7 = _state_check(JOB_STATES)
 # instead of `timers_delivery`, which took one entry at a random place per armed timer:
 # at a million armed timers that index outgrew SQLite's page cache and slowed ingest. On
 # SQLite `jobs_held` becomes partial like PostgreSQL's: it took an entry for every job,
-# for the few that wait out quiet hours; PostgreSQL's `timers_event` now covers ended
-# timers too (the timeline shows them).
-_HELD_8 = Index("jobs_held", "jobs", "receiver, url_index, next_attempt_at, id", "state = 'held'")
-DROPS_8: dict[Dialect, tuple[str, ...]] = {"sqlite": ("timers_delivery", "jobs_held"),
-                                           "postgres": ("timers_delivery", "timers_event")}
+# for the few that wait out quiet hours; SQLite's `jobs_delivery` loses its `state`
+# column, so a claim and a completion no longer move the job's entry in it (a
+# delivery has a handful of jobs: the state is read from the rows); PostgreSQL's
+# `timers_event` now covers ended timers too (the timeline shows them).
+DROPS_8: dict[Dialect, tuple[str, ...]] = {
+    "sqlite": ("timers_delivery", "jobs_held", "jobs_delivery"),
+    "postgres": ("timers_delivery", "timers_event")}
 INDEXES_8: dict[Dialect, tuple[Index, ...]] = {
-    "sqlite": (_HELD_8,), "postgres": (Index("timers_event", "timers", "event_id"),)}
+    "sqlite": (Index("jobs_held", "jobs", "receiver, url_index, next_attempt_at, id",
+                     "state = 'held'"),
+               Index("jobs_delivery", "jobs", "delivery_id")),
+    "postgres": (Index("timers_event", "timers", "event_id"),)}
 
 
 # Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
