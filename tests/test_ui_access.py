@@ -104,6 +104,42 @@ async def test_a_wrong_token_shows_the_form_again_and_sets_no_cookie(running, si
     assert "Set-Cookie" not in resp.headers and "admin-secreT" not in page
 
 
+async def test_ten_wrong_tokens_lock_the_form_for_that_address_until_the_window_passes(
+        running, sink):
+    """On the fake clock: the eleventh try within five minutes is refused unchecked (429
+    with Retry-After), even with the right token; after the window the right token logs in."""
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    r = await start_ui_relay(running, sink, clock=clock)
+    for n in range(10):
+        clock.advance(1)
+        assert (await login(r, f"guess-{n}")).status == 401
+    clock.advance(100)  # 109 s after the first failure
+    resp = await login(r, ADMIN)
+    page = await resp.text()
+    assert resp.status == 429 and resp.headers["Retry-After"] == "191"
+    assert "Too many wrong tokens" in page and "Set-Cookie" not in resp.headers
+    clock.advance(191)  # the window that began with the first failure has passed
+    resp = await login(r, ADMIN)
+    assert resp.status == 303 and "kourier_session" in resp.cookies
+
+
+def test_the_login_throttle_forgets_on_success_and_stays_bounded() -> None:
+    from relay.ui.access import LoginThrottle
+
+    throttle = LoginThrottle(limit=2, window=60, addresses=3)
+    throttle.failed("a", 0)
+    throttle.succeeded("a")
+    throttle.failed("a", 1)
+    assert throttle.wait("a", 2) == 0  # one failure since the success: below the limit
+    throttle.failed("a", 2)
+    assert throttle.wait("a", 3) == 58  # the window began at the failure at 1
+    for address in ("b", "c", "d"):  # a fourth address pushes out the quietest, "a"
+        throttle.failed(address, 4)
+    assert throttle.wait("a", 5) == 0 and len(throttle._failures) == 3
+
+
 async def test_a_forged_or_altered_session_cookie_is_refused(running, sink):
     r = await start_ui_relay(running, sink)
     value = (await login(r, VIEWER)).cookies["kourier_session"].value

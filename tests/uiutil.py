@@ -29,14 +29,14 @@ routes:
 """
 
 
-async def start_ui_relay(running: Any, sink: Sink) -> RunningRelay:
+async def start_ui_relay(running: Any, sink: Sink, **options: Any) -> RunningRelay:
     """A relay whose `chat` receiver is the sink at /chat (its URL carries a secret).
 
     Its client session keeps cookies of 127.0.0.1 (aiohttp's jar drops cookies of IP
     addresses by default), as a browser does.
     """
     r = await running(UI_CONFIG, server=f"viewer_token: {VIEWER}",
-                      chat=sink.url("chat", token="SINK-SECRET-42"))
+                      chat=sink.url("chat", token="SINK-SECRET-42"), **options)
     await r.session.close()
     r.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
     return r

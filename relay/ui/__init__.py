@@ -19,7 +19,7 @@ from urllib.parse import quote
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from relay.ui.access import COOKIE, Sessions, Tokens, Visitor, bearer_role, csrf_ok
+from relay.ui.access import COOKIE, LoginThrottle, Sessions, Tokens, Visitor, bearer_role, csrf_ok
 from relay.ui.views import ago, iso, when
 from relay.web import SERVICES, error
 
@@ -34,6 +34,7 @@ OPEN_PATHS = ("/ui/login", "/ui/static/")
 class UiState:
     env: Environment
     sessions: Sessions
+    logins: LoginThrottle
 
 
 UI = web.AppKey("ui", UiState)
@@ -112,7 +113,7 @@ def create_ui() -> web.Application:
     from relay.ui import pages
 
     app = web.Application(middlewares=[guard])
-    app[UI] = UiState(environment(), Sessions())
+    app[UI] = UiState(environment(), Sessions(), LoginThrottle())
     app.router.add_routes(pages.routes)
     app.router.add_static("/static/", STATIC)
     return app

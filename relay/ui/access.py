@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +103,39 @@ class Sessions:
         if len(parts) == 4 and parts[1].isdigit():
             self._ended[parts[2]] = float(parts[1])
         self._ended = {n: t for n, t in self._ended.items() if t > now}
+
+
+class LoginThrottle:
+    """Failed logins per client address: after `limit` within `window` seconds, the form
+    refuses every try (429, even the right token) until that window, which began with
+    the first failure, has passed. A success forgets the address's failures. At most
+    `addresses` are remembered (the longest quiet go first), so a flood of addresses
+    costs bounded memory. Behind a proxy every client shares the proxy's address: a
+    guesser there locks the form for everyone for one window, never opens it."""
+
+    def __init__(self, limit: int = 10, window: float = 300.0,
+                 addresses: int = 10_000) -> None:
+        self.limit, self.window, self.addresses = limit, window, addresses
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def wait(self, address: str, now: float) -> float:
+        """Seconds until `address` may try again; 0 if it may now."""
+        start, count = self._failures.get(address, (now, 0))
+        if now - start >= self.window:
+            self._failures.pop(address, None)
+            return 0.0
+        return start + self.window - now if count >= self.limit else 0.0
+
+    def failed(self, address: str, now: float) -> None:
+        start, count = self._failures.pop(address, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        self._failures[address] = (start, count + 1)
+        while len(self._failures) > self.addresses:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
 
 
 def csrf_ok(visitor: Visitor, given: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -150,11 +151,22 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     t = tokens(request)
-    role = role_for(str(form.get("token") or ""), t)
     target = _next(str(form.get("next") or ""))
+    throttle, address, now = request.config_dict[UI].logins, request.remote or "", \
+        services(request).clock()
+    wait = throttle.wait(address, now)
+    if wait > 0:  # too many wrong tokens from here: not even checked
+        retry = str(math.ceil(wait))
+        response = page(request, "login.html", status=429, next=target, failed=False,
+                        wait=retry, title="Log in")
+        response.headers["Retry-After"] = retry
+        return response
+    role = role_for(str(form.get("token") or ""), t)
     if role is None:
+        throttle.failed(address, now)
         return page(request, "login.html", status=401, next=target, failed=True,
                     title="Log in")
+    throttle.succeeded(address)
     cookie = request.config_dict[UI].sessions.issue(role, t, services(request).clock())
     response = web.Response(status=303, headers={"Location": target})
     response.set_cookie(COOKIE, cookie, max_age=int(SESSION_TTL), path="/ui/", httponly=True,
