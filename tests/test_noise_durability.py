@@ -143,8 +143,17 @@ async def test_two_replicas_on_postgresql_send_one_digest_per_group(tmp_path, si
 
 @pytest.mark.postgres
 async def test_two_relays_on_postgresql_on_one_clock_send_one_summary_and_one_digest(tmp_path,
-                                                                                     sink):
-    """Both workers pass at the same instant of a fake clock: each timer is claimed once."""
+                                                                                     sink, caplog):
+    """Both workers pass at the same instant of a fake clock: each timer is claimed once.
+
+    The lease outlasts the whole fake span (21:55 to 07:00). Leases are measured
+    on the fake clock, but a send runs in real time: with the default 60 s lease,
+    a background loop's send of d2 that was still in flight while the test moved
+    the clock on had, in fake time, taken hours, so the other relay rightly took
+    the job over when its lease expired and sent it again (at least once, as for
+    a replica that vanished mid-send). In production the lease and
+    `attempt_timeout` (15 s, under the 60 s lease) run on the same clock.
+    """
     from aiohttp import ClientSession
     from aiohttp.test_utils import TestServer
 
@@ -164,6 +173,8 @@ server:
   tokens: ["{TOKEN}"]
 store:
   url: "{dsn}"
+sending:
+  lease: 1d
 receivers:
   - name: ops
     urls: ["{sink.url('ops')}"]
@@ -204,3 +215,4 @@ routes:
     assert sorted(m["title"] for m in sink.messages("ops")) == [
         "1 notification during quiet hours", "Delivery d0: In transit",
         "Delivery d2: In transit"]
+    assert "taken over" not in caplog.text  # no claim outlived its lease
