@@ -37,7 +37,8 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops):
+    for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops,
+                 short_lease):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -57,6 +58,20 @@ def store_url(config: Config) -> list[Issue]:
     except StoreError as e:
         return [config.source.issue("store.url", str(e))]
     return []
+
+
+def short_lease(config: Config) -> list[Issue]:
+    """A claim must outlive the send it covers: a lease no longer than one attempt's
+    timeout lets another worker take over a slow send and send it again."""
+    s = config.sending
+    if s.lease > s.attempt_timeout:
+        return []
+    path = "sending.lease" if "sending.lease" in config.source.lines else \
+        "sending.attempt_timeout"
+    return [config.source.issue(path, f"the lease ({s.lease:g}s) is not longer than"
+                                f" attempt_timeout ({s.attempt_timeout:g}s): a send that"
+                                " runs long loses its claim and is sent twice; make the"
+                                " lease several times longer", "warning")]
 
 
 def cannot_edit(config: Config) -> list[Issue]:

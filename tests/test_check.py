@@ -285,3 +285,21 @@ default_receiver: log
 """)
     assert check("-c", str(cfg)).stdout == (
         f'{cfg}:8: routes[0].body: template error: unknown filter "nope"\n')
+
+
+def test_check_warns_when_the_lease_does_not_outlive_a_send(tmp_path):
+    cfg = tmp_path / "lease.yaml"
+    cfg.write_text("server:\n  tokens: [\"t0ken\"]\nsending:\n  attempt_timeout: 30s\n"
+                   "  lease: 20s\nreceivers:\n  - name: log\n    urls: [\"console://\"]\n"
+                   "routes:\n  - match: {}\n    receivers: [log]\n")
+    result = subprocess.run([sys.executable, "-m", "relay", "check", "--strict", "-c", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert ("lease.yaml:5: sending.lease: warning: the lease (20s) is not longer than"
+            " attempt_timeout (30s)") in out
+    assert "Traceback" not in out
+    cfg.write_text(cfg.read_text().replace("lease: 20s", "lease: 2m"))
+    result = subprocess.run([sys.executable, "-m", "relay", "check", "--strict", "-c", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
