@@ -13,6 +13,7 @@ hear each job's decision.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -23,6 +24,10 @@ from relay.store import Timer, TimerQueue
 
 log = logging.getLogger("relay.worker")  # operators filter on the worker's logger name
 BATCH = 50  # due timers claimed per pass; a full batch means another pass at once
+# Unless timers were armed or changed meanwhile (`kick`), the store is asked for due
+# timers at most this often (real seconds, the worker's poll): a pass that only claims
+# jobs (one per send completion while a backlog drains) then costs no timer claim.
+LOOK = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,24 @@ class TimerPass:
         self.owner = owner
         self.on_crash = on_crash
         self.observers: list[TimerObserver] = []
+        self._next_look = 0.0
 
     def subscribe(self, observer: TimerObserver) -> None:
         self.observers.append(observer)
 
+    def kick(self) -> None:
+        """Timers were armed or changed: the next pass asks the store."""
+        self._next_look = 0.0
+
     async def run(self, rt: Runtime, now: float) -> bool:
-        """Fire every due timer of one batch; True when the batch was full (more may be due)."""
+        """Fire every due timer of one batch; True when the batch was full (more may be due).
+
+        Asks the store only when kicked, or `LOOK` seconds after it last asked."""
+        if time.monotonic() < self._next_look:
+            return False
         timers = await self.store.claim_timers(limit=BATCH, now=now,
                                                lease=rt.config.sending.lease, owner=self.owner)
+        self._next_look = time.monotonic() + LOOK if len(timers) < BATCH else 0.0
         for timer in timers:
             try:
                 report = await self._fire(timer, rt, now)

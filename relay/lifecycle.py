@@ -106,6 +106,7 @@ class Relay:
         remote = self.config.store.url.startswith(("postgresql:", "postgres:"))
         await self._open_store(STORE_WAIT if remote else 0.0)
         self.store.subscribe(self.worker.wake)
+        self.store.subscribe_timers(self.worker.wake_timers)
         self.supervise("worker", self.worker.run())
         self.supervise("purge", self._purge_loop())
         self.supervise("watch-config", self._watch_loop())

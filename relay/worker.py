@@ -87,6 +87,11 @@ class Worker:
         self._not_before.clear()
         self._wake.set()
 
+    def wake_timers(self) -> None:
+        """Timers were armed or changed: look for due ones in the next pass."""
+        self.timers.kick()
+        self._wake.set()
+
     async def pause(self) -> None:
         """Claim nothing until `resume()`; returns once a pass under way is over.
 
@@ -112,6 +117,7 @@ class Worker:
         the loop would look again (for a caller that drives the clock itself).
         """
         self._not_before.clear()
+        self.timers.kick()
         started: list[asyncio.Task[None]] = []
         wait = await self._tick(started)
         await asyncio.gather(*started, return_exceptions=True)  # _done reports any crash

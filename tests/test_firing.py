@@ -155,3 +155,33 @@ async def test_a_crashing_handler_is_logged_fails_readyz_and_the_lease_retries_i
     await r.relay.worker.run_once()
     await wait_for(lambda: sink.messages("ops"), message="the alert once the lease ended")
     assert timer_row(tmp_path / "relay.db")[0] == "fired"
+
+
+async def test_the_pass_asks_the_store_for_due_timers_only_when_kicked_or_a_look_later(
+        running, sink, tmp_path):
+    """A pass that only claims jobs (one per completed send while a backlog drains) costs
+    no timer claim: the store is asked when timers were armed or changed here (the store's
+    timer wake-up), after `run_once()`, or `LOOK` seconds after the last time."""
+    from relay import firing
+    from tests.test_watches import timers as timer_states
+
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(created(clock, "D-1"))
+    await r.relay.worker.pause()  # only this test's passes from here on
+    timers, rt, db = r.relay.worker.timers, r.relay.worker.runtime(), tmp_path / "relay.db"
+    await timers.run(rt, clock())  # kicked by the arming: asks, nothing is due yet
+    clock.advance(4 * HOUR)
+    await timers.run(rt, clock())  # within LOOK of the last look, no kick: does not ask
+    assert timer_states(db) == [("not-delivered:D-1", "armed")]
+    await r.post(created(clock, "D-2"))  # arms a timer: the store's wake-up kicks the pass
+    await timers.run(rt, clock())
+    assert timer_states(db) == [("not-delivered:D-1", "fired"), ("not-delivered:D-2", "armed")]
+    clock.advance(4 * HOUR)
+    await timers.run(rt, clock())
+    assert timer_states(db)[1] == ("not-delivered:D-2", "armed")
+    timers._next_look -= firing.LOOK  # as if a LOOK had passed since (real seconds)
+    await timers.run(rt, clock())
+    assert timer_states(db)[1] == ("not-delivered:D-2", "fired")
+    r.relay.worker.resume()
+    await wait_for(lambda: len(sink.messages("ops")) == 2, message="both alerts")

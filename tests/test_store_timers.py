@@ -228,6 +228,29 @@ async def test_the_timeline_lists_ended_and_re_armed_timers_and_no_other_kind(
     assert timeline.timers[0].event_id == timeline.events[1].id  # re-armed by event 2
 
 
+async def test_timer_subscribers_hear_of_armed_and_changed_timers_only(
+        backend: Backend, store: Store) -> None:
+    """The worker's timers pass asks for due timers when this wake-up says so (or a second
+    later): an event that arms or disarms one wakes it; one with only jobs, or that changes
+    no timer (a disarm of nothing), does not. On PostgreSQL a store also hears its own
+    NOTIFY (as the other replicas do), which wakes both kinds: only the arming is checked."""
+    jobs: list[int] = []
+    timers: list[int] = []
+    store.subscribe(lambda: jobs.append(1))
+    store.subscribe_timers(lambda: timers.append(1))
+    await send(store, 1, arm())
+    if backend.name == "postgres":
+        assert jobs and timers
+        return
+    assert (len(jobs), len(timers)) == (1, 1)
+    await store.accept(event(delivery="d2", n=2), "k2", [job()], now=T0)
+    assert (len(jobs), len(timers)) == (2, 1)
+    await send(store, 3, disarm("nothing:d1"))
+    assert (len(jobs), len(timers)) == (2, 1)
+    await send(store, 4, disarm())
+    assert (len(jobs), len(timers)) == (3, 2)
+
+
 async def test_purge_keeps_events_of_live_timers_and_removes_ended_timers(store: Store) -> None:
     live = await send(store, 1, arm("w:live", delivery="live"), delivery="live")
     await send(store, 2, arm("w:gone", delivery="gone"), delivery="gone")

@@ -102,6 +102,9 @@ class JobQueue(Protocol):
 class TimerQueue(Protocol):
     """Due timers, claimed and fired like jobs: leased, and fired once per arming."""
 
+    def subscribe_timers(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever timers were armed or changed here
+        (or, on PostgreSQL, another replica may have changed some)."""
     async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
                            ) -> list[Timer]:
         """Due timers (and those whose claim's lease expired), oldest due first."""

@@ -21,7 +21,7 @@ class PostgresTimers:
     _backlog: rules.Backlog
     _tx: Callable[..., Awaitable[Any]]
     _notify: Callable[[Any], Awaitable[None]]
-    _wake: Callable[[], None]
+    _wake: Callable[..., None]
 
     async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
                            ) -> list[Timer]:

@@ -70,6 +70,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         self.min_size = min_size
         self.max_size = max_size
         self._subscribers: list[Callable[[], None]] = []
+        self._timer_subscribers: list[Callable[[], None]] = []
         self._pool: Any = None
         self._schema = ""
         self._listen_task: asyncio.Task[None] | None = None
@@ -180,7 +181,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload == self._schema:  # other schemas in the same database are other relays
-            self._wake()
+            self._wake(timers=True)
 
     # ------------------------------------------------------------ hot path
 
@@ -210,7 +211,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         accepted, suppressed = await self._tx(self._accept, event, key, jobs, now, timers)
         self._backlog.add(accepted.jobs - suppressed)
         if accepted.jobs or accepted.timers:
-            self._wake()
+            self._wake(timers=bool(accepted.timers))
         return accepted
 
     async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[Notification],

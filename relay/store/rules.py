@@ -264,16 +264,22 @@ class Backlog:
 
 
 class Wakeups:
-    """`subscribe` and `_wake`, the same in both stores: the subscribers (the worker) are
-    called when jobs are new or replayed. The store sets `_subscribers` to a list."""
+    """`subscribe`, `subscribe_timers` and `_wake`, the same in both stores: subscribers
+    (the worker) are called when jobs are new or replayed, timer subscribers when timers
+    were armed or changed (or, on PostgreSQL, when another replica says something may
+    have). The store sets `_subscribers` and `_timer_subscribers` to lists."""
 
     _subscribers: list[Callable[[], None]]
+    _timer_subscribers: list[Callable[[], None]]
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._subscribers.append(callback)
 
-    def _wake(self) -> None:
-        for callback in list(self._subscribers):
+    def subscribe_timers(self, callback: Callable[[], None]) -> None:
+        self._timer_subscribers.append(callback)
+
+    def _wake(self, timers: bool = False) -> None:
+        for callback in [*self._subscribers, *(self._timer_subscribers if timers else ())]:
             callback()
 
 

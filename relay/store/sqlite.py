@@ -86,6 +86,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         self._writer = Writer(path, self._connect, self._migrate, self._count_backlog)
         self._backlog = rules.Backlog()
         self._subscribers: list[Callable[[], None]] = []
+        self._timer_subscribers: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ plumbing
 
@@ -148,7 +149,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
                      timers: Sequence[TimerOp] = ()) -> Accepted:
         accepted = await self._call(self._accept, event, key, jobs, now, timers)
         if accepted.jobs or accepted.timers:
-            self._wake()
+            self._wake(timers=bool(accepted.timers))
         return accepted
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
