@@ -13,6 +13,7 @@ import pytest
 from relay.errors import StaleClaim
 from relay.store import Store, Timer, TimerChange, TimerOp
 from tests import test_store_contract as contract
+from tests.conftest import wait_for
 from tests.test_store_contract import T0, Backend, claim, event, job
 
 backend = contract.backend  # the same fixtures: every test runs on SQLite and PostgreSQL
@@ -228,20 +229,22 @@ async def test_the_timeline_lists_ended_and_re_armed_timers_and_no_other_kind(
     assert timeline.timers[0].event_id == timeline.events[1].id  # re-armed by event 2
 
 
-async def test_timer_subscribers_hear_of_armed_and_changed_timers_only(
-        backend: Backend, store: Store) -> None:
+async def listening(store: Store) -> None:
+    """A PostgreSQL store's LISTEN connection is up (it wakes its subscribers once then)."""
+    if hasattr(store, "listening"):
+        await wait_for(lambda: store.listening, message="the LISTEN connection")
+
+
+async def test_timer_subscribers_hear_of_armed_and_changed_timers_only(store: Store) -> None:
     """The worker's timers pass asks for due timers when this wake-up says so (or a second
     later): an event that arms or disarms one wakes it; one with only jobs, or that changes
-    no timer (a disarm of nothing), does not. On PostgreSQL a store also hears its own
-    NOTIFY (as the other replicas do), which wakes both kinds: only the arming is checked."""
+    no timer (a disarm of nothing), does not. (A PostgreSQL store ignores its own NOTIFY.)"""
+    await listening(store)
     jobs: list[int] = []
     timers: list[int] = []
     store.subscribe(lambda: jobs.append(1))
     store.subscribe_timers(lambda: timers.append(1))
     await send(store, 1, arm())
-    if backend.name == "postgres":
-        assert jobs and timers
-        return
     assert (len(jobs), len(timers)) == (1, 1)
     await store.accept(event(delivery="d2", n=2), "k2", [job()], now=T0)
     assert (len(jobs), len(timers)) == (2, 1)
@@ -249,6 +252,27 @@ async def test_timer_subscribers_hear_of_armed_and_changed_timers_only(
     assert (len(jobs), len(timers)) == (2, 1)
     await send(store, 4, disarm())
     assert (len(jobs), len(timers)) == (3, 2)
+
+
+async def test_a_replica_hears_which_kind_of_work_another_one_added(backend: Backend) -> None:
+    """PostgreSQL: another store on the schema hears of jobs, and of timers only when some
+    changed. SQLite: no store hears another's writes (its worker's poll finds them)."""
+    here, there = await backend.open(), await backend.open()
+    await listening(there)
+    jobs: list[int] = []
+    timers: list[int] = []
+    there.subscribe(lambda: jobs.append(1))
+    there.subscribe_timers(lambda: timers.append(1))
+    await here.accept(event(delivery="d2", n=2), "k2", [job()], now=T0)
+    if backend.name == "sqlite":
+        await send(here, 3, arm())
+        assert (jobs, timers) == ([], [])
+        return
+    await wait_for(lambda: jobs, message="the other replica's NOTIFY")
+    assert timers == []  # a job only: the other replica's timers pass is not woken
+    await send(here, 3, arm())
+    await wait_for(lambda: timers, message="the other replica's NOTIFY of a timer")
+    assert len(jobs) == 2
 
 
 async def test_purge_keeps_events_of_live_timers_and_removes_ended_timers(store: Store) -> None:

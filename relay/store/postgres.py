@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -73,7 +74,9 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         self._timer_subscribers: list[Callable[[], None]] = []
         self._pool: Any = None
         self._schema = ""
+        self._origin = secrets.token_hex(6)  # names this store in its NOTIFY payloads
         self._listen_task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
         self._refresh_task: asyncio.Task[None] | None = None
         self._backlog = rules.Backlog(BACKLOG_TTL)
 
@@ -106,7 +109,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
             raise
         self._pool = pool
         self._listen_task = asyncio.create_task(
-            listen_forever(self.url, self._notified, self._wake), name="pg-listen")
+            listen_forever(self.url, self._notified, self._connected), name="pg-listen")
 
     async def close(self) -> None:
         for task in (self._listen_task, self._refresh_task):
@@ -176,12 +179,28 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                 # nothing happened (a claim would then sit out its lease unsent).
                 log.debug("dropping a broken connection: %s", describe(e))
 
-    async def _notify(self, conn: Any) -> None:
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._schema)
+    @property
+    def listening(self) -> bool:
+        """The LISTEN connection is up: other replicas' work wakes this store."""
+        return self._listening.is_set()
+
+    def _connected(self) -> None:
+        self._listening.set()
+        self._wake(timers=True)  # work may have arrived while nobody was listening
+
+    async def _notify(self, conn: Any, timers: bool = False) -> None:
+        """Tell the other replicas (on commit): `schema origin jobs|timers`."""
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL,
+                           f"{self._schema} {self._origin} {'timers' if timers else 'jobs'}")
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        if payload == self._schema:  # other schemas in the same database are other relays
-            self._wake(timers=True)
+        schema, _, rest = payload.partition(" ")
+        if schema != self._schema:  # other schemas in the same database are other relays
+            return
+        origin, _, kind = rest.partition(" ")
+        if origin == self._origin:  # our own: this store woke its subscribers already
+            return
+        self._wake(timers=kind != "jobs")  # (an older relay sends the schema alone)
 
     # ------------------------------------------------------------ hot path
 
@@ -231,7 +250,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         changes = await apply_timers(conn, timers, event_id, now, [j.spec for j in kept],
                                      event.delivery_id)
         if queued or changes:
-            await self._notify(conn)
+            await self._notify(conn, timers=bool(changes))
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
         return Accepted(event_id, False, queued, why, changes), suppressed
 
