@@ -8,6 +8,8 @@ and say why; `KOURIER_REQUIRE_SYNAPSE=1` (as `.ci/run` sets) makes that a failur
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import importlib.util
@@ -16,6 +18,7 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,12 +139,25 @@ class _Boot:
     """A Synapse process being started (or the reason it could not be)."""
 
     hs: Homeserver | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int = 0
     workdir: Path | None = None
     problem: str = ""
+    proc: subprocess.Popen[bytes] | None = None  # when this process started it
+    owned: bool = True  # this process stops it (else the xdist controller does)
+
+    def exited(self) -> int | None:
+        """Its exit status once it has exited (it may be another worker's child)."""
+        if self.proc is not None:
+            return self.proc.poll()
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return -1
+        return None
 
 
 _boot: list[_Boot] = []
+SHARED = "KOURIER_SYNAPSE_SHARED"  # the folder where xdist workers share one Synapse
 
 
 def _start() -> _Boot:
@@ -154,42 +170,86 @@ def _start() -> _Boot:
     run = f"{shlex.quote(python)} -m synapse.app.homeserver -c {shlex.quote(str(config))}"
     with open(workdir / "stderr", "wb") as err:  # make its signing key, then serve
         proc = subprocess.Popen(["sh", "-c", f"{run} --generate-keys && exec {run}"],
-                                stdout=subprocess.DEVNULL, stderr=err)
-    return _Boot(Homeserver(f"http://127.0.0.1:{port}", "localhost", secret), proc, workdir)
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return _Boot(Homeserver(f"http://127.0.0.1:{port}", "localhost", secret), proc.pid, workdir,
+                 proc=proc)
+
+
+def _start_shared(folder: Path) -> _Boot:
+    """One Synapse for all the xdist workers of a run: the first worker that needs it starts
+    it, the others read where it is; the controller stops it at the end of the run."""
+    with open(folder / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = folder / "synapse.json"
+        if state.exists():
+            known = json.loads(state.read_text())
+            return _Boot(Homeserver(**known["hs"]), known["pid"], Path(known["workdir"]),
+                         known["problem"])
+        boot = _start()
+        state.write_text(json.dumps({
+            "hs": boot.hs.__dict__ if boot.hs else None, "pid": boot.pid,
+            "workdir": str(boot.workdir) if boot.workdir else None, "problem": boot.problem}))
+        boot.owned = False  # the controller stops it, not this worker
+        return boot
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        os.environ[SHARED] = tempfile.mkdtemp(prefix="kourier-synapse-run-")  # workers inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ.get(SHARED)
+    if hasattr(config, "workerinput") or not folder:
+        return
+    state = Path(folder) / "synapse.json"
+    if state.exists():
+        known = json.loads(state.read_text())
+        if known["pid"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(known["pid"], signal.SIGKILL)  # a throwaway server: no graceful stop
+        if known["workdir"]:
+            shutil.rmtree(known["workdir"], ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _boot_once() -> _Boot:
+    if not _boot:
+        folder = os.environ.get(SHARED)
+        _boot.append(_start_shared(Path(folder)) if folder else _start())
+    return _boot[0]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Boot Synapse while the other tests run, when any collected test needs it (~10 s)."""
     if any("homeserver" in getattr(item, "fixturenames", ()) for item in session.items):
-        _boot.append(_start())
+        _boot_once()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for boot in _boot:
-        if boot.proc is not None:
+        if boot.proc is not None and boot.owned:
             boot.proc.kill()  # a throwaway server: its graceful shutdown takes seconds
             boot.proc.wait()
-        if boot.workdir is not None:
-            shutil.rmtree(boot.workdir, ignore_errors=True)
+            if boot.workdir is not None:
+                shutil.rmtree(boot.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def homeserver() -> Homeserver:
-    if not _boot:
-        _boot.append(_start())
-    boot = _boot[0]
-    if boot.hs is None or boot.proc is None or boot.workdir is None:
+    boot = _boot_once()
+    if boot.hs is None or not boot.pid or boot.workdir is None:
         unavailable(boot.problem)
-    _wait_up(boot.hs, boot.proc, boot.workdir)
+    _wait_up(boot.hs, boot, boot.workdir)
     return boot.hs
 
 
-def _wait_up(hs: Homeserver, proc: subprocess.Popen[bytes], workdir: Path) -> None:
+def _wait_up(hs: Homeserver, boot: _Boot, workdir: Path) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if (status := boot.exited()) is not None:
             tail = (workdir / "stderr").read_text(errors="replace")[-500:]
-            unavailable(f"Synapse exited at start ({proc.returncode}): {tail}")
+            unavailable(f"Synapse exited at start ({status}): {tail}")
         try:
             hs.request("GET", "/_matrix/client/versions")
             return
