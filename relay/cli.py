@@ -47,6 +47,7 @@ def main() -> None:
 @guarded
 def serve(config_path: str, listen: str | None, log_level: str, log_format: str) -> None:
     """Run the relay."""
+    load_config(config_path)  # a config that cannot load fails before the server's imports
     from relay.app import serve as run
 
     setup(log_level, log_format)
