@@ -39,9 +39,15 @@ def with_database(dsn: str, database: str) -> str:
 
 
 def with_schema(dsn: str, schema: str) -> str:
-    """The DSN with `search_path` set to `schema` (libpq's `options=-csearch_path=...`)."""
+    """The DSN with `search_path` set to `schema` (libpq's `options=-csearch_path=...`).
+
+    Commits do not wait for the server's WAL flush (`synchronous_commit=off`): the
+    tests kill relays, never this server, and each commit would otherwise wait on a
+    disk flush (the private cluster below runs with `fsync=off` for the same reason).
+    """
     sep = "&" if urlsplit(dsn).query else "?"
-    return f"{dsn}{sep}options={quote('-csearch_path=' + schema, safe='')}"
+    options = quote(f"-csearch_path={schema} -csynchronous_commit=off", safe="")
+    return f"{dsn}{sep}options={options}"
 
 
 async def base_dsn() -> str:
@@ -87,7 +93,7 @@ async def fresh_schema(dsn: str) -> AsyncIterator[str]:
     import asyncpg
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, server_settings={"synchronous_commit": "off"})
     try:
         await conn.execute(f"CREATE SCHEMA {schema}")
         yield with_schema(dsn, schema)
