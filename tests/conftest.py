@@ -31,7 +31,7 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 # Fixtures: slack, discord, telegram (faked at HTTP); homeserver (a real Synapse).
-pytest_plugins = ["tests.livefakes", "tests.synapse"]
+pytest_plugins = ["tests.livefakes", "tests.synapse", "tests.ordering"]
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
 
