@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/kourier-relay serve -c $(CONFIG)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs -n auto  # -rs: say why each skipped test was skipped; -n: one worker per core
+	$(PY) -m pytest -q -rs -n $$(( 2 * $$(nproc) )) --dist loadfile  # -rs: why skipped; -n: a test often waits on a real process: two workers per core
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check relay tests

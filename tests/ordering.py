@@ -4,7 +4,8 @@ The seconds each file took are kept in pytest's cache (`.pytest_cache`, key
 `kourier/file-seconds`) at the end of a run; the next run sorts files by them,
 slowest first, and keeps the order of the tests inside a file (module fixtures
 stay set up once). A file the cache does not know yet goes first, and without
-the cache (`-p no:cacheprovider`) the order is pytest's own.
+the cache (`-p no:cacheprovider`) the order is pytest's own. `make test` hands out
+whole files (`--dist loadfile`), so a module fixture is built once, not once per worker.
 """
 
 from __future__ import annotations

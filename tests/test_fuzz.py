@@ -29,6 +29,8 @@ HUNT = int(os.environ.get("KOURIER_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=HUNT or 60, deadline=None, derandomize=not HUNT, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 SEEN: list[int] = []
+# The last test reads SEEN, which the others fill: `make test` runs `--dist loadfile`,
+# so under xdist too the whole file runs in one worker.
 ROUTES = """
 receivers:
   - name: sink
