@@ -71,8 +71,13 @@ async def test_a_send_process_killed_mid_send_has_its_job_sent_again_once(runnin
     await wait_for(lambda: sink.messages("hook"), message="the job to be sent again")
     assert [m["title"] for m in sink.messages("hook")] == ["d1"]
     assert sink.hits.count("/hook") == 2  # one attempt in the dead child, one retry: no more
-    timeline = await r.relay.store.timeline("d1")
-    outcomes = [(a.attempt.outcome, a.attempt.error) for a in timeline.attempts]
+
+    async def recorded() -> list[tuple[str, str]] | None:  # written once the send is back
+        timeline = await r.relay.store.timeline("d1")
+        outcomes = [(a.attempt.outcome, a.attempt.error) for a in timeline.attempts]
+        return outcomes if len(outcomes) >= 2 else None
+
+    outcomes = await wait_for(recorded, message="the retry's outcome in the store")
     assert outcomes[0][0] == "retry"
     assert f"the send process stopped during the send (pid {victim}" in outcomes[0][1]
     assert outcomes[1:] == [("sent", "")]
@@ -83,6 +88,7 @@ async def test_one_stuck_send_does_not_hold_the_send_process(running, sink):
     sink.script["/other"] = ["hang"]
     r = await start_pool(running, sink)
     assert (await r.post(event(1, "delivery.updated")))[0] == 202
+    await wait_for(lambda: sink.hits.count("/other") == 1, message="the send that hangs")
     assert (await r.post(event(2)))[0] == 202
     await wait_for(lambda: len(sink.messages("hook")) == 2, message="both hook sends")
     assert sink.hits.count("/other") == 1 and not sink.messages("other")  # still stuck
