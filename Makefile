@@ -24,8 +24,10 @@ $(SYNAPSE)/.installed:
 run: $(VENV)/.installed
 	$(VENV)/bin/kourier-relay serve -c $(CONFIG)
 
+# -rs: why each skip; two workers per core (tests often wait on a real process); whole files,
+# slowest first (tests/ordering.py), so a module fixture is built once and no long file starts last
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -rs -n $$(( 2 * $$(nproc) )) --dist loadfile  # -rs: why skipped; -n: a test often waits on a real process: two workers per core
+	$(PY) -m pytest -q -rs -n $$(( 2 * $$(nproc) )) --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check relay tests
