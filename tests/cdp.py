@@ -21,7 +21,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -128,25 +129,34 @@ class Page:
 
 
 class Browser:
-    def __init__(self, process: subprocess.Popen[bytes], endpoint: str,
-                 session: aiohttp.ClientSession) -> None:
-        self.process = process
+    """A running Chromium's DevTools endpoint; `context` names a browser context of its own
+    (cookies, storage) that every new page opens in, when there is one."""
+
+    def __init__(self, endpoint: str, session: aiohttp.ClientSession,
+                 control: Page | None = None, context: str = "") -> None:
         self.endpoint = endpoint  # http://127.0.0.1:<port>
         self.session = session
+        self.control = control  # the browser-level connection that made the context
+        self.context = context
 
     async def new_page(self) -> Page:
-        async with self.session.put(f"{self.endpoint}/json/new?about:blank") as r:
-            target = await r.json()
-        ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+        if self.control is None:
+            async with self.session.put(f"{self.endpoint}/json/new?about:blank") as r:
+                url = (await r.json())["webSocketDebuggerUrl"]
+        else:
+            made = await self.control.send("Target.createTarget", url="about:blank",
+                                           browserContextId=self.context)
+            url = f"ws://{self.endpoint.removeprefix('http://')}/devtools/page/{made['targetId']}"
+        ws = await self.session.ws_connect(url, max_msg_size=0)
         page = Page(ws)
         for domain in ("Page", "Runtime", "Log", "Network"):
             await page.send(f"{domain}.enable")
         return page
 
 
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    """A headless Chromium with a throwaway profile, ended when the block ends."""
+@contextlib.contextmanager
+def chromium_process() -> Iterator[str]:
+    """A headless Chromium with a throwaway profile, ended when the block ends; its endpoint."""
     binary = chromium_path()
     if binary is None:
         unavailable("no chromium on PATH")
@@ -157,11 +167,35 @@ async def chromium() -> AsyncIterator[Browser]:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
         try:
-            port = await _devtools_port(Path(profile), process)
-            async with aiohttp.ClientSession() as session:
-                yield Browser(process, f"http://127.0.0.1:{port}", session)
+            yield f"http://127.0.0.1:{_devtools_port(Path(profile), process)}"
         finally:
             _end_group(process)
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """A headless Chromium of its own, ended when the block ends."""
+    with chromium_process() as endpoint:
+        async with aiohttp.ClientSession() as session:
+            yield Browser(endpoint, session)
+
+
+@contextlib.asynccontextmanager
+async def isolated(endpoint: str) -> AsyncIterator[Browser]:
+    """A fresh browser context (no cookies, no storage) in a running Chromium, disposed of
+    when the block ends: tests share one Chromium process, never a session."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{endpoint}/json/version") as r:
+            url = (await r.json())["webSocketDebuggerUrl"]
+        ws = await session.ws_connect(url, max_msg_size=0)
+        control = Page(ws)
+        context = (await control.send("Target.createBrowserContext"))["browserContextId"]
+        try:
+            yield Browser(endpoint, session, control, context)
+        finally:
+            await control.send("Target.disposeBrowserContext", browserContextId=context)
+            await ws.close()
+            await control.reader
 
 
 def _end_group(process: subprocess.Popen[bytes]) -> None:
@@ -178,7 +212,7 @@ def _end_group(process: subprocess.Popen[bytes]) -> None:
         return
 
 
-async def _devtools_port(profile: Path, process: subprocess.Popen[bytes]) -> int:
+def _devtools_port(profile: Path, process: subprocess.Popen[bytes]) -> int:
     """Chromium writes the port it chose into the profile's DevToolsActivePort."""
     marker = profile / "DevToolsActivePort"
     for _ in range(300):
@@ -186,5 +220,5 @@ async def _devtools_port(profile: Path, process: subprocess.Popen[bytes]) -> int
             unavailable(f"chromium exited with status {process.returncode} at start")
         if marker.exists() and marker.read_text().strip():
             return int(marker.read_text().split()[0])
-        await asyncio.sleep(0.05)  # polling a file Chromium writes: no event to wait on
+        time.sleep(0.05)  # polling a file Chromium writes: no event to wait on
     unavailable("chromium did not open its DevTools port within 15 s")

@@ -7,18 +7,26 @@ the webhook, and loads nothing from anywhere but the relay.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.cdp import Browser, Page, chromium
+from tests.cdp import Browser, Page, chromium_process, isolated
 from tests.conftest import wait_for
 from tests.uiutil import ADMIN, HOSTILE, VIEWER, event, one_dead_letter, start_ui_relay
 
 
+@pytest.fixture(scope="module")
+def chromium_endpoint() -> Iterator[str]:
+    """One Chromium process for the file (~0.6 s of CPU to start one)."""
+    with chromium_process() as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
+async def browser(chromium_endpoint: str) -> AsyncIterator[Browser]:
+    """A browser context of the test's own: no cookie or storage of another test."""
+    async with isolated(chromium_endpoint) as b:
         yield b
 
 
