@@ -19,6 +19,9 @@
 --                  bench/run.py sends SIGINT once every thread is done)
 --   BENCH_THREADS  the -t value (to split RATE and COUNT per thread)
 --   BENCH_PAD      extra payload bytes (a `note` field), default 0
+--   BENCH_SCATTER  1: delivery ids start with a scrambled number ("D-<8 hex>-…"), so
+--                  new deliveries land all over the store's delivery-keyed indexes,
+--                  as real ids do, instead of next to each other (bench/timers.py --http)
 --
 -- done() prints one line `BENCHJSON {...}` with requests, status counts,
 -- duration and ack latency percentiles (microseconds) for bench/run.py.
@@ -48,6 +51,7 @@ local rate = env_num("BENCH_RATE", 0) / threads_total
 local count_total = env_num("BENCH_COUNT", 0)
 local quota = 0 -- this thread's share of BENCH_COUNT, set in init()
 local pad = string.rep("x", env_num("BENCH_PAD", 0))
+local scatter = os.getenv("BENCH_SCATTER") == "1"
 local interval_ms = 0
 if rate > 0 then interval_ms = 1000.0 / rate end
 
@@ -112,17 +116,21 @@ function request()
       return wrk.format("GET", "/-bench-idle")
    end
    sent = sent + 1
+   local delivery = string.format("%s-%d-%d", run, id, sent)
+   if scatter then  -- Knuth's multiplicative hash: a bijection on 32 bits, exact in doubles
+      delivery = string.format("D-%08x-%s", (sent * 2654435761) % 4294967296, delivery)
+   end
    local body
    if #pad > 0 then
       body = string.format(
-         '{"event":"delivery.updated","delivery_id":"%s-%d-%d","timestamp":"%s",' ..
+         '{"event":"delivery.updated","delivery_id":"%s","timestamp":"%s",' ..
          '"status":"in_transit","sent_at":%.0f,"note":"%s"}',
-         run, id, sent, stamp, now_us(), pad)
+         delivery, stamp, now_us(), pad)
    else
       body = string.format(
-         '{"event":"delivery.updated","delivery_id":"%s-%d-%d","timestamp":"%s",' ..
+         '{"event":"delivery.updated","delivery_id":"%s","timestamp":"%s",' ..
          '"status":"in_transit","sent_at":%.0f}',
-         run, id, sent, stamp, now_us())
+         delivery, stamp, now_us())
    end
    return wrk.format("POST", path, headers, body)
 end

@@ -21,10 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
+import re
+import socket
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -132,6 +138,56 @@ async def claims(store: Store, expected: int) -> tuple[float, float]:
     return first, statistics.median(idle)
 
 
+HTTP_CONFIG = """\
+server: {{listen: "127.0.0.1:{port}", tokens: ["bench-token"]}}
+store: {{url: "sqlite:{db}", max_backlog: 10000000}}
+receivers:
+  - {{name: hook, urls: ["json://127.0.0.1:9/down"]}}
+routes:
+  - {{name: r, match: {{}}, receivers: [hook], title: "{{{{ delivery_id }}}}"}}
+watches:
+  - name: w
+    start: {{event: delivery.updated}}
+    stop: [{{event: delivery.cancelled}}]
+    after: 4h
+    receivers: [hook]
+"""
+
+
+def http_ingest(db: Path, seconds: int) -> str:
+    """The real relay on the preloaded file, wrk @50 with bench/events.lua for `seconds`:
+    every event is a new delivery that arms the watch; the receiver is down (ingest only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = db.parent / "relay.yaml"
+    config.write_text(HTTP_CONFIG.format(port=port, db=db))
+    relay = subprocess.Popen([sys.executable, "-m", "relay", "serve", "-c", str(config)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        env = {**os.environ, "BENCH_TOKEN": "bench-token", "BENCH_RUN": f"h{time.time_ns()}",
+               "BENCH_RATE": "0", "BENCH_COUNT": "0", "BENCH_THREADS": "2", "BENCH_SCATTER": "1"}
+        out = subprocess.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency", "-s",
+                              str(Path(__file__).parent / "events.lua"),
+                              f"http://127.0.0.1:{port}/webhook"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+    finally:
+        relay.terminate()
+        relay.wait()
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"\s99%\s+([\d.]+\w+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return (f"HTTP ingest {float(rate.group(1)) if rate else 0:6.0f} events/s, ack p99"
+            f" {p99.group(1) if p99 else '?'} @50 conns (each arming a timer)"
+            + (f", {errors.group(1)} refused" if errors else ""))
+
+
 async def one_run(args: argparse.Namespace, armed: int, tmp: Path) -> None:
     url, schema = args.store, ""
     if url:
@@ -151,6 +207,10 @@ async def one_run(args: argparse.Namespace, armed: int, tmp: Path) -> None:
         else:
             preload_sqlite(tmp / "relay.db", armed, args.stored)
         loaded = time.perf_counter() - t
+        if args.http:
+            print(f"stored={args.stored:>9,} armed={armed:>9,} (loaded in {loaded:5.1f}s)  "
+                  + http_ingest(tmp / "relay.db", args.http), flush=True)
+            return
         store = open_store(url)
         await store.open()
         before = rss_mib()
@@ -195,6 +255,8 @@ def main() -> None:
                         help="earlier deliveries' events in the store, for both runs")
     parser.add_argument("--runs", type=int, default=1, help="alternate none / --armed this often")
     parser.add_argument("--store", help="a postgresql:// URL (a throwaway schema is used)")
+    parser.add_argument("--http", type=int, default=0, metavar="SECONDS",
+                        help="SQLite: ingest through the real relay with wrk @50 for SECONDS")
     asyncio.run(run(parser.parse_args()))
 
 
