@@ -252,8 +252,8 @@ class Worker:
         if decision.kind == "postponed":  # nothing was attempted: no attempt, no failure
             await self.store.release(job, at=decision.at)
             return False
-        if decision.kind == "sent":
-            await self.store.complete(job, attempt)
+        if decision.kind == "sent":  # a skipped live update reached nobody: no circuit news
+            await self.store.complete(job, attempt, reached=decision.live != "skip")
             return False
         if decision.kind == "dead":
             await self.store.bury(job, Attempt(attempt.at, attempt.outcome, decision.reason,

@@ -381,6 +381,20 @@ async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
     assert len(closed.jobs) == 4 and not closed.paused
 
 
+async def test_a_probe_that_reached_nobody_leaves_the_circuit_half_open(store: Store) -> None:
+    """A live update skipped as older (`reached=False`) sent no request: the receiver is
+    still unproven, so the next claim is a probe again, not the whole queue."""
+    circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)
+    await queue(store, 4)
+    [first] = (await claim(store, limit=1, circuit=circuit)).jobs
+    assert await store.retry_later(first, attempt(T0), at=T0, circuit=circuit) is True
+    [probe] = (await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs
+    await store.complete(probe, attempt(T0 + 10, "sent", ""), reached=False)
+    [again] = (await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs  # one probe
+    await store.complete(again, attempt(T0 + 10, "sent", ""))
+    assert len((await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs) == 2
+
+
 async def test_a_failed_retry_write_leaves_the_claim_and_its_retry_counts_the_failure_once(
         backend: Backend, store: Store) -> None:
     """Rescheduling the job and counting the failure are one transaction: both or neither."""

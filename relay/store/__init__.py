@@ -86,7 +86,10 @@ class JobQueue(Protocol):
         """
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
                     bucket: RateLimit | None, circuit: Circuit) -> ClaimResult: ...
-    async def complete(self, job: Job, attempt: Attempt) -> None: ...
+    async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
+        """Mark the job sent. `reached=False`: no request went to the receiver (a live
+        update skipped as older than what its message shows), so its circuit stays as it is:
+        a skipped probe proves nothing."""
     async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
                           ) -> bool:
         """Count the failure and reschedule the job, in one transaction. True: circuit opened."""

@@ -275,10 +275,11 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
             if rules.wants_next_due(admission, len(jobs)) else None
         return ClaimResult(jobs, None if due is None else float(due))
 
-    async def complete(self, job: Job, attempt: Attempt) -> None:
+    async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
         async def complete(conn: Any) -> None:
             await self._finish(conn, job, "sent", None, attempt)
-            await conn.execute(q(sql.CLOSE_CIRCUIT), *sql.close_args(job.receiver))
+            if reached:
+                await conn.execute(q(sql.CLOSE_CIRCUIT), *sql.close_args(job.receiver))
 
         await self._tx(complete)
         self._backlog.left("sent")

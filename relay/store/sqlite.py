@@ -211,12 +211,14 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
             if rules.wants_next_due(admission, len(jobs)) else None
         return ClaimResult(jobs, due)
 
-    async def complete(self, job: Job, attempt: Attempt) -> None:
-        await self._call(self._complete, job, attempt)
+    async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
+        await self._call(self._complete, job, attempt, reached)
 
-    def _complete(self, conn: sqlite3.Connection, job: Job, attempt: Attempt) -> None:
+    def _complete(self, conn: sqlite3.Connection, job: Job, attempt: Attempt,
+                  reached: bool) -> None:
         self._finish(conn, job, "sent", None, attempt)
-        conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver))
+        if reached:
+            conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver))
 
     async def bury(self, job: Job, attempt: Attempt) -> None:
         await self._call(self._finish, job, "dead", None, attempt)
