@@ -14,7 +14,8 @@ Scenarios (medians over --runs runs):
   3 slow        a 2 s receiver and an always-failing one next to a healthy one:
                 ack latency and the healthy receiver's latency
   4 backlog     100,000 events accepted while the sink is down, then the sink starts:
-                RSS over time and the drain rate (one run)
+                RSS over time and the drain rate (one run); then ack p50/p99 at 50
+                connections while another relay's 30,000 backlog drains
   5 footprint   start-up to /readyz, idle RSS, peak RSS per scenario, installed size
                 of the runtime dependencies
 
