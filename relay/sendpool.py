@@ -262,7 +262,11 @@ class SendPool:
             await asyncio.to_thread(child.popen.wait, STOP_WAIT)
         except subprocess.TimeoutExpired:
             child.popen.kill()
-            await asyncio.to_thread(child.popen.wait)
+            try:  # bounded too: a wait that never returns would hold the relay's exit
+                await asyncio.to_thread(child.popen.wait, STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                log.error("send process %d did not exit after SIGKILL; leaving it",
+                          child.popen.pid, extra=fields(pid=child.popen.pid))
 
     @staticmethod
     def _track(tasks: set[asyncio.Task[None]], coro: Any) -> None:
