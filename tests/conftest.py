@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
@@ -49,6 +50,14 @@ def at_most(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+async def post_event(port: int, body: dict[str, Any]) -> int:
+    """POST one event to a relay process on `port` with the test token; its status."""
+    async with aiohttp.ClientSession() as s, s.post(
+            f"http://127.0.0.1:{port}/webhook", json=body,
+            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        return r.status
 
 
 def free_port() -> int:

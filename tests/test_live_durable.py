@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -22,6 +21,7 @@ from tests.conftest import (
     DEFAULTS,
     TOKEN,
     free_port,
+    post_event,
     spawn_relay,
     wait_for,
     write_config,
@@ -44,11 +44,7 @@ def rows(db: Path, query: str) -> list[Any]:
         return conn.execute(query).fetchall()
 
 
-async def post(port: int, body: dict[str, Any]) -> int:
-    async with aiohttp.ClientSession() as s, s.post(
-            f"http://127.0.0.1:{port}/webhook", json=body,
-            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-        return r.status
+post = post_event
 
 
 def stop(proc: Any) -> None:

@@ -11,11 +11,10 @@ import signal
 import sqlite3
 from collections import Counter
 
-import aiohttp
 import pytest
 
 from tests import pgutil
-from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, write_config
+from tests.conftest import TOKEN, free_port, post_event, spawn_relay, wait_for, write_config
 from tests.test_crash import ready
 
 CONFIG = """\
@@ -48,12 +47,9 @@ NIGHT = """  - name: night
 
 
 async def post(port: int, delivery_id: str, hub: str = "Hub 3") -> int:
-    body = {"event": "delivery.updated", "status": "failed", "delivery_id": delivery_id,
-            "hub": hub, "timestamp": "2024-09-14T14:30:00Z"}
-    async with aiohttp.ClientSession() as s, s.post(
-            f"http://127.0.0.1:{port}/webhook", json=body,
-            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-        return r.status
+    return await post_event(port, {"event": "delivery.updated", "status": "failed",
+                                   "delivery_id": delivery_id, "hub": hub,
+                                   "timestamp": "2024-09-14T14:30:00Z"})
 
 
 def digests(sink) -> list[tuple[str, str]]:

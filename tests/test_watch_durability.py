@@ -12,11 +12,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-import aiohttp
 import pytest
 
 from tests import pgutil
-from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, write_config
+from tests.conftest import TOKEN, free_port, post_event, spawn_relay, wait_for, write_config
 from tests.test_crash import ready
 
 CONFIG = """\
@@ -42,12 +41,8 @@ watches:
 
 
 async def post(port: int, delivery_id: str) -> int:
-    body = {"event": "delivery.created", "delivery_id": delivery_id,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    async with aiohttp.ClientSession() as s, s.post(
-            f"http://127.0.0.1:{port}/webhook", json=body,
-            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-        return r.status
+    return await post_event(port, {"event": "delivery.created", "delivery_id": delivery_id,
+                                   "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 def titles(sink) -> Counter[str]:
