@@ -227,3 +227,18 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one_and_the_cap_follows
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["(1024,", "1024)", str(1024 - 64 - 64 - 4 * 16)]
+
+
+async def test_a_status_page_form_that_stops_half_way_gets_408(guarded):
+    """The login form is read under the same body timeout as a webhook."""
+    g = await guarded(*SHORT)
+    reader, writer = await g.connect()
+    form = b"token=admin-secret&next=%2Fui%2F"
+    writer.write(request(path="/ui/login", body=form, token=None, close=False,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+                 [: -len(form) // 2])
+    raw = await until_eof(reader)
+    writer.close()
+    status, _, body = response(raw)
+    assert (status, body) == (408, {"error": "Request timeout",
+                                    "details": "the form did not arrive within 0.3s"})

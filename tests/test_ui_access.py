@@ -274,3 +274,16 @@ async def test_the_overview_shows_a_receiver_in_its_quiet_hours_and_when_they_en
     clock.advance(9 * 3600)  # Thursday 08:00: the quiet time is over
     async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
         assert "st-quiet-hours" not in await resp.text()
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/tester"])
+async def test_a_malformed_form_is_a_json_400_not_a_traceback(running, sink, path, caplog):
+    """Broken multipart (no starting boundary) on the login form and on a logged-in form."""
+    r = await start_ui_relay(running, sink)
+    headers = {"Content-Type": "multipart/form-data; boundary=x", "Authorization":
+               f"Bearer {ADMIN}"}
+    async with r.session.post(r.url + path, data=b"garbage", headers=headers) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {"error": "Invalid body",
+                                     "details": "the form cannot be read"}
+    assert "Traceback" not in caplog.text and ADMIN not in caplog.text

@@ -9,6 +9,7 @@ a login session (relay.ui.access).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from multidict import MultiDictProxy
 
+from relay.server import BODY_ERRORS
 from relay.ui.access import COOKIE, LoginThrottle, Sessions, Tokens, Visitor, bearer_role, csrf_ok
 from relay.ui.views import ago, iso, when
 from relay.web import SERVICES, error
@@ -100,13 +103,27 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         return error(401, "Unauthorized", "log in at /ui/login or send the admin or viewer"
                      " token as a bearer token", {"WWW-Authenticate": 'Bearer realm="kourier-relay"'})
     if request.method == "POST":
-        form = await request.post()
+        form = await read_form(request)
         given = form.get("csrf")
         if not csrf_ok(visitor, given if isinstance(given, str) else None):
             return error(403, "Forbidden", "the form's CSRF token is missing or wrong:"
                          " reload the page and try again")
     request[VISITOR] = visitor
     return await handler(request)
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The posted form of a status-page request: a malformed one (bad multipart, broken
+    framing) is a JSON 400 and one that does not arrive in time a 408, never a 500."""
+    timeout = request.config_dict[SERVICES].runtime().config.server.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="Request timeout",
+                                     text=f"the form did not arrive within {timeout:g}s") from None
+    except (ValueError, *BODY_ERRORS):
+        raise web.HTTPBadRequest(reason="Invalid body", text="the form cannot be read") from None
 
 
 def create_ui() -> web.Application:

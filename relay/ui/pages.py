@@ -11,7 +11,7 @@ from aiohttp import web
 from relay.errors import InvalidEvent
 from relay.events import parse_event
 from relay.explain import explain
-from relay.ui import UI, VISITOR, tokens, visitor_of
+from relay.ui import UI, VISITOR, read_form, tokens, visitor_of
 from relay.ui.access import COOKIE, SESSION_TTL, role_for
 from relay.ui.views import chart, delivery_view, receiver_rows
 from relay.web import SERVICES, Services, error
@@ -96,7 +96,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
     if not request[VISITOR].may_replay:
         return error(403, "Forbidden", "the viewer token can look but not replay")
     s = services(request)
-    form = await request.post()
+    form = await read_form(request)
     receiver = str(form.get("receiver") or "") or None
     # A row's own button names just its job; "Replay selected" sends the ticked boxes.
     raw_ids = [str(v) for v in (form.getall("one", []) or form.getall("id", []))]
@@ -116,7 +116,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
 async def tester(request: web.Request) -> web.Response:
     text, report, problem = "", "", None
     if request.method == "POST":
-        form = await request.post()
+        form = await read_form(request)
         text = str(form.get("event") or "")
         try:
             report = _explain(request, text)
@@ -149,7 +149,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await read_form(request)
     t = tokens(request)
     target = _next(str(form.get("next") or ""))
     throttle, address, now = request.config_dict[UI].logins, request.remote or "", \
