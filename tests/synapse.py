@@ -183,6 +183,8 @@ def _start_shared(folder: Path) -> _Boot:
         state = folder / "synapse.json"
         if state.exists():
             known = json.loads(state.read_text())
+            if known["hs"] is None:  # the first worker found no Synapse to start: say why
+                return _Boot(problem=known["problem"])
             return _Boot(Homeserver(**known["hs"]), known["pid"], Path(known["workdir"]),
                          known["problem"])
         boot = _start()
