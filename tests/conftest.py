@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.lifecycle import Relay
 from relay.notify import install_requests_tap
+from tests.forkserver import RelayProcess
 
 install_requests_tap()  # what `serve` does at start-up: these tests build the relay themselves
 
@@ -245,12 +246,16 @@ def relay_cmd(*args: str) -> list[str]:
 
 
 def spawn_relay(config: Path, env: dict[str, str] | None = None, log: Path | None = None,
-                ) -> subprocess.Popen[bytes]:
-    """The relay as its users start it: `python -m relay serve -c FILE` in a subprocess."""
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(relay_cmd("serve", "-c", str(config)), stdout=out,
+                ) -> RelayProcess:
+    """The relay as its users start it, `python -m relay serve -c FILE`, in its own process
+    (forked from tests/forkserver.py, which has done the imports)."""
+    if log is None:
+        return RelayProcess(["serve", "-c", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             cwd=config.parent)
+    with open(log, "ab") as out:
+        return RelayProcess(["serve", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=config.parent)
 
 
 def wait_healthy(port: int, timeout: float = 10.0) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +15,8 @@ from click.testing import CliRunner
 from relay.cli import main
 from relay.errors import ConfigError
 from relay.lifecycle import Relay
-from tests.conftest import ROOT, relay_cmd
+from tests.conftest import ROOT
+from tests.forkserver import RelayProcess, run_relay
 
 DATA = "tests/data"
 SECRET = "SECRETxyz"  # the token inside the corpus' Apprise URLs; must never be printed
@@ -180,8 +180,8 @@ SERVED = ["unknown_key", "bad_apprise_url"]  # one found while loading, one whil
 def serve_results() -> dict[str, tuple[int, str]]:
     """`serve` as users start it, run side by side (the in-process test above covers all)."""
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
-    procs = {name: subprocess.Popen(relay_cmd("serve", "-c", path_of(name)), cwd=ROOT, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs = {name: RelayProcess(["serve", "-c", path_of(name)], cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for name in SERVED}
     results = {}
     for name, proc in procs.items():
@@ -205,8 +205,8 @@ def test_serve_refuses_broken_config_printing_the_check_line(name, serve_results
 def test_check_warns_about_the_old_delivery_section_with_the_new_name(tmp_path):
     cfg = tmp_path / "old.yaml"
     cfg.write_text((ROOT / "config.example.yaml").read_text().replace("sending:", "delivery:", 1))
-    result = subprocess.run([sys.executable, "-m", "relay", "check", "-c", str(cfg)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_relay(["check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1)
@@ -292,14 +292,14 @@ def test_check_warns_when_the_lease_does_not_outlive_a_send(tmp_path):
     cfg.write_text("server:\n  tokens: [\"t0ken\"]\nsending:\n  attempt_timeout: 30s\n"
                    "  lease: 20s\nreceivers:\n  - name: log\n    urls: [\"console://\"]\n"
                    "routes:\n  - match: {}\n    receivers: [log]\n")
-    result = subprocess.run([sys.executable, "-m", "relay", "check", "--strict", "-c", str(cfg)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_relay(["check", "--strict", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert ("lease.yaml:5: sending.lease: warning: the lease (20s) is not longer than"
             " attempt_timeout (30s)") in out
     assert "Traceback" not in out
     cfg.write_text(cfg.read_text().replace("lease: 20s", "lease: 2m"))
-    result = subprocess.run([sys.executable, "-m", "relay", "check", "--strict", "-c", str(cfg)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_relay(["check", "--strict", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

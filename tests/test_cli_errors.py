@@ -20,11 +20,11 @@ from tests.conftest import (
     ROOT,
     at_most,
     free_port,
-    relay_cmd,
     spawn_relay,
     wait_for_sync,
     wait_healthy,
 )
+from tests.forkserver import RelayProcess, run_relay
 
 # Variables the example config reads: unset, so results do not depend on the shell.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
@@ -32,10 +32,10 @@ UNSET = [k for k in os.environ if k.startswith(("KOURIER_", "OPS_"))]
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 30,
-        **popen: object) -> subprocess.CompletedProcess[str]:
-    """The command as a subprocess; a timeout fails the test instead of hanging it."""
-    return subprocess.run(relay_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=CLEAN_ENV, **popen)  # type: ignore[call-overload]
+        ) -> subprocess.CompletedProcess[str]:
+    """The command in its own process; a timeout fails the test instead of hanging it."""
+    return run_relay(args, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                     env=CLEAN_ENV)
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -71,9 +71,9 @@ def served_shapes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.Complete
     for shape, (text, _) in SHAPES.items():
         cfg = folder / f"{shape.replace(' ', '_')}.yaml"
         cfg.write_text(text)
-        procs[shape] = cfg, subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), env=CLEAN_ENV,
-                                             text=True, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE)
+        procs[shape] = cfg, RelayProcess(["serve", "-c", str(cfg)], env=CLEAN_ENV,
+                                         text=True, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
     results = {}
     for shape, (cfg, proc) in procs.items():
         try:
@@ -225,8 +225,8 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
         (tmp_path / folder).mkdir()
     port = free_port()
     cfg = relay_config(tmp_path / "etc", f"127.0.0.1:{port}")
-    relay = subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), cwd=tmp_path / "here",
-                             env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    relay = RelayProcess(["serve", "-c", str(cfg)], cwd=tmp_path / "here", env=CLEAN_ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port)  # serve creates the store
     finally:

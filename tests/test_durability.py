@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from tests.conftest import ROOT, TOKEN, free_port, serve_posts, spawn_relay, wait_for, wait_healthy
+from tests.forkserver import RelayProcess
 
 EVENT = {"event": "delivery.updated", "status": "in_transit",
          "timestamp": "2024-09-14T14:30:00Z"}
@@ -74,9 +74,9 @@ async def holding_sink() -> AsyncIterator[HoldingSink]:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes() -> Iterator[list[RelayProcess]]:
     """Relay subprocesses started by a test; none outlives it."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[RelayProcess] = []
     yield started
     for p in started:
         if p.poll() is None:
@@ -90,7 +90,7 @@ def job_states(db: Path) -> list[str]:
 
 
 async def start_relay(cfg: Path, port: int, log: Path,
-                      processes: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+                      processes: list[RelayProcess]) -> RelayProcess:
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = spawn_relay(cfg, env=env, log=log)
     processes.append(proc)

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from relay.cli import main
 from relay.events import parse_event
-from tests.conftest import ROOT, relay_cmd
+from tests.conftest import ROOT
+from tests.forkserver import run_relay
 
 EVENTS = ROOT / "examples" / "events"
 # Where each example goes with config.example.yaml.
@@ -83,8 +84,8 @@ def test_the_docs_show_route_examples_on_the_example_events():
 @pytest.mark.parametrize("line, shown", ROUTE_EXAMPLES, ids=[x[0] for x in ROUTE_EXAMPLES])
 def test_a_route_example_in_the_docs_runs_exactly_as_written(line, shown):
     words = shlex.split(line)
-    done = subprocess.run(relay_cmd(*words[1:]), cwd=ROOT, env=CLEAN_ENV, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    done = run_relay(words[1:], cwd=ROOT, env=CLEAN_ENV, text=True,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     assert matches(shown, done.stdout.rstrip("\n").split("\n")), done.stdout
     assert done.returncode == (1 if any(s.startswith("error:") for s in shown) else 0)
 

@@ -17,10 +17,10 @@ from tests.conftest import (
     DEFAULTS,
     TOKEN,
     free_port,
-    relay_cmd,
     wait_for,
     write_config,
 )
+from tests.forkserver import RelayProcess
 
 STAMP = "2024-09-14T14:30:00Z"
 THREE_RECEIVERS = """
@@ -146,8 +146,8 @@ default_receiver: log
 """, port=port, db=tmp_path / "relay.db", **DEFAULTS)
     err_path = tmp_path / "stderr.log"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(relay_cmd("serve", "-c", str(cfg), "--log-format", "json"),
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+        proc = RelayProcess(["serve", "-c", str(cfg), "--log-format", "json"],
+                            stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_for(lambda: _up(url, proc, err_path), 20, message="relay subprocess to be ready")
@@ -171,7 +171,7 @@ default_receiver: log
     assert {"time", "level", "logger", "message"} <= set(lines[0])
 
 
-async def _up(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+async def _up(url: str, proc: RelayProcess, log: Path) -> bool:
     assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
     try:
         return await ready(url)

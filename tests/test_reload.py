@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +20,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
+from tests.forkserver import RelayProcess
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 ROUTES = """
@@ -155,7 +155,7 @@ async def test_watch_config_reloads_when_the_file_changes(running, sink):
     assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-9"]
 
 
-async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+async def ready(port: int, proc: RelayProcess, log: Path) -> bool:
     assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
     try:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:

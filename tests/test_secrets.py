@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from relay import config
 from relay.errors import ConfigError
-from tests.conftest import relay_cmd, write_config
+from tests.conftest import write_config
+from tests.forkserver import run_relay
 
 SECRET = "PASSWORD123secret"
 URL = f"mailto://u:{SECRET}@mail.example.com"
@@ -82,7 +81,7 @@ def test_check_reports_a_mapping_in_urls_as_a_config_error_not_a_traceback(tmp_p
             urls: [{{url: "slack://T0SECRETA/B0SECRETB/{SECRET}"}}]
         default_receiver: chat
         """)
-    done = subprocess.run(relay_cmd("check", "-c", str(cfg)), capture_output=True, text=True,
+    done = run_relay(["check", "-c", str(cfg)], capture_output=True, text=True,
                           timeout=60)
     out = done.stdout + done.stderr
     assert done.returncode != 0
@@ -147,7 +146,7 @@ default_receiver: hook
         proc.wait(timeout=15)
         await sink.close()
 
-    listed = subprocess.run(relay_cmd("dead", "list", "-c", str(cfg), "--json"),
+    listed = run_relay(["dead", "list", "-c", str(cfg), "--json"],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     [job] = json.loads(listed.stdout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from tests.conftest import (
     BASE_CONFIG,
     DEFAULTS,
     free_port,
-    relay_cmd,
     spawn_relay,
     wait_for,
     write_config,
 )
+from tests.forkserver import RelayProcess, run_relay
 
 ROUTES = """
 receivers:
@@ -38,15 +37,12 @@ routes:
 
 
 async def run_send(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *relay_cmd("send", *args), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    done = await asyncio.to_thread(run_relay, ["send", *args], capture_output=True, text=True,
+                                   timeout=30)
+    return done.returncode, done.stdout, done.stderr
 
 
-async def ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+async def ready(port: int, proc: RelayProcess, log: Path) -> bool:
     assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
     try:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:

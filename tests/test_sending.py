@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
 
 import pytest
 
-from tests.conftest import TOKEN, FakeClock, relay_cmd, wait_for
+from tests.conftest import TOKEN, FakeClock, wait_for
+from tests.forkserver import run_relay
 
 EVENT = {"event": "delivery.updated", "status": "in_transit", "timestamp": "2024-09-14T14:30:00Z"}
 
@@ -163,8 +163,7 @@ async def make_dead(running, sink, tmp_path):
 
 
 def cli(*args, config):
-    return subprocess.run(relay_cmd(*args, "-c", str(config)), capture_output=True, text=True,
-                          timeout=30)
+    return run_relay([*args, "-c", str(config)], capture_output=True, text=True, timeout=30)
 
 
 async def test_dead_letters_list_show_and_replay_from_the_cli(running, sink, tmp_path):
