@@ -7,7 +7,6 @@ shows) are in `relay.store.rules`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -39,51 +38,52 @@ def _slot(row: Any) -> LiveSlot | None:
     return LiveSlot(row[0], row[1], row[2] if len(row) > 2 else None)
 
 
-class SQLiteLive:
+class _Live:
+    """The live-message operations, the same in both stores: which statement, with which
+    arguments. A store runs them: `_live_row` (the one row a statement answers) and
+    `_live_changed` (whether it changed one row)."""
+
+    async def _live_row(self, statement: str, args: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    async def _live_changed(self, statement: str, args: tuple[Any, ...]) -> bool:
+        raise NotImplementedError
+
+    async def live_take(self, key: str, delivery_id: str, *, owner: str, now: float,
+                        lease: float) -> LiveSlot | None:
+        return _slot(await self._live_row(sql.TAKE_LIVE,
+                                          (key, delivery_id, owner, now + lease, now, now)))
+
+    async def live_done(self, key: str, *, owner: str, ref: str | None, shown: float | None,
+                        now: float) -> bool:
+        return await self._live_changed(sql.DONE_LIVE, (ref, shown, now, key, owner))
+
+    async def live_release(self, key: str, *, owner: str) -> None:
+        await self._live_changed(sql.RELEASE_LIVE, (key, owner))
+
+    async def live_ref(self, key: str) -> LiveSlot | None:
+        return _slot(await self._live_row(sql.LIVE_REF, (key,)))
+
+
+class SQLiteLive(_Live):
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         raise NotImplementedError  # the store's writer thread
 
-    async def live_take(self, key: str, delivery_id: str, *, owner: str, now: float,
-                        lease: float) -> LiveSlot | None:
-        args = (key, delivery_id, owner, now + lease, now, now)
-        return await self._call(lambda c: _slot(c.execute(sql.TAKE_LIVE, args).fetchone()))
+    async def _live_row(self, statement: str, args: tuple[Any, ...]) -> Any:
+        return await self._call(lambda c: c.execute(statement, args).fetchone())
 
-    async def live_done(self, key: str, *, owner: str, ref: str | None, shown: float | None,
-                        now: float) -> bool:
-        args = (ref, shown, now, key, owner)
-        return await self._call(lambda c: c.execute(sql.DONE_LIVE, args).rowcount == 1)
-
-    async def live_release(self, key: str, *, owner: str) -> None:
-        await self._call(lambda c: c.execute(sql.RELEASE_LIVE, (key, owner)) and None)
-
-    async def live_ref(self, key: str) -> LiveSlot | None:
-        def read(conn: sqlite3.Connection) -> LiveSlot | None:
-            return _slot(conn.execute(sql.LIVE_REF, (key,)).fetchone())
-        return await self._call(read)
+    async def _live_changed(self, statement: str, args: tuple[Any, ...]) -> bool:
+        return await self._call(lambda c: c.execute(statement, args).rowcount == 1)
 
 
-class PostgresLive:
+class PostgresLive(_Live):
     async def _tx(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         raise NotImplementedError  # the store's transaction runner
 
-    async def live_take(self, key: str, delivery_id: str, *, owner: str, now: float,
-                        lease: float) -> LiveSlot | None:
-        args = (key, delivery_id, owner, now + lease, now, now)
-        return await self._tx(lambda c: _fetch_slot(c, sql.TAKE_LIVE, *args))
+    async def _live_row(self, statement: str, args: tuple[Any, ...]) -> Any:
+        return await self._tx(lambda c: c.fetchrow(q(statement), *args))
 
-    async def live_done(self, key: str, *, owner: str, ref: str | None, shown: float | None,
-                        now: float) -> bool:
-        async def done(conn: Any) -> bool:
-            status = await conn.execute(q(sql.DONE_LIVE), ref, shown, now, key, owner)
-            return bool(status == "UPDATE 1")
-        return await self._tx(done)
-
-    async def live_release(self, key: str, *, owner: str) -> None:
-        await self._tx(lambda c: c.execute(q(sql.RELEASE_LIVE), key, owner))
-
-    async def live_ref(self, key: str) -> LiveSlot | None:
-        return await self._tx(lambda c: _fetch_slot(c, sql.LIVE_REF, key))
-
-
-async def _fetch_slot(conn: Any, statement: str, *args: Any) -> LiveSlot | None:
-    return _slot(await conn.fetchrow(q(statement), *args))
+    async def _live_changed(self, statement: str, args: tuple[Any, ...]) -> bool:
+        async def changed(conn: Any) -> bool:
+            return bool(await conn.execute(q(statement), *args) == "UPDATE 1")
+        return await self._tx(changed)
