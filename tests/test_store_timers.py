@@ -118,7 +118,10 @@ async def test_open_creates_a_window_a_later_event_does_not_move(store: Store) -
 async def test_firing_inserts_the_jobs_and_the_timer_fires_only_once(store: Store) -> None:
     accepted = await send(store, 1, arm())
     [timer] = await take(store, T0 + 100)
+    woken: list[int] = []
+    store.subscribe(lambda: woken.append(1))
     assert await store.fire(timer, [job(), job(url_index=1)], now=T0 + 101) == 2
+    assert woken == [1]  # the worker hears of the new jobs
     jobs = (await claim(store, now=T0 + 101)).jobs
     assert [(j.event_id, j.delivery_id, j.event_type, j.created_at) for j in jobs] == \
         [(accepted.event_id, "d1", "timer.watch", T0 + 101)] * 2

@@ -18,10 +18,9 @@ from relay.store.sql import numbered as q
 class PostgresTimers:
     """The TimerQueue half of PostgresStore (which provides the transaction and wake-ups)."""
 
-    _backlog: rules.Backlog
     _tx: Callable[..., Awaitable[Any]]
     _notify: Callable[[Any], Awaitable[None]]
-    _wake: Callable[..., None]
+    _queued: Callable[[int, int], int]
 
     async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
                            ) -> list[Timer]:
@@ -40,10 +39,7 @@ class PostgresTimers:
                 await self._notify(conn)
             return change
 
-        self._backlog.add(await self._tx(fire))
-        if jobs:
-            self._wake()
-        return len(jobs)
+        return self._queued(await self._tx(fire), len(jobs))
 
     async def release_timer(self, timer: Timer) -> None:
         await self._tx(lambda conn: conn.execute(q(sql.RELEASE_TIMER), timer.id,

@@ -336,11 +336,8 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                 await self._notify(conn)
             return count
 
-        count = await self._tx(replay)
-        self._backlog.add(count)
-        if count:
-            self._wake()
-        return count
+        count: int = await self._tx(replay)
+        return self._queued(count, count)
 
     async def purge(self, before: float, batch: int = 500) -> int:
         """Delete up to `batch` finished events received before `before`, with their jobs."""

@@ -264,13 +264,15 @@ class Backlog:
 
 
 class Wakeups:
-    """`subscribe`, `subscribe_timers` and `_wake`, the same in both stores: subscribers
-    (the worker) are called when jobs are new or replayed, timer subscribers when timers
-    were armed or changed (or, on PostgreSQL, when another replica says something may
-    have). The store sets `_subscribers` and `_timer_subscribers` to lists."""
+    """`subscribe`, `subscribe_timers`, `_wake` and `_queued`, the same in both stores:
+    subscribers (the worker) are called when jobs are new or replayed, timer subscribers
+    when timers were armed or changed (or, on PostgreSQL, when another replica says
+    something may have). The store sets `_subscribers` and `_timer_subscribers` to lists
+    and `_backlog` to its `Backlog`."""
 
     _subscribers: list[Callable[[], None]]
     _timer_subscribers: list[Callable[[], None]]
+    _backlog: Backlog
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         self._subscribers.append(callback)
@@ -281,6 +283,14 @@ class Wakeups:
     def _wake(self, timers: bool = False) -> None:
         for callback in [*self._subscribers, *(self._timer_subscribers if timers else ())]:
             callback()
+
+    def _queued(self, change: int, new: int) -> int:
+        """After a commit that queued `new` jobs (fired or replayed) and changed the backlog
+        by `change`: count them, wake the worker if there are any; `new`."""
+        self._backlog.add(change)
+        if new:
+            self._wake()
+        return new
 
 
 LiveAction = Literal["post", "edit", "skip"]

@@ -264,10 +264,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
     async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
                    consumed: TimerInputs | None = None) -> int:
         change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
-        self._backlog.add(change)
-        if jobs:
-            self._wake()
-        return len(jobs)
+        return self._queued(change, len(jobs))
 
     async def release_timer(self, timer: Timer) -> None:
         await self._call(lambda conn: conn.execute(
