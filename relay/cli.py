@@ -68,6 +68,17 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
     os._exit(0)
 
 
+# What to change when listening fails with this errno ({host}: the host of server.listen).
+LISTEN_PROBLEMS = {
+    errno.EADDRINUSE: "the port is already in use (another relay?): stop that process,"
+                      " or choose a free port in server.listen (or --listen)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE):"
+                  " choose a port of 1024 or above in server.listen (or --listen)",
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine: use one of its addresses"
+                         " in server.listen (or --listen), or 0.0.0.0 for all",
+}
+
+
 def listen_problem(e: OSError, address: str) -> str | None:
     """What to change when the server cannot listen on `address`; None for other errors."""
     host = address.rpartition(":")[0] or "0.0.0.0"
@@ -75,17 +86,8 @@ def listen_problem(e: OSError, address: str) -> str | None:
     if isinstance(e, socket.gaierror):
         return (f"{where}: the host {host!r} does not resolve: set server.listen (or --listen)"
                 " to an IP address or a name of this machine, e.g. 0.0.0.0:8080")
-    if e.errno == errno.EADDRINUSE:
-        return (f"{where}: the port is already in use (another relay?): stop that process,"
-                " or choose a free port in server.listen (or --listen)")
-    if e.errno == errno.EACCES:
-        return (f"{where}: permission denied (ports below 1024 need root or"
-                " CAP_NET_BIND_SERVICE): choose a port of 1024 or above in server.listen"
-                " (or --listen)")
-    if e.errno == errno.EADDRNOTAVAIL:
-        return (f"{where}: {host} is not an address of this machine: use one of its"
-                " addresses in server.listen (or --listen), or 0.0.0.0 for all")
-    return None
+    problem = LISTEN_PROBLEMS.get(e.errno) if e.errno is not None else None
+    return None if problem is None else f"{where}: {problem.format(host=host)}"
 
 
 @main.command()

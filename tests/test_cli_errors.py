@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relay.cli import main
+from relay.cli import listen_problem, main
 from tests.conftest import (
     ROOT,
     at_most,
@@ -138,6 +140,27 @@ def test_a_second_relay_on_a_port_in_use_says_so_in_one_line(tmp_path):
     finally:
         first.terminate()
         first.wait(20)
+
+
+@pytest.mark.parametrize(("error", "address", "problem"), [
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "nowhere:80",
+     "cannot listen on nowhere:80: the host 'nowhere' does not resolve: set"
+     f" {LISTEN_HINT} to an IP address or a name of this machine, e.g. 0.0.0.0:8080"),
+    (OSError(errno.EADDRINUSE, "in use"), ":8080",
+     "cannot listen on :8080: the port is already in use (another relay?): stop that"
+     f" process, or choose a free port in {LISTEN_HINT}"),
+    (OSError(errno.EACCES, "denied"), "0.0.0.0:80",
+     "cannot listen on 0.0.0.0:80: permission denied (ports below 1024 need root or"
+     f" CAP_NET_BIND_SERVICE): choose a port of 1024 or above in {LISTEN_HINT}"),
+    (OSError(errno.EADDRNOTAVAIL, "not available"), "10.9.8.7:8080",
+     "cannot listen on 10.9.8.7:8080: 10.9.8.7 is not an address of this machine: use one"
+     f" of its addresses in {LISTEN_HINT}, or 0.0.0.0 for all"),
+    (OSError(errno.EMFILE, "too many open files"), "0.0.0.0:8080", None),
+    (OSError("no errno"), "0.0.0.0:8080", None),
+])
+def test_each_listen_error_names_what_to_change(error, address, problem):
+    """`serve` prints these as one line; an error it has no advice for is raised as it is."""
+    assert listen_problem(error, address) == problem
 
 
 def test_a_listen_host_that_does_not_resolve_is_one_line(tmp_path):
