@@ -8,6 +8,7 @@ import pytest
 from aiohttp import ClientSession
 
 from relay.live import LiveClient, LiveMessage, MessageRef, live_client, why_not_live
+from relay.live.http import Answer
 from tests.conftest import free_port
 from tests.livefakes import DISCORD_ID, DISCORD_TOKEN, SLACK_TOKEN, TELEGRAM_TOKEN
 
@@ -290,6 +291,16 @@ def test_urls_that_cannot_edit_say_why_without_secrets(url, reason) -> None:
                                  "https://discord.com/api/webhooks/1/tok"])
 def test_urls_that_can_edit(url) -> None:
     assert why_not_live(url) is None
+
+
+@pytest.mark.parametrize(("answer", "fields"), [
+    (Answer(200, {"ok": True, "ts": "1.2"}), {"ok": True, "ts": "1.2"}),
+    (Answer(200, [{"id": "1"}]), {}),  # JSON, but not an object
+    (Answer(502, None), {}),  # not JSON (an HTML error page)
+    (Answer(None, error="timed out after 10s", timed_out=True), {}),
+])
+def test_every_client_reads_an_answer_as_a_json_object_or_nothing(answer, fields) -> None:
+    assert answer.fields == fields
 
 
 def test_message_ref_round_trips_through_json() -> None:

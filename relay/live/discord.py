@@ -50,27 +50,28 @@ class DiscordClient:
         return f"**{message.title}**\n{message.body}" if message.title and message.body \
             else message.title or message.body
 
+    def _json(self, message: LiveMessage) -> dict[str, Any]:
+        """What a post or an edit sends: the text, and no mentions (`NO_MENTIONS`)."""
+        return {"content": self.content(message), "allowed_mentions": NO_MENTIONS}
+
     def _params(self, **extra: str) -> dict[str, str]:
         return {**extra, **({"thread_id": self.thread_id} if self.thread_id else {})}
 
     async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
         answer = await self.api.call("POST", self.path, params=self._params(wait="true"),
-                                     json={"content": self.content(message),
-                                           "allowed_mentions": NO_MENTIONS})
+                                     json=self._json(message))
         return self._result("post", answer)
 
     async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         answer = await self.api.call("PATCH", f"{self.path}/messages/{ref.message}",
-                                     params=self._params(),
-                                     json={"content": self.content(message),
-                                           "allowed_mentions": NO_MENTIONS})
+                                     params=self._params(), json=self._json(message))
         return self._result("edit", answer)
 
     async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
         return LiveResult(Outcome("failed", "Discord webhooks cannot reply in a thread"))
 
     def _result(self, action: str, answer: Any) -> LiveResult:
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         if answer.status == 200 and body.get("id"):
             channel = str(body.get("channel_id") or self.thread_id or "")
             return LiveResult(SENT, MessageRef("discord", channel, str(body["id"])))

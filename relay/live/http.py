@@ -38,6 +38,11 @@ class Answer:
     error: str = ""  # transport error (redacted), when status is None
     timed_out: bool = False
 
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The JSON object answered; {} for anything else (no answer, a list, plain text)."""
+        return self.body if isinstance(self.body, dict) else {}
+
 
 class Api:
     """One platform endpoint: a shared aiohttp session, a timeout, and the secrets to hide."""

@@ -95,7 +95,7 @@ class MatrixClient:
         txn = quote(f"kourier-{key}" if key else uuid.uuid4().hex, safe="")
         answer = await self._call("PUT", f"/rooms/{quote(self.room_id, safe='')}/send/"
                                          f"m.room.message/{txn}", content)
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         if answer.status == 200 and body.get("event_id"):
             # An edit's ref stays the original event: later edits replace that one.
             return LiveResult(SENT, edited or MessageRef("matrix", self.room_id,
@@ -108,7 +108,7 @@ class MatrixClient:
             return ready
         answer = await self._call("GET", f"/rooms/{quote(ref.channel, safe='')}/event/"
                                          f"{quote(ref.message, safe='')}")
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         if answer.status == 200:
             redacted = "redacted_because" in (body.get("unsigned") or {}) or not body.get("content")
             return LiveResult(Outcome("failed", "the live message was redacted"),
@@ -125,14 +125,14 @@ class MatrixClient:
                 answer = await self.api.call("POST", f"{V3}/login", json={
                     "type": "m.login.password", "password": self.password,
                     "identifier": {"type": "m.id.user", "user": self.user}})
-                body = answer.body if isinstance(answer.body, dict) else {}
+                body = answer.fields
                 if answer.status != 200 or not body.get("access_token"):
                     return self._failure("login", answer)
                 self.token = str(body["access_token"])
                 self.api.secrets += (self.token,)
             if not self.room_id:
                 answer = await self._call("POST", f"/join/{quote(self.room, safe='')}", {})
-                body = answer.body if isinstance(answer.body, dict) else {}
+                body = answer.fields
                 if answer.status != 200 or not body.get("room_id"):
                     return self._failure("join", answer)
                 self.room_id = str(body["room_id"])
@@ -143,7 +143,7 @@ class MatrixClient:
                                    headers={"Authorization": f"Bearer {self.token}"})
 
     def _failure(self, action: str, answer: Answer) -> LiveResult:
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         code = str(body.get("errcode") or "no errcode")
         error = self.api.redact(f"{action}: {code}: {body.get('error') or ''}".rstrip(": "))
         if code == "M_UNKNOWN_TOKEN" and self.user:

@@ -91,7 +91,7 @@ class SlackClient:
 
     async def _send(self, method: str, payload: dict[str, str]) -> LiveResult:
         answer = await self.api.call("POST", f"/{method}", json=payload, headers=self._headers)
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         if answer.status == 200 and body.get("ok") is True:
             if not body.get("channel") or not body.get("ts"):
                 return LiveResult(Outcome("retry", f"{method}: Slack's answer has no channel/ts"))

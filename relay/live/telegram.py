@@ -69,7 +69,7 @@ class TelegramClient:
 
     async def _call(self, method: str, payload: dict[str, Any]) -> LiveResult:
         answer = await self.api.call("POST", f"{self.prefix}/{method}", json=payload)
-        body = answer.body if isinstance(answer.body, dict) else {}
+        body = answer.fields
         result = body.get("result")
         if answer.status == 200 and body.get("ok") is True and isinstance(result, dict):
             chat = result["chat"] if isinstance(result.get("chat"), dict) else {}
