@@ -11,6 +11,7 @@ back to the built-in one, so a notification is never lost to a template.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -288,6 +289,7 @@ def template_issues(t: TemplateConfig, source: Source) -> list[Issue]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
 def template_problem(text: str) -> tuple[int, str] | None:
     """The first problem of a template text, as (its line in the text, message); None if none.
 
@@ -320,13 +322,27 @@ def compile_pair(title: str, body: str, type_: str | None, fmt: str) -> Compiled
 
 
 def _compile_pair(title: str, body: str, type_: str | None, fmt: str) -> CompiledTemplate:
-    fields = referenced_fields(title) | referenced_fields(body)
-    return CompiledTemplate(ENV.from_string(title), ENV.from_string(body), type_, fmt, fields)
+    (title_t, title_fields), (body_t, body_fields) = _compiled(title), _compiled(body)
+    return CompiledTemplate(title_t, body_t, type_, fmt, title_fields | body_fields)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> tuple[jinja2.Template, frozenset[str]]:
+    """A template text compiled in the sandbox, with the payload fields it reads; raises
+    jinja2.TemplateSyntaxError. Parsed once, and compiled once per process for each text
+    (a Template is immutable and ENV never changes), so a reload, and every relay a
+    process builds, compiles only the texts it has not seen."""
+    ast = ENV.parse(source)
+    fields = _fields(ast)
+    return ENV.template_class.from_code(ENV, ENV.compile(ast), ENV.make_globals(None)), fields
 
 
 def referenced_fields(source: str) -> frozenset[str]:
     """Top-level payload fields a template reads (`payload.x` counts as `x`)."""
-    ast = ENV.parse(source)
+    return _compiled(source)[1]
+
+
+def _fields(ast: nodes.Template) -> frozenset[str]:
     names = set(meta.find_undeclared_variables(ast))
     for node in ast.find_all(nodes.Getattr):
         if isinstance(node.node, nodes.Name) and node.node.name == "payload":

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import jinja2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import loads
 from relay.events import Event
 from relay.runtime import build_runtime
+from relay.templating import compile_pair
 
 CONFIG = """
 server: {tokens: [t]}
@@ -83,3 +86,15 @@ def test_no_payload_value_loses_a_notification(kind: str, delivery: str, stamp: 
         channel = PLANNER.channels[n.receiver][n.url_index]
         assert not channel.body_max or len(n.body) <= channel.body_max
         assert not channel.title_max or len(n.title) <= channel.title_max
+
+
+def test_a_template_text_is_compiled_once_and_a_broken_one_fails_every_time():
+    first = compile_pair("{{ delivery_id }}", "now {{ payload.eta }}", None, "text")
+    again = compile_pair("{{ delivery_id }}", "now {{ payload.eta }}", "info", "markdown")
+    assert again.title is first.title and again.body is first.body  # a reload reuses them
+    assert (again.type, again.format, again.fields) == ("info", "markdown",
+                                                        {"delivery_id", "eta"})
+    assert compile_pair("{{ status }}", "", None, "text").title is not first.title
+    for _ in range(2):  # a failure is not kept as if it were a template
+        with pytest.raises(jinja2.TemplateSyntaxError):
+            compile_pair("{{ delivery_id", "", None, "text")
