@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from relay import legacy
 from relay.errors import ConfigError, Issue
 from relay.limits import Circuit
@@ -35,7 +33,7 @@ from relay.schema import (
     rate,
     shown,
 )
-from relay.yamlfile import Source, Tree, resolve_env, yaml_error
+from relay.yamlfile import Source, Tree, compose, resolve_env
 
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config", "DeliveriesConfig",
            "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
@@ -214,10 +212,7 @@ def store_beside(url: str, folder: Path) -> str:
 
 
 def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError([yaml_error(file, e, text)]) from None
+    node = compose(text, file)
     tree = Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
     source = Source(file, tree.lines, tree.starts)

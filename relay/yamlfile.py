@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from relay import yamlsyntax
-from relay.errors import Issue, Severity
+from relay.errors import ConfigError, Issue, Severity
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -51,6 +51,18 @@ class Source:
         return start + max(lineno, 1) - 1 if start else self.line(path)
 
 
+def compose(text: str, file: str) -> yaml.Node | None:
+    """The node tree of a config text; a YAML error is a ConfigError, explained at its line.
+
+    PyYAML's own parser, not libyaml's (CSafeLoader), though that is faster: the two
+    disagree on what is a mistake (libyaml takes a tab after a colon), and yamlsyntax
+    explains this one's words and marks."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError([yaml_error(file, e, text)]) from None
+
+
 def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
     found = yamlsyntax.explain(e, text)
     return Issue(file, found.line, "", found.message)
@@ -66,6 +78,8 @@ class Tree:
         self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
+        self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
+        self._scalars = yaml.SafeLoader("")  # its constructor types scalars as YAML does
 
     def value(self, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -83,7 +97,7 @@ class Tree:
             return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
         block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
         self.starts[path] = node.start_mark.line + 1 + block
-        scalar = yaml.SafeLoader(".").construct_object(node, deep=True)  # typed scalar
+        scalar = self._scalars.construct_object(node, deep=True)
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
         return scalar
