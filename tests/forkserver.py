@@ -6,17 +6,17 @@ relays and commands. So each test process starts one fork server, which imports
 what `python -m relay` imports and waits. `RelayProcess(args)` (a
 `subprocess.Popen` look-alike) and `run_relay(args)` (`subprocess.run`) ask it to
 fork; the child runs `python -m relay ARGS` as the interpreter would (`runpy`,
-`sys.argv`, the working folder, the environment, the caller's files as fds 0-2,
-every other fd closed) and ends as the interpreter does (atexit, the exit code,
-a traceback and 1 for an uncaught exception). The child is a real, separate relay
+`sys.argv`, the working folder, the environment, resource limits, the caller's
+files as fds 0-2, every other fd closed) and ends as the interpreter does (atexit,
+the exit code, a traceback and 1 for an uncaught exception). The child is a real, separate relay
 process: its own pid, signals, store, sockets and send processes. What differs
 from an exec is only that the imports were done before the fork; the tests that
 prove the installed entry point itself (tests/test_forkserver.py,
 tests/test_walkthrough.py, the import checks) exec the real command line.
 
 Protocol, one SOCK_SEQPACKET connection per child: the client sends a JSON
-request (argv, cwd, env) with three fds; the server answers the child's pid,
-then, when it has reaped the child, its return code as `Popen.returncode` has it
+request (argv, cwd, env, resource limits) with three fds; the server answers the
+child's pid, then, when it has reaped the child, its return code as `Popen.returncode` has it
 (negative: the signal that ended it). When the test process goes (its pipe to the
 server closes), the server kills the children still running and exits.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +68,8 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    for kind, soft, hard in request["limits"]:
+        resource.setrlimit(kind, (soft, hard))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -174,7 +177,9 @@ class RelayProcess:
 
     def __init__(self, args: Sequence[str], *, stdin: Target = None, stdout: Target = None,
                  stderr: Target = None, cwd: str | os.PathLike[str] | None = None,
-                 env: dict[str, str] | None = None, text: bool = False) -> None:
+                 env: dict[str, str] | None = None, text: bool = False,
+                 limits: Mapping[int, tuple[int, int]] | None = None) -> None:
+        """`limits`: resource limits the child sets before it starts (`resource.RLIMIT_*`)."""
         self.args = [sys.executable, "-m", "relay", *args]
         self.returncode: int | None = None
         self.stdin: IO[Any] | None = None
@@ -204,7 +209,8 @@ class RelayProcess:
         fds = [target(stdin, 0, True), target(stdout, 1, False)]
         fds.append(fds[1] if stderr == subprocess.STDOUT else target(stderr, 2, False))
         request = {"args": list(args), "cwd": os.fspath(cwd or os.getcwd()),
-                   "env": dict(os.environ if env is None else env)}
+                   "env": dict(os.environ if env is None else env),
+                   "limits": [(kind, *pair) for kind, pair in (limits or {}).items()]}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._conn.connect(_address())

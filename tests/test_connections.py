@@ -22,11 +22,11 @@ from tests.conftest import (
     DEFAULTS,
     TOKEN,
     free_port,
-    relay_cmd,
     wait_for_sync,
     wait_healthy,
     write_config,
 )
+from tests.forkserver import RelayProcess
 from tests.guarded import event, request, response, until_eof
 
 guarded = guarded_module.guarded  # the fixture
@@ -145,19 +145,15 @@ async def test_a_real_request_is_unaffected_by_the_guards(guarded):
 
 
 def _limited_relay(tmp_path: Path, nofile: int, server_lines: str = "",
-                   ) -> tuple[subprocess.Popen[bytes], int, Path]:
+                   ) -> tuple[RelayProcess, int, Path]:
     port = free_port()
     values = {**DEFAULTS, "port": port, "db": tmp_path / "relay.db", "server": server_lines,
               "sending": "concurrency: 2"}
     cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG, **values)
     log = tmp_path / "relay.log"
-
-    def limit() -> None:  # in the child, before the relay starts
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(relay_cmd("serve", "-c", str(cfg)), stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp_path, preexec_fn=limit)
+    with open(log, "ab") as out:  # the limit is set in the child, before the relay starts
+        proc = RelayProcess(["serve", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT,
+                            cwd=tmp_path, limits={resource.RLIMIT_NOFILE: (nofile, nofile)})
     return proc, port, log
 
 

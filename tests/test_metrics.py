@@ -198,11 +198,11 @@ async def test_unknown_event_types_cannot_grow_metrics_without_bound(running):
     before = await size()
     import random
     rng = random.Random(11)
-    for n in range(2000):
+    for n in range(300):  # each label a type added would be ~80 bytes: 4 would fail the bound
         kind = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz._", k=24))
         assert (await r.post({"event": kind, "delivery_id": f"D-{n}", "timestamp": STAMP}))[0] \
             == 202
     after = await size()
     assert after - before < 300, (before, after)
     m = await scrape(r.url)
-    assert value(m, "kourier_relay_events_total", type="other", outcome="accepted") == 2000
+    assert value(m, "kourier_relay_events_total", type="other", outcome="accepted") == 300

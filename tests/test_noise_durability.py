@@ -62,7 +62,7 @@ async def test_kill_9_mid_window_loses_and_repeats_nothing(tmp_path, sink):
     text = CONFIG.replace("routes:\n", NIGHT + "routes:\n") + \
         "    continue: true\n  - name: all\n    match: {}\n    receivers: [night]\n"
     cfg = write_config(tmp_path / "relay.yaml", text, port=port, token=TOKEN,
-                       store=f"sqlite:{db}", url=sink.url("ops"), window="2s",
+                       store=f"sqlite:{db}", url=sink.url("ops"), window="1s",
                        night=sink.url("night"))
     log = tmp_path / "relay.log"
     proc = spawn_relay(cfg, log=log)

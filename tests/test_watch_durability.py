@@ -54,12 +54,12 @@ async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_star
     port = free_port()
     db = tmp_path / "relay.db"
     cfg = write_config(tmp_path / "relay.yaml", CONFIG, port=port, token=TOKEN,
-                       store=f"sqlite:{db}", url=sink.url("ops"), after="2s")
+                       store=f"sqlite:{db}", url=sink.url("ops"), after="1s")
     log = tmp_path / "relay.log"
     proc = spawn_relay(cfg, log=log)
     await ready(port, proc)
     assert await post(port, "D-down") == 202
-    due = time.time() + 2
+    due = time.time() + 1
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     # Stay down until the timer is due: it falls due while no relay runs.
