@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.lifecycle import Relay
 from relay.notify import install_requests_tap
-from tests.forkserver import RelayProcess
+from tests.forkserver import RelayProcess, share_under_xdist
 
 install_requests_tap()  # what `serve` does at start-up: these tests build the relay themselves
 
@@ -239,6 +239,10 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    share_under_xdist(config)
 
 
 def relay_cmd(*args: str) -> list[str]:

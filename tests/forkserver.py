@@ -34,9 +34,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import pytest
 
 MAIN = str(Path(__file__).resolve().parent.parent / "relay" / "__main__.py")
 
@@ -121,6 +124,8 @@ def serve(path: str) -> None:
             if key.data == "parent":  # the test process is gone: so are its relays
                 for pid in waiting:
                     os.kill(pid, signal.SIGKILL)
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
                 return
             if key.data == "accept":
                 conn, _ = listener.accept()
@@ -149,24 +154,57 @@ def serve(path: str) -> None:
 
 # --- the client -----------------------------------------------------------------------
 
+SHARED = "KOURIER_TEST_FORK_SERVER"  # its address, when the xdist controller started one
 _lock = threading.Lock()
 _server: tuple[subprocess.Popen[bytes], str] | None = None
 
 
-def _address() -> str:
+def _start() -> tuple[subprocess.Popen[bytes], str]:
+    """A fork server that this process owns: it goes when this process does."""
+    path = os.path.join(tempfile.mkdtemp(prefix="kourier-fork-"), "server")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.forkserver", path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=Path(MAIN).parent.parent)
+    atexit.register(proc.stdin.close)  # type: ignore[union-attr]
+    return proc, path
+
+
+def _ready(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    if proc.stdout.readline() != b"ready\n":
+        raise RuntimeError("the test fork server did not start")
+
+
+def share_under_xdist(config: pytest.Config) -> None:
+    """Under xdist, one fork server for the run, started by the controller while the
+    workers start (each would otherwise import the relay once more for its own)."""
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        global _server
+        _server = _start()
+        os.environ[SHARED] = _server[1]  # the workers inherit it
+
+
+def _connect() -> socket.socket:
     global _server
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    shared = os.environ.get(SHARED)
+    if shared:
+        # The controller's server binds its socket once it has done its imports.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn.connect(shared)
+                return conn
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the run's fork server at {shared} never answered") from None
+                time.sleep(0.05)  # polling the socket's appearance, bounded above
     with _lock:
         if _server is None or _server[0].poll() is not None:
-            path = os.path.join(tempfile.mkdtemp(prefix="kourier-fork-"), "server")
-            proc = subprocess.Popen([sys.executable, "-m", "tests.forkserver", path],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    cwd=Path(MAIN).parent.parent)
-            assert proc.stdout is not None
-            if proc.stdout.readline() != b"ready\n":
-                raise RuntimeError("the test fork server did not start")
-            _server = proc, path
-            atexit.register(proc.stdin.close)  # type: ignore[union-attr]
-        return _server[1]
+            _server = _start()
+            _ready(_server[0])
+    conn.connect(_server[1])
+    return conn
 
 
 Target = int | IO[Any] | None
@@ -211,9 +249,8 @@ class RelayProcess:
         request = {"args": list(args), "cwd": os.fspath(cwd or os.getcwd()),
                    "env": dict(os.environ if env is None else env),
                    "limits": [(kind, *pair) for kind, pair in (limits or {}).items()]}
-        self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._conn.connect(_address())
+            self._conn = _connect()
             socket.send_fds(self._conn, [json.dumps(request).encode()], fds)
             self.pid = int(self._conn.recv(64))
         finally:
