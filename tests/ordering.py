@@ -3,16 +3,23 @@
 The seconds each file took are kept in pytest's cache (`.pytest_cache`, key
 `kourier/file-seconds`) at the end of a run; the next run sorts files by them,
 slowest first, and keeps the order of the tests inside a file (module fixtures
-stay set up once). A file the cache does not know yet goes first, and without
-the cache (`-p no:cacheprovider`) the order is pytest's own. `make test` hands out
+stay set up once). A fresh clone has no cache: it takes the seconds committed in
+`tests/file-seconds.json` (wall seconds per file in a `make test`; refresh it
+with `python -m tests.ordering` after a run when files were added or grew). A
+file neither knows goes first; with `-p no:cacheprovider` the order is pytest's own. `make test` hands out
 whole files (`--dist loadfile`), so a module fixture is built once, not once per worker.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 KEY = "kourier/file-seconds"
+SEED = Path(__file__).with_name("file-seconds.json")
 _seconds: dict[str, float] = {}
 
 
@@ -22,9 +29,9 @@ def _file(nodeid: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cache = getattr(config, "cache", None)
-    known: dict[str, float] = cache.get(KEY, {}) if cache is not None else {}
-    if not known:
+    if cache is None:
         return
+    known: dict[str, float] = {**json.loads(SEED.read_text()), **cache.get(KEY, {})}
     first = {}  # each file's place in pytest's order, to break ties the same way every time
     for n, item in enumerate(items):
         first.setdefault(_file(item.nodeid), n)
@@ -42,3 +49,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if cache is None or hasattr(session.config, "workerinput") or not _seconds:
         return
     cache.set(KEY, {**cache.get(KEY, {}), **{f: round(s, 2) for f, s in _seconds.items()}})
+
+
+if __name__ == "__main__":  # write the cache's seconds to the committed seed
+    root = Path(__file__).resolve().parent.parent
+    data = json.loads((root / ".pytest_cache" / "v" / KEY).read_text())
+    files = {f: s for f, s in data.items() if (root / f).exists()}
+    SEED.write_text(json.dumps(dict(sorted(files.items(), key=lambda x: (-x[1], x[0]))),
+                               indent=0) + "\n")
+    print(f"{SEED}: {len(files)} files", file=sys.stderr)
