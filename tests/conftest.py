@@ -61,10 +61,38 @@ async def post_event(port: int, body: dict[str, Any]) -> int:
         return r.status
 
 
+def _port_range() -> range:
+    """This test process's own ports: below the ephemeral range, one block per xdist worker.
+
+    A port the kernel hands out for `bind(0)` is free only until something else takes it,
+    and every outgoing connection takes one from that same ephemeral range: a test that
+    starts a relay on it later finds it in use now and then. Ports below the range are
+    never handed out for connections, and each worker has its own block.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = 1000
+    start = max(1024, low - 16 * block) + (int(worker) % 16 if worker.isdigit() else 0) * block
+    return range(start, start + block)
+
+
+_PORTS: Iterator[int] = iter(())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port no other test process uses and nothing listens on now (see `_port_range`)."""
+    global _PORTS
+    for _ in range(2):
+        for port in _PORTS:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        _PORTS = iter(_port_range())  # the first use, or every port of the block was used once
+    raise RuntimeError("no free port left in this test process's block")
 
 
 async def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
