@@ -2,8 +2,9 @@
 
 Starting `python -m relay` costs about half a second of CPU, nearly all of it
 imports (aiohttp, Apprise loading its plugins); the suite starts about a hundred
-relays and commands. So each test process starts one fork server, which imports
-what `python -m relay` imports and waits. `RelayProcess(args)` (a
+relays and commands. So a test run starts one fork server (under xdist the
+controller starts it for all workers; else the first test that needs it), which
+imports what `python -m relay` imports and waits. `RelayProcess(args)` (a
 `subprocess.Popen` look-alike) and `run_relay(args)` (`subprocess.run`) ask it to
 fork; the child runs `python -m relay ARGS` as the interpreter would (`runpy`,
 `sys.argv`, the working folder, the environment, resource limits, the caller's
