@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import apprise
 import requests
@@ -37,7 +37,9 @@ from relay.config import BODY_FORMATS, Config, ReceiverConfig
 from relay.errors import Issue
 from relay.escaping import Channel, strip_controls
 from relay.logs import scrub
-from relay.store.records import AttemptOutcome
+
+if TYPE_CHECKING:  # an annotation only: a send process does not load the store
+    from relay.store.records import AttemptOutcome
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 425, 429})
