@@ -55,7 +55,7 @@ Decision = Sent | Retry | Dead | Postponed
 def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
            rng: random.Random) -> Decision:
     """The job's next state after one attempt made at `now` (`rng` draws the jitter)."""
-    if outcome.held:
+    if outcome.postponed:
         return Postponed(now + outcome.min_delay, outcome.error)
     if outcome.kind == "sent":
         return Sent(outcome.live)

@@ -67,7 +67,7 @@ class Outcome:
     status: int | None = None
     # Not tried: the live message is being updated by another sender. The job waits
     # `min_delay` and is not counted as an attempt, nor as a failure of the receiver.
-    held: bool = False
+    postponed: bool = False
     live: str = ""  # what a live send did (post, edit, repost, skip), for the log line
 
     @property

@@ -45,23 +45,23 @@ REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/j
 
 
 class LogThrottle:
-    """One log line per kind and interval, counting what it held back: a flood of bad
+    """One log line per kind and interval, counting the ones it left out: a flood of bad
     connections must not turn into a flood of log lines."""
 
     def __init__(self, logger: logging.Logger, every: float = LOG_EVERY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.logger, self.every, self.clock = logger, every, clock
         self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self._left_out: dict[str, int] = {}
 
     def __call__(self, kind: str, level: int, msg: str, *args: Any) -> None:
         now = self.clock()
         if now - self._last.get(kind, -self.every) < self.every:
-            self._held[kind] = self._held.get(kind, 0) + 1
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
             return
         self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        suffix = f" ({held} more like it in the last {self.every:.0f}s)" if held else ""
+        left_out = self._left_out.pop(kind, 0)
+        suffix = f" ({left_out} more like it in the last {self.every:.0f}s)" if left_out else ""
         self.logger.log(level, msg + suffix, *args)
 
 

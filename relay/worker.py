@@ -75,7 +75,7 @@ class Worker:
         self._exited = asyncio.Event()
         self._exited.set()
         self._stopping = False
-        self._held = False
+        self._paused = False
         self.running = False
 
     def subscribe(self, observer: Observer) -> None:
@@ -97,12 +97,12 @@ class Worker:
 
         Sends already started finish and are recorded as usual.
         """
-        self._held = True
+        self._paused = True
         async with self._pass:
             pass
 
     def resume(self) -> None:
-        self._held = False
+        self._paused = False
         self.wake()
 
     def config_changed(self) -> None:
@@ -152,7 +152,7 @@ class Worker:
         async with self._pass:
             rt = self.runtime()
             now = self.clock()
-            if self._held:
+            if self._paused:
                 return POLL
             more_timers = await self.timers.run(rt, now)
             wake_at = now if more_timers else now + POLL

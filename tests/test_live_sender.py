@@ -85,7 +85,7 @@ async def test_a_message_being_updated_by_another_sender_is_retried_shortly(stor
     c = slack_client(slack, session)
     assert await store.live_take(KEY, "D1", owner="other", now=T0, lease=60) is not None
     held = await LiveSender(store, "a", lambda: T0 + 1).send(c, job(1, "created", T0))
-    assert (held.action, held.outcome.held, held.outcome.min_delay) == ("held", True, 1.0)
+    assert (held.action, held.outcome.postponed, held.outcome.min_delay) == ("held", True, 1.0)
     assert slack.requests == []
 
 
@@ -95,7 +95,7 @@ async def test_a_message_held_longer_than_a_send_takes_is_waited_for_until_its_l
     await store.live_take(KEY, "D1", owner="gone", now=T0, lease=60)  # a replica that died
     sender = LiveSender(store, "a", lambda: T0 + 45, lease=60, timeout=15)
     held = await sender.send(c, job(1, "created", T0))
-    assert (held.outcome.held, held.outcome.min_delay) == (True, 15.0) and slack.requests == []
+    assert (held.outcome.postponed, held.outcome.min_delay) == (True, 15.0) and slack.requests == []
 
 
 async def test_a_failed_edit_keeps_the_shown_state_and_lets_the_message_go(store, slack,

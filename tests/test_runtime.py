@@ -50,7 +50,7 @@ def job(attempts: int = 0, created: float = T) -> Job:
      Dead("gave up after 1 attempts: HTTP 500")),  # the next try would pass max_age
     (job(), Outcome("sent", live="edit"), T, Sent("edit")),  # a live send says what it did
     # another sender holds the live message: not an attempt, even with none left
-    (job(2), Outcome("retry", "held", 1.0, held=True), T, Postponed(T + 1, "held")),
+    (job(2), Outcome("retry", "held", 1.0, postponed=True), T, Postponed(T + 1, "held")),
 ])
 def test_decide_maps_job_outcome_policy_and_now_to_the_next_state(job_, outcome, now,
                                                                    expected):

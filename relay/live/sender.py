@@ -63,7 +63,8 @@ class LiveSender:
             slot = await self.store.live_take(job.key, job.delivery_id, owner=self.owner,
                                               now=self.clock(), lease=self.lease)
         except StoreError as e:  # nothing was tried: not the receiver's failure
-            return LiveSent(Outcome("retry", f"store unavailable: {e}", HELD_WAIT, held=True),
+            return LiveSent(Outcome("retry", f"store unavailable: {e}", HELD_WAIT,
+                                    postponed=True),
                             "held")
         if slot is None:
             return await self._held(job)
@@ -89,7 +90,7 @@ class LiveSender:
         wait = rules.held_wait(current.held_until if current else None, now, self.lease,
                                2 * self.timeout, HELD_WAIT)
         return LiveSent(Outcome("retry", "another sender is updating this live message", wait,
-                                held=True), "held")
+                                postponed=True), "held")
 
     async def _act(self, client: LiveClient, job: LiveJob, slot: LiveSlot) -> LiveSent:
         action = rules.live_action(slot.ref, slot.shown, job.ts)
