@@ -116,10 +116,8 @@ class Worker:
         Returns once every send it started is recorded, with the seconds until
         the loop would look again (for a caller that drives the clock itself).
         """
-        self._not_before.clear()
-        self.timers.kick()
         started: list[asyncio.Task[None]] = []
-        wait = await self._tick(started)
+        wait = await self._tick(started, fresh=True)
         await asyncio.gather(*started, return_exceptions=True)  # _done reports any crash
         return wait
 
@@ -148,8 +146,15 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _tick(self, started: list[asyncio.Task[None]] | None = None) -> float:
+    async def _tick(self, started: list[asyncio.Task[None]] | None = None, *,
+                    fresh: bool = False) -> float:
+        """One pass. `fresh` (run_once): ask about timers and every receiver now, whatever
+        an earlier pass, at an earlier moment, concluded; decided inside the pass, so a
+        pass that was under way cannot use the request up at its own `now`."""
         async with self._pass:
+            if fresh:
+                self._not_before.clear()
+                self.timers.kick()
             rt = self.runtime()
             now = self.clock()
             if self._paused:
