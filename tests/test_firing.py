@@ -185,3 +185,42 @@ async def test_the_pass_asks_the_store_for_due_timers_only_when_kicked_or_a_look
     assert timer_states(db)[1] == ("not-delivered:D-2", "fired")
     r.relay.worker.resume()
     await wait_for(lambda: len(sink.messages("ops")) == 2, message="both alerts")
+
+
+class GatedClaim:
+    """The relay's own store, whose first `claim_timers` waits for the test: a pass under
+    way at the moment it asks which timers are due."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def claim_timers(self, **kwargs: Any) -> list[Timer]:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.go.wait()
+        return await self.store.claim_timers(**kwargs)
+
+
+async def test_run_once_fires_what_is_due_at_its_own_moment_after_a_pass_under_way(
+        running, sink):
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(created(clock))  # the watch falls due in 4 h
+    gate = GatedClaim(r.relay.store)
+    r.relay.worker.timers.store = gate
+    earlier = asyncio.create_task(r.relay.worker.run_once())  # a pass now: nothing is due
+    await asyncio.wait_for(gate.reached.wait(), 10)
+    clock.advance(4 * HOUR)
+    later = asyncio.create_task(r.relay.worker.run_once())
+    await asyncio.sleep(0)  # a yield, not a wait: `later` starts and queues for the pass
+    gate.go.set()
+    await earlier
+    await later  # its own pass, at its own moment: the watch is due
+    assert fired_count(r) == 1
+    [message] = await wait_for(lambda: sink.messages("ops"), message="the alert")
+    assert message["title"] == "Delivery D-1 not delivered after 4h"
