@@ -25,6 +25,7 @@ server closes), the server kills the children still running and exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import resource
@@ -67,17 +68,22 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
     import runpy
     import traceback
 
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    for kind, soft, hard in request["limits"]:
-        resource.setrlimit(kind, (soft, hard))
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    sys.argv = [MAIN, *request["args"]]
+    try:  # whatever happens, this process never goes back to the server's loop
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        for kind, soft, hard in request["limits"]:
+            resource.setrlimit(kind, (soft, hard))
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [MAIN, *request["args"]]
+    except BaseException as e:  # where an exec would have failed: say so, as exit 127
+        with contextlib.suppress(BaseException):
+            print(f"fork server: cannot start the relay: {e}", file=sys.stderr, flush=True)
+        os._exit(127)
     code = 0
     try:
         runpy.run_module("relay", run_name="__main__", alter_sys=True)
@@ -124,19 +130,25 @@ def serve(path: str) -> None:
         for key, _ in selector.select():
             if key.data == "parent":  # the test process is gone: so are its relays
                 for pid in waiting:
-                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 os.unlink(path)
                 os.rmdir(os.path.dirname(path))
                 return
             if key.data == "accept":
                 conn, _ = listener.accept()
                 message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+                if not message or len(fds) != 3:  # not one of our requests
+                    for fd in fds:
+                        os.close(fd)
+                    conn.close()
+                    continue
                 pid = os.fork()
                 if pid == 0:
                     _child(json.loads(message), fds)
                 for fd in fds:
                     os.close(fd)
-                conn.send(str(pid).encode())
+                _answer(conn, pid)
                 waiting[pid] = conn
             else:
                 while True:
@@ -149,8 +161,15 @@ def serve(path: str) -> None:
                 if pid == 0:
                     break
                 conn = waiting.pop(pid)
-                conn.send(str(os.waitstatus_to_exitcode(status)).encode())
+                _answer(conn, os.waitstatus_to_exitcode(status))
                 conn.close()
+
+
+def _answer(conn: socket.socket, number: int) -> None:
+    """A pid or a return code; a client that has gone (its RelayProcess collected unread)
+    must not take the server down with it."""
+    with contextlib.suppress(OSError):
+        conn.send(str(number).encode())
 
 
 # --- the client -----------------------------------------------------------------------

@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, relay_cmd, spawn_relay, wait_healthy, write_config
-from tests.forkserver import run_relay
+from tests.conftest import (
+    ROOT,
+    free_port,
+    relay_cmd,
+    spawn_relay,
+    wait_for_sync,
+    wait_healthy,
+    write_config,
+)
+from tests.forkserver import RelayProcess, run_relay
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("KOURIER_", "OPS_"))}
 
@@ -55,3 +64,21 @@ default_receiver: log
     wait_healthy(port)
     relay.send_signal(signal.SIGKILL)
     assert relay.wait(20) == -signal.SIGKILL
+
+
+def test_a_caller_that_goes_before_its_relay_ends_leaves_the_server_serving(tmp_path):
+    gone = RelayProcess(["serve", "-c", "tests/data/unknown_key.yaml"], cwd=ROOT,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    gone._conn.close()  # its Popen look-alike collected before the answer comes
+    wait_for_sync(lambda: not Path(f"/proc/{gone.pid}").exists(),  # ended, and reaped
+                  message="the abandoned relay to end")
+    after = run_relay(["check", "-c", "tests/data/unknown_key.yaml"], capture_output=True,
+                      text=True, cwd=ROOT, env=ENV, timeout=60)
+    assert after.returncode == 1 and "unknown_key.yaml" in after.stdout + after.stderr
+
+
+def test_a_relay_that_cannot_start_in_its_folder_says_so_and_exits_127(tmp_path):
+    done = run_relay(["check"], capture_output=True, text=True, cwd=tmp_path / "missing",
+                     env=ENV, timeout=60)
+    assert done.returncode == 127
+    assert "cannot start the relay" in done.stderr and "missing" in done.stderr
