@@ -35,9 +35,9 @@ def fired_count(r) -> float:
     return value or 0.0
 
 
-class GatedInputs:
-    """The relay's own store, whose `timer_inputs` waits for the test: the moment between a
-    timer's claim and its fire, when an event may still change it."""
+class Gate:
+    """The relay's own store, with one read that stops for the test: `reached` is set when it
+    gets there, and it goes on once the test sets `go`."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -47,10 +47,18 @@ class GatedInputs:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    async def timer_inputs(self, timer: Timer) -> TimerInputs:
-        inputs = await self.store.timer_inputs(timer)
+    async def stop(self) -> None:
         self.reached.set()
         await self.go.wait()
+
+
+class GatedInputs(Gate):
+    """`timer_inputs` stops: the moment between a timer's claim and its fire, when an event
+    may still change it."""
+
+    async def timer_inputs(self, timer: Timer) -> TimerInputs:
+        inputs = await self.store.timer_inputs(timer)
+        await self.stop()
         return inputs
 
 
@@ -187,22 +195,13 @@ async def test_the_pass_asks_the_store_for_due_timers_only_when_kicked_or_a_look
     await wait_for(lambda: len(sink.messages("ops")) == 2, message="both alerts")
 
 
-class GatedClaim:
-    """The relay's own store, whose first `claim_timers` waits for the test: a pass under
-    way at the moment it asks which timers are due."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.reached = asyncio.Event()
-        self.go = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
+class GatedClaim(Gate):
+    """The first `claim_timers` stops: a pass under way at the moment it asks which timers
+    are due."""
 
     async def claim_timers(self, **kwargs: Any) -> list[Timer]:
         if not self.reached.is_set():
-            self.reached.set()
-            await self.go.wait()
+            await self.stop()
         return await self.store.claim_timers(**kwargs)
 
 
