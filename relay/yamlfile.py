@@ -79,7 +79,6 @@ class Tree:
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
-        self._scalars = yaml.SafeLoader("")  # its constructor types scalars as YAML does
 
     def value(self, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
