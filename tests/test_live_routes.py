@@ -245,6 +245,8 @@ async def test_replaying_a_dead_edit_edits_the_message_or_leaves_a_newer_state(
                                   headers={"Authorization": "Bearer admin-secret"})
     assert (await replay.json()) == {"replayed": 1}
     await wait_for(lambda: root.edits == 1, message="the replayed edit")
+    # and its thread reply, which comes after the edit: the next injected failure is not its
+    await done(tmp_path / "relay.db")
     assert root.text == "*Delivery D1*\nin_transit" and len(slack.roots()) == 1
     # dead again, then a newer state goes out: replaying the old one leaves the message be
     slack.fail_next(200, {"ok": False, "error": "not_authed"})
