@@ -17,7 +17,8 @@ from relay.store.sql import numbered as q
 async def insert_event(conn: Any, event: Event, key: str, now: float) -> int:
     """The new event's id, or minus the id of the event that already has this key."""
     for _ in range(3):  # the holder of the key may be purged between the two statements
-        new = await conn.fetchval(q(sql.INSERT_EVENT), *sql.event_args(event, key, now))
+        new = await conn.fetchval(q(sql.INSERT_EVENT_RETURNING_ID),
+                                  *sql.event_args(event, key, now))
         if new is not None:
             return int(new)
         old = await conn.fetchval(q(sql.EVENT_BY_KEY), key)

@@ -8,6 +8,7 @@ only runs the steps after it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -318,4 +319,9 @@ def timer_from_row(row: Mapping[str, Any]) -> Timer:
 
 def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
     """A record from a row whose columns are named like the record's fields."""
-    return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+    return cls(**{name: row[name] for name in _names(cls)})  # type: ignore[arg-type]
+
+
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))  # once per record type, not per row

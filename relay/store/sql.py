@@ -55,7 +55,10 @@ ACTIVE = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"  # the 
 SENDING = "state IN ('pending', 'claimed')"  # on its way (held jobs wait for their summary)
 
 INSERT_EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING")
+# PostgreSQL has no lastrowid, so it asks for the id. SQLite reads `cursor.lastrowid`: its
+# RETURNING runs the insert into a buffer first, ~27,000 instructions an event (bench/cost.py).
+INSERT_EVENT_RETURNING_ID = INSERT_EVENT + " RETURNING id"
 EVENT_BY_KEY = "SELECT id FROM events WHERE dedup_key = ?"
 INSERT_JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, type, format,"
               " delivery_id, event_type, suppress_stale, created_at, next_attempt_at, live,"

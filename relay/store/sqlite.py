@@ -154,10 +154,11 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
 
     def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
                 jobs: Sequence[Notification], now: float, timers: Sequence[TimerOp]) -> Accepted:
-        inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now)).fetchall()
-        if not inserted:
+        inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now))
+        if inserted.rowcount == 0:  # ON CONFLICT DO NOTHING: a duplicate
             return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
-        event_id = inserted[0][0]
+        event_id = inserted.lastrowid
+        assert event_id is not None
         ts = parse_timestamp(event.timestamp).timestamp()
         reason = self._track_delivery(conn, event, event_id, ts)
         kept = []
