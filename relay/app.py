@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from relay import server
+from relay.httptap import install_requests_tap
 from relay.lifecycle import Relay
 from relay.logs import fields
-from relay.notify import install_requests_tap
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,13 @@
   such as Matrix), so each URL has a small pool of objects and a thread
   borrows one object for one send.
 - The HTTP status and `Retry-After` of the last response a send received are
-  read from `requests` (`_tap`, installed by `install_requests_tap()`),
+  read from `requests` (`relay.httptap`, installed by the composition root),
   because Apprise reports them only as text, if at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import re
@@ -23,19 +22,18 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import apprise
-import requests
 from apprise.common import NotifyFormat
 from apprise.conversion import convert_between
 
 from relay.config import BODY_FORMATS, Config, ReceiverConfig
 from relay.errors import Issue
-from relay.escaping import Channel, strip_controls
+from relay.escaping import Channel
+from relay.httptap import reread_environment, response_tap
 from relay.logs import scrub
 
 if TYPE_CHECKING:  # an annotation only: a send process does not load the store
@@ -88,80 +86,6 @@ class Sender(Protocol):
 # service_timeout=0: the send runs on our own (bounded) send thread instead of
 # hopping to Apprise's process-wide pool; our attempt timeout bounds it instead.
 _ASSET = apprise.AppriseAsset(service_timeout=0)
-
-
-# The last HTTP response `requests` saw during one of our sends. A context
-# variable, not a thread-local: Apprise may run the plugin on its own pool, but
-# it copies the caller's context there.
-_tap: ContextVar[dict[str, Any] | None] = ContextVar("response_tap", default=None)
-_original_send = requests.Session.send
-
-
-def _tapped_send(self: requests.Session, request: Any, **kwargs: Any) -> Any:
-    box = _tap.get()
-    try:
-        response = _original_send(self, request, **kwargs)
-    except requests.Timeout:
-        if box is not None:  # Apprise reports this as a mere "connection error"
-            box["timeout"] = True
-        raise
-    if box is not None:
-        box["status"] = response.status_code
-        box["retry_after"] = response.headers.get("Retry-After")
-        box["reason"] = service_reason(response) if response.status_code >= 400 else ""
-    return response
-
-
-REASON_MAX = 300
-_REASON_KEYS = ("error_description", "description", "message", "error", "detail", "reason")
-
-
-def service_reason(response: Any) -> str:
-    """What a failing service said about why (Apprise logs the body only at DEBUG).
-
-    Bounded, one line, control characters removed and URLs masked: a body may echo
-    the request, so it is treated like any other text that may carry a secret.
-    """
-    try:
-        text = response.content[:4096].decode("utf-8", "replace")
-    except Exception:  # a streamed or odd body: the status says enough
-        return ""
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict):
-            text = next((str(data[k]) for k in _REASON_KEYS if data.get(k)), text)
-    except ValueError:
-        pass
-    return scrub(strip_controls(text, single_line=True)).strip()[:REASON_MAX]
-
-
-# Apprise's HTTP plugins call `requests.post()`, which builds a new Session and
-# opens a new connection per send (≈ 9 % of a send's CPU plus a TCP/TLS
-# handshake). Inside our sends only, one Session per send thread keeps
-# connections alive instead; cookies are cleared so no receiver sees another's.
-_original_request = requests.api.request
-_sessions = threading.local()
-
-
-def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
-    if _tap.get() is None:  # not one of our sends: requests as usual
-        return _original_request(method, url, **kwargs)
-    session = getattr(_sessions, "session", None)
-    if session is None:
-        session = _sessions.session = requests.Session()
-    session.cookies.clear()
-    return session.request(method=method, url=url, **kwargs)
-
-
-def install_requests_tap() -> None:
-    """Patch `requests` for our sends (status tap, kept-alive sessions); idempotent.
-
-    Process-wide, so only the composition root calls it (`serve`, a send process):
-    importing this module, as `check` and `route` do, changes nothing.
-    """
-    requests.Session.send = _tapped_send  # type: ignore[method-assign]
-    # Plugins call `requests.request` or `requests.post` (which calls `requests.api.request`).
-    requests.api.request = requests.request = _pooled_request  # type: ignore[assignment]
 
 
 def redact(url: str) -> str:
@@ -220,6 +144,7 @@ class Notifier:
         self.receivers = receivers
         self.executor = executor
         self.attempt_timeout = attempt_timeout
+        reread_environment()  # proxies, CA bundle, netrc: as the environment is now
         self._pools: dict[tuple[str, int], queue.SimpleQueue[apprise.Apprise]] = {}
         self._channels = {name: [self._channel(url) for url in rc.urls]
                           for name, rc in receivers.items()}
@@ -298,7 +223,7 @@ class Notifier:
             return Outcome("failed", "no Apprise plugin accepts this URL")
         lines: list[str] = []
         box: dict[str, Any] = {}
-        token = _tap.set(box)
+        token = response_tap.set(box)
         try:
             with _headers(obj, headers):
                 result = obj.notify(body=body, title=title, notify_type=notify_type,
@@ -313,7 +238,7 @@ class Notifier:
         except Exception as e:  # a plugin bug is one failed attempt, not a dead worker
             return Outcome("retry", scrub(f"{type(e).__name__}: {e}"))
         finally:
-            _tap.reset(token)
+            response_tap.reset(token)
             self._pools[(receiver, index)].put(obj)
 
 

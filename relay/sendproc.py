@@ -33,8 +33,9 @@ from typing import Any
 from relay import frames
 from relay.config import loads
 from relay.errors import ConfigError
+from relay.httptap import install_requests_tap
 from relay.logs import scrub, setup
-from relay.notify import Notifier, Outcome, install_requests_tap
+from relay.notify import Notifier, Outcome
 
 log = logging.getLogger("relay.sendproc")
 # Threads start only as sends overlap; the relay process never has more in flight

@@ -21,8 +21,8 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
+from relay.httptap import install_requests_tap
 from relay.lifecycle import Relay
-from relay.notify import install_requests_tap
 from tests.forkserver import RelayProcess, share_under_xdist
 
 install_requests_tap()  # what `serve` does at start-up: these tests build the relay themselves

@@ -9,12 +9,15 @@ at least a minute after a 429).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from relay.httptap import environment
 from relay.logs import scrub
 from relay.notify import (
     MIN_WAIT_AFTER_TIMEOUT,
@@ -53,6 +56,12 @@ class Api:
         self.base = base.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.secrets = tuple(s for s in secrets if s)
+        # the proxy and CA bundle of the environment, as for Apprise's sends (relay.httptap)
+        parts = urlsplit(self.base)
+        proxies, bundle, _netrc = environment(parts.scheme, parts.netloc.rpartition("@")[2])
+        self.proxy = proxies.get(parts.scheme) or proxies.get("all")
+        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) \
+            if bundle and parts.scheme == "https" else True
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -65,7 +74,8 @@ class Api:
         try:
             async with self.session.request(method, self.base + path, json=json, params=params,
                                             headers=headers, timeout=self.timeout,
-                                            allow_redirects=False) as r:
+                                            allow_redirects=False, proxy=self.proxy,
+                                            ssl=self.ssl) as r:
                 raw = await r.content.read(MAX_ANSWER)
                 return Answer(r.status, _json(raw), _retry_after(r.headers.get("Retry-After"))
                               if "Retry-After" in r.headers else None)
