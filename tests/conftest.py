@@ -32,8 +32,9 @@ install_requests_tap()  # what `serve` does at start-up: these tests build the r
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
-# Fixtures: slack, discord, telegram (faked at HTTP); homeserver (a real Synapse).
-pytest_plugins = ["tests.livefakes", "tests.synapse", "tests.ordering"]
+# Fixtures: slack, discord, telegram (faked at HTTP); homeserver (a real Synapse); the
+# PostgreSQL schema pool's hooks (tests.pgutil).
+pytest_plugins = ["tests.livefakes", "tests.synapse", "tests.ordering", "tests.pgutil"]
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
 

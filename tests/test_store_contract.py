@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -86,10 +87,12 @@ async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     yield Backend("sqlite", f"sqlite:{path}", bump, fail_updates, heal, downgrade)
 
 
-async def _postgres_backend() -> AsyncIterator[Backend]:
+async def _postgres_backend(empty: bool = False) -> AsyncIterator[Backend]:
+    """A schema as migration leaves it, from the pool (`empty`: a new empty schema)."""
     import asyncpg
 
-    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+    schema = pgutil.fresh_schema if empty else pgutil.migrated_schema
+    async with schema(await pgutil.base_dsn()) as dsn:
         async def run(*statements: str) -> None:
             conn = await asyncpg.connect(dsn)
             try:
@@ -107,8 +110,8 @@ async def _postgres_backend() -> AsyncIterator[Backend]:
                       f"CREATE TRIGGER fault_{table} BEFORE UPDATE ON {table}"
                       " FOR EACH ROW EXECUTE FUNCTION fault()")
 
-        async def heal(table: str) -> None:
-            await run(f"DROP TRIGGER fault_{table} ON {table}")
+        async def heal(table: str) -> None:  # leaves the schema as it was before the fault
+            await run(f"DROP TRIGGER fault_{table} ON {table}", "DROP FUNCTION fault()")
 
         async def downgrade() -> None:
             await run(*UNDO_STEPS, "ALTER TABLE jobs DROP CONSTRAINT jobs_state_check",
@@ -550,14 +553,26 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(backend: Back
 # ---------------------------------------------------------------- PostgreSQL only
 
 
-@pytest.fixture
-async def pg() -> AsyncIterator[Backend]:
-    source = _postgres_backend()
+async def _pg(empty: bool) -> AsyncIterator[Backend]:
+    source = _postgres_backend(empty)
     b = await anext(source)
     yield b
     for s in reversed(b.opened):
         await s.close()
     await anext(source, None)
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[Backend]:
+    async for b in _pg(empty=False):
+        yield b
+
+
+@pytest.fixture
+async def empty_pg() -> AsyncIterator[Backend]:
+    """A new empty schema: no relay has migrated it yet."""
+    async for b in _pg(empty=True):
+        yield b
 
 
 @pytest.mark.postgres
@@ -572,11 +587,12 @@ async def test_new_jobs_wake_idle_workers_of_every_replica(pg: Backend) -> None:
 
 
 @pytest.mark.postgres
-async def test_replicas_starting_together_create_the_schema_once(pg: Backend) -> None:
+async def test_replicas_starting_together_create_the_schema_once(empty_pg: Backend) -> None:
     import asyncpg
 
-    await asyncio.gather(*(pg.open() for _ in range(5)))
-    conn = await asyncpg.connect(pg.url)
+    conn = await asyncpg.connect(empty_pg.url)
+    assert await conn.fetchval("SELECT to_regclass('schema_version')") is None  # none yet
+    await asyncio.gather(*(empty_pg.open() for _ in range(5)))
     assert await conn.fetch("SELECT version FROM schema_version ORDER BY version") == \
         [(step,) for step in range(1, SCHEMA_VERSION + 1)]  # each step once
     await conn.close()
@@ -600,7 +616,7 @@ async def test_an_unusable_dsn_is_a_store_error_that_hides_the_password(url: str
 async def test_killed_connections_give_store_errors_then_recover(pg: Backend) -> None:
     import asyncpg
 
-    name = "kt_" + pg.url.rsplit("%3D", 1)[-1]  # this test's connections, nobody else's
+    name = f"kt_{uuid.uuid4().hex[:12]}"  # this test's connections, nobody else's
     victim, ingest = open_store(f"{pg.url}&application_name={name}"), await pg.open()
     await victim.open()
     pg.opened.append(victim)
