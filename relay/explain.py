@@ -195,7 +195,7 @@ def live_lines(rt: Runtime, event: Event, plan: Plan) -> dict[Notification, list
         seen = found[i] if found is not None else None
         url = rt.notifier.url(n.receiver, n.url_index) or ""
         lines = [_live_line(n, event.delivery_id, url, ts, seen, why)] if n.live else []
-        out[n] = lines + ([_held_line(n, seen)] if n.hold > 0 else [])
+        out[n] = lines + ([_hold_line(n, seen)] if n.hold > 0 else [])
     return out
 
 
@@ -221,10 +221,10 @@ def _live_line(n: Notification, delivery_id: str, url: str, ts: float, seen: Pee
     return f"    live: would edit message {ref}{thread}"
 
 
-def _held_line(n: Notification, seen: Peek | None) -> str:
+def _hold_line(n: Notification, seen: Peek | None) -> str:
     replaces = f"; it replaces waiting job {', '.join(map(str, seen.waiting))}" \
         if seen is not None and seen.waiting else ""
-    return (f"    held {n.hold:g}s: a newer notification of this delivery in that time replaces"
+    return (f"    hold {n.hold:g}s: a newer notification of this delivery in that time replaces"
             f" it{replaces}")
 
 

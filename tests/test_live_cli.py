@@ -1,5 +1,5 @@
 """`live:` and `hold:` in the config, `check`'s list of live URLs that cannot edit, and the
-`route` dry run's post / edit / held lines (the store read-only, never created)."""
+`route` dry run's post / edit / hold lines (the store read-only, never created)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def route(path: str, body: dict) -> list[str]:
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     return [line for line in result.output.splitlines()
-            if line.startswith(("  chat[", "    live:", "    held"))]
+            if line.startswith(("  chat[", "    live:", "    hold"))]
 
 
 @pytest.mark.parametrize("value,message", [
@@ -92,22 +92,22 @@ def test_check_lists_the_live_urls_that_cannot_edit_without_their_secrets(tmp_pa
     assert "OK (2 warning(s))" in result.output  # the bot token and the email are fine
 
 
-def test_route_says_post_and_held_and_creates_no_store(tmp_path) -> None:
+def test_route_says_post_and_hold_and_creates_no_store(tmp_path) -> None:
     path = write(tmp_path, f"sqlite:{tmp_path / 'relay.db'}")
     lines = route(path, event())
     thread = "<live.2e3eea2e03d1c243610c8fe28b26066a@kourier-relay.invalid>"
-    held = "    held 10s: a newer notification of this delivery in that time replaces it"
+    hold = "    hold 10s: a newer notification of this delivery in that time replaces it"
     assert lines == [
         "  chat[0] slack://***  route=lifecycle  type=info  format=text",
-        "    live: would post a new message (none for this delivery yet) and keep its ref", held,
+        "    live: would post a new message (none for this delivery yet) and keep its ref", hold,
         "  chat[1] slack://***  route=lifecycle  type=info  format=text",
         "    live: a new message (Slack incoming webhooks cannot edit messages: use a bot token"
-        " (slack://xoxb-…/#channel))", held,
+        " (slack://xoxb-…/#channel))", hold,
         "  chat[2] console://***  route=lifecycle  type=info  format=text",
         "    live: a new message (Console messages cannot be edited: each notification is a new"
-        " message)", held,
+        " message)", hold,
         "  chat[3] mailto://***  route=lifecycle  type=info  format=text",
-        f"    live: a mail in the delivery's thread (In-Reply-To {thread})", held]
+        f"    live: a mail in the delivery's thread (In-Reply-To {thread})", hold]
     assert thread == f"<live.{thread[6:38]}@kourier-relay.invalid>"
     assert list(tmp_path.iterdir()) == [tmp_path / "relay.yaml"]  # no store was made
 
@@ -127,7 +127,7 @@ async def stored(url: str) -> None:
 EDIT = "    live: would edit message slack C0OPS/1700000001.000001 and reply in its thread"
 KEEP = ("    live: would leave message slack C0OPS/1700000001.000001 as it is: it shows a newer"
         " state (of 2026-12-01 10:05:00 UTC)")
-REPLACES = ("    held 10s: a newer notification of this delivery in that time replaces it; it"
+REPLACES = ("    hold 10s: a newer notification of this delivery in that time replaces it; it"
             " replaces waiting job 1")
 
 

@@ -85,7 +85,7 @@ async def test_a_message_being_updated_by_another_sender_is_retried_shortly(stor
     c = slack_client(slack, session)
     assert await store.live_take(KEY, "D1", owner="other", now=T0, lease=60) is not None
     held = await LiveSender(store, "a", lambda: T0 + 1).send(c, job(1, "created", T0))
-    assert (held.action, held.outcome.postponed, held.outcome.min_delay) == ("held", True, 1.0)
+    assert (held.action, held.outcome.postponed, held.outcome.min_delay) == ("postponed", True, 1.0)
     assert slack.requests == []
 
 

@@ -117,7 +117,7 @@ routes:
     assert "  chat[0] joins the digest hub=Hub 3, closes 14:40 (route failures; if this event" \
            " opens the window)" in lines
     assert any(line.startswith("    live: would post a new message") for line in lines), day
-    assert any(line.startswith("    held 30s: a newer notification") for line in lines), day
+    assert any(line.startswith("    hold 30s: a newer notification") for line in lines), day
     assert "    sent now: failure is urgent during quiet hours" not in lines
     night, _ = explain(config, event_from_dict(update(0, "in_transit")),
                        now=at("2026-12-02T23:00"))
@@ -125,7 +125,7 @@ routes:
     assert "    held until 07:00 (quiet hours), then sent in one summary" in lines
     assert "    quiet hours win over live and hold: the summary is a plain message (no edit of" \
            " the delivery's), nothing replaces this one" in lines
-    assert not any(line.startswith(("    live:", "    held 30s")) for line in lines), night
+    assert not any(line.startswith(("    live:", "    hold 30s")) for line in lines), night
     urgent, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T23:00"))
     lines = urgent.splitlines()
     assert "    sent now: failure is urgent during quiet hours" in lines

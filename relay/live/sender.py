@@ -39,7 +39,7 @@ class LiveJob:
 
 @dataclass(frozen=True)
 class LiveSent:
-    """What one live send did: `post`, `edit`, `repost` (the old one was gone), `skip`, `held`."""
+    """What one live send did: `post`, `edit`, `repost` (the old one was gone), `skip`, `postponed`."""
 
     outcome: Outcome
     action: str
@@ -65,7 +65,7 @@ class LiveSender:
         except StoreError as e:  # nothing was tried: not the receiver's failure
             return LiveSent(Outcome("retry", f"store unavailable: {e}", HELD_WAIT,
                                     postponed=True),
-                            "held")
+                            "postponed")
         if slot is None:
             return await self._held(job)
         try:
@@ -90,7 +90,7 @@ class LiveSender:
         wait = rules.held_wait(current.held_until if current else None, now, self.lease,
                                2 * self.timeout, HELD_WAIT)
         return LiveSent(Outcome("retry", "another sender is updating this live message", wait,
-                                postponed=True), "held")
+                                postponed=True), "postponed")
 
     async def _act(self, client: LiveClient, job: LiveJob, slot: LiveSlot) -> LiveSent:
         action = rules.live_action(slot.ref, slot.shown, job.ts)
