@@ -5,7 +5,7 @@ CONFIG ?= config.example.yaml
 
 SYNAPSE ?= .cache/synapse
 
-.PHONY: run test lint check bench bench-timers bench-ui screenshots image-test clean synapse
+.PHONY: run test lint check bench bench-cost bench-timers bench-ui screenshots image-test clean synapse
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,9 @@ check: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
 	$(PY) bench/timers.py
+
+bench-cost: $(VENV)/.installed  # instructions per event (callgrind): what machine noise cannot move
+	$(PY) bench/cost.py $(BENCH_COST_ARGS)
 
 bench-timers: $(VENV)/.installed
 	$(PY) bench/timers.py
