@@ -83,6 +83,8 @@ class Watches:
 
     def ops(self, event: Event, now: float) -> tuple[TimerOp, ...]:
         """The timer operations an event implies, received at `now`."""
+        if not self.watches:  # every event asks: most configs have none
+            return ()
         return tuple(_op(w, action, event, now) for w, action, _ in self.decisions(event))
 
 

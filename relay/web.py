@@ -209,7 +209,8 @@ async def webhook(request: web.Request) -> web.Response:
         log.info("duplicate event", extra=info)
         return web.json_response({"id": accepted.event_id, "status": "duplicate"}, status=200)
     s.metrics.count_event(event.type, "accepted")
-    s.metrics.count_timers(accepted.timers)
+    if accepted.timers:
+        s.metrics.count_timers(accepted.timers)
     if accepted.suppressed:
         log.info("accepted; notifications suppressed: %s", accepted.suppressed, extra=info)
     elif not event.known:

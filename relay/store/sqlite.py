@@ -166,7 +166,8 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
             job, replaced = sqlite_support.hold(conn, event_id, event, spec, ts, now)
             kept.append(job)
             self._backlog.add(-replaced)
-        conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now, ts))
+        if kept:
+            conn.executemany(sql.INSERT_JOB, sql.job_rows(event_id, event, kept, now, ts))
         queued = sql.active(kept)
         self._backlog.add(queued)
         changes = sqlite_timers.apply(conn, timers, [j.spec for j in kept], event_id,
