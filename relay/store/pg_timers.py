@@ -103,11 +103,8 @@ async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: fl
                        ) -> tuple[TimerChange, ...]:
     """Apply an accepted event's timer operations, digest items and held jobs' summary
     timers; the operations that changed a timer."""
-    held = rules.summary_ops(jobs) if jobs else []
-    if not ops and not held:  # most events: no watch, digest or quiet hours
-        return ()
     changes = []
-    for op in rules.ordered_ops([*ops, *held]):
+    for op in rules.accepted_timer_ops(ops, jobs):
         if await conn.fetchval(q(sql.TIMER_WRITE[op.action]),
                                *sql.timer_args(op, event_id, now)) is not None:
             changes.append(TimerChange(op.action, op.kind, op.key))

@@ -179,6 +179,13 @@ def timer_due(op: TimerOp, now: float) -> float:
     return op.due_at if op.due_at is not None else now + op.delay
 
 
+def accepted_timer_ops(ops: Sequence[TimerOp], jobs: Sequence[Notification]) -> list[TimerOp]:
+    """What an accepted event does to timers: its operations and its held jobs' summary
+    timers, one per timer (none, and cheaply, for most events)."""
+    held = summary_ops(jobs) if jobs else []
+    return ordered_ops([*ops, *held]) if ops or held else []
+
+
 def ordered_ops(ops: Sequence[TimerOp]) -> list[TimerOp]:
     """One operation per timer: the last one named for a (kind, key) wins."""
     return list({(op.kind, op.key): op for op in ops}.values())

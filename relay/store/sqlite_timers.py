@@ -39,11 +39,8 @@ def inputs(conn: sqlite3.Connection, timer: Timer) -> TimerInputs:
 def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[Notification],
           event_id: int, delivery_id: str, now: float) -> tuple[TimerChange, ...]:
     """An accepted event's timer operations, digest items and held jobs' summary timers."""
-    held = rules.summary_ops(jobs) if jobs else []
-    if not ops and not held:  # most events: no watch, digest or quiet hours
-        return ()
     changes = []
-    for op in rules.ordered_ops([*ops, *held]):
+    for op in rules.accepted_timer_ops(ops, jobs):
         if conn.execute(sql.TIMER_WRITE[op.action], sql.timer_args(op, event_id, now)).fetchall():
             changes.append(TimerChange(op.action, op.kind, op.key))
         if op.collect:
