@@ -95,10 +95,9 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
     session = getattr(_sessions, "session", None)
     if session is None:
         session = _sessions.session = requests.Session()
-        session.trust_env = False  # what it would read per request: environment(), once
+        session.trust_env = False  # what it would read per request: environment_for(), once
     session.cookies.clear()
-    parts = urlsplit(url)
-    proxies, bundle, netrc = environment(parts.scheme, parts.netloc.rpartition("@")[2])
+    proxies, bundle, netrc = environment_for(url)
     # requests' own precedence (Session.merge_environment_settings, prepare_request):
     # what the caller passes wins over the environment
     if proxies:
@@ -110,14 +109,19 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
     return session.request(method=method, url=url, **kwargs)
 
 
+def environment_for(url: str) -> tuple[dict[str, str], str | None, Any]:
+    """The proxies, CA bundle and netrc credentials `requests` would use for this URL."""
+    parts = urlsplit(url)
+    return _environment(parts.scheme, parts.netloc.rpartition("@")[2])
+
+
 @functools.lru_cache(maxsize=256)
-def environment(scheme: str, host: str) -> tuple[dict[str, str], str | None, Any]:
-    """The proxies, CA bundle and netrc credentials `requests` would use for this origin."""
-    url = f"{scheme}://{host}/"
+def _environment(scheme: str, host: str) -> tuple[dict[str, str], str | None, Any]:
+    url = f"{scheme}://{host}/"  # read once per origin and config load
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     return requests.utils.get_environ_proxies(url), bundle, requests.utils.get_netrc_auth(url)
 
 
 def reread_environment() -> None:
     """A config load (start-up, reload): read the environment again at the next send."""
-    environment.cache_clear()
+    _environment.cache_clear()

@@ -158,3 +158,18 @@ async def test_live_message_calls_take_the_proxy_of_the_environment_too(
     await wait_for(lambda: any(m.edits == 1 for m in slack.roots()), message="the edit")
     (root,) = slack.roots()
     assert root.text == "*Delivery D1*\nin_transit"
+
+
+async def test_a_ca_bundle_that_cannot_be_read_fails_each_live_call_with_a_clear_error(
+        tmp_path: Path, monkeypatch) -> None:
+    import aiohttp
+
+    from relay.httptap import reread_environment
+    from relay.live.http import Api
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "gone.pem"))
+    reread_environment()
+    async with aiohttp.ClientSession() as session:
+        answer = await Api(session, "https://slack.invalid/api", 5.0).call("POST", "/x")
+    assert answer.status is None and answer.error.startswith(
+        f"the CA bundle {tmp_path / 'gone.pem'} cannot be used: ")

@@ -13,11 +13,11 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
+import requests
 
-from relay.httptap import environment
+from relay.httptap import environment_for
 from relay.logs import scrub
 from relay.notify import (
     MIN_WAIT_AFTER_TIMEOUT,
@@ -57,11 +57,15 @@ class Api:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.secrets = tuple(s for s in secrets if s)
         # the proxy and CA bundle of the environment, as for Apprise's sends (relay.httptap)
-        parts = urlsplit(self.base)
-        proxies, bundle, _netrc = environment(parts.scheme, parts.netloc.rpartition("@")[2])
-        self.proxy = proxies.get(parts.scheme) or proxies.get("all")
-        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) \
-            if bundle and parts.scheme == "https" else True
+        proxies, bundle, _netrc = environment_for(self.base)
+        self.proxy = requests.utils.select_proxy(self.base, proxies)
+        self.ssl: ssl.SSLContext | bool = True
+        self.unusable = ""  # the CA bundle named cannot be read: every call says so
+        if bundle and self.base.startswith("https:"):
+            try:
+                self.ssl = ssl.create_default_context(cafile=bundle)
+            except (OSError, ssl.SSLError) as e:
+                self.unusable = f"the CA bundle {bundle} cannot be used: {e}"
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -71,6 +75,8 @@ class Api:
     async def call(self, method: str, path: str, *, json: Any = None,
                    params: Mapping[str, str] | None = None,
                    headers: Mapping[str, str] | None = None) -> Answer:
+        if self.unusable:
+            return Answer(None, error=self.unusable)
         try:
             async with self.session.request(method, self.base + path, json=json, params=params,
                                             headers=headers, timeout=self.timeout,
