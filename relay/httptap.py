@@ -94,8 +94,7 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
         return _original_request(method, url, **kwargs)
     session = getattr(_sessions, "session", None)
     if session is None:
-        session = _sessions.session = requests.Session()
-        session.trust_env = False  # what it would read per request: environment_for(), once
+        session = _sessions.session = _Session()
     session.cookies.clear()
     proxies, bundle, netrc = environment_for(url)
     # requests' own precedence (Session.merge_environment_settings, prepare_request):
@@ -107,6 +106,20 @@ def _pooled_request(method: str, url: str, **kwargs: Any) -> Any:
     if netrc is not None and not kwargs.get("auth"):
         kwargs["auth"] = netrc
     return session.request(method=method, url=url, **kwargs)
+
+
+class _Session(requests.Session):
+    """A Session that reads the environment through `environment_for()`, not per request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+
+    def rebuild_proxies(self, prepared_request: Any, proxies: Any) -> Any:
+        # A redirect to another host: its own proxy, as `requests` looks it up again; the
+        # proxies already chosen win, as they do there (`resolve_proxies`' setdefault).
+        proxies = {**environment_for(prepared_request.url)[0], **(proxies or {})}
+        return super().rebuild_proxies(prepared_request, proxies)
 
 
 def environment_for(url: str) -> tuple[dict[str, str], str | None, Any]:

@@ -85,6 +85,24 @@ async def test_no_proxy_sends_straight_to_the_receiver(pool, proxy, sink: Sink,
     assert [m["title"] for m in sink.messages("direct")] == ["title"] and p.seen == []
 
 
+async def test_a_redirect_to_another_host_takes_that_hosts_proxy(pool, proxy,
+                                                                 monkeypatch) -> None:
+    p, server = proxy
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect("http://receiver.invalid:8080/moved")
+
+    origin = await serve_posts(moved)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the first host is reached directly
+        assert (await send(pool, f"json://127.0.0.1:{origin.port}/hook")).kind == "sent"
+    finally:
+        await origin.close()
+    # as requests does: the host it is sent on to is looked up again (only a proxy reaches it)
+    assert p.seen == ["POST http://receiver.invalid:8080/moved"]
+
+
 async def test_netrc_credentials_reach_a_receiver_whose_url_has_none(pool, tmp_path: Path,
                                                                     monkeypatch) -> None:
     seen: list[str] = []
