@@ -6,6 +6,7 @@ here, against the relay served the way `serve` serves it.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import zlib
@@ -207,3 +208,62 @@ async def test_well_formed_admin_requests_still_work(guarded):
     code, _, answer = response(await g.exchange(
         request("GET", "/-/dead/7", token=None, headers={"Authorization": ADMIN})))
     assert code == 404 and answer["details"] == "no job 7"
+
+
+# ---------------------------------------------------------------- Expect: 100-continue
+
+
+async def _expecting(g: guarded_module.Guarded, head: bytes) -> bytes:
+    """Send only the headers of a request that asks to be told to go on: the first answer
+    that comes back before any body is sent (a client waits for it, as curl does)."""
+    reader, writer = await g.connect()
+    writer.write(head)
+    try:
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = response(first)[1].get("content-length", "0")
+        return first + await asyncio.wait_for(reader.readexactly(int(length)), 5)
+    finally:
+        writer.close()
+
+
+def _expect_head(body: bytes = b"", **headers: str) -> bytes:
+    raw = request(body=body, headers={"Expect": "100-continue", **headers}, close=False)
+    return raw[: len(raw) - len(body)]  # the headers alone: the client waits for 100
+
+
+@pytest.mark.parametrize("head,status", [
+    (_expect_head(event()).replace(TOKEN.encode(), b"wrong-token"), 401),
+    (_expect_head(event(), **{"Content-Type": "text/plain"}), 415),
+    (_expect_head(event()).replace(b"Content-Length: %d" % len(event()),
+                                   b"Content-Length: 999999"), 413),
+], ids=["wrong token", "not JSON", "declared over the limit"])
+async def test_a_webhook_the_headers_refuse_is_refused_before_the_body_is_asked_for(
+        guarded, head, status):
+    g = await guarded()
+    answer = await _expecting(g, head)
+    assert b"100 Continue" not in answer, answer[:200]
+    _assert_json_error(answer, status)
+    assert response(answer)[1]["connection"] == "close"  # whether a body follows or not
+
+
+async def test_a_webhook_that_expects_100_continue_is_told_to_go_on_and_stored(guarded):
+    g = await guarded()
+    body = event(delivery_id="expects-100")
+    reader, writer = await g.connect()
+    writer.write(_expect_head(body))
+    go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    code, headers, answer = response(await asyncio.wait_for(reader.readuntil(b"}"), 5))
+    writer.close()
+    assert code == 202 and answer["status"] == "accepted" and headers["x-request-id"]
+    assert [d.delivery_id for d in await g.relay.store.recent_deliveries()] == ["expects-100"]
+
+
+async def test_an_unknown_expectation_gets_json_417_without_its_value(guarded):
+    g = await guarded()
+    answer = await g.exchange(request(body=event(), headers={"Expect": "secret-ish-value"}))
+    body = _assert_json_error(answer, 417)
+    assert b"secret-ish-value" not in answer and body["error"] == "Expectation failed"
+    assert await g.relay.store.recent_deliveries() == []
+
