@@ -267,3 +267,14 @@ async def test_an_unknown_expectation_gets_json_417_without_its_value(guarded):
     assert b"secret-ish-value" not in answer and body["error"] == "Expectation failed"
     assert await g.relay.store.recent_deliveries() == []
 
+
+# ---------------------------------------------------------------- the status page
+
+
+async def test_a_static_file_that_does_not_exist_is_a_json_404(guarded):
+    g = await guarded()
+    for path in ("/ui/static/nope.css", "/ui/static/a%5Cb", "/ui/static/..%5Cui.css"):
+        _assert_json_error(await g.exchange(request("GET", path, token=None)), 404)
+    code, headers, css = response(await g.exchange(request("GET", "/ui/static/ui.css", token=None)))
+    assert code == 200 and headers["content-type"].startswith("text/css") and "system-ui" in css
+

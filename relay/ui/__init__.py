@@ -27,6 +27,7 @@ from relay.ui.views import ago, iso, when
 from relay.web import SERVICES, error
 
 STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()}
 # Everything from the relay itself; no inline script, no frames, forms post only here.
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self';"
        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -58,8 +59,17 @@ def environment() -> Environment:
 
 def _static_urls() -> dict[str, str]:
     """Each static file's URL with its content hash: cached for good, never stale."""
-    return {p.name: f"/ui/static/{p.name}?v={hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
-            for p in STATIC.iterdir()}
+    return {name: f"/ui/static/{name}?v={hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
+            for name, p in STATIC_FILES.items()}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """One of the package's static files; any other name is a JSON 404 (aiohttp's own
+    static route answers a missing file with an empty octet-stream 404)."""
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="no such static file")
+    return web.FileResponse(path)
 
 
 def tokens(request: web.Request) -> Tokens:
@@ -132,7 +142,7 @@ def create_ui() -> web.Application:
     app = web.Application(middlewares=[guard])
     app[UI] = UiState(environment(), Sessions(), LoginThrottle())
     app.router.add_routes(pages.routes)
-    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/static/{name}", static_file)
     return app
 
 
