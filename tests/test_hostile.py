@@ -278,3 +278,32 @@ async def test_a_static_file_that_does_not_exist_is_a_json_404(guarded):
     code, headers, css = response(await g.exchange(request("GET", "/ui/static/ui.css", token=None)))
     assert code == 200 and headers["content-type"].startswith("text/css") and "system-ui" in css
 
+
+def _latin1(text: str) -> str:
+    """`text`'s UTF-8 bytes as the str `request` writes out byte for byte."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+FORGED_COOKIES = {
+    "a superscript digit as its expiry": _latin1("admin.\u00b2.nonce.mac"),
+    "an expiry of 5000 digits": "admin." + "9" * 5000 + ".nonce.mac",
+    "bytes that are not UTF-8": "admin.9999999999.\xff\xfe.\xed\xa0\x80",
+    "an Arabic-Indic digit as its expiry": _latin1("viewer.\u0661\u0662.nonce.mac"),
+}
+
+
+@pytest.mark.parametrize("cookie", FORGED_COOKIES.values(), ids=FORGED_COOKIES.keys())
+async def test_a_forged_session_cookie_is_no_session_and_no_500(guarded, caplog, cookie):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    session = {"Cookie": f"kourier_session={cookie}"}
+    _assert_json_error(await g.exchange(request("GET", "/ui/", token=None, headers=session)), 401)
+    code, headers, _ = response(await g.exchange(request(
+        "GET", "/ui/dead", token=None, headers={**session, "Accept": "text/html"})))
+    assert code == 303 and headers["location"].startswith("/ui/login")
+    # An admin with a bearer header logging out a forged cookie: nothing to end.
+    code, _, _ = response(await g.exchange(request(
+        "POST", "/ui/logout", token=None, headers={**session, "Authorization": ADMIN})))
+    assert code == 303
+    assert all(r.exc_info is None and r.levelno < logging.ERROR for r in _relay_log(caplog))
+
