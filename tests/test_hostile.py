@@ -307,3 +307,17 @@ async def test_a_forged_session_cookie_is_no_session_and_no_500(guarded, caplog,
     assert code == 303
     assert all(r.exc_info is None and r.levelno < logging.ERROR for r in _relay_log(caplog))
 
+
+@pytest.mark.parametrize("ids", ["one=%C2%B2", "id=99999999999999999999", "one=" + "9" * 5000,
+                                 "id=1&id=%D9%A1"],
+                         ids=["superscript digit", "past 64 bits", "5000 digits",
+                              "an Arabic-Indic digit"])
+async def test_a_replay_form_with_ids_that_are_no_numbers_is_a_json_400(guarded, caplog, ids):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    answer = await g.exchange(request("POST", "/ui/dead/replay", body=ids.encode(), token=None,
+                                      headers={"Authorization": ADMIN, "Content-Type":
+                                               "application/x-www-form-urlencoded"}))
+    assert _assert_json_error(answer)["details"] == "job ids must be numbers"
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+

@@ -8,6 +8,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from relay.admin import parse_id
 from relay.errors import InvalidEvent
 from relay.events import parse_event
 from relay.explain import explain
@@ -100,9 +101,9 @@ async def replay(request: web.Request) -> web.StreamResponse:
     receiver = str(form.get("receiver") or "") or None
     # A row's own button names just its job; "Replay selected" sends the ticked boxes.
     raw_ids = [str(v) for v in (form.getall("one", []) or form.getall("id", []))]
-    if not all(v.isdigit() for v in raw_ids):
+    ids = [i for i in map(parse_id, raw_ids) if i is not None]
+    if len(ids) != len(raw_ids):
         return error(400, "Invalid request data", "job ids must be numbers")
-    ids = [int(v) for v in raw_ids]
     if not ids and not (receiver and form.get("all") == "1"):
         return error(400, "Invalid request data", "select dead letters, or replay all of a"
                      " receiver's")
