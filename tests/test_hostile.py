@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import logging
 import zlib
+from urllib.parse import urlencode
 
 import pytest
 
@@ -321,3 +322,22 @@ async def test_a_replay_form_with_ids_that_are_no_numbers_is_a_json_400(guarded,
     assert _assert_json_error(answer)["details"] == "job ids must be numbers"
     assert all(r.exc_info is None for r in _relay_log(caplog))
 
+
+@pytest.mark.parametrize("target,location", [
+    ("/ui/dead\x00x", "/ui/dead%00x"), ("/ui/\x1b[31m", "/ui/%1B%5B31m"),
+    ("/ui/dead?receiver=\x7f", "/ui/dead?receiver=%7F"), ("/ui/d\u00e9j\u00e0", "/ui/d%C3%A9j%C3%A0"),
+    ("/ui/dead?receiver=a%20b", "/ui/dead?receiver=a%20b"),
+], ids=["NUL", "escape sequence", "DEL in the query", "not ASCII", "already encoded"])
+async def test_login_redirects_to_a_page_whose_address_has_control_characters(
+        guarded, caplog, target, location):
+    """The page to go back to comes from the form: it goes into the Location header
+    percent-encoded (a raw control character there made aiohttp drop the answer)."""
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    form = urlencode({"token": "admin-secret", "next": target}).encode()
+    code, headers, _ = response(await g.exchange(request(
+        "POST", "/ui/login", body=form, token=None,
+        headers={"Content-Type": "application/x-www-form-urlencoded"})))
+    assert code == 303 and headers["location"] == location
+    assert headers["set-cookie"].startswith("kourier_session=admin.")
+    assert all(r.exc_info is None for r in _relay_log(caplog))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -190,11 +190,12 @@ def _secure(request: web.Request) -> bool:
 
 
 def _next(target: str | None) -> str:
-    """Only a page of this status page: never another site (no open redirect)."""
+    """Only a page of this status page: never another site (no open redirect). It goes
+    into a Location header: percent-encoded, it holds no control character or non-ASCII."""
     parts = urlsplit(target or "")
     if parts.scheme or parts.netloc or not parts.path.startswith("/ui/") or "\\" in (target or ""):
         return "/ui/"
-    return parts.path + (f"?{parts.query}" if parts.query else "")
+    return quote(parts.path + (f"?{parts.query}" if parts.query else ""), safe="/?&=%:@!$'()*+,;")
 
 
 def _query(**values: str) -> str:
