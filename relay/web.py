@@ -173,9 +173,13 @@ def check_content_type(request: web.Request) -> None:
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise InvalidEvent("Unsupported media type",
                            f"Content-Type must be application/json, got {printable(ctype)}", 415)
-    charset = request.charset
-    if charset is not None and charset.lower().replace("-", "") != "utf8":
+    if not utf8(request.charset):
         raise InvalidEvent("Unsupported media type", "JSON must be UTF-8 (charset=utf-8)", 415)
+
+
+def utf8(charset: str | None) -> bool:
+    """No charset (UTF-8 is JSON's, and the status page's forms') or UTF-8 itself."""
+    return charset is None or charset.lower().replace("-", "") == "utf8"
 
 
 def printable(text: str) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from relay.server import GuardedHandler
 from tests import guarded as guarded_module
+from tests import pgutil
 from tests.conftest import TOKEN
 from tests.guarded import event, request, response
 
@@ -324,10 +325,10 @@ async def test_a_replay_form_with_ids_that_are_no_numbers_is_a_json_400(guarded,
 
 
 @pytest.mark.parametrize("target,location", [
-    ("/ui/dead\x00x", "/ui/dead%00x"), ("/ui/\x1b[31m", "/ui/%1B%5B31m"),
+    ("/ui/dead\x01x", "/ui/dead%01x"), ("/ui/\x1b[31m", "/ui/%1B%5B31m"),
     ("/ui/dead?receiver=\x7f", "/ui/dead?receiver=%7F"), ("/ui/d\u00e9j\u00e0", "/ui/d%C3%A9j%C3%A0"),
     ("/ui/dead?receiver=a%20b", "/ui/dead?receiver=a%20b"),
-], ids=["NUL", "escape sequence", "DEL in the query", "not ASCII", "already encoded"])
+], ids=["control byte", "escape sequence", "DEL in the query", "not ASCII", "already encoded"])
 async def test_login_redirects_to_a_page_whose_address_has_control_characters(
         guarded, caplog, target, location):
     """The page to go back to comes from the form: it goes into the Location header
@@ -341,3 +342,68 @@ async def test_login_redirects_to_a_page_whose_address_has_control_characters(
     assert code == 303 and headers["location"] == location
     assert headers["set-cookie"].startswith("kourier_session=admin.")
     assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _multipart(charset: str, value: bytes) -> tuple[bytes, dict[str, str]]:
+    body = (b'--B\r\nContent-Disposition: form-data; name="token"\r\nContent-Type: text/plain;'
+            b" charset=" + charset.encode() + b"\r\n\r\n" + value + b"\r\n--B--\r\n")
+    return body, {"Content-Type": "multipart/form-data; boundary=B"}
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/tester"])
+@pytest.mark.parametrize("charset", ["nope", "rot13", "utf-7"])
+async def test_a_form_in_a_charset_other_than_utf8_gets_415(guarded, caplog, path, charset):
+    """A charset Python does not know, or one that is no text encoding, raised LookupError
+    (a 500) on the login form, before any token; UTF-7 decodes to lone surrogates."""
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    headers = {"Content-Type": f"application/x-www-form-urlencoded; charset={charset}",
+               "Authorization": ADMIN}
+    answer = await g.exchange(request("POST", path, body=b"token=x&event=%7B%7D", token=None,
+                                      headers=headers))
+    assert "UTF-8" in _assert_json_error(answer, 415)["details"]
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/tester"])
+@pytest.mark.parametrize("charset,value", [("nope", b"x"), ("utf-7", b"+2AA-")],
+                         ids=["unknown charset", "a lone surrogate"])
+async def test_a_multipart_field_that_cannot_be_text_is_a_json_400(guarded, caplog, path,
+                                                                   charset, value):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    body, headers = _multipart(charset, value)
+    answer = await g.exchange(request("POST", path, body=body, token=None,
+                                      headers={**headers, "Authorization": ADMIN}))
+    _assert_json_error(answer)
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+async def _query_and_form_with_nul(g: guarded_module.Guarded) -> list[bytes]:
+    admin = {"Authorization": ADMIN}
+    return [await g.exchange(request("GET", path, token=None, headers=admin)) for path in (
+        "/ui/deliveries?delivery_id=a%00b", "/ui/delivery?id=%00", "/ui/dead?receiver=%00")
+    ] + [await g.exchange(request("POST", "/ui/dead/replay", body=b"receiver=%00&all=1",
+                                  token=None, headers={**admin, **FORM}))]
+
+
+async def test_a_nul_in_a_status_page_query_or_form_is_a_json_400(guarded):
+    g = await guarded()
+    for answer in await _query_and_form_with_nul(g):
+        assert "NUL" in _assert_json_error(answer)["details"]
+
+
+@pytest.mark.postgres
+async def test_a_nul_in_a_status_page_query_is_a_400_on_postgresql_not_store_unavailable(
+        guarded):
+    """PostgreSQL text cannot hold NUL: such a lookup failed as 503 "Store unavailable",
+    which tells a monitor the database is down."""
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        g = await guarded(store_url=dsn)
+        answers = await _query_and_form_with_nul(g)
+        await g.relay.store.close()
+    for answer in answers:
+        assert "NUL" in _assert_json_error(answer)["details"]
