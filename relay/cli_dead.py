@@ -28,7 +28,7 @@ def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool)
     """List dead jobs."""
     jobs = run_store(config_path, lambda s: s.dead(receiver, limit))
     if as_json:
-        from relay.web import job_json
+        from relay.admin import job_json
 
         click.echo(json.dumps([job_json(j) for j in jobs], indent=2))
         return

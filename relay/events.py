@@ -109,9 +109,14 @@ def _reason(e: ValueError) -> str:
     return str(e)
 
 
+def unstorable(text: str) -> bool:
+    """`text` holds what no store can keep: NUL or an unpaired surrogate."""
+    return _UNSTORABLE.search(text) is not None
+
+
 def _has_unstorable(value: Any) -> bool:
     if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
+        return unstorable(value)
     if isinstance(value, dict):
         return any(_has_unstorable(k) or _has_unstorable(v) for k, v in value.items())
     if isinstance(value, list):

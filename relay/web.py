@@ -1,4 +1,5 @@
-"""aiohttp app factory: the webhook, health, metrics and the admin API.
+"""aiohttp app factory: the webhook, health and metrics; the admin API (relay.admin) and
+the status page (relay.ui) mount on it.
 
 Every error answer has the shape `{"error": ..., "details": ...}`.
 """
@@ -14,27 +15,25 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.errors import InvalidEvent, StoreError
-from relay.events import decode_json, dedup_key, parse_event
+from relay.events import dedup_key, parse_event
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.runtime import Runtime
 from relay.server import BODY_ERRORS, describe
-from relay.store import Job, Store
+from relay.store import Store
 
 log = logging.getLogger(__name__)
 JSON_TYPES = ("application/json",)
 # An X-Request-Id is echoed in a response header and logged: only plain tokens are kept.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
-_ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer
-MAX_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def bearer_ok(header: str | None, secrets: Sequence[str]) -> bool:
     return ok
 
 
-def _unauthorized(details: str) -> web.Response:
+def unauthorized(details: str) -> web.Response:
     return error(401, "Unauthorized", details,
                  {"WWW-Authenticate": 'Bearer realm="kourier-relay"'})
 
@@ -106,11 +105,19 @@ def _safe_request_id(given: str) -> str:
     return quote(given.encode("utf-8", "surrogateescape"), safe="._:/+=-")[:64]
 
 
+def request_id(request: web.Request) -> str:
+    """The request's id, the same all through it: the caller's X-Request-Id, or a new one."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("X-Request-Id", "")
+        rid = request[REQUEST_ID] = given if _REQUEST_ID.fullmatch(given) \
+            else _safe_request_id(given)
+    return rid
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
-    given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQUEST_ID.fullmatch(given) else _safe_request_id(given)
-    request[REQUEST_ID] = rid
+    rid = request_id(request)
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
     return response
@@ -130,8 +137,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 before reading when it is (or grows) over the limit,
     with 408 when it has not all arrived within `timeout`, with 400 when its framing or
     compression is broken."""
-    if request.content_length is not None and request.content_length > limit:
-        raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
+    check_length(request, limit)
     try:
         if request.content.is_eof():  # all of it has arrived (the usual case): no clock
             return await _read_upto(request, limit)
@@ -156,36 +162,85 @@ async def _read_upto(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def check_length(request: web.Request, limit: int) -> None:
+    """413 for a body declared (Content-Length) over the limit, before any of it is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidEvent("Payload too large", f"body exceeds {limit} bytes", 413)
+
+
 def check_content_type(request: web.Request) -> None:
     ctype = request.content_type.lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise InvalidEvent("Unsupported media type",
-                           f"Content-Type must be application/json, got {_printable(ctype)}", 415)
-    charset = request.charset
-    if charset is not None and charset.lower().replace("-", "") != "utf8":
+                           f"Content-Type must be application/json, got {printable(ctype)}", 415)
+    if not utf8(request.charset):
         raise InvalidEvent("Unsupported media type", "JSON must be UTF-8 (charset=utf-8)", 415)
 
 
-def _printable(text: str) -> str:
+def utf8(charset: str | None) -> bool:
+    """No charset (UTF-8 is JSON's, and the status page's forms') or UTF-8 itself."""
+    return charset is None or charset.lower().replace("-", "") == "utf8"
+
+
+def printable(text: str) -> str:
     return text[:60].encode("ascii", "replace").decode() if text else "none"
+
+
+def _refused_by_headers(request: web.Request, s: Services, rt: Runtime, rid: str,
+                       ) -> web.Response | None:
+    """The refusals the headers alone decide (token, media type, declared size): before
+    the body is read, and before a client that expects 100-continue is asked for it."""
+    if not bearer_ok(request.headers.get("Authorization"), rt.config.server.tokens):
+        s.metrics.count_event("", "rejected_auth")
+        log.warning("rejected: bad or missing token", extra=fields(request_id=rid))
+        return unauthorized("missing or invalid bearer token")
+    try:
+        check_content_type(request)
+        check_length(request, rt.config.server.max_body_bytes)
+    except InvalidEvent as e:
+        return _rejected(s, e, rid)
+    return None
+
+
+def _rejected(s: Services, e: InvalidEvent, rid: str) -> web.Response:
+    s.metrics.count_event("", f"rejected_{e.status}")
+    log.warning("rejected: %s", e, extra=fields(request_id=rid))
+    return refusal(e)
+
+
+async def webhook_expect(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue` on the webhook (aiohttp's own handler sends the 100 before
+    the token is checked, and answers any other expectation in text/plain echoing it)."""
+    if request.version < HttpVersion11:  # HTTP/1.0 knows no 100: nothing to answer yet
+        return None
+    rid = request_id(request)
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        response = error(417, "Expectation failed", "only Expect: 100-continue is supported")
+    else:
+        s = request.app[SERVICES]
+        refused = _refused_by_headers(request, s, s.runtime(), rid)
+        if refused is None:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
+            return None
+        response = refused
+    response.force_close()  # the client may send the body anyway, or not: never parse it
+    response.headers["X-Request-Id"] = rid  # the middlewares do not run for this answer
+    return response
 
 
 async def webhook(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     rt = s.runtime()
     rid = request[REQUEST_ID]
-    if not bearer_ok(request.headers.get("Authorization"), rt.config.server.tokens):
-        s.metrics.count_event("", "rejected_auth")
-        log.warning("rejected: bad or missing token", extra=fields(request_id=rid))
-        return _unauthorized("missing or invalid bearer token")
+    refused = _refused_by_headers(request, s, rt, rid)
+    if refused is not None:
+        return refused
     try:
-        check_content_type(request)
         event = parse_event(await read_body(request, rt.config.server.max_body_bytes,
                                             rt.config.server.body_timeout))
     except InvalidEvent as e:
-        s.metrics.count_event("", f"rejected_{e.status}")
-        log.warning("rejected: %s", e, extra=fields(request_id=rid))
-        return _refusal(e)
+        return _rejected(s, e, rid)
     if s.store.backlog_estimate() >= rt.config.store.max_backlog:
         s.metrics.count_event(event.type, "rejected_backlog")
         log.warning("rejected: backlog full", extra=fields(request_id=rid))
@@ -221,7 +276,7 @@ async def webhook(request: web.Request) -> web.Response:
                               "notifications": accepted.jobs}, status=202)
 
 
-def _refusal(e: InvalidEvent) -> web.Response:
+def refusal(e: InvalidEvent) -> web.Response:
     response = error(e.status, e.error, e.details)
     if e.status in (408, 413):  # the rest of the body is not coming, or not wanted
         response.force_close()
@@ -257,103 +312,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-# ---------------------------------------------------------------- admin API
-
-
-@web.middleware
-async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    if not request.path.startswith("/-/"):
-        return await handler(request)
-    token = request.app[SERVICES].runtime().config.server.admin_token
-    if not token:
-        return error(403, "Forbidden", "the admin API is off: set server.admin_token")
-    if not bearer_ok(request.headers.get("Authorization"), [token]):
-        return _unauthorized("missing or invalid admin token")
-    return await handler(request)
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    out = asdict(job)
-    out.pop("claim_token", None)
-    return out
-
-
-async def dead_list(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    limit = _int_param(request, "limit", 100)
-    if not 1 <= limit <= MAX_LIMIT:
-        raise _bad_request(f"limit must be between 1 and {MAX_LIMIT}")
-    receiver = request.query.get("receiver")
-    if receiver is not None:
-        _check_receiver(request, receiver)
-    jobs = await s.store.dead(receiver, limit)
-    return web.json_response({"jobs": [job_json(j) for j in jobs]})
-
-
-async def dead_show(request: web.Request) -> web.Response:
-    job_id = _int_param(request, "id", 0, match=True)
-    detail = await request.app[SERVICES].store.detail(job_id)
-    if detail is None:
-        return error(404, "Not found", f"no job {job_id}")
-    return web.json_response({"job": job_json(detail.job), "event": detail.event,
-                              "attempts": [asdict(a) for a in detail.history]})
-
-
-async def dead_replay(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    server = s.runtime().config.server
-    try:
-        body = await read_body(request, server.max_body_bytes, server.body_timeout)
-        spec = decode_json(body) if body.strip() else {}
-    except InvalidEvent as e:
-        return _refusal(e)
-    if not isinstance(spec, dict) or not (spec.get("ids") or spec.get("receiver")
-                                          or spec.get("all") is True):
-        return error(400, "Invalid request data",
-                     'give "ids": [..], "receiver": "name" or "all": true')
-    ids, receiver = spec.get("ids"), spec.get("receiver")
-    if ids is not None and not (isinstance(ids, list) and all(_is_id(i) for i in ids)):
-        return error(400, "Invalid request data", '"ids" must be a list of job ids')
-    if receiver is not None:
-        if not isinstance(receiver, str):
-            return error(400, "Invalid request data", '"receiver" must be a receiver name')
-        _check_receiver(request, receiver)
-    count = await s.store.replay(ids, receiver, s.clock())
-    return web.json_response({"replayed": count})
-
-
-def _is_id(value: Any) -> bool:
-    return type(value) is int and 0 < value < 2**63  # bool is an int; SQLite ids are 64-bit
-
-
-def _check_receiver(request: web.Request, name: str) -> None:
-    if name not in request.app[SERVICES].runtime().config.receivers:
-        raise web.HTTPBadRequest(reason="Invalid request data",
-                                 text=f"unknown receiver {_printable(name)!r}")
-
-
-def _bad_request(details: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(reason="Invalid request data", text=details)
-
-
-async def reload_config(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    try:
-        await s.reload()
-    except Exception as e:  # the old config keeps serving; say why
-        return error(400, "Reload failed", str(e))
-    return web.json_response({"status": "reloaded"})
-
-
-def _int_param(request: web.Request, name: str, default: int, match: bool = False) -> int:
-    raw = request.match_info.get(name) if match else request.query.get(name)
-    if raw is None:
-        return default
-    if not _ID.fullmatch(raw):  # str.isdigit() takes "²" and "١", which int() may not
-        raise _bad_request(f"{name} must be a number")
-    return int(raw)
-
-
 async def _store_errors_to_503(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -363,19 +321,17 @@ async def _store_errors_to_503(request: web.Request, handler: Any) -> web.Stream
 
 def create_app(services: Services, webhook_path: str = "/webhook",
                max_body: int = 65536) -> web.Application:
+    from relay import admin, ui  # here, not at the top: both import this module
+
     app = web.Application(
-        middlewares=[request_ids, json_errors, web.middleware(_store_errors_to_503), admin_auth],
+        middlewares=[request_ids, json_errors, web.middleware(_store_errors_to_503),
+                     admin.admin_auth],
         client_max_size=max(max_body, 1024 * 1024))
     app[SERVICES] = services
-    app.router.add_post(webhook_path, webhook)
+    app.router.add_post(webhook_path, webhook, expect_handler=webhook_expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/-/dead", dead_list)
-    app.router.add_get("/-/dead/{id}", dead_show)
-    app.router.add_post("/-/dead/replay", dead_replay)
-    app.router.add_post("/-/reload", reload_config)
-    from relay.ui import mount  # here, not at the top: the status page imports this module
-
-    mount(app)
+    admin.mount(app)
+    ui.mount(app)
     return app

@@ -71,11 +71,13 @@ def response(raw: bytes) -> tuple[int, dict[str, str], Any]:
 async def guarded(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
 
-    async def start(*server_lines: str, extra: str = "") -> Guarded:
+    async def start(*server_lines: str, extra: str = "", store_url: str = "") -> Guarded:
+        """`store_url` (a PostgreSQL DSN) instead of the SQLite file in tmp_path."""
         port = free_port()
         values = {**DEFAULTS, "port": port, "db": tmp_path / "relay.db",
                   "server": "\n  ".join(server_lines)}
-        cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + extra, **values)
+        text = BASE_CONFIG.replace('"sqlite:{db}"', f'"{store_url}"') if store_url else BASE_CONFIG
+        cfg = write_config(tmp_path / "config.yaml", text + extra, **values)
         relay = Relay(str(cfg), env={})
         runner = web.AppRunner(relay.web_app(), handle_signals=False, access_log=None)
         await runner.setup()

@@ -6,14 +6,17 @@ here, against the relay served the way `serve` serves it.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import zlib
+from urllib.parse import urlencode
 
 import pytest
 
 from relay.server import GuardedHandler
 from tests import guarded as guarded_module
+from tests import pgutil
 from tests.conftest import TOKEN
 from tests.guarded import event, request, response
 
@@ -207,3 +210,200 @@ async def test_well_formed_admin_requests_still_work(guarded):
     code, _, answer = response(await g.exchange(
         request("GET", "/-/dead/7", token=None, headers={"Authorization": ADMIN})))
     assert code == 404 and answer["details"] == "no job 7"
+
+
+# ---------------------------------------------------------------- Expect: 100-continue
+
+
+async def _expecting(g: guarded_module.Guarded, head: bytes) -> bytes:
+    """Send only the headers of a request that asks to be told to go on: the first answer
+    that comes back before any body is sent (a client waits for it, as curl does)."""
+    reader, writer = await g.connect()
+    writer.write(head)
+    try:
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = response(first)[1].get("content-length", "0")
+        return first + await asyncio.wait_for(reader.readexactly(int(length)), 5)
+    finally:
+        writer.close()
+
+
+def _expect_head(body: bytes = b"", **headers: str) -> bytes:
+    raw = request(body=body, headers={"Expect": "100-continue", **headers}, close=False)
+    return raw[: len(raw) - len(body)]  # the headers alone: the client waits for 100
+
+
+@pytest.mark.parametrize("head,status", [
+    (_expect_head(event()).replace(TOKEN.encode(), b"wrong-token"), 401),
+    (_expect_head(event(), **{"Content-Type": "text/plain"}), 415),
+    (_expect_head(event()).replace(b"Content-Length: %d" % len(event()),
+                                   b"Content-Length: 999999"), 413),
+], ids=["wrong token", "not JSON", "declared over the limit"])
+async def test_a_webhook_the_headers_refuse_is_refused_before_the_body_is_asked_for(
+        guarded, head, status):
+    g = await guarded()
+    answer = await _expecting(g, head)
+    assert b"100 Continue" not in answer, answer[:200]
+    _assert_json_error(answer, status)
+    assert response(answer)[1]["connection"] == "close"  # whether a body follows or not
+
+
+async def test_a_webhook_that_expects_100_continue_is_told_to_go_on_and_stored(guarded):
+    g = await guarded()
+    body = event(delivery_id="expects-100")
+    reader, writer = await g.connect()
+    writer.write(_expect_head(body))
+    go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    code, headers, answer = response(await asyncio.wait_for(reader.readuntil(b"}"), 5))
+    writer.close()
+    assert code == 202 and answer["status"] == "accepted" and headers["x-request-id"]
+    assert [d.delivery_id for d in await g.relay.store.recent_deliveries()] == ["expects-100"]
+
+
+async def test_an_unknown_expectation_gets_json_417_without_its_value(guarded):
+    g = await guarded()
+    answer = await g.exchange(request(body=event(), headers={"Expect": "secret-ish-value"}))
+    body = _assert_json_error(answer, 417)
+    assert b"secret-ish-value" not in answer and body["error"] == "Expectation failed"
+    assert await g.relay.store.recent_deliveries() == []
+
+
+# ---------------------------------------------------------------- the status page
+
+
+async def test_a_static_file_that_does_not_exist_is_a_json_404(guarded):
+    g = await guarded()
+    for path in ("/ui/static/nope.css", "/ui/static/a%5Cb", "/ui/static/..%5Cui.css"):
+        _assert_json_error(await g.exchange(request("GET", path, token=None)), 404)
+    code, headers, css = response(await g.exchange(request("GET", "/ui/static/ui.css", token=None)))
+    assert code == 200 and headers["content-type"].startswith("text/css") and "system-ui" in css
+
+
+def _latin1(text: str) -> str:
+    """`text`'s UTF-8 bytes as the str `request` writes out byte for byte."""
+    return text.encode("utf-8").decode("latin-1")
+
+
+FORGED_COOKIES = {
+    "a superscript digit as its expiry": _latin1("admin.\u00b2.nonce.mac"),
+    "an expiry of 5000 digits": "admin." + "9" * 5000 + ".nonce.mac",
+    "bytes that are not UTF-8": "admin.9999999999.\xff\xfe.\xed\xa0\x80",
+    "an Arabic-Indic digit as its expiry": _latin1("viewer.\u0661\u0662.nonce.mac"),
+}
+
+
+@pytest.mark.parametrize("cookie", FORGED_COOKIES.values(), ids=FORGED_COOKIES.keys())
+async def test_a_forged_session_cookie_is_no_session_and_no_500(guarded, caplog, cookie):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    session = {"Cookie": f"kourier_session={cookie}"}
+    _assert_json_error(await g.exchange(request("GET", "/ui/", token=None, headers=session)), 401)
+    code, headers, _ = response(await g.exchange(request(
+        "GET", "/ui/dead", token=None, headers={**session, "Accept": "text/html"})))
+    assert code == 303 and headers["location"].startswith("/ui/login")
+    # An admin with a bearer header logging out a forged cookie: nothing to end.
+    code, _, _ = response(await g.exchange(request(
+        "POST", "/ui/logout", token=None, headers={**session, "Authorization": ADMIN})))
+    assert code == 303
+    assert all(r.exc_info is None and r.levelno < logging.ERROR for r in _relay_log(caplog))
+
+
+@pytest.mark.parametrize("ids", ["one=%C2%B2", "id=99999999999999999999", "one=" + "9" * 5000,
+                                 "id=1&id=%D9%A1"],
+                         ids=["superscript digit", "past 64 bits", "5000 digits",
+                              "an Arabic-Indic digit"])
+async def test_a_replay_form_with_ids_that_are_no_numbers_is_a_json_400(guarded, caplog, ids):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    answer = await g.exchange(request("POST", "/ui/dead/replay", body=ids.encode(), token=None,
+                                      headers={"Authorization": ADMIN, "Content-Type":
+                                               "application/x-www-form-urlencoded"}))
+    assert _assert_json_error(answer)["details"] == "job ids must be numbers"
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+@pytest.mark.parametrize("target,location", [
+    ("/ui/dead\x01x", "/ui/dead%01x"), ("/ui/\x1b[31m", "/ui/%1B%5B31m"),
+    ("/ui/dead?receiver=\x7f", "/ui/dead?receiver=%7F"), ("/ui/d\u00e9j\u00e0", "/ui/d%C3%A9j%C3%A0"),
+    ("/ui/dead?receiver=a%20b", "/ui/dead?receiver=a%20b"),
+], ids=["control byte", "escape sequence", "DEL in the query", "not ASCII", "already encoded"])
+async def test_login_redirects_to_a_page_whose_address_has_control_characters(
+        guarded, caplog, target, location):
+    """The page to go back to comes from the form: it goes into the Location header
+    percent-encoded (a raw control character there made aiohttp drop the answer)."""
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    form = urlencode({"token": "admin-secret", "next": target}).encode()
+    code, headers, _ = response(await g.exchange(request(
+        "POST", "/ui/login", body=form, token=None,
+        headers={"Content-Type": "application/x-www-form-urlencoded"})))
+    assert code == 303 and headers["location"] == location
+    assert headers["set-cookie"].startswith("kourier_session=admin.")
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _multipart(charset: str, value: bytes) -> tuple[bytes, dict[str, str]]:
+    body = (b'--B\r\nContent-Disposition: form-data; name="token"\r\nContent-Type: text/plain;'
+            b" charset=" + charset.encode() + b"\r\n\r\n" + value + b"\r\n--B--\r\n")
+    return body, {"Content-Type": "multipart/form-data; boundary=B"}
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/tester"])
+@pytest.mark.parametrize("charset", ["nope", "rot13", "utf-7"])
+async def test_a_form_in_a_charset_other_than_utf8_gets_415(guarded, caplog, path, charset):
+    """A charset Python does not know, or one that is no text encoding, raised LookupError
+    (a 500) on the login form, before any token; UTF-7 decodes to lone surrogates."""
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    headers = {"Content-Type": f"application/x-www-form-urlencoded; charset={charset}",
+               "Authorization": ADMIN}
+    answer = await g.exchange(request("POST", path, body=b"token=x&event=%7B%7D", token=None,
+                                      headers=headers))
+    assert "UTF-8" in _assert_json_error(answer, 415)["details"]
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+@pytest.mark.parametrize("path", ["/ui/login", "/ui/tester"])
+@pytest.mark.parametrize("charset,value", [("nope", b"x"), ("utf-7", b"+2AA-")],
+                         ids=["unknown charset", "a lone surrogate"])
+async def test_a_multipart_field_that_cannot_be_text_is_a_json_400(guarded, caplog, path,
+                                                                   charset, value):
+    g = await guarded()
+    caplog.set_level(logging.INFO)
+    body, headers = _multipart(charset, value)
+    answer = await g.exchange(request("POST", path, body=body, token=None,
+                                      headers={**headers, "Authorization": ADMIN}))
+    _assert_json_error(answer)
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+async def _query_and_form_with_nul(g: guarded_module.Guarded) -> list[bytes]:
+    admin = {"Authorization": ADMIN}
+    return [await g.exchange(request("GET", path, token=None, headers=admin)) for path in (
+        "/ui/deliveries?delivery_id=a%00b", "/ui/delivery?id=%00", "/ui/dead?receiver=%00")
+    ] + [await g.exchange(request("POST", "/ui/dead/replay", body=b"receiver=%00&all=1",
+                                  token=None, headers={**admin, **FORM}))]
+
+
+async def test_a_nul_in_a_status_page_query_or_form_is_a_json_400(guarded):
+    g = await guarded()
+    for answer in await _query_and_form_with_nul(g):
+        assert "NUL" in _assert_json_error(answer)["details"]
+
+
+@pytest.mark.postgres
+async def test_a_nul_in_a_status_page_query_is_a_400_on_postgresql_not_store_unavailable(
+        guarded):
+    """PostgreSQL text cannot hold NUL: such a lookup failed as 503 "Store unavailable",
+    which tells a monitor the database is down."""
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        g = await guarded(store_url=dsn)
+        answers = await _query_and_form_with_nul(g)
+        await g.relay.store.close()
+    for answer in answers:
+        assert "NUL" in _assert_json_error(answer)["details"]

@@ -21,16 +21,19 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from multidict import MultiDictProxy
 
+from relay.events import unstorable
 from relay.server import BODY_ERRORS
 from relay.ui.access import COOKIE, LoginThrottle, Sessions, Tokens, Visitor, bearer_role, csrf_ok
 from relay.ui.views import ago, iso, when
-from relay.web import SERVICES, error
+from relay.web import SERVICES, error, utf8
 
 STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()}
 # Everything from the relay itself; no inline script, no frames, forms post only here.
 CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self';"
        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 OPEN_PATHS = ("/ui/login", "/ui/static/")
+_UNSTORABLE = "a value holds NUL or an unpaired surrogate, which no delivery id or name can"
 
 
 @dataclass
@@ -58,8 +61,17 @@ def environment() -> Environment:
 
 def _static_urls() -> dict[str, str]:
     """Each static file's URL with its content hash: cached for good, never stale."""
-    return {p.name: f"/ui/static/{p.name}?v={hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
-            for p in STATIC.iterdir()}
+    return {name: f"/ui/static/{name}?v={hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
+            for name, p in STATIC_FILES.items()}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """One of the package's static files; any other name is a JSON 404 (aiohttp's own
+    static route answers a missing file with an empty octet-stream 404)."""
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound(text="no such static file")
+    return web.FileResponse(path)
 
 
 def tokens(request: web.Request) -> Tokens:
@@ -94,6 +106,8 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if not tokens(request).enabled:
         return error(403, "Forbidden", "the status page is off: set server.admin_token"
                      " (or server.viewer_token)")
+    if any(unstorable(v) for v in request.query.values()):  # PostgreSQL cannot look them up
+        return error(400, "Invalid request data", _UNSTORABLE)
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
     visitor = visitor_of(request, request.config_dict[SERVICES].clock())
@@ -113,17 +127,25 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
-    """The posted form of a status-page request: a malformed one (bad multipart, broken
-    framing) is a JSON 400 and one that does not arrive in time a 408, never a 500."""
+    """The posted form of a status-page request, never a 500: one in a charset other than
+    UTF-8 is a 415; a malformed one (bad multipart, broken framing, a field in a charset
+    Python cannot decode) or one holding text no store can keep a JSON 400; one that
+    does not arrive in time a 408."""
+    if not utf8(request.charset):  # aiohttp decodes with any codec named, or raises
+        raise web.HTTPUnsupportedMediaType(reason="Unsupported media type",
+                                           text="forms must be UTF-8 (charset=utf-8)")
     timeout = request.config_dict[SERVICES].runtime().config.server.body_timeout
     try:
         async with asyncio.timeout(timeout):
-            return await request.post()
+            form = await request.post()
     except TimeoutError:
         raise web.HTTPRequestTimeout(reason="Request timeout",
                                      text=f"the form did not arrive within {timeout:g}s") from None
-    except (ValueError, *BODY_ERRORS):
+    except (ValueError, LookupError, *BODY_ERRORS):
         raise web.HTTPBadRequest(reason="Invalid body", text="the form cannot be read") from None
+    if any(isinstance(v, str) and unstorable(v) for v in form.values()):
+        raise web.HTTPBadRequest(reason="Invalid request data", text=_UNSTORABLE)
+    return form
 
 
 def create_ui() -> web.Application:
@@ -132,7 +154,7 @@ def create_ui() -> web.Application:
     app = web.Application(middlewares=[guard])
     app[UI] = UiState(environment(), Sessions(), LoginThrottle())
     app.router.add_routes(pages.routes)
-    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/static/{name}", static_file)
     return app
 
 

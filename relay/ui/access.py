@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from typing import Literal
 Role = Literal["admin", "viewer"]
 SESSION_TTL = 12 * 3600.0
 COOKIE = "kourier_session"
+# A cookie as `Sessions.issue` writes it; anything else (other digits, other bytes, other
+# lengths, which int() and encode() would choke on) is no session.
+_COOKIE = re.compile(r"(?P<role>admin|viewer)\.(?P<expires>[0-9]{1,12})"
+                     r"\.(?P<nonce>[A-Za-z0-9_-]{1,64})\.(?P<mac>[0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -86,22 +91,22 @@ class Sessions:
         return f"{body}.{_mac(_key(role, tokens), body)}"
 
     def check(self, cookie: str | None, tokens: Tokens, now: float) -> Visitor | None:
-        parts = (cookie or "").split(".")
-        if len(parts) != 4 or parts[0] not in ("admin", "viewer") or not parts[1].isdigit():
+        found = _COOKIE.fullmatch(cookie or "")
+        if found is None:
             return None
-        role: Role = parts[0]  # type: ignore[assignment]
-        if not tokens.secret(role) or int(parts[1]) <= now or parts[2] in self._ended:
+        role: Role = found["role"]  # type: ignore[assignment]
+        if not tokens.secret(role) or int(found["expires"]) <= now or found["nonce"] in self._ended:
             return None
         key = _key(role, tokens)
-        given = parts[3].encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, _mac(key, ".".join(parts[:3])).encode()):
+        body = f"{role}.{found['expires']}.{found['nonce']}"
+        if not hmac.compare_digest(found["mac"].encode(), _mac(key, body).encode()):
             return None
-        return Visitor(role, _mac(key, "csrf\0" + parts[2])[:32])
+        return Visitor(role, _mac(key, "csrf\0" + found["nonce"])[:32])
 
     def end(self, cookie: str | None, now: float) -> None:
-        parts = (cookie or "").split(".")
-        if len(parts) == 4 and parts[1].isdigit():
-            self._ended[parts[2]] = float(parts[1])
+        found = _COOKIE.fullmatch(cookie or "")
+        if found is not None:
+            self._ended[found["nonce"]] = float(found["expires"])
         self._ended = {n: t for n, t in self._ended.items() if t > now}
 
 

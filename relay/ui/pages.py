@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
 
+from relay.admin import parse_id
 from relay.errors import InvalidEvent
 from relay.events import parse_event
 from relay.explain import explain
@@ -100,9 +101,9 @@ async def replay(request: web.Request) -> web.StreamResponse:
     receiver = str(form.get("receiver") or "") or None
     # A row's own button names just its job; "Replay selected" sends the ticked boxes.
     raw_ids = [str(v) for v in (form.getall("one", []) or form.getall("id", []))]
-    if not all(v.isdigit() for v in raw_ids):
+    ids = [i for i in map(parse_id, raw_ids) if i is not None]
+    if len(ids) != len(raw_ids):
         return error(400, "Invalid request data", "job ids must be numbers")
-    ids = [int(v) for v in raw_ids]
     if not ids and not (receiver and form.get("all") == "1"):
         return error(400, "Invalid request data", "select dead letters, or replay all of a"
                      " receiver's")
@@ -189,11 +190,12 @@ def _secure(request: web.Request) -> bool:
 
 
 def _next(target: str | None) -> str:
-    """Only a page of this status page: never another site (no open redirect)."""
+    """Only a page of this status page: never another site (no open redirect). It goes
+    into a Location header: percent-encoded, it holds no control character or non-ASCII."""
     parts = urlsplit(target or "")
     if parts.scheme or parts.netloc or not parts.path.startswith("/ui/") or "\\" in (target or ""):
         return "/ui/"
-    return parts.path + (f"?{parts.query}" if parts.query else "")
+    return quote(parts.path + (f"?{parts.query}" if parts.query else ""), safe="/?&=%:@!$'()*+,;")
 
 
 def _query(**values: str) -> str:

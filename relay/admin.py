@@ -1,0 +1,128 @@
+"""The admin API under `/-/`: dead letters (list, show, replay) and reload, behind
+`server.admin_token`. Every error answer has the shape `{"error": ..., "details": ...}`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from relay.errors import InvalidEvent
+from relay.events import decode_json
+from relay.store import Job
+from relay.web import SERVICES, bearer_ok, error, printable, read_body, refusal, unauthorized
+
+_ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer
+MAX_LIMIT = 10_000
+
+
+def parse_id(text: str) -> int | None:
+    """A job id or a limit written as text (a path, a query, a form field); None when it
+    is not one. str.isdigit() takes "²" and "١", which int() may not."""
+    return int(text) if _ID.fullmatch(text) else None
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if not request.path.startswith("/-/"):
+        return await handler(request)
+    token = request.app[SERVICES].runtime().config.server.admin_token
+    if not token:
+        return error(403, "Forbidden", "the admin API is off: set server.admin_token")
+    if not bearer_ok(request.headers.get("Authorization"), [token]):
+        return unauthorized("missing or invalid admin token")
+    return await handler(request)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    out = asdict(job)
+    out.pop("claim_token", None)
+    return out
+
+
+async def dead_list(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    limit = _int_param(request, "limit", 100)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad_request(f"limit must be between 1 and {MAX_LIMIT}")
+    receiver = request.query.get("receiver")
+    if receiver is not None:
+        _check_receiver(request, receiver)
+    jobs = await s.store.dead(receiver, limit)
+    return web.json_response({"jobs": [job_json(j) for j in jobs]})
+
+
+async def dead_show(request: web.Request) -> web.Response:
+    job_id = _int_param(request, "id", 0, match=True)
+    detail = await request.app[SERVICES].store.detail(job_id)
+    if detail is None:
+        return error(404, "Not found", f"no job {job_id}")
+    return web.json_response({"job": job_json(detail.job), "event": detail.event,
+                              "attempts": [asdict(a) for a in detail.history]})
+
+
+async def dead_replay(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    server = s.runtime().config.server
+    try:
+        body = await read_body(request, server.max_body_bytes, server.body_timeout)
+        spec = decode_json(body) if body.strip() else {}
+    except InvalidEvent as e:
+        return refusal(e)
+    if not isinstance(spec, dict) or not (spec.get("ids") or spec.get("receiver")
+                                          or spec.get("all") is True):
+        return error(400, "Invalid request data",
+                     'give "ids": [..], "receiver": "name" or "all": true')
+    ids, receiver = spec.get("ids"), spec.get("receiver")
+    if ids is not None and not (isinstance(ids, list) and all(_is_id(i) for i in ids)):
+        return error(400, "Invalid request data", '"ids" must be a list of job ids')
+    if receiver is not None:
+        if not isinstance(receiver, str):
+            return error(400, "Invalid request data", '"receiver" must be a receiver name')
+        _check_receiver(request, receiver)
+    count = await s.store.replay(ids, receiver, s.clock())
+    return web.json_response({"replayed": count})
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int and 0 < value < 2**63  # bool is an int; SQLite ids are 64-bit
+
+
+def _check_receiver(request: web.Request, name: str) -> None:
+    if name not in request.app[SERVICES].runtime().config.receivers:
+        raise web.HTTPBadRequest(reason="Invalid request data",
+                                 text=f"unknown receiver {printable(name)!r}")
+
+
+def _bad_request(details: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(reason="Invalid request data", text=details)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    try:
+        await s.reload()
+    except Exception as e:  # the old config keeps serving; say why
+        return error(400, "Reload failed", str(e))
+    return web.json_response({"status": "reloaded"})
+
+
+def _int_param(request: web.Request, name: str, default: int, match: bool = False) -> int:
+    raw = request.match_info.get(name) if match else request.query.get(name)
+    if raw is None:
+        return default
+    value = parse_id(raw)
+    if value is None:
+        raise _bad_request(f"{name} must be a number")
+    return value
+
+
+def mount(app: web.Application) -> None:
+    """The admin routes; `admin_auth` (among the app's middlewares) guards them."""
+    app.router.add_get("/-/dead", dead_list)
+    app.router.add_get("/-/dead/{id}", dead_show)
+    app.router.add_post("/-/dead/replay", dead_replay)
+    app.router.add_post("/-/reload", reload_config)
