@@ -106,18 +106,15 @@ def _safe_request_id(given: str) -> str:
 
 
 def request_id(request: web.Request) -> str:
-    """The request's id, the same all through it: the caller's X-Request-Id, or a new one."""
-    rid = request.get(REQUEST_ID)
-    if rid is None:
-        given = request.headers.get("X-Request-Id", "")
-        rid = request[REQUEST_ID] = given if _REQUEST_ID.fullmatch(given) \
-            else _safe_request_id(given)
-    return rid
+    """The caller's X-Request-Id as it may be echoed, or a new one (`request_ids` keeps it
+    for the request; an answer the middlewares never see makes its own)."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else _safe_request_id(given)
 
 
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
-    rid = request_id(request)
+    rid = request[REQUEST_ID] = request_id(request)
     response = await handler(request)
     response.headers["X-Request-Id"] = rid
     return response
