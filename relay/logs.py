@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 _URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20})://(?!\*\*\*)[^\s'\"<>()]+")
+# A field's value is cut here (a traceback is not): a 64 KB delivery id, logged with the
+# event and with each of its sends, would otherwise fill the log many times over.
+FIELD_MAX = 500
 
 
 def scrub(text: str) -> str:
@@ -44,10 +47,10 @@ class TextFormatter(logging.Formatter):
             stamped = self._stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S",
                                                              time.gmtime(second)))
         stamp = stamped[1]
-        extra = dict(getattr(record, "fields", {}))
+        pairs = "".join(f" {_key(k)}={_quote(v, _BARE_VALUE, FIELD_MAX)}"
+                        for k, v in getattr(record, "fields", {}).items())
         if record.exc_info:
-            extra["exception"] = self.formatException(record.exc_info)
-        pairs = "".join(f" {_key(k)}={_quote(v, _BARE_VALUE)}" for k, v in extra.items())
+            pairs += f" exception={_quote(self.formatException(record.exc_info), _BARE_VALUE)}"
         message = _quote(record.getMessage(), _BARE_MESSAGE)
         return f"{stamp}Z {record.levelname:<7} {_key(record.name)} {message}{pairs}"
 
@@ -99,23 +102,30 @@ def _key(name: str) -> str:
     return _UNSAFE_KEY.sub("_", name) or "_"
 
 
-def _quote(value: Any, bare: re.Pattern[str]) -> str:
+def bounded(text: str, limit: int = FIELD_MAX) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}[+{len(text) - limit} chars]"
+
+
+def _quote(value: Any, bare: re.Pattern[str], limit: int = 0) -> str:
     if type(value) is int:
         return str(value)
     text = str(value)
     if "://" in text:  # scrub() masks only what has a scheme
         text = scrub(text)
+    if limit and len(text) > limit:
+        text = bounded(text, limit)
     return text if bare.fullmatch(text) else json.dumps(text, ensure_ascii=True)
 
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, str):
-        return scrub(value)
+        return bounded(scrub(value))
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
-    return scrub(str(value))
+    return bounded(scrub(str(value)))
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -9,7 +9,8 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.logs import JSONFormatter, TextFormatter, parse_text_line, scrub
+from relay.logs import FIELD_MAX, JSONFormatter, TextFormatter, parse_text_line, scrub
+from tests.conftest import wait_for
 from tests.test_channels import EVENT
 
 FORGED = "x\n2024-09-14T14:30:00Z\xa0INFO\xa0\xa0\xa0relay.web\xa0accepted\xa0delivery_id=ok"
@@ -107,3 +108,38 @@ def test_each_record_is_stamped_with_its_own_second_in_any_order():
     assert [stamp(t), stamp(t + 0.9), stamp(t + 1.2), stamp(t - 0.5), stamp(t + 61)] == [
         "2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z", "2027-01-15T08:00:01Z",
         "2027-01-15T07:59:59Z", "2027-01-15T08:01:01Z"]
+
+
+def test_a_huge_value_is_cut_in_both_formats_and_says_how_much_was_left_out():
+    huge = "D" * 60_000
+    text = parse_text_line(TextFormatter().format(record("accepted", {"delivery_id": huge})))[4]
+    data = json.loads(JSONFormatter().format(record("accepted", {"delivery_id": huge})))
+    cut = "D" * FIELD_MAX + f"[+{60_000 - FIELD_MAX} chars]"
+    assert text["delivery_id"] == data["delivery_id"] == cut
+
+
+async def test_a_64_kb_delivery_id_is_accepted_whole_and_logged_cut(running, sink):
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    relay_log = logging.getLogger("relay")
+    relay_log.addHandler(handler)
+    old_level = relay_log.level
+    relay_log.setLevel(logging.INFO)
+    huge = "D" * 60_000
+    try:
+        r = await running(f"receivers: [{{name: hook, urls: ['{sink.url('hook')}']}}]\n"
+                          "default_receiver: hook\n")
+        status, _, _ = await r.post({**EVENT, "delivery_id": huge})
+        assert status == 202
+        await wait_for(lambda: sink.messages("hook"), message="the notification")
+        await wait_for(lambda: "sent" in out.getvalue(), message="the send's log line")
+        (stored,) = (await r.relay.store.timeline(huge)).events
+    finally:
+        relay_log.removeHandler(handler)
+        relay_log.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    assert stored.payload["delivery_id"] == huge
+    assert lines and all(len(line) < 2 * FIELD_MAX for line in lines), max(map(len, lines))
+    logged = [parse_text_line(line)[4].get("delivery_id") for line in lines]
+    assert "D" * FIELD_MAX + f"[+{60_000 - FIELD_MAX} chars]" in logged
