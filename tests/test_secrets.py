@@ -156,3 +156,55 @@ default_receiver: hook
     assert "error=404" in error  # Apprise's own warning line is captured under serve too
     for text in (error, shown, (tmp_path / "relay.log").read_text()):
         assert "SECRETreasonToken" not in text
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["in the relay process", "send processes"])
+async def test_debug_logging_never_shows_a_webhook_urls_path_or_query(tmp_path, processes):
+    """A Slack or Discord webhook's secret is its URL path: `--log-level debug` shows
+    what the relay does, never the request lines that the HTTP library logs."""
+    import asyncio
+    import json
+    import os
+    import subprocess
+
+    from aiohttp import ClientSession, web
+
+    from tests.conftest import BASE_CONFIG, DEFAULTS, TOKEN, free_port, serve_posts, wait_for
+    from tests.forkserver import RelayProcess
+
+    got: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(request.path_qs)
+        return web.Response(text="ok")
+
+    sink = await serve_posts(hook)
+    port = free_port()
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + f"""
+receivers:
+  - name: hook
+    urls: ["json://127.0.0.1:{sink.port}/services/T0/B0/SECRETpath?-token=SECRETquery"]
+default_receiver: hook
+""", **{**DEFAULTS, "port": port, "db": tmp_path / "relay.db",
+        "sending": f"processes: {processes}"})
+    log = tmp_path / "relay.log"
+    with open(log, "ab") as out:
+        proc = RelayProcess(["serve", "-c", str(cfg), "--log-level", "debug"], stdout=out,
+                            stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ))
+    try:
+        await wait_for(lambda: b"listening" in log.read_bytes(), 15.0, message="listening")
+        async with ClientSession() as s, s.post(
+                f"http://127.0.0.1:{port}/webhook", headers={"Authorization": f"Bearer {TOKEN}",
+                                                            "Content-Type": "application/json"},
+                data=json.dumps({"event": "delivery.updated", "delivery_id": "D-1",
+                                 "status": "x", "timestamp": "2024-09-14T14:30:00Z"})) as r:
+            assert r.status == 202
+        await wait_for(lambda: b" sent " in log.read_bytes(), 15.0, message="the sent line")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 15)
+        await sink.close()
+    assert got == ["/services/T0/B0/SECRETpath?token=SECRETquery"]
+    text = log.read_text()
+    assert " DEBUG " in text  # debug lines were written
+    assert "SECRET" not in text
