@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -14,7 +12,9 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from relay.app import Relay
-from tests.conftest import ROOT, free_port
+from relay.logs import JSONFormatter
+from tests.conftest import ROOT, free_port, relay_log_lines, wait_for
+from tests.test_examples import console_examples
 
 README = (ROOT / "README.md").read_text()
 WEBHOOK = (ROOT / "docs" / "webhook.md").read_text()
@@ -82,7 +82,6 @@ async def test_the_webhook_table_shows_the_real_error(example_relay, situation, 
 
 def send_examples() -> list[tuple[str, bytes, str]]:
     """(token, body, answer line) of every `$ kourier-relay send` in docs/commands.md."""
-    from tests.test_examples import console_examples
     found = []
     for line, output in console_examples("kourier-relay send "):
         token = re.search(r"--token (\S+)", line)
@@ -108,19 +107,10 @@ async def test_the_send_examples_show_the_answers_a_relay_on_the_example_config_
 async def test_the_json_log_lines_in_the_operations_page_are_the_ones_a_relay_writes(
         example_relay):
     """docs/operations.md: the keys in their order and every value shown (`…`: any)."""
-    from relay.logs import JSONFormatter
-    from tests.conftest import wait_for
     block = (ROOT / "docs" / "operations.md").read_text().split("`--log-format json` writes", 1)[1]
     shown = [json.loads(line) for line in re.search(r"```\n(.*?)```", block, re.S)
              .group(1).splitlines()]
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JSONFormatter())
-    relay_log = logging.getLogger("relay")
-    relay_log.addHandler(handler)
-    old_level = relay_log.level
-    relay_log.setLevel(logging.INFO)
-    try:
+    with relay_log_lines(JSONFormatter()) as out:
         session, url = example_relay
         token, _ = quick_start_request()
         status, _ = await post(session, url, token,
@@ -131,10 +121,7 @@ async def test_the_json_log_lines_in_the_operations_page_are_the_ones_a_relay_wr
             lines = [json.loads(line) for line in out.getvalue().splitlines()]
             return [line for line in lines if line["message"] in ("accepted", "sent")]
         lines = await wait_for(lambda: len(written()) == 2 and written(), message="sent")
-    finally:
-        relay_log.removeHandler(handler)
-        relay_log.setLevel(old_level)
     assert [list(line) for line in lines] == [list(line) for line in shown]
-    assert [{k: v for k, v in line.items() if shown[i][k] != "…"}
-            for i, line in enumerate(lines)] == [
-        {k: v for k, v in line.items() if v != "…"} for line in shown]
+    for line, want in zip(lines, shown, strict=True):
+        assert {k: v for k, v in line.items() if want[k] != "…"} == \
+            {k: v for k, v in want.items() if v != "…"}
