@@ -147,3 +147,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     apprise_log.setLevel(logging.WARNING)
     apprise_log.propagate = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # urllib3's DEBUG lines quote each request line ("POST /services/T0/B0/… HTTP/1.1"):
+    # a webhook's path and query are its secret, and scrub() masks only what has a scheme.
+    logging.getLogger("urllib3").setLevel(logging.INFO)

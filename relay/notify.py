@@ -104,7 +104,11 @@ def check_urls(config: Config) -> list[Issue]:
     for rc in config.receivers.values():
         for i, url in enumerate(rc.urls):
             path = f"{rc.path}.urls[{i}]"
-            if apprise.Apprise.instantiate(url) is None:
+            if not url.strip():
+                name = config.env_refs.get(path)
+                issues.append(config.source.issue(path, "the URL is empty" + (
+                    f": the environment variable {name} is set but empty" if name else "")))
+            elif apprise.Apprise.instantiate(url) is None:
                 issues.append(config.source.issue(
                     path, f"no Apprise plugin accepts this URL ({redact(url)}); check its"
                           " scheme and required parts"))

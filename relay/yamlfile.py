@@ -106,7 +106,11 @@ class Tree:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
-            value = resolve_env(name, self.env)
+            try:
+                value = resolve_env(name, self.env)
+            except ValueError as e:  # a secret file named but unreadable: never the default
+                self.issues.append(Issue(self.file, line, path, str(e)))
+                return ""
             if value is None and default is None:
                 self.issues.append(Issue(self.file, line, path,
                                          f"environment variable {name} is not set (nor {name}_FILE)"))
@@ -118,13 +122,19 @@ class Tree:
 
 
 def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
-    """`NAME` from the environment, else the contents of the file named by `NAME_FILE`."""
+    """`NAME` from the environment, else the contents of the file named by `NAME_FILE`.
+
+    Raises ValueError when `NAME_FILE` is set but its file cannot be read as text: a
+    mis-mounted secret must stop the relay, not leave it on a `${NAME:-default}`.
+    """
     if name in env:
         return env[name]
     path = env.get(f"{name}_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return None
-    return None
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:  # the decode error would quote the secret's bytes
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or str(e)
+        raise ValueError(f"{name} is not set and {name}_FILE names a file that cannot be read"
+                         f" ({path}: {why})") from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import signal
 import socket
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,23 @@ def at_most(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def relay_log_lines(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """What the relay's loggers write at INFO and up, formatted as `serve` would."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    relay_log = logging.getLogger("relay")
+    relay_log.addHandler(handler)
+    old_level = relay_log.level
+    relay_log.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        relay_log.removeHandler(handler)
+        relay_log.setLevel(old_level)
 
 
 async def post_event(port: int, body: dict[str, Any]) -> int:
@@ -279,15 +298,15 @@ def relay_cmd(*args: str) -> list[str]:
 
 
 def spawn_relay(config: Path, env: dict[str, str] | None = None, log: Path | None = None,
-                ) -> RelayProcess:
-    """The relay as its users start it, `python -m relay serve -c FILE`, in its own process
-    (forked from tests/forkserver.py, which has done the imports)."""
+                args: Sequence[str] = ()) -> RelayProcess:
+    """The relay as its users start it, `python -m relay serve -c FILE [ARGS]`, in its own
+    process (forked from tests/forkserver.py, which has done the imports)."""
+    argv = ["serve", "-c", str(config), *args]
     if log is None:
-        return RelayProcess(["serve", "-c", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            cwd=config.parent)
+        return RelayProcess(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=config.parent)
     with open(log, "ab") as out:
-        return RelayProcess(["serve", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT,
+        return RelayProcess(argv, stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, cwd=config.parent)
 
 

@@ -303,3 +303,14 @@ def test_check_warns_when_the_lease_does_not_outlive_a_send(tmp_path):
     result = run_relay(["check", "--strict", "-c", str(cfg)],
                        capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_receiver_url_variable_set_but_empty_is_named(tmp_path):
+    """`OPS_CHAT_URL=` in a shell or an env file: say so, not "no plugin accepts ?://***"."""
+    cfg = tmp_path / "relay.yaml"
+    cfg.write_text('server: {tokens: [t]}\nreceivers:\n  - name: chat\n'
+                   '    urls: ["${OPS_CHAT_URL}"]\ndefault_receiver: chat\n')
+    result = CliRunner().invoke(main, ["check", "-c", str(cfg)], env={"OPS_CHAT_URL": ""})
+    assert result.stdout == (f"{cfg}:4: receivers[0].urls[0]: the URL is empty: the environment"
+                             " variable OPS_CHAT_URL is set but empty\n")
+    assert result.exit_code == 1

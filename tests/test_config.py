@@ -45,6 +45,27 @@ def test_unset_variable_fails_with_one_line_naming_it_and_its_place():
                             " set (nor TOKEN_FILE)")
 
 
+@pytest.mark.parametrize("text", [MINIMAL, MINIMAL.replace("${TOKEN}", "${TOKEN:-change-me}")],
+                         ids=["no default", "with a default"])
+def test_a_secret_file_that_cannot_be_read_is_an_error_not_a_default(tmp_path, text):
+    """A mis-mounted Docker secret must not leave the relay on the default token."""
+    missing = tmp_path / "secrets" / "token"
+    with pytest.raises(ConfigError) as e:
+        load(text, {"TOKEN_FILE": str(missing)})
+    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: TOKEN is not set and TOKEN_FILE"
+                            f" names a file that cannot be read ({missing}: No such file or"
+                            " directory)")
+
+
+def test_a_secret_file_that_is_not_text_is_one_line_that_does_not_quote_it(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_bytes(b"\xff\xfesecret")
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL, {"TOKEN_FILE": str(secret)})
+    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: TOKEN is not set and TOKEN_FILE"
+                            f" names a file that cannot be read ({secret}: not UTF-8 text)")
+
+
 def test_dollar_dollar_is_a_literal_dollar():
     cfg = load(MINIMAL.replace("${TOKEN}", "pa$$word"), {})
     assert cfg.server.tokens == ("pa$word",)

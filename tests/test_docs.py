@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import re
 
+import click
 import pytest
+import yaml
 
-from relay.config import SCHEMAS
+from relay.cli import main
+from relay.config import SCHEMAS, duration, loads
+from relay.lifecycle import RESTART_KEYS
+from relay.lint import lint
+from relay.metrics import Metrics
 from tests.conftest import ROOT
 
 SECTIONS = {"": "", "server": "server.", "store": "store.", "sending": "sending.",
@@ -34,7 +40,6 @@ def test_every_config_key_is_in_the_configuration_reference():
 def test_commented_receiver_examples_in_the_example_config_are_valid(tmp_path, monkeypatch):
     """Uncommenting the Slack, Discord, email and SMS examples (and the live route, which uses
     the Slack bot) gives a config that passes check: the bot's URL can edit."""
-    from relay.lint import lint
 
     text = (ROOT / "config.example.yaml").read_text()
     text = text.replace("\n  # - name:", "\n  - name:").replace("\n  #   ", "\n    ")
@@ -82,3 +87,117 @@ def test_the_readme_is_a_front_page_and_the_reference_lives_in_docs():
     for page in ("configuration", "webhook", "guarantees", "commands", "operations",
                  "container", "performance", "architecture", "watches"):
         assert f"docs/{page}.md" in readme, f"the README does not link docs/{page}.md"
+
+
+NOISE_SECTIONS = {"digest": "digest.", "quiet_hours": "quiet_hours.",
+                  "quiet_window": "quiet_hours.windows[]."}
+
+
+def test_every_digest_and_quiet_hours_key_is_documented():
+    text = (ROOT / "docs" / "configuration.md").read_text() \
+        + (ROOT / "docs" / "less-noise.md").read_text()
+    missing = [prefix + key for section, prefix in NOISE_SECTIONS.items()
+               for key in SCHEMAS[section] if f"`{prefix}{key}`" not in text]
+    assert not missing, f"docs/less-noise.md does not document: {missing}"
+
+
+def _documented_defaults() -> list[tuple[str, str]]:
+    """(key, default) of each row of the configuration table whose default is a value."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    return re.findall(r"^\| `([a-z_.]+|receivers\[\]\.[a-z_]+)` \| `([^`]+)` \|", text, re.M)
+
+
+def _as_config_value(shown: str, actual: object) -> object:
+    """A default as the table writes it (`10s`, `false`, `[0, 5s]`), as the config holds it."""
+    if isinstance(actual, bool):
+        return {"true": True, "false": False}.get(shown, shown)
+    if isinstance(actual, tuple):
+        return tuple(duration(v.strip()) for v in shown.strip("[]").split(","))
+    if isinstance(actual, float):
+        return duration(shown)
+    if isinstance(actual, int):
+        return int(shown)
+    return shown
+
+
+def test_every_default_in_the_configuration_table_is_the_relays_default():
+    config = loads("server: {tokens: [t]}\nreceivers: [{name: r, urls: ['console://']}]\n"
+                   "default_receiver: r\n", "c.yaml", {})
+    rows = _documented_defaults()
+    assert len(rows) > 20, "the configuration table lost its defaults column"
+    wrong = []
+    for key, shown in rows:
+        if re.fullmatch(r"[a-z_]+\.[a-z_.]+", shown):
+            continue  # another key's value (`sending.retry`)
+        value: object = config
+        for part in key.replace("receivers[]", "receivers.r").split("."):
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        if _as_config_value(shown, value) != value:
+            wrong.append(f"{key}: the table says {shown}, the relay uses {value!r}")
+    assert not wrong
+
+
+def test_every_metric_is_in_the_operations_page():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    names = {m.name for m in Metrics().registry.collect()}
+    missing = sorted(n for n in names if n not in text and f"{n}_total" not in text
+                     and f"{n}_info" not in text)
+    assert names and not missing, f"docs/operations.md does not name: {missing}"
+
+
+def test_every_command_option_is_in_the_commands_page():
+    text = (ROOT / "docs" / "commands.md").read_text()
+    missing = []
+    todo: list[tuple[str, click.Command]] = list(main.commands.items())
+    while todo:
+        name, command = todo.pop()
+        if isinstance(command, click.Group):
+            todo += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+            continue
+        missing += [f"{name} {opt}" for p in command.params if isinstance(p, click.Option)
+                    for opt in p.opts[-1:] if opt != "--help" and opt not in text]
+    assert not missing, f"docs/commands.md does not mention: {sorted(missing)}"
+
+
+def test_the_reload_section_names_every_setting_that_needs_a_restart():
+    text = (ROOT / "docs" / "commands.md").read_text().split("## Reload", 1)[1]
+    assert [k for k in RESTART_KEYS if f"`{k}`" not in text] == []
+
+
+def _config_fragments() -> list[tuple[str, str]]:
+    """Every ```yaml block of the README and docs/ that is made of config sections."""
+    found = []
+    for page in DOC_PAGES:
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)):
+            if set(yaml.safe_load(block)) <= set(SCHEMAS[""]):
+                found.append((f"{page.name}#{i}", block))
+    return found
+
+
+FRAGMENT_BASE = {"server": {"tokens": ["t"]}, "templates": {"night-summary": {"title": "x"}},
+                 "receivers": [{"name": "ops-chat", "urls": ["console://"]}]}
+# What the `${VARS}` of the docs' examples hold in a real deployment.
+FRAGMENT_ENV = {"SLACK_BOT_TOKEN": "xoxb-1-2-abcd", "DISCORD_WEBHOOK_ID": "1234",
+                "DISCORD_WEBHOOK_TOKEN": "abcd", "TELEGRAM_BOT_TOKEN": "123456:ABCdef",
+                "TELEGRAM_CHAT_ID": "-100123", "MATRIX_ACCESS_TOKEN": "syt_abc",
+                "SMTP_USER": "relay", "SMTP_PASSWORD": "pw", "OPS_CHAT_URL": "console://",
+                "KOURIER_ADMIN_TOKEN": "a", "KOURIER_VIEWER_TOKEN": "v"}
+
+
+FRAGMENTS = _config_fragments()
+
+
+@pytest.mark.parametrize("name, block", FRAGMENTS, ids=[name for name, _ in FRAGMENTS])
+def test_a_config_example_in_the_docs_passes_check(tmp_path, monkeypatch, name, block):
+    """Put into a config with a server section (and the receiver and template it names);
+    a fragment without routes gets one to all its receivers, so none is unused."""
+    fragment = yaml.safe_load(block)
+    config = {**FRAGMENT_BASE, **{k: {**FRAGMENT_BASE[k], **v} if k == "server" else v
+                                  for k, v in fragment.items()}}
+    config.setdefault("routes", [{"receivers": [r["name"] for r in config["receivers"]]}])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    for key, value in FRAGMENT_ENV.items():
+        monkeypatch.setenv(key, value)
+    issues = [f"{i.severity}: {i.path}: {i.message}" for i in lint(str(path))]
+    assert issues == [], name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -10,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.logs import FIELD_MAX, JSONFormatter, TextFormatter, parse_text_line, scrub
-from tests.conftest import wait_for
+from tests.conftest import relay_log_lines, wait_for
 from tests.test_channels import EVENT
 
 FORGED = "x\n2024-09-14T14:30:00Z\xa0INFO\xa0\xa0\xa0relay.web\xa0accepted\xa0delivery_id=ok"
@@ -69,14 +68,7 @@ def test_a_newline_and_nbsp_in_a_value_without_spaces_cannot_start_a_line():
 
 
 async def test_forged_delivery_id_and_request_id_stay_on_their_own_log_line(running):
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(TextFormatter())
-    relay_log = logging.getLogger("relay")
-    relay_log.addHandler(handler)
-    old_level = relay_log.level
-    relay_log.setLevel(logging.INFO)
-    try:
+    with relay_log_lines(TextFormatter()) as out:
         r = await running("receivers: [{name: log, urls: ['console://']}]\n"
                           "default_receiver: log\n")
         rid = 'r"1=2\\ \xa0x'
@@ -84,9 +76,6 @@ async def test_forged_delivery_id_and_request_id_stay_on_their_own_log_line(runn
                                     headers={"X-Request-Id": rid})
         assert status == 202
         await r.post(EVENT, token="wrong", headers={"X-Request-Id": rid})  # logged before auth
-    finally:
-        relay_log.removeHandler(handler)
-        relay_log.setLevel(old_level)
     lines = out.getvalue().splitlines()
     parsed = [parse_text_line(one_line(line)) for line in lines]
     accepted = [p for p in parsed if p[3] == "accepted"]
@@ -119,15 +108,8 @@ def test_a_huge_value_is_cut_in_both_formats_and_says_how_much_was_left_out():
 
 
 async def test_a_64_kb_delivery_id_is_accepted_whole_and_logged_cut(running, sink):
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(TextFormatter())
-    relay_log = logging.getLogger("relay")
-    relay_log.addHandler(handler)
-    old_level = relay_log.level
-    relay_log.setLevel(logging.INFO)
     huge = "D" * 60_000
-    try:
+    with relay_log_lines(TextFormatter()) as out:
         r = await running(f"receivers: [{{name: hook, urls: ['{sink.url('hook')}']}}]\n"
                           "default_receiver: hook\n")
         status, _, _ = await r.post({**EVENT, "delivery_id": huge})
@@ -135,9 +117,6 @@ async def test_a_64_kb_delivery_id_is_accepted_whole_and_logged_cut(running, sin
         await wait_for(lambda: sink.messages("hook"), message="the notification")
         await wait_for(lambda: "sent" in out.getvalue(), message="the send's log line")
         (stored,) = (await r.relay.store.timeline(huge)).events
-    finally:
-        relay_log.removeHandler(handler)
-        relay_log.setLevel(old_level)
     lines = out.getvalue().splitlines()
     assert stored.payload["delivery_id"] == huge
     assert lines and all(len(line) < 2 * FIELD_MAX for line in lines), max(map(len, lines))

@@ -12,7 +12,9 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from relay.app import Relay
-from tests.conftest import ROOT, free_port
+from relay.logs import JSONFormatter
+from tests.conftest import ROOT, free_port, relay_log_lines, wait_for
+from tests.test_examples import console_examples
 
 README = (ROOT / "README.md").read_text()
 WEBHOOK = (ROOT / "docs" / "webhook.md").read_text()
@@ -76,3 +78,50 @@ async def test_the_webhook_table_shows_the_real_error(example_relay, situation, 
     session, url = example_relay
     token, _ = quick_start_request()
     assert await post(session, url, token, body) == table_answer(situation)
+
+
+def send_examples() -> list[tuple[str, bytes, str]]:
+    """(token, body, answer line) of every `$ kourier-relay send` in docs/commands.md."""
+    found = []
+    for line, output in console_examples("kourier-relay send "):
+        token = re.search(r"--token (\S+)", line)
+        post, body, answer = output
+        assert post == "POST http://127.0.0.1:8080/webhook", post
+        found.append((token.group(1) if token else "change-me", body.encode(), answer))
+    return found
+
+
+async def test_the_send_examples_show_the_answers_a_relay_on_the_example_config_gives(
+        example_relay):
+    """In the order shown, on a fresh store: the ids and notification counts are real."""
+    session, url = example_relay
+    examples = send_examples()
+    assert len(examples) >= 2
+    for token, body, shown in examples:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with session.post(url, data=body, headers=headers) as answer:
+            got = f"{answer.status} {answer.reason} {json.dumps(await answer.json())}"
+        assert got == shown
+
+
+async def test_the_json_log_lines_in_the_operations_page_are_the_ones_a_relay_writes(
+        example_relay):
+    """docs/operations.md: the keys in their order and every value shown (`…`: any)."""
+    block = (ROOT / "docs" / "operations.md").read_text().split("`--log-format json` writes", 1)[1]
+    shown = [json.loads(line) for line in re.search(r"```\n(.*?)```", block, re.S)
+             .group(1).splitlines()]
+    with relay_log_lines(JSONFormatter()) as out:
+        session, url = example_relay
+        token, _ = quick_start_request()
+        status, _ = await post(session, url, token,
+                               (ROOT / "examples" / "events" / "cancelled.json").read_bytes())
+        assert status == 202
+
+        def written() -> list[dict[str, object]]:
+            lines = [json.loads(line) for line in out.getvalue().splitlines()]
+            return [line for line in lines if line["message"] in ("accepted", "sent")]
+        lines = await wait_for(lambda: len(written()) == 2 and written(), message="sent")
+    assert [list(line) for line in lines] == [list(line) for line in shown]
+    for line, want in zip(lines, shown, strict=True):
+        assert {k: v for k, v in line.items() if want[k] != "…"} == \
+            {k: v for k, v in want.items() if v != "…"}

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
 import pytest
+from aiohttp import web
 
 from relay import config
 from relay.errors import ConfigError
-from tests.conftest import write_config
+from tests.conftest import (
+    BASE_CONFIG,
+    DEFAULTS,
+    free_port,
+    post_event,
+    serve_posts,
+    spawn_relay,
+    wait_for,
+    wait_healthy,
+    write_config,
+)
 from tests.forkserver import run_relay
 
 SECRET = "PASSWORD123secret"
@@ -96,46 +113,35 @@ def test_check_reports_a_mapping_in_urls_as_a_config_error_not_a_traceback(tmp_p
 REASON = "hook disabled by its owner; see https://hooks.example/T0/SECRETreasonToken"
 
 
+def hook_config(tmp_path: Path, sink_port: int | None, path: str, **values: str
+                ) -> tuple[Path, int]:
+    """A relay config sending every event to one json:// receiver at `path`; its port."""
+    port = free_port()
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + f"""
+receivers:
+  - name: hook
+    urls: ["json://127.0.0.1:{sink_port}{path}"]
+default_receiver: hook
+""", **{**DEFAULTS, "port": port, "db": tmp_path / "relay.db", **values})
+    return cfg, port
+
+
+def update(delivery_id: str) -> dict[str, str]:
+    return {"event": "delivery.updated", "delivery_id": delivery_id, "status": "x",
+            "timestamp": "2024-09-14T14:30:00Z"}
+
+
 async def test_dead_letter_keeps_the_services_reason_under_serve_redacted(tmp_path):
-    import asyncio
-    import json
-    import sqlite3
-    from contextlib import closing
-
-    from aiohttp import ClientSession, web
-
-    from tests.conftest import (
-        BASE_CONFIG,
-        DEFAULTS,
-        TOKEN,
-        free_port,
-        serve_posts,
-        spawn_relay,
-        wait_for,
-        wait_healthy,
-    )
-
     async def gone(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({"ok": False, "error": REASON}, status=404)
 
     sink = await serve_posts(gone)
-    port = free_port()
-    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + f"""
-receivers:
-  - name: hook
-    urls: ["json://127.0.0.1:{sink.port}/hook"]
-default_receiver: hook
-""", **{**DEFAULTS, "port": port, "db": tmp_path / "relay.db"})
+    cfg, port = hook_config(tmp_path, sink.port, "/hook")
     proc = spawn_relay(cfg, log=tmp_path / "relay.log")
     try:
         await asyncio.to_thread(wait_healthy, port, 15.0)
-        async with ClientSession() as s, s.post(
-                f"http://127.0.0.1:{port}/webhook", headers={"Authorization": f"Bearer {TOKEN}",
-                                                            "Content-Type": "application/json"},
-                data=json.dumps({"event": "delivery.updated", "delivery_id": "D-404",
-                                 "status": "x", "timestamp": "2024-09-14T14:30:00Z"})) as r:
-            assert r.status == 202
+        assert await post_event(port, update("D-404")) == 202
 
         def dead() -> list:
             with closing(sqlite3.connect(tmp_path / "relay.db")) as db:
@@ -156,3 +162,32 @@ default_receiver: hook
     assert "error=404" in error  # Apprise's own warning line is captured under serve too
     for text in (error, shown, (tmp_path / "relay.log").read_text()):
         assert "SECRETreasonToken" not in text
+
+
+@pytest.mark.parametrize("processes", ["1", "2"], ids=["in the relay process", "send processes"])
+async def test_debug_logging_never_shows_a_webhook_urls_path_or_query(tmp_path, processes):
+    """A Slack or Discord webhook's secret is its URL path: `--log-level debug` shows
+    what the relay does, never the request lines that the HTTP library logs."""
+    got: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(request.path_qs)
+        return web.Response(text="ok")
+
+    sink = await serve_posts(hook)
+    cfg, port = hook_config(tmp_path, sink.port, "/services/T0/B0/SECRETpath?-token=SECRETquery",
+                            sending=f"processes: {processes}")
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(cfg, log=log, args=["--log-level", "debug"])
+    try:
+        await asyncio.to_thread(wait_healthy, port, 15.0)
+        assert await post_event(port, update("D-1")) == 202
+        await wait_for(lambda: b" sent " in log.read_bytes(), 15.0, message="the sent line")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 15)
+        await sink.close()
+    assert got == ["/services/T0/B0/SECRETpath?token=SECRETquery"]
+    text = log.read_text()
+    assert " DEBUG " in text  # debug lines were written
+    assert "SECRET" not in text
