@@ -6,9 +6,11 @@ refusals bypass the app's middlewares: a text/plain answer that echoes the
 raw header and a logged traceback holding it (bearer token included). This
 module closes those gaps around aiohttp's `RequestHandler`; body read
 timeouts are the webhook's (`web.read_body`), because only the handler reads
-the body. It leans on two private `RequestHandler` attributes, `_waiter`
-(set while it waits for the next request) and `_request_count` (requests
-parsed so far); tests/test_hostile.py fails if an aiohttp upgrade moves them.
+the body. It leans on private `RequestHandler` parts: `_waiter` (set while it
+waits for the next request), `_request_count` (requests parsed so far), and
+`_messages` / `_ErrInfo` / `_close` (a parser refusal inside a body fails that
+body instead of waiting as a next request); tests/test_hostile.py fails if an
+aiohttp upgrade moves them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from aiohttp import http_exceptions as hx
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from relay.config import Config, ServerConfig
 
@@ -147,7 +149,7 @@ class GuardedHandler(RequestHandler):
     cap and JSON refusals that never quote the request."""
 
     __slots__ = ("_guard", "_header_timeout", "_header_clock", "_header_count", "_partial",
-                 "refused")
+                 "_body", "refused")
 
     def __init__(self, manager: web.Server, guard: Listener, header_timeout: float,
                  **kwargs: Any) -> None:
@@ -157,6 +159,7 @@ class GuardedHandler(RequestHandler):
         self._header_clock: asyncio.TimerHandle | None = None
         self._header_count = 0
         self._partial = False
+        self._body: Any = None  # the newest request's body stream, while it may be arriving
         self.refused = False
 
     def idle(self) -> bool:
@@ -184,12 +187,29 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != before:  # headers complete (the usual case: one packet)
             self._stop_header_clock()
+            self._parsed()
         elif self._header_clock is not None:
             self._partial = True
         elif self.idle():  # the first bytes of the next request on a kept-alive connection
             self._partial = True
             self._start_header_clock()
         self._guard.connections.active(self)
+
+    def _parsed(self) -> None:
+        """A new message: a request, or the parser's refusal. A refusal while the body before
+        it is still arriving is that body's (its chunked framing broke): aiohttp would queue
+        it as a next request, and leave the handler waiting out body_timeout for the body."""
+        message, body = self._messages[-1]
+        if not isinstance(message, _ErrInfo):
+            self._body = body
+            return
+        if self._body is not None and not self._body.is_eof():
+            self._messages.pop()
+            exc = message.exc if isinstance(message.exc, hx.PayloadEncodingError) \
+                else hx.TransferEncodingError("broken chunked framing")
+            self._body.set_exception(exc)  # the handler's read fails: its 400
+            self._close = True  # nothing after broken framing can be read: answer, then close
+        self._body = None
 
     def _start_header_clock(self) -> None:
         self._header_count = self._request_count

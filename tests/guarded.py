@@ -19,9 +19,10 @@ EOF_WITHIN = 5.0  # generous bound for "the relay closed the connection"
 
 
 class Guarded:
-    def __init__(self, relay: Relay, port: int) -> None:
+    def __init__(self, relay: Relay, port: int, server: web.Server) -> None:
         self.relay = relay
         self.port = port
+        self.server = server  # `requests_count`: requests whose headers it has parsed
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)
@@ -83,7 +84,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         await runner.setup()
         runners.append(runner)
         await server.listen(runner, "127.0.0.1", port, lambda: relay.config)
-        return Guarded(relay, port)
+        return Guarded(relay, port, runner.server)
 
     yield start
     for runner in reversed(runners):

@@ -17,8 +17,8 @@ import pytest
 from relay.server import GuardedHandler
 from tests import guarded as guarded_module
 from tests import pgutil
-from tests.conftest import TOKEN
-from tests.guarded import event, request, response
+from tests.conftest import TOKEN, wait_for
+from tests.guarded import event, request, response, until_eof
 
 guarded = guarded_module.guarded  # the fixture
 
@@ -79,6 +79,25 @@ async def test_bad_chunked_framing_gets_json_400(guarded, caplog):
     raw = request(headers={"Transfer-Encoding": "chunked"}) + b"zz\r\n{}\r\n0\r\n\r\n"
     answer = await g.exchange(raw)
     _assert_json_error(answer)
+    assert all(r.exc_info is None for r in _relay_log(caplog))
+
+
+async def test_chunked_framing_broken_after_the_first_chunk_gets_json_400_at_once(
+        guarded, caplog):
+    # body_timeout far away: only the broken framing itself can end the wait
+    g = await guarded("body_timeout: 600")
+    caplog.set_level(logging.INFO)
+    reader, writer = await g.connect()
+    writer.write(request(headers={"Transfer-Encoding": "chunked"}) + b"2\r\n{}\r\n")
+    await wait_for(lambda: g.server.requests_count == 1, message="the headers parsed")
+    writer.write(b"zz\r\n")  # the next chunk's size is not hex
+    try:
+        answer = await until_eof(reader)
+    finally:
+        writer.close()
+    assert _assert_json_error(answer) == {"error": "Invalid body",
+                                          "details": "malformed chunked body"}
+    assert answer.count(b"HTTP/1.1") == 1  # one answer, then the connection is closed
     assert all(r.exc_info is None for r in _relay_log(caplog))
 
 
