@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from relay.config import RetryPolicy
-from relay.notify import Outcome
+from relay.notify import RECEIVER_FAULT_STATUS, Outcome
 from relay.retry import delay_for
 from relay.store import Attempt, Job
 
@@ -36,6 +36,9 @@ class Retry:
 @dataclass(frozen=True)
 class Dead:
     reason: str
+    # The receiver refused itself (401, 403, 404, 410: credentials, a deleted webhook), not
+    # this message: it counts towards the receiver's circuit as a retryable failure does.
+    receiver_fault: bool = False
     kind: Literal["dead"] = "dead"
 
 
@@ -61,7 +64,7 @@ def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
         return Sent(outcome.live)
     made = job.attempts + 1
     if outcome.kind == "failed":
-        return Dead(outcome.error)
+        return Dead(outcome.error, receiver_fault=outcome.status in RECEIVER_FAULT_STATUS)
     delay = delay_for(policy, made, outcome.min_delay, now - job.created_at, rng)
     if delay is None:
         return Dead(f"gave up after {made} attempts: {outcome.error}")

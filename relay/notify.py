@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # an annotation only: a send process does not load the store
 
 log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+# Permanent refusals that are about the receiver, not the message: its credentials were
+# revoked or its webhook deleted, so every notification to it will fail the same way.
+RECEIVER_FAULT_STATUS = frozenset({401, 403, 404, 410})
 CONSOLE_LOCK = threading.Lock()
 
 

@@ -261,9 +261,10 @@ class Worker:
             await self.store.complete(job, attempt, reached=decision.live != "skip")
             return False
         if decision.kind == "dead":
-            await self.store.bury(job, Attempt(attempt.at, attempt.outcome, decision.reason,
-                                               attempt.duration))
-            return False
+            circuit = rt.config.sending.circuit if decision.receiver_fault else None
+            return await self.store.bury(job, Attempt(attempt.at, attempt.outcome,
+                                                      decision.reason, attempt.duration),
+                                         circuit=circuit)
         return await self.store.retry_later(job, attempt, at=decision.at,
                                             circuit=rt.config.sending.circuit)
 

@@ -70,3 +70,25 @@ def test_check_knows_the_fields_of_the_notice_template(tmp_path):
                       "uses delivery_id, which the receiver_failing notice never carries (it has"
                       " error, event, receiver, timestamp); renders empty unless an event"
                       " carries it")]
+
+
+async def test_a_receiver_that_refuses_itself_opens_its_circuit_and_later_notifications_wait(
+        running, sink, tmp_path):
+    # 404: the webhook was deleted (401/403: credentials revoked). Every notification would
+    # fail alike, so these count towards the circuit although each job is dead at once.
+    sink.script["/flaky"] = [404, 404]
+    clock = FakeClock()
+    r = await running(failing_setup(sink), clock=clock, sending=SENDING)
+    for n in range(2):
+        assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+    notice = await wait_for(lambda: sink.messages("log"), message="the notice")
+    assert notice[0]["title"] == "Receiver flaky is failing" and "HTTP 404" in notice[0]["message"]
+    db = tmp_path / "relay.db"
+    assert (await r.post({**EVENT, "delivery_id": "d2"}))[0] == 202
+    await r.relay.worker.run_once()
+    state = "SELECT delivery_id, state FROM jobs WHERE receiver = 'flaky' ORDER BY id"
+    assert rows(db, state) == [("d0", "dead"), ("d1", "dead"), ("d2", "pending")]
+    assert sink.hits.count("/flaky") == 2  # the paused receiver was not tried again
+    clock.advance(60)  # the cooldown: one probe, the webhook is back (the fix), all resume
+    await r.relay.worker.run_once()
+    await wait_for(lambda: rows(db, state)[2] == ("d2", "sent"), message="the probe")

@@ -385,6 +385,24 @@ async def test_the_circuit_opens_half_opens_and_closes(store: Store) -> None:
     assert len(closed.jobs) == 4 and not closed.paused
 
 
+async def test_a_burial_for_the_receivers_own_fault_counts_towards_its_circuit(
+        store: Store) -> None:
+    """`bury(circuit=…)`: the job is dead and the receiver's failure counted, in one write;
+    a plain burial (the message's fault) neither counts nor resets."""
+    circuit = Circuit(failures=2, cooldown=10.0, max_cooldown=40.0)
+    await queue(store, 4)
+    one, two, three = (await claim(store, limit=3, circuit=circuit)).jobs
+    assert await store.bury(one, attempt(T0, "failed", "HTTP 400"), circuit=None) is False
+    assert await store.bury(two, attempt(T0, "failed", "HTTP 404"), circuit=circuit) is False
+    assert await store.bury(three, attempt(T0, "failed", "HTTP 404"), circuit=circuit) is True
+    [state] = await store.receivers()
+    assert (state.failures, state.open_until) == (2, T0 + 10)
+    shut = await claim(store, now=T0 + 5, circuit=circuit)
+    assert shut.jobs == [] and shut.paused  # the fourth waits, it is not spent
+    assert [j.id for j in await store.dead()] == [one.id, two.id, three.id]
+    assert store.backlog_estimate() == 1
+
+
 async def test_a_probe_that_reached_nobody_leaves_the_circuit_half_open(store: Store) -> None:
     """A live update skipped as older (`reached=False`) sent no request: the receiver is
     still unproven, so the next claim is a probe again, not the whole queue."""

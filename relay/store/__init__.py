@@ -93,7 +93,10 @@ class JobQueue(Protocol):
     async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
                           ) -> bool:
         """Count the failure and reschedule the job, in one transaction. True: circuit opened."""
-    async def bury(self, job: Job, attempt: Attempt) -> None: ...
+    async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
+                   ) -> bool:
+        """Mark the job dead. With `circuit` (the receiver's own fault) the failure counts
+        towards it, in the same transaction. True: the circuit opened."""
     async def release(self, job: Job, *, at: float | None = None) -> None:
         """Give the job back unattempted (pending again; due at `at` if given)."""
     def backlog_estimate(self) -> int: ...

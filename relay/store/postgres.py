@@ -284,24 +284,31 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         await self._tx(complete)
         self._backlog.left("sent")
 
-    async def bury(self, job: Job, attempt: Attempt) -> None:
-        await self._tx(self._finish, job, "dead", None, attempt)
+    async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
+                   ) -> bool:
+        opened = await self._tx(self._fail, job, attempt, "dead", None, circuit)
         self._backlog.left("dead")
+        return opened
 
     async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
                           ) -> bool:
-        async def retry_later(conn: Any) -> bool:
-            await self._finish(conn, job, "pending", at, attempt)
-            counted = await conn.fetchrow(q(sql.COUNT_FAILURE), job.receiver)
-            tripped = counted and rules.trip(counted["failures"], counted["cooldown"],
-                                             attempt.at, circuit)
-            if not tripped:
-                return False
-            await conn.execute(q(sql.OPEN_CIRCUIT), tripped.open_until, tripped.cooldown,
-                               job.receiver)
-            return tripped.opened
+        return await self._tx(self._fail, job, attempt, "pending", at, circuit)
 
-        return await self._tx(retry_later)
+    async def _fail(self, conn: Any, job: Job, attempt: Attempt, state: JobState,
+                    at: float | None, circuit: Circuit | None) -> bool:
+        """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
+        opened its circuit)."""
+        await self._finish(conn, job, state, at, attempt)
+        if circuit is None:
+            return False
+        counted = await conn.fetchrow(q(sql.COUNT_FAILURE), job.receiver)
+        tripped = counted and rules.trip(counted["failures"], counted["cooldown"], attempt.at,
+                                         circuit)
+        if not tripped:
+            return False
+        await conn.execute(q(sql.OPEN_CIRCUIT), tripped.open_until, tripped.cooldown,
+                           job.receiver)
+        return tripped.opened
 
     async def release(self, job: Job, *, at: float | None = None) -> None:
         async def release(conn: Any) -> None:
@@ -362,3 +369,4 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         status = await self._tx(lambda conn: conn.execute(  # then quiet live messages
             q(sql.PURGE_LIVE_SKIP_LOCKED), before, before, batch))
         return rows_touched(status)
+

@@ -222,16 +222,21 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         if reached:
             conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver))
 
-    async def bury(self, job: Job, attempt: Attempt) -> None:
-        await self._call(self._finish, job, "dead", None, attempt)
+    async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
+                   ) -> bool:
+        return await self._call(self._fail, job, attempt, "dead", None, circuit)
 
     async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
                           ) -> bool:
-        return await self._call(self._retry_later, job, attempt, at, circuit)
+        return await self._call(self._fail, job, attempt, "pending", at, circuit)
 
-    def _retry_later(self, conn: sqlite3.Connection, job: Job, attempt: Attempt, at: float,
-                     circuit: Circuit) -> bool:
-        self._finish(conn, job, "pending", at, attempt)
+    def _fail(self, conn: sqlite3.Connection, job: Job, attempt: Attempt, state: JobState,
+              at: float | None, circuit: Circuit | None) -> bool:
+        """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
+        opened its circuit)."""
+        self._finish(conn, job, state, at, attempt)
+        if circuit is None:
+            return False
         counted = conn.execute(sql.COUNT_FAILURE, (job.receiver,)).fetchone()
         tripped = counted and rules.trip(counted["failures"], counted["cooldown"], attempt.at,
                                          circuit)
