@@ -58,14 +58,48 @@ def compose(text: str, file: str) -> yaml.Node | None:
     disagree on what is a mistake (libyaml takes a tab after a colon), and yamlsyntax
     explains this one's words and marks."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError([yaml_error(file, e, text)]) from None
+
+
+MAX_DEPTH = 100  # levels of nesting; a config needs about six
+MAX_REPEATS = 100_000  # values reached again through aliases (a billion-laughs file: 10**9)
+_NESTED = f"nested more than {MAX_DEPTH} levels deep"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on nesting: its composer recurses once per level."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, _NESTED,
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
     found = yamlsyntax.explain(e, text)
     return Issue(file, found.line, "", found.message)
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return "a number" if node.tag.endswith((":int", ":float")) else "a string"
 
 
 class Tree:
@@ -79,21 +113,96 @@ class Tree:
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
+        self._seen: set[int] = set()  # every node expanded so far (ids)
+        self._open: set[int] = set()  # the nodes being expanded: an alias to one is a loop
+        self._repeats = 0  # nodes expanded again, through aliases
+        self._alias = ""  # the path of the outermost alias being expanded
 
-    def value(self, node: yaml.Node, path: str) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                sub = f"{path}.{key}" if path else key
-                self.lines[sub] = key_node.start_mark.line + 1
-                if key in out:
-                    self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
-                out[key] = self.value(value_node, sub)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+    def value(self, node: yaml.Node, path: str, parent: str = "") -> Any:
+        """The plain value of `node`; aliases are expanded, `<<` merge keys merged."""
+        again = id(node) in self._seen  # reached again, through an alias
+        # An alias's node carries its anchor's line; the alias itself is in its parent's.
+        self.lines.setdefault(path, self.lines.get(parent, 1) if again
+                              else node.start_mark.line + 1)
+        if id(node) in self._open:
+            self._stop(path, "an alias (*name) inside the value its anchor (&name) names:"
+                       " a value cannot contain itself")
+        if len(self._open) >= MAX_DEPTH:
+            self._stop(path, f"invalid YAML: {_NESTED}", key=False)
+        if again:
+            self._repeats += 1
+            self._alias = self._alias or path
+            if self._repeats > MAX_REPEATS:
+                self._stop(self._alias, f"the aliases (*name) here expand to more than"
+                           f" {MAX_REPEATS} values: write the values out, or use fewer aliases")
+        self._seen.add(id(node))
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.value(n, f"{path}[{i}]", path) for i, n in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            return self._scalar(node, path)
+        finally:
+            self._open.discard(id(node))
+            if self._alias == path:
+                self._alias = ""
+
+    def _stop(self, path: str, message: str, key: bool = True) -> None:
+        line = self.lines.get(path, 1)
+        raise ConfigError([Issue(self.file, line, path if key else "", message)])
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged = self._merged(node, path)
+        for key_node, value_node in merged:  # YAML 1.1 merge keys (`<<: *defaults`)
+            key = str(key_node.value)
+            if key not in out:  # the first mapping merged in wins
+                out[key] = self.value(value_node, self._key(key_node, path, key))
+        own: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.issues.append(Issue(self.file, key_node.start_mark.line + 1, path,
+                                         f"a key must be a name, got {_kind(key_node)}"))
+                continue
+            key = str(key_node.value)
+            sub = self._key(key_node, path, key)
+            if key in own:
+                self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
+            own.add(key)
+            out[key] = self.value(value_node, sub)
+        return out
+
+    def _key(self, key_node: yaml.Node, path: str, key: str) -> str:
+        sub = f"{path}.{key}" if path else key
+        self.lines[sub] = key_node.start_mark.line + 1
+        return sub
+
+    def _merged(self, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The key/value pairs that the mapping's `<<` keys bring in, in order of precedence."""
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                else [value_node]
+            wrong = next((s for s in sources if not isinstance(s, yaml.MappingNode)), None)
+            if wrong is not None:
+                sub = self._key(key_node, path, "<<")
+                held = f"a list holding {_kind(wrong)}" if wrong is not value_node \
+                    else _kind(wrong)
+                self.issues.append(Issue(self.file, self.lines[sub], sub, "a merge key (<<)"
+                                         " takes a mapping (<<: *name) or a list of mappings,"
+                                         f" got {held}"))
+                continue
+            for source in sources:
+                pairs += self._merged(source, path)  # a merged mapping's own merges
+                pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
+        return pairs
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
         block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
         self.starts[path] = node.start_mark.line + 1 + block
         scalar = self._scalars.construct_object(node, deep=True)

@@ -1,0 +1,134 @@
+"""The config file as read (`relay.yamlfile`): aliases, merge keys, odd keys, bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay import config
+from relay.errors import ConfigError
+from tests.conftest import at_most
+
+SERVER = "server:\n  tokens: [t]\n"
+LOG = 'receivers:\n  - name: log\n    urls: ["console://"]\ndefault_receiver: log\n'
+
+
+def issues(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, "c.yaml", env or {})
+    return [str(i) for i in e.value.issues]
+
+
+def bomb(levels: int) -> str:
+    """Billion laughs: each anchor holds nine aliases of the one before."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return SERVER + "templates:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def test_an_alias_bomb_is_one_error_not_a_spin():
+    with at_most(5):
+        found = issues(bomb(9))  # 9**9: 387 million values once expanded
+    assert found == ["c.yaml:9: templates.a5[0]: the aliases (*name) here expand to more than"
+                     " 100000 values: write the values out, or use fewer aliases"]
+
+
+def test_an_alias_inside_its_own_anchor_is_one_error_not_a_traceback():
+    text = SERVER + "receivers: &r\n  - name: log\n    urls: *r\n"
+    assert issues(text) == ["c.yaml:5: receivers[0].urls: an alias (*name) inside the value"
+                            " its anchor (&name) names: a value cannot contain itself"]
+
+
+def test_a_mapping_alias_inside_itself_is_one_error_too():
+    assert issues("server: &s\n  tokens: [t]\n  x: *s\n") == [
+        "c.yaml:3: server.x: an alias (*name) inside the value its anchor (&name) names:"
+        " a value cannot contain itself"]
+
+
+def test_nesting_too_deep_is_one_error_not_a_traceback():
+    with at_most(5):
+        found = issues(SERVER + "x: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert found == ["c.yaml:3: invalid YAML: nested more than 100 levels deep"]
+
+
+def test_aliases_that_nest_too_deep_are_one_error():
+    text = SERVER + "templates:\n  a0: &a0 [1]\n" + "".join(
+        f"  a{i}: &a{i} [[[*a{i - 1}]]]\n" for i in range(1, 40))
+    assert issues(text)[0].endswith(": invalid YAML: nested more than 100 levels deep")
+
+
+def test_anchors_and_aliases_reused_by_hand_still_load():
+    text = SERVER + """\
+receivers:
+  - name: log
+    urls: &console ["console://"]
+  - name: other
+    urls: *console
+routes:
+  - match: &failed {event: delivery.updated, status: failed}
+    receivers: [log]
+  - match: *failed
+    receivers: [other]
+    continue: true
+"""
+    cfg = config.loads(text, "c.yaml", {})
+    assert cfg.receivers["other"].urls == ("console://",)
+    assert cfg.routes[1].match == {"event": "delivery.updated", "status": "failed"}
+
+
+def test_merge_keys_merge_as_yaml_says_and_own_keys_win():
+    text = SERVER + """\
+receivers:
+  - &chat
+    name: log
+    urls: ["console://"]
+    concurrency: 2
+  - <<: *chat
+    name: other
+    concurrency: 3
+routes:
+  - receivers: [log, other]
+"""
+    cfg = config.loads(text, "c.yaml", {})
+    assert cfg.receivers["other"].urls == ("console://",)
+    assert cfg.receivers["other"].concurrency == 3  # its own key, not a duplicate
+    assert cfg.receivers["log"].concurrency == 2
+
+
+def test_a_list_of_merges_takes_the_first_mapping_that_has_a_key():
+    text = SERVER + LOG + """\
+sending:
+  retry:
+    <<: [{jitter: 0.1}, {jitter: 0.5, max_age: 1h}]
+"""
+    retry = config.loads(text, "c.yaml", {}).sending.retry
+    assert (retry.jitter, retry.max_age) == (0.1, 3600)
+
+
+def test_a_mistake_in_a_merged_value_is_reported_where_it_is_written():
+    text = SERVER + """\
+defaults: &d
+  concurrency: lots
+receivers:
+  - <<: *d
+    name: log
+    urls: ["console://"]
+default_receiver: log
+"""
+    found = issues(text)
+    assert "c.yaml:4: receivers[0].concurrency: expected an integer, got a string" in found
+
+
+def test_merging_something_that_is_not_a_mapping_says_so():
+    assert issues(SERVER + LOG + "sending:\n  <<: [1, 2]\n") == [
+        "c.yaml:8: sending.<<: a merge key (<<) takes a mapping (<<: *name) or a list of"
+        " mappings, got a list holding a number"]
+
+
+def test_a_key_that_is_a_list_or_mapping_is_named_at_its_line():
+    text = SERVER + "  ? [a, b]\n  : 1\n" + LOG
+    assert issues(text) == ["c.yaml:3: server: a key must be a name, got a list"]
+
+
+def test_a_duplicate_key_is_still_an_error_next_to_a_merge():
+    text = SERVER + "  <<: {path: /a}\n  path: /b\n  path: /c\n" + LOG
+    assert issues(text) == ["c.yaml:5: server.path: duplicate key"]
