@@ -33,7 +33,7 @@ from relay.schema import (
     rate,
     shown,
 )
-from relay.yamlfile import Source, Tree, compose, resolve_env
+from relay.yamlfile import Source, Tree, compose, read, resolve_env
 
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config", "DeliveriesConfig",
            "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
@@ -185,10 +185,7 @@ def load_text(path: str | os.PathLike[str], env: Mapping[str, str] | None = None
     """The config file's text and the config it gives (`serve` hands the text to its send
     processes, so both resolve receiver URLs from the same text)."""
     file = str(path)
-    try:
-        text = Path(file).read_text()
-    except OSError as e:
-        raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
+    text = read(file)
     config = loads(text, file, os.environ if env is None else env)
     url = store_beside(config.store.url, Path(file).resolve().parent)
     return text, replace(config, store=replace(config.store, url=url))

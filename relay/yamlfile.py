@@ -51,6 +51,22 @@ class Source:
         return start + max(lineno, 1) - 1 if start else self.line(path)
 
 
+def read(file: str) -> str:
+    """The config file's text: UTF-8 whatever the locale says, or a ConfigError at its line."""
+    try:
+        data = Path(file).read_bytes()
+    except OSError as e:
+        raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[line_start:e.start].decode("utf-8", "replace")) + 1
+        raise ConfigError([Issue(file, data.count(b"\n", 0, e.start) + 1, "",
+                                 f"the file is not UTF-8 text: byte 0x{data[e.start]:02x} at"
+                                 f" column {column}: save it as UTF-8")]) from None
+
+
 def compose(text: str, file: str) -> yaml.Node | None:
     """The node tree of a config text; a YAML error is a ConfigError, explained at its line.
 
@@ -215,7 +231,11 @@ class Tree:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
-            value = resolve_env(name, self.env)
+            try:
+                value = resolve_env(name, self.env)
+            except ValueError as e:  # NAME_FILE is set but of no use
+                self.issues.append(Issue(self.file, line, path, str(e)))
+                return ""
             if value is None and default is None:
                 self.issues.append(Issue(self.file, line, path,
                                          f"environment variable {name} is not set (nor {name}_FILE)"))
@@ -227,13 +247,19 @@ class Tree:
 
 
 def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
-    """`NAME` from the environment, else the contents of the file named by `NAME_FILE`."""
+    """`NAME` from the environment, else the contents of the file named by `NAME_FILE`.
+
+    Raises ValueError saying why when `NAME_FILE` names a file that cannot be used
+    (never what the file holds)."""
     if name in env:
         return env[name]
     path = env.get(f"{name}_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return None
-    return None
+    if not path:
+        return None
+    why = f"environment variable {name} is not set, and {name}_FILE names {path}, which"
+    try:
+        return Path(path).read_bytes().decode("utf-8").strip()
+    except OSError as e:
+        raise ValueError(f"{why} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{why} is not UTF-8 text") from None

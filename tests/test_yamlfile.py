@@ -132,3 +132,31 @@ def test_a_key_that_is_a_list_or_mapping_is_named_at_its_line():
 def test_a_duplicate_key_is_still_an_error_next_to_a_merge():
     text = SERVER + "  <<: {path: /a}\n  path: /b\n  path: /c\n" + LOG
     assert issues(text) == ["c.yaml:5: server.path: duplicate key"]
+
+
+def test_a_file_that_is_not_utf8_is_one_error_at_its_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"server:\n  tokens: [t\xe9st]\n")  # Latin-1, as an old editor saves it
+    with pytest.raises(ConfigError) as e:
+        config.load(cfg, {})
+    assert str(e.value) == (f"{cfg}:2: the file is not UTF-8 text: byte 0xe9 at column 13:"
+                            " save it as UTF-8")
+
+
+@pytest.mark.parametrize("content, why", [
+    (None, "cannot be read: No such file or directory"),
+    (b"\xff\xfesecret", "is not UTF-8 text"),
+])
+def test_a_secret_file_that_cannot_be_used_says_why_and_never_shows_it(tmp_path, content, why):
+    secret = tmp_path / "token"
+    if content is not None:
+        secret.write_bytes(content)
+    found = issues('server:\n  tokens: ["${TOKEN}"]\n' + LOG, {"TOKEN_FILE": str(secret)})
+    assert found == [f"c.yaml:2: server.tokens[0]: environment variable TOKEN is not set, and"
+                     f" TOKEN_FILE names {secret}, which {why}"]
+
+
+def test_a_secret_file_that_is_a_folder_says_so(tmp_path):
+    found = issues('server:\n  tokens: ["${TOKEN}"]\n' + LOG, {"TOKEN_FILE": str(tmp_path)})
+    assert found == [f"c.yaml:2: server.tokens[0]: environment variable TOKEN is not set, and"
+                     f" TOKEN_FILE names {tmp_path}, which cannot be read: Is a directory"]
