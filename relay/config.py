@@ -354,8 +354,13 @@ def _check_references(config: Config, c: Checker) -> None:
         if watch.name in names:
             c.error(f"{watch.path}.name", f'duplicate watch "{watch.name}"')
         names.add(watch.name)
+    first: dict[str, RouteConfig] = {}
     for route in config.routes:
         _check_receivers(route, config, c)
+        other = first.setdefault(route.name, route)
+        if other is not route:  # templates, digest windows and holds go by the name
+            c.error(f"{route.path}.name", f'duplicate route "{route.name}" (also {other.path},'
+                    f" line {config.source.line(other.path)}): each route needs its own name")
     for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
                         *((f"{r.path}.quiet_hours.template", r.quiet_template)
                           for r in config.receivers.values())]:
