@@ -458,3 +458,10 @@ def test_a_corrupt_sqlite_store_is_one_line(tmp_path):
         db.write(b"\xde\xad" * 2048)
     assert one_line(run("dead", "list", "-c", str(cfg))) == \
         "error: store unavailable: database disk image is malformed"
+
+
+def test_a_postgresql_port_out_of_range_is_one_line_without_the_password(tmp_path):
+    cfg = relay_config(tmp_path, "127.0.0.1:8080", "postgresql://relay:s3cr3t@127.0.0.1:99999/x")
+    line = one_line(run("dead", "list", "-c", str(cfg)))
+    assert line.startswith("error: cannot open postgresql://***") and "port must be 0-65535" in line
+    assert "s3cr3t" not in line
