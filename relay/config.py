@@ -32,13 +32,14 @@ from relay.schema import (
     kind_of,
     rate,
     shown,
+    shown_at,
 )
 from relay.yamlfile import Source, Tree, compose, read, resolve_env
 
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config", "DeliveriesConfig",
            "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig", "WatchConfig",
-           "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
+           "duration", "load", "loads", "rate", "resolve_env", "shown", "shown_at", "store_beside",
            "used_receivers"]
 
 DEFAULT_SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
@@ -212,7 +213,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     node = compose(text, file)
     tree = Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
-    source = Source(file, tree.lines, tree.starts)
+    source = Source(file, tree.lines, tree.starts, tree.env_refs)
     checker = Checker(source)
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)

@@ -151,6 +151,12 @@ def shown(v: Any) -> str:
     return repr(v)
 
 
+def shown_at(source: Source, path: str, v: Any) -> str:
+    """`shown(v)`, except that a value made with `${VAR}` is named by its variable."""
+    name = source.env.get(path)
+    return f"a value from ${{{name}}} (not shown)" if name else shown(v)
+
+
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://\S*")
 
 
@@ -260,7 +266,7 @@ class Checker:
             try:
                 out[key] = fields[key](value)
             except ValueError as e:
-                self.error(sub, str(e))
+                self.error(sub, str(e).replace(shown(value), shown_at(self.source, sub, value)))
         return out
 
 

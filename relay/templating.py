@@ -24,7 +24,7 @@ import jinja2
 from jinja2 import meta, nodes
 
 from relay import sandbox
-from relay.config import Config, Source, TemplateConfig, shown
+from relay.config import Config, Source, TemplateConfig, shown_at
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
@@ -174,7 +174,8 @@ class Templates:
         try:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            issues.append(config.source.issue("timezone", f"unknown time zone {shown(config.timezone)}"))
+            issues.append(config.source.issue(
+                "timezone", f"unknown time zone {shown_at(config.source, 'timezone', config.timezone)}"))
         summaries = {}
         for rc in config.receivers.values():
             t = config.templates.get(rc.quiet_template) if rc.quiet_template else None

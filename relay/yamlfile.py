@@ -29,6 +29,8 @@ class Source:
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # The line each scalar's text begins on: the key's line, or the next for `|` and `>`.
     starts: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The environment variable a key path's value was made with (`${VAR}`): never shown.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
