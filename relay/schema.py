@@ -17,7 +17,7 @@ from typing import Any
 from relay.errors import Issue
 from relay.limits import RateLimit
 from relay.quiet import parse_days, parse_time
-from relay.yamlfile import Source
+from relay.yamlfile import Source, as_scalar
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
 BODY_FORMATS = ("text", "markdown", "html")
@@ -264,10 +264,23 @@ class Checker:
                 self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
                 continue
             try:
-                out[key] = fields[key](value)
+                out[key] = self._convert(fields[key], value, sub)
             except ValueError as e:
                 self.error(sub, str(e).replace(shown(value), shown_at(self.source, sub, value)))
         return out
+
+    def _convert(self, conv: Conv, value: Any, path: str) -> Any:
+        """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""
+        try:
+            return conv(value)
+        except ValueError:
+            typed = as_scalar(value) if path in self.source.env else value
+            if typed is value:
+                raise
+        try:
+            return conv(typed)
+        except ValueError:
+            return conv(value)  # the first error is the one to show
 
 
 def unknown_key(key: str, fields: Mapping[str, Any]) -> str:

@@ -248,6 +248,16 @@ class Tree:
         return _ENV_REF.sub(repl, text)
 
 
+def as_scalar(text: str) -> Any:
+    """What YAML makes of `text` written as a plain value, when that is a number or a boolean
+    (`${N}` is text; a key that wants a number takes the number the text spells); else `text`."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, int, float)) else text
+
+
 def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
     """`NAME` from the environment, else the contents of the file named by `NAME_FILE`.
 

@@ -248,3 +248,26 @@ def test_the_paths_a_webhook_may_not_take_are_the_ones_the_relay_serves():
     own = {r.canonical for r in app.router.resources()} - {"/webhook", "/healthz", "/readyz",
                                                           "/metrics"}
     assert own and all(f"{p}/".startswith(tuple(RESERVED_PATHS)) for p in own), own
+
+
+def test_a_number_or_boolean_from_the_environment_is_one_where_the_key_wants_one():
+    text = """\
+server:
+  tokens: ["${TOKEN}"]
+  watch_config: ${WATCH}
+  max_body_bytes: ${BODY}
+sending: {concurrency: "${N}", retry: {jitter: "${J}"}}
+receivers: [{name: chat, urls: ["console://"]}]
+default_receiver: chat
+"""
+    cfg = load(text, {"WATCH": "true", "BODY": "1024", "TOKEN": "1234", "N": "4", "J": "0.5"})
+    assert (cfg.server.watch_config, cfg.server.max_body_bytes) == (True, 1024)
+    assert (cfg.sending.concurrency, cfg.sending.retry.jitter) == (4, 0.5)
+    assert cfg.server.tokens == ("1234",)  # a key that wants text keeps the text
+
+
+def test_a_value_from_the_environment_of_the_wrong_type_is_still_an_error():
+    with pytest.raises(ConfigError) as e:
+        load(BASE + "sending: {concurrency: '${N}'}\n", {"N": "lots"})
+    assert [str(i) for i in e.value.issues] == [
+        "relay.yaml:7: sending.concurrency: expected an integer, got a string"]
