@@ -18,6 +18,7 @@ from tests.conftest import (
     free_port,
     spawn_relay,
     wait_for,
+    wait_for_sync,
     write_config,
 )
 from tests.forkserver import RelayProcess
@@ -229,3 +230,27 @@ async def test_readyz_says_the_file_no_longer_loads_while_the_old_config_serves(
         "config": True, "store": True, "worker": True}})
     assert (await r.post(event("D-2")))[0] == 202
     assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-2"]
+
+
+def test_a_sighup_while_the_relay_starts_is_kept_for_later_not_fatal(tmp_path):
+    # A config reloader may signal while the relay still waits for its database: SIGHUP's
+    # default action ended the process before its handler was installed.
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=free_port(),
+                       db=tmp_path / "relay.db", sink="json://127.0.0.1:9/", **DEFAULTS)
+    edit(cfg, f'url: "sqlite:{tmp_path / "relay.db"}"',
+         f'url: "postgresql://u@127.0.0.1:{free_port()}/x"')  # refused: it waits and retries
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(cfg, log=log)
+    try:
+        def logged(text: str) -> bool:
+            assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
+            return text in log.read_text()
+
+        wait_for_sync(lambda: logged("store not available yet"), 20, message="start-up")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for_sync(lambda: logged("retrying in 2.0s"), 20, message="start-up to go on")
+        assert "SIGHUP while starting: the config is reloaded once the relay is up" in \
+            log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -194,9 +194,9 @@ def test_a_timezone_from_the_environment_is_not_shown_either():
 
 
 def test_a_store_url_that_is_no_url_is_not_echoed(tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", "server: {tokens: [t]}\nstore: {url: '%s'}\n"
-                       "receivers: [{name: r, urls: ['console://']}]\ndefault_receiver: r\n"
-                       % SHORT)
+    cfg = write_config(tmp_path / "c.yaml", "server: {tokens: [t]}\nstore: {url: '{pw}'}\n"
+                       "receivers: [{name: r, urls: ['console://']}]\ndefault_receiver: r\n",
+                       pw=SHORT)
     done = run_relay(["check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert SHORT not in done.stdout + done.stderr
     assert done.stdout == (f"{cfg}:2: store.url: expected sqlite:PATH or postgresql://…, got"
