@@ -84,6 +84,7 @@ def compose(text: str, file: str) -> yaml.Node | None:
 MAX_DEPTH = 100  # levels of nesting; a config needs about six
 MAX_REPEATS = 100_000  # values reached again through aliases (a billion-laughs file: 10**9)
 _NESTED = f"nested more than {MAX_DEPTH} levels deep"
+_LOOP = "an alias (*name) inside the value its anchor (&name) names: a value cannot contain itself"
 
 
 class _Loader(yaml.SafeLoader):
@@ -143,16 +144,12 @@ class Tree:
         self.lines.setdefault(path, self.lines.get(parent, 1) if again
                               else node.start_mark.line + 1)
         if id(node) in self._open:
-            self._stop(path, "an alias (*name) inside the value its anchor (&name) names:"
-                       " a value cannot contain itself")
+            self._stop(path, _LOOP)
         if len(self._open) >= MAX_DEPTH:
             self._stop(path, f"invalid YAML: {_NESTED}", key=False)
         if again:
-            self._repeats += 1
             self._alias = self._alias or path
-            if self._repeats > MAX_REPEATS:
-                self._stop(self._alias, f"the aliases (*name) here expand to more than"
-                           f" {MAX_REPEATS} values: write the values out, or use fewer aliases")
+            self._count_repeat(self._alias, 1)
         self._seen.add(id(node))
         self._open.add(id(node))
         try:
@@ -165,6 +162,13 @@ class Tree:
             self._open.discard(id(node))
             if self._alias == path:
                 self._alias = ""
+
+    def _count_repeat(self, path: str, values: int) -> None:
+        """Values reached again (through an alias or a merge) are counted: a bound, not a spin."""
+        self._repeats += values
+        if self._repeats > MAX_REPEATS:
+            self._stop(path, f"the aliases (*name) here expand to more than {MAX_REPEATS}"
+                       " values: write the values out, or use fewer aliases")
 
     def _stop(self, path: str, message: str, key: bool = True) -> None:
         line = self.lines.get(path, 1)
@@ -198,17 +202,20 @@ class Tree:
         self.lines[sub] = key_node.start_mark.line + 1
         return sub
 
-    def _merged(self, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, yaml.Node]]:
-        """The key/value pairs that the mapping's `<<` keys bring in, in order of precedence."""
+    def _merged(self, node: yaml.MappingNode, path: str, chain: frozenset[int] = frozenset(),
+                ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The key/value pairs that the mapping's `<<` keys bring in, in order of precedence:
+        each merged mapping's own keys before what it merges in turn."""
         pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        chain = chain | {id(node)}
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE:
                 continue
+            sub = self._key(key_node, path, "<<")
             sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
                 else [value_node]
             wrong = next((s for s in sources if not isinstance(s, yaml.MappingNode)), None)
             if wrong is not None:
-                sub = self._key(key_node, path, "<<")
                 held = f"a list holding {_kind(wrong)}" if wrong is not value_node \
                     else _kind(wrong)
                 self.issues.append(Issue(self.file, self.lines[sub], sub, "a merge key (<<)"
@@ -216,8 +223,11 @@ class Tree:
                                          f" got {held}"))
                 continue
             for source in sources:
-                pairs += self._merged(source, path)  # a merged mapping's own merges
+                if id(source) in chain or id(source) in self._open:
+                    self._stop(sub, _LOOP)
+                self._count_repeat(sub, len(source.value))
                 pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
+                pairs += self._merged(source, path, chain)
         return pairs
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:

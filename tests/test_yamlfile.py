@@ -160,3 +160,29 @@ def test_a_secret_file_that_is_a_folder_says_so(tmp_path):
     found = issues('server:\n  tokens: ["${TOKEN}"]\n' + LOG, {"TOKEN_FILE": str(tmp_path)})
     assert found == [f"c.yaml:2: server.tokens[0]: environment variable TOKEN is not set, and"
                      f" TOKEN_FILE names {tmp_path}, which cannot be read: Is a directory"]
+
+
+def test_a_mapping_that_merges_itself_is_one_error_not_a_traceback():
+    assert issues("server: &s\n  tokens: [t]\n  <<: *s\n") == [
+        "c.yaml:3: server.<<: an alias (*name) inside the value its anchor (&name) names:"
+        " a value cannot contain itself"]
+
+
+def test_a_merged_mapping_keeps_its_own_keys_over_what_it_merges():
+    text = SERVER + LOG + """\
+sending:
+  retry:
+    <<: &mid
+      <<: {jitter: 0.1, max_age: 1h}
+      jitter: 0.3
+"""
+    retry = config.loads(text, "c.yaml", {}).sending.retry
+    assert (retry.jitter, retry.max_age) == (0.3, 3600)
+
+
+def test_merges_that_multiply_are_bounded_like_aliases():
+    lines = ["m0: &m0 {k: 1}"] + [
+        f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}" for i in range(1, 12)]
+    with at_most(5):
+        found = issues(SERVER + "templates:\n" + "".join(f"  {line}\n" for line in lines))
+    assert any("expand to more than 100000 values" in line for line in found), found
