@@ -45,6 +45,10 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
                 listen: str | None = None, log_args: list[str] | None = None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
     install_requests_tap()
+    # SIGHUP's default action ends the process: until on_signals() takes it over, one that
+    # comes in (a config reloader, while the store is still awaited) is kept for later.
+    early_hup = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _early_hup, early_hup)
     relay = Relay(config_path, env, log_args=log_args or ())
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
     # Bind before the store and worker start: a relay that cannot listen (the port is
@@ -57,6 +61,8 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     settle_garbage_collector()
     stop = asyncio.Event()
     on_signals(relay, stop)
+    if early_hup.is_set():  # the file may have changed after start-up read it
+        relay.tasks.spawn("reload", relay.reload_quietly())
     log.info("listening", extra=fields(listen=f"{host}:{port}", path=relay.config.server.path,
                                        store=relay.config.store.url.split(":", 1)[0],
                                        pid=os.getpid()))
@@ -65,6 +71,12 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None,
     await site.stop()
     await runner.cleanup()
     log.info("stopped")
+
+
+def _early_hup(seen: asyncio.Event) -> None:
+    if not seen.is_set():
+        log.info("SIGHUP while starting: the config is reloaded once the relay is up")
+    seen.set()
 
 
 def bind(host: str, port: int) -> socket.socket:

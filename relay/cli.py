@@ -18,6 +18,7 @@ from relay.cli_support import CONFIG_ENV as CONFIG_ENV
 from relay.cli_support import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from relay.cli_support import DEFAULT_PORT as DEFAULT_PORT
 from relay.cli_support import (
+    Listen,
     config_option,
     fail,
     guarded,
@@ -38,7 +39,7 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--listen", help="host:port, overriding server.listen.")
+@click.option("--listen", type=Listen(), help="host:port, overriding server.listen.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Least severe log lines shown.")

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from relay import __version__
-from relay.cli_support import config_option, guarded, load_config
+from relay.cli_support import HttpUrl, Seconds, config_option, guarded, load_config
 from relay.config import Config
 
 
@@ -62,13 +62,14 @@ def _local_url(config: Config, path: str) -> str:
 @click.command(short_help="Fire a sample Kourier event at a running relay.")
 @config_option
 @click.argument("event_type", default="delivery.updated", metavar="[EVENT_TYPE]")
-@click.option("--url", help="Webhook URL (default: from the config's server.listen and path).")
+@click.option("--url", type=HttpUrl(),
+              help="Webhook URL (default: from the config's server.listen and path).")
 @click.option("--token", help="Bearer token (default: the config's first server token).")
 @click.option("--delivery-id", help="Default: a fresh test-… id.")
 @click.option("--status", help="Delivery status (default in_transit for delivery.updated).")
 @click.option("--field", "extra", multiple=True, type=_field, metavar="KEY=VALUE",
               help="Extra payload field; dotted keys nest, JSON values are parsed.")
-@click.option("--timeout", default=5.0, show_default=True,
+@click.option("--timeout", default=5.0, show_default=True, type=Seconds(zero=True),
               help="Seconds to wait for the relay's answer; a relay still starting (connection"
                    " refused) is tried again until then.")
 @guarded
@@ -151,8 +152,10 @@ def health_url(config: Config) -> str:
 
 @click.command(short_help="Exit 0 when the relay answers /healthz (for containers).")
 @config_option
-@click.option("--url", help="Health URL (default: /healthz at the config's server.listen).")
-@click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--url", type=HttpUrl(),
+              help="Health URL (default: /healthz at the config's server.listen).")
+@click.option("--timeout", default=3.0, show_default=True, type=Seconds(),
+              help="Seconds to wait for the answer.")
 @guarded
 def healthcheck(config_path: str, url: str | None, timeout: float) -> None:
     """Exit 0 when the relay answers /healthz (for container health checks).

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from relay.cli_support import config_option, fail, guarded, load_config, run_store
+from relay.cli_support import JOB_ID, config_option, fail, guarded, load_config, run_store
 from relay.config import Config
 from relay.store import Store
 
@@ -20,7 +20,8 @@ def dead() -> None:
 @dead.command("list")
 @config_option
 @click.option("--receiver", help="Only this receiver's jobs.")
-@click.option("--limit", default=100, show_default=True, help="Show at most this many jobs.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="Show at most this many jobs.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the jobs as a JSON array (the admin API's shape) instead of a table.")
 @guarded
@@ -43,7 +44,7 @@ def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool)
 
 @dead.command("show")
 @config_option
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @guarded
 def dead_show(config_path: str, job_id: int) -> None:
     """Show one job: its event, rendered message and every attempt."""
@@ -63,7 +64,7 @@ def dead_show(config_path: str, job_id: int) -> None:
 
 @dead.command("replay")
 @config_option
-@click.argument("job_ids", type=int, nargs=-1)
+@click.argument("job_ids", type=JOB_ID, nargs=-1)
 @click.option("--receiver", help="Replay every dead job of this receiver.")
 @click.option("--all", "everything", is_flag=True, help="Replay every dead job.")
 @guarded
@@ -75,6 +76,7 @@ def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None
     """
     if not (job_ids or receiver or everything):
         fail("give job ids, --receiver NAME or --all")
+    job_ids = tuple(dict.fromkeys(job_ids))  # one id given twice is one job
 
     async def replay(store: Store) -> tuple[int, list[str]]:
         problems = [p for p in [await _not_dead(store, i) for i in job_ids] if p]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any, TypeVar
@@ -15,12 +18,67 @@ from relay import config as config_mod
 from relay.config import Config
 from relay.errors import ConfigError, RelayError
 from relay.logs import scrub
+from relay.schema import SCHEMAS, shown
 from relay.store import Store, open_store
 
 DEFAULT_CONFIG_PATH = "/etc/kourier-relay/config.yaml"
 CONFIG_ENV = "KOURIER_RELAY_CONFIG"
 DEFAULT_PORT = 8080
 T = TypeVar("T")
+
+
+JOB_ID = click.IntRange(1, 2**63 - 1)  # what the stores' integer ids can hold
+
+
+class Seconds(click.ParamType):
+    """A timeout in seconds: a finite number above 0 (or 0 too, with `zero`)."""
+
+    name = "seconds"
+
+    def __init__(self, zero: bool = False) -> None:
+        self.zero = zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
+                ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (math.isfinite(seconds) and (seconds > 0 or self.zero and seconds == 0)):
+            least = "0 or more" if self.zero else "more than 0"
+            self.fail(f"expected seconds ({least}), got {value}", param, ctx)
+        return seconds
+
+
+class HttpUrl(click.ParamType):
+    """An http:// or https:// URL (shown masked when it is not one: it may hold a password)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
+                ) -> str:
+        try:
+            parts = urllib.parse.urlsplit(str(value))
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+                (parts.port or 1) > 0  # reading .port checks it
+        except ValueError:  # a port that is not a number or out of range, an unclosed [
+            ok = False
+        if not ok:
+            self.fail(f"expected an http:// or https:// URL, got {shown(str(value))}", param, ctx)
+        return str(value)
+
+
+class Listen(click.ParamType):
+    """`host:port`, as `server.listen` takes it."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
+                ) -> str:
+        try:
+            return str(SCHEMAS["server"]["listen"](value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -69,7 +127,15 @@ def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]
         finally:
             await store.close()
 
-    return asyncio.run(go())
+    # The store logs what failed for a running relay's log; here the StoreError that
+    # follows is the one line the operator gets.
+    quiet = logging.getLogger("relay.store")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(go())
+    finally:
+        quiet.setLevel(level)
 
 
 def _require_existing(config: Config) -> None:

@@ -32,13 +32,14 @@ from relay.schema import (
     kind_of,
     rate,
     shown,
+    shown_at,
 )
-from relay.yamlfile import Source, Tree, compose, resolve_env
+from relay.yamlfile import Source, Tree, compose, read, resolve_env
 
 __all__ = ["BODY_FORMATS", "NOTIFY_TYPES", "SCHEMAS", "Circuit", "Config", "DeliveriesConfig",
            "DigestConfig", "RateLimit", "ReceiverConfig", "RetryPolicy", "RouteConfig",
            "SendingConfig", "ServerConfig", "Source", "StoreConfig", "TemplateConfig", "WatchConfig",
-           "duration", "load", "loads", "rate", "resolve_env", "shown", "store_beside",
+           "duration", "load", "loads", "rate", "resolve_env", "shown", "shown_at", "store_beside",
            "used_receivers"]
 
 DEFAULT_SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
@@ -185,10 +186,7 @@ def load_text(path: str | os.PathLike[str], env: Mapping[str, str] | None = None
     """The config file's text and the config it gives (`serve` hands the text to its send
     processes, so both resolve receiver URLs from the same text)."""
     file = str(path)
-    try:
-        text = Path(file).read_text()
-    except OSError as e:
-        raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
+    text = read(file)
     config = loads(text, file, os.environ if env is None else env)
     url = store_beside(config.store.url, Path(file).resolve().parent)
     return text, replace(config, store=replace(config.store, url=url))
@@ -215,7 +213,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     node = compose(text, file)
     tree = Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
-    source = Source(file, tree.lines, tree.starts)
+    source = Source(file, tree.lines, tree.starts, tree.env_refs)
     checker = Checker(source)
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)
@@ -357,8 +355,13 @@ def _check_references(config: Config, c: Checker) -> None:
         if watch.name in names:
             c.error(f"{watch.path}.name", f'duplicate watch "{watch.name}"')
         names.add(watch.name)
+    first: dict[str, RouteConfig] = {}
     for route in config.routes:
         _check_receivers(route, config, c)
+        other = first.setdefault(route.name, route)
+        if other is not route:  # templates, digest windows and holds go by the name
+            c.error(f"{route.path}.name", f'duplicate route "{route.name}" (also {other.path},'
+                    f" line {config.source.line(other.path)}): each route needs its own name")
     for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
                         *((f"{r.path}.quiet_hours.template", r.quiet_template)
                           for r in config.receivers.values())]:

@@ -20,7 +20,7 @@ from aiohttp import web
 from relay import config as config_mod
 from relay.config import Config
 from relay.errors import ConfigError, SchemaTooNew, StoreError
-from relay.logs import fields
+from relay.logs import fields, scrub
 from relay.metrics import Metrics
 from relay.notice import FailingReceiverNotice
 from relay.observers import LogObserver, MetricsObserver
@@ -81,6 +81,7 @@ class Relay:
         for timer_observer in (counted, logged):
             self.worker.timers.subscribe(timer_observer)
         self._reload_lock = asyncio.Lock()
+        self.reload_failure = ""  # why the file no longer loads, since the last reload tried
         self.metrics.reload_success.set(1)
         self.metrics.reload_time.set(time.time())
 
@@ -155,6 +156,7 @@ class Relay:
                 _log_warnings(config)
             except Exception as e:  # whatever went wrong, the running config stays
                 self.metrics.reload_success.set(0)
+                self.reload_failure = _first_line(e)
                 log.error("config reload failed; keeping the running config:\n%s", e)
                 raise
             changed = [k for k in RESTART_KEYS if _setting(config, k) != _setting(self.config, k)]
@@ -165,6 +167,7 @@ class Relay:
             if self.senders is not None:
                 self.senders.configure(text, config.sending.attempt_timeout)
                 self.senders.fallback = live.notifier
+            self.reload_failure = ""
             self.metrics.reload_success.set(1)
             self.metrics.reload_time.set(time.time())
             self.worker.config_changed()
@@ -202,7 +205,11 @@ class Relay:
         crashed = dict(self.tasks.crashed)
         checks = {"config": True, "store": store_ok,
                   "worker": self.worker.running and not crashed}
-        return Readiness(checks, {name: f"crashed: {why}" for name, why in crashed.items()})
+        reasons = {name: f"crashed: {why}" for name, why in crashed.items()}
+        if self.reload_failure:  # ready, on the config it runs; the file would not start
+            reasons["config"] = ("the file no longer loads, so a restart would fail; serving"
+                                 f" the config loaded before: {self.reload_failure}")
+        return Readiness(checks, reasons)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -222,6 +229,14 @@ class Relay:
         if total:
             log.info("purged %d old events", total)
         return total
+
+
+def _first_line(e: Exception) -> str:
+    """Why a reload failed, in one line: a config error's first issue (and how many more)."""
+    if isinstance(e, ConfigError) and e.issues:
+        more = len(e.issues) - 1
+        return str(e.issues[0]) + (f" (and {more} more)" if more else "")
+    return scrub(" ".join(str(e).split()) or type(e).__name__)
 
 
 def _log_warnings(config: Config) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.quiet import QuietHours, Window
-from relay.schema import NOTIFY_TYPES, Checker, shown
+from relay.schema import NOTIFY_TYPES, Checker, shown, shown_at
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ def quiet_hours(data: Any, path: str, c: Checker) -> tuple[QuietHours | None, st
     if not zone:
         c.error(f"{path}.timezone", "needed: the time zone the windows are in (e.g. Europe/Berlin)")
     elif not known_zone(zone):
-        c.error(f"{path}.timezone", f"unknown time zone {shown(zone)}")
+        c.error(f"{path}.timezone",
+                f"unknown time zone {shown_at(c.source, f'{path}.timezone', zone)}")
     windows = tuple(w for i, item in enumerate(values.get("windows", []))
                     if (w := _quiet_window(item, f"{path}.windows[{i}]", c)))
     if not values.get("windows") and not any(i.path.startswith(f"{path}.windows") for i in c.issues):

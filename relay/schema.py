@@ -9,6 +9,7 @@ message (never a URL, credentials or a token).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from relay.errors import Issue
 from relay.limits import RateLimit
 from relay.quiet import parse_days, parse_time
-from relay.yamlfile import Source
+from relay.yamlfile import Source, as_scalar
 
 NOTIFY_TYPES = ("info", "success", "warning", "failure")
 BODY_FORMATS = ("text", "markdown", "html")
@@ -59,6 +60,9 @@ def _int(lo: int, hi: int | None = None) -> Conv:
     return conv
 
 
+MAX_DURATION = 3650 * 86400.0  # ten years: past it, times no longer fit a date
+
+
 def duration(v: Any) -> float:
     """Seconds from a number or `500ms`, `5s`, `2m`, `1h`, `7d`."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -68,8 +72,12 @@ def duration(v: Any) -> float:
         if not m:
             raise ValueError(f"expected a duration like 30s, 5m, 2h, got {shown(v)}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(seconds):  # YAML's .nan and .inf are floats
+        raise ValueError(f"must be a finite duration, got {seconds}")
     if seconds < 0:
         raise ValueError("must not be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"must be at most 3650d, got {shown(v)}")
     return seconds
 
 
@@ -95,7 +103,10 @@ def rate(v: Any) -> RateLimit:
     m = _RATE.match(v) if isinstance(v, str) else None
     if not m or int(m.group(1)) < 1:
         raise ValueError(f"expected a rate like 1/s or 30/min, got {shown(v)}")
-    return RateLimit(int(m.group(1)), float(m.group(2) or 1) * _RATE_UNITS[m.group(3)])
+    per = float(m.group(2) or 1) * _RATE_UNITS[m.group(3)]
+    if per <= 0:  # the token bucket divides by it
+        raise ValueError(f"the period must be more than 0, got {shown(v)}")
+    return RateLimit(int(m.group(1)), per)
 
 
 def _choice(options: tuple[str, ...]) -> Conv:
@@ -140,6 +151,12 @@ def shown(v: Any) -> str:
     return repr(v)
 
 
+def shown_at(source: Source, path: str, v: Any) -> str:
+    """`shown(v)`, except that a value made with `${VAR}` is named by its variable."""
+    name = source.env.get(path)
+    return f"a value from ${{{name}}} (not shown)" if name else shown(v)
+
+
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://\S*")
 
 
@@ -150,9 +167,21 @@ def _listen(v: Any) -> str:
     return str(v)
 
 
+# Path prefixes the relay serves itself (relay.web.create_app): a webhook path under one
+# of them would never be reached.
+RESERVED_PATHS = {"/-/": "the relay's own admin API", "/ui/": "the relay's own status page"}
+
+
 def _path(v: Any) -> str:
     if not isinstance(v, str) or not v.startswith("/"):
         raise ValueError("must start with /")
+    if "{" in v or "}" in v:  # aiohttp reads them as a pattern
+        raise ValueError("must not hold { or }")
+    if any(c.isspace() for c in v):
+        raise ValueError("must not hold spaces")
+    for prefix, what in RESERVED_PATHS.items():
+        if f"{v}/".startswith(prefix):
+            raise ValueError(f"is under {prefix}, {what}: choose another path")
     return v
 
 
@@ -172,7 +201,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},
     "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
               "max_backlog": _int(1), "busy_timeout": duration},
-    "sending": {"concurrency": _int(1, 512), "attempt_timeout": duration,
+    "sending": {"concurrency": _int(1, 512), "attempt_timeout": _positive_duration,
                 "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
                 "fallback_receiver": _STR, "processes": _int(1, 32)},
     "deliveries": {"suppress_stale": _BOOL},
@@ -235,10 +264,23 @@ class Checker:
                 self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
                 continue
             try:
-                out[key] = fields[key](value)
+                out[key] = self._convert(fields[key], value, sub)
             except ValueError as e:
-                self.error(sub, str(e))
+                self.error(sub, str(e).replace(shown(value), shown_at(self.source, sub, value)))
         return out
+
+    def _convert(self, conv: Conv, value: Any, path: str) -> Any:
+        """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""
+        try:
+            return conv(value)
+        except ValueError:
+            typed = as_scalar(value) if path in self.source.env else value
+            if typed is value:
+                raise
+        try:
+            return conv(typed)
+        except ValueError:
+            return conv(value)  # the first error is the one to show
 
 
 def unknown_key(key: str, fields: Mapping[str, Any]) -> str:

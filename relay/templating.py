@@ -22,16 +22,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
 
-from relay.config import Config, Source, TemplateConfig, shown
+from relay import sandbox
+from relay.config import Config, Source, TemplateConfig, shown_at
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
 
 log = logging.getLogger(__name__)
 
-MAX_OUTPUT = 16_384  # characters; bounds what a runaway template can produce
+MAX_OUTPUT = sandbox.MAX_OUTPUT  # characters; bounds what a runaway template can produce
 DEFAULT_TITLE = (
     '{%- if event == "delivery.created" -%}Delivery {{ delivery_id }} created'
     '{%- elif event == "delivery.cancelled" -%}Delivery {{ delivery_id }} cancelled'
@@ -114,8 +114,8 @@ def _finalize(value: Any) -> Any:
     return _escaping.get().apply(str(value))
 
 
-def _environment() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=jinja2.ChainableUndefined, finalize=_finalize,
+def _environment() -> sandbox.BoundedSandbox:
+    env = sandbox.BoundedSandbox(undefined=jinja2.ChainableUndefined, finalize=_finalize,
                                autoescape=False, keep_trailing_newline=False)
     env.filters["human_status"] = human_status
     env.filters["localtime"] = localtime
@@ -174,7 +174,8 @@ class Templates:
         try:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            issues.append(config.source.issue("timezone", f"unknown time zone {shown(config.timezone)}"))
+            issues.append(config.source.issue(
+                "timezone", f"unknown time zone {shown_at(config.source, 'timezone', config.timezone)}"))
         summaries = {}
         for rc in config.receivers.values():
             t = config.templates.get(rc.quiet_template) if rc.quiet_template else None
@@ -254,7 +255,7 @@ class Templates:
 def _with(escaping: Escaping, template: jinja2.Template, context: dict[str, Any]) -> str:
     token = _escaping.set(escaping)
     try:
-        return template.render(context)
+        return sandbox.render(template, context)
     finally:
         _escaping.reset(token)
 

@@ -29,6 +29,8 @@ class Source:
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     # The line each scalar's text begins on: the key's line, or the next for `|` and `>`.
     starts: Mapping[str, int] = field(default_factory=dict, repr=False)
+    # The environment variable a key path's value was made with (`${VAR}`): never shown.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
@@ -51,6 +53,22 @@ class Source:
         return start + max(lineno, 1) - 1 if start else self.line(path)
 
 
+def read(file: str) -> str:
+    """The config file's text: UTF-8 whatever the locale says, or a ConfigError at its line."""
+    try:
+        data = Path(file).read_bytes()
+    except OSError as e:
+        raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[line_start:e.start].decode("utf-8", "replace")) + 1
+        raise ConfigError([Issue(file, data.count(b"\n", 0, e.start) + 1, "",
+                                 f"the file is not UTF-8 text: byte 0x{data[e.start]:02x} at"
+                                 f" column {column}: save it as UTF-8")]) from None
+
+
 def compose(text: str, file: str) -> yaml.Node | None:
     """The node tree of a config text; a YAML error is a ConfigError, explained at its line.
 
@@ -58,14 +76,49 @@ def compose(text: str, file: str) -> yaml.Node | None:
     disagree on what is a mistake (libyaml takes a tab after a colon), and yamlsyntax
     explains this one's words and marks."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError([yaml_error(file, e, text)]) from None
+
+
+MAX_DEPTH = 100  # levels of nesting; a config needs about six
+MAX_REPEATS = 100_000  # values reached again through aliases (a billion-laughs file: 10**9)
+_NESTED = f"nested more than {MAX_DEPTH} levels deep"
+_LOOP = "an alias (*name) inside the value its anchor (&name) names: a value cannot contain itself"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on nesting: its composer recurses once per level."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, _NESTED,
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
     found = yamlsyntax.explain(e, text)
     return Issue(file, found.line, "", found.message)
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return "a number" if node.tag.endswith((":int", ":float")) else "a string"
 
 
 class Tree:
@@ -79,21 +132,105 @@ class Tree:
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
+        self._seen: set[int] = set()  # every node expanded so far (ids)
+        self._open: set[int] = set()  # the nodes being expanded: an alias to one is a loop
+        self._repeats = 0  # nodes expanded again, through aliases
+        self._alias = ""  # the path of the outermost alias being expanded
 
-    def value(self, node: yaml.Node, path: str) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                sub = f"{path}.{key}" if path else key
-                self.lines[sub] = key_node.start_mark.line + 1
-                if key in out:
-                    self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
-                out[key] = self.value(value_node, sub)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.value(n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+    def value(self, node: yaml.Node, path: str, parent: str = "") -> Any:
+        """The plain value of `node`; aliases are expanded, `<<` merge keys merged."""
+        again = id(node) in self._seen  # reached again, through an alias
+        # An alias's node carries its anchor's line; the alias itself is in its parent's.
+        self.lines.setdefault(path, self.lines.get(parent, 1) if again
+                              else node.start_mark.line + 1)
+        if id(node) in self._open:
+            self._stop(path, _LOOP)
+        if len(self._open) >= MAX_DEPTH:
+            self._stop(path, f"invalid YAML: {_NESTED}", key=False)
+        if again:
+            self._alias = self._alias or path
+            self._count_repeat(self._alias, 1)
+        self._seen.add(id(node))
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.value(n, f"{path}[{i}]", path) for i, n in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            return self._scalar(node, path)
+        finally:
+            self._open.discard(id(node))
+            if self._alias == path:
+                self._alias = ""
+
+    def _count_repeat(self, path: str, values: int) -> None:
+        """Values reached again (through an alias or a merge) are counted: a bound, not a spin."""
+        self._repeats += values
+        if self._repeats > MAX_REPEATS:
+            self._stop(path, f"the aliases (*name) here expand to more than {MAX_REPEATS}"
+                       " values: write the values out, or use fewer aliases")
+
+    def _stop(self, path: str, message: str, key: bool = True) -> None:
+        line = self.lines.get(path, 1)
+        raise ConfigError([Issue(self.file, line, path if key else "", message)])
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged = self._merged(node, path)
+        for key_node, value_node in merged:  # YAML 1.1 merge keys (`<<: *defaults`)
+            key = str(key_node.value)
+            if key not in out:  # the first mapping merged in wins
+                out[key] = self.value(value_node, self._key(key_node, path, key))
+        own: set[str] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.issues.append(Issue(self.file, key_node.start_mark.line + 1, path,
+                                         f"a key must be a name, got {_kind(key_node)}"))
+                continue
+            key = str(key_node.value)
+            sub = self._key(key_node, path, key)
+            if key in own:
+                self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
+            own.add(key)
+            out[key] = self.value(value_node, sub)
+        return out
+
+    def _key(self, key_node: yaml.Node, path: str, key: str) -> str:
+        sub = f"{path}.{key}" if path else key
+        self.lines[sub] = key_node.start_mark.line + 1
+        return sub
+
+    def _merged(self, node: yaml.MappingNode, path: str, chain: frozenset[int] = frozenset(),
+                ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The key/value pairs that the mapping's `<<` keys bring in, in order of precedence:
+        each merged mapping's own keys before what it merges in turn."""
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        chain = chain | {id(node)}
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                continue
+            sub = self._key(key_node, path, "<<")
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                else [value_node]
+            wrong = next((s for s in sources if not isinstance(s, yaml.MappingNode)), None)
+            if wrong is not None:
+                held = f"a list holding {_kind(wrong)}" if wrong is not value_node \
+                    else _kind(wrong)
+                self.issues.append(Issue(self.file, self.lines[sub], sub, "a merge key (<<)"
+                                         " takes a mapping (<<: *name) or a list of mappings,"
+                                         f" got {held}"))
+                continue
+            for source in sources:
+                if id(source) in chain or id(source) in self._open:
+                    self._stop(sub, _LOOP)
+                self._count_repeat(sub, len(source.value))
+                pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
+                pairs += self._merged(source, path, chain)
+        return pairs
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
         block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
         self.starts[path] = node.start_mark.line + 1 + block
         scalar = self._scalars.construct_object(node, deep=True)
@@ -108,7 +245,7 @@ class Tree:
             name, default = m.group(1), m.group(2)
             try:
                 value = resolve_env(name, self.env)
-            except ValueError as e:  # a secret file named but unreadable: never the default
+            except ValueError as e:  # NAME_FILE is set but of no use
                 self.issues.append(Issue(self.file, line, path, str(e)))
                 return ""
             if value is None and default is None:
@@ -121,20 +258,30 @@ class Tree:
         return _ENV_REF.sub(repl, text)
 
 
+def as_scalar(text: str) -> Any:
+    """What YAML makes of `text` written as a plain value, when that is a number or a boolean
+    (`${N}` is text; a key that wants a number takes the number the text spells); else `text`."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, int, float)) else text
+
+
 def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
     """`NAME` from the environment, else the contents of the file named by `NAME_FILE`.
 
-    Raises ValueError when `NAME_FILE` is set but its file cannot be read as text: a
-    mis-mounted secret must stop the relay, not leave it on a `${NAME:-default}`.
-    """
+    Raises ValueError saying why when `NAME_FILE` names a file that cannot be used
+    (never what the file holds)."""
     if name in env:
         return env[name]
     path = env.get(f"{name}_FILE")
     if not path:
         return None
+    why = f"environment variable {name} is not set, and {name}_FILE names {path}, which"
     try:
-        return Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as e:  # the decode error would quote the secret's bytes
-        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or str(e)
-        raise ValueError(f"{name} is not set and {name}_FILE names a file that cannot be read"
-                         f" ({path}: {why})") from None
+        return Path(path).read_bytes().decode("utf-8").strip()
+    except OSError as e:
+        raise ValueError(f"{why} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{why} is not UTF-8 text") from None

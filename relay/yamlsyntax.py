@@ -36,6 +36,10 @@ class _Error:
 
 
 def explain(e: yaml.YAMLError, text: str) -> Syntax:
+    if isinstance(e, yaml.reader.ReaderError):  # no marks: a position in the text
+        line = text.count("\n", 0, max(e.position, 0)) + 1
+        return Syntax(line, f"invalid YAML: a control character (U+{e.character:04X}) that YAML"
+                            " does not allow: remove it")
     problem_mark = getattr(e, "problem_mark", None)
     context_mark = getattr(e, "context_mark", None)
     mark = problem_mark or context_mark
@@ -87,6 +91,13 @@ def _unclosed_flow(e: _Error) -> tuple[int, str] | None:
     return None
 
 
+def _second_document(e: _Error) -> tuple[int, str] | None:
+    if e.problem == "but found another document":
+        return e.line, ("a second document: the config is one YAML document, and this --- starts"
+                        " another: remove that line, so that what follows is part of the first")
+    return None
+
+
 def _block_end(e: _Error) -> tuple[int, str] | None:
     if e.problem.startswith("expected <block end>"):
         return e.line, ("inconsistent indentation: this line is indented differently from the"
@@ -119,5 +130,5 @@ def _mapping_values(e: _Error) -> tuple[int, str] | None:
 
 
 
-_RULES: tuple[Rule, ...] = (_tab, _unclosed_quote, _unclosed_flow, _block_end, _simple_key,
-                            _mapping_values)
+_RULES: tuple[Rule, ...] = (_tab, _unclosed_quote, _unclosed_flow, _second_document, _block_end,
+                            _simple_key, _mapping_values)

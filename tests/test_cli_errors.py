@@ -384,3 +384,84 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
             await conn.close()
         assert run("migrate", "-c", str(cfg)).returncode == 0
         assert run("dead", "list", "-c", str(cfg)).returncode == 0
+
+
+def usage_error(done: subprocess.CompletedProcess[str]) -> str:
+    """click's usage error (exit 2): its `Error:` line, with no traceback anywhere."""
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert done.returncode == 2, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+BIG = str(2**64)  # past SQLite's integers: OverflowError inside the store before
+
+
+@pytest.mark.parametrize("args, error", [
+    (["dead", "show", BIG], f"Error: Invalid value for 'JOB_ID': {BIG} is not in the range"
+                            f" 1<=x<={2**63 - 1}."),
+    (["dead", "replay", BIG], f"Error: Invalid value for '[JOB_IDS]...': {BIG} is not in the"
+                              f" range 1<=x<={2**63 - 1}."),
+    (["dead", "show", "0"], f"Error: Invalid value for 'JOB_ID': 0 is not in the range"
+                            f" 1<=x<={2**63 - 1}."),
+    (["dead", "list", "--limit", BIG], f"Error: Invalid value for '--limit': {BIG} is not in the"
+                                       " range 1<=x<=10000."),
+    (["dead", "list", "--limit", "-5"], "Error: Invalid value for '--limit': -5 is not in the"
+                                        " range 1<=x<=10000."),
+])
+def test_a_job_id_or_limit_out_of_range_is_a_usage_error_not_a_traceback(tmp_path, args, error):
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    assert usage_error(run(*args, "-c", str(cfg))) == error
+
+
+@pytest.mark.parametrize("args, error", [
+    (["send", "--timeout", "nan"], "Error: Invalid value for '--timeout': expected seconds"
+                                   " (0 or more), got nan"),
+    (["send", "--timeout", "-1"], "Error: Invalid value for '--timeout': expected seconds"
+                                  " (0 or more), got -1"),
+    (["healthcheck", "--timeout", "0"], "Error: Invalid value for '--timeout': expected"
+                                        " seconds (more than 0), got 0"),
+    (["healthcheck", "--timeout", "-1"], "Error: Invalid value for '--timeout': expected"
+                                         " seconds (more than 0), got -1"),
+    (["send", "--url", "notaurl"], "Error: Invalid value for '--url': expected an http:// or"
+                                   " https:// URL, got 'notaurl'"),
+    (["send", "--url", "ftp://u:s3cr3t@host/x"], "Error: Invalid value for '--url': expected"
+                                                 " an http:// or https:// URL, got 'ftp://***'"),
+    (["healthcheck", "--url", "localhost/healthz"], "Error: Invalid value for '--url':"
+     " expected an http:// or https:// URL, got 'localhost/healthz'"),
+    (["serve", "--listen", "bogus"], "Error: Invalid value for '--listen': expected host:port,"
+                                     " got 'bogus'"),
+    (["serve", "--listen", ":99999"], "Error: Invalid value for '--listen': expected"
+                                      " host:port, got ':99999'"),
+])
+def test_an_option_value_no_command_can_use_is_a_usage_error_not_a_traceback(tmp_path, args,
+                                                                             error):
+    cfg = relay_config(tmp_path, f"127.0.0.1:{free_port()}")
+    done = run(*args, "-c", str(cfg), "--token", "t") if args[0] == "send" \
+        else run(*args, "-c", str(cfg))
+    assert usage_error(done) == error
+    assert "s3cr3t" not in done.stderr
+
+
+def test_replaying_one_id_twice_names_it_once(tmp_path):
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    assert one_line(run("dead", "replay", "7", "7", "-c", str(cfg))) == \
+        "error: job 7 does not exist"
+
+
+def test_a_corrupt_sqlite_store_is_one_line(tmp_path):
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    with open(tmp_path / "relay.db", "r+b") as db:  # a page of the table tree, overwritten
+        db.seek(3 * 4096)
+        db.write(b"\xde\xad" * 2048)
+    assert one_line(run("dead", "list", "-c", str(cfg))) == \
+        "error: store unavailable: database disk image is malformed"
+
+
+def test_a_postgresql_port_out_of_range_is_one_line_without_the_password(tmp_path):
+    cfg = relay_config(tmp_path, "127.0.0.1:8080", "postgresql://relay:s3cr3t@127.0.0.1:99999/x")
+    line = one_line(run("dead", "list", "-c", str(cfg)))
+    assert line.startswith("error: cannot open postgresql://***") and "port must be 0-65535" in line
+    assert "s3cr3t" not in line

@@ -52,9 +52,9 @@ def test_a_secret_file_that_cannot_be_read_is_an_error_not_a_default(tmp_path, t
     missing = tmp_path / "secrets" / "token"
     with pytest.raises(ConfigError) as e:
         load(text, {"TOKEN_FILE": str(missing)})
-    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: TOKEN is not set and TOKEN_FILE"
-                            f" names a file that cannot be read ({missing}: No such file or"
-                            " directory)")
+    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: environment variable TOKEN is not"
+                            f" set, and TOKEN_FILE names {missing}, which cannot be read: No such"
+                            " file or directory")
 
 
 def test_a_secret_file_that_is_not_text_is_one_line_that_does_not_quote_it(tmp_path):
@@ -62,8 +62,8 @@ def test_a_secret_file_that_is_not_text_is_one_line_that_does_not_quote_it(tmp_p
     secret.write_bytes(b"\xff\xfesecret")
     with pytest.raises(ConfigError) as e:
         load(MINIMAL, {"TOKEN_FILE": str(secret)})
-    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: TOKEN is not set and TOKEN_FILE"
-                            f" names a file that cannot be read ({secret}: not UTF-8 text)")
+    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: environment variable TOKEN is not"
+                            f" set, and TOKEN_FILE names {secret}, which is not UTF-8 text")
 
 
 def test_dollar_dollar_is_a_literal_dollar():
@@ -187,3 +187,108 @@ def test_load_resolves_the_store_beside_the_config_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = config.load("cfg/c.yaml", {"TOKEN": "x"})
     assert loaded.store.url == f"sqlite:{tmp_path / 'cfg' / 'r.db'}"
+
+
+BASE = MINIMAL.replace("${TOKEN}", "t")
+
+
+@pytest.mark.parametrize("snippet, found", [
+    # Not a number of seconds at all: YAML's .nan / .inf are floats.
+    ("sending: {attempt_timeout: .nan}", "sending.attempt_timeout: must be a finite duration, got nan"),
+    ("  header_timeout: .nan", "server.header_timeout: must be a finite duration, got nan"),
+    ("store: {retention: .inf}", "store.retention: must be a finite duration, got inf"),
+    ("sending: {retry: {schedule: [0, .nan]}}",
+     "sending.retry.schedule: must be a finite duration, got nan"),
+    ("deliveries: {}\nwatches: [{name: w, start: {event: delivery.created}, after: .inf,"
+     " receivers: [chat]}]", "watches[0].after: must be a finite duration, got inf"),
+    # Longer than anything a relay waits for: a date past what datetime can show.
+    ("routes: [{receivers: [chat], digest: {window: 1.0e+300}}]",
+     "routes[0].digest.window: must be at most 3650d, got 1e+300"),
+    ("store: {retention: 99999d}", "store.retention: must be at most 3650d, got '99999d'"),
+    # Zero where zero means every send fails (requests refuses a timeout of 0).
+    ("sending: {attempt_timeout: 0}", "sending.attempt_timeout: must be more than 0"),
+    # A rate over no time: the token bucket divides by it.
+    ("receivers:\n  - {name: chat, urls: ['console://'], rate_limit: 1/0s}",
+     "receivers[0].rate_limit: the period must be more than 0, got '1/0s'"),
+])
+def test_values_no_relay_can_run_with_are_refused_at_their_key(snippet, found):
+    if snippet.startswith("  "):  # a key of server:
+        text = BASE.replace("server:\n", f"server:\n{snippet}\n")
+    elif snippet.startswith("receivers:"):
+        text = BASE.replace('receivers:\n  - name: chat\n    urls: ["${CHAT_URL:-console://}"]\n',
+                            f"{snippet}\n")
+    else:
+        text = f"{BASE}{snippet}\n"
+    with pytest.raises(ConfigError) as e:
+        load(text)
+    assert [i.path + ": " + i.message for i in e.value.issues] == [found]
+
+
+def test_two_routes_of_one_name_are_an_error_at_the_second():
+    # Templates, digest windows and holds are keyed by the route's name: the second
+    # route's title was used for the first route's events.
+    text = BASE + """\
+routes:
+  - name: problems
+    match: {status: failed}
+    receivers: [chat]
+    title: "failed {{ delivery_id }}"
+  - name: problems
+    match: {event: delivery.cancelled}
+    receivers: [chat]
+    title: "cancelled {{ delivery_id }}"
+"""
+    with pytest.raises(ConfigError) as e:
+        load(text)
+    assert [str(i) for i in e.value.issues] == [
+        'relay.yaml:12: routes[1].name: duplicate route "problems" (also routes[0], line 8):'
+        " each route needs its own name"]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/hook/{id}", "must not hold { or }"),
+    ("/hook{", "must not hold { or }"),
+    ("/web hook", "must not hold spaces"),
+    ("/-/reload", "is under /-/, the relay's own admin API: choose another path"),
+    ("/ui/login", "is under /ui/, the relay's own status page: choose another path"),
+    ("/ui", "is under /ui/, the relay's own status page: choose another path"),
+])
+def test_a_webhook_path_the_server_cannot_route_is_refused(path, message):
+    with pytest.raises(ConfigError) as e:
+        load(BASE.replace("server:\n", f"server:\n  path: '{path}'\n"))
+    assert [str(i) for i in e.value.issues] == [f"relay.yaml:2: server.path: {message}"]
+
+
+def test_the_paths_a_webhook_may_not_take_are_the_ones_the_relay_serves():
+    from typing import cast
+
+    from relay.schema import RESERVED_PATHS
+    from relay.web import Services, create_app
+
+    app = create_app(cast(Services, None), "/webhook", 65536)  # routes only: nothing runs
+    own = {r.canonical for r in app.router.resources()} - {"/webhook", "/healthz", "/readyz",
+                                                          "/metrics"}
+    assert own and all(f"{p}/".startswith(tuple(RESERVED_PATHS)) for p in own), own
+
+
+def test_a_number_or_boolean_from_the_environment_is_one_where_the_key_wants_one():
+    text = """\
+server:
+  tokens: ["${TOKEN}"]
+  watch_config: ${WATCH}
+  max_body_bytes: ${BODY}
+sending: {concurrency: "${N}", retry: {jitter: "${J}"}}
+receivers: [{name: chat, urls: ["console://"]}]
+default_receiver: chat
+"""
+    cfg = load(text, {"WATCH": "true", "BODY": "1024", "TOKEN": "1234", "N": "4", "J": "0.5"})
+    assert (cfg.server.watch_config, cfg.server.max_body_bytes) == (True, 1024)
+    assert (cfg.sending.concurrency, cfg.sending.retry.jitter) == (4, 0.5)
+    assert cfg.server.tokens == ("1234",)  # a key that wants text keeps the text
+
+
+def test_a_value_from_the_environment_of_the_wrong_type_is_still_an_error():
+    with pytest.raises(ConfigError) as e:
+        load(BASE + "sending: {concurrency: '${N}'}\n", {"N": "lots"})
+    assert [str(i) for i in e.value.issues] == [
+        "relay.yaml:7: sending.concurrency: expected an integer, got a string"]

@@ -18,6 +18,7 @@ from tests.conftest import (
     free_port,
     spawn_relay,
     wait_for,
+    wait_for_sync,
     write_config,
 )
 from tests.forkserver import RelayProcess
@@ -195,3 +196,61 @@ async def test_sighup_reloads_a_running_relay_and_survives_a_broken_config(tmp_p
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 20)
+
+
+async def readyz(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/readyz") as r:
+        return r.status, await r.json()
+
+
+async def test_readyz_says_the_file_no_longer_loads_while_the_old_config_serves(running, sink):
+    # Still ready (it serves, and every replica given the same broken file would go
+    # out of rotation at once), but the next restart would fail: /readyz says so.
+    r = await running(ROUTES, sink=sink.url("a"))
+    cfg = Path(r.relay.config_path)
+    good = cfg.read_bytes()
+    edit(cfg, "receivers: [hook]", "receivers: [pager]")
+    assert (await reload(r.url))[0] == 400
+    line = cfg.read_text().splitlines().index("    receivers: [pager]") + 1
+    status, body = await readyz(r.url)
+    assert status == 200 and body["checks"] == {"config": True, "store": True, "worker": True}
+    assert body["reasons"] == {"config": (
+        "the file no longer loads, so a restart would fail; serving the config loaded"
+        f' before: {cfg}:{line}: routes[0].receivers[0]: undefined receiver "pager"')}
+
+    cfg.write_bytes(good.replace(b'title: "v1', b'title: "v\xe9'))  # any failure, one line
+    assert (await reload(r.url))[0] == 400
+    assert (await readyz(r.url))[1]["reasons"]["config"].endswith(": the file is not UTF-8"
+                                                                  " text: byte 0xe9 at column"
+                                                                  " 14: save it as UTF-8")
+
+    cfg.write_bytes(good.replace(b'title: "v1', b'title: "v2'))
+    assert (await reload(r.url))[0] == 200
+    assert await readyz(r.url) == (200, {"status": "ready", "checks": {
+        "config": True, "store": True, "worker": True}})
+    assert (await r.post(event("D-2")))[0] == 202
+    assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-2"]
+
+
+def test_a_sighup_while_the_relay_starts_is_kept_for_later_not_fatal(tmp_path):
+    # A config reloader may signal while the relay still waits for its database: SIGHUP's
+    # default action ended the process before its handler was installed.
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=free_port(),
+                       db=tmp_path / "relay.db", sink="json://127.0.0.1:9/", **DEFAULTS)
+    edit(cfg, f'url: "sqlite:{tmp_path / "relay.db"}"',
+         f'url: "postgresql://u@127.0.0.1:{free_port()}/x"')  # refused: it waits and retries
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(cfg, log=log)
+    try:
+        def logged(text: str) -> bool:
+            assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
+            return text in log.read_text()
+
+        wait_for_sync(lambda: logged("store not available yet"), 20, message="start-up")
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for_sync(lambda: logged("retrying in 2.0s"), 20, message="start-up to go on")
+        assert "SIGHUP while starting: the config is reloaded once the relay is up" in \
+            log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -191,3 +191,48 @@ async def test_debug_logging_never_shows_a_webhook_urls_path_or_query(tmp_path, 
     text = log.read_text()
     assert " DEBUG " in text  # debug lines were written
     assert "SECRET" not in text
+
+
+SHORT = "hunter2"  # a short password: nothing about it looks like a secret, but it is one
+
+
+@pytest.mark.parametrize("yaml_text, found", [
+    ("server: {tokens: [t], listen: '${PW}'}",
+     "c.yaml:1: server.listen: expected host:port, got a value from ${PW} (not shown)"),
+    ("server: {tokens: [t]}\nsending: {attempt_timeout: '${PW}'}",
+     "c.yaml:2: sending.attempt_timeout: expected a duration like 30s, 5m, 2h, got a value"
+     " from ${PW} (not shown)"),
+    ("server: {tokens: [t]}\nroutes: [{receivers: [r], format: '${PW}'}]\n"
+     "receivers: [{name: r, urls: ['console://']}]",
+     "c.yaml:2: routes[0].format: must be one of text, markdown, html, got a value from ${PW}"
+     " (not shown)"),
+    ("server: {tokens: [t]}\nreceivers: [{name: r, urls: ['console://'], quiet_hours:"
+     " {timezone: '${PW}', windows: [{days: daily, from: '01:00', to: '02:00'}]}}]\n"
+     "default_receiver: r",
+     "c.yaml:2: receivers[0].quiet_hours.timezone: unknown time zone a value from ${PW}"
+     " (not shown)"),
+])
+def test_a_value_from_the_environment_is_named_by_its_variable_never_shown(yaml_text, found):
+    with pytest.raises(ConfigError) as e:
+        config.loads(yaml_text, "c.yaml", env={"PW": SHORT})
+    assert [str(i) for i in e.value.issues] == [found]
+
+
+def test_a_timezone_from_the_environment_is_not_shown_either():
+    from relay.templating import Templates
+
+    cfg = config.loads("server: {tokens: [t]}\ntimezone: '${PW}'\n", "c.yaml", env={"PW": SHORT})
+    with pytest.raises(ConfigError) as e:
+        Templates.from_config(cfg)
+    assert [str(i) for i in e.value.issues] == [
+        "c.yaml:2: timezone: unknown time zone a value from ${PW} (not shown)"]
+
+
+def test_a_store_url_that_is_no_url_is_not_echoed(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", "server: {tokens: [t]}\nstore: {url: '{pw}'}\n"
+                       "receivers: [{name: r, urls: ['console://']}]\ndefault_receiver: r\n",
+                       pw=SHORT)
+    done = run_relay(["check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert SHORT not in done.stdout + done.stderr
+    assert done.stdout == (f"{cfg}:2: store.url: expected sqlite:PATH or postgresql://…, got"
+                           " no URL\n")

@@ -53,6 +53,14 @@ CASES = [
     ("colon in a value", "server:\n  path: a: b\n",
      f"2: invalid YAML: a colon followed by a space inside a value: put the value in quotes"
      f" {VALUES}"),
+    ("a control character", "server:\n  path: /x\n  tokens: [t\x00]\n",
+     "3: invalid YAML: a control character (U+0000) that YAML does not allow: remove it"),
+    ("an escape character", "server:\n  tokens: [\x1b[31mt]\n",
+     "2: invalid YAML: a control character (U+001B) that YAML does not allow: remove it"),
+    ("two documents", "server:\n  tokens: [t]\n---\nreceivers: []\n",
+     "3: invalid YAML: a second document: the config is one YAML document, and this --- starts"
+     " another: remove that line, so that what follows is part of the first (PyYAML: but found"
+     " another document, expected a single document in the stream that starts on line 1)"),
     ("undefined alias, never echoed", "server:\n  tokens: [*S3cretT0ken]\n",
      "2: invalid YAML: a value that starts with * names an anchor (&name) that is not defined:"
      " put the value in quotes (PyYAML: found undefined alias)"),

@@ -27,6 +27,7 @@ Every method takes `now` (epoch seconds) from the caller, so tests drive time.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -178,5 +179,10 @@ def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True) -> S
                 "the PostgreSQL store needs asyncpg: pip install 'kourier-relay[postgres]'"
             ) from e
         return PostgresStore(url, create=create)  # lock waits are the server's business
-    raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}:"
-                     " use sqlite: or postgresql://")
+    scheme, colon, _ = url.partition(":")
+    if not (colon and _SCHEME.fullmatch(scheme)):  # not a URL: maybe a password in the wrong key
+        raise StoreError("expected sqlite:PATH or postgresql://…, got no URL")
+    raise StoreError(f"unsupported store URL scheme in {scheme!r}: use sqlite: or postgresql://")
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}")

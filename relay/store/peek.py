@@ -78,12 +78,12 @@ def _sqlite(url: str, asks: Sequence[Ask]) -> list[Peek]:
 async def _postgres(url: str, asks: Sequence[Ask]) -> list[Peek]:
     import asyncpg
 
-    from relay.store.pg_support import ERRORS, describe, redact
+    from relay.store.pg_support import CONNECT_ERRORS, ERRORS, describe, redact
 
     try:
         conn = await asyncpg.connect(url, timeout=3, command_timeout=3, server_settings={
             "default_transaction_read_only": "on", "application_name": "kourier-relay route"})
-    except (*ERRORS, ValueError) as e:
+    except CONNECT_ERRORS as e:
         raise StoreError(f"cannot reach {redact(url)}: {describe(e)}") from None
     try:
         return [Peek(_slot(await conn.fetchrow(sql.numbered(sql.LIVE_REF), key)),

@@ -24,6 +24,9 @@ KEEPALIVE = 5.0
 # InternalClientError: asyncpg's protocol state after the server dropped mid-command.
 ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
           asyncio.TimeoutError)
+# What connecting may raise besides: ValueError for a malformed DSN, OverflowError for a
+# port over 65535 (the socket's own check).
+CONNECT_ERRORS = (*ERRORS, ValueError, OverflowError)
 
 
 def redact(url: str) -> str:
@@ -57,7 +60,7 @@ async def listen_forever(url: str, notified: Callable[..., None],
         try:
             conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT,
                                          command_timeout=COMMAND_TIMEOUT)
-        except (*ERRORS, ValueError) as e:
+        except CONNECT_ERRORS as e:
             log.warning("LISTEN connection failed, retrying in %.1fs: %s", backoff,
                         describe(e))
             await asyncio.sleep(backoff)

@@ -28,6 +28,7 @@ from relay.store.pg_ledger import PostgresLedger
 from relay.store.pg_support import (
     CHANNEL,
     COMMAND_TIMEOUT,
+    CONNECT_ERRORS,
     CONNECT_TIMEOUT,
     ERRORS,
     describe,
@@ -95,7 +96,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                 self.url, min_size=self.min_size, max_size=self.max_size,
                 timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT,
                 server_settings=None if named else {"application_name": "kourier-relay"})
-        except (*ERRORS, ValueError) as e:
+        except CONNECT_ERRORS as e:
             raise StoreError(f"cannot connect to {redact(self.url)}: {describe(e)}") from e
         try:
             async with pool.acquire() as conn:
@@ -104,7 +105,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                 self._backlog.counted(await conn.fetchval(sql.BACKLOG))
         except BaseException as e:
             pool.terminate()
-            if isinstance(e, (*ERRORS, ValueError)):  # ValueError: a malformed DSN
+            if isinstance(e, CONNECT_ERRORS):
                 raise StoreError(f"cannot open {redact(self.url)}: {describe(e)}") from e
             raise
         self._pool = pool
