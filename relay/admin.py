@@ -13,7 +13,7 @@ from aiohttp import web
 from relay.errors import InvalidEvent
 from relay.events import decode_json
 from relay.store import Job
-from relay.web import SERVICES, bearer_ok, error, printable, read_body, refusal, unauthorized
+from relay.web import SERVICES, bearer_ok, check_length, error, printable, read_body, refusal, unauthorized
 
 _ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer
 MAX_LIMIT = 10_000
@@ -68,6 +68,7 @@ async def dead_replay(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     server = s.runtime().config.server
     try:
+        check_length(request, server.max_body_bytes)
         body = await read_body(request, server.max_body_bytes, server.body_timeout)
         spec = decode_json(body) if body.strip() else {}
     except InvalidEvent as e:

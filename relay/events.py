@@ -115,8 +115,8 @@ def unstorable(text: str) -> bool:
 
 
 def _has_unstorable(value: Any) -> bool:
-    if isinstance(value, str):
-        return unstorable(value)
+    if isinstance(value, str):  # unstorable(), inline: this runs for every string of an event
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
         return any(_has_unstorable(k) or _has_unstorable(v) for k, v in value.items())
     if isinstance(value, list):

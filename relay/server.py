@@ -187,7 +187,11 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != before:  # headers complete (the usual case: one packet)
             self._stop_header_clock()
-            self._parsed()
+            message, body = self._messages[-1]  # a request, or the parser's refusal
+            if isinstance(message, _ErrInfo):
+                self._refused(message)
+            else:
+                self._body = body
         elif self._header_clock is not None:
             self._partial = True
         elif self.idle():  # the first bytes of the next request on a kept-alive connection
@@ -195,14 +199,10 @@ class GuardedHandler(RequestHandler):
             self._start_header_clock()
         self._guard.connections.active(self)
 
-    def _parsed(self) -> None:
-        """A new message: a request, or the parser's refusal. A refusal while the body before
-        it is still arriving is that body's (its chunked framing broke): aiohttp would queue
-        it as a next request, and leave the handler waiting out body_timeout for the body."""
-        message, body = self._messages[-1]
-        if not isinstance(message, _ErrInfo):
-            self._body = body
-            return
+    def _refused(self, message: Any) -> None:
+        """A parser refusal while the body before it is still arriving is that body's (its
+        chunked framing broke): aiohttp would queue it as a next request, and leave the
+        handler waiting out body_timeout for the body."""
         if self._body is not None and not self._body.is_eof():
             self._messages.pop()
             exc = message.exc if isinstance(message.exc, hx.PayloadEncodingError) \

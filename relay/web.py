@@ -131,10 +131,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The body, refused with 413 before reading when it is (or grows) over the limit,
-    with 408 when it has not all arrived within `timeout`, with 400 when its framing or
-    compression is broken."""
-    check_length(request, limit)
+    """The body (its declared length already passed `check_length`), refused with 413 when
+    it grows over the limit, with 408 when it has not all arrived within `timeout`, with
+    400 when its framing or compression is broken."""
     try:
         if request.content.is_eof():  # all of it has arrived (the usual case): no clock
             return await _read_upto(request, limit)
