@@ -19,6 +19,7 @@ from relay.cli_support import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from relay.cli_support import DEFAULT_PORT as DEFAULT_PORT
 from relay.cli_support import (
     Listen,
+    OneLineErrors,
     config_option,
     fail,
     guarded,
@@ -31,7 +32,7 @@ from relay.logs import setup
 from relay.store import Store
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kourier-relay")
 def main() -> None:
     """Kourier delivery webhooks in, routed notifications out."""

@@ -86,6 +86,27 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+class OneLineErrors(click.Group):
+    """click's usage errors as every other error of ours: one `error: …` line (click prints
+    a usage block, a hint and the error), with the exit code click gives them (2)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as e:  # a group run bare: its help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "kourier-relay"
+            fail(f"{e.format_message().rstrip('.')} (see {where} --help)", e.exit_code)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("-c", "--config", "config_path", envvar=CONFIG_ENV,
                         default=DEFAULT_CONFIG_PATH, show_default=True, metavar="FILE",

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -387,26 +388,30 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
 
 
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:
-    """click's usage error (exit 2): its `Error:` line, with no traceback anywhere."""
+    """A usage error (exit 2): one `error: …` line that points at the command's --help (not
+    click's usage block), no traceback; its message."""
     assert "Traceback" not in done.stderr + done.stdout, done.stderr
     assert done.returncode == 2, done.stderr
-    return done.stderr.strip().splitlines()[-1]
+    (line,) = done.stderr.splitlines()
+    found = re.fullmatch(r"error: (.+) \(see .*relay[a-z -]* --help\)", line)
+    assert found, line
+    return found.group(1)
 
 
 BIG = str(2**64)  # past SQLite's integers: OverflowError inside the store before
 
 
 @pytest.mark.parametrize("args, error", [
-    (["dead", "show", BIG], f"Error: Invalid value for 'JOB_ID': {BIG} is not in the range"
-                            f" 1<=x<={2**63 - 1}."),
-    (["dead", "replay", BIG], f"Error: Invalid value for '[JOB_IDS]...': {BIG} is not in the"
-                              f" range 1<=x<={2**63 - 1}."),
-    (["dead", "show", "0"], f"Error: Invalid value for 'JOB_ID': 0 is not in the range"
-                            f" 1<=x<={2**63 - 1}."),
-    (["dead", "list", "--limit", BIG], f"Error: Invalid value for '--limit': {BIG} is not in the"
-                                       " range 1<=x<=10000."),
-    (["dead", "list", "--limit", "-5"], "Error: Invalid value for '--limit': -5 is not in the"
-                                        " range 1<=x<=10000."),
+    (["dead", "show", BIG], f"Invalid value for 'JOB_ID': {BIG} is not in the range"
+                            f" 1<=x<={2**63 - 1}"),
+    (["dead", "replay", BIG], f"Invalid value for '[JOB_IDS]...': {BIG} is not in the"
+                              f" range 1<=x<={2**63 - 1}"),
+    (["dead", "show", "0"], f"Invalid value for 'JOB_ID': 0 is not in the range"
+                            f" 1<=x<={2**63 - 1}"),
+    (["dead", "list", "--limit", BIG], f"Invalid value for '--limit': {BIG} is not in the"
+                                       " range 1<=x<=10000"),
+    (["dead", "list", "--limit", "-5"], "Invalid value for '--limit': -5 is not in the"
+                                        " range 1<=x<=10000"),
 ])
 def test_a_job_id_or_limit_out_of_range_is_a_usage_error_not_a_traceback(tmp_path, args, error):
     cfg = relay_config(tmp_path, "127.0.0.1:8080")
@@ -415,23 +420,23 @@ def test_a_job_id_or_limit_out_of_range_is_a_usage_error_not_a_traceback(tmp_pat
 
 
 @pytest.mark.parametrize("args, error", [
-    (["send", "--timeout", "nan"], "Error: Invalid value for '--timeout': expected seconds"
+    (["send", "--timeout", "nan"], "Invalid value for '--timeout': expected seconds"
                                    " (0 or more), got nan"),
-    (["send", "--timeout", "-1"], "Error: Invalid value for '--timeout': expected seconds"
+    (["send", "--timeout", "-1"], "Invalid value for '--timeout': expected seconds"
                                   " (0 or more), got -1"),
-    (["healthcheck", "--timeout", "0"], "Error: Invalid value for '--timeout': expected"
+    (["healthcheck", "--timeout", "0"], "Invalid value for '--timeout': expected"
                                         " seconds (more than 0), got 0"),
-    (["healthcheck", "--timeout", "-1"], "Error: Invalid value for '--timeout': expected"
+    (["healthcheck", "--timeout", "-1"], "Invalid value for '--timeout': expected"
                                          " seconds (more than 0), got -1"),
-    (["send", "--url", "notaurl"], "Error: Invalid value for '--url': expected an http:// or"
+    (["send", "--url", "notaurl"], "Invalid value for '--url': expected an http:// or"
                                    " https:// URL, got 'notaurl'"),
-    (["send", "--url", "ftp://u:s3cr3t@host/x"], "Error: Invalid value for '--url': expected"
+    (["send", "--url", "ftp://u:s3cr3t@host/x"], "Invalid value for '--url': expected"
                                                  " an http:// or https:// URL, got 'ftp://***'"),
-    (["healthcheck", "--url", "localhost/healthz"], "Error: Invalid value for '--url':"
+    (["healthcheck", "--url", "localhost/healthz"], "Invalid value for '--url':"
      " expected an http:// or https:// URL, got 'localhost/healthz'"),
-    (["serve", "--listen", "bogus"], "Error: Invalid value for '--listen': expected host:port,"
+    (["serve", "--listen", "bogus"], "Invalid value for '--listen': expected host:port,"
                                      " got 'bogus'"),
-    (["serve", "--listen", ":99999"], "Error: Invalid value for '--listen': expected"
+    (["serve", "--listen", ":99999"], "Invalid value for '--listen': expected"
                                       " host:port, got ':99999'"),
 ])
 def test_an_option_value_no_command_can_use_is_a_usage_error_not_a_traceback(tmp_path, args,
