@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from relay.cli import listen_problem, main
+from relay.store.schema import SCHEMA_VERSION
 from tests.conftest import (
     ROOT,
     at_most,
@@ -367,6 +368,29 @@ def test_replay_says_which_ids_it_could_not_replay_and_replays_the_rest(tmp_path
     assert one_line(hook) == 'error: receiver "hook" has no dead jobs'
 
 
+def test_a_reading_command_neither_creates_nor_upgrades_a_sqlite_schema(tmp_path):
+    """`dead` commands on an empty file, or on a store an older relay may still be running
+    on: one line, and the schema is left as it was (only serve and migrate change it)."""
+    import sqlite3
+
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    db = tmp_path / "relay.db"
+    db.touch()
+    for args in (["dead", "list"], ["dead", "show", "1"], ["dead", "replay", "--all"]):
+        assert one_line(run(*args, "-c", str(cfg))) == (
+            f"error: no relay schema in {db} (check store.url, or run migrate or serve once)")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 5")  # as a relay of schema step 5 left it
+    assert one_line(run("dead", "list", "-c", str(cfg))) == (
+        f"error: {db} has schema version 5, this relay's is {SCHEMA_VERSION}: a reading command"
+        " does not upgrade it; run migrate (or serve) first")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+
+
 @pytest.mark.postgres
 async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_schema(tmp_path):
     from tests import pgutil
@@ -385,6 +409,15 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
             await conn.close()
         assert run("migrate", "-c", str(cfg)).returncode == 0
         assert run("dead", "list", "-c", str(cfg)).returncode == 0
+        conn = await __import__("asyncpg").connect(dsn)
+        try:  # as a relay of schema step 5 left it
+            await conn.execute("DELETE FROM schema_version WHERE version > 5")
+        finally:
+            await conn.close()
+        line = one_line(run("dead", "list", "-c", str(cfg)))
+        assert line.startswith("error: postgresql://") and line.endswith(
+            f" has schema version 5, this relay's is {SCHEMA_VERSION}: a reading command does"
+            " not upgrade it; run migrate (or serve) first")
 
 
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:

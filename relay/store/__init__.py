@@ -163,14 +163,15 @@ def new_owner() -> str:
 def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True) -> Store:
     """The store for a config URL: `sqlite:path`, `sqlite:///abs/path`, `postgresql://…`.
 
-    `create=False` opens a store for reading only: PostgreSQL refuses a database
-    without the relay's schema instead of creating it (the CLI checks a SQLite
-    file exists before it opens one, and can say where it looked).
+    `create=False` opens a store for commands that do not own its schema: one without
+    the relay's schema, or with an older one, is refused instead of being created or
+    upgraded (the CLI checks a SQLite file exists before it opens one, and can say where
+    it looked).
     """
     if url.startswith("sqlite:"):
         from relay.store.sqlite import SQLiteStore, sqlite_path
 
-        return SQLiteStore(sqlite_path(url), busy_timeout=busy_timeout)
+        return SQLiteStore(sqlite_path(url), busy_timeout=busy_timeout, create=create)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from relay.store.postgres import PostgresStore

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from relay.errors import RelayError, SchemaTooNew, StaleClaim, StoreError
+from relay.errors import RelayError, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql
 from relay.store.live import PostgresLive
@@ -52,6 +52,7 @@ from relay.store.records import (
 )
 from relay.store.schema import (
     SCHEMA_VERSION,
+    check_version,
     migrations,
 )
 from relay.store.sql import numbered as q
@@ -135,13 +136,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                 " AND tablename = 'schema_version')")
             version = await conn.fetchval("SELECT max(version) FROM schema_version") \
                 if exists else 0
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"{redact(self.url)} has schema version {version}; this relay knows up to"
-                    f" {SCHEMA_VERSION}: upgrade the relay")
-            if not exists and not self.create:
-                raise StoreError(f"no relay schema in {redact(self.url)} (check store.url,"
-                                 " or run migrate or serve once)")
+            check_version(version, redact(self.url), create=self.create)
             if not exists:
                 await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
                                    " applied_at timestamptz NOT NULL DEFAULT now())")

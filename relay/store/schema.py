@@ -14,11 +14,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
+from relay.errors import SchemaTooNew, StoreError
 from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Timer
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
 SCHEMA_VERSION = 8
+
+
+def check_version(version: int, where: str, *, create: bool) -> None:
+    """Refuse a store whose schema (`version`, 0: none) this relay must not use as it is:
+    a newer one; and, for a reader (`create` False), none or an older one. A reading
+    command never creates or upgrades a schema: an older relay may still be running on it."""
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(f"{where} has schema version {version}; this relay knows up to"
+                           f" {SCHEMA_VERSION}: upgrade the relay")
+    if create or version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        raise StoreError(f"no relay schema in {where} (check store.url, or run migrate or"
+                         " serve once)")
+    raise StoreError(f"{where} has schema version {version}, this relay's is {SCHEMA_VERSION}:"
+                     " a reading command does not upgrade it; run migrate (or serve) first")
 
 # Column types: key (integer id), ref:<table> (its id, cascading deletes), text, int,
 # real, bool. `pk` makes a non-key column the primary key.

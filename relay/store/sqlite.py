@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from relay.errors import SchemaTooNew, StaleClaim, StoreError
+from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import rules, sql, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
@@ -44,6 +44,7 @@ from relay.store.schema import (
     JOB_COLUMNS,
     REBUILDS,
     SCHEMA_VERSION,
+    check_version,
     from_row,
     job_from_row,
     migrations,
@@ -79,8 +80,9 @@ def _make_folder(folder: Path) -> None:
 
 
 class SQLiteStore(SQLiteLive, rules.Wakeups):
-    def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0) -> None:
-        self.path = path
+    def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0,
+                 create: bool = True) -> None:
+        self.path, self.create = path, create  # create False: a reader (never migrates)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self._writer = Writer(path, self._connect, self._migrate, self._count_backlog)
@@ -116,9 +118,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Run the numbered steps this file has not had (`PRAGMA user_version`)."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(f"{self.path} has schema version {version}; this relay knows"
-                               f" up to {SCHEMA_VERSION}: upgrade the relay")
+        check_version(version, self.path, create=self.create)
         for step in range(version + 1, SCHEMA_VERSION + 1):
             # A table rebuild drops the old table: with foreign keys on, that would cascade
             # into its children (the pragma is a no-op inside a transaction, so set it here).
