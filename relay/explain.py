@@ -43,8 +43,9 @@ def explain(config: Config, event: Event, now: float | None = None) -> tuple[str
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
     lines += _digests(config, plan, event, now)
     lines += _watches(rt.planner.watches, event, now)
+    failed = {n.route: rt.planner.templates.failure(n.route, event) for n in plan.notifications}
     lines += _notifications(config, plan, rt.notifier.channels(), now,
-                            live_lines(rt, event, plan))
+                            live_lines(rt, event, plan), failed)
     return "\n".join(lines), receivers
 
 
@@ -135,7 +136,8 @@ def _unmatched(config: Config, event: Event) -> str:
 
 
 def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]],
-                   now: float, live: Mapping[Notification, list[str]]) -> list[str]:
+                   now: float, live: Mapping[Notification, list[str]],
+                   failed: Mapping[str, str]) -> list[str]:
     if not plan.notifications:
         return ["notifications: none"]
     lines = ["notifications:"]
@@ -153,6 +155,9 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
         elif hours is not None and until_epoch(hours, now) is not None:
             lines.append(f"    sent now: {n.type} is urgent during quiet hours")
         lines += live.get(n, [])
+        if failed.get(n.route):
+            lines.append(f"    TEMPLATE FAILED ({failed[n.route]}): the built-in template is"
+                         f" used instead; fix the template of route {n.route}")
         title = _size(n.title, ch.title_max, n) if ch.title_max else \
             f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
         lines.append(f"    title ({title}): {n.title}")

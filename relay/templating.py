@@ -224,9 +224,23 @@ class Templates:
         finally:
             _default_tz.reset(token_tz)
 
+    def failure(self, route: str, event: Event) -> str:
+        """Why the route's own template fails on `event` ("" when it renders): what `render`
+        logs before it falls back to the built-in one. The `route` dry run shows it."""
+        template = self.compiled.get(route)
+        token_tz = _default_tz.set(self.timezone)
+        try:
+            if template is not None:
+                self._render(template, _context(event), event, PLAIN_PAIR)
+            return ""
+        except Exception as e:
+            return strip_controls(str(e), True)
+        finally:
+            _default_tz.reset(token_tz)
+
     def _safely(self, template: CompiledTemplate, fallback: CompiledTemplate, route: str | None,
                 event: Event, escaping: tuple[Escaping, Escaping]) -> Rendered:
-        context = {**event.payload, "payload": event.payload}
+        context = _context(event)
         token_tz = _default_tz.set(self.timezone)
         try:
             return self._render(template, context, event, escaping)
@@ -250,6 +264,11 @@ class Templates:
         title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
         body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
         return Rendered(title, body, t.type or default_type(event), t.format)
+
+
+def _context(event: Event) -> dict[str, Any]:
+    """What an event's template sees: its fields, and all of them as `payload`."""
+    return {**event.payload, "payload": event.payload}
 
 
 def _with(escaping: Escaping, template: jinja2.Template, context: dict[str, Any]) -> str:

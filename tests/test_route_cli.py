@@ -254,6 +254,31 @@ routes:
     assert result.stdout.rstrip().endswith("x…")
 
 
+def test_a_template_that_fails_on_the_event_says_so_in_the_report(tmp_path):
+    """What the relay would do (the built-in template) and why, where the operator reads:
+    the notification itself, not only a log line."""
+    cfg = tmp_path / "relay.yaml"
+    cfg.write_text("""\
+server:
+  tokens: ["t0ken"]
+receivers: [{name: log, urls: ["console://"]}]
+routes:
+  - name: parcels
+    match: {event: "delivery.*"}
+    receivers: [log]
+    title: "{{ delivery_id }} weighs {{ weight / 1000 }} kg"
+""")
+    heavy = route("-", input=event("delivery.created", weight=2500), config=str(cfg))
+    assert "TEMPLATE FAILED" not in heavy.stdout
+    assert "    title (20/250 chars): D-1001 weighs 2.5 kg" in heavy.stdout.splitlines()
+    unweighed = route("-", input=event("delivery.created"), config=str(cfg))
+    lines = unweighed.stdout.splitlines()
+    failed = lines.index("  log[0] console://***  route=parcels  type=info  format=text") + 1
+    assert lines[failed] == ("    TEMPLATE FAILED ('weight' is undefined): the built-in template"
+                             " is used instead; fix the template of route parcels")
+    assert lines[failed + 1] == "    title (23/250 chars): Delivery D-1001 created"
+
+
 def test_broken_config_prints_its_issues_instead_of_a_report(tmp_path):
     result = route("-", input=event("delivery.created"),
                    config=str(ROOT / "tests/data/undefined_receiver.yaml"))
