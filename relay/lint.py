@@ -38,7 +38,7 @@ def lint(path: str) -> list[Issue]:
         found = e.issues
     found += config.warnings
     for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops,
-                 short_lease):
+                 short_lease, circuit_cooldowns):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -72,6 +72,18 @@ def short_lease(config: Config) -> list[Issue]:
                                 f" attempt_timeout ({s.attempt_timeout:g}s): a send that"
                                 " runs long loses its claim and is sent twice; make the"
                                 " lease several times longer", "warning")]
+
+
+def circuit_cooldowns(config: Config) -> list[Issue]:
+    """The first pause is `cooldown` and each failed probe doubles it up to `max_cooldown`:
+    a cooldown above the max makes every later pause shorter than the first."""
+    c = config.sending.circuit
+    if c.cooldown <= c.max_cooldown:
+        return []
+    return [config.source.issue("sending.circuit.cooldown", f"the cooldown ({c.cooldown:g}s)"
+                                f" is longer than max_cooldown ({c.max_cooldown:g}s): pauses"
+                                " after the first would be shorter, not longer; raise"
+                                " max_cooldown", "warning")]
 
 
 def cannot_edit(config: Config) -> list[Issue]:

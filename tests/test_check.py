@@ -305,6 +305,19 @@ def test_check_warns_when_the_lease_does_not_outlive_a_send(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_check_warns_when_the_first_circuit_pause_is_longer_than_the_longest(tmp_path):
+    cfg = tmp_path / "circuit.yaml"
+    cfg.write_text("server:\n  tokens: [\"t0ken\"]\nsending:\n  circuit:\n    cooldown: 20m\n"
+                   "    max_cooldown: 10m\nreceivers:\n  - name: log\n"
+                   "    urls: [\"console://\"]\ndefault_receiver: log\n")
+    assert check("-c", str(cfg)).stdout == (
+        f"{cfg}:5: sending.circuit.cooldown: warning: the cooldown (1200s) is longer than"
+        " max_cooldown (600s): pauses after the first would be shorter, not longer; raise"
+        " max_cooldown\n")
+    cfg.write_text(cfg.read_text().replace("max_cooldown: 10m", "max_cooldown: 1h"))
+    assert check("-c", str(cfg)).stdout == ""
+
+
 def test_a_receiver_url_variable_set_but_empty_is_named(tmp_path):
     """`OPS_CHAT_URL=` in a shell or an env file: say so, not "no plugin accepts ?://***"."""
     cfg = tmp_path / "relay.yaml"
