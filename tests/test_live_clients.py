@@ -9,6 +9,7 @@ from aiohttp import ClientSession
 
 from relay.live import LiveClient, LiveMessage, MessageRef, live_client, why_not_live
 from relay.live.http import Answer
+from relay.notify import RECEIVER_FAULT_STATUS
 from tests.conftest import free_port
 from tests.livefakes import DISCORD_ID, DISCORD_TOKEN, SLACK_TOKEN, TELEGRAM_TOKEN
 
@@ -134,6 +135,20 @@ async def test_slack_wrong_token_fails_without_showing_it(slack, session) -> Non
     result = await c.post(CREATED)
     assert result.outcome.kind == "failed" and "invalid_auth" in result.outcome.error
     assert "WRONGtoken" not in result.outcome.error
+
+
+@pytest.mark.parametrize("code,status", [("invalid_auth", 401), ("token_revoked", 401),
+                                         ("channel_not_found", 404), ("is_archived", 410),
+                                         ("msg_too_long", 200)])
+async def test_slack_refusals_of_the_bot_itself_count_as_the_status_they_mean(
+        slack, session, code, status) -> None:
+    """HTTP 200 with `ok: false`: a revoked token or a lost channel is the receiver's own
+    fault (it opens the circuit, as a 401 or 404 would); a message Slack refuses is not."""
+    c = client(SLACK_URL, session, "slack", slack.base)
+    slack.fail_next(200, {"ok": False, "error": code})
+    outcome = (await c.post(CREATED)).outcome
+    assert (outcome.kind, outcome.status) == ("failed", status)
+    assert (status in RECEIVER_FAULT_STATUS) is (code != "msg_too_long")
 
 
 async def test_slack_unknown_channel_fails(slack, session) -> None:

@@ -24,6 +24,11 @@ GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_close
 UNREACHABLE = frozenset({"channel_not_found", "not_in_channel"})
 RETRY = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                    "request_timeout", "team_added_to_org"})
+# In a 200 answer, the bot itself refused (its token, its channel): counted as the HTTP
+# status that says so elsewhere, so that it opens the receiver's circuit as that would.
+REFUSED = {"invalid_auth": 401, "not_authed": 401, "token_revoked": 401, "token_expired": 401,
+           "account_inactive": 401, "channel_not_found": 404, "not_in_channel": 403,
+           "is_archived": 410}
 
 
 def unsupported(plugin: Any) -> str | None:
@@ -107,4 +112,4 @@ class SlackClient:
         if code in RETRY:  # in a 200 answer: wait as after the status Slack means
             wait = wait_after(429 if code == "ratelimited" else 503, answer.retry_after)
             return LiveResult(Outcome("retry", error, wait, 200))
-        return LiveResult(Outcome("failed", error, 0.0, 200))
+        return LiveResult(Outcome("failed", error, 0.0, REFUSED.get(code, 200)))
