@@ -110,9 +110,9 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
+        if self.create:  # a reader leaves the file as it is (a store's WAL mode is in the file)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(f"PRAGMA synchronous={self.synchronous}; PRAGMA foreign_keys=ON")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
