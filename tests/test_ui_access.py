@@ -287,3 +287,22 @@ async def test_a_malformed_form_is_a_json_400_not_a_traceback(running, sink, pat
         assert await resp.json() == {"error": "Invalid body",
                                      "details": "the form cannot be read"}
     assert "Traceback" not in caplog.text and ADMIN not in caplog.text
+
+
+async def test_a_delivery_with_many_events_shows_the_newest_and_says_how_many_are_left_out(
+        running, sink):
+    from relay.store.sql import TIMELINE_SHOWN
+
+    r = await start_ui_relay(running, sink)
+    total = TIMELINE_SHOWN + 3
+    for n in range(total):
+        body = {**event("D-long", "in_transit"), "timestamp": f"2026-01-02T10:{n // 60:02d}:"
+                f"{n % 60:02d}Z", "note": f"event-{n:03d}"}
+        assert (await r.post(body))[0] == 202
+    async with r.session.get(r.url + "/ui/delivery?id=D-long", headers=bearer(ADMIN)) as resp:
+        page = await resp.text()
+    assert resp.status == 200 and f"{total} events" in page
+    assert page.count('class="event card"') == TIMELINE_SHOWN
+    assert "event-002" not in page and "event-003" in page and f"event-{total - 1}" in page
+    assert re.search(r'id="earlier">\(the newest 100 shown with their notifications; 3 earlier'
+                     r' not shown\)', page)
