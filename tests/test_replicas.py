@@ -256,6 +256,36 @@ async def test_while_the_database_is_down_no_replica_shows_stale_or_broken_data(
         await stop(group)
 
 
+async def test_dead_letters_replayed_on_two_replicas_at_once_are_each_sent_once(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    first, second = await replicas(2, schema_dsn)
+    ids = [f"dead{n}" for n in range(6)]
+    sink.script["/hook"] = [404] * len(ids)  # refused for good: each goes dead at once
+    async with aiohttp.ClientSession() as session:
+        for n, delivery in enumerate(ids):
+            assert await post(session, (first, second)[n % 2], delivery) == 202
+        await wait_for(lambda: settled(schema_dsn), message="every job dead")
+        listed = [await admin_get(r, "/-/dead") for r in (first, second)]
+        assert listed[0] == listed[1] and len(listed[0][1]["jobs"]) == len(ids)
+        for r in (first, second):  # each replica counts the dead letters the other buried
+            assert await gauges(r) == {"queue_depth": 0.0, "dead_jobs": float(len(ids))}
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+
+        async def replay(r: Replica) -> int:
+            async with session.post(r.url + "/-/dead/replay", json={"receiver": "hook"},
+                                    headers=headers) as resp:
+                assert resp.status == 200
+                return int((await resp.json())["replayed"])
+
+        counts = await asyncio.gather(*(replay(r) for r in (first, second, first, second)))
+    assert sum(counts) == len(ids)
+    await wait_for(lambda: set(ids) <= set(arrived(sink)), message="every replay at the sink")
+    await wait_for(lambda: settled(schema_dsn), message="the queue to drain")
+    assert arrived(sink) == Counter(ids)
+    for r in (first, second):
+        assert await gauges(r) == {"queue_depth": 0.0, "dead_jobs": 0.0}
+
+
 async def gauges(replica: Replica) -> dict[str, float] | None:
     """The store-read gauges of /metrics; None while they are unknown (NaN)."""
     from prometheus_client.parser import text_string_to_metric_families
