@@ -286,6 +286,26 @@ async def test_dead_letters_replayed_on_two_replicas_at_once_are_each_sent_once(
         assert await gauges(r) == {"queue_depth": 0.0, "dead_jobs": 0.0}
 
 
+async def test_a_search_on_one_replica_finds_exactly_the_delivery_another_stored(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    first, second = await replicas(2, schema_dsn)
+    odd = ["50%_off 'ü' \"x\"", "50%_off 'ü' \"x\"2", "50X_off 'ü' \"x\""]
+    async with aiohttp.ClientSession() as session:
+        for delivery in odd:
+            assert await post(session, second, delivery) == 202
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        for wanted, found in ((odd[0], True), ("50%", False), ("50%_off 'Ü' \"x\"", False),
+                              ("_0%_off 'ü' \"x\"", False)):
+            async with session.get(first.url + "/ui/deliveries", params={"delivery_id": wanted},
+                                   headers=headers, allow_redirects=False) as r:
+                assert (r.status == 303) is found, wanted
+                if found:
+                    async with session.get(first.url + r.headers["Location"],
+                                           headers=headers) as page:
+                        text = await page.text()
+                    assert page.status == 200 and text.count('class="event card"') == 1
+
+
 async def gauges(replica: Replica) -> dict[str, float] | None:
     """The store-read gauges of /metrics; None while they are unknown (NaN)."""
     from prometheus_client.parser import text_string_to_metric_families
