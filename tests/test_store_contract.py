@@ -21,7 +21,6 @@ import pytest
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, event_from_dict
 from relay.pipeline import Notification
-from relay.store.sql import TIMELINE_SHOWN
 from relay.store import (
     SCHEMA_VERSION,
     Attempt,
@@ -32,6 +31,7 @@ from relay.store import (
     Store,
     open_store,
 )
+from relay.store.sql import TIMELINE_SHOWN
 from tests import pgutil
 from tests.conftest import free_port, wait_for
 
