@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import math
 import re
 import time
 import uuid
@@ -302,8 +303,11 @@ async def metrics(request: web.Request) -> web.Response:
         s.metrics.open_windows.set(stats.open_windows)
         age = s.clock() - stats.oldest_pending_at if stats.oldest_pending_at else 0.0
         s.metrics.oldest_pending.set(max(0.0, age))
-    except StoreError as e:
+    except StoreError as e:  # unknown now: never the value read before the outage
         log.warning("metrics: store unavailable: %s", e)
+        for gauge in (s.metrics.queue_depth, s.metrics.dead_jobs, s.metrics.held,
+                      s.metrics.open_windows, s.metrics.oldest_pending):
+            gauge.set(math.nan)
     body = generate_latest(s.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

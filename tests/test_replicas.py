@@ -7,6 +7,7 @@ sink is a local HTTP server behind Apprise `json://`.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import subprocess
 from collections import Counter
@@ -27,6 +28,7 @@ CONFIG = """\
 server:
   listen: 127.0.0.1:{port}
   tokens: ["{token}"]
+  admin_token: {admin}
 store:
   url: "{dsn}"
 sending:
@@ -44,6 +46,7 @@ routes:
     receivers: [hook]
     title: "{{ delivery_id }}"
 """
+ADMIN = "admin-secret"
 CONCURRENCY = 4  # per replica: bounds what one killed replica can have in flight
 
 
@@ -78,7 +81,7 @@ async def replicas(tmp_path: Path, sink: Sink) -> AsyncIterator[Start]:
             port = free_port()
             cfg = write_config(tmp_path / f"replica-{port}.yaml", CONFIG, port=port,
                                token=TOKEN, dsn=dsn, lease=lease, url=sink.url("hook"),
-                               concurrency=CONCURRENCY)
+                               concurrency=CONCURRENCY, admin=ADMIN)
             replica = Replica(port, spawn_relay(cfg, log=tmp_path / f"replica-{port}.log"))
             started.append(replica)
             group.append(replica)
@@ -222,6 +225,104 @@ async def test_a_database_restart_under_load_gives_503s_then_full_recovery(
         assert await status_of(group[1], "/readyz") == 200
         assert set(statuses) <= {202, 503}, statuses
         await stop(group)
+
+
+async def test_while_the_database_is_down_no_replica_shows_stale_or_broken_data(
+        replicas: Start, sink: Sink) -> None:
+    """Metrics show no last-known backlog, pages and the admin API answer 503 JSON, /readyz
+    says not ready; once the database is back, every replica says ready and counts again."""
+    await pgutil.base_dsn()
+    with pgutil.private_cluster(free_port()) as cluster:
+        group = await replicas(2, cluster.dsn, lease="30s")
+        sink.script["/hook"] = ["hang"] * 3  # three notifications stay in flight
+        async with aiohttp.ClientSession() as session:
+            for n in range(3):
+                assert await post(session, group[n % 2], f"q{n}") == 202
+        for r in group:
+            await wait_for(lambda r=r: gauges(r), message="the backlog in the metrics")
+            assert await gauges(r) == {"queue_depth": 3.0, "dead_jobs": 0.0}
+        await asyncio.to_thread(cluster.stop)
+        for r in group:
+            assert await gauges(r) is None  # unknown, not the backlog read before
+            for path in ("/ui/", "/ui/dead", "/ui/delivery?id=q0", "/-/dead"):
+                status, body = await admin_get(r, path)
+                assert (status, body["error"]) == (503, "Store unavailable"), (path, body)
+            assert await status_of(r, "/readyz") == 503
+        await asyncio.to_thread(cluster.start)
+        for r in group:
+            await ready(r)
+            await wait_for(lambda r=r: gauges(r), message="the metrics to count again")
+            assert await gauges(r) == {"queue_depth": 3.0, "dead_jobs": 0.0}
+        await stop(group)
+
+
+async def test_dead_letters_replayed_on_two_replicas_at_once_are_each_sent_once(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    first, second = await replicas(2, schema_dsn)
+    ids = [f"dead{n}" for n in range(6)]
+    sink.script["/hook"] = [404] * len(ids)  # refused for good: each goes dead at once
+    async with aiohttp.ClientSession() as session:
+        for n, delivery in enumerate(ids):
+            assert await post(session, (first, second)[n % 2], delivery) == 202
+        await wait_for(lambda: settled(schema_dsn), message="every job dead")
+        listed = [await admin_get(r, "/-/dead") for r in (first, second)]
+        assert listed[0] == listed[1] and len(listed[0][1]["jobs"]) == len(ids)
+        for r in (first, second):  # each replica counts the dead letters the other buried
+            assert await gauges(r) == {"queue_depth": 0.0, "dead_jobs": float(len(ids))}
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+
+        async def replay(r: Replica) -> int:
+            async with session.post(r.url + "/-/dead/replay", json={"receiver": "hook"},
+                                    headers=headers) as resp:
+                assert resp.status == 200
+                return int((await resp.json())["replayed"])
+
+        counts = await asyncio.gather(*(replay(r) for r in (first, second, first, second)))
+    assert sum(counts) == len(ids)
+    await wait_for(lambda: set(ids) <= set(arrived(sink)), message="every replay at the sink")
+    await wait_for(lambda: settled(schema_dsn), message="the queue to drain")
+    assert arrived(sink) == Counter(ids)
+    for r in (first, second):
+        assert await gauges(r) == {"queue_depth": 0.0, "dead_jobs": 0.0}
+
+
+async def test_a_search_on_one_replica_finds_exactly_the_delivery_another_stored(
+        schema_dsn: str, replicas: Start, sink: Sink) -> None:
+    first, second = await replicas(2, schema_dsn)
+    odd = ["50%_off 'ü' \"x\"", "50%_off 'ü' \"x\"2", "50X_off 'ü' \"x\""]
+    async with aiohttp.ClientSession() as session:
+        for delivery in odd:
+            assert await post(session, second, delivery) == 202
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        for wanted, found in ((odd[0], True), ("50%", False), ("50%_off 'Ü' \"x\"", False),
+                              ("_0%_off 'ü' \"x\"", False)):
+            async with session.get(first.url + "/ui/deliveries", params={"delivery_id": wanted},
+                                   headers=headers, allow_redirects=False) as r:
+                assert (r.status == 303) is found, wanted
+                if found:
+                    async with session.get(first.url + r.headers["Location"],
+                                           headers=headers) as page:
+                        text = await page.text()
+                    assert page.status == 200 and text.count('class="event card"') == 1
+
+
+async def gauges(replica: Replica) -> dict[str, float] | None:
+    """The store-read gauges of /metrics; None while they are unknown (NaN)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(replica.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    found = {f.name.removeprefix("kourier_relay_"): f.samples[0].value
+             for f in text_string_to_metric_families(text)
+             if f.name in ("kourier_relay_queue_depth", "kourier_relay_dead_jobs")}
+    return found if not any(math.isnan(v) for v in found.values()) else None
+
+
+async def admin_get(replica: Replica, path: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {ADMIN}", "Accept": "application/json"}
+    async with aiohttp.ClientSession() as s, s.get(replica.url + path, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
 
 
 async def load(replica: Replica, prefix: str, acked: list[str],

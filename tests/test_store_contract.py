@@ -31,6 +31,7 @@ from relay.store import (
     Store,
     open_store,
 )
+from relay.store.sql import TIMELINE_SHOWN
 from tests import pgutil
 from tests.conftest import free_port, wait_for
 
@@ -477,6 +478,26 @@ async def test_a_delivery_timeline_holds_its_events_jobs_and_attempts(store: Sto
         [(hook[0].id, "retry"), (hook[2].id, "sent")]
     empty = await store.timeline("nobody")
     assert (empty.events, empty.jobs, empty.attempts) == ((), (), ())
+
+
+async def test_a_timeline_holds_the_newest_events_and_what_they_caused_and_counts_the_rest(
+        store: Store) -> None:
+    extra = 3
+    for n in range(TIMELINE_SHOWN + extra):
+        await store.accept(event(ts=f"2024-09-14T10:{n // 60:02d}:{n % 60:02d}Z"), f"k{n}",
+                           [job()], now=T0 + n)
+    await store.accept(event(delivery="other"), "o", [job("mail")], now=T0)
+    first, *_, last = (await claim(store, limit=TIMELINE_SHOWN + extra, now=T0 + 200)).jobs
+    for j in (first, last):  # an attempt of a left-out event's job and of a shown one
+        await store.complete(j, attempt(T0 + 201, "sent", ""))
+    timeline = await store.timeline("d1")
+    assert [e.received_at for e in timeline.events] == \
+        [T0 + n for n in range(extra, TIMELINE_SHOWN + extra)]
+    shown = {e.id for e in timeline.events}
+    assert len(timeline.jobs) == TIMELINE_SHOWN and {j.event_id for j in timeline.jobs} == shown
+    assert [a.job_id for a in timeline.attempts] == [last.id]
+    assert timeline.earlier == extra
+    assert (await store.timeline("other")).earlier == 0
 
 
 async def test_recent_deliveries_newest_first_with_their_notification_counts(

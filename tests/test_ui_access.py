@@ -287,3 +287,49 @@ async def test_a_malformed_form_is_a_json_400_not_a_traceback(running, sink, pat
         assert await resp.json() == {"error": "Invalid body",
                                      "details": "the form cannot be read"}
     assert "Traceback" not in caplog.text and ADMIN not in caplog.text
+
+
+async def test_a_delivery_with_many_events_shows_the_newest_and_says_how_many_are_left_out(
+        running, sink):
+    from relay.store.sql import TIMELINE_SHOWN
+
+    r = await start_ui_relay(running, sink)
+    total = TIMELINE_SHOWN + 3
+    for n in range(total):
+        body = {**event("D-long", "in_transit"), "timestamp": f"2026-01-02T10:{n // 60:02d}:"
+                f"{n % 60:02d}Z", "note": f"event-{n:03d}"}
+        assert (await r.post(body))[0] == 202
+    async with r.session.get(r.url + "/ui/delivery?id=D-long", headers=bearer(ADMIN)) as resp:
+        page = await resp.text()
+    assert resp.status == 200 and f"{total} events" in page
+    assert page.count('class="event card"') == TIMELINE_SHOWN
+    assert "event-002" not in page and "event-003" in page and f"event-{total - 1}" in page
+    assert re.search(r'id="earlier">\(the newest 100 shown with their notifications; 3 earlier'
+                     r' not shown\)', page)
+
+
+async def test_the_dead_letters_page_says_when_it_shows_only_the_oldest(running, sink):
+    from relay.ui.pages import DEAD_PAGE
+
+    r = await start_ui_relay(running, sink, sending="circuit: {failures: 1000}")
+    sink.script["/chat"] = [404] * (DEAD_PAGE + 1)  # refused for good: each goes dead
+    for n in range(DEAD_PAGE):
+        assert (await r.post(event(f"D-{n}", "failed", reason="lost")))[0] == 202
+    await wait_for(lambda: _dead_count(r, DEAD_PAGE), message="every job dead")
+
+    async def heading() -> str:
+        async with r.session.get(r.url + "/ui/dead", headers=bearer(ADMIN)) as resp:
+            page = await resp.text()
+        found = re.search(r'<h2 id="dead-h">(.*?)</h2>', page)
+        assert resp.status == 200 and found and page.count('class="pick"><input') <= DEAD_PAGE
+        return found.group(1)
+
+    assert await heading() == f"{DEAD_PAGE} dead letters"  # all of them: nothing more
+    assert (await r.post(event("D-last", "failed", reason="lost")))[0] == 202
+    await wait_for(lambda: _dead_count(r, DEAD_PAGE + 1), message="one more dead")
+    assert await heading() == (f"{DEAD_PAGE} dead letters: the oldest {DEAD_PAGE} are shown, and"
+                               " there are more (replay these to see the next)")
+
+
+async def _dead_count(r, count: int) -> bool:
+    return len(await r.relay.store.dead(None, count + 1)) == count

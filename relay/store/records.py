@@ -193,7 +193,8 @@ class JobAttempt:
 
 @dataclass(frozen=True)
 class Timeline:
-    """Everything one delivery caused: its events, their jobs and every attempt, oldest first."""
+    """What one delivery caused: its newest events, their jobs and every attempt, oldest
+    first (how many earlier events are left out in `earlier`)."""
 
     delivery_id: str
     events: tuple[TimelineEvent, ...]
@@ -202,6 +203,7 @@ class Timeline:
     timers: tuple[Timer, ...] = ()
     live: tuple[LiveRef, ...] = ()  # its live messages
     joined: tuple[DigestJoin, ...] = ()  # the digest windows its events joined
+    earlier: int = 0  # its events older than those shown (sql.TIMELINE_SHOWN), left out
 
 
 @dataclass(frozen=True)

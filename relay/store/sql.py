@@ -140,11 +140,18 @@ JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
 PAYLOAD = "SELECT payload FROM events WHERE id = ?"
 HISTORY = "SELECT at, outcome, error, duration FROM attempts WHERE job_id = ? ORDER BY id"
 
+# A delivery's page shows its newest TIMELINE_SHOWN events (and what they caused) from:
+TIMELINE_SHOWN = 100
+_SHOWN_FROM = ("(SELECT coalesce(min(n.id), 0) FROM (SELECT id FROM events"
+               f" WHERE delivery_id = ? ORDER BY id DESC LIMIT {TIMELINE_SHOWN}) AS n)")
 TIMELINE_EVENTS = ("SELECT id, type, received_at, payload FROM events WHERE delivery_id = ?"
-                   " ORDER BY id")
-TIMELINE_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ? ORDER BY id"
+                   f" AND id >= {_SHOWN_FROM} ORDER BY id")
+TIMELINE_JOBS = (f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?"
+                 f" AND event_id >= {_SHOWN_FROM} ORDER BY id")
 TIMELINE_ATTEMPTS = ("SELECT a.job_id, a.at, a.outcome, a.error, a.duration FROM attempts a"
-                     " JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ? ORDER BY a.id")
+                     " JOIN jobs j ON j.id = a.job_id WHERE j.delivery_id = ?"
+                     f" AND j.event_id >= {_SHOWN_FROM} ORDER BY a.id")
+TIMELINE_EARLIER = f"SELECT count(*) AS n FROM events WHERE delivery_id = ? AND id < {_SHOWN_FROM}"
 _LAST_FAILURE = ("(SELECT a.{} FROM attempts a JOIN jobs j ON j.id = a.job_id"
                  " WHERE j.receiver = r.name AND a.outcome <> 'sent' ORDER BY a.id DESC LIMIT 1)")
 RECEIVER_STATES = (
@@ -221,7 +228,8 @@ LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"
 TIMELINE_TIMERS = (f"SELECT {TIMER_COLUMNS} FROM timers WHERE id IN (SELECT t.id FROM timers t"
                    " WHERE t.kind = 'watch' AND t.event_id IN (SELECT e.id FROM events e"
                    " WHERE e.delivery_id = CAST(? AS TEXT)) UNION SELECT i.timer_id FROM"
-                   " digest_items i WHERE i.delivery_id = CAST(? AS TEXT)) ORDER BY id")
+                   " digest_items i WHERE i.delivery_id = CAST(? AS TEXT)"
+                   f" AND i.event_id >= {_SHOWN_FROM}) ORDER BY id")
 TIMELINE_LIVE = ("SELECT live_key AS key, ref, shown, updated_at FROM live_messages"
                  " WHERE delivery_id = ? ORDER BY live_key")
 # Events that armed a live timer, or wait in a digest, stay: the timer fires with them.
@@ -344,16 +352,17 @@ def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:
 
 
 TIMELINE_ITEMS = ("SELECT timer_id, event_id, added_at, fired_at FROM digest_items"
-                  " WHERE delivery_id = ? ORDER BY id")
+                  f" WHERE delivery_id = ? AND event_id >= {_SHOWN_FROM} ORDER BY id")
 TIMELINE_QUERIES = (TIMELINE_EVENTS, TIMELINE_JOBS, TIMELINE_ATTEMPTS, TIMELINE_TIMERS,
-                    TIMELINE_LIVE, TIMELINE_ITEMS)
-TIMELINE_PARAMS = (1, 1, 1, 2, 1, 1)  # how many times each query takes the delivery id
+                    TIMELINE_LIVE, TIMELINE_ITEMS, TIMELINE_EARLIER)
+TIMELINE_PARAMS = (2, 2, 2, 3, 1, 2, 2)  # how many times each query takes the delivery id
 
 
 def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
              jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
              timers: Iterable[Mapping[str, Any]] = (), live: Iterable[Mapping[str, Any]] = (),
-             joined: Iterable[Mapping[str, Any]] = ()) -> Timeline:
+             joined: Iterable[Mapping[str, Any]] = (),
+             earlier: Iterable[Mapping[str, Any]] = ()) -> Timeline:
     """A Timeline from the rows of TIMELINE_QUERIES."""
     return Timeline(
         delivery_id,
@@ -363,7 +372,8 @@ def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
         tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts),
         tuple(timer_from_row(t) for t in timers),
         tuple(from_row(LiveRef, r) for r in live),
-        tuple(from_row(DigestJoin, j) for j in joined))
+        tuple(from_row(DigestJoin, j) for j in joined),
+        sum(int(r["n"]) for r in earlier))
 
 
 def recent(rows: Iterable[Mapping[str, Any]]) -> list[DeliverySummary]:

@@ -86,9 +86,10 @@ async def delivery(request: web.Request) -> web.Response:
 async def dead(request: web.Request) -> web.Response:
     s = services(request)
     receiver = request.query.get("receiver") or None
-    jobs = await s.store.dead(receiver, DEAD_PAGE)
+    jobs = await s.store.dead(receiver, DEAD_PAGE + 1)  # one more: are there others?
     names = sorted(s.runtime().config.receivers)
-    return page(request, "dead.html", jobs=jobs, receiver=receiver or "", receivers=names,
+    return page(request, "dead.html", jobs=jobs[:DEAD_PAGE], more=len(jobs) > DEAD_PAGE,
+                receiver=receiver or "", receivers=names,
                 replayed=request.query.get("replayed"), title="Dead letters")
 
 

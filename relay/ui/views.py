@@ -237,6 +237,7 @@ class DeliveryView:
     digests: tuple[DigestView, ...] = ()
     held: tuple[HeldView, ...] = ()
     live: tuple[LiveView, ...] = ()
+    earlier: int = 0  # its older events, not shown (nor what they caused)
 
 
 def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
@@ -258,7 +259,7 @@ def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
                         tuple(HeldView(j.receiver, j.title, j.event_id, j.next_attempt_at,
                                        j.finished_at if j.state == "summarised" else None)
                               for j in timeline.jobs if j.state in ("held", "summarised")),
-                        live)
+                        live, timeline.earlier)
 
 
 def _live(timeline: Timeline) -> tuple[LiveView, ...]:
