@@ -62,7 +62,7 @@ def render_digest(templates: Templates, timer: Timer, items: Sequence[DigestItem
                   channel: Channel) -> Batch:
     """The digest of a closed window, cut to the channel's limits."""
     route = str(timer.context.get("route", ""))
-    template = templates.compiled.get(route, templates.digest_default)
+    template = templates.digest(route)
     fmt = template.format
     escaping = for_channel(channel.scheme, fmt, channel.renders_as(fmt), channel.title_in_body)
     events = [_event(i.event.payload) for i in items]

@@ -149,8 +149,10 @@ class Templates:
 
     def __init__(self, compiled: Mapping[str, CompiledTemplate], timezone: str,
                  receiver_failing: CompiledTemplate | None = None,
-                 summaries: Mapping[str, CompiledTemplate] | None = None) -> None:
+                 summaries: Mapping[str, CompiledTemplate] | None = None,
+                 digests: frozenset[str] = frozenset()) -> None:
         self.compiled = compiled
+        self.digests = digests  # the routes with a `digest:` (their template renders one)
         self.timezone = timezone
         self.default = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
         self.receiver_failing = receiver_failing or _BUILTIN_NOTICE
@@ -188,7 +190,15 @@ class Templates:
                     pass
         if issues:
             raise ConfigError(issues)
-        return cls(compiled, config.timezone, notice, summaries)
+        return cls(compiled, config.timezone, notice, summaries,
+                   frozenset(r.name for r in config.routes if r.digest is not None))
+
+    def digest(self, route: str) -> CompiledTemplate:
+        """What renders a closed window of `route`: its own template while it is a digest
+        route; the built-in digest template once a reload removed the route or its
+        `digest:` (its template now renders single events, not `events`)."""
+        return self.compiled.get(route, self.digest_default) if route in self.digests \
+            else self.digest_default
 
     def render(self, route: str | None, event: Event,
                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:

@@ -90,12 +90,16 @@ class Watches:
 
 def _op(watch: Watch, action: Action, event: Event, now: float) -> TimerOp:
     key = watch.key(event.delivery_id)
+    # The event's own time orders the watch's timer (a start older than a stop already
+    # received arms nothing: relay.store.rules.watch_in_order).
+    at = parse_timestamp(event.timestamp).timestamp()
     if action == "disarm":
-        return TimerOp("disarm", KIND, key, event.delivery_id)
+        return TimerOp("disarm", KIND, key, event.delivery_id,
+                       context={"watch": watch.name, "event_at": at})
     late = is_late(event, watch.config.after, now)
     delay = min(watch.config.after, LATE_GRACE) if late else watch.config.after
     return TimerOp("arm", KIND, key, event.delivery_id, delay=delay,
-                   context={"watch": watch.name, "late": late})
+                   context={"watch": watch.name, "late": late, "event_at": at})
 
 
 def is_late(event: Event, after: float, now: float) -> bool:

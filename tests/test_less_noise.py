@@ -169,6 +169,29 @@ routes:
         [("2 events (broken)", body)]
 
 
+async def test_a_window_open_when_a_reload_takes_the_digest_off_its_route_sends_the_built_in(
+        running, sink):
+    # The route now renders single events ({{ delivery_id }}, {{ reason }}): the window
+    # still open holds two events, so it goes out with the built-in digest template.
+    clock = FakeClock(at("2026-12-02T14:30"))
+    r = await running(ops(sink) + DIGEST_ROUTE % "{window: 10m}", clock=clock)
+    await r.post(failed(1))
+    await r.post(failed(2))
+    cfg = Path(r.relay.config_path)
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("    digest:")] + "    title: \"Delivery {{ delivery_id }}"
+                   " failed\"\n    body: \"{{ reason }}\"\n")
+    await r.relay.reload()
+    clock.advance(600)
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 1)
+    assert sent(sink) == [("2 events (failures)", "- d1: Failed at 14:30\n- d2: Failed at 14:30")]
+    await r.post(failed(3))  # and the route's own template for an event of today's route
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 2)
+    assert sent(sink)[1] == ("Delivery d3 failed", "reason 3")
+
+
 # ---------------------------------------------------------------- quiet hours
 
 

@@ -95,6 +95,30 @@ async def test_a_disarmed_timer_never_fires_and_disarming_nothing_changes_nothin
     assert (timer.state, timer.ended_at) == ("disarmed", T0)
 
 
+async def test_a_watch_follows_its_deliverys_timestamps_not_the_arrival_order(
+        store: Store) -> None:
+    def at(action: str, ts: float) -> TimerOp:
+        return TimerOp(action, "watch", WATCH, "d1", delay=100.0,  # type: ignore[arg-type]
+                       context={"watch": "not-delivered", "event_at": ts})
+
+    # The stop (time 20) arrives first, with no timer: it leaves a disarmed one.
+    assert (await send(store, 1, at("disarm", 20.0))).timers == ()
+    assert (await send(store, 2, at("arm", 10.0))).timers == ()  # older: arms nothing
+    assert (await send(store, 3, at("arm", 20.0))).timers == ()  # as old as the stop: nothing
+    [timer] = (await store.timeline("d1")).timers
+    assert (timer.state, timer.context["event_at"], timer.context["never_armed"]) == \
+        ("disarmed", 20.0, True)
+    assert await take(store, T0 + 10_000) == []
+    # A newer start arms; an older stop still disarms, and does not move the time back.
+    assert (await send(store, 4, at("arm", 30.0))).timers == (TimerChange("arm", "watch", WATCH),)
+    assert (await send(store, 5, at("disarm", 25.0))).timers == \
+        (TimerChange("disarm", "watch", WATCH),)
+    assert (await send(store, 6, at("arm", 28.0))).timers == ()
+    [timer] = (await store.timeline("d1")).timers
+    assert (timer.state, timer.context["event_at"]) == ("disarmed", 30.0)
+    assert "never_armed" not in timer.context
+
+
 async def test_the_last_operation_on_one_timer_in_one_event_wins(store: Store) -> None:
     await send(store, 1, arm("w:d1"))
     accepted = await send(store, 2, arm(), disarm(), disarm("w:d1"), arm("w:d1"))

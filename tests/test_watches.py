@@ -270,3 +270,39 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
         "10: watches[0].body: uses courier, which Kourier never sends (it sends delivery_id,"
         " event, status, timestamp); renders empty unless an event carries it",
     ]
+
+
+async def test_a_start_older_than_the_stop_that_came_first_arms_nothing(running, sink, tmp_path):
+    # Kourier retried the created after a failure; the delivered (newer) came first.
+    clock = FakeClock()
+    r = await start(running, sink, clock)
+    await r.post(updated(clock, "delivered"))
+    await r.post(created(clock, offset=-600))
+    clock.advance(5 * HOUR)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "disarmed")]
+    assert "never armed: its stop event came before the start event" in \
+        await delivery_page(r, "D-1")
+
+
+NO_UPDATE = WATCH.replace("name: not-delivered", "name: no-update").replace(
+    "start: {event: delivery.created}", "start: {event: delivery.updated}").replace("4h", "2h")
+
+
+async def test_an_update_older_than_the_cancellation_does_not_re_arm_the_watch(running, sink):
+    clock = FakeClock()
+    r = await start(running, sink, clock, NO_UPDATE)
+    await r.post({**updated(clock, "in_transit"), "timestamp": ts(clock)})
+    await r.post({"event": "delivery.cancelled", "delivery_id": "D-1",
+                  "timestamp": ts(clock, 60)})
+    await r.post({**updated(clock, "out_for_delivery"), "timestamp": ts(clock, 30)})  # late
+    clock.advance(3 * HOUR)
+    await r.relay.worker.run_once()
+    assert sink.messages("ops") == []
+    # A start newer than the stop still arms (the clock starts at its receipt).
+    await r.post({**updated(clock, "in_transit"), "timestamp": ts(clock)})
+    clock.advance(2 * HOUR)
+    await r.relay.worker.run_once()
+    [message] = await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
+    assert message["title"] == "Delivery D-1 not delivered after 2h"

@@ -105,9 +105,19 @@ async def apply_timers(conn: Any, ops: Sequence[TimerOp], event_id: int, now: fl
     timers; the operations that changed a timer."""
     changes = []
     for op in rules.accepted_timer_ops(ops, jobs):
+        # A watch's ops are ordered by its delivery's timestamps; the delivery's row lock
+        # (pg_ingest.track_delivery) keeps this read and the write together.
+        ordered = "event_at" in op.context
+        row = await conn.fetchrow(q(sql_noise.TIMER_SEEN), op.kind, op.key) if ordered \
+            else None
+        if not rules.watch_in_order(op, sql_noise.seen_at(row)):
+            continue
         if await conn.fetchval(q(sql.TIMER_WRITE[op.action]),
                                *sql.timer_args(op, event_id, now)) is not None:
             changes.append(TimerChange(op.action, op.kind, op.key))
+        if ordered and op.action == "disarm":
+            statement, args = sql_noise.stop_args(op, row, sql_noise.seen_at(row), event_id, now)
+            await conn.execute(q(statement), *args)
         if op.collect:
             # The row is locked by the upsert: concurrent events of one window queue here.
             timer_id = await conn.fetchval(q(sql_noise.TIMER_ID), op.kind, op.key)

@@ -174,6 +174,15 @@ def timer_after(action: TimerAction, state: TimerState | None) -> TimerState | N
     return TIMER_TO[action] if (state or "new") in TIMER_FROM[action] else None
 
 
+def watch_in_order(op: TimerOp, stored_at: float | None) -> bool:
+    """A watch follows its delivery by Kourier's timestamps (`event_at` in the op's context):
+    a start arms or re-arms only when newer than the event that last armed or disarmed the
+    timer, so a start that arrives after a newer stop (out of order) arms nothing; a stop
+    always disarms. An op without `event_at`, or a timer without one, is not ordered."""
+    at = op.context.get("event_at")
+    return op.action != "arm" or at is None or stored_at is None or float(at) > stored_at
+
+
 def timer_due(op: TimerOp, now: float) -> float:
     """When an armed or opened timer falls due: its own time, or `delay` after receipt."""
     return op.due_at if op.due_at is not None else now + op.delay

@@ -1,18 +1,28 @@
-"""The statements of digests and quiet hours (schema step 7), for both stores.
+"""The statements of digests and quiet hours (schema step 7) and of a watch's ordering,
+for both stores.
 
 Written with `?` like `relay.store.sql` (`sql.numbered` makes them PostgreSQL's).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from math import inf
 from typing import Any
 
 from relay.store import rules
-from relay.store.records import Timer
+from relay.store.records import Timer, TimerOp
 from relay.store.schema import JOB_COLUMNS
 
 TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
+# A watch's ordering (rules.watch_in_order): the Kourier time of the event that last armed
+# or disarmed it, kept in its context; a stop with no timer yet leaves a disarmed one.
+TIMER_SEEN = "SELECT context FROM timers WHERE kind = ? AND key = ?"
+SEEN_AT = "UPDATE timers SET context = ? WHERE kind = ? AND key = ?"
+STOPPED = ("INSERT INTO timers (kind, key, delivery_id, event_id, due_at, state, armed_at,"
+           " ended_at, context) VALUES (?, ?, ?, ?, ?, 'disarmed', ?, ?, ?)"
+           " ON CONFLICT (kind, key) DO NOTHING")
 ADD_ITEM = ("INSERT INTO digest_items (timer_id, event_id, delivery_id, added_at)"
             " VALUES (?, ?, ?, ?)")
 DIGEST_WAITING = "SELECT count(*) FROM digest_items WHERE timer_id = ? AND fired_at IS NULL"
@@ -51,3 +61,22 @@ def reopen_args(timer: Timer, waiting: Sequence[Any], now: float) -> tuple[Any, 
     """`REOPEN`'s arguments, from the `first_waiting` row (event id, time, how many wait)."""
     due = rules.reopen_due(timer.kind, timer.context, waiting[1], waiting[2], now)
     return due, waiting[0], now, timer.id
+
+
+def seen_at(row: Sequence[Any] | None) -> float | None:
+    """The event time a `TIMER_SEEN` row keeps (None: no timer, or none kept)."""
+    at = json.loads(row[0] or "{}").get("event_at") if row is not None else None
+    return float(at) if at is not None else None
+
+
+def stop_args(op: TimerOp, row: Sequence[Any] | None, stored_at: float | None, event_id: int,
+              now: float) -> tuple[str, tuple[Any, ...]]:
+    """After a watch's stop: record its event time (never moving it back) on the timer, or
+    leave a disarmed timer when there was none, so a start older than it arms nothing."""
+    at = max(float(op.context["event_at"]), stored_at if stored_at is not None else -inf)
+    if row is None:
+        return STOPPED, (op.kind, op.key, op.delivery_id, event_id, now, now, now,
+                         json.dumps({**op.context, "event_at": at, "never_armed": True},
+                                    sort_keys=True))
+    kept = {**json.loads(row[0] or "{}"), "event_at": at}
+    return SEEN_AT, (json.dumps(kept, sort_keys=True), op.kind, op.key)

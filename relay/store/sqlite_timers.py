@@ -41,8 +41,15 @@ def apply(conn: sqlite3.Connection, ops: Sequence[TimerOp], jobs: Sequence[Notif
     """An accepted event's timer operations, digest items and held jobs' summary timers."""
     changes = []
     for op in rules.accepted_timer_ops(ops, jobs):
+        ordered = "event_at" in op.context  # a watch's: by its delivery's timestamps
+        row = conn.execute(sql_noise.TIMER_SEEN, (op.kind, op.key)).fetchone() if ordered \
+            else None
+        if not rules.watch_in_order(op, sql_noise.seen_at(row)):
+            continue
         if conn.execute(sql.TIMER_WRITE[op.action], sql.timer_args(op, event_id, now)).fetchall():
             changes.append(TimerChange(op.action, op.kind, op.key))
+        if ordered and op.action == "disarm":
+            conn.execute(*sql_noise.stop_args(op, row, sql_noise.seen_at(row), event_id, now))
         if op.collect:
             timer_id = conn.execute(sql_noise.TIMER_ID, (op.kind, op.key)).fetchone()[0]
             conn.execute(sql_noise.ADD_ITEM, (timer_id, event_id, delivery_id, now))

@@ -190,6 +190,7 @@ class WatchView:
     ended_at: float | None
     late: bool  # the arming event arrived already older than the watch's `after`
     event_id: int  # the event that armed it (its alert's jobs are listed under it)
+    armed: bool = True  # False: a stop came (out of order) before any start it is newer than
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,8 @@ def _digests(timeline: Timeline) -> tuple[DigestView, ...]:
 
 def _watch_view(t: Timer) -> WatchView:
     return WatchView(str(t.context.get("watch", t.key)), t.state, t.armed_at, t.due_at,
-                     t.ended_at, bool(t.context.get("late")), t.event_id)
+                     t.ended_at, bool(t.context.get("late")), t.event_id,
+                     not t.context.get("never_armed"))
 
 
 def _event_view(e: TimelineEvent, jobs: tuple[JobView, ...], router: Router) -> EventView:
