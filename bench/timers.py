@@ -106,6 +106,9 @@ def rss_mib() -> float:
     return 0.0
 
 
+EVENT_AT = 1_800_000_000.0  # 2027-01-15T08:00:00Z, the events' timestamp
+
+
 async def ingest(store: Store, first: int, events: int, concurrency: int) -> float:
     """Events of `events` new deliveries (numbered from `first`), each arming a watch."""
     jobs = [Notification("hook", 0, "r", "t", "b", "info", "text")]
@@ -117,7 +120,9 @@ async def ingest(store: Store, first: int, events: int, concurrency: int) -> flo
                                  "timestamp": "2027-01-15T08:00:00Z"})
         async with sem:
             await store.accept(event, f"bench{n}", jobs, now=T0, timers=[
-                TimerOp("arm", "watch", f"w:{d}", d, delay=AFTER, context={"watch": "w"})])
+                TimerOp("arm", "watch", f"w:{d}", d, delay=AFTER,
+                        # as relay.watches makes them: ordered by the event's timestamp
+                        context={"watch": "w", "event_at": EVENT_AT})])
 
     start = time.perf_counter()
     await asyncio.gather(*(one(n) for n in range(first, first + events)))
