@@ -232,8 +232,8 @@ class Notifier:
         box: dict[str, Any] = {}
         token = response_tap.set(box)
         try:
-            with _headers(obj, headers):
-                result = obj.notify(body=body, title=title, notify_type=notify_type,
+            with _headers(obj, headers):  # Apprise refuses an empty body: the title says it
+                result = obj.notify(body=body or title, title=title, notify_type=notify_type,
                                     body_format=body_format, log_level=logging.WARNING,
                                     log_callback=lambda entry, _svc: _keep(lines, entry))
             if box.get("reason"):

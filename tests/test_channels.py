@@ -222,6 +222,20 @@ async def test_route_template_and_type_reach_the_json_sink(running, sink, tmp_pa
         "failure")
 
 
+async def test_a_body_that_renders_empty_is_sent_as_the_title_not_retried_for_hours(
+        running, sink, tmp_path):
+    """Apprise refuses an empty body, so every attempt would fail until the job went dead:
+    the alert goes out with its title as the body instead (on the first attempt)."""
+    route = """        title: "Parcel {{ delivery_id }} needs a look"
+        body: "{{ note }}"
+"""
+    await send_one(running, tmp_path, receiver("hook", sink.url("hook"), route), EVENT)
+    [msg] = sink.messages("hook")
+    assert (msg["title"], msg["message"]) == ("Parcel abc123 needs a look",
+                                              "Parcel abc123 needs a look")
+    assert db_rows(tmp_path, "SELECT attempts FROM jobs") == [(1,)]
+
+
 async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tmp_path):
     await send_one(running, tmp_path, receiver("mail", smtp.url()), EVENT)
 
