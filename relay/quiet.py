@@ -154,7 +154,3 @@ def held(hours: QuietHours | None, notification_type: str, now: float) -> float 
         return None
     return until_epoch(hours, now)
 
-
-def local_text(hours: QuietHours, at: float) -> str:
-    """`07:00` in the receiver's zone, with the weekday when it is not the same local day."""
-    return datetime.fromtimestamp(at, hours.zone).strftime("%H:%M")
