@@ -113,11 +113,13 @@ def unused(config: Config) -> list[Issue]:
 
 def shadowed(config: Config) -> list[Issue]:
     """Routes no event can reach: an earlier route without `continue` matches all they match."""
-    routes = Router.from_config(config).routes
+    earlier_routes = _Earlier()
     out = []
-    for j, later in enumerate(routes):
-        earlier = next((e for e in routes[:j] if not e.config.continue_ and swallows(e, later)),
+    for later in Router.from_config(config).routes:
+        earlier = next((e for e in earlier_routes.could_swallow(later) if swallows(e, later)),
                        None)
+        if not later.config.continue_:
+            earlier_routes.add(later)
         if earlier:
             where = config.source.line(earlier.config.path)
             out.append(config.source.issue(
@@ -125,6 +127,40 @@ def shadowed(config: Config) -> list[Issue]:
                 f' "{earlier.name}" (line {where}) matches every event it would, and has no'
                 " continue: true", "warning"))
     return out
+
+
+class _Earlier:
+    """The routes so far without `continue`, indexed so that a check of N routes is not N*N.
+
+    A route with a plain string equality (`status: delivered`) can only swallow a route
+    whose values at that path are that string; it is filed under one such (path, string),
+    the one fewest routes share so far. The others are asked every time. What
+    `could_swallow` yields is a superset, earliest first: `swallows` still decides."""
+
+    def __init__(self) -> None:
+        self._by_value: dict[tuple[str, str], list[tuple[int, Route]]] = {}
+        self._always: list[tuple[int, Route]] = []
+        self._count = 0
+
+    def add(self, route: Route) -> None:
+        entry = (self._count, route)
+        self._count += 1
+        keys = [(m.path, value) for m in route.matchers
+                if isinstance(value := route.config.match.get(m.path), str)
+                and not any(ch in value for ch in "*?[")]
+        if not keys:
+            self._always.append(entry)
+            return  # any of the keys will do; the least shared keeps the lists short
+        key = min(keys, key=lambda k: len(self._by_value.get(k, ())))
+        self._by_value.setdefault(key, []).append(entry)
+
+    def could_swallow(self, later: Route) -> list[Route]:
+        found = list(self._always)
+        for path, spec in later.config.match.items():
+            for value in spec if isinstance(spec, list) else [spec]:
+                if not isinstance(value, (dict, list)):
+                    found += self._by_value.get((path, str(value)), ())
+        return [route for _, route in sorted(dict(found).items())]
 
 
 def swallows(earlier: Route, later: Route) -> bool:
