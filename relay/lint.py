@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import apprise
 import jinja2
 
 from relay import config as config_mod
-from relay.config import Config, TemplateConfig, used_receivers
+from relay.config import Config, TemplateConfig, did_you_mean, shown, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS, KNOWN_TYPES
 from relay.live import why_not_live
@@ -38,7 +40,7 @@ def lint(path: str) -> list[Issue]:
         found = e.issues
     found += config.warnings
     for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops,
-                 short_lease, circuit_cooldowns):
+                 short_lease, circuit_cooldowns, unknown_event_types):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -58,6 +60,35 @@ def store_url(config: Config) -> list[Issue]:
     except StoreError as e:
         return [config.source.issue("store.url", str(e))]
     return []
+
+
+def unknown_event_types(config: Config) -> list[Issue]:
+    """An `event:` value (of a route, a watch's start or stop) no type Kourier sends has:
+    that matcher never holds, and nothing says so (a misspelt `delivery.cancelled`)."""
+    sent = ", ".join(sorted(KNOWN_TYPES))
+    return [config.source.issue(path, f"{shown(value)} matches no event type Kourier sends"
+                                f" ({sent}), only one it may add later"
+                                f"{did_you_mean(value, dict.fromkeys(KNOWN_TYPES))}", "warning")
+            for path, spec in _matches(config)
+            for value in _literals(spec.get("event"))
+            if not any(fnmatch.fnmatchcase(t, value) for t in KNOWN_TYPES)]
+
+
+def _matches(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each matcher set as (the key path of its `event`, the set)."""
+    yield from ((f"{r.path}.match.event", r.match) for r in config.routes)
+    for w in config.watches:
+        yield f"{w.path}.start.event", w.start
+        yield from ((f"{w.path}.stop[{i}].event", s) for i, s in enumerate(w.stop))
+
+
+def _literals(value: Any) -> Iterator[str]:
+    """The strings (and globs) an `event:` matcher names; `{regex}`, `{not}` are left alone."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _literals(v)
 
 
 def short_lease(config: Config) -> list[Issue]:
@@ -200,7 +231,8 @@ def watch_stops(config: Config) -> list[Issue]:
 
 def _only_created(stop: Route) -> bool:
     events = [m for m in stop.matchers if m.path == "event" and m.positive]
-    return bool(events) and all(not m.test(t) for m in events for t in KNOWN_TYPES - {CREATED})
+    return bool(events) and all(m.test(CREATED) for m in events) \
+        and all(not m.test(t) for m in events for t in KNOWN_TYPES - {CREATED})
 
 
 # What a digest's and a quiet-hours summary's templates see besides payload fields.

@@ -111,15 +111,38 @@ def check_urls(config: Config) -> list[Issue]:
                 name = config.env_refs.get(path)
                 issues.append(config.source.issue(path, "the URL is empty" + (
                     f": the environment variable {name} is set but empty" if name else "")))
-            elif apprise.Apprise.instantiate(url) is None:
+            elif (plugin := apprise.Apprise.instantiate(url)) is None:
+                issues.append(config.source.issue(path, _refused(url)))
+            elif _out_of_range(port := getattr(plugin, "port", None)):
                 issues.append(config.source.issue(
-                    path, f"no Apprise plugin accepts this URL ({redact(url)}); check its"
-                          " scheme and required parts"))
+                    path, f"the port {port} of this URL ({redact(url)}) is out of range:"
+                          " it must be 1-65535"))
             elif re.search(r"[?&]retry=", url):
                 issues.append(config.source.issue(
                     path, "remove Apprise's retry= parameter: the relay owns retries"
                           " (it is forced to 0)", "warning"))
     return issues
+
+
+# scheme://[userinfo@]host:port, the port being what follows the host's last colon
+_AUTHORITY = re.compile(r"^(?P<head>[^:/?#]+://(?:[^/?#]*@)?(?:\[[^\]/]*\]|[^:/?#@]*))"
+                        r":(?P<port>[^:/?#@]*)(?P<tail>[/?#].*)?$", re.DOTALL)
+
+
+def _out_of_range(port: object) -> bool:
+    return isinstance(port, int) and not isinstance(port, bool) and not 1 <= port <= 65535
+
+
+def _refused(url: str) -> str:
+    """Why no plugin accepts `url`: its port when the same URL without it is accepted
+    (Apprise refuses `host:abc`, and some plugins `host:99999`), never the port's text,
+    which might be a token where a plugin has no port."""
+    m = _AUTHORITY.match(url)
+    if m and apprise.Apprise.instantiate(m["head"] + (m["tail"] or "")) is not None:
+        return f"no Apprise plugin accepts this URL ({redact(url)}): its port must be a" \
+               " number 1-65535"
+    return f"no Apprise plugin accepts this URL ({redact(url)}); check its scheme and" \
+           " required parts"
 
 
 def _resolves(plugin: Any) -> tuple[tuple[str, str], ...]:

@@ -28,6 +28,7 @@ from relay.config import Config, Source, TemplateConfig, shown_at
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
+from relay.zones import localtime_problem
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,8 @@ def template_problem(text: str) -> tuple[int, str] | None:
     """The first problem of a template text, as (its line in the text, message); None if none.
 
     Jinja2 reports an unknown filter or test only when the branch holding it runs
-    (`{% if %}`), so every `Filter` and `Test` node is looked up here instead.
+    (`{% if %}`), so every `Filter` and `Test` node is looked up here instead; so is
+    each literal zone given to `localtime`, which would fall back silently.
     """
     try:
         ast = ENV.parse(text)
@@ -337,7 +339,7 @@ def template_problem(text: str) -> tuple[int, str] | None:
             close = difflib.get_close_matches(node.name, list(known), n=1, cutoff=0.6)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             return node.lineno, f'template error: unknown {kind} "{node.name}"{hint}'
-    return None
+    return localtime_problem(ast)
 
 
 def _compile_template(t: TemplateConfig, digest: bool = False) -> CompiledTemplate:

@@ -46,6 +46,10 @@ ERRORS = {
     "duplicate_receiver": '7: receivers[1].name: duplicate receiver "log"',
     "bad_store_url": "5: store.url: unsupported store URL scheme in 'sqllite': use sqlite:"
                      " or postgresql://",
+    "bad_port": "8: receivers[1].urls[0]: the port 99999 of this URL (json://***) is out of"
+                " range: it must be 1-65535",
+    "unknown_zone": "11: routes[0].body: template error: unknown time zone 'Europe/Pariss' in"
+                    ' localtime (did you mean "Europe/Paris"?)',
     "url_as_receiver": "10: routes[0].receivers[0]: expected a receiver name, got a URL"
                        ' (slack://***): put the URL in a receiver under "receivers:" and use'
                        " that receiver's name here",
@@ -59,6 +63,10 @@ WARNINGS = {
     "undocumented_field": "11: routes[0].body: warning: uses customer_name, which Kourier never"
                           " sends (it sends delivery_id, event, status, timestamp); renders empty"
                           " unless an event carries it",
+    "unknown_event_type": "9: routes[0].match.event: warning: 'delivery.canceled' matches no"
+                          " event type Kourier sends (delivery.cancelled, delivery.created,"
+                          " delivery.updated), only one it may add later (did you mean"
+                          ' "delivery.cancelled"?)',
     "apprise_retry": "8: receivers[1].urls[0]: warning: remove Apprise's retry= parameter:"
                      " the relay owns retries (it is forced to 0)",
 }
@@ -110,7 +118,7 @@ def test_strict_makes_warnings_fail(name):
     assert result.exit_code == 1
 
 
-@pytest.mark.parametrize("name", ["bad_apprise_url", "url_as_receiver"])
+@pytest.mark.parametrize("name", ["bad_apprise_url", "url_as_receiver", "bad_port"])
 def test_secret_in_a_bad_url_is_never_printed(name):
     assert SECRET in (ROOT / path_of(name)).read_text()
     result = check("-c", path_of(name))
@@ -327,3 +335,141 @@ def test_a_receiver_url_variable_set_but_empty_is_named(tmp_path):
     assert result.stdout == (f"{cfg}:4: receivers[0].urls[0]: the URL is empty: the environment"
                              " variable OPS_CHAT_URL is set but empty\n")
     assert result.exit_code == 1
+
+
+PORTS = """\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - name: hook
+    urls:
+      - "json://relay:SECRETxyz@127.0.0.1:99999/hook"
+      - "json://127.0.0.1:0/hook"
+      - "json://relay:SECRETxyz@127.0.0.1:abc/hook"
+      - "json://127.0.0.1/hook?port=70000"
+      - "matrix://relay:SECRETxyz@matrix.example.com:99999/#ops"
+      - "json://127.0.0.1:65535/hook"
+      - "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ/"
+      - "tgram://123456789:AAHSECRETxyzSECRETxyzSECRETxyzSECRE/12345"
+      - "mailto://relay:SECRETxyz@example.com:0?to=ops@example.com"
+routes:
+  - match: {}
+    receivers: [hook]
+"""
+
+
+def test_a_port_out_of_range_or_not_a_number_is_an_error_naming_the_url(tmp_path):
+    """Apprise takes json://host:99999 (every send then fails as a connection error, retried
+    until dead) and refuses host:abc; a Telegram token after its colon is no port, and
+    email's :0 is Apprise's default port."""
+    cfg = tmp_path / "ports.yaml"
+    cfg.write_text(PORTS)
+    result = check("-c", str(cfg))
+    assert result.stdout.splitlines() == [
+        f"{cfg}:6: receivers[0].urls[0]: the port 99999 of this URL (json://***) is out of"
+        " range: it must be 1-65535",
+        f"{cfg}:7: receivers[0].urls[1]: the port 0 of this URL (json://***) is out of range:"
+        " it must be 1-65535",
+        f"{cfg}:8: receivers[0].urls[2]: no Apprise plugin accepts this URL (json://***): its"
+        " port must be a number 1-65535",
+        f"{cfg}:9: receivers[0].urls[3]: the port 70000 of this URL (json://***) is out of"
+        " range: it must be 1-65535",
+        f"{cfg}:10: receivers[0].urls[4]: no Apprise plugin accepts this URL (matrix://***):"
+        " its port must be a number 1-65535",
+    ]
+    assert SECRET not in result.output
+    assert result.exit_code == 1
+    with pytest.raises(ConfigError) as e:  # serve refuses it too
+        Relay(str(cfg), env={})
+    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+
+
+ZONES = """\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - name: log
+    urls: ["console://"]
+templates:
+  late:
+    body: "{{ timestamp | localtime(tz='Europe/Pariss') }}"
+routes:
+  - match: {status: failed}
+    receivers: [log]
+    title: "{{ timestamp | localtime('Mars/Olympus') }}"
+    body: |
+      {{ timestamp | localtime('Europe/Berlin', '%H:%M') }}
+      {% if status %}{{ timestamp | localtime(5) }}{% endif %}
+  - match: {status: lost}
+    receivers: [log]
+    template: late
+    title: "{{ timestamp | localtime(status) }} {{ timestamp | localtime(none) }}"
+    body: "{{ timestamp | localtime('') }} {{ timestamp | localtime(fmt='%H') }}"
+watches:
+  - name: stuck
+    start: {event: delivery.created}
+    stop: [{status: delivered}]
+    after: 1h
+    receivers: [log]
+    title: "{% filter localtime('Nowhere/Land') %}{{ last.timestamp }}{% endfilter %}"
+default_receiver: log
+"""
+
+
+def test_every_literal_zone_given_to_localtime_is_checked_where_it_is_written(tmp_path):
+    """In `templates:`, routes and watches, positional or `tz=`, inside {% if %} too; a zone
+    computed at render time (`localtime(status)`), none and '' (the config's timezone) are
+    not checked."""
+    cfg = tmp_path / "zones.yaml"
+    cfg.write_text(ZONES)
+    result = check("-c", str(cfg))
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: templates.late.body: template error: unknown time zone 'Europe/Pariss' in"
+        ' localtime (did you mean "Europe/Paris"?)',
+        f"{cfg}:12: routes[0].title: template error: unknown time zone 'Mars/Olympus' in"
+        " localtime",
+        f"{cfg}:15: routes[0].body: template error: localtime's time zone must be a name such"
+        " as 'Europe/Berlin', got 5",
+        f"{cfg}:27: watches[0].title: template error: unknown time zone 'Nowhere/Land' in"
+        " localtime",
+    ]
+    assert result.exit_code == 1
+    with pytest.raises(ConfigError) as e:  # serve refuses it, instead of falling back later
+        Relay(str(cfg), env={})
+    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+
+
+def test_event_types_kourier_does_not_send_are_named_in_routes_and_watches(tmp_path):
+    """Globs and lists item by item; `{not: ...}` and `{regex: ...}` are left alone."""
+    cfg = tmp_path / "types.yaml"
+    cfg.write_text("""\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - name: log
+    urls: ["console://"]
+routes:
+  - match: {event: [delivery.created, delivery.cancelld]}
+    receivers: [log]
+  - match: {event: "deliveries.*"}
+    receivers: [log]
+  - match: {event: {not: delivery.x}, status: {regex: "x"}}
+    receivers: [log]
+watches:
+  - name: stuck
+    start: {event: "delivery.*"}
+    stop: [{event: delivery.update}]
+    after: 1h
+    receivers: [log]
+default_receiver: log
+""")
+    sent = "(delivery.cancelled, delivery.created, delivery.updated), only one it may add later"
+    assert check("-c", str(cfg)).stdout.splitlines() == [
+        f"{cfg}:7: routes[0].match.event: warning: 'delivery.cancelld' matches no event type"
+        f' Kourier sends {sent} (did you mean "delivery.cancelled"?)',
+        f"{cfg}:9: routes[1].match.event: warning: 'deliveries.*' matches no event type"
+        f" Kourier sends {sent}",
+        # not also "it matches only delivery.created": it matches no type Kourier sends
+        f"{cfg}:16: watches[0].stop[0].event: warning: 'delivery.update' matches no event type"
+        f' Kourier sends {sent} (did you mean "delivery.updated"?)',
+    ]

@@ -118,7 +118,7 @@ async def test_an_event_older_than_after_fires_a_minute_after_receipt(running, s
 async def test_a_broken_template_falls_back_to_the_built_in_one(running, sink):
     clock = FakeClock()
     watch = WATCH.replace('"Last seen: {{ last.status | human_status }} ({{ watch }})"',
-                          '"{{ last.status | localtime(\'Nowhere/Zone\') }}{{ 1 // 0 }}"')
+                          '"{{ last.status }}{{ 1 // 0 }}"')
     r = await start(running, sink, clock, watch)
     await r.post(created(clock))
     clock.advance(4 * HOUR)
