@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -64,6 +65,17 @@ class Metrics:
                           "Notifications waiting out their receiver's quiet hours")
         self.open_windows = gauge("digest_windows_open", "Digest windows collecting events")
         Info(PREFIX + "build", "Build information", registry=r).info({"version": __version__})
+
+    def store_unknown(self) -> None:
+        """The store cannot be read: every gauge read from it is unknown (NaN), never the
+        value read before the outage. The worker's next claim of a receiver (each second
+        once the store answers) sets its circuit again."""
+        for gauge in (self.queue_depth, self.dead_jobs, self.held, self.open_windows,
+                      self.oldest_pending):
+            gauge.set(math.nan)
+        for family in self.circuit_open.collect():
+            for sample in family.samples:
+                self.circuit_open.labels(**sample.labels).set(math.nan)
 
     def count_event(self, event_type: str, outcome: str) -> None:
         self.events.labels(event_type_label(event_type), outcome).inc()

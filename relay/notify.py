@@ -77,6 +77,17 @@ class Outcome:
 
 
 SENT = Outcome("sent")
+EMPTY_MESSAGE = "the message rendered empty (title and body): nothing to send"
+
+
+def nothing_to_send(title: str, body: str) -> Outcome | None:
+    """A permanent failure for a message with neither title nor body, else None.
+
+    Apprise refuses it, so every attempt would fail alike; it is the template's fault, not
+    the receiver's (no status: it does not count towards the circuit). The `route` dry run
+    shows the same verdict.
+    """
+    return None if title or body else Outcome("failed", EMPTY_MESSAGE)
 
 
 class Sender(Protocol):
@@ -246,8 +257,8 @@ class Notifier:
     def send_blocking(self, receiver: str, index: int, title: str, body: str, notify_type: str,
                       body_format: str, headers: Mapping[str, str] | None = None) -> Outcome:
         """One send on the calling thread (a send thread, here or in a send process)."""
-        if (gone := self.gone(receiver, index)) is not None:
-            return gone
+        if (refused := self.gone(receiver, index) or nothing_to_send(title, body)) is not None:
+            return refused
         obj = self._borrow(receiver, index)
         if obj is None:
             return Outcome("failed", "no Apprise plugin accepts this URL")

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import itertools
 import logging
-import math
 import re
 import time
 import uuid
@@ -305,9 +304,7 @@ async def metrics(request: web.Request) -> web.Response:
         s.metrics.oldest_pending.set(max(0.0, age))
     except StoreError as e:  # unknown now: never the value read before the outage
         log.warning("metrics: store unavailable: %s", e)
-        for gauge in (s.metrics.queue_depth, s.metrics.dead_jobs, s.metrics.held,
-                      s.metrics.open_windows, s.metrics.oldest_pending):
-            gauge.set(math.nan)
+        s.metrics.store_unknown()
     body = generate_latest(s.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -236,6 +236,35 @@ async def test_a_body_that_renders_empty_is_sent_as_the_title_not_retried_for_ho
     assert db_rows(tmp_path, "SELECT attempts FROM jobs") == [(1,)]
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["in the relay process", "send processes"])
+async def test_a_message_that_renders_empty_goes_dead_at_once_and_spares_the_circuit(
+        running, sink, tmp_path, processes):
+    """Title and body both empty: Apprise refuses it, so every retry would fail alike. One
+    attempt, a dead letter that says why, and the receiver's circuit (one failure opens
+    it here) stays closed: the template is at fault, not the receiver."""
+    route = """        title: "{{ missing }}"
+        body: "{{ also_missing }}"
+"""
+    r = await running(receiver("hook", sink.url("hook"), route),
+                      sending=f"processes: {processes}\n  retry: {{schedule: [0, 0.1, 0.2],"
+                              " jitter: 0}\n  circuit: {failures: 1, cooldown: 1h}")
+    if processes > 1:  # not the relay process's own fallback: the send process sends it
+        await wait_for(lambda: r.relay.senders.ready_count() == 1,
+                       message="the send process to load its config")
+    assert (await r.post(EVENT))[0] == 202
+    await wait_for(finished(tmp_path, 1), message="the job to finish")
+    assert db_rows(tmp_path, "SELECT state, attempts, last_error FROM jobs") == [
+        ("dead", 1, "the message rendered empty (title and body): nothing to send")]
+    assert db_rows(tmp_path, "SELECT outcome FROM attempts") == [("failed",)]
+    assert sink.hits == []
+    [state] = [s for s in await r.relay.store.receivers() if s.name == "hook"]
+    assert (state.failures, state.open_until) == (0, 0)
+    # a closed circuit: the next notification to the receiver goes out at once
+    assert (await r.post(event(delivery_id="xyz789", missing="Parcel back")))[0] == 202
+    [msg] = await wait_for(lambda: sink.messages("hook"), message="the next notification")
+    assert msg["title"] == "Parcel back"
+
+
 async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tmp_path):
     await send_one(running, tmp_path, receiver("mail", smtp.url()), EVENT)
 

@@ -238,12 +238,15 @@ async def test_while_the_database_is_down_no_replica_shows_stale_or_broken_data(
         async with aiohttp.ClientSession() as session:
             for n in range(3):
                 assert await post(session, group[n % 2], f"q{n}") == 202
+        known = {"queue_depth": 3.0, "dead_jobs": 0.0, "circuit_open": 0.0}
         for r in group:
-            await wait_for(lambda r=r: gauges(r), message="the backlog in the metrics")
-            assert await gauges(r) == {"queue_depth": 3.0, "dead_jobs": 0.0}
+            await wait_for(lambda r=r: gauges(r, "circuit_open"),
+                           message="the backlog in the metrics")
+            assert await gauges(r, "circuit_open") == known
         await asyncio.to_thread(cluster.stop)
         for r in group:
             assert await gauges(r) is None  # unknown, not the backlog read before
+            assert math.isnan(await circuit_open(r))  # nor the circuit seen before
             for path in ("/ui/", "/ui/dead", "/ui/delivery?id=q0", "/-/dead"):
                 status, body = await admin_get(r, path)
                 assert (status, body["error"]) == (503, "Store unavailable"), (path, body)
@@ -251,8 +254,9 @@ async def test_while_the_database_is_down_no_replica_shows_stale_or_broken_data(
         await asyncio.to_thread(cluster.start)
         for r in group:
             await ready(r)
-            await wait_for(lambda r=r: gauges(r), message="the metrics to count again")
-            assert await gauges(r) == {"queue_depth": 3.0, "dead_jobs": 0.0}
+            await wait_for(lambda r=r: gauges(r, "circuit_open"),
+                           message="the metrics to count again")
+            assert await gauges(r, "circuit_open") == known
         await stop(group)
 
 
@@ -306,17 +310,32 @@ async def test_a_search_on_one_replica_finds_exactly_the_delivery_another_stored
                     assert page.status == 200 and text.count('class="event card"') == 1
 
 
-async def gauges(replica: Replica) -> dict[str, float] | None:
-    """The store-read gauges of /metrics; None while they are unknown (NaN)."""
+async def gauges(replica: Replica, *more: str) -> dict[str, float] | None:
+    """The store-read gauges of /metrics (and `more`, such as `circuit_open`, whose one
+    sample is the receiver hook's); None while any is unknown (NaN) or not there yet."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as s, s.get(replica.url + "/metrics") as r:
         assert r.status == 200
         text = await r.text()
+    names = ("queue_depth", "dead_jobs", *more)
     found = {f.name.removeprefix("kourier_relay_"): f.samples[0].value
              for f in text_string_to_metric_families(text)
-             if f.name in ("kourier_relay_queue_depth", "kourier_relay_dead_jobs")}
-    return found if not any(math.isnan(v) for v in found.values()) else None
+             if f.name.removeprefix("kourier_relay_") in names and f.samples}
+    return found if len(found) == len(names) and not any(map(math.isnan, found.values())) \
+        else None
+
+
+async def circuit_open(replica: Replica) -> float:
+    """`kourier_relay_circuit_open{receiver="hook"}` as /metrics shows it now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(replica.url + "/metrics") as r:
+        text = await r.text()
+    [value] = [sample.value for f in text_string_to_metric_families(text)
+               for sample in f.samples if sample.name == "kourier_relay_circuit_open"
+               and sample.labels == {"receiver": "hook"}]
+    return value
 
 
 async def admin_get(replica: Replica, path: str) -> tuple[int, Any]:

@@ -1,14 +1,16 @@
-"""Schema step 7 (digests and quiet hours) on a database left by an older relay.
+"""Schema steps 7-9 on a database left by an older relay, and what step 9 is for.
 
 On SQLite step 7 rebuilds `jobs` (a CHECK cannot be altered): the rebuilt table
 must carry every column and index steps 1-6 made, or it drops them silently.
 Each test builds a database at an older version with the old relay's own steps,
 fills jobs and attempts, opens it with this relay, and compares the whole
-schema with a fresh database's, row by row.
+schema with a fresh database's, row by row. Step 9 lets a delivery's status
+page read its newest events in index order: the plans prove it.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from relay.store import SCHEMA_VERSION, open_store
+from relay.store import SCHEMA_VERSION, open_store, sql
 from relay.store.schema import migrations
 from tests import pgutil
 
@@ -89,8 +91,8 @@ def sqlite_schema(path: Path) -> dict[str, Any]:
         return out
 
 
-@pytest.mark.parametrize("version", [5, 6, 7])
-async def test_a_sqlite_file_at_an_older_version_upgrades_to_8_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [5, 6, 7, 8])
+async def test_a_sqlite_file_at_an_older_version_upgrades_to_9_keeping_every_row_column_and_index(
         tmp_path: Path, version: int) -> None:
     old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
     sqlite_at(old, version)
@@ -103,7 +105,7 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_8_keeping_every_row
 
     assert sqlite_schema(old) == sqlite_schema(fresh)
     with closing(sqlite3.connect(old)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute(JOB_VIEW).fetchall() == before  # live and event_at kept at 6
         assert conn.execute("SELECT * FROM attempts ORDER BY id").fetchall() == attempts
@@ -157,8 +159,9 @@ async def pg_schema(conn: Any) -> dict[str, Sequence[Any]]:
 
 
 @pytest.mark.postgres
-async def test_a_postgres_schema_at_version_6_upgrades_to_8_keeping_every_row_column_and_index(
-        ) -> None:
+@pytest.mark.parametrize("version", [6, 8])
+async def test_a_postgres_schema_at_an_older_version_upgrades_to_9_keeping_every_row_column_and_index(
+        version: int) -> None:
     import asyncpg
 
     base = await pgutil.base_dsn()
@@ -168,25 +171,29 @@ async def test_a_postgres_schema_at_version_6_upgrades_to_8_keeping_every_row_co
             await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
                                " applied_at timestamptz NOT NULL DEFAULT now())")
             steps = migrations("postgres")
-            for step in range(1, 7):
+            for step in range(1, version + 1):
                 await conn.execute(steps[step])
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
-            for statement in old_rows(6):
+            for statement in old_rows(version):
                 await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
                                    .replace(", 0, 2.5)", ", false, 2.5)")
                                    .replace(", 1, 3.5)", ", true, 3.5)")
                                    .replace(", 0, 4.5)", ", false, 4.5)"))
-            with pytest.raises(asyncpg.CheckViolationError):
-                await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+            if version < 7:
+                with pytest.raises(asyncpg.CheckViolationError):
+                    await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
             before = [tuple(r) for r in await conn.fetch(JOB_VIEW)]
             attempts = [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")]
             await open_and_close(old)
             await open_and_close(fresh)
-            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 8
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 9
             assert [tuple(r) for r in await conn.fetch(JOB_VIEW)] == before
             assert [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")] \
                 == attempts
             await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
+            index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname ="
+                                        " 'events_delivery' AND schemaname = current_schema()")
+            assert index.endswith("(delivery_id, id)")
             other = await asyncpg.connect(fresh)
             try:
                 assert await pg_schema(conn) == await pg_schema(other)
@@ -194,3 +201,67 @@ async def test_a_postgres_schema_at_version_6_upgrades_to_8_keeping_every_row_co
                 await other.close()
         finally:
             await conn.close()
+
+
+# ---------------------------------------------------------------- step 9: a delivery's newest events
+
+# What a delivery's status page reads of its events (sql.TIMELINE_QUERIES): the newest
+# TIMELINE_SHOWN, those events themselves, and how many earlier ones it leaves out.
+NEWEST = f"SELECT id FROM events WHERE delivery_id = ? ORDER BY id DESC LIMIT {sql.TIMELINE_SHOWN}"
+EVENT_READS = {"newest": (NEWEST, 1), "events": (sql.TIMELINE_EVENTS, 2),
+               "earlier": (sql.TIMELINE_EARLIER, 2)}
+# 750 events of one delivery among 50,000 (many deliveries of a few events each), all
+# in the table's oldest 30,000: its newest 100 are neither the table's first nor its last.
+BIG, MANY, EVERY, UNTIL = "D-big", 50_000, 40, 30_000
+ROWS = ("SELECT 'k' || i, 'delivery.updated', CASE WHEN i % {every} = 0 AND i <= {until}"
+        " THEN '{big}' ELSE 'd' || (i % 997) END, i, '{{}}' FROM {series}")
+
+
+def pg_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", ()) for n in pg_nodes(child))]
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_a_deliverys_newest_events_from_its_index_without_sorting_them(
+        ) -> None:
+    """Before step 9 the newest 100 of a delivery's 750 events were found by sorting all
+    of them, or by walking the primary key back from the table's newest row."""
+    import asyncpg
+
+    plans = {}
+    async with pgutil.migrated_schema(await pgutil.base_dsn()) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO events (dedup_key, type, delivery_id, received_at, payload) "
+                + ROWS.format(every=EVERY, until=UNTIL, big=BIG,
+                              series=f"generate_series(1, {MANY}) AS i"))
+            await conn.execute("ANALYZE events")
+            for read, (query, times) in EVENT_READS.items():
+                found = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql.numbered(query),
+                                            *[BIG] * times)
+                plans[read] = (json.loads(found) if isinstance(found, str) else found)[0]["Plan"]
+        finally:
+            await conn.execute("TRUNCATE events CASCADE")
+            await conn.close()
+    for read, plan in plans.items():
+        [limit] = [n for n in pg_nodes(plan) if n["Node Type"] == "Limit"]  # the newest 100
+        walk = [(n["Node Type"], n.get("Index Name")) for n in pg_nodes(limit)]
+        assert [n for n in walk if "Sort" in n[0]] == [], (read, walk)
+        assert ("events_delivery" in {name for _, name in walk}), (read, walk)
+
+
+async def test_sqlite_reads_a_deliverys_newest_events_from_its_index_without_sorting_them(
+        tmp_path: Path) -> None:
+    """SQLite needs no step 9: `events_delivery` ends with the rowid, which is `id`."""
+    await open_and_close(f"sqlite:{tmp_path / 'relay.db'}")
+    with closing(sqlite3.connect(tmp_path / "relay.db")) as conn:
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+            " INSERT INTO events (dedup_key, type, delivery_id, received_at, payload) "
+            + ROWS.format(every=EVERY, until=UNTIL, big=BIG, series="n"), (MANY,))
+        conn.execute("ANALYZE")
+        for query, times in EVENT_READS.values():
+            steps = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + query, [BIG] * times)]
+            assert not [s for s in steps if "TEMP B-TREE" in s], (query, steps)
+            assert any("INDEX events_delivery (delivery_id=?)" in s for s in steps), steps

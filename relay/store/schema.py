@@ -19,7 +19,7 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def check_version(version: int, where: str, *, create: bool) -> None:
@@ -222,6 +222,14 @@ INDEXES_8: dict[Dialect, tuple[Index, ...]] = {
                      "state = 'held'"),
                Index("jobs_delivery", "jobs", "delivery_id")),
     "postgres": (Index("timers_event", "timers", "event_id"),)}
+# Step 9: a delivery's newest events (its status page, `sql.TIMELINE_SHOWN`: `WHERE
+# delivery_id = ? ORDER BY id DESC LIMIT n`) walked in order: PostgreSQL's
+# `events_delivery` on delivery_id alone made it fetch and sort all of the delivery's
+# events. (delivery_id, id) replaces it under the same name. SQLite has nothing to do:
+# its index ends with the rowid, which is `id`, so it already walks them in order.
+INDEXES_9: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (),
+    "postgres": (Index("events_delivery", "events", "delivery_id, id"),)}
 
 
 # Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
@@ -285,7 +293,7 @@ def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Diale
     out += [f"CREATE {'UNIQUE ' if i.unique else ''}INDEX IF NOT EXISTS {i.name}"
             f" ON {i.table} ({i.columns})"
             + (f" WHERE {i.where}" if i.where else "") for i in indexes]
-    return ";\n".join(out) + ";\n"
+    return ";\n".join(out) + ";\n" if out else ""
 
 
 def add_columns(columns: tuple[tuple[str, Column], ...], dialect: Dialect) -> str:
@@ -304,8 +312,13 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             5: render((), INDEXES_5[dialect], dialect),
             6: add_columns(COLUMNS_6, dialect) + render((), INDEXES_6, dialect),
             7: _step_7(dialect),
-            8: "".join(f"DROP INDEX IF EXISTS {name};\n" for name in DROPS_8[dialect])
-            + render((), INDEXES_8[dialect], dialect)}
+            8: _drop(DROPS_8[dialect]) + render((), INDEXES_8[dialect], dialect),
+            9: _drop(tuple(i.name for i in INDEXES_9[dialect]))
+            + render((), INDEXES_9[dialect], dialect)}
+
+
+def _drop(names: tuple[str, ...]) -> str:
+    return "".join(f"DROP INDEX IF EXISTS {name};\n" for name in names)
 
 
 JOB_FIELDS = tuple(f.name for f in fields(Job))
