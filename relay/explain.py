@@ -14,7 +14,7 @@ from relay.escaping import Channel, strip_controls
 from relay.events import Event, parse_timestamp
 from relay.live import MessageRef, has_threads, why_not_live
 from relay.live.email import is_email, thread_id
-from relay.notify import converted, nothing_to_send
+from relay.notify import converted
 from relay.pipeline import Notification, Plan
 from relay.quiet import until_epoch
 from relay.routing import Route
@@ -158,9 +158,6 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
         if failed.get(n.route):
             lines.append(f"    TEMPLATE FAILED ({failed[n.route]}): the built-in template is"
                          f" used instead; fix the template of route {n.route}")
-        if (empty := nothing_to_send(n.title, n.body)) is not None:
-            lines.append(f"    SEND FAILS ({empty.error}): dead at the first attempt, no"
-                         f" retries; fix the template of route {n.route}")
         title = _size(n.title, ch.title_max, n) if ch.title_max else \
             f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
         lines.append(f"    title ({title}): {n.title}")

@@ -83,9 +83,10 @@ EMPTY_MESSAGE = "the message rendered empty (title and body): nothing to send"
 def nothing_to_send(title: str, body: str) -> Outcome | None:
     """A permanent failure for a message with neither title nor body, else None.
 
-    Apprise refuses it, so every attempt would fail alike; it is the template's fault, not
-    the receiver's (no status: it does not count towards the circuit). The `route` dry run
-    shows the same verdict.
+    Apprise refuses it, so every attempt would fail alike; it is the message's fault, not
+    the receiver's (no status: it does not count towards the circuit). Templates no longer
+    render one (an empty render falls back to the built-in template); a job stored by an
+    earlier version, or built by hand, may still be one.
     """
     return None if title or body else Outcome("failed", EMPTY_MESSAGE)
 

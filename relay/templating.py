@@ -225,7 +225,7 @@ class Templates:
                 try:
                     title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
                     body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
-                    return Rendered(title, body, t.type or type_, t.format)
+                    return _something(Rendered(title, body, t.type or type_, t.format))
                 except Exception as e:  # a template bug must not lose the notification
                     log.warning("%s template failed (%s)%s",
                                 "the" if t is template else "the built-in",
@@ -274,7 +274,17 @@ class Templates:
                 escaping: tuple[Escaping, Escaping]) -> Rendered:
         title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
         body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
-        return Rendered(title, body, t.type or default_type(event), t.format)
+        return _something(Rendered(title, body, t.type or default_type(event), t.format))
+
+
+class EmptyMessage(Exception):
+    """Title and body both rendered empty: a template failure (no channel sends nothing)."""
+
+
+def _something(rendered: Rendered) -> Rendered:
+    if not rendered.title and not rendered.body:
+        raise EmptyMessage("the title and the body both rendered empty")
+    return rendered
 
 
 def _context(event: Event) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ from aiosmtpd.controller import Controller
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from relay.events import event_from_dict
 from relay.logs import TextFormatter
+from relay.store.records import Notification
 from tests.conftest import SENDING, free_port, serve_posts, wait_for
 
 EVENT = {"event": "delivery.updated", "delivery_id": "abc123", "status": "in_transit",
@@ -236,22 +239,39 @@ async def test_a_body_that_renders_empty_is_sent_as_the_title_not_retried_for_ho
     assert db_rows(tmp_path, "SELECT attempts FROM jobs") == [(1,)]
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["in the relay process", "send processes"])
-async def test_a_message_that_renders_empty_goes_dead_at_once_and_spares_the_circuit(
-        running, sink, tmp_path, processes):
-    """Title and body both empty: Apprise refuses it, so every retry would fail alike. One
-    attempt, a dead letter that says why, and the receiver's circuit (one failure opens
-    it here) stays closed: the template is at fault, not the receiver."""
+async def test_a_template_that_renders_nothing_falls_back_to_the_built_in_one(
+        running, sink, tmp_path, caplog):
+    """Title and body both empty on this event: no channel can send that, so it is a
+    template failure like any other: the built-in template renders the alert, the log says
+    why, and nothing is lost."""
     route = """        title: "{{ missing }}"
         body: "{{ also_missing }}"
 """
-    r = await running(receiver("hook", sink.url("hook"), route),
+    await send_one(running, tmp_path, receiver("hook", sink.url("hook"), route), EVENT)
+    [msg] = sink.messages("hook")
+    assert (msg["title"], msg["message"]) == (DEFAULT_TITLE, DEFAULT_BODY)
+    assert db_rows(tmp_path, "SELECT attempts FROM jobs") == [(1,)]
+    assert "template for route to-hook failed (the title and the body both rendered empty);" \
+        " using the built-in one" in caplog.text
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["in the relay process", "send processes"])
+async def test_a_job_stored_empty_goes_dead_at_once_and_spares_the_circuit(
+        running, sink, tmp_path, processes):
+    """A job whose title and body are both empty (stored by a relay before 0.2.0, whose
+    templates could render nothing): Apprise refuses it, so every retry would fail alike.
+    One attempt, a dead letter that says why, and the receiver's circuit (one failure opens
+    it here) stays closed: the message is at fault, not the receiver."""
+    r = await running(receiver("hook", sink.url("hook")),
                       sending=f"processes: {processes}\n  retry: {{schedule: [0, 0.1, 0.2],"
                               " jitter: 0}\n  circuit: {failures: 1, cooldown: 1h}")
     if processes > 1:  # not the relay process's own fallback: the send process sends it
         await wait_for(lambda: r.relay.senders.ready_count() == 1,
                        message="the send process to load its config")
-    assert (await r.post(EVENT))[0] == 202
+    empty = Notification(receiver="hook", url_index=0, route="to-hook", title="", body="",
+                         type="info", format="text")
+    await r.relay.store.accept(event_from_dict(EVENT), "stored-empty", [empty],
+                               now=time.time())
     await wait_for(finished(tmp_path, 1), message="the job to finish")
     assert db_rows(tmp_path, "SELECT state, attempts, last_error FROM jobs") == [
         ("dead", 1, "the message rendered empty (title and body): nothing to send")]
@@ -260,9 +280,9 @@ async def test_a_message_that_renders_empty_goes_dead_at_once_and_spares_the_cir
     [state] = [s for s in await r.relay.store.receivers() if s.name == "hook"]
     assert (state.failures, state.open_until) == (0, 0)
     # a closed circuit: the next notification to the receiver goes out at once
-    assert (await r.post(event(delivery_id="xyz789", missing="Parcel back")))[0] == 202
+    assert (await r.post(event(delivery_id="xyz789")))[0] == 202
     [msg] = await wait_for(lambda: sink.messages("hook"), message="the next notification")
-    assert msg["title"] == "Parcel back"
+    assert msg["title"] == "Delivery xyz789: In transit"
 
 
 async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tmp_path):

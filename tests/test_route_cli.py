@@ -279,9 +279,9 @@ routes:
     assert lines[failed + 1] == "    title (23/250 chars): Delivery D-1001 created"
 
 
-def test_a_message_that_renders_empty_shows_the_dead_letter_it_would_be(tmp_path):
-    """Title and body empty on this event: the report gives the relay's own verdict (a
-    dead letter at the first attempt), not a message that looks as if it would go out."""
+def test_a_template_that_renders_nothing_shows_the_built_in_message_instead(tmp_path):
+    """Title and body empty on this event: the report gives the relay's own verdict (the
+    template failed, the built-in one renders the alert), not an empty message."""
     cfg = tmp_path / "relay.yaml"
     cfg.write_text("""\
 server:
@@ -295,15 +295,15 @@ routes:
     body: "{{ remark }}"
 """)
     noted = route("-", input=event("delivery.created", note="fragile"), config=str(cfg))
-    assert "SEND FAILS" not in noted.stdout
+    assert "TEMPLATE FAILED" not in noted.stdout
     empty = route("-", input=event("delivery.created"), config=str(cfg))
     assert empty.exit_code == 0
     lines = empty.stdout.splitlines()
     failed = lines.index("  log[0] console://***  route=notes  type=info  format=text") + 1
-    assert lines[failed] == ("    SEND FAILS (the message rendered empty (title and body):"
-                             " nothing to send): dead at the first attempt, no retries; fix the"
-                             " template of route notes")
-    assert lines[failed + 1] == "    title (0/250 chars): "
+    assert lines[failed] == ("    TEMPLATE FAILED (the title and the body both rendered empty):"
+                             " the built-in template is used instead; fix the template of"
+                             " route notes")
+    assert lines[failed + 1].startswith("    title (") and "Delivery " in lines[failed + 1]
 
 
 def test_broken_config_prints_its_issues_instead_of_a_report(tmp_path):
