@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
@@ -45,6 +46,11 @@ async def post(port: int, delivery_id: str) -> int:
                                    "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
+def sent_jobs(db) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM jobs WHERE state = 'sent'").fetchone()[0])
+
+
 def titles(sink) -> Counter[str]:
     return Counter(m["title"] for m in sink.messages("ops"))
 
@@ -71,6 +77,9 @@ async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_star
     try:
         await ready(port, proc)
         await wait_for(lambda: titles(sink)["D-down"] == 1, message="the alert due in downtime")
+        # Killed between a send and its record, a job is sent again (at least once): the
+        # kill below is about the armed timer, so it waits for the alert's record first.
+        await wait_for(lambda: sent_jobs(db) == 1, message="the alert's job recorded as sent")
         assert await post(port, "D-armed") == 202
         proc.send_signal(signal.SIGKILL)  # armed, not yet due
         proc.wait(timeout=10)
