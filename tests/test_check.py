@@ -89,6 +89,19 @@ def check(*args: str):
     return CliRunner().invoke(main, ["check", *args], env=dict.fromkeys(UNSET))
 
 
+def checked(cfg, text: str):
+    """`cfg` written with `text`, and what `check -c cfg` gave."""
+    cfg.write_text(text)
+    return cfg, check("-c", str(cfg))
+
+
+def serve_refuses(cfg) -> list[str]:
+    """The lines a relay built from `cfg` refuses it with (what `serve` prints)."""
+    with pytest.raises(ConfigError) as e:
+        Relay(str(cfg), env={})
+    return [str(i) for i in e.value.issues]
+
+
 def test_corpus_has_one_file_per_case():
     files = {p.stem for p in (ROOT / DATA).glob("*.yaml")}
     assert files == set(ERRORS) | set(WARNINGS)
@@ -266,9 +279,7 @@ default_receiver: log
 
 def test_every_template_error_names_its_own_key_and_line_once(tmp_path):
     """Filters and tests inside {% if %} too; a named template used twice is reported once."""
-    cfg = tmp_path / "templates.yaml"
-    cfg.write_text(TEMPLATES)
-    result = check("-c", str(cfg))
+    cfg, result = checked(tmp_path / "templates.yaml", TEMPLATES)
     assert result.stdout.splitlines() == [
         f'{cfg}:8: templates.problem.title: template error: unknown filter "humanstatus"'
         ' (did you mean "human_status"?)',
@@ -278,9 +289,8 @@ def test_every_template_error_names_its_own_key_and_line_once(tmp_path):
         f"{cfg}:36: routes[3].body: template syntax error: unexpected '}}'",
     ]
     assert result.exit_code == 1
-    with pytest.raises(ConfigError) as e:  # and serve refuses it, instead of falling back later
-        Relay(str(cfg), env={})
-    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+    # and serve refuses it, instead of falling back later
+    assert serve_refuses(cfg) == result.stdout.splitlines()
 
 
 def test_an_unknown_filter_inside_if_is_found_before_the_first_event(tmp_path):
@@ -362,9 +372,7 @@ def test_a_port_out_of_range_or_not_a_number_is_an_error_naming_the_url(tmp_path
     """Apprise takes json://host:99999 (every send then fails as a connection error, retried
     until dead) and refuses host:abc; a Telegram token after its colon is no port, and
     email's :0 is Apprise's default port."""
-    cfg = tmp_path / "ports.yaml"
-    cfg.write_text(PORTS)
-    result = check("-c", str(cfg))
+    cfg, result = checked(tmp_path / "ports.yaml", PORTS)
     assert result.stdout.splitlines() == [
         f"{cfg}:6: receivers[0].urls[0]: the port 99999 of this URL (json://***) is out of"
         " range: it must be 1-65535",
@@ -379,9 +387,7 @@ def test_a_port_out_of_range_or_not_a_number_is_an_error_naming_the_url(tmp_path
     ]
     assert SECRET not in result.output
     assert result.exit_code == 1
-    with pytest.raises(ConfigError) as e:  # serve refuses it too
-        Relay(str(cfg), env={})
-    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+    assert serve_refuses(cfg) == result.stdout.splitlines()  # serve too
 
 
 ZONES = """\
@@ -420,9 +426,7 @@ def test_every_literal_zone_given_to_localtime_is_checked_where_it_is_written(tm
     """In `templates:`, routes and watches, positional or `tz=`, inside {% if %} too; a zone
     computed at render time (`localtime(status)`), none and '' (the config's timezone) are
     not checked."""
-    cfg = tmp_path / "zones.yaml"
-    cfg.write_text(ZONES)
-    result = check("-c", str(cfg))
+    cfg, result = checked(tmp_path / "zones.yaml", ZONES)
     assert result.stdout.splitlines() == [
         f"{cfg}:8: templates.late.body: template error: unknown time zone 'Europe/Pariss' in"
         ' localtime (did you mean "Europe/Paris"?)',
@@ -434,9 +438,8 @@ def test_every_literal_zone_given_to_localtime_is_checked_where_it_is_written(tm
         " localtime",
     ]
     assert result.exit_code == 1
-    with pytest.raises(ConfigError) as e:  # serve refuses it, instead of falling back later
-        Relay(str(cfg), env={})
-    assert [str(i) for i in e.value.issues] == result.stdout.splitlines()
+    # serve refuses it, instead of falling back later
+    assert serve_refuses(cfg) == result.stdout.splitlines()
 
 
 def test_event_types_kourier_does_not_send_are_named_in_routes_and_watches(tmp_path):

@@ -254,56 +254,45 @@ routes:
     assert result.stdout.rstrip().endswith("x…")
 
 
-def test_a_template_that_fails_on_the_event_says_so_in_the_report(tmp_path):
+FAILING_TEMPLATES = {
+    "a field missing": ('title: "{{ delivery_id }} weighs {{ weight / 1000 }} kg"',
+                        {"weight": 2500}, "    title (20/250 chars): D-1001 weighs 2.5 kg",
+                        "'weight' is undefined",
+                        "    title (23/250 chars): Delivery D-1001 created"),
+    "nothing rendered": ('title: "{{ note }}"\n    body: "{{ remark }}"', {"note": "fragile"},
+                         "    title (7/250 chars): fragile",
+                         "the title and the body both rendered empty",
+                         "    title (23/250 chars): Delivery D-1001 created"),
+}
+
+
+@pytest.mark.parametrize("name", FAILING_TEMPLATES)
+def test_a_template_that_fails_on_the_event_says_so_in_the_report(tmp_path, name):
     """What the relay would do (the built-in template) and why, where the operator reads:
-    the notification itself, not only a log line."""
+    the notification itself, not only a log line. An event the template renders is shown
+    as rendered."""
+    template, fields, rendered_title, why, shown = FAILING_TEMPLATES[name]
     cfg = tmp_path / "relay.yaml"
-    cfg.write_text("""\
+    cfg.write_text(f"""\
 server:
   tokens: ["t0ken"]
-receivers: [{name: log, urls: ["console://"]}]
+receivers: [{{name: log, urls: ["console://"]}}]
 routes:
   - name: parcels
-    match: {event: "delivery.*"}
+    match: {{event: "delivery.*"}}
     receivers: [log]
-    title: "{{ delivery_id }} weighs {{ weight / 1000 }} kg"
+    {template}
 """)
-    heavy = route("-", input=event("delivery.created", weight=2500), config=str(cfg))
-    assert "TEMPLATE FAILED" not in heavy.stdout
-    assert "    title (20/250 chars): D-1001 weighs 2.5 kg" in heavy.stdout.splitlines()
-    unweighed = route("-", input=event("delivery.created"), config=str(cfg))
-    lines = unweighed.stdout.splitlines()
+    rendered = route("-", input=event("delivery.created", **fields), config=str(cfg))
+    assert "TEMPLATE FAILED" not in rendered.stdout
+    assert rendered_title in rendered.stdout.splitlines()
+    failing = route("-", input=event("delivery.created"), config=str(cfg))
+    assert failing.exit_code == 0
+    lines = failing.stdout.splitlines()
     failed = lines.index("  log[0] console://***  route=parcels  type=info  format=text") + 1
-    assert lines[failed] == ("    TEMPLATE FAILED ('weight' is undefined): the built-in template"
-                             " is used instead; fix the template of route parcels")
-    assert lines[failed + 1] == "    title (23/250 chars): Delivery D-1001 created"
-
-
-def test_a_template_that_renders_nothing_shows_the_built_in_message_instead(tmp_path):
-    """Title and body empty on this event: the report gives the relay's own verdict (the
-    template failed, the built-in one renders the alert), not an empty message."""
-    cfg = tmp_path / "relay.yaml"
-    cfg.write_text("""\
-server:
-  tokens: ["t0ken"]
-receivers: [{name: log, urls: ["console://"]}]
-routes:
-  - name: notes
-    match: {event: "delivery.*"}
-    receivers: [log]
-    title: "{{ note }}"
-    body: "{{ remark }}"
-""")
-    noted = route("-", input=event("delivery.created", note="fragile"), config=str(cfg))
-    assert "TEMPLATE FAILED" not in noted.stdout
-    empty = route("-", input=event("delivery.created"), config=str(cfg))
-    assert empty.exit_code == 0
-    lines = empty.stdout.splitlines()
-    failed = lines.index("  log[0] console://***  route=notes  type=info  format=text") + 1
-    assert lines[failed] == ("    TEMPLATE FAILED (the title and the body both rendered empty):"
-                             " the built-in template is used instead; fix the template of"
-                             " route notes")
-    assert lines[failed + 1].startswith("    title (") and "Delivery " in lines[failed + 1]
+    assert lines[failed] == (f"    TEMPLATE FAILED ({why}): the built-in template is used"
+                             " instead; fix the template of route parcels")
+    assert lines[failed + 1] == shown
 
 
 def test_broken_config_prints_its_issues_instead_of_a_report(tmp_path):
