@@ -36,13 +36,16 @@ class TimerReport:
 
     `fired`: its jobs are queued. `stale`: disarmed, re-armed or taken over while
     it was being rendered, so nothing was sent (a re-armed timer fires later).
+    `deferred`: due again at `until`, nothing consumed (a summary found due inside
+    its receiver's next quiet time: `Planner.deferred`).
     `unhandled`: no handler for its kind here; it stays claimed until its lease
     ends, for a relay that has one (a newer replica during a rolling upgrade).
     """
 
     timer: Timer
-    outcome: Literal["fired", "stale", "unhandled"]
+    outcome: Literal["fired", "stale", "unhandled", "deferred"]
     jobs: int = 0
+    until: float | None = None
 
 
 class TimerObserver(Protocol):
@@ -97,6 +100,10 @@ class TimerPass:
         if handler is None:
             return TimerReport(timer, "unhandled")
         inputs = await self.store.timer_inputs(timer)
+        later = rt.planner.deferred(timer, inputs, now)
+        if later is not None:  # at `later` it fires with all it holds then, in one message
+            await self.store.release_timer(timer, due_at=later)
+            return TimerReport(timer, "deferred", until=later)
         jobs = handler(timer, inputs, now)
         # Consumed: exactly the digest events and held jobs rendered; later ones re-open it.
         await self.store.fire(timer, jobs, now=now, consumed=inputs)

@@ -4,6 +4,7 @@ and one per claimed timer's outcome."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from relay.decision import Report
 from relay.firing import TimerReport
@@ -59,9 +60,16 @@ class LogObserver:
                       jobs=report.jobs if report.outcome == "fired" else None)
         if report.outcome == "fired":
             log.info("timer fired", extra=info)
+        elif report.outcome == "deferred":
+            log.info("summary found due in quiet hours again: it waits until they end",
+                     extra=fields(kind=timer.kind, key=timer.key, until=_iso(report.until)))
         elif report.outcome == "stale":
             log.info("timer changed before it fired (disarmed, re-armed or taken over);"
                      " nothing sent", extra=info)
         else:
             log.warning("no handler for %s timers here; left for a relay that has one", timer.kind,
                         extra=info)
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from relay.config import Config
 from relay.escaping import NO_CHANNEL, Channel, Escaping, for_channel
 from relay.events import Event
-from relay.quiet import held
+from relay.quiet import held, summary_due
 from relay.routing import Match, Route, Router
 from relay.store.records import Notification, Timer, TimerInputs, TimerKind, TimerOp
 from relay.summaries import Batch, digest_op, render_digest, render_summary
@@ -85,6 +85,15 @@ class Planner:
         """What fires a due timer, per kind: its notifications in today's config."""
         return {"watch": self.fire_watch, "digest": self.fire_digest,
                 "quiet": self.fire_summary}
+
+    def deferred(self, timer: Timer, inputs: TimerInputs, now: float) -> float | None:
+        """When a claimed timer fires instead of `now`, or None to fire it now: a summary
+        found due inside its receiver's next quiet time waits for that to end."""
+        if timer.kind != "quiet" or not inputs.held:
+            return None
+        rc = self.config.receivers.get(str(timer.context.get("receiver", "")))
+        return summary_due(rc.quiet_hours if rc else None, now,
+                           min(j.created_at for j in inputs.held))
 
     def fire_digest(self, timer: Timer, inputs: TimerInputs, now: float,
                     ) -> tuple[Notification, ...]:

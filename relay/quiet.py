@@ -154,3 +154,16 @@ def held(hours: QuietHours | None, notification_type: str, now: float) -> float 
         return None
     return until_epoch(hours, now)
 
+
+def summary_due(hours: QuietHours | None, now: float, oldest: float) -> float | None:
+    """When a summary that fell due by `now` goes out instead of now, or None to send it.
+
+    A summary falls due when its quiet time ends; one found due only later (the relay
+    was down, or busy, when it ended) inside a new quiet time waits until that one ends,
+    and then also carries what this one holds. `oldest`: when its oldest notification
+    was held; none waits more than `MAX_QUIET` (the weekly summary of a receiver quiet
+    all week, or a relay down for a week, goes out now).
+    """
+    until = until_epoch(hours, now) if hours is not None else None
+    latest = oldest + MAX_QUIET.total_seconds()
+    return None if until is None or latest <= now else min(until, latest)

@@ -17,7 +17,8 @@ import pytest
 from relay.config import loads
 from relay.events import event_from_dict
 from relay.explain import explain
-from tests.conftest import FakeClock, Sink, wait_for
+from relay.logs import TextFormatter
+from tests.conftest import FakeClock, Sink, relay_log_lines, wait_for
 from tests.test_sending import db_rows
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -581,3 +582,79 @@ async def test_a_watch_alert_due_in_quiet_hours_waits_for_the_summary(running, s
     await wait_for(lambda: sent(sink))
     assert sent(sink) == [("1 notification during quiet hours",
                            "- Delivery D-1 not delivered after 3h 30m")]
+
+
+# Quiet windows close together: 12:00-13:00 and 13:30-18:00.
+LUNCH = """\
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows:
+        - {days: daily, from: "12:00", to: "13:00"}
+        - {days: daily, from: "13:30", to: "18:00"}
+"""
+
+
+@pytest.mark.parametrize(("quiet", "held_at", "back_at", "ends"), [
+    # down from 12:55 to 13:40: the 13:00 summary falls due in the 13:30 window
+    pytest.param(LUNCH, "2026-12-02T12:30", "2026-12-02T13:40", "2026-12-02T18:00",
+                 id="windows-close-together"),
+    # down from Thursday 06:50 to 22:30: the 07:00 summary falls due in the next night
+    pytest.param(QUIET, "2026-12-02T23:00", "2026-12-03T22:30", "2026-12-04T07:00",
+                 id="down-all-day"),
+])
+async def test_a_summary_due_while_the_relay_was_down_waits_out_the_next_quiet_time(
+        running, sink, tmp_path, quiet, held_at, back_at, ends):
+    clock = FakeClock(at(held_at))
+    r = await running(ops(sink, quiet) + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    await passes(r.relay)
+    clock.now = at(back_at)  # no pass ran from before the first quiet time's end until now
+    with relay_log_lines(TextFormatter()) as log:
+        await passes(r.relay, 2)
+    assert "summary found due in quiet hours again: it waits until they end kind=quiet" \
+        f" key=0:ops until={datetime.fromtimestamp(at(ends), UTC).isoformat()}" in log.getvalue()
+    await r.post(moving(2))
+    await passes(r.relay, 2)
+    assert sent(sink) == []
+    db = tmp_path / "relay.db"
+    assert db_rows(db, "SELECT kind, state, due_at FROM timers") == [("quiet", "armed", at(ends))]
+    clock.now = at(ends) - 1
+    await passes(r.relay)
+    assert sent(sink) == []
+    clock.now = at(ends)
+    await passes(r.relay, 2)
+    await wait_for(lambda: sent(sink))
+    assert sent(sink) == [("2 notifications during quiet hours",
+                           "- Delivery d1: In transit\n- Delivery d2: In transit")]
+    assert db_rows(db, "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state") == \
+        [("sent", 1), ("summarised", 2)]
+    assert await metric(r, 'kourier_relay_timers_total{change="fired",kind="quiet"}') == 1
+
+
+async def test_a_summary_due_while_the_relay_was_down_goes_at_once_when_it_is_not_quiet(
+        running, sink):
+    clock = FakeClock(at("2026-12-02T12:30"))
+    r = await running(ops(sink, LUNCH) + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    clock.now = at("2026-12-02T13:10")  # back between the two windows
+    await passes(r.relay, 2)
+    await wait_for(lambda: sent(sink))
+    assert sent(sink) == [("1 notification during quiet hours", "- Delivery d1: In transit")]
+
+
+async def test_a_receiver_quiet_all_week_still_gets_its_weekly_summary_in_quiet_time(
+        running, sink):
+    clock = FakeClock(at("2026-12-02T12:30"))
+    r = await running(ops(sink, """\
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows: [{days: daily, from: "00:00", to: "24:00"}]
+""") + DEFAULT_ROUTE, clock=clock)
+    await r.post(moving(1))
+    clock.now = at("2026-12-09T12:29:59")
+    await passes(r.relay)
+    assert sent(sink) == []
+    clock.now = at("2026-12-09T12:40")  # a week after it was held, and late: still quiet
+    await passes(r.relay, 2)
+    await wait_for(lambda: sent(sink))
+    assert sent(sink) == [("1 notification during quiet hours", "- Delivery d1: In transit")]

@@ -18,6 +18,7 @@ from relay.quiet import (
     parse_days,
     parse_time,
     quiet_until,
+    summary_due,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -101,6 +102,28 @@ def test_a_week_of_quiet_still_ends_once_a_week() -> None:
     always = QuietHours("UTC", (Window(frozenset(range(7)), 0, 24 * 60),))
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert quiet_until(always, now) == now + timedelta(days=7)
+
+
+def test_a_summary_found_due_in_the_next_quiet_time_waits_until_it_ends() -> None:
+    lunch = QuietHours("Europe/Berlin", (Window(frozenset(range(7)), 12 * 60, 13 * 60),
+                                         Window(frozenset(range(7)), 13 * 60 + 30, 18 * 60)))
+    held_at = berlin(2026, 3, 10, 12, 30).timestamp()
+    assert summary_due(lunch, berlin(2026, 3, 10, 13, 0).timestamp(), held_at) is None
+    assert summary_due(lunch, berlin(2026, 3, 10, 13, 10).timestamp(), held_at) is None
+    assert summary_due(lunch, berlin(2026, 3, 10, 13, 40).timestamp(), held_at) == \
+        berlin(2026, 3, 10, 18, 0).timestamp()
+    assert summary_due(None, berlin(2026, 3, 10, 13, 40).timestamp(), held_at) is None
+
+
+def test_a_postponed_summary_still_holds_nothing_longer_than_a_week() -> None:
+    always = QuietHours("UTC", (Window(frozenset(range(7)), 0, 24 * 60),))
+    held_at = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    week = timedelta(days=7).total_seconds()
+    assert summary_due(always, held_at + week, held_at) is None  # the weekly summary
+    assert summary_due(always, held_at + week + 3600, held_at) is None  # found due late
+    assert summary_due(always, held_at + 3600, held_at) == held_at + week
+    assert summary_due(OPS, berlin(2026, 3, 17, 23, 0).timestamp(),  # a week down
+                       berlin(2026, 3, 10, 23, 0).timestamp()) is None
 
 
 @pytest.mark.parametrize(("value", "end", "minutes"), [

@@ -161,6 +161,23 @@ async def test_a_job_held_while_the_summary_fires_gets_the_next_summary(store: S
     assert [j.delivery_id for j in (await store.timer_inputs(again)).held] == ["d2"]
 
 
+async def test_a_summary_released_to_a_later_time_consumes_nothing_and_then_takes_both(
+        store: Store) -> None:
+    await store.accept(event(), "k1", [held(until=T0 + 3600)], now=T0)
+    [timer] = await take(store, T0 + 5400)  # found due late, inside the next quiet time
+    await store.release_timer(timer, due_at=T0 + 9000)
+    await store.accept(event(delivery="d2"), "k2", [held(until=T0 + 9000)], now=T0 + 5400)
+    assert await take(store, T0 + 8999) == []
+    assert (await store.stats()).held == 2
+    [again] = await take(store, T0 + 9000)
+    assert (again.id, again.due_at) == (timer.id, T0 + 9000)
+    inputs = await store.timer_inputs(again)
+    assert [j.delivery_id for j in inputs.held] == ["d1", "d2"]
+    await store.fire(again, [job("ops")], now=T0 + 9000, consumed=inputs)
+    assert (await store.stats()).held == 0
+    assert await take(store, T0 + 100_000) == []
+
+
 async def test_a_cancellation_suppresses_held_updates_too(store: Store) -> None:
     await store.accept(event(), "k1", [replace(held(), suppress_stale=True)], now=T0)
     await store.accept(event("delivery.cancelled"), "k2", [], now=T0 + 1)

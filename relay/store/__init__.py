@@ -123,8 +123,9 @@ class TimerQueue(Protocol):
 
         `consumed`: the inputs the jobs were rendered from; exactly those digest items
         and held jobs are marked done, and what arrived since re-opens the timer."""
-    async def release_timer(self, timer: Timer) -> None:
-        """Give a claimed timer back unfired (shutting down); a stale claim changes nothing."""
+    async def release_timer(self, timer: Timer, due_at: float | None = None) -> None:
+        """Give a claimed timer back unfired, consuming nothing; with `due_at`, due then
+        instead (a deferred summary). A stale claim changes nothing."""
 
 
 class Ledger(Protocol):

@@ -41,8 +41,8 @@ class PostgresTimers:
 
         return self._queued(await self._tx(fire), len(jobs))
 
-    async def release_timer(self, timer: Timer) -> None:
-        await self._tx(lambda conn: conn.execute(q(sql.RELEASE_TIMER), timer.id,
+    async def release_timer(self, timer: Timer, due_at: float | None = None) -> None:
+        await self._tx(lambda conn: conn.execute(q(sql.RELEASE_TIMER), due_at, timer.id,
                                                  timer.claim_token))
 
 

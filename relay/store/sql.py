@@ -219,7 +219,7 @@ UNCLAIM_EXPIRED_TIMERS = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
 DUE_TIMERS = "SELECT id FROM timers WHERE state = 'armed' AND due_at <= ? ORDER BY due_at, id LIMIT ?"
 FIRE_TIMER = (f"UPDATE timers SET state = 'fired', ended_at = ?, {_UNCLAIM}"
               " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
-RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', {_UNCLAIM}"
+RELEASE_TIMER = (f"UPDATE timers SET state = 'armed', due_at = COALESCE(?, due_at), {_UNCLAIM}"
                  " WHERE id = ? AND claim_token = ? AND state = 'claimed'")
 EVENT_ROW = "SELECT id, type, received_at, payload FROM events WHERE id = ?"
 LAST_EVENT = "SELECT last_event_id FROM deliveries WHERE delivery_id = ?"

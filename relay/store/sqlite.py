@@ -273,9 +273,9 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
         return self._queued(change, len(jobs))
 
-    async def release_timer(self, timer: Timer) -> None:
+    async def release_timer(self, timer: Timer, due_at: float | None = None) -> None:
         await self._call(lambda conn: conn.execute(
-            sql.RELEASE_TIMER, (timer.id, timer.claim_token)) and None)
+            sql.RELEASE_TIMER, (due_at, timer.id, timer.claim_token)) and None)
 
     # ------------------------------------------------------------ read side
 
