@@ -6,11 +6,14 @@ sections; every mistake is collected with its `file:line` and key path.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from relay.quiet import QuietHours, Window
 from relay.schema import NOTIFY_TYPES, Checker, shown, shown_at
+from relay.yamlfile import Source
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,7 @@ def quiet_hours(data: Any, path: str, c: Checker) -> tuple[QuietHours | None, st
     if not zone:
         c.error(f"{path}.timezone", "needed: the time zone the windows are in (e.g. Europe/Berlin)")
     elif not known_zone(zone):
-        c.error(f"{path}.timezone",
-                f"unknown time zone {shown_at(c.source, f'{path}.timezone', zone)}")
+        c.error(f"{path}.timezone", unknown_zone(c.source, f"{path}.timezone", zone))
     windows = tuple(w for i, item in enumerate(values.get("windows", []))
                     if (w := _quiet_window(item, f"{path}.windows[{i}]", c)))
     if not values.get("windows") and not any(i.path.startswith(f"{path}.windows") for i in c.issues):
@@ -56,6 +58,25 @@ def _quiet_window(data: Any, path: str, c: Checker) -> Window | None:
                 " whole day")
         return None
     return Window(values["days"], values["from"], values["to"])
+
+
+def unknown_zone(source: Source, path: str, zone: str) -> str:
+    """The error for a zone name zoneinfo does not know, with the closest it does (unless
+    the name came from `${VAR}`, which is never shown)."""
+    return f"unknown time zone {shown_at(source, path, zone)}" + \
+        ("" if source.env.get(path) else zone_hint(zone))
+
+
+def zone_hint(zone: str) -> str:
+    close = difflib.get_close_matches(zone, _zones(), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+@functools.cache
+def _zones() -> list[str]:
+    from zoneinfo import available_timezones
+
+    return sorted(available_timezones())
 
 
 def known_zone(name: str) -> bool:

@@ -24,10 +24,11 @@ import jinja2
 from jinja2 import meta, nodes
 
 from relay import sandbox
-from relay.config import Config, Source, TemplateConfig, shown_at
+from relay.config import Config, Source, TemplateConfig
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
+from relay.noiseconfig import known_zone, unknown_zone
 from relay.zones import localtime_problem
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,9 @@ class Templates:
             except jinja2.TemplateSyntaxError:  # already reported above, at its own key
                 pass
         notice = _compile_notice(config, issues)
-        try:
-            ZoneInfo(config.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not known_zone(config.timezone):
             issues.append(config.source.issue(
-                "timezone", f"unknown time zone {shown_at(config.source, 'timezone', config.timezone)}"))
+                "timezone", unknown_zone(config.source, "timezone", config.timezone)))
         summaries = {}
         for rc in config.receivers.values():
             t = config.templates.get(rc.quiet_template) if rc.quiet_template else None

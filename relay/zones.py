@@ -8,14 +8,11 @@ A zone computed at render time (`localtime(zone)`) cannot be known here.
 
 from __future__ import annotations
 
-import difflib
-import functools
 from collections.abc import Iterator
-from zoneinfo import available_timezones
 
 from jinja2 import nodes
 
-from relay.noiseconfig import known_zone
+from relay.noiseconfig import known_zone, zone_hint
 
 FILTER = "localtime"
 
@@ -32,7 +29,7 @@ def localtime_problem(ast: nodes.Template) -> tuple[int, str] | None:
                                      f" such as 'Europe/Berlin', got {zone!r}")
             if not known_zone(zone):
                 return node.lineno, f"template error: unknown time zone {zone!r} in localtime" \
-                                    + _hint(zone)
+                                    + zone_hint(zone)
     return None
 
 
@@ -43,13 +40,3 @@ def _literal_zones(node: nodes.Filter) -> Iterator[object]:
     for arg in given:
         if isinstance(arg, nodes.Const) and arg.value not in (None, ""):
             yield arg.value
-
-
-def _hint(zone: str) -> str:
-    close = difflib.get_close_matches(zone, _zones(), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
-
-
-@functools.cache
-def _zones() -> list[str]:
-    return sorted(available_timezones())

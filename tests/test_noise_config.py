@@ -46,6 +46,9 @@ def test_a_valid_digest_and_quiet_hours_load() -> None:
 @pytest.mark.parametrize("quiet, expected", [
     ('      timezone: Mars/Olympus\n      windows: [{days: [mon], from: "22:00", to: "07:00"}]',
      "relay.yaml:7: receivers[0].quiet_hours.timezone: unknown time zone 'Mars/Olympus'"),
+    ('      timezone: Europe/Berln\n      windows: [{days: [mon], from: "22:00", to: "07:00"}]',
+     "relay.yaml:7: receivers[0].quiet_hours.timezone: unknown time zone 'Europe/Berln'"
+     ' (did you mean "Europe/Berlin"?)'),
     ('      windows: [{days: [mon], from: "22:00", to: "07:00"}]',
      "relay.yaml:6: receivers[0].quiet_hours.timezone: needed: the time zone the windows are"
      " in (e.g. Europe/Berlin)"),

@@ -218,14 +218,21 @@ def test_a_value_from_the_environment_is_named_by_its_variable_never_shown(yaml_
     assert [str(i) for i in e.value.issues] == [found]
 
 
-def test_a_timezone_from_the_environment_is_not_shown_either():
+@pytest.mark.parametrize("zone, found", [
+    ("'${PW}'", "c.yaml:2: timezone: unknown time zone a value from ${PW} (not shown)"),
+    # a hint would tell what the value is close to: none for a value from the environment
+    ("'${ZONE}'", "c.yaml:2: timezone: unknown time zone a value from ${ZONE} (not shown)"),
+    ("Europe/Pariss", "c.yaml:2: timezone: unknown time zone 'Europe/Pariss'"
+                      ' (did you mean "Europe/Paris"?)'),
+])
+def test_a_timezone_from_the_environment_is_not_shown_either(zone, found):
     from relay.templating import Templates
 
-    cfg = config.loads("server: {tokens: [t]}\ntimezone: '${PW}'\n", "c.yaml", env={"PW": SHORT})
+    cfg = config.loads(f"server: {{tokens: [t]}}\ntimezone: {zone}\n", "c.yaml",
+                       env={"PW": SHORT, "ZONE": "Europe/Pariss"})
     with pytest.raises(ConfigError) as e:
         Templates.from_config(cfg)
-    assert [str(i) for i in e.value.issues] == [
-        "c.yaml:2: timezone: unknown time zone a value from ${PW} (not shown)"]
+    assert [str(i) for i in e.value.issues] == [found]
 
 
 def test_a_store_url_that_is_no_url_is_not_echoed(tmp_path):
