@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 
 import pytest
@@ -221,6 +222,14 @@ async def test_dead_letters_through_the_admin_api(running, sink, tmp_path):
     status, body, _ = await admin(r, "POST", "/-/dead/replay", body={"ids": [job["id"]]})
     assert (status, body) == (200, {"replayed": 1})
     await wait_for(lambda: len(sink.messages("a")) == 1)
+
+
+async def test_dead_list_json_is_the_admin_apis_jobs_as_an_array(running, sink, tmp_path):
+    r = await make_dead(running, sink, tmp_path)
+    out = await asyncio.to_thread(cli, "dead", "list", "--json", config=tmp_path / "config.yaml")
+    status, body, _ = await admin(r, "GET", "/-/dead")
+    assert (out.returncode, status) == (0, 200)
+    assert json.loads(out.stdout) == body["jobs"]  # docs/commands.md: the same jobs, unwrapped
 
 
 async def test_admin_api_is_off_without_an_admin_token(running, sink):

@@ -150,6 +150,18 @@ async def test_a_held_job_waits_in_the_backlog_and_opens_its_summary_timer(store
     assert store.backlog_estimate() == 2  # the summary in, the held job out
 
 
+async def test_recent_deliveries_count_a_held_job_as_waiting(store: Store) -> None:
+    # The deliveries page said "1 sent" for a delivery whose other notification waited for
+    # the morning's summary (and "none" for one with only held notifications).
+    await store.accept(event(), "k1", [held(), job("other")], now=T0)
+    await store.accept(event(delivery="d2"), "k2", [held()], now=T0 + 1)
+    [other] = (await claim(store, "other", now=T0 + 2)).jobs
+    await store.complete(other, contract.attempt(T0 + 3, "sent", ""))
+    recent = await store.recent_deliveries(10)
+    assert [(d.delivery_id, d.sent, d.waiting, d.dead) for d in recent] == \
+        [("d2", 0, 1, 0), ("d1", 1, 1, 0)]
+
+
 async def test_a_job_held_while_the_summary_fires_gets_the_next_summary(store: Store) -> None:
     await store.accept(event(), "k1", [held(until=T0 + 3600)], now=T0)
     [timer] = await take(store, T0 + 3600)

@@ -275,5 +275,5 @@ class DeliverySummary:
     last_at: float
     events: int
     sent: int
-    waiting: int  # pending or claimed
+    waiting: int  # pending, claimed or held (for quiet hours' summary)
     dead: int

@@ -173,7 +173,7 @@ RECENT_DELIVERIES = (
     "SELECT d.delivery_id, e.type AS last_type, e.received_at AS last_at, e.payload,"
     " (SELECT count(*) FROM events x WHERE x.delivery_id = d.delivery_id) AS events, "
     + ", ".join(_COUNT_JOBS.format(*c) for c in (("= 'sent'", "sent"),
-                                                 ("IN ('pending', 'claimed')", "waiting"),
+                                                 ("IN ('pending', 'claimed', 'held')", "waiting"),
                                                  ("= 'dead'", "dead"))) +
     " FROM (SELECT w.delivery_id, max(w.id) AS last FROM (SELECT id, delivery_id FROM events"
     " ORDER BY id DESC LIMIT ?) AS w GROUP BY w.delivery_id ORDER BY last DESC LIMIT ?) AS d"
