@@ -79,7 +79,8 @@ async def dead_replay(request: web.Request) -> web.Response:
                      'give "ids": [..], "receiver": "name" or "all": true')
     ids, receiver = spec.get("ids"), spec.get("receiver")
     if ids is not None and not (isinstance(ids, list) and all(_is_id(i) for i in ids)):
-        return error(400, "Invalid request data", '"ids" must be a list of job ids')
+        return error(400, "Invalid request data", '"ids" must be a list of job ids (whole'
+                     ' numbers from 1)')
     if receiver is not None:
         if not isinstance(receiver, str):
             return error(400, "Invalid request data", '"receiver" must be a receiver name')

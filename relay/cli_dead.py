@@ -96,7 +96,7 @@ def dead_replay(config_path: str, job_ids: tuple[int, ...], receiver: str | None
 async def _not_dead(store: Store, job_id: int) -> str:
     detail = await store.detail(job_id)
     if detail is None:
-        return f"job {job_id} does not exist"
+        return f"no job {job_id}"
     if detail.job.state != "dead":
         return f"job {job_id} is {detail.job.state}, not dead"
     return ""

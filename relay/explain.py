@@ -77,9 +77,11 @@ def _digests(config: Config, plan: Plan, event: Event, now: float) -> list[str]:
 
 
 def _clock(zone: str, at: float, now: float) -> str:
-    """`07:00` in `zone` within the next 24 hours, with the weekday when later."""
+    """`07:00` in `zone` today, with the weekday on any other day (`Tue 07:00`): a time
+    earlier than now's reads as past, not as tomorrow."""
     when = datetime.fromtimestamp(at, ZoneInfo(zone))
-    return when.strftime("%H:%M" if at - now < 86400 else "%a %H:%M")
+    today = datetime.fromtimestamp(now, ZoneInfo(zone)).date()
+    return when.strftime("%H:%M" if when.date() == today else "%a %H:%M")
 
 
 def _headline(event: Event) -> str:

@@ -342,7 +342,7 @@ def one_dead_job(tmp_path_factory) -> tuple[Path, int]:
 def test_replaying_a_job_that_does_not_exist_says_so(one_dead_job):
     cfg, _ = one_dead_job
     done = run("dead", "replay", "999", "-c", str(cfg))
-    assert one_line(done) == "error: job 999 does not exist"
+    assert one_line(done) == "error: no job 999"
     assert done.stdout == "replayed 0 job(s)\n"
 
 
@@ -358,7 +358,7 @@ def test_replay_says_which_ids_it_could_not_replay_and_replays_the_rest(tmp_path
     shutil.copytree(cfg.parent, tmp_path / "copy")  # this test changes the store
     copy = tmp_path / "copy" / "config.yaml"
     done = run("dead", "replay", str(job), "999", "-c", str(copy))
-    assert one_line(done) == "error: job 999 does not exist"
+    assert one_line(done) == "error: no job 999"
     assert done.stdout == "replayed 1 job(s)\n"
     again = run("dead", "replay", str(job), "-c", str(copy))
     assert one_line(again) == f"error: job {job} is pending, not dead"
@@ -484,7 +484,7 @@ def test_replaying_one_id_twice_names_it_once(tmp_path):
     cfg = relay_config(tmp_path, "127.0.0.1:8080")
     assert run("migrate", "-c", str(cfg)).returncode == 0
     assert one_line(run("dead", "replay", "7", "7", "-c", str(cfg))) == \
-        "error: job 7 does not exist"
+        "error: no job 7"
 
 
 def test_a_corrupt_sqlite_store_is_one_line(tmp_path):

@@ -229,6 +229,11 @@ async def test_well_formed_admin_requests_still_work(guarded):
     code, _, answer = response(await g.exchange(
         request("GET", "/-/dead/7", token=None, headers={"Authorization": ADMIN})))
     assert code == 404 and answer["details"] == "no job 7"
+    code, _, answer = response(await g.exchange(request(  # a list, yet no job can have id 0
+        "POST", "/-/dead/replay", body=b'{"ids": [0]}', token=None,
+        headers={"Authorization": ADMIN})))
+    assert code == 400 and answer["details"] == \
+        '"ids" must be a list of job ids (whole numbers from 1)'
 
 
 # ---------------------------------------------------------------- Expect: 100-continue

@@ -368,6 +368,10 @@ routes:
     assert "  chat[0] joins the digest hub=Hub 3, closes 14:40 (route failures; if this event" \
            " opens the window)" in report.splitlines()
     report, _ = explain(config, event_from_dict(moving(1)), now=at("2026-12-02T23:00"))
+    # tomorrow's end with its weekday: a bare 07:00 would read as this morning's, long past
+    assert "    held until Thu 07:00 (quiet hours), then sent in one summary" in \
+        report.splitlines()
+    report, _ = explain(config, event_from_dict(moving(1)), now=at("2026-12-03T01:00"))
     assert "    held until 07:00 (quiet hours), then sent in one summary" in report.splitlines()
     report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T23:00"))
     assert "    sent now: failure is urgent during quiet hours" in report.splitlines()

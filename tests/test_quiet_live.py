@@ -122,7 +122,7 @@ routes:
     night, _ = explain(config, event_from_dict(update(0, "in_transit")),
                        now=at("2026-12-02T23:00"))
     lines = night.splitlines()
-    assert "    held until 07:00 (quiet hours), then sent in one summary" in lines
+    assert "    held until Thu 07:00 (quiet hours), then sent in one summary" in lines
     assert "    quiet hours win over live and hold: the summary is a plain message (no edit of" \
            " the delivery's), nothing replaces this one" in lines
     assert not any(line.startswith(("    live:", "    hold 30s")) for line in lines), night
