@@ -265,3 +265,35 @@ async def test_sqlite_reads_a_deliverys_newest_events_from_its_index_without_sor
             steps = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + query, [BIG] * times)]
             assert not [s for s in steps if "TEMP B-TREE" in s], (query, steps)
             assert any("INDEX events_delivery (delivery_id=?)" in s for s in steps), steps
+
+
+def schema_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "store schema" in r.getMessage()]
+
+
+async def test_a_store_says_in_one_line_that_it_created_or_upgraded_its_schema(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A first start created the schema (not nine `migrated to version N` lines); an older
+    file was upgraded from its version; a current one says nothing."""
+    caplog.set_level("INFO", logger="relay.store")
+    await open_and_close(f"sqlite:{tmp_path / 'new.db'}")
+    assert schema_lines(caplog) == [f"store schema created (version {SCHEMA_VERSION})"]
+    caplog.clear()
+    sqlite_at(tmp_path / "old.db", 5)
+    await open_and_close(f"sqlite:{tmp_path / 'old.db'}")
+    assert schema_lines(caplog) == [f"store schema upgraded from version 5 to {SCHEMA_VERSION}"]
+    caplog.clear()
+    await open_and_close(f"sqlite:{tmp_path / 'old.db'}")
+    assert schema_lines(caplog) == []
+
+
+@pytest.mark.postgres
+async def test_a_postgres_store_says_in_one_line_that_it_created_its_schema(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="relay.store")
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        await open_and_close(dsn)
+        assert schema_lines(caplog) == [f"store schema created (version {SCHEMA_VERSION})"]
+        caplog.clear()
+        await open_and_close(dsn)
+        assert schema_lines(caplog) == []

@@ -53,6 +53,7 @@ from relay.store.records import (
 from relay.store.schema import (
     SCHEMA_VERSION,
     check_version,
+    log_migrated,
     migrations,
 )
 from relay.store.sql import numbered as q
@@ -143,7 +144,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 await conn.execute(MIGRATIONS[step])
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
-                log.info("store schema migrated to version %d", step)
+        log_migrated(version)  # committed
 
     async def _tx(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one transaction; a lost deadlock race is retried."""

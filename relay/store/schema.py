@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
@@ -20,6 +21,16 @@ from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Time
 Dialect = Literal["sqlite", "postgres"]
 R = TypeVar("R")
 SCHEMA_VERSION = 9
+log = logging.getLogger(__name__)
+
+
+def log_migrated(before: int) -> None:
+    """One line for what a store's start-up did to its schema (`before`: the version it
+    found, 0 for none): created it, upgraded it, or nothing (nothing logged)."""
+    if before == 0:
+        log.info("store schema created (version %d)", SCHEMA_VERSION)
+    elif before < SCHEMA_VERSION:
+        log.info("store schema upgraded from version %d to %d", before, SCHEMA_VERSION)
 
 
 def check_version(version: int, where: str, *, create: bool) -> None:

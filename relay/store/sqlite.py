@@ -9,7 +9,6 @@ takes them (one UPDATE through the `jobs_due` index for a claim).
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import time
 import uuid
@@ -47,11 +46,11 @@ from relay.store.schema import (
     check_version,
     from_row,
     job_from_row,
+    log_migrated,
     migrations,
 )
 from relay.store.sqlite_writer import Writer
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIGRATIONS = migrations("sqlite")
 
@@ -131,7 +130,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
             finally:
                 if rebuild:
                     conn.execute("PRAGMA foreign_keys=ON")
-            log.info("store schema migrated to version %d", step)
+        log_migrated(version)
 
     def _count_backlog(self, conn: sqlite3.Connection) -> int:
         self._backlog.counted(conn.execute(sql.BACKLOG).fetchone()[0])
