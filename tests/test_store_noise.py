@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 
 from relay.errors import StaleClaim
-from relay.store import SCHEMA_VERSION, Store, Timer, TimerChange, TimerOp, open_store
+from relay.store import (
+    JOB_STATES,
+    SCHEMA_VERSION,
+    DeliverySummary,
+    Store,
+    Timer,
+    TimerChange,
+    TimerOp,
+    open_store,
+    sql_pages,
+)
 from relay.store.rules import summary_key
 from relay.store.schema import migrations
 from tests import test_store_contract as contract
@@ -160,6 +170,32 @@ async def test_recent_deliveries_count_a_held_job_as_waiting(store: Store) -> No
     recent = await store.recent_deliveries(10)
     assert [(d.delivery_id, d.sent, d.waiting, d.dead) for d in recent] == \
         [("d2", 0, 1, 0), ("d1", 1, 1, 0)]
+
+
+async def test_recent_deliveries_count_summarised_and_suppressed_jobs_and_digest_events(
+        store: Store) -> None:
+    # The deliveries page said "none" for a delivery whose notifications went out inside
+    # quiet hours' summary (its own page: "summarised"), or were suppressed by a
+    # cancellation, or whose events waited for or went out in a digest.
+    await store.accept(event(), "k1", [held(), job("other", suppress=True)], now=T0)
+    await store.accept(event("delivery.cancelled"), "k1c", [], now=T0 + 1)  # suppresses other
+    await join(store, 2, collect(), now=T0 + 2)
+    timers = await take(store, T0 + 3600)
+    assert sorted(t.kind for t in timers) == ["digest", "quiet"]
+    for timer in timers:
+        await store.fire(timer, [job("ops")], now=T0 + 3600,
+                         consumed=await store.timer_inputs(timer))
+    await join(store, 3, collect(), now=T0 + 3601)
+    recent = await store.recent_deliveries(10)
+    assert [(d.delivery_id, d.sent, d.waiting, d.dead, d.summarised, d.suppressed,
+             d.collecting, d.digested) for d in recent] == \
+        [("d3", 0, 0, 0, 0, 0, 1, 0), ("d2", 0, 0, 0, 0, 0, 0, 1), ("d1", 0, 0, 0, 1, 1, 0, 0)]
+
+
+def test_the_deliveries_list_counts_every_job_state_in_a_field_of_its_own() -> None:
+    fields = set(vars(DeliverySummary("d1", "delivery.updated", None, T0, 1, 0, 0, 0)))
+    assert {s: sql_pages.counted_as(s) in fields for s in JOB_STATES} == \
+        dict.fromkeys(JOB_STATES, True)
 
 
 async def test_a_job_held_while_the_summary_fires_gets_the_next_summary(store: Store) -> None:

@@ -333,3 +333,46 @@ async def test_the_dead_letters_page_says_when_it_shows_only_the_oldest(running,
 
 async def _dead_count(r, count: int) -> bool:
     return len(await r.relay.store.dead(None, count + 1)) == count
+
+
+def _notifications(page: str, delivery: str) -> list[str]:
+    """The Notifications cell of a delivery's row in the deliveries list, pill by pill."""
+    row = re.search(rf'\?id={delivery}">{delivery}</a></th>(.*?)</tr>', page, re.S)
+    assert row, f"{delivery} is listed"
+    return re.findall(r'<span class="(?:pill st-[\w-]+|muted)">([^<]+)</span>', row.group(1))
+
+
+async def test_the_deliveries_list_counts_what_went_out_in_a_summary_or_a_digest(running, sink):
+    # The list said "none" for a delivery whose notifications all went out inside quiet
+    # hours' summary (its own page said "summarised"), and for one whose event joined a digest.
+    from tests.conftest import FakeClock
+    from tests.test_less_noise import DIGEST_ROUTE, QUIET, at, failed, moving, ops, passes, sent
+
+    clock = FakeClock(at("2026-12-02T23:00"))  # a Wednesday night in Berlin: quiet until 07:00
+    r = await running(ops(sink, QUIET) + DIGEST_ROUTE % "{window: 10m}" + "default_receiver: ops\n"
+                      "deliveries: {suppress_stale: true}\n", clock=clock)
+    for body in (moving(1), moving(2), {**moving(2), "event": "delivery.cancelled"}):
+        assert (await r.post(body))[0] == 202
+    async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
+        overview = await resp.text()
+    assert re.search(r'id="backlog">2</span><span class="muted small" id="held">2 of them held'
+                     r" for quiet hours' summary</span>", overview)
+    clock.now = at("2026-12-03T07:00")  # the summary goes out
+    await passes(r.relay, 2)
+    await wait_for(lambda: len(sent(sink)) == 1, message="the summary")
+    assert (await r.post(failed(3)))[0] == 202  # joins a 10 min digest window
+    clock.advance(600)
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 2, message="the digest")
+    assert (await r.post(failed(4)))[0] == 202  # a window of its own, still open
+    assert (await r.post({**moving(5), "status": "at_hub"}))[0] == 202  # sent on its own
+    await passes(r.relay)
+    await wait_for(lambda: len(sent(sink)) == 3, message="d5's notification")
+    async with r.session.get(r.url + "/ui/deliveries", headers=bearer(ADMIN)) as resp:
+        page = await resp.text()
+    assert {d: _notifications(page, d) for d in ("d1", "d2", "d3", "d4", "d5")} == {
+        "d1": ["1 in a summary"], "d2": ["1 in a summary", "1 suppressed"],
+        "d3": ["1 in a digest"], "d4": ["1 waiting"], "d5": ["1 sent"]}
+    async with r.session.get(r.url + "/ui/delivery?id=d2", headers=bearer(ADMIN)) as resp:
+        assert re.search(r'st-summarised">1 summarised</span><span class="pill st-suppressed">1'
+                         r" suppressed</span>", await resp.text())

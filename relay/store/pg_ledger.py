@@ -6,7 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relay.store import rules, sql
+from relay.store import rules, sql, sql_pages
 from relay.store.records import (
     Attempt,
     DeliverySummary,
@@ -67,13 +67,14 @@ class PostgresLedger:
         return [from_row(ReceiverState, r) for r in rows]
 
     async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
-        rows = await self._tx(lambda conn: conn.fetch(q(sql.RECENT_DELIVERIES),
-                                                      limit * sql.RECENT_WINDOW, limit))
-        return sql.recent(rows)
+        rows = await self._tx(lambda conn: conn.fetch(q(sql_pages.RECENT_DELIVERIES),
+                                                      limit * sql_pages.RECENT_WINDOW, limit))
+        return sql_pages.recent(rows)
 
     async def activity(self, since: float, minutes: int) -> list[Minute]:
         async def activity(conn: Any) -> list[Minute]:
-            return sql.minutes(since, minutes, *[await conn.fetch(q(query), since, since)
-                                                 for query in sql.per_minute("postgres")])
+            return sql_pages.minutes(since, minutes, *[
+                await conn.fetch(q(query), since, since)
+                for query in sql_pages.per_minute("postgres")])
 
         return await self._tx(activity)

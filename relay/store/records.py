@@ -267,7 +267,8 @@ class Minute:
 
 @dataclass(frozen=True)
 class DeliverySummary:
-    """One recent delivery: its newest event and how its notifications stand."""
+    """One recent delivery: its newest event and how its notifications stand (every job
+    state is counted in one of these: `sql_pages.counted_as`)."""
 
     delivery_id: str
     last_type: str
@@ -277,3 +278,7 @@ class DeliverySummary:
     sent: int
     waiting: int  # pending, claimed or held (for quiet hours' summary)
     dead: int
+    summarised: int = 0  # held, then sent inside quiet hours' summary
+    suppressed: int = 0  # dropped: a cancellation, or replaced during a route's hold
+    collecting: int = 0  # its events in a digest window still open
+    digested: int = 0  # its events sent in a digest

@@ -19,14 +19,12 @@ from relay.events import Event
 from relay.store.records import (
     ACTIVE_STATES,
     Attempt,
-    DeliverySummary,
     DigestItem,
     DigestJoin,
     Job,
     JobAttempt,
     JobState,
     LiveRef,
-    Minute,
     Notification,
     Timeline,
     TimelineEvent,
@@ -162,36 +160,6 @@ RECEIVER_STATES = (
     f" coalesce({_LAST_FAILURE.format('error')}, '') AS last_error,"
     f" {_LAST_FAILURE.format('at')} AS last_error_at"
     " FROM receivers r ORDER BY r.name")
-
-# The status page (relay/ui). Each walks an index: events_delivery, jobs_delivery
-# (jobs_delivery_all in PostgreSQL), events_received, attempts_at.
-_COUNT_JOBS = ("(SELECT count(*) FROM jobs j WHERE j.delivery_id = d.delivery_id"
-               " AND j.state {}) AS {}")
-RECENT_WINDOW = 20  # events looked at per delivery asked for
-# The newest deliveries among the newest `?` events (a walk down the primary key).
-RECENT_DELIVERIES = (
-    "SELECT d.delivery_id, e.type AS last_type, e.received_at AS last_at, e.payload,"
-    " (SELECT count(*) FROM events x WHERE x.delivery_id = d.delivery_id) AS events, "
-    + ", ".join(_COUNT_JOBS.format(*c) for c in (("= 'sent'", "sent"),
-                                                 ("IN ('pending', 'claimed', 'held')", "waiting"),
-                                                 ("= 'dead'", "dead"))) +
-    " FROM (SELECT w.delivery_id, max(w.id) AS last FROM (SELECT id, delivery_id FROM events"
-    " ORDER BY id DESC LIMIT ?) AS w GROUP BY w.delivery_id ORDER BY last DESC LIMIT ?) AS d"
-    " JOIN events e ON e.id = d.last ORDER BY d.last DESC")
-# `{minute}` is the dialect's whole minutes since the first parameter (see per_minute).
-EVENTS_PER_MINUTE = ("SELECT {minute} AS minute, count(*) AS n FROM events"
-                     " WHERE received_at >= ? GROUP BY 1")
-ATTEMPTS_PER_MINUTE = ("SELECT {minute} AS minute, outcome, count(*) AS n FROM attempts"
-                       " WHERE at >= ? GROUP BY 1, 2")
-_MINUTE = {"sqlite": "CAST(({} - ?) / 60 AS INTEGER)",  # truncates: the values are >= 0
-           "postgres": "floor(({} - ?) / 60)::bigint"}  # a cast would round
-
-
-def per_minute(dialect: str) -> tuple[str, str]:
-    """EVENTS_PER_MINUTE and ATTEMPTS_PER_MINUTE for a dialect; parameters: (since, since)."""
-    return (EVENTS_PER_MINUTE.format(minute=_MINUTE[dialect].format("received_at")),
-            ATTEMPTS_PER_MINUTE.format(minute=_MINUTE[dialect].format("at")))
-
 
 def _states(states: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in states if s != "new") + ")"
@@ -374,27 +342,3 @@ def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
         tuple(from_row(LiveRef, r) for r in live),
         tuple(from_row(DigestJoin, j) for j in joined),
         sum(int(r["n"]) for r in earlier))
-
-
-def recent(rows: Iterable[Mapping[str, Any]]) -> list[DeliverySummary]:
-    """DeliverySummary values from the rows of RECENT_DELIVERIES."""
-    out = []
-    for r in rows:
-        status = json.loads(r["payload"]).get("status")
-        out.append(DeliverySummary(r["delivery_id"], r["last_type"],
-                                   status if isinstance(status, str) else None, r["last_at"],
-                                   r["events"], r["sent"], r["waiting"], r["dead"]))
-    return out
-
-
-def minutes(since: float, count: int, events: Iterable[Mapping[str, Any]],
-            attempts: Iterable[Mapping[str, Any]]) -> list[Minute]:
-    """`count` minutes from `since`, oldest first, from the per-minute rows (gaps are zeros)."""
-    table = {i: [0, 0, 0] for i in range(count)}
-    for e in events:
-        if int(e["minute"]) in table:
-            table[int(e["minute"])][0] += e["n"]
-    for a in attempts:
-        if int(a["minute"]) in table:
-            table[int(a["minute"])][1 if a["outcome"] == "sent" else 2] += a["n"]
-    return [Minute(since + 60 * i, *table[i]) for i in range(count)]

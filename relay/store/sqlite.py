@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
-from relay.store import rules, sql, sqlite_support, sqlite_timers
+from relay.store import rules, sql, sql_pages, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
 from relay.store.records import (
     Accepted,
@@ -317,12 +317,12 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return [from_row(ReceiverState, r) for r in conn.execute(sql.RECEIVER_STATES)]
 
     async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
-        return await self._call(lambda conn: sql.recent(conn.execute(
-            sql.RECENT_DELIVERIES, (limit * sql.RECENT_WINDOW, limit))))
+        return await self._call(lambda conn: sql_pages.recent(conn.execute(
+            sql_pages.RECENT_DELIVERIES, (limit * sql_pages.RECENT_WINDOW, limit))))
 
     async def activity(self, since: float, minutes: int) -> list[Minute]:
-        return await self._call(lambda conn: sql.minutes(since, minutes, *(
-            conn.execute(q, (since, since)).fetchall() for q in sql.per_minute("sqlite"))))
+        return await self._call(lambda conn: sql_pages.minutes(since, minutes, *(
+            conn.execute(q, (since, since)).fetchall() for q in sql_pages.per_minute("sqlite"))))
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:

@@ -24,7 +24,7 @@ from multidict import MultiDictProxy
 from relay.events import unstorable
 from relay.server import BODY_ERRORS
 from relay.ui.access import COOKIE, LoginThrottle, Sessions, Tokens, Visitor, bearer_role, csrf_ok
-from relay.ui.views import ago, iso, when
+from relay.ui.views import ago, counts, iso, when
 from relay.web import SERVICES, error, utf8
 
 STATIC = Path(__file__).parent / "static"
@@ -54,6 +54,7 @@ def environment() -> Environment:
     env.filters["when"] = when
     env.filters["ago"] = ago
     env.filters["iso"] = iso
+    env.filters["counts"] = counts
     env.globals["static"] = _static_urls()
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
     return env

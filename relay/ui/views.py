@@ -21,6 +21,7 @@ from relay.quiet import QuietHours, until_epoch
 from relay.routing import Router
 from relay.store import (
     Attempt,
+    DeliverySummary,
     Job,
     Minute,
     ReceiverState,
@@ -158,6 +159,32 @@ def _state(config: Config, configured: bool, s: ReceiverState | None, now: float
     if s.failures:
         return "retrying", f"{s.failures} failure{'s' if s.failures > 1 else ''} in a row"
     return ("sending", f"{s.backlog} waiting") if s.backlog else ("idle", "nothing waiting")
+
+
+# ---------------------------------------------------------------- recent deliveries
+
+
+@dataclass(frozen=True)
+class Count:
+    """One pill of a delivery's row: how many, its state's colour, and the words for them."""
+
+    n: int
+    state: str  # the css class st-…
+    words: str
+
+
+def counts(d: DeliverySummary) -> tuple[Count, ...]:
+    """How a delivery's notifications stand, every job state counted (docs/status-page.md
+    says which of the delivery page's words each stands for).
+
+    An event in a digest window waits like a held job; one sent in a digest, or a job
+    sent inside quiet hours' summary, went out in that one message."""
+    return tuple(c for c in (
+        Count(d.sent, "sent", "sent"), Count(d.summarised, "summarised", "in a summary"),
+        Count(d.digested, "sent", "in a digest"),
+        Count(d.waiting + d.collecting, "pending", "waiting"),
+        Count(d.suppressed, "suppressed", "suppressed"), Count(d.dead, "dead", "dead"))
+        if c.n)
 
 
 # ---------------------------------------------------------------- one delivery
