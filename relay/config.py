@@ -153,6 +153,7 @@ class WatchConfig:
     receivers: tuple[str, ...]
     template: TemplateConfig
     path: str = ""
+    stop_listed: bool = True  # `stop:` was a list (its key paths are stop[i], else stop)
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,8 @@ def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
                     if key not in values else f'"{key}" must not be empty or zero')
     return WatchConfig(values.get("name", path), values.get("start", {}),
                        values.get("stop", ()), values.get("after", 0.0),
-                       values.get("receivers", ()), _inline_template(values, path), path)
+                       values.get("receivers", ()), _inline_template(values, path), path,
+                       isinstance(data, dict) and isinstance(data.get("stop"), list))
 
 
 def _check_references(config: Config, c: Checker) -> None:

@@ -90,6 +90,10 @@ def _with_more(body: str, hidden: int) -> str:
     return f"{body.rstrip()}\n{more_line(hidden)}".lstrip("\n")
 
 
+# The keys of `window`; `check` warns about others.
+WINDOW_FIELDS = frozenset({"opened", "closes", "closed", "seconds"})
+
+
 def window_context(opened_at: float, closes: float, closed_at: float) -> dict[str, Any]:
     """What templates see as `window`: ISO times (UTC) usable with `localtime`."""
     return {"opened": _iso(opened_at), "closes": _iso(closes), "closed": _iso(closed_at),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apprise
@@ -11,17 +11,20 @@ import jinja2
 
 from relay import config as config_mod
 from relay.config import Config, TemplateConfig, did_you_mean, shown, used_receivers
+from relay.digests import WINDOW_FIELDS
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import DOCUMENTED_FIELDS, KNOWN_TYPES
 from relay.live import why_not_live
 from relay.live.email import is_email
+from relay.lookups import Known, Unknown, unknown_keys
 from relay.notify import redact
 from relay.routing import MatcherError, Route, Router
 from relay.runtime import build_runtime
 from relay.store import open_store
+from relay.summaries import NOTIFICATION_FIELDS, QUIET_FIELDS
 from relay.templating import RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, referenced_fields
 from relay.watches import FIELDS as WATCH_FIELDS
-from relay.watches import Watches
+from relay.watches import Watches, stop_key
 
 CREATED = "delivery.created"
 
@@ -39,8 +42,8 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, store_url, cannot_edit, watch_stops,
-                 short_lease, circuit_cooldowns, unknown_event_types):
+    for rule in (unused, shadowed, undocumented, batch_keys, store_url, cannot_edit,
+                 watch_stops, short_lease, circuit_cooldowns, unknown_event_types):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -79,7 +82,7 @@ def _matches(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
     yield from ((f"{r.path}.match.event", r.match) for r in config.routes)
     for w in config.watches:
         yield f"{w.path}.start.event", w.start
-        yield from ((f"{w.path}.stop[{i}].event", s) for i, s in enumerate(w.stop))
+        yield from ((f"{w.path}.{stop_key(w, i)}.event", s) for i, s in enumerate(w.stop))
 
 
 def _literals(value: Any) -> Iterator[str]:
@@ -215,8 +218,8 @@ def watch_stops(config: Config) -> list[Issue]:
     """A stop no event can bring after the start, or one that every start event matches."""
     out = []
     for watch in Watches.from_config(config).watches:
-        for i, stop in enumerate(watch.stops):
-            path = f"{watch.config.path}.stop[{i}]"
+        for stop in watch.stops:
+            path = stop.config.path
             if _only_created(stop):
                 out.append(config.source.issue(path, (
                     f'watch "{watch.name}": this stop can never match after start: it matches'
@@ -300,3 +303,56 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
     it = "it sends" if never == KOURIER else "it has"
     return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
                                       " renders empty unless an event carries it", "warning")]
+
+
+# What the relay itself puts in a digest's `window` and `group` and a summary's `quiet` and
+# each of its `notifications`. A digest's `events` and a watch's `last` are Kourier's
+# payloads, which may carry any field (docs/less-noise.md): their keys are not checked.
+SUMMARY_KEYS = ({"quiet": Known("a quiet-hours summary's quiet", QUIET_FIELDS)},
+                {"notifications": Known("a notification of a quiet-hours summary",
+                                        NOTIFICATION_FIELDS)})
+
+
+def batch_keys(config: Config) -> list[Issue]:
+    """Keys a digest's or summary's template reads that its objects never have."""
+    out = []
+    seen: set[str] = set()
+    for template, path, (objects, lists) in _batch_templates(config):
+        for key in ("title", "body"):
+            source = getattr(template, key)
+            if source is None or f"{path}.{key}" in seen:
+                continue
+            seen.add(f"{path}.{key}")
+            out += [_key_issue(config, f"{path}.{key}", u)
+                    for u in unknown_keys(source, objects, lists)]
+    return out
+
+
+Scopes = tuple[dict[str, Known], dict[str, Known]]
+
+
+def _batch_templates(config: Config) -> list[tuple[TemplateConfig, str, Scopes]]:
+    """Each digest or summary template, with the objects (and lists) it sees."""
+    by_plain = {r.template_ref for r in config.routes if not r.digest}
+    group_by: dict[str, set[str]] = {}  # a named template: what the digest routes using it group by
+    for r in config.routes:
+        if r.digest and r.template_ref and r.template_ref not in by_plain:
+            group_by.setdefault(r.template_ref, set()).update(r.digest.group_by)
+    summaries = {rc.quiet_template for rc in config.receivers.values() if rc.quiet_template}
+    out = [(t, t.path, SUMMARY_KEYS if name in summaries else _digest_keys(group_by[name]))
+           for name, t in config.templates.items() if name in summaries or name in group_by]
+    return out + [(r.template, r.path, _digest_keys(r.digest.group_by))
+                  for r in config.routes if r.digest]
+
+
+def _digest_keys(group_by: Iterable[str]) -> Scopes:
+    return ({"window": Known("a digest's window", WINDOW_FIELDS),
+             "group": Known("this digest's group (its group_by)", frozenset(group_by))}, {})
+
+
+def _key_issue(config: Config, path: str, u: Unknown) -> Issue:
+    has = ", ".join(sorted(u.known.keys)) or "no keys"
+    hint = did_you_mean(u.key, dict.fromkeys(u.known.keys))
+    return Issue(config.source.file, config.source.line_within(path, u.line), path,
+                 f"uses {u.expression}, which {u.known.owner} never has (it has {has});"
+                 f" renders empty{hint}", "warning")

@@ -28,6 +28,11 @@ SEVERITY = ("info", "success", "warning", "failure")
 # Held notifications were made inert for their channel when they were rendered.
 ALREADY_ESCAPED = (Escaping(single_line=True), Escaping())
 QUIET_ROUTE = "(quiet hours)"  # the route name on summary jobs
+# The keys of each of a summary's `notifications` and of its `quiet`; `check` warns
+# about others.
+NOTIFICATION_FIELDS = frozenset({"title", "body", "type", "route", "delivery_id",
+                                 "event_type", "at"})
+QUIET_FIELDS = frozenset({"from", "until"})
 
 
 @dataclass(frozen=True)

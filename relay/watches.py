@@ -113,7 +113,7 @@ def _compile(wc: WatchConfig, config: Config) -> Watch:
         issues.append(config.source.issue(f"{wc.path}.name", 'a watch name must not contain ":"'
                                           " (its timers are keyed name:delivery_id)"))
     routes: list[Route] = []
-    for section, spec in [("start", wc.start), *((f"stop[{i}]", s) for i, s in
+    for section, spec in [("start", wc.start), *((stop_key(wc, i), s) for i, s in
                                                   enumerate(wc.stop))]:
         try:
             matchers = compile_matchers(spec, wc.path, config.source, section)
@@ -129,6 +129,12 @@ def _compile(wc: WatchConfig, config: Config) -> Watch:
                             t.body if t.body is not None else BODY, t.type or "warning",
                             t.format or "text")
     return Watch(wc, routes[0], tuple(routes[1:]), template)
+
+
+def stop_key(wc: WatchConfig, i: int) -> str:
+    """The key of stop `i` under its watch as the file has it: `stop[1]`, or `stop` for
+    a `stop:` written as one mapping."""
+    return f"stop[{i}]" if wc.stop_listed else "stop"
 
 
 def context(timer: Timer, inputs: TimerInputs, now: float) -> tuple[Event, dict[str, Any]]:
@@ -158,8 +164,8 @@ def human_duration(seconds: float) -> str:
 def describe(watch: Watch, action: Action, stop: int, event: Event, now: float) -> str:
     """One line of the `route` dry run."""
     if action == "disarm":
-        return f"  DISARM {watch.name}: stop[{stop}] matches (a timer armed for this delivery" \
-               " will not fire)"
+        return f"  DISARM {watch.name}: {stop_key(watch.config, stop)} matches (a timer armed" \
+               " for this delivery will not fire)"
     late = is_late(event, watch.config.after, now)
     when = f"{human_duration(min(watch.config.after, LATE_GRACE))} after receipt: the event is" \
         f" already older than after ({human_duration(watch.config.after)})" if late else \

@@ -159,3 +159,69 @@ def test_check_warns_of_payload_fields_in_digest_and_summary_templates(tmp_path)
         " events",
     ]
     assert result.exit_code == 1  # --strict
+
+
+KEYS = """\
+server:
+  tokens: [t]
+receivers:
+  - name: ops
+    urls: ["console://"]
+    quiet_hours:
+      timezone: Europe/Berlin
+      windows: [{days: daily, from: "22:00", to: "07:00"}]
+      template: night
+templates:
+  night:
+    title: "{{ quiet.from }} to {{ quiet.until }}QUIET_EXTRA"
+    body: |
+      {% for n in notifications %}{{ n.title }} {{ n.body }} {{ n.type }} {{ n.route }}
+      {{ n.delivery_id }} {{ n.event_type }} {{ n.at }}{% for k, v in n.items() %}{% endfor %}
+      ITEM_EXTRA{% endfor %}
+routes:
+  - name: failures
+    receivers: [ops]
+    digest: {window: 10m, group_by: [hub, address.city]}
+    title: "{{ group.hub }} {{ group['address.city'] }} {{ window.seconds }}DIGEST_EXTRA"
+    body: "{% for e in events %}{{ e.opened }} {{ e.anything }}{% endfor %}{{ window.opened
+      }} {{ window.closes }} {{ window.closed }}"
+"""
+
+
+def test_check_knows_every_key_of_what_digest_and_summary_templates_see(tmp_path) -> None:
+    # A digest's events are payloads: any field (e.anything), as the docs promise.
+    result = check(tmp_path, KEYS.replace("QUIET_EXTRA", "").replace("ITEM_EXTRA", "")
+                   .replace("DIGEST_EXTRA", ""))
+    assert (result.exit_code, result.stdout) == (0, "")
+
+
+def test_check_warns_of_keys_digest_and_summary_objects_never_have(tmp_path) -> None:
+    result = check(tmp_path, KEYS.replace("QUIET_EXTRA", " {{ quiet.since }}")
+                   .replace("ITEM_EXTRA", "{{ n.bogus }} {{ n['titel'] }}")
+                   .replace("DIGEST_EXTRA", " {{ window.open }} {{ group.address }}"))
+    path = tmp_path / "relay.yaml"
+    assert result.stdout.splitlines() == [
+        f"{path}:12: templates.night.title: warning: uses quiet.since, which a quiet-hours"
+        " summary's quiet never has (it has from, until); renders empty",
+        f"{path}:16: templates.night.body: warning: uses n.bogus, which a notification of a"
+        " quiet-hours summary never has (it has at, body, delivery_id, event_type, route,"
+        " title, type); renders empty",
+        f"{path}:16: templates.night.body: warning: uses n['titel'], which a notification of a"
+        " quiet-hours summary never has (it has at, body, delivery_id, event_type, route,"
+        ' title, type); renders empty (did you mean "title"?)',
+        f"{path}:21: routes[0].title: warning: uses window.open, which a digest's window never"
+        ' has (it has closed, closes, opened, seconds); renders empty (did you mean "opened"?)',
+        f"{path}:21: routes[0].title: warning: uses group.address, which this digest's group"
+        " (its group_by) never has (it has address.city, hub); renders empty (did you mean"
+        ' "address.city"?)',
+    ]
+    assert result.exit_code == 1  # --strict
+
+
+def test_check_leaves_alone_keys_reached_through_a_filter_or_a_computed_key(tmp_path) -> None:
+    result = check(tmp_path, KEYS.replace(
+        "QUIET_EXTRA", " {{ (quiet | default({})).since }} {{ quiet[receiver] }}").replace(
+        "ITEM_EXTRA", "").replace("DIGEST_EXTRA", "").replace(
+        "{% for n in notifications %}", "{% for m in notifications | reverse %}{{ m.bogus }}"
+        "{% endfor %}{% for n in notifications %}"))
+    assert (result.exit_code, result.stdout) == (0, "")

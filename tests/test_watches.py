@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from relay.config import load
+from relay.events import Event
 from relay.lint import lint
-from relay.watches import human_duration
+from relay.watches import Watches, describe, human_duration
 from tests.conftest import FakeClock, wait_for
 from tests.test_sending import receivers
 
@@ -270,6 +272,58 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
         "10: watches[0].body: uses courier, which Kourier never sends (it sends delivery_id,"
         " event, status, timestamp); renders empty unless an event carries it",
     ]
+
+
+MAPPING_STOP = """\
+  - name: w
+    start: {event: delivery.updated}
+    stop:
+      event: delivery.canceled
+      status: {bogus: 1}
+    after: 2h
+    receivers: [ops]
+"""
+LISTED_STOP = MAPPING_STOP.replace("""\
+      event: delivery.canceled
+      status:""", """\
+      - {event: delivery.cancelled}
+      - event: delivery.canceled
+        status:""")
+UNKNOWN = ("'delivery.canceled' matches no event type Kourier sends (delivery.cancelled,"
+           " delivery.created, delivery.updated), only one it may add later (did you mean"
+           ' "delivery.cancelled"?)')
+
+
+def test_check_names_a_stop_written_as_one_mapping_without_an_index(tmp_path):
+    assert findings(tmp_path, MAPPING_STOP) == [
+        f"8: watches[0].stop.event: {UNKNOWN}",
+        '9: watches[0].stop.status: unknown matcher "bogus" (use regex, not or exists)',
+    ]
+    assert findings(tmp_path, MAPPING_STOP.replace("canceled", "created").replace(
+        "      status: {bogus: 1}\n", "")) == [
+        '7: watches[0].stop: watch "w": this stop can never match after start: it matches'
+        " only delivery.created, which Kourier sends once, before any other event of a delivery"]
+
+
+def test_check_names_each_stop_of_a_list_by_its_index_and_line(tmp_path):
+    assert findings(tmp_path, LISTED_STOP) == [
+        f"9: watches[0].stop[1].event: {UNKNOWN}",
+        '10: watches[0].stop[1].status: unknown matcher "bogus" (use regex, not or exists)',
+    ]
+    assert findings(tmp_path, LISTED_STOP.replace("canceled", "created").replace(
+        "        status: {bogus: 1}\n", "")) == [
+        '9: watches[0].stop[1]: watch "w": this stop can never match after start: it matches'
+        " only delivery.created, which Kourier sends once, before any other event of a delivery"]
+
+
+def test_the_dry_run_names_a_single_stop_as_the_file_does(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE + MAPPING_STOP.replace("canceled", "cancelled").replace(
+        "      status: {bogus: 1}\n", ""))
+    [watch] = Watches.from_config(load(str(path))).watches
+    event = Event("delivery.cancelled", "D-1", "2027-01-15T08:00:00Z", None, {})
+    assert describe(watch, "disarm", 0, event, 0.0) == \
+        "  DISARM w: stop matches (a timer armed for this delivery will not fire)"
 
 
 async def test_a_start_older_than_the_stop_that_came_first_arms_nothing(running, sink, tmp_path):
