@@ -8,6 +8,7 @@ from typing import Any
 
 import apprise
 import jinja2
+from jinja2 import nodes
 
 from relay import config as config_mod
 from relay.config import Config, TemplateConfig, did_you_mean, shown, used_receivers
@@ -22,7 +23,7 @@ from relay.routing import MatcherError, Route, Router
 from relay.runtime import build_runtime
 from relay.store import open_store
 from relay.summaries import NOTIFICATION_FIELDS, QUIET_FIELDS
-from relay.templating import RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, referenced_fields
+from relay.templating import ENV, RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, referenced_fields
 from relay.watches import FIELDS as WATCH_FIELDS
 from relay.watches import Watches, stop_key
 
@@ -301,8 +302,26 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
                                           f" renders empty: each item is in {items}",
                                     "warning")]
     it = "it sends" if never == KOURIER else "it has"
-    return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
-                                      " renders empty unless an event carries it", "warning")]
+    computed = [name for name in extra if name in _computed_with(source)]
+    if not computed:
+        return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
+                                          " renders empty unless an event carries it", "warning")]
+    plain = [name for name in extra if name not in computed]
+    fails = (f"{', '.join(plain)} renders empty and " if plain else "") + \
+        f"{', '.join(computed)} fails the template, which computes with it (the built-in one" \
+        " is used)"
+    return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent}); unless an"
+                                      f" event carries it, {fails}", "warning")]
+
+
+_ARITHMETIC = (nodes.BinExpr, nodes.UnaryExpr)  # `weight / 1000`, `-weight`: undefined fails
+
+
+def _computed_with(source: str) -> set[str]:
+    """The names a template does arithmetic on directly (`weight / 1000`): where an event
+    lacks one, rendering fails instead of printing nothing."""
+    return {operand.name for node in ENV.parse(source).find_all(_ARITHMETIC)
+            for operand in node.iter_child_nodes() if isinstance(operand, nodes.Name)}
 
 
 # What the relay itself puts in a digest's `window` and `group` and a summary's `quiet` and

@@ -476,3 +476,29 @@ default_receiver: log
         f"{cfg}:16: watches[0].stop[0].event: warning: 'delivery.update' matches no event type"
         f' Kourier sends {sent} (did you mean "delivery.updated"?)',
     ]
+
+
+def test_a_missing_field_computed_with_is_said_to_fail_the_template_not_to_render_empty(
+        tmp_path):
+    """`{{ weight / 1000 }}` on an event without `weight` fails (the built-in template is
+    used), while `{{ note }}` renders empty: the warning says which does what."""
+    cfg, result = checked(tmp_path / "computed.yaml", """\
+server:
+  tokens: ["t0ken"]
+receivers: [{name: log, urls: ["console://"]}]
+routes:
+  - match: {status: failed}
+    receivers: [log]
+    title: "{{ delivery_id }} weighs {{ weight / 1000 }} kg"
+    body: "{{ note }} {{ -depth }} {{ weight ~ 'g' }}"
+default_receiver: log
+""")
+    sent = "it sends delivery_id, event, status, timestamp"
+    assert result.stdout.splitlines() == [
+        f"{cfg}:7: routes[0].title: warning: uses weight, which Kourier never sends ({sent});"
+        " unless an event carries it, weight fails the template, which computes with it (the"
+        " built-in one is used)",
+        f"{cfg}:8: routes[0].body: warning: uses depth, note, weight, which Kourier never sends"
+        f" ({sent}); unless an event carries it, note, weight renders empty and depth fails"
+        " the template, which computes with it (the built-in one is used)"]
+    assert result.exit_code == 0
