@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import apprise
 import jinja2
@@ -245,16 +245,25 @@ SUMMARY_NAMES = frozenset({"notifications", "count", "receiver", "quiet"})
 
 
 def undocumented(config: Config) -> list[Issue]:
-    out = []
+    return [issue for (_, path, known, never, also), key, source
+            in _texts(_templates(config))
+            for issue in _fields_issue(config, key, source, known, never, also)]
+
+
+S = TypeVar("S", bound=tuple[Any, ...])
+
+
+def _texts(templates: list[S]) -> Iterator[tuple[S, str, str]]:
+    """Each (template, path, ...) entry's title and body, as (entry, key path, text); a
+    named template that several routes use is read once."""
     seen: set[str] = set()
-    for template, path, known, never, also in _templates(config):
+    for entry in templates:
+        template, path = entry[0], entry[1]
         for key in ("title", "body"):
             source = getattr(template, key)
-            if source is None or f"{path}.{key}" in seen:
-                continue
-            seen.add(f"{path}.{key}")
-            out += _fields_issue(config, f"{path}.{key}", source, known, never, also)
-    return out
+            if source is not None and f"{path}.{key}" not in seen:
+                seen.add(f"{path}.{key}")
+                yield entry, f"{path}.{key}", source
 
 
 Seen = tuple[TemplateConfig, str, frozenset[str], str, frozenset[str]]
@@ -334,17 +343,9 @@ SUMMARY_KEYS = ({"quiet": Known("a quiet-hours summary's quiet", QUIET_FIELDS)},
 
 def batch_keys(config: Config) -> list[Issue]:
     """Keys a digest's or summary's template reads that its objects never have."""
-    out = []
-    seen: set[str] = set()
-    for template, path, (objects, lists) in _batch_templates(config):
-        for key in ("title", "body"):
-            source = getattr(template, key)
-            if source is None or f"{path}.{key}" in seen:
-                continue
-            seen.add(f"{path}.{key}")
-            out += [_key_issue(config, f"{path}.{key}", u)
-                    for u in unknown_keys(source, objects, lists)]
-    return out
+    return [_key_issue(config, key, u)
+            for (_, _, (objects, lists)), key, source in _texts(_batch_templates(config))
+            for u in unknown_keys(source, objects, lists)]
 
 
 Scopes = tuple[dict[str, Known], dict[str, Known]]
