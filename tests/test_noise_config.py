@@ -118,7 +118,7 @@ def check(tmp_path, text: str):
     return CliRunner().invoke(main, ["check", "--strict", "-c", str(path)])
 
 
-CHECKED = """\
+NIGHT = """\
 server:
   tokens: [t]
 receivers:
@@ -130,6 +130,8 @@ receivers:
       template: night
 templates:
   night:
+"""
+CHECKED = NIGHT + """\
     title: "{{ count }} while {{ receiver }} slept ({{ quiet.until }})"
     body: "{% for n in notifications %}{{ n.title }}{% endfor %}SUMMARY_EXTRA"
 routes:
@@ -161,18 +163,7 @@ def test_check_warns_of_payload_fields_in_digest_and_summary_templates(tmp_path)
     assert result.exit_code == 1  # --strict
 
 
-KEYS = """\
-server:
-  tokens: [t]
-receivers:
-  - name: ops
-    urls: ["console://"]
-    quiet_hours:
-      timezone: Europe/Berlin
-      windows: [{days: daily, from: "22:00", to: "07:00"}]
-      template: night
-templates:
-  night:
+KEYS = NIGHT + """\
     title: "{{ quiet.from }} to {{ quiet.until }}QUIET_EXTRA"
     body: |
       {% for n in notifications %}{{ n.title }} {{ n.body }} {{ n.type }} {{ n.route }}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from relay.config import load
 from relay.events import Event
 from relay.lint import lint
@@ -294,25 +296,24 @@ UNKNOWN = ("'delivery.canceled' matches no event type Kourier sends (delivery.ca
            ' "delivery.cancelled"?)')
 
 
-def test_check_names_a_stop_written_as_one_mapping_without_an_index(tmp_path):
-    assert findings(tmp_path, MAPPING_STOP) == [
-        f"8: watches[0].stop.event: {UNKNOWN}",
-        '9: watches[0].stop.status: unknown matcher "bogus" (use regex, not or exists)',
-    ]
-    assert findings(tmp_path, MAPPING_STOP.replace("canceled", "created").replace(
-        "      status: {bogus: 1}\n", "")) == [
-        '7: watches[0].stop: watch "w": this stop can never match after start: it matches'
-        " only delivery.created, which Kourier sends once, before any other event of a delivery"]
+STOP_FORMS = {  # (config, the key path of its bad stop, its line, the indent of its keys)
+    "one mapping, no index": (MAPPING_STOP, "watches[0].stop", 7, "      "),
+    "a list, by index": (LISTED_STOP, "watches[0].stop[1]", 9, "        "),
+}
 
 
-def test_check_names_each_stop_of_a_list_by_its_index_and_line(tmp_path):
-    assert findings(tmp_path, LISTED_STOP) == [
-        f"9: watches[0].stop[1].event: {UNKNOWN}",
-        '10: watches[0].stop[1].status: unknown matcher "bogus" (use regex, not or exists)',
+@pytest.mark.parametrize("form", STOP_FORMS)
+def test_check_names_a_stop_as_the_file_writes_it(tmp_path, form):
+    """`stop: {...}` has no `[0]` in the file, so its findings have none either."""
+    text, path, line, indent = STOP_FORMS[form]
+    event_line = line + 1 if form.startswith("one") else line
+    assert findings(tmp_path, text) == [
+        f"{event_line}: {path}.event: {UNKNOWN}",
+        f'{event_line + 1}: {path}.status: unknown matcher "bogus" (use regex, not or exists)',
     ]
-    assert findings(tmp_path, LISTED_STOP.replace("canceled", "created").replace(
-        "        status: {bogus: 1}\n", "")) == [
-        '9: watches[0].stop[1]: watch "w": this stop can never match after start: it matches'
+    assert findings(tmp_path, text.replace("canceled", "created").replace(
+        f"{indent}status: {{bogus: 1}}\n", "")) == [
+        f'{line}: {path}: watch "w": this stop can never match after start: it matches'
         " only delivery.created, which Kourier sends once, before any other event of a delivery"]
 
 
