@@ -216,3 +216,26 @@ def test_check_leaves_alone_keys_reached_through_a_filter_or_a_computed_key(tmp_
         "{% for n in notifications %}", "{% for m in notifications | reverse %}{{ m.bogus }}"
         "{% endfor %}{% for n in notifications %}"))
     assert (result.exit_code, result.stdout) == (0, "")
+
+
+def test_the_keys_check_knows_are_the_keys_the_relay_renders_with() -> None:
+    """`check` warns about keys outside WINDOW_FIELDS, QUIET_FIELDS and NOTIFICATION_FIELDS:
+    they must be exactly what a summary and a digest window are rendered with."""
+    from relay.digests import WINDOW_FIELDS, window_context
+    from relay.escaping import NO_CHANNEL
+    from relay.store.records import Job, Timer
+    from relay.summaries import NOTIFICATION_FIELDS, QUIET_FIELDS, render_summary
+    from relay.templating import Templates
+
+    assert set(window_context(0.0, 600.0, 600.0)) == WINDOW_FIELDS
+    cfg = config.loads(NIGHT + """\
+    title: "{{ quiet.keys() | sort | join(',') }}"
+    body: "{% for n in notifications %}{{ n.keys() | sort | join(',') }}{% endfor %}"
+""", "relay.yaml", {})
+    job = Job(id=1, event_id=1, receiver="ops", url_index=0, route="all", title="t", body="b",
+              type="info", format="text", state="held", attempts=0, created_at=1.0,
+              next_attempt_at=1.0, delivery_id="D-1", event_type="delivery.updated")
+    timer = Timer(1, "quiet", "quiet:ops:0", "", 1, 7200.0, "claimed", 1.0, {"receiver": "ops"})
+    batch = render_summary(Templates.from_config(cfg), timer, [job], 7200.0, NO_CHANNEL)
+    assert (batch.title, batch.body) == (",".join(sorted(QUIET_FIELDS)),
+                                         ",".join(sorted(NOTIFICATION_FIELDS)))
