@@ -20,8 +20,9 @@ from relay.quiet import until_epoch
 from relay.routing import Route
 from relay.runtime import Runtime, build_runtime
 from relay.store import rules
-from relay.store.peek import Peek, peek
-from relay.watches import Watches, describe
+from relay.store.peek import Peek, SeenTimer, peek, timers
+from relay.store.rules import TIMER_LIVE
+from relay.watches import Watch, Watches, describe, timer_op
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
                 " can match it)")
@@ -30,7 +31,8 @@ UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an eve
 def explain(config: Config, event: Event, now: float | None = None) -> tuple[str, list[str]]:
     """A readable report and the receivers the event reaches, as if received at `now`.
 
-    For live and held notifications it reads the store, read-only, when there is one.
+    For live and held notifications, and the timers of the watches a start would arm, it
+    reads the store, read-only, when there is one.
     """
     rt = build_runtime(config)
     now = time.time() if now is None else now
@@ -42,20 +44,44 @@ def explain(config: Config, event: Event, now: float | None = None) -> tuple[str
     receivers = plan.match.receiver_names
     lines += ["", f"receivers: {', '.join(receivers) or '(none)'}", ""]
     lines += _digests(config, plan, event, now)
-    lines += _watches(rt.planner.watches, event, now)
+    lines += _watches(rt.planner.watches, config.store.url, event, now)
     failed = {n.route: rt.planner.templates.failure(n.route, event) for n in plan.notifications}
     lines += _notifications(config, plan, rt.notifier.channels(), now,
                             live_lines(rt, event, plan), failed)
     return "\n".join(lines), receivers
 
 
-def _watches(watches: Watches, event: Event, now: float) -> list[str]:
-    """Which watches the event arms or disarms, as if it were received now."""
+def _watches(watches: Watches, url: str, event: Event, now: float) -> list[str]:
+    """Which watches the event arms or disarms, as if it were received now; a start that
+    `rules.watch_in_order` keeps out (the store's timer says so) arms nothing."""
     if not watches.watches:
         return []
     found = watches.decisions(event)
-    return ["watches:", *(describe(w, action, stop, event, now) for w, action, stop in found)] \
-        + (["  (none armed or disarmed)"] if not found else []) + [""]
+    ops = [timer_op(w, action, event, now) for w, action, _ in found]
+    arms = [op for op in ops if op.action == "arm"]
+    seen = timers(url, [(op.kind, op.key) for op in arms])[0] if arms else None
+    stored = dict(zip([op.key for op in arms], seen, strict=True)) if seen is not None else {}
+    lines = []
+    for (w, action, stop), op in zip(found, ops, strict=True):
+        timer = stored.get(op.key)
+        if timer is not None and not rules.watch_in_order(op, timer.event_at):
+            lines.append(_arms_nothing(w, op.context["event_at"], timer))
+        else:
+            lines.append(describe(w, action, stop, event, now))
+    return ["watches:", *lines] + (["  (none armed or disarmed)"] if not found else []) + [""]
+
+
+def _arms_nothing(watch: Watch, at: float, timer: SeenTimer) -> str:
+    """The dry-run line of a start older than what last armed or disarmed its timer: the
+    start that armed it, stops alone (it never armed), or either (a stop keeps the newer
+    time when it disarms)."""
+    than = "older than" if timer.event_at is None or at < timer.event_at else "no newer than"
+    live = timer.state in TIMER_LIVE
+    last = "the start that armed the timer" if live else "the stop already received" \
+        if timer.never_armed else "the newest start or stop already received"
+    kept = " (the timer stays as that start armed it)" if live else ""
+    return (f"  (no change) {watch.name}: this start ({_time(at)}) is {than} {last}"
+            f" ({_time(timer.event_at)}): the relay arms nothing{kept}")
 
 
 def _digests(config: Config, plan: Plan, event: Event, now: float) -> list[str]:

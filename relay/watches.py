@@ -85,10 +85,11 @@ class Watches:
         """The timer operations an event implies, received at `now`."""
         if not self.watches:  # every event asks: most configs have none
             return ()
-        return tuple(_op(w, action, event, now) for w, action, _ in self.decisions(event))
+        return tuple(timer_op(w, action, event, now) for w, action, _ in self.decisions(event))
 
 
-def _op(watch: Watch, action: Action, event: Event, now: float) -> TimerOp:
+def timer_op(watch: Watch, action: Action, event: Event, now: float) -> TimerOp:
+    """The timer operation one decision of this watch implies for an event received at `now`."""
     key = watch.key(event.delivery_id)
     # The event's own time orders the watch's timer (a start older than a stop already
     # received arms nothing: relay.store.rules.watch_in_order).

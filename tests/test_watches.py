@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -361,3 +362,103 @@ async def test_an_update_older_than_the_cancellation_does_not_re_arm_the_watch(r
     await r.relay.worker.run_once()
     [message] = await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
     assert message["title"] == "Delivery D-1 not delivered after 2h"
+
+
+# ---------------------------------------------------------------- the route dry run and the store
+
+def dry_run(config: Path, body: dict[str, str]) -> list[str]:
+    """The `route` command's watch lines for `body` (the real CLI, in this process)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    result = CliRunner().invoke(main, ["route", "-c", str(config), "-"], input=json.dumps(body))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    return [line for line in lines[lines.index("watches:") + 1:] if line][:1]
+
+
+def utc(clock: FakeClock, offset: float = 0.0) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(clock.now + offset, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+ARMS = "  ARM    not-delivered -> ops: fires 4h after receipt unless a stop event comes"
+
+
+async def test_the_dry_run_says_a_start_older_than_the_stored_stop_arms_nothing(
+        running, sink, tmp_path):
+    clock = FakeClock(2_000_000_000.0)  # in the future: no start in this test is late
+    r = await start(running, sink, clock)
+    config = tmp_path / "config.yaml"
+    assert await asyncio.to_thread(dry_run, config, created(clock, offset=-600)) == [ARMS]
+    await r.post(updated(clock, "delivered"))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert await asyncio.to_thread(dry_run, config, created(clock, offset=-600)) == [
+        f"  (no change) not-delivered: this start ({utc(clock, -600)}) is older than the stop"
+        f" already received ({utc(clock)}): the relay arms nothing"]
+    assert await asyncio.to_thread(dry_run, config, created(clock, offset=60)) == [ARMS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # the dry run made nothing
+    await r.post(created(clock, offset=-600))  # and the relay agrees: it arms nothing
+    assert timers(tmp_path / "relay.db") == [("not-delivered:D-1", "disarmed")]
+
+
+async def test_the_dry_run_names_the_start_or_the_stop_the_timer_was_ordered_by(
+        running, sink, tmp_path):
+    clock = FakeClock(2_000_000_000.0)
+    r = await start(running, sink, clock, NO_UPDATE)
+    config = tmp_path / "config.yaml"
+    await r.post(updated(clock, "in_transit"))
+    older = {**updated(clock, "out_for_delivery"), "timestamp": ts(clock, -30)}
+    assert await asyncio.to_thread(dry_run, config, older) == [
+        f"  (no change) no-update: this start ({utc(clock, -30)}) is older than the start that"
+        f" armed the timer ({utc(clock)}): the relay arms nothing (the timer stays as that"
+        " start armed it)"]
+    same = {**updated(clock, "out_for_delivery"), "timestamp": ts(clock)}
+    assert "is no newer than the start that armed" in (await asyncio.to_thread(
+        dry_run, config, same))[0]
+    await r.post({"event": "delivery.cancelled", "delivery_id": "D-1", "timestamp": ts(clock, 60)})
+    between = {**updated(clock, "out_for_delivery"), "timestamp": ts(clock, 30)}
+    assert await asyncio.to_thread(dry_run, config, between) == [
+        f"  (no change) no-update: this start ({utc(clock, 30)}) is older than the newest start"
+        f" or stop already received ({utc(clock, 60)}): the relay arms nothing"]
+
+
+@pytest.mark.postgres
+async def test_the_dry_run_reads_a_watchs_timer_on_postgresql(sink, tmp_path):
+    from relay.events import event_from_dict
+    from relay.store import open_store
+    from tests import pgutil
+    from tests.conftest import BASE_CONFIG, DEFAULTS, free_port
+
+    clock = FakeClock(2_000_000_000.0)
+    async with pgutil.migrated_schema(await pgutil.base_dsn()) as dsn:
+        config = tmp_path / "config.yaml"
+        config.write_text(BASE_CONFIG.format(**{**DEFAULTS, "port": free_port(), "db": "x"})
+                          .replace('"sqlite:x"', f'"{dsn}"') + receivers(sink, ops="ops") + WATCH)
+        cfg = load(str(config))
+        store = open_store(dsn)
+        await store.open()
+        try:
+            stop = event_from_dict(updated(clock, "delivered"))
+            await store.accept(stop, "k", [], now=clock.now,
+                               timers=Watches.from_config(cfg).ops(stop, clock.now))
+        finally:
+            await store.close()
+        assert await asyncio.to_thread(dry_run, config, created(clock, offset=-600)) == [
+            f"  (no change) not-delivered: this start ({utc(clock, -600)}) is older than the"
+            f" stop already received ({utc(clock)}): the relay arms nothing"]
+        assert await asyncio.to_thread(dry_run, config, created(clock, offset=60)) == [ARMS]
+
+
+def test_without_a_readable_store_the_dry_run_says_arm_as_before(tmp_path):
+    clock = FakeClock(2_000_000_000.0)
+    config = tmp_path / "config.yaml"
+    config.write_text(BASE.removesuffix("watches:\n") + WATCH
+                      + f'store: {{url: "sqlite:{tmp_path / "relay.db"}"}}\n')
+    (tmp_path / "relay.db").write_bytes(b"not a database")
+    assert dry_run(config, created(clock)) == [ARMS]
+    assert (tmp_path / "relay.db").read_bytes() == b"not a database"

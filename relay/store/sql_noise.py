@@ -19,6 +19,7 @@ TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
 # A watch's ordering (rules.watch_in_order): the Kourier time of the event that last armed
 # or disarmed it, kept in its context; a stop with no timer yet leaves a disarmed one.
 TIMER_SEEN = "SELECT context FROM timers WHERE kind = ? AND key = ?"
+TIMER_STATE = "SELECT context, state FROM timers WHERE kind = ? AND key = ?"  # the dry run
 SEEN_AT = "UPDATE timers SET context = ? WHERE kind = ? AND key = ?"
 STOPPED = ("INSERT INTO timers (kind, key, delivery_id, event_id, due_at, state, armed_at,"
            " ended_at, context) VALUES (?, ?, ?, ?, ?, 'disarmed', ?, ?, ?)"
