@@ -295,13 +295,13 @@ async def test_an_unknown_expectation_gets_json_417_without_its_value(guarded):
     assert await g.relay.store.recent_deliveries() == []
 
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 EXPECTING = {  # a request of each kind no webhook handler sees: (method, path, its headers)
     "health": ("GET", "/healthz", {}),
     "readiness": ("GET", "/readyz", {}),
     "admin API": ("POST", "/-/reload", {"Authorization": ADMIN}),
     "admin API, no token": ("GET", "/-/dead/7", {}),
-    "status page": ("POST", "/ui/login", FORM_TYPE := {
-        "Content-Type": "application/x-www-form-urlencoded"}),
+    "status page": ("POST", "/ui/login", FORM),
     "static file": ("GET", "/ui/static/ui.css", {}),
     "unknown path": ("GET", "/nope", {}),
     "unknown status page path": ("GET", "/ui/nope", {}),
@@ -357,7 +357,7 @@ async def test_an_http_1_0_request_with_an_expectation_is_answered_as_without_on
 
 
 @pytest.mark.parametrize("path,headers,form,status", [
-    ("/ui/login", FORM_TYPE, {"token": "admin-secret", "next": "/ui/"}, 303),
+    ("/ui/login", FORM, {"token": "admin-secret", "next": "/ui/"}, 303),
     ("/-/reload", {"Authorization": ADMIN}, {}, 200),
 ], ids=["status page login", "admin reload"])
 async def test_a_route_besides_the_webhook_still_tells_a_100_continue_client_to_go_on(
@@ -450,9 +450,6 @@ async def test_login_redirects_to_a_page_whose_address_has_control_characters(
     assert code == 303 and headers["location"] == location
     assert headers["set-cookie"].startswith("kourier_session=admin.")
     assert all(r.exc_info is None for r in _relay_log(caplog))
-
-
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def _multipart(charset: str, value: bytes) -> tuple[bytes, dict[str, str]]:
