@@ -22,6 +22,7 @@ from urllib.parse import quote
 from aiohttp import HttpVersion11, hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay import dispatcher
 from relay.errors import InvalidEvent, StoreError
 from relay.events import dedup_key, parse_event
 from relay.logs import fields
@@ -204,25 +205,37 @@ def _rejected(s: Services, e: InvalidEvent, rid: str) -> web.Response:
     return refusal(e)
 
 
-async def webhook_expect(request: web.Request) -> web.Response | None:
-    """`Expect: 100-continue` on the webhook (aiohttp's own handler sends the 100 before
-    the token is checked, and answers any other expectation in text/plain echoing it)."""
+async def expectation(request: web.Request, refused: Callable[[str], web.Response | None]
+                      = lambda rid: None) -> web.Response | None:
+    """Every route's `Expect` handler (aiohttp's answers any expectation other than
+    100-continue in text/plain, echoing it): JSON 417 for those; for 100-continue the
+    100, unless `refused(request_id)` gives the answer the headers already decide."""
     if request.version < HttpVersion11:  # HTTP/1.0 knows no 100: nothing to answer yet
         return None
     rid = request_id(request)
     if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
         response = error(417, "Expectation failed", "only Expect: 100-continue is supported")
+    elif (refused_now := refused(rid)) is None:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
+        return None
     else:
-        s = request.app[SERVICES]
-        refused = _refused_by_headers(request, s, s.runtime(), rid)
-        if refused is None:
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # as aiohttp's: the answer itself has not begun
-            return None
-        response = refused
+        response = refused_now
     response.force_close()  # the client may send the body anyway, or not: never parse it
     response.headers["X-Request-Id"] = rid  # the middlewares do not run for this answer
     return response
+
+
+async def webhook_expect(request: web.Request) -> web.Response | None:
+    """The webhook's: the token, media type and declared size are checked before the 100."""
+    s = request.app[SERVICES]
+    return await expectation(request, lambda rid: _refused_by_headers(request, s, s.runtime(), rid))
+
+
+def application(**kwargs: Any) -> web.Application:
+    """A web.Application whose routes (and 404 / 405) all answer `Expect` with
+    `expectation`: the relay's and each sub-application's."""
+    return dispatcher.application(expectation, **kwargs)
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -320,7 +333,7 @@ def create_app(services: Services, webhook_path: str = "/webhook",
                max_body: int = 65536) -> web.Application:
     from relay import admin, ui  # here, not at the top: both import this module
 
-    app = web.Application(
+    app = application(
         middlewares=[request_ids, json_errors, web.middleware(_store_errors_to_503),
                      admin.admin_auth],
         client_max_size=max(max_body, 1024 * 1024))

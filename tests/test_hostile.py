@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import re
 import zlib
 from urllib.parse import urlencode
 
@@ -294,6 +295,89 @@ async def test_an_unknown_expectation_gets_json_417_without_its_value(guarded):
     assert await g.relay.store.recent_deliveries() == []
 
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+EXPECTING = {  # a request of each kind no webhook handler sees: (method, path, its headers)
+    "health": ("GET", "/healthz", {}),
+    "readiness": ("GET", "/readyz", {}),
+    "admin API": ("POST", "/-/reload", {"Authorization": ADMIN}),
+    "admin API, no token": ("GET", "/-/dead/7", {}),
+    "status page": ("POST", "/ui/login", FORM),
+    "static file": ("GET", "/ui/static/ui.css", {}),
+    "unknown path": ("GET", "/nope", {}),
+    "unknown status page path": ("GET", "/ui/nope", {}),
+    "wrong method": ("DELETE", "/healthz", {}),
+    "wrong method on the webhook": ("GET", "/webhook", {}),
+}
+
+
+def _assert_json_417(answer: bytes, value: bytes) -> None:
+    body = _assert_json_error(answer, 417)
+    _, headers, _ = response(answer)
+    assert body == {"error": "Expectation failed",
+                    "details": "only Expect: 100-continue is supported"}
+    assert value not in answer and headers["x-request-id"] and headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("method,path,headers", EXPECTING.values(), ids=EXPECTING.keys())
+async def test_every_route_answers_an_unknown_expectation_as_the_webhook_does(
+        guarded, method, path, headers):
+    g = await guarded()
+    raw = request(method, path, body=b"x=1", token=None,
+                  headers={"Expect": "secret-ish-value", **headers}, close=False)
+    _assert_json_417(await g.exchange(raw), b"secret-ish-value")
+
+
+async def test_no_route_is_left_with_aiohttps_own_expect_handler(guarded):
+    """Every route the app has, the ones added after this test too: a route added some
+    way `relay.dispatcher.Router` does not see would answer aiohttp's text/plain 417."""
+    g = await guarded()
+    routes = [(r.method, re.sub(r"\{[^}]*\}", "1", r.resource.canonical))
+              for r in g.relay.web_app().router.routes() if r.resource is not None]
+    assert len(routes) > 10 and ("GET", "/ui/static/1") in routes
+    for method, path in routes:
+        answer = await g.exchange(request(method, path, token=None,
+                                          headers={"Expect": "x-nope"}))
+        code, headers, _ = response(answer)
+        assert code == 417 and b"x-nope" not in answer, (method, path, answer[:200])
+        if method == "HEAD":  # the same answer without its body
+            assert headers["content-type"].startswith("application/json") and \
+                headers["x-request-id"] and headers["connection"] == "close"
+        else:
+            _assert_json_417(answer, b"x-nope")
+
+
+async def test_an_http_1_0_request_with_an_expectation_is_answered_as_without_one(guarded):
+    """HTTP/1.0 has no 100 Continue: the header is ignored, as on the webhook."""
+    g = await guarded()
+    for path in ("/healthz", "/webhook"):
+        raw = request("POST" if path == "/webhook" else "GET", path, body=event(),
+                      headers={"Expect": "secret-ish-value"}).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        code, _, _ = response(await g.exchange(raw))
+        assert code == (202 if path == "/webhook" else 200)
+
+
+@pytest.mark.parametrize("path,headers,form,status", [
+    ("/ui/login", FORM, {"token": "admin-secret", "next": "/ui/"}, 303),
+    ("/-/reload", {"Authorization": ADMIN}, {}, 200),
+], ids=["status page login", "admin reload"])
+async def test_a_route_besides_the_webhook_still_tells_a_100_continue_client_to_go_on(
+        guarded, path, headers, form, status):
+    g = await guarded()
+    body = urlencode(form).encode()
+    raw = request("POST", path, body=body, token=None, close=False,
+                  headers={"Expect": "100-continue", **headers})
+    reader, writer = await g.connect()
+    writer.write(raw[: len(raw) - len(body)])
+    try:
+        go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert response(head)[0] == status, head
+
+
 # ---------------------------------------------------------------- the status page
 
 
@@ -366,9 +450,6 @@ async def test_login_redirects_to_a_page_whose_address_has_control_characters(
     assert code == 303 and headers["location"] == location
     assert headers["set-cookie"].startswith("kourier_session=admin.")
     assert all(r.exc_info is None for r in _relay_log(caplog))
-
-
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def _multipart(charset: str, value: bytes) -> tuple[bytes, dict[str, str]]:

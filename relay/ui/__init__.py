@@ -25,7 +25,7 @@ from relay.events import unstorable
 from relay.server import BODY_ERRORS
 from relay.ui.access import COOKIE, LoginThrottle, Sessions, Tokens, Visitor, bearer_role, csrf_ok
 from relay.ui.views import ago, counts, iso, when
-from relay.web import SERVICES, error, utf8
+from relay.web import SERVICES, application, error, utf8
 
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()}
@@ -152,7 +152,7 @@ async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytear
 def create_ui() -> web.Application:
     from relay.ui import pages
 
-    app = web.Application(middlewares=[guard])
+    app = application(middlewares=[guard])
     app[UI] = UiState(environment(), Sessions(), LoginThrottle())
     app.router.add_routes(pages.routes)
     app.router.add_get("/static/{name}", static_file)
