@@ -375,7 +375,8 @@ def _compiled(source: str) -> tuple[jinja2.Template, frozenset[str]]:
     process builds, compiles only the texts it has not seen."""
     ast = ENV.parse(source)
     fields = _fields(ast)
-    return ENV.template_class.from_code(ENV, ENV.compile(ast), ENV.make_globals(None)), fields
+    return ENV.template_class.from_code(ENV, ENV.compile(sandbox.bounded(ast)),
+                                        ENV.make_globals(None)), fields
 
 
 def referenced_fields(source: str) -> frozenset[str]:

@@ -69,3 +69,19 @@ def test_lorem_ipsum_is_not_offered():
 def test_small_products_and_powers_still_work():
     assert body_of("{{ '-' * 3 }}{{ 2 ** 10 }}{{ 3 * 4 }}{{ [0] * 2 }}{{ 1.5 * 2 }}") == \
         "---102412[0, 0]3.0"
+
+
+def test_loops_that_print_nothing_stop_at_the_turn_limit():
+    """`{% for %}` turns are bounded as output is: this ran 10**10 empty turns, for hours,
+    holding the event loop (the alarm of `body_of` would stop it, too late)."""
+    assert body_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                   "{% endfor %}done") == BUILT_IN_BODY
+
+
+def test_loops_within_the_limit_keep_every_feature():
+    assert body_of("{% for i in range(9) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+                   "ok") == "ok"  # 900,009 turns
+    assert body_of("{% for a, b in [(1, 2), (3, 4), (5, 6)] if a > 1 %}{{ a }}{{ b }}"
+                   "{{ loop.index }}/{{ loop.length }}{{ loop.last }} {% else %}none"
+                   "{% endfor %}|{% for x in [] %}{% else %}none{% endfor %}") == \
+        "341/2False 562/2True |none"
