@@ -334,15 +334,17 @@ def _computed_with(source: str) -> set[str]:
 
 
 # What the relay itself puts in a digest's `window` and `group` and a summary's `quiet` and
-# each of its `notifications`. A digest's `events` and a watch's `last` are Kourier's
-# payloads, which may carry any field (docs/less-noise.md): their keys are not checked.
+# each of its `notifications`. A digest's `events` are payloads, which may carry any field
+# (docs/less-noise.md): their keys are not checked. A watch's `last` is the delivery's
+# newest event: its keys are warned about as a top-level field Kourier never sends is.
+LAST = Known("the delivery's newest event", DOCUMENTED_FIELDS)
 SUMMARY_KEYS = ({"quiet": Known("a quiet-hours summary's quiet", QUIET_FIELDS)},
                 {"notifications": Known("a notification of a quiet-hours summary",
                                         NOTIFICATION_FIELDS)})
 
 
 def batch_keys(config: Config) -> list[Issue]:
-    """Keys a digest's or summary's template reads that its objects never have."""
+    """Keys a digest's, summary's or watch's template reads that its objects never have."""
     return [_key_issue(config, key, u)
             for (_, _, (objects, lists)), key, source in _texts(_batch_templates(config))
             for u in unknown_keys(source, objects, lists)]
@@ -362,7 +364,8 @@ def _batch_templates(config: Config) -> list[tuple[TemplateConfig, str, Scopes]]
     out = [(t, t.path, SUMMARY_KEYS if name in summaries else _digest_keys(group_by[name]))
            for name, t in config.templates.items() if name in summaries or name in group_by]
     return out + [(r.template, r.path, _digest_keys(r.digest.group_by))
-                  for r in config.routes if r.digest]
+                  for r in config.routes if r.digest] \
+        + [(w.template, w.path, ({"last": LAST}, {})) for w in config.watches]
 
 
 def _digest_keys(group_by: Iterable[str]) -> Scopes:
@@ -373,6 +376,7 @@ def _digest_keys(group_by: Iterable[str]) -> Scopes:
 def _key_issue(config: Config, path: str, u: Unknown) -> Issue:
     has = ", ".join(sorted(u.known.keys)) or "no keys"
     hint = did_you_mean(u.key, dict.fromkeys(u.known.keys))
+    what = f"{KOURIER} (it sends {has}); renders empty unless an event carries it" \
+        if u.known is LAST else f"{u.known.owner} never has (it has {has}); renders empty"
     return Issue(config.source.file, config.source.line_within(path, u.line), path,
-                 f"uses {u.expression}, which {u.known.owner} never has (it has {has});"
-                 f" renders empty{hint}", "warning")
+                 f"uses {u.expression}, which {what}{hint}", "warning")

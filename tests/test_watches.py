@@ -277,6 +277,28 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
     ]
 
 
+def test_check_warns_of_a_field_of_last_kourier_never_sends_as_of_a_top_level_one(tmp_path):
+    """`last` is the delivery's newest event: `{{ last.courier }}` warns as `{{ courier }}`
+    does (it renders empty unless an event carries it), a misspelt field with a hint."""
+    sent = "Kourier never sends (it sends delivery_id, event, status, timestamp)"
+    assert findings(tmp_path, """\
+  - name: w
+    start: {event: delivery.created}
+    stop: [{status: delivered}]
+    after: 2h
+    receivers: [ops]
+    title: "{{ delivery_id }} is {{ last.status }} since {{ last.timestamp }}"
+    body: |
+      by {{ last.courier }}
+      {{ last.stauts }} {{ last['event'] }}
+""") == [
+        f"12: watches[0].body: uses last.courier, which {sent}; renders empty unless"
+        " an event carries it",
+        f"13: watches[0].body: uses last.stauts, which {sent}; renders empty unless"
+        ' an event carries it (did you mean "status"?)',
+    ]
+
+
 MAPPING_STOP = """\
   - name: w
     start: {event: delivery.updated}
