@@ -59,7 +59,7 @@ def _watches(watches: Watches, url: str, event: Event, now: float) -> list[str]:
     found = watches.decisions(event)
     ops = [timer_op(w, action, event, now) for w, action, _ in found]
     arms = [op for op in ops if op.action == "arm"]
-    seen = timers(url, [(op.kind, op.key) for op in arms])[0] if arms else None
+    seen, why = timers(url, [(op.kind, op.key) for op in arms]) if arms else (None, "")
     stored = dict(zip([op.key for op in arms], seen, strict=True)) if seen is not None else {}
     lines = []
     for (w, action, stop), op in zip(found, ops, strict=True):
@@ -68,6 +68,8 @@ def _watches(watches: Watches, url: str, event: Event, now: float) -> list[str]:
             lines.append(_arms_nothing(w, op.context["event_at"], timer))
         else:
             lines.append(describe(w, action, stop, event, now))
+    if why:  # as today when nothing is stored: say that it is not known
+        lines.append(f"  (store: {why}; a start older than what it holds would arm nothing)")
     return ["watches:", *lines] + (["  (none armed or disarmed)"] if not found else []) + [""]
 
 

@@ -388,7 +388,7 @@ async def test_an_update_older_than_the_cancellation_does_not_re_arm_the_watch(r
 
 # ---------------------------------------------------------------- the route dry run and the store
 
-def dry_run(config: Path, body: dict[str, str]) -> list[str]:
+def dry_run(config: Path, body: dict[str, str], lines: int = 1) -> list[str]:
     """The `route` command's watch lines for `body` (the real CLI, in this process)."""
     import json
 
@@ -398,8 +398,8 @@ def dry_run(config: Path, body: dict[str, str]) -> list[str]:
 
     result = CliRunner().invoke(main, ["route", "-c", str(config), "-"], input=json.dumps(body))
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    return [line for line in lines[lines.index("watches:") + 1:] if line][:1]
+    out = result.output.splitlines()
+    return [line for line in out[out.index("watches:") + 1:] if line][:lines]
 
 
 def utc(clock: FakeClock, offset: float = 0.0) -> str:
@@ -483,4 +483,7 @@ def test_without_a_readable_store_the_dry_run_says_arm_as_before(tmp_path):
                       + f'store: {{url: "sqlite:{tmp_path / "relay.db"}"}}\n')
     (tmp_path / "relay.db").write_bytes(b"not a database")
     assert dry_run(config, created(clock)) == [ARMS]
+    assert dry_run(config, created(clock), lines=2)[1] == (
+        f"  (store: {tmp_path / 'relay.db'} cannot be read: file is not a database; a start"
+        " older than what it holds would arm nothing)")
     assert (tmp_path / "relay.db").read_bytes() == b"not a database"
