@@ -103,7 +103,7 @@ class SendingConfig:
 class DeliveriesConfig:
     """Rules about Kourier's parcel deliveries themselves (their order, their cancellation)."""
 
-    suppress_stale: bool = False
+    suppress_stale: bool = True  # Kourier sends updates out of order (KOURIER.md)
 
 
 @dataclass(frozen=True)

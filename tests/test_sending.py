@@ -318,6 +318,17 @@ async def test_full_backlog_answers_503_and_keeps_nothing(running, sink, tmp_pat
     assert db_rows(tmp_path / "relay.db", "SELECT count(*) FROM events") == [(2,)]
 
 
+async def test_with_suppress_stale_off_every_update_is_sent(running, sink):
+    """An audit log's route gets every event, the stale one and the one after a cancel."""
+    r = await running(receivers(sink, x="x") + "default_receiver: x\n"
+                      "deliveries: {suppress_stale: false}\n")
+    for kind, at in [("delivery.updated", "14:40"), ("delivery.updated", "14:35"),
+                     ("delivery.cancelled", "14:45"), ("delivery.updated", "14:50")]:
+        await r.post({"event": kind, "delivery_id": "d1", "status": "in_transit",
+                      "timestamp": f"2024-09-14T{at}:00Z"})
+    await wait_for(lambda: len(sink.messages("x")) == 4, message="all four updates")
+
+
 async def test_locked_store_answers_503_then_recovers(running, sink, tmp_path):
     r = await running(receivers(sink, x="x") + "default_receiver: x\n",
                       store="busy_timeout: 0.2s")
@@ -335,13 +346,15 @@ async def test_locked_store_answers_503_then_recovers(running, sink, tmp_path):
     await wait_for(lambda: len(sink.messages("x")) == 1)
 
 
+@pytest.mark.parametrize("setting", ["deliveries: {suppress_stale: true}\n", ""],
+                         ids=["on", "by default"])
 @pytest.mark.parametrize("sequence, sent", [
     (["delivery.created", "delivery.updated@14:40", "delivery.updated@14:35"], 2),
     (["delivery.cancelled", "delivery.updated@14:40"], 1),
 ])
-async def test_stale_and_post_cancel_updates_are_suppressed(running, sink, sequence, sent):
-    r = await running(receivers(sink, x="x") + "default_receiver: x\n"
-                      "deliveries: {suppress_stale: true}\n")
+async def test_stale_and_post_cancel_updates_are_suppressed(running, sink, sequence, sent,
+                                                            setting):
+    r = await running(receivers(sink, x="x") + "default_receiver: x\n" + setting)
     for item in sequence:
         kind, _, at = item.partition("@")
         await r.post({"event": kind, "delivery_id": "d1", "status": "in_transit",
