@@ -272,13 +272,21 @@ BATCH = {"digest": (DIGEST_NAMES, "a digest template never has"),
          "summary": (SUMMARY_NAMES, "a quiet-hours summary template never has")}
 
 
+def _batch_names(config: Config) -> tuple[dict[str, set[str]], set[str]]:
+    """The named templates only batches render: each a digest route uses (no plain route),
+    with what those routes group by; and each a receiver's quiet hours sum up with."""
+    by_plain = {r.template_ref for r in config.routes if not r.digest}
+    group_by: dict[str, set[str]] = {}
+    for r in config.routes:
+        if r.digest and r.template_ref and r.template_ref not in by_plain:
+            group_by.setdefault(r.template_ref, set()).update(r.digest.group_by)
+    return group_by, {rc.quiet_template for rc in config.receivers.values() if rc.quiet_template}
+
+
 def _templates(config: Config) -> list[Seen]:
     """Each template with what it sees: (template, path, names, what is missing, extra names)."""
-    by_plain = {r.template_ref for r in config.routes if not r.digest}
-    kinds = {r.template_ref: "digest" for r in config.routes if r.digest and r.template_ref
-             and r.template_ref not in by_plain}
-    kinds |= {rc.quiet_template: "summary" for rc in config.receivers.values()
-              if rc.quiet_template}
+    digests, summaries = _batch_names(config)
+    kinds = dict.fromkeys(digests, "digest") | dict.fromkeys(summaries, "summary")
     notice = config.templates.get(RECEIVER_FAILING)
     out: list[Seen] = []
     for name, t in config.templates.items():
@@ -355,12 +363,7 @@ Scopes = tuple[dict[str, Known], dict[str, Known]]
 
 def _batch_templates(config: Config) -> list[tuple[TemplateConfig, str, Scopes]]:
     """Each digest or summary template, with the objects (and lists) it sees."""
-    by_plain = {r.template_ref for r in config.routes if not r.digest}
-    group_by: dict[str, set[str]] = {}  # a named template: what the digest routes using it group by
-    for r in config.routes:
-        if r.digest and r.template_ref and r.template_ref not in by_plain:
-            group_by.setdefault(r.template_ref, set()).update(r.digest.group_by)
-    summaries = {rc.quiet_template for rc in config.receivers.values() if rc.quiet_template}
+    group_by, summaries = _batch_names(config)
     out = [(t, t.path, SUMMARY_KEYS if name in summaries else _digest_keys(group_by[name]))
            for name, t in config.templates.items() if name in summaries or name in group_by]
     return out + [(r.template, r.path, _digest_keys(r.digest.group_by))
