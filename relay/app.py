@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from relay import server
+from relay.config import Config
 from relay.httptap import install_requests_tap
 from relay.lifecycle import Relay
 from relay.logs import fields
@@ -41,15 +42,17 @@ def on_signals(relay: Relay, stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
-async def serve(config_path: str, env: Mapping[str, str] | None = None,
-                listen: str | None = None, log_args: list[str] | None = None) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
+async def serve(config_path: str, env: Mapping[str, str] | None = None, *,
+                listen: str | None = None, log_args: list[str] | None = None,
+                loaded: tuple[str, Config] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config. `loaded`: the file's text and
+    config as the caller read them (else read here)."""
     install_requests_tap()
     # SIGHUP's default action ends the process: until on_signals() takes it over, one that
     # comes in (a config reloader, while the store is still awaited) is kept for later.
     early_hup = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _early_hup, early_hup)
-    relay = Relay(config_path, env, log_args=log_args or ())
+    relay = Relay(config_path, env, log_args=log_args or (), loaded=loaded)
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
     # Bind before the store and worker start: a relay that cannot listen (the port is
     # taken, say by another relay on the same store) must not start sending either.

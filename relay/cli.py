@@ -13,6 +13,7 @@ import sys
 import click
 
 from relay import __version__, cli_client, cli_dead
+from relay import config as config_mod
 from relay.cli_client import health_url as health_url  # re-exported: the container's facts
 from relay.cli_support import CONFIG_ENV as CONFIG_ENV
 from relay.cli_support import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
@@ -49,15 +50,17 @@ def main() -> None:
 @guarded
 def serve(config_path: str, listen: str | None, log_level: str, log_format: str) -> None:
     """Run the relay."""
-    load_config(config_path)  # a config that cannot load fails before the server's imports
+    # A config that cannot load fails before the server's imports; the relay runs on what
+    # was read here (one read: no file changed between the check and the start).
+    loaded = config_mod.load_text(config_path)
     from relay.app import serve as run
 
     setup(log_level, log_format)
     try:
-        asyncio.run(run(config_path, listen=listen,
+        asyncio.run(run(config_path, listen=listen, loaded=loaded,
                         log_args=["--log-level", log_level, "--log-format", log_format]))
     except OSError as e:
-        address = listen or load_config(config_path).server.listen
+        address = listen or loaded[1].server.listen
         problem = listen_problem(e, address)
         if problem is None:
             raise

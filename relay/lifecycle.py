@@ -44,14 +44,16 @@ class Relay:
 
     def __init__(self, config_path: str, env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
-                 live_api: Mapping[str, str] | None = None, log_args: Sequence[str] = ()) -> None:
+                 live_api: Mapping[str, str] | None = None, log_args: Sequence[str] = (),
+                 loaded: tuple[str, Config] | None = None) -> None:
         """`live_api`: platform API roots for tests (see `relay.sending.Sending`); `log_args`:
-        the logging options of `serve`, for its send processes."""
+        the logging options of `serve`, for its send processes; `loaded`: the file's text and
+        config as `serve` read them (else read here)."""
         self.config_path = config_path
         self.env = env
         self.clock = clock
         self.metrics = Metrics()
-        text, config = config_mod.load_text(config_path, env)
+        text, config = loaded or config_mod.load_text(config_path, env)
         _log_warnings(config)
         self.executor = ThreadPoolExecutor(max_workers=config.sending.concurrency,
                                            thread_name_prefix="send")
