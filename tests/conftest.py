@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import os
@@ -291,6 +292,13 @@ class FakeClock:
 
 def pytest_configure(config: pytest.Config) -> None:
     share_under_xdist(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Every test module is imported now: keep that heap out of the collector's full passes,
+    # as `serve` does with its start-up objects (`settle_garbage_collector`).
+    gc.collect()
+    gc.freeze()
 
 
 def relay_cmd(*args: str) -> list[str]:
