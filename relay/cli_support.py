@@ -10,7 +10,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import click
 
@@ -30,7 +30,25 @@ T = TypeVar("T")
 JOB_ID = click.IntRange(1, 2**63 - 1)  # what the stores' integer ids can hold
 
 
-class Seconds(click.ParamType):
+class Checked(click.ParamType, Generic[T]):
+    """A value `parse` reads, or refuses by raising ValueError (or TypeError): click's
+    `Invalid value for '--x': …` then gives `refusal`, in our words."""
+
+    def parse(self, value: Any) -> T:
+        raise NotImplementedError
+
+    def refusal(self, value: Any, error: Exception) -> str:
+        return str(error)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
+                ) -> T:
+        try:
+            return self.parse(value)
+        except (TypeError, ValueError) as e:
+            self.fail(self.refusal(value, e), param, ctx)
+
+
+class Seconds(Checked[float]):
     """A timeout in seconds: a finite number above 0 (or 0 too, with `zero`)."""
 
     name = "seconds"
@@ -38,47 +56,39 @@ class Seconds(click.ParamType):
     def __init__(self, zero: bool = False) -> None:
         self.zero = zero
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
-                ) -> float:
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            seconds = math.nan
+    def parse(self, value: Any) -> float:
+        seconds = float(value)
         if not (math.isfinite(seconds) and (seconds > 0 or self.zero and seconds == 0)):
-            least = "0 or more" if self.zero else "more than 0"
-            self.fail(f"expected seconds ({least}), got {value}", param, ctx)
+            raise ValueError(seconds)
         return seconds
 
+    def refusal(self, value: Any, error: Exception) -> str:
+        return f"expected seconds ({'0 or more' if self.zero else 'more than 0'}), got {value}"
 
-class HttpUrl(click.ParamType):
+
+class HttpUrl(Checked[str]):
     """An http:// or https:// URL (shown masked when it is not one: it may hold a password)."""
 
     name = "url"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
-                ) -> str:
-        try:
-            parts = urllib.parse.urlsplit(str(value))
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and \
-                (parts.port or 1) > 0  # reading .port checks it
-        except ValueError:  # a port that is not a number or out of range, an unclosed [
-            ok = False
-        if not ok:
-            self.fail(f"expected an http:// or https:// URL, got {shown(str(value))}", param, ctx)
+    def parse(self, value: Any) -> str:
+        parts = urllib.parse.urlsplit(str(value))  # refuses an unclosed [
+        _ = parts.port  # refuses a port that is not a number or is out of range
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(value)
         return str(value)
 
+    def refusal(self, value: Any, error: Exception) -> str:
+        return f"expected an http:// or https:// URL, got {shown(str(value))}"
 
-class Listen(click.ParamType):
-    """`host:port`, as `server.listen` takes it."""
+
+class Listen(Checked[str]):
+    """`host:port`, as `server.listen` takes it (its refusal is the config's)."""
 
     name = "host:port"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None,
-                ) -> str:
-        try:
-            return str(SCHEMAS["server"]["listen"](value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+    def parse(self, value: Any) -> str:
+        return str(SCHEMAS["server"]["listen"](value))
 
 
 def fail(message: str, code: int = 1) -> None:

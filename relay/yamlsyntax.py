@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import yaml
 
@@ -71,43 +72,45 @@ def _detail(e: _Error, reported: int) -> str:
 Rule = Callable[[_Error], "tuple[int, str] | None"]
 
 
-def _tab(e: _Error) -> tuple[int, str] | None:
-    if "'\\t'" in e.problem:
-        return e.line, "a tab character: YAML indents with spaces only"
-    return None
+@dataclass(frozen=True)
+class _Clue:
+    """A mistake that PyYAML's words give away (`found`), the line to fix and what to say.
+    The line is where PyYAML gave up (`line`) or where the construct it was reading
+    began (`start`: a clue at the start does not apply when PyYAML does not say)."""
+
+    found: Callable[[_Error], bool]
+    at: Literal["line", "start"]
+    words: str
 
 
-def _unclosed_quote(e: _Error) -> tuple[int, str] | None:
-    if "quoted scalar" in e.context and e.start:
-        return e.start, "unclosed quote: the string that starts on this line never ends"
-    return None
+def _unclosed(bracket: str, close: str) -> str:
+    return (f"unclosed {bracket}: the {bracket} on this line needs a matching {close}, or a"
+            " comma is missing between its items")
 
 
-def _unclosed_flow(e: _Error) -> tuple[int, str] | None:
-    for kind, bracket, close in (("flow sequence", "[", "]"), ("flow mapping", "{", "}")):
-        if kind in e.context and e.start:
-            return e.start, (f"unclosed {bracket}: the {bracket} on this line needs a matching"
-                             f" {close}, or a comma is missing between its items")
-    return None
+_CLUES = (
+    _Clue(lambda e: "'\\t'" in e.problem, "line",
+          "a tab character: YAML indents with spaces only"),
+    _Clue(lambda e: "quoted scalar" in e.context, "start",
+          "unclosed quote: the string that starts on this line never ends"),
+    _Clue(lambda e: "flow sequence" in e.context, "start", _unclosed("[", "]")),
+    _Clue(lambda e: "flow mapping" in e.context, "start", _unclosed("{", "}")),
+    _Clue(lambda e: e.problem == "but found another document", "line",
+          "a second document: the config is one YAML document, and this --- starts another:"
+          " remove that line, so that what follows is part of the first"),
+    _Clue(lambda e: e.problem.startswith("expected <block end>"), "line",
+          "inconsistent indentation: this line is indented differently from the keys or list"
+          " items above it"),
+    _Clue(lambda e: "could not find expected ':'" in e.problem, "start",
+          "missing colon: a key on this line needs a ':' after it"),
+)
 
 
-def _second_document(e: _Error) -> tuple[int, str] | None:
-    if e.problem == "but found another document":
-        return e.line, ("a second document: the config is one YAML document, and this --- starts"
-                        " another: remove that line, so that what follows is part of the first")
-    return None
-
-
-def _block_end(e: _Error) -> tuple[int, str] | None:
-    if e.problem.startswith("expected <block end>"):
-        return e.line, ("inconsistent indentation: this line is indented differently from the"
-                        " keys or list items above it")
-    return None
-
-
-def _simple_key(e: _Error) -> tuple[int, str] | None:
-    if "could not find expected ':'" in e.problem and e.start:
-        return e.start, "missing colon: a key on this line needs a ':' after it"
+def _clues(e: _Error) -> tuple[int, str] | None:
+    for clue in _CLUES:
+        line = e.line if clue.at == "line" else e.start
+        if line and clue.found(e):
+            return line, clue.words
     return None
 
 
@@ -129,6 +132,5 @@ def _mapping_values(e: _Error) -> tuple[int, str] | None:
                     " above it, which already has a value")
 
 
-
-_RULES: tuple[Rule, ...] = (_tab, _unclosed_quote, _unclosed_flow, _second_document, _block_end,
-                            _simple_key, _mapping_values)
+# The clues first, in their order; then what needs a look at the lines around.
+_RULES: tuple[Rule, ...] = (_clues, _mapping_values)

@@ -43,6 +43,13 @@ def _room(room: str, host: str) -> str:
     return f"{room}:{host}" if room.startswith("#") and ":" not in room else room
 
 
+def _field(answer: Answer, name: str) -> str:
+    """What a step's answer gives (an access token, a room id, an event id): the field of a
+    200 answer; "" for any other answer, or one without it (the step failed)."""
+    value = answer.fields.get(name) if answer.status == 200 else None
+    return str(value) if value else ""
+
+
 class MatrixClient:
     platform = "matrix"
     threads = True
@@ -95,11 +102,10 @@ class MatrixClient:
         txn = quote(f"kourier-{key}" if key else uuid.uuid4().hex, safe="")
         answer = await self._call("PUT", f"/rooms/{quote(self.room_id, safe='')}/send/"
                                          f"m.room.message/{txn}", content)
-        body = answer.fields
-        if answer.status == 200 and body.get("event_id"):
+        event_id = _field(answer, "event_id")
+        if event_id:
             # An edit's ref stays the original event: later edits replace that one.
-            return LiveResult(SENT, edited or MessageRef("matrix", self.room_id,
-                                                         str(body["event_id"])))
+            return LiveResult(SENT, edited or MessageRef("matrix", self.room_id, event_id))
         return self._failure("send", answer)
 
     async def _gone(self, ref: MessageRef) -> LiveResult | None:
@@ -125,17 +131,15 @@ class MatrixClient:
                 answer = await self.api.call("POST", f"{V3}/login", json={
                     "type": "m.login.password", "password": self.password,
                     "identifier": {"type": "m.id.user", "user": self.user}})
-                body = answer.fields
-                if answer.status != 200 or not body.get("access_token"):
+                self.token = _field(answer, "access_token")
+                if not self.token:
                     return self._failure("login", answer)
-                self.token = str(body["access_token"])
                 self.api.secrets += (self.token,)
             if not self.room_id:
                 answer = await self._call("POST", f"/join/{quote(self.room, safe='')}", {})
-                body = answer.fields
-                if answer.status != 200 or not body.get("room_id"):
+                self.room_id = _field(answer, "room_id")
+                if not self.room_id:
                     return self._failure("join", answer)
-                self.room_id = str(body["room_id"])
         return None
 
     async def _call(self, method: str, path: str, json: Any = None) -> Answer:

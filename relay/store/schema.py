@@ -122,20 +122,20 @@ TABLES_1 = (
     Table("deliveries", (_c("delivery_id", extra="PRIMARY KEY"), _c("newest", "real"),
                          _c("cancelled", "bool", default="false"))),
 )
-# The claim walks these. SQLite: one index over (state, receiver, due); PostgreSQL:
-# partial indexes per state, which its planner uses with SKIP LOCKED.
+# An event's jobs and a job's attempts, alike on both dialects. The claim walks the
+# others. SQLite: one index over (state, receiver, due); PostgreSQL: partial indexes
+# per state, which its planner uses with SKIP LOCKED.
+_BY_PARENT_1 = (Index("jobs_event", "jobs", "event_id"), Index("attempts_job", "attempts", "job_id"))
 INDEXES_1: dict[Dialect, tuple[Index, ...]] = {
     "sqlite": (Index("jobs_due", "jobs", "state, receiver, next_attempt_at"),
-               Index("jobs_event", "jobs", "event_id"),
                Index("jobs_delivery", "jobs", "delivery_id, state"),
-               Index("attempts_job", "attempts", "job_id")),
+               *_BY_PARENT_1),
     "postgres": (Index("events_received", "events", "received_at"),
                  Index("jobs_pending", "jobs", "receiver, next_attempt_at, id", "state = 'pending'"),
                  Index("jobs_claimed", "jobs", "receiver, lease_until", "state = 'claimed'"),
                  Index("jobs_dead", "jobs", "receiver, id", "state = 'dead'"),
-                 Index("jobs_event", "jobs", "event_id"),
                  Index("jobs_delivery", "jobs", "delivery_id", "state = 'pending'"),
-                 Index("attempts_job", "attempts", "job_id")),
+                 *_BY_PARENT_1),
 }
 # Step 2: one row that `ping()` rewrites, so readiness proves a commit, not a read.
 TABLES_2 = (Table("health", (_c("id", "int", extra="PRIMARY KEY"), _c("at", "real"))),)
@@ -175,18 +175,17 @@ TABLES_4 = (
         _c("claimed_by", null=True), _c("armed_at", "real"), _c("ended_at", "real", null=True),
         _c("context", default="'{}'"))),
 )
-# Claims walk the due index; a million armed timers cost ingest one index entry each
-# and nothing else. `timers_event` keeps purge from scanning for live arming events.
+# A timer by its key and a delivery's timers, alike on both dialects. Claims walk the due
+# index; a million armed timers cost ingest one index entry each and nothing else.
+# `timers_event` keeps purge from scanning for live arming events.
+_LOOKUPS_4 = (Index("timers_key", "timers", "kind, key", unique=True),
+              Index("timers_delivery", "timers", "delivery_id"))
 INDEXES_4: dict[Dialect, tuple[Index, ...]] = {
-    "sqlite": (Index("timers_key", "timers", "kind, key", unique=True),
-               Index("timers_due", "timers", "state, due_at"),
-               Index("timers_delivery", "timers", "delivery_id"),
+    "sqlite": (*_LOOKUPS_4, Index("timers_due", "timers", "state, due_at"),
                Index("timers_event", "timers", "event_id")),
-    "postgres": (Index("timers_key", "timers", "kind, key", unique=True),
-                 Index("timers_due", "timers", "due_at, id", "state = 'armed'"),
+    "postgres": (*_LOOKUPS_4, Index("timers_due", "timers", "due_at, id", "state = 'armed'"),
                  Index("timers_claimed", "timers", "lease_until", "state = 'claimed'"),
                  Index("timers_ended", "timers", "ended_at", "state IN ('fired', 'disarmed')"),
-                 Index("timers_delivery", "timers", "delivery_id"),
                  Index("timers_event", "timers", "event_id", "state IN ('armed', 'claimed')")),
 }
 # Step 6: what a job of a live route needs (whether it is live; the event's own time, which
