@@ -368,8 +368,13 @@ async def test_the_deliveries_list_counts_what_went_out_in_a_summary_or_a_digest
     assert (await r.post({**moving(5), "status": "at_hub"}))[0] == 202  # sent on its own
     await passes(r.relay)
     await wait_for(lambda: len(sent(sink)) == 3, message="d5's notification")
-    async with r.session.get(r.url + "/ui/deliveries", headers=bearer(ADMIN)) as resp:
-        page = await resp.text()
+
+    async def recorded() -> str | None:  # the sink has it before the worker records the outcome
+        async with r.session.get(r.url + "/ui/deliveries", headers=bearer(ADMIN)) as resp:
+            page = await resp.text()
+        return page if _notifications(page, "d5") == ["1 sent"] else None
+
+    page = await wait_for(recorded, message="d5 recorded as sent")
     assert {d: _notifications(page, d) for d in ("d1", "d2", "d3", "d4", "d5")} == {
         "d1": ["1 in a summary"], "d2": ["1 in a summary", "1 suppressed"],
         "d3": ["1 in a digest"], "d4": ["1 waiting"], "d5": ["1 sent"]}
