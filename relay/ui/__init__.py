@@ -10,6 +10,7 @@ a login session (relay.ui.access).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,10 @@ VISITOR = web.RequestKey("visitor", Visitor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@functools.cache
 def environment() -> Environment:
+    """The pages' templates (package files, the same for every relay of a process): one
+    environment, so each template compiles once per process, not once per app."""
     env = Environment(loader=PackageLoader("relay.ui", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = when
