@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from relay.events import event_from_dict
+from relay.message import Message
 from relay.pipeline import Notification
 from relay.store import Store, TimerOp, open_store
 
@@ -111,7 +112,7 @@ EVENT_AT = 1_800_000_000.0  # 2027-01-15T08:00:00Z, the events' timestamp
 
 async def ingest(store: Store, first: int, events: int, concurrency: int) -> float:
     """Events of `events` new deliveries (numbered from `first`), each arming a watch."""
-    jobs = [Notification("hook", 0, "r", "t", "b", "info", "text")]
+    jobs = [Notification("hook", 0, "r", Message("t", "b", "info", "text"))]
     sem = asyncio.Semaphore(concurrency)
 
     async def one(n: int) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from relay.errors import InvalidEvent
 from relay.events import decode_json
 from relay.store import Job
+from relay.store.schema import job_columns
 from relay.web import SERVICES, bearer_ok, check_length, error, printable, read_body, refusal, unauthorized
 
 _ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer
@@ -38,7 +39,7 @@ async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    out = asdict(job)
+    out = job_columns(job)  # flat, as stored: its message's title, body, type, format
     out.pop("claim_token", None)
     return out
 

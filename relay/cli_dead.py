@@ -56,7 +56,7 @@ def dead_show(config_path: str, job_id: int) -> None:
     click.echo(f"job {j.id}  state={j.state}  receiver={j.receiver}[{j.url_index}]"
                f"  route={j.route}  attempts={j.attempts}")
     click.echo(f"event: {json.dumps(detail.event)}")
-    click.echo(f"title: {j.title}\nbody:\n{j.body}\nattempts:")
+    click.echo(f"title: {j.message.title}\nbody:\n{j.message.body}\nattempts:")
     for a in detail.history:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.at))
         click.echo(f"  {at}  {a.outcome:<8} {a.duration:6.2f}s  {a.error}")

@@ -172,9 +172,9 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
         return ["notifications: none"]
     lines = ["notifications:"]
     for n in plan.notifications:
-        ch = channels[n.receiver][n.url_index]
+        ch, m = channels[n.receiver][n.url_index], n.message
         lines.append(f"  {n.receiver}[{n.url_index}] {ch.label}  route={n.route}"
-                     f"  type={n.type}  format={n.format}")
+                     f"  type={m.type}  format={m.format}")
         hours = config.receivers[n.receiver].quiet_hours
         if n.held_until is not None and hours is not None:
             lines.append(f"    held until {_clock(hours.timezone, n.held_until, now)}"
@@ -183,19 +183,19 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
                 lines.append("    quiet hours win over live and hold: the summary is a plain"
                              " message (no edit of the delivery's), nothing replaces this one")
         elif hours is not None and until_epoch(hours, now) is not None:
-            lines.append(f"    sent now: {n.type} is urgent during quiet hours")
+            lines.append(f"    sent now: {m.type} is urgent during quiet hours")
         lines += live.get(n, [])
         if failed.get(n.route):
             lines.append(f"    TEMPLATE FAILED ({failed[n.route]}): the built-in template is"
                          f" used instead; fix the template of route {n.route}")
-        title = _size(n.title, ch.title_max, n) if ch.title_max else \
-            f"{len(n.title)} chars; this channel has no title, Apprise puts it atop the body"
-        lines.append(f"    title ({title}): {n.title}")
-        lines.append(f"    body ({_size(n.body, ch.body_max, n)}):")
-        lines += [f"      {line}".rstrip() for line in n.body.splitlines()]
-        sent = converted(n.body, n.format, ch)
+        title = _size(m.title, ch.title_max, n) if ch.title_max else \
+            f"{len(m.title)} chars; this channel has no title, Apprise puts it atop the body"
+        lines.append(f"    title ({title}): {m.title}")
+        lines.append(f"    body ({_size(m.body, ch.body_max, n)}):")
+        lines += [f"      {line}".rstrip() for line in m.body.splitlines()]
+        sent = converted(m.body, m.format, ch)
         if sent is not None:
-            lines.append(f"    as {ch.renders_as(n.format)} (Apprise converts {n.format} for this"
+            lines.append(f"    as {ch.renders_as(m.format)} (Apprise converts {m.format} for this"
                          " channel):")
             lines += [f"      {line}".rstrip() for line in sent.splitlines()]
     return lines

@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 from relay.config import Config
 from relay.escaping import NO_CHANNEL, Channel, Escaping, for_channel
 from relay.events import Event
+from relay.message import Message
 from relay.quiet import held, summary_due
 from relay.routing import Match, Route, Router
 from relay.store.records import Notification, Timer, TimerInputs, TimerKind, TimerOp
 from relay.summaries import Batch, digest_op, render_digest, render_summary
-from relay.templating import Rendered, Templates
+from relay.templating import Templates
 from relay.watches import FALLBACK as WATCH_FALLBACK
 from relay.watches import Watches
 from relay.watches import context as watch_context
@@ -73,7 +74,7 @@ class Planner:
     def hold(self, n: Notification, now: float) -> Notification:
         """Quiet hours: a notification that is not urgent waits for its receiver's summary."""
         rc = self.config.receivers.get(n.receiver)
-        until = held(rc.quiet_hours if rc else None, n.type, now)
+        until = held(rc.quiet_hours if rc else None, n.message.type, now)
         return n if until is None else replace(n, held_until=until)
 
     def timers(self, event: Event, now: float) -> tuple[TimerOp, ...]:
@@ -150,16 +151,14 @@ class Planner:
                                   event, escaping))
 
     def _each_url(self, receiver: str, route: str, fmt: str,
-                  render: Callable[[tuple[Escaping, Escaping]], Rendered],
+                  render: Callable[[tuple[Escaping, Escaping]], Message],
                   ) -> tuple[Notification, ...]:
         """One notification per URL of `receiver`, rendered with that channel's escaping."""
         out = []
         for index, channel in enumerate(self.channels.get(receiver, ())):
-            rendered = render(for_channel(channel.scheme, fmt, channel.renders_as(fmt),
-                                          channel.title_in_body))
-            title, body, cut = _fit(rendered, channel)
-            out.append(Notification(receiver, index, route, title, body, rendered.type,
-                                    rendered.format, False, cut))
+            message, cut = _fit(render(for_channel(channel.scheme, fmt, channel.renders_as(fmt),
+                                                   channel.title_in_body)), channel)
+            out.append(Notification(receiver, index, route, message, False, cut))
         return tuple(out)
 
     def _notification(self, event: Event, route: Route | None, receiver: str, index: int,
@@ -167,21 +166,19 @@ class Planner:
         name = route.name if route else ""
         fmt = self.templates.compiled[name].format if name in self.templates.compiled else "text"
         escaping = for_channel(channel.scheme, fmt, channel.renders_as(fmt), channel.title_in_body)
-        rendered = self.templates.render(name, event, escaping)
-        title, body, cut = _fit(rendered, channel)
+        message, cut = _fit(self.templates.render(name, event, escaping), channel)
         stale = route.config.suppress_stale if route and route.config.suppress_stale is not None \
             else self.config.deliveries.suppress_stale
         live, hold = (route.config.live, route.config.hold) if route else (False, 0.0)
-        return Notification(receiver, index, name or "(default)", title, body, rendered.type,
-                            rendered.format, stale, cut, live and bool(event.delivery_id), hold)
+        return Notification(receiver, index, name or "(default)", message, stale, cut,
+                            live and bool(event.delivery_id), hold)
 
 
 def _from_batch(batch: Batch, receiver: str, index: int) -> Notification:
-    return Notification(receiver, index, batch.route, batch.title, batch.body, batch.type,
-                        batch.format, False, batch.truncated)
+    return Notification(receiver, index, batch.route, batch.message, False, batch.truncated)
 
 
-def _fit(rendered: Rendered, channel: Channel) -> tuple[str, str, bool]:
+def _fit(rendered: Message, channel: Channel) -> tuple[Message, bool]:
     """Cut title and body to the channel's limits, marking the cut with an ellipsis."""
     title, body = rendered.title, rendered.body
     cut = False
@@ -189,4 +186,4 @@ def _fit(rendered: Rendered, channel: Channel) -> tuple[str, str, bool]:
         title, cut = title[: channel.title_max - 1] + ELLIPSIS, True
     if channel.body_max and len(body) > channel.body_max:
         body, cut = body[: channel.body_max - 1] + ELLIPSIS, True
-    return title, body, cut
+    return (replace(rendered, title=title, body=body) if cut else rendered), cut

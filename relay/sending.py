@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from aiohttp import ClientSession
 
-from relay.live import LiveClient, LiveMessage, live_client
+from relay.live import LiveClient, live_client
 from relay.live import email as live_email
 from relay.live.sender import LiveJob, LiveSender
 from relay.notify import Outcome
@@ -85,8 +85,9 @@ class Sending:
 
 
 async def _apprise(job: Job, rt: Runtime, headers: Mapping[str, str] | None = None) -> Outcome:
-    return await rt.send_with().send(job.receiver, job.url_index, job.title, job.body,
-                                     job.type, job.format, headers)
+    m = job.message
+    return await rt.send_with().send(job.receiver, job.url_index, m.title, m.body, m.type,
+                                     m.format, headers)
 
 
 def live_job(job: Job) -> LiveJob:
@@ -96,4 +97,4 @@ def live_job(job: Job) -> LiveJob:
     # Stable across a job's retries and replays, and unlike any other job's, even one of
     # another database (Matrix answers a reused transaction id with the event it made).
     idem = hashlib.sha256(f"{job.id}\0{key}\0{ts!r}".encode()).hexdigest()[:24]
-    return LiveJob(key, job.delivery_id, ts, idem, LiveMessage(job.title, job.body))
+    return LiveJob(key, job.delivery_id, ts, idem, job.message)

@@ -19,10 +19,11 @@ from typing import Any
 from relay.digests import Group, fit, group_of, timer_key, window_context
 from relay.escaping import Channel, Escaping, for_channel
 from relay.events import Event
+from relay.message import Message
 from relay.noiseconfig import DigestConfig
 from relay.store.records import DigestItem, Job, Timer, TimerOp
 from relay.store.rules import BATCH_CEILING
-from relay.templating import CompiledTemplate, Rendered, Templates, default_type
+from relay.templating import CompiledTemplate, Templates, default_type
 
 SEVERITY = ("info", "success", "warning", "failure")
 # Held notifications were made inert for their channel when they were rendered.
@@ -36,9 +37,10 @@ QUIET_FIELDS = frozenset({"from", "until"})
 
 
 @dataclass(frozen=True)
-class Batch(Rendered):
+class Batch:
     """One fired digest or summary for one receiver URL, rendered and cut, and its route."""
 
+    message: Message
     route: str
     truncated: bool
 
@@ -83,14 +85,14 @@ def render_summary(templates: Templates, timer: Timer, held: Sequence[Job], now:
     """The summary of what a receiver URL's quiet time held, cut to the channel's limits."""
     receiver = str(timer.context.get("receiver", ""))
     template = templates.summaries.get(receiver, templates.summary_default)
-    items = [{"title": j.title, "body": j.body, "type": j.type, "route": j.route,
-              "delivery_id": j.delivery_id, "event_type": j.event_type, "at": _iso(j.created_at)}
-             for j in held]
+    items = [{"title": j.message.title, "body": j.message.body, "type": j.message.type,
+              "route": j.route, "delivery_id": j.delivery_id, "event_type": j.event_type,
+              "at": _iso(j.created_at)} for j in held]
     base = {"count": len(held), "receiver": receiver,
             "quiet": {"from": _iso(min(j.created_at for j in held)) if held else _iso(now),
                       "until": _iso(timer.due_at)}}
     return _cut(templates, template, templates.summary_default, base, "notifications", items,
-                severest([j.type for j in held]), ALREADY_ESCAPED, QUIET_ROUTE, channel)
+                severest([j.message.type for j in held]), ALREADY_ESCAPED, QUIET_ROUTE, channel)
 
 
 def _cut(templates: Templates, template: CompiledTemplate, fallback: CompiledTemplate,
@@ -107,7 +109,7 @@ def _cut(templates: Templates, template: CompiledTemplate, fallback: CompiledTem
     title = whole.title
     if channel.title_max and len(title) > channel.title_max:
         title = title[: channel.title_max - 1] + "…"
-    return Batch(title, body, whole.type, whole.format, route=route,
+    return Batch(Message(title, body, whole.type, whole.format), route,
                  truncated=shown < len(items) or title != whole.title or len(body) < len(whole.body))
 
 

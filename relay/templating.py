@@ -28,6 +28,7 @@ from relay.config import Config, Source, TemplateConfig
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
 from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
+from relay.message import Message
 from relay.noiseconfig import known_zone, unknown_zone
 from relay.zones import localtime_problem
 
@@ -72,22 +73,13 @@ SUMMARY_TITLE = ("{{ count }} {% if count == 1 %}notification{% else %}notificat
 SUMMARY_BODY = "{% for n in notifications %}- {{ n.title }}\n{% endfor %}"
 FAILED_STATUSES = frozenset({"failed", "returned", "lost", "exception", "undeliverable"})
 # What stays of a notification when even the built-in template fails.
-LAST_RESORT = ("Kourier event", "A notification could not be rendered; see the relay's log.")
+LAST_RESORT = Message("Kourier event", "A notification could not be rendered; see the relay's log.",
+                      "warning", "text")
 PLAIN = Escaping()
 PLAIN_PAIR = (Escaping(single_line=True), PLAIN)
 
 # The escaping of the field being rendered; read by `finalize` at render time.
 _escaping: ContextVar[Escaping] = ContextVar("escaping", default=PLAIN)
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What a template gave: the title and body, the Apprise type and the body format."""
-
-    title: str
-    body: str
-    type: str
-    format: str
 
 
 def human_status(value: Any) -> str:
@@ -201,20 +193,20 @@ class Templates:
             else self.digest_default
 
     def render(self, route: str | None, event: Event,
-               escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+               escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Message:
         """Title and body for one channel; `escaping` is (title, body) from `escaping.for_channel`."""
         template = self.compiled.get(route or "", self.default)
         return self._safely(template, self.default, route, event, escaping)
 
     def render_receiver_failing(self, event: Event,
-                                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+                                escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Message:
         """The failing-receiver notice (`templates.receiver_failing`, else the built-in)."""
         return self._safely(self.receiver_failing, _BUILTIN_NOTICE, RECEIVER_FAILING, event,
                             escaping)
 
     def render_context(self, template: CompiledTemplate, fallback: CompiledTemplate,
                        context: dict[str, Any], type_: str,
-                       escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Rendered:
+                       escaping: tuple[Escaping, Escaping] = PLAIN_PAIR) -> Message:
         """Timed work (a fired watch) rendered from its own context, `type_` unless the
         template sets one. Never raises: a failing template falls back to `fallback`,
         then to the last resort."""
@@ -224,13 +216,13 @@ class Templates:
                 try:
                     title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
                     body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
-                    return _something(Rendered(title, body, t.type or type_, t.format))
+                    return _something(Message(title, body, t.type or type_, t.format))
                 except Exception as e:  # a template bug must not lose the notification
                     log.warning("%s template failed (%s)%s",
                                 "the" if t is template else "the built-in",
                                 strip_controls(str(e), True),
                                 "; using the built-in one" if t is template else "")
-            return Rendered(*LAST_RESORT, "warning", "text")
+            return LAST_RESORT
         finally:
             _default_tz.reset(token_tz)
 
@@ -249,7 +241,7 @@ class Templates:
             _default_tz.reset(token_tz)
 
     def _safely(self, template: CompiledTemplate, fallback: CompiledTemplate, route: str | None,
-                event: Event, escaping: tuple[Escaping, Escaping]) -> Rendered:
+                event: Event, escaping: tuple[Escaping, Escaping]) -> Message:
         context = _context(event)
         token_tz = _default_tz.set(self.timezone)
         try:
@@ -262,25 +254,25 @@ class Templates:
             _default_tz.reset(token_tz)
 
     def _fallback(self, fallback: CompiledTemplate, context: dict[str, Any], event: Event,
-                  escaping: tuple[Escaping, Escaping]) -> Rendered:
+                  escaping: tuple[Escaping, Escaping]) -> Message:
         try:
             return self._render(fallback, context, event, escaping)
         except Exception as e:  # nothing a payload holds may lose the notification
             log.error("the built-in template failed too (%s)", strip_controls(str(e), True))
-            return Rendered(*LAST_RESORT, "warning", "text")
+            return LAST_RESORT
 
     def _render(self, t: CompiledTemplate, context: dict[str, Any], event: Event,
-                escaping: tuple[Escaping, Escaping]) -> Rendered:
+                escaping: tuple[Escaping, Escaping]) -> Message:
         title = _with(escaping[0], t.title, context).strip()[:MAX_OUTPUT]
         body = _with(escaping[1], t.body, context).strip()[:MAX_OUTPUT]
-        return _something(Rendered(title, body, t.type or default_type(event), t.format))
+        return _something(Message(title, body, t.type or default_type(event), t.format))
 
 
 class EmptyMessage(Exception):
     """Title and body both rendered empty: a template failure (no channel sends nothing)."""
 
 
-def _something(rendered: Rendered) -> Rendered:
+def _something(rendered: Message) -> Message:
     if not rendered.title and not rendered.body:
         raise EmptyMessage("the title and the body both rendered empty")
     return rendered

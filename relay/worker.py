@@ -46,8 +46,9 @@ class AppriseSender:
     """Every job through Apprise, as it was rendered."""
 
     async def send(self, job: Job, rt: Runtime) -> Outcome:
-        return await rt.send_with().send(job.receiver, job.url_index, job.title, job.body,
-                                         job.type, job.format)
+        m = job.message
+        return await rt.send_with().send(job.receiver, job.url_index, m.title, m.body, m.type,
+                                         m.format)
 
 
 class Worker:

@@ -34,6 +34,7 @@ from requests.structures import CaseInsensitiveDict
 
 from relay.events import event_from_dict
 from relay.logs import TextFormatter
+from relay.message import Message
 from relay.store.records import Notification
 from tests.conftest import SENDING, free_port, serve_posts, wait_for
 
@@ -268,8 +269,8 @@ async def test_a_job_stored_empty_goes_dead_at_once_and_spares_the_circuit(
     if processes > 1:  # not the relay process's own fallback: the send process sends it
         await wait_for(lambda: r.relay.senders.ready_count() == 1,
                        message="the send process to load its config")
-    empty = Notification(receiver="hook", url_index=0, route="to-hook", title="", body="",
-                         type="info", format="text")
+    empty = Notification(receiver="hook", url_index=0, route="to-hook",
+                         message=Message("", "", "info", "text"))
     await r.relay.store.accept(event_from_dict(EVENT), "stored-empty", [empty],
                                now=time.time())
     await wait_for(finished(tmp_path, 1), message="the job to finish")

@@ -495,8 +495,8 @@ receivers:
     items = tuple(DigestItem(n, TimelineEvent(n, "delivery.updated", opened, e))
                   for n, e in enumerate(hub3_failures(40)))
     [n] = planner.handlers["digest"](timer, TimerInputs(None, None, items), opened + 600)
-    assert n.truncated and len(n.body) <= 160
-    return f"{n.title}\n{n.body}\n"
+    assert n.truncated and len(n.message.body) <= 160
+    return f"{n.message.title}\n{n.message.body}\n"
 
 
 # ---------------------------------------------------------------- the status page
@@ -564,7 +564,7 @@ receivers:
                   {"route": "gone-route", "group": [], "receiver": "gone", "url_index": 2})
     items = (DigestItem(1, TimelineEvent(1, "delivery.updated", opened, failed(1))),)
     [n] = planner.handlers["digest"](timer, TimerInputs(None, None, items), opened + 600)
-    assert (n.receiver, n.url_index, n.title, n.body) == \
+    assert (n.receiver, n.url_index, n.message.title, n.message.body) == \
         ("gone", 2, "1 event (gone-route)", "- d1: Failed at 14:30")
     assert planner.handlers["quiet"](timer, TimerInputs(None, None), opened) == ()  # nothing held
 

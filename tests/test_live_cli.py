@@ -16,6 +16,7 @@ from relay.cli import main
 from relay.errors import ConfigError
 from relay.events import event_from_dict
 from relay.explain import explain
+from relay.message import Message
 from relay.pipeline import Notification
 from relay.store import open_store, rules
 from tests import pgutil
@@ -119,7 +120,8 @@ async def stored(url: str) -> None:
     key = rules.live_key("D1", "lifecycle", "chat", 0)
     await store.live_take(key, "D1", owner="a", now=SHOWN, lease=30)
     await store.live_done(key, owner="a", ref=REF, shown=SHOWN, now=SHOWN)
-    waiting = Notification("chat", 0, "lifecycle", "t", "b", "info", "text", live=True, hold=10)
+    waiting = Notification("chat", 0, "lifecycle", Message("t", "b", "info", "text"), live=True,
+                           hold=10)
     await store.accept(event_from_dict(event(4)), "k", [waiting], now=SHOWN)
     await store.close()
 

@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import ClientSession
 
-from relay.live import LiveClient, LiveMessage, MessageRef, live_client, why_not_live
+from relay.live import LiveClient, MessageRef, live_client, why_not_live
 from relay.live.http import Answer
+from relay.message import Message
 from relay.notify import RECEIVER_FAULT_STATUS
 from tests.conftest import free_port
 from tests.livefakes import DISCORD_ID, DISCORD_TOKEN, SLACK_TOKEN, TELEGRAM_TOKEN
 
-CREATED = LiveMessage("Delivery D1: created", "Parcel registered")
-TRANSIT = LiveMessage("Delivery D1: in transit", "Left the depot")
+CREATED = Message("Delivery D1: created", "Parcel registered", "info", "text")
+TRANSIT = Message("Delivery D1: in transit", "Left the depot", "info", "text")
 SLACK_URL = f"slack://{SLACK_TOKEN}/#ops"
 DISCORD_URL = f"discord://{DISCORD_ID}/{DISCORD_TOKEN}"
 TELEGRAM_URL = f"tgram://{TELEGRAM_TOKEN}/-1001234"
@@ -71,7 +72,7 @@ async def test_slack_thread_url_posts_the_live_message_in_that_thread(slack, ses
 
 async def test_slack_escapes_control_characters_so_values_cannot_make_links(slack, session) -> None:
     c = client(SLACK_URL, session, "slack", slack.base)
-    await c.post(LiveMessage("a <http://evil|bank> & b", ""))
+    await c.post(Message("a <http://evil|bank> & b", "", "info", "text"))
     assert slack.roots()[0].text == "a &lt;http://evil|bank&gt; &amp; b"
 
 
@@ -225,7 +226,7 @@ async def test_telegram_send_edit_and_reply(telegram, session) -> None:
     posted = await c.post(CREATED)
     assert posted.sent and posted.ref == MessageRef("telegram", "-1001234", "1")
     assert (await c.edit(posted.ref, TRANSIT)).sent
-    assert (await c.reply(posted.ref, LiveMessage("in transit", ""))).sent
+    assert (await c.reply(posted.ref, Message("in transit", "", "info", "text"))).sent
     root, reply = telegram.messages.values()
     assert root.text == "Delivery D1: in transit\nLeft the depot" and root.edits == 1
     assert reply.thread == "1" and reply.text == "in transit"

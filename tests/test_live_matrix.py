@@ -12,12 +12,13 @@ from urllib.parse import quote
 import pytest
 from aiohttp import ClientSession
 
-from relay.live import LiveMessage, MessageRef, live_client
+from relay.live import MessageRef, live_client
 from relay.live.matrix import MatrixClient
+from relay.message import Message
 from tests.synapse import Homeserver
 
-CREATED = LiveMessage("Delivery D1: created", "Parcel registered")
-TRANSIT = LiveMessage("Delivery D1: in transit", "Left the depot")
+CREATED = Message("Delivery D1: created", "Parcel registered", "info", "text")
+TRANSIT = Message("Delivery D1: in transit", "Left the depot", "info", "text")
 _names = itertools.count(1)
 
 
@@ -69,7 +70,8 @@ async def test_post_edit_and_thread_reply_are_real_room_events(room: Room, sessi
     root = posted.ref.message
     edited = await c.edit(posted.ref, TRANSIT, key="job-2")
     assert edited.sent and edited.ref == posted.ref  # later edits replace the original event
-    assert (await c.reply(posted.ref, LiveMessage("in transit", "Left the depot"), key="job-3")).sent
+    reply = Message("in transit", "Left the depot", "info", "text")
+    assert (await c.reply(posted.ref, reply, key="job-3")).sent
 
     (top,) = room.top_level()
     assert top["event_id"] == root and top["content"]["body"] == CREATED.plain()
@@ -92,8 +94,8 @@ async def test_a_retried_post_with_the_same_key_makes_one_event(room: Room, sess
 async def test_concurrent_posts_on_one_client_all_arrive(room: Room, session) -> None:
     # Apprise's cached Matrix object reuses a transaction id under concurrency (HAZARDS.md).
     c = client(room, session)
-    results = await asyncio.gather(*(c.post(LiveMessage(f"D{i}", "created"), key=f"job-{i}")
-                                     for i in range(12)))
+    results = await asyncio.gather(*(c.post(Message(f"D{i}", "created", "info", "text"),
+                                            key=f"job-{i}") for i in range(12)))
     assert all(r.sent for r in results)
     assert sorted(e["content"]["body"] for e in room.top_level()) == \
         sorted(f"D{i}\ncreated" for i in range(12))
@@ -150,6 +152,6 @@ async def test_an_access_token_url_posts_and_edits(room: Room, session) -> None:
 
 async def test_at_room_in_a_message_mentions_nobody(room: Room, session) -> None:
     c = client(room, session)
-    await c.post(LiveMessage("@room look", "x"), key="m-1")
+    await c.post(Message("@room look", "x", "info", "text"), key="m-1")
     (event,) = room.top_level()
     assert event["content"]["m.mentions"] == {}

@@ -10,8 +10,9 @@ from urllib.parse import quote
 import pytest
 from aiohttp import ClientSession
 
-from relay.live import LiveClient, LiveMessage, live_client
+from relay.live import LiveClient, live_client
 from relay.live.sender import LiveJob, LiveSender
+from relay.message import Message
 from relay.store import Store, open_store, rules
 from tests.conftest import FakeClock
 from tests.livefakes import SLACK_TOKEN, FakeSlack
@@ -22,7 +23,7 @@ KEY = rules.live_key("D1", "lifecycle", "ops-chat", 0)
 
 
 def job(n: int, status: str, ts: float) -> LiveJob:
-    return LiveJob(KEY, "D1", ts, f"job{n}", LiveMessage(f"Delivery D1: {status}", ""))
+    return LiveJob(KEY, "D1", ts, f"job{n}", Message(f"Delivery D1: {status}", "", "info", "text"))
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ async def test_a_crash_between_post_and_ref_stored_posts_a_second_root_on_slack(
     c = slack_client(slack, session)
     # the first process held the message and posted, then died before recording the ref
     await store.live_take(KEY, "D1", owner="dead", now=T0, lease=60)
-    await c.post(LiveMessage("Delivery D1: created", ""), key="job1")
+    await c.post(Message("Delivery D1: created", "", "info", "text"), key="job1")
     retried = await LiveSender(store, "b", lambda: T0 + 61).send(c, job(1, "created", T0))
     assert retried.action == "post" and len(slack.roots()) == 2  # what the docs promise
 
@@ -132,7 +133,7 @@ async def test_on_matrix_that_retry_is_answered_with_the_first_event(store, sess
     c = live_client(f"matrix://{token}@127.0.0.1:{port}/{quote(room, safe='!:')}", session)
     assert c is not None
     await store.live_take(KEY, "D1", owner="dead", now=T0, lease=60)
-    first = await c.post(LiveMessage("Delivery D1: created", ""), key="job1")
+    first = await c.post(Message("Delivery D1: created", "", "info", "text"), key="job1")
     retried = await LiveSender(store, "b", lambda: T0 + 61).send(c, job(1, "created", T0))
     assert retried.ref == first.ref
     edited = await LiveSender(store, "b", lambda: T0 + 62).send(c, job(2, "in transit", T0 + 1))

@@ -6,6 +6,7 @@ import pytest
 
 from relay import config
 from relay.errors import ConfigError
+from relay.message import Message
 from relay.quiet import Window
 
 HEAD = """\
@@ -232,10 +233,10 @@ def test_the_keys_check_knows_are_the_keys_the_relay_renders_with() -> None:
     title: "{{ quiet.keys() | sort | join(',') }}"
     body: "{% for n in notifications %}{{ n.keys() | sort | join(',') }}{% endfor %}"
 """, "relay.yaml", {})
-    job = Job(id=1, event_id=1, receiver="ops", url_index=0, route="all", title="t", body="b",
-              type="info", format="text", state="held", attempts=0, created_at=1.0,
+    job = Job(id=1, event_id=1, receiver="ops", url_index=0, route="all",
+              message=Message("t", "b", "info", "text"), state="held", attempts=0, created_at=1.0,
               next_attempt_at=1.0, delivery_id="D-1", event_type="delivery.updated")
     timer = Timer(1, "quiet", "quiet:ops:0", "", 1, 7200.0, "claimed", 1.0, {"receiver": "ops"})
     batch = render_summary(Templates.from_config(cfg), timer, [job], 7200.0, NO_CHANNEL)
-    assert (batch.title, batch.body) == (",".join(sorted(QUIET_FIELDS)),
+    assert (batch.message.title, batch.message.body) == (",".join(sorted(QUIET_FIELDS)),
                                          ",".join(sorted(NOTIFICATION_FIELDS)))

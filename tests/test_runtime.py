@@ -11,6 +11,7 @@ import pytest
 
 from relay.config import RetryPolicy
 from relay.decision import Dead, Postponed, Retry, Sent, decide
+from relay.message import Message
 from relay.notify import Outcome
 from relay.store import Job
 from tests.conftest import ROOT
@@ -34,8 +35,8 @@ POLICY = RetryPolicy(schedule=(0, 10, 60), jitter=0, max_age=3600)
 
 
 def job(attempts: int = 0, created: float = T) -> Job:
-    return Job(1, 1, "r", 0, "route", "t", "b", "info", "text", "claimed", attempts, created,
-               created)
+    return Job(1, 1, "r", 0, "route", Message("t", "b", "info", "text"), "claimed", attempts,
+               created, created)
 
 
 @pytest.mark.parametrize("job_, outcome, now, expected", [

@@ -14,13 +14,15 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relay.store import SCHEMA_VERSION, open_store, sql
-from relay.store.schema import migrations
+from relay.message import Message
+from relay.store import SCHEMA_VERSION, Job, open_store, sql
+from relay.store.schema import JOB_FIELDS, migrations
 from tests import pgutil
 
 EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
@@ -297,3 +299,15 @@ async def test_a_postgres_store_says_in_one_line_that_it_created_its_schema(
         caplog.clear()
         await open_and_close(dsn)
         assert schema_lines(caplog) == []
+
+
+async def test_a_job_is_read_from_each_of_its_fields_and_from_real_columns(tmp_path: Path) -> None:
+    """JOB_FIELDS is Job's fields with its `message` as the four columns it is stored in, and
+    each is a column of `jobs` (a field with a default, left out, would read as the default)."""
+    names = [f.name for f in fields(Job)]
+    at = names.index("message")
+    assert list(JOB_FIELDS) == names[:at] + [f.name for f in fields(Message)] + names[at + 1:]
+    await open_and_close(f"sqlite:{tmp_path / 'fresh.db'}")
+    with closing(sqlite3.connect(tmp_path / "fresh.db")) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    assert set(JOB_FIELDS) <= columns

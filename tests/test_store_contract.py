@@ -20,6 +20,7 @@ import pytest
 
 from relay.errors import SchemaTooNew, StaleClaim, StoreError
 from relay.events import Event, event_from_dict
+from relay.message import Message
 from relay.pipeline import Notification
 from relay.store import (
     SCHEMA_VERSION,
@@ -145,8 +146,8 @@ def event(type: str = "delivery.updated", delivery: str = "d1",
 
 
 def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> Notification:
-    return Notification(receiver, url_index, "route-1", f"title {receiver}", "body", "info", "text",
-                  suppress)
+    return Notification(receiver, url_index, "route-1",
+                        Message(f"title {receiver}", "body", "info", "text"), suppress)
 
 
 async def claim(store: Store, receiver: str = "hook", limit: int = 10, now: float = T0,
@@ -176,7 +177,7 @@ async def test_accept_stores_the_event_and_one_job_per_notification(store: Store
     assert [(j.receiver, j.url_index, j.state, j.attempts) for j in jobs] == \
         [("hook", 0, "claimed", 0), ("hook", 1, "claimed", 0)]
     first = jobs[0]
-    assert (first.event_id, first.title, first.delivery_id, first.event_type, first.created_at) \
+    assert (first.event_id, first.message.title, first.delivery_id, first.event_type, first.created_at) \
         == (accepted.event_id, "title hook", "d1", "delivery.updated", T0)
     detail = await store.detail(first.id)
     assert detail is not None and detail.event == dict(payload.payload)

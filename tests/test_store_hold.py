@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from relay.message import Message
 from relay.pipeline import Notification
 from relay.store import Store, open_store, rules
 from relay.store.rules import Coalesced, Waiting, coalesce
@@ -26,8 +27,8 @@ T0_EVENT = 1726322400.0  # at(0), 2024-09-14T14:00:00Z
 
 
 def held(hold: float = 10.0, receiver: str = "hook", live: bool = False) -> Notification:
-    return Notification(receiver, 0, "route-1", "title", "body", "info", "text", live=live,
-                        hold=hold)
+    return Notification(receiver, 0, "route-1", Message("title", "body", "info", "text"),
+                        live=live, hold=hold)
 
 
 def at(minute: int) -> str:
@@ -196,7 +197,7 @@ async def test_a_held_live_notification_is_summarised_not_sent_live(store: Store
     [timer] = await store.claim_timers(limit=10, now=T0 + 3600, lease=30.0, owner="a")
     inputs = await store.timer_inputs(timer)
     assert [(j.live, j.state) for j in inputs.held] == [(True, "held")]
-    summary = Notification("hook", 0, "quiet-hours", "1 held", "title", "info", "text")
+    summary = Notification("hook", 0, "quiet-hours", Message("1 held", "title", "info", "text"))
     await store.fire(timer, [summary], now=T0 + 3600, consumed=inputs)
     assert [(j.state, j.live) for j in (await store.timeline("d1")).jobs] == [
         ("summarised", True)]

@@ -82,10 +82,10 @@ def test_no_payload_value_loses_a_notification(kind: str, delivery: str, stamp: 
     expected = {"delivery.updated": URLS + 3, "delivery.teleported": 0}.get(kind, URLS)
     assert len(plan.notifications) == expected
     for n in plan.notifications:
-        assert (n.title + n.body).strip(), n  # something to send, whatever the values
+        assert (n.message.title + n.message.body).strip(), n  # something to send, whatever the values
         channel = PLANNER.channels[n.receiver][n.url_index]
-        assert not channel.body_max or len(n.body) <= channel.body_max
-        assert not channel.title_max or len(n.title) <= channel.title_max
+        assert not channel.body_max or len(n.message.body) <= channel.body_max
+        assert not channel.title_max or len(n.message.title) <= channel.title_max
 
 
 def test_a_template_text_is_compiled_once_and_a_broken_one_fails_every_time():

@@ -43,7 +43,7 @@ def body_of(template: str) -> str:
         runtime = build_runtime(loads(CONFIG.replace('"BODY"', repr(template)), "c.yaml", {}))
         (notification,) = runtime.planner.plan(EVENT, now=1_726_324_200.0).notifications
     assert time.monotonic() - started < 2, "compiling or rendering ran long"
-    return notification.body
+    return notification.message.body
 
 
 def test_a_loop_printing_without_end_stops_at_the_output_limit():

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import apprise
 from aiohttp import ClientSession
 
+from relay.message import Message
 from relay.notify import Outcome
 
 PLATFORMS = ("slack", "discord", "telegram", "matrix")
@@ -55,17 +56,6 @@ class MessageRef:
 
 
 @dataclass(frozen=True)
-class LiveMessage:
-    """What to show: the rendered title and body of one notification."""
-
-    title: str
-    body: str
-
-    def plain(self) -> str:
-        return f"{self.title}\n{self.body}" if self.title and self.body else self.title or self.body
-
-
-@dataclass(frozen=True)
 class LiveResult:
     """An attempt's outcome, the ref of the message it posted, and whether the message is gone."""
 
@@ -84,13 +74,13 @@ class LiveClient(Protocol):
     platform: str
     threads: bool  # whether `reply` is supported (the platform has threads for this URL)
 
-    async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
+    async def post(self, message: Message, key: str = "") -> LiveResult:
         """Post a new message; `key` makes a retried post idempotent where the platform allows."""
 
-    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def edit(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         """Replace the message's text with the current state (`key`: as for `post`)."""
 
-    async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def reply(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         """Post `message` in the thread of `ref`."""
 
 

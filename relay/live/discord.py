@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from relay.live import LiveMessage, LiveResult, MessageRef
+from relay.live import LiveResult, MessageRef
 from relay.live.http import SENT, Api, outcome_for
+from relay.message import Message
 from relay.notify import Outcome
 
 API = "https://discord.com/api/v10"
@@ -46,28 +47,28 @@ class DiscordClient:
                    plugin.thread_id or None)
 
     @staticmethod
-    def content(message: LiveMessage) -> str:
+    def content(message: Message) -> str:
         return f"**{message.title}**\n{message.body}" if message.title and message.body \
             else message.title or message.body
 
-    def _json(self, message: LiveMessage) -> dict[str, Any]:
+    def _json(self, message: Message) -> dict[str, Any]:
         """What a post or an edit sends: the text, and no mentions (`NO_MENTIONS`)."""
         return {"content": self.content(message), "allowed_mentions": NO_MENTIONS}
 
     def _params(self, **extra: str) -> dict[str, str]:
         return {**extra, **({"thread_id": self.thread_id} if self.thread_id else {})}
 
-    async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
+    async def post(self, message: Message, key: str = "") -> LiveResult:
         answer = await self.api.call("POST", self.path, params=self._params(wait="true"),
                                      json=self._json(message))
         return self._result("post", answer)
 
-    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def edit(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         answer = await self.api.call("PATCH", f"{self.path}/messages/{ref.message}",
                                      params=self._params(), json=self._json(message))
         return self._result("edit", answer)
 
-    async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def reply(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         return LiveResult(Outcome("failed", "Discord webhooks cannot reply in a thread"))
 
     def _result(self, action: str, answer: Any) -> LiveResult:

@@ -21,8 +21,9 @@ from urllib.parse import quote
 
 from aiohttp import ClientSession
 
-from relay.live import LiveMessage, LiveResult, MessageRef
+from relay.live import LiveResult, MessageRef
 from relay.live.http import SENT, Answer, Api, outcome_for
+from relay.message import Message
 from relay.notify import Outcome
 
 V3 = "/_matrix/client/v3"
@@ -73,13 +74,13 @@ class MatrixClient:
         return cls(base, _room(plugin.rooms[0], plugin.host), session, timeout=timeout,
                    user=plugin.user, password=plugin.password, msgtype=plugin.msgtype)
 
-    def _content(self, message: LiveMessage) -> dict[str, Any]:
+    def _content(self, message: Message) -> dict[str, Any]:
         return {"msgtype": self.msgtype, "body": message.plain(), "m.mentions": {}}
 
-    async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
+    async def post(self, message: Message, key: str = "") -> LiveResult:
         return await self._send(self._content(message), key)
 
-    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def edit(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         gone = await self._gone(ref)
         if gone is not None:
             return gone
@@ -88,7 +89,7 @@ class MatrixClient:
                 "m.relates_to": {"rel_type": "m.replace", "event_id": ref.message}}
         return await self._send(edit, key, ref)
 
-    async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def reply(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         content = {**self._content(message), "m.relates_to": {
             "rel_type": "m.thread", "event_id": ref.message, "is_falling_back": True,
             "m.in_reply_to": {"event_id": ref.message}}}

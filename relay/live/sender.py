@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from relay.errors import StoreError
-from relay.live import LiveClient, LiveMessage, LiveResult, MessageRef
+from relay.live import LiveClient, LiveResult, MessageRef
+from relay.message import Message
 from relay.notify import MIN_WAIT_AFTER_TIMEOUT, SENT, Outcome
 from relay.store import LiveMessages, LiveSlot, rules
 
@@ -34,7 +35,7 @@ class LiveJob:
     delivery_id: str
     ts: float  # the event's time: the state this job shows
     idem: str  # stable across retries of one job (its id): an idempotent post where possible
-    message: LiveMessage
+    message: Message
 
 
 @dataclass(frozen=True)

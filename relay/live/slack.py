@@ -13,8 +13,9 @@ from typing import Any
 from aiohttp import ClientSession
 from apprise.plugins.slack import CHANNEL_RE
 
-from relay.live import LiveMessage, LiveResult, MessageRef
+from relay.live import LiveResult, MessageRef
 from relay.live.http import SENT, Answer, Api, outcome_for
+from relay.message import Message
 from relay.notify import Outcome, wait_after
 
 API = "https://slack.com/api"
@@ -75,21 +76,21 @@ class SlackClient:
         return cls(plugin.access_token, plugin.channels[0], session, timeout, api_base)
 
     @staticmethod
-    def text(message: LiveMessage) -> str:
+    def text(message: Message) -> str:
         title, body = _escape(message.title), _escape(message.body)
         return f"*{title}*\n{body}" if title and body else title or body
 
-    async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
+    async def post(self, message: Message, key: str = "") -> LiveResult:
         payload = {"channel": self.channel, "text": self.text(message)}
         if self.thread_ts:  # the URL's `#channel:ts` form: the live message lives in that thread
             payload["thread_ts"] = self.thread_ts
         return await self._send("chat.postMessage", payload)
 
-    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def edit(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         return await self._send("chat.update", {"channel": ref.channel, "ts": ref.message,
                                                 "text": self.text(message)})
 
-    async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def reply(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         return await self._send("chat.postMessage", {
             "channel": ref.channel, "thread_ts": self.thread_ts or ref.message,
             "text": self.text(message)})

@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import ClientSession
 
-from relay.live import LiveMessage, LiveResult, MessageRef
+from relay.live import LiveResult, MessageRef
 from relay.live.http import SENT, Answer, Api, outcome_for
+from relay.message import Message
 
 API = "https://api.telegram.org"
 GONE = ("message to edit not found", "message can't be edited", "message_id_invalid")
@@ -46,21 +47,21 @@ class TelegramClient:
         chat_id, topic = plugin.targets[0]
         return cls(plugin.bot_token, str(chat_id), session, timeout, api_base, topic)
 
-    def _new(self, message: LiveMessage) -> dict[str, Any]:
+    def _new(self, message: Message) -> dict[str, Any]:
         payload: dict[str, Any] = {"chat_id": self.chat_id, "text": message.plain()}
         if self.topic:
             payload["message_thread_id"] = self.topic
         return payload
 
-    async def post(self, message: LiveMessage, key: str = "") -> LiveResult:
+    async def post(self, message: Message, key: str = "") -> LiveResult:
         return await self._call("sendMessage", self._new(message))
 
-    async def edit(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def edit(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         result = await self._call("editMessageText", {
             "chat_id": ref.channel, "message_id": int(ref.message), "text": message.plain()})
         return LiveResult(SENT, ref) if UNCHANGED in result.outcome.error else result
 
-    async def reply(self, ref: MessageRef, message: LiveMessage, key: str = "") -> LiveResult:
+    async def reply(self, ref: MessageRef, message: Message, key: str = "") -> LiveResult:
         payload = self._new(message)
         payload["chat_id"] = ref.channel
         payload["reply_parameters"] = {"message_id": int(ref.message),

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 # Re-exported: the limits the store enforces are the config's own values.
 from relay.limits import Circuit as Circuit
 from relay.limits import RateLimit as RateLimit
+from relay.message import Message
 
 # `held`: waits out a receiver's quiet hours (backlog, no attempts); `summarised`: went out
 # inside the quiet-hours summary instead of on its own.
@@ -31,10 +32,7 @@ class Notification:
     receiver: str
     url_index: int
     route: str
-    title: str
-    body: str
-    type: str
-    format: str
+    message: Message
     suppress_stale: bool = False
     truncated: bool = False
     live: bool = False  # the route's `live`: one message per delivery, edited where the URL can
@@ -135,10 +133,7 @@ class Job:
     receiver: str
     url_index: int
     route: str
-    title: str
-    body: str
-    type: str
-    format: str
+    message: Message  # stored as the jobs columns title, body, type, format
     state: JobState
     attempts: int
     created_at: float

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 from relay.errors import SchemaTooNew, StoreError
+from relay.message import Message
 from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Timer
 
 Dialect = Literal["sqlite", "postgres"]
@@ -331,18 +332,29 @@ def _drop(names: tuple[str, ...]) -> str:
     return "".join(f"DROP INDEX IF EXISTS {name};\n" for name in names)
 
 
-JOB_FIELDS = tuple(f.name for f in fields(Job))
+# The jobs columns a Job is read from, in its fields' order; its `message` is four of them.
+MESSAGE_FIELDS = ("title", "body", "type", "format")
+JOB_FIELDS = ("id", "event_id", "receiver", "url_index", "route", *MESSAGE_FIELDS, "state",
+              "attempts", "created_at", "next_attempt_at", "last_error", "claim_token",
+              "delivery_id", "event_type", "live", "event_at", "finished_at")
 JOB_COLUMNS = ", ".join(JOB_FIELDS)
+_OTHER_FIELDS = tuple(name for name in JOB_FIELDS if name not in MESSAGE_FIELDS)
 _OPTIONAL_TEXT = ("last_error", "claim_token")
 
 
 def job_from_row(row: Mapping[str, Any]) -> Job:
     """A Job from a row selected with JOB_COLUMNS (sqlite3.Row and asyncpg.Record both fit)."""
-    values = {name: row[name] for name in JOB_FIELDS}
+    values = {name: row[name] for name in _OTHER_FIELDS}
     for name in _OPTIONAL_TEXT:
         values[name] = values[name] or ""
     values["live"] = bool(values["live"])  # SQLite keeps booleans as 0/1
-    return Job(**values)
+    return Job(message=Message(row["title"], row["body"], row["type"], row["format"]), **values)
+
+
+def job_columns(job: Job) -> dict[str, Any]:
+    """A Job as its row: JOB_FIELDS to values, in that order (what the admin API shows)."""
+    return {name: getattr(job.message if name in MESSAGE_FIELDS else job, name)
+            for name in JOB_FIELDS}
 
 
 TIMER_FIELDS = tuple(f.name for f in fields(Timer))

@@ -247,9 +247,9 @@ def waiting_key(event: Event, spec: Notification) -> tuple[Any, ...] | None:
 def job_rows(event_id: int, event: Event, jobs: Sequence[Queued], now: float, ts: float,
              ) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for each job of an accepted event (`ts`: its own time)."""
-    return [(event_id, j.spec.receiver, j.spec.url_index, j.spec.route, j.spec.title, j.spec.body,
-             j.spec.type, j.spec.format, event.delivery_id, event.type, j.spec.suppress_stale,
-             now, j.due, j.spec.live, ts, j.state, j.reason) for j in jobs]
+    return [(event_id, j.spec.receiver, j.spec.url_index, j.spec.route, m.title, m.body, m.type,
+             m.format, event.delivery_id, event.type, j.spec.suppress_stale, now, j.due,
+             j.spec.live, ts, j.state, j.reason) for j in jobs for m in (j.spec.message,)]
 
 
 def active(jobs: Sequence[Queued]) -> int:
@@ -276,9 +276,9 @@ def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
 
 def timer_job_rows(timer: Timer, jobs: Sequence[Notification], now: float) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
-    return [(timer.event_id, j.receiver, j.url_index, j.route, j.title, j.body, j.type,
-             j.format, timer.delivery_id, f"timer.{timer.kind}", False, now, due, False, None,
-             state, "") for j in jobs for due, state in (_due(j, now),)]
+    return [(timer.event_id, j.receiver, j.url_index, j.route, j.message.title, j.message.body,
+             j.message.type, j.message.format, timer.delivery_id, f"timer.{timer.kind}", False,
+             now, due, False, None, state, "") for j in jobs for due, state in (_due(j, now),)]
 
 
 def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:

@@ -284,7 +284,7 @@ def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
         counts[j.state] = counts.get(j.state, 0) + 1
     watches = tuple(_watch_view(t) for t in timeline.timers if t.kind == "watch")
     return DeliveryView(timeline.delivery_id, events, counts, watches, _digests(timeline),
-                        tuple(HeldView(j.receiver, j.title, j.event_id, j.next_attempt_at,
+                        tuple(HeldView(j.receiver, j.message.title, j.event_id, j.next_attempt_at,
                                        j.finished_at if j.state == "summarised" else None)
                               for j in timeline.jobs if j.state in ("held", "summarised")),
                         live, timeline.earlier)
