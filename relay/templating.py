@@ -148,10 +148,10 @@ class Templates:
         self.compiled = compiled
         self.digests = digests  # the routes with a `digest:` (their template renders one)
         self.timezone = timezone
-        self.default = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
+        self.default = _BUILTIN
         self.receiver_failing = receiver_failing or _BUILTIN_NOTICE
-        self.digest_default = _compile_pair(DIGEST_TITLE, DIGEST_BODY, None, "text")
-        self.summary_default = _compile_pair(SUMMARY_TITLE, SUMMARY_BODY, None, "text")
+        self.digest_default = _BUILTIN_DIGEST
+        self.summary_default = _BUILTIN_SUMMARY
         self.summaries = summaries or {}  # receiver -> its quiet-hours summary template
 
     @classmethod
@@ -389,4 +389,8 @@ def undocumented_fields(t: CompiledTemplate) -> frozenset[str]:
     return t.fields - DOCUMENTED_FIELDS
 
 
+# The built-in templates, compiled at import (once per process, before a fork server forks).
+_BUILTIN = _compile_pair(DEFAULT_TITLE, DEFAULT_BODY, None, "text")
+_BUILTIN_DIGEST = _compile_pair(DIGEST_TITLE, DIGEST_BODY, None, "text")
+_BUILTIN_SUMMARY = _compile_pair(SUMMARY_TITLE, SUMMARY_BODY, None, "text")
 _BUILTIN_NOTICE = _compile_template(RECEIVER_FAILING_TEMPLATE)
