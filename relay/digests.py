@@ -96,9 +96,10 @@ WINDOW_FIELDS = frozenset({"opened", "closes", "closed", "seconds"})
 
 def window_context(opened_at: float, closes: float, closed_at: float) -> dict[str, Any]:
     """What templates see as `window`: ISO times (UTC) usable with `localtime`."""
-    return {"opened": _iso(opened_at), "closes": _iso(closes), "closed": _iso(closed_at),
+    return {"opened": iso(opened_at), "closes": iso(closes), "closed": iso(closed_at),
             "seconds": round(closed_at - opened_at)}
 
 
-def _iso(at: float) -> str:
+def iso(at: float) -> str:
+    """A moment as templates see it: ISO 8601 in UTC, `Z` for the zone."""
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")

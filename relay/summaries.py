@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from relay.digests import Group, fit, group_of, timer_key, window_context
+from relay.digests import Group, fit, group_of, iso, timer_key, window_context
 from relay.escaping import Channel, Escaping, for_channel
 from relay.events import Event
 from relay.message import Message
@@ -87,10 +86,10 @@ def render_summary(templates: Templates, timer: Timer, held: Sequence[Job], now:
     template = templates.summaries.get(receiver, templates.summary_default)
     items = [{"title": j.message.title, "body": j.message.body, "type": j.message.type,
               "route": j.route, "delivery_id": j.delivery_id, "event_type": j.event_type,
-              "at": _iso(j.created_at)} for j in held]
+              "at": iso(j.created_at)} for j in held]
     base = {"count": len(held), "receiver": receiver,
-            "quiet": {"from": _iso(min(j.created_at for j in held)) if held else _iso(now),
-                      "until": _iso(timer.due_at)}}
+            "quiet": {"from": iso(min(j.created_at for j in held)) if held else iso(now),
+                      "until": iso(timer.due_at)}}
     return _cut(templates, template, templates.summary_default, base, "notifications", items,
                 severest([j.message.type for j in held]), ALREADY_ESCAPED, QUIET_ROUTE, channel)
 
@@ -119,7 +118,3 @@ def _event(payload: Mapping[str, Any]) -> Event:
     return Event(str(payload.get("event", "")), str(payload.get("delivery_id", "")),
                  str(payload.get("timestamp", "")), status if isinstance(status, str) else None,
                  payload)
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
