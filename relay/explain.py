@@ -67,7 +67,8 @@ def _watches(watches: Watches, url: str, event: Event, now: float) -> list[str]:
         if timer is not None and not rules.watch_in_order(op, timer.event_at):
             lines.append(_arms_nothing(w, op.context["event_at"], timer))
         else:
-            lines.append(describe(w, action, stop, event, now))
+            lines.append(describe(w, action, stop, event, now,
+                                  armed=timer is not None and timer.state == "armed"))
     if why:  # as today when nothing is stored: say that it is not known
         lines.append(f"  (store: {why}; a start older than what it holds would arm nothing)")
     return ["watches:", *lines] + (["  (none armed or disarmed)"] if not found else []) + [""]

@@ -162,8 +162,10 @@ def human_duration(seconds: float) -> str:
     return " ".join(parts[:2])
 
 
-def describe(watch: Watch, action: Action, stop: int, event: Event, now: float) -> str:
-    """One line of the `route` dry run."""
+def describe(watch: Watch, action: Action, stop: int, event: Event, now: float,
+             armed: bool = False) -> str:
+    """One line of the `route` dry run; `armed`: the store holds this timer armed (a start
+    re-arms it: its countdown starts over)."""
     if action == "disarm":
         return f"  DISARM {watch.name}: {stop_key(watch.config, stop)} matches (a timer armed" \
                " for this delivery will not fire)"
@@ -171,4 +173,6 @@ def describe(watch: Watch, action: Action, stop: int, event: Event, now: float) 
     when = f"{human_duration(min(watch.config.after, LATE_GRACE))} after receipt: the event is" \
         f" already older than after ({human_duration(watch.config.after)})" if late else \
         f"{human_duration(watch.config.after)} after receipt unless a stop event comes"
-    return f"  ARM    {watch.name} -> {', '.join(watch.config.receivers)}: fires {when}"
+    verb, again = ("RE-ARM", " (the timer is armed: its countdown starts over)") if armed \
+        else ("ARM   ", "")
+    return f"  {verb} {watch.name} -> {', '.join(watch.config.receivers)}: fires {when}{again}"

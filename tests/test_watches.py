@@ -434,6 +434,10 @@ async def test_the_dry_run_names_the_start_or_the_stop_the_timer_was_ordered_by(
     r = await start(running, sink, clock, NO_UPDATE)
     config = tmp_path / "config.yaml"
     await r.post(updated(clock, "in_transit"))
+    newer = {**updated(clock, "out_for_delivery"), "timestamp": ts(clock, 30)}
+    assert await asyncio.to_thread(dry_run, config, newer) == [
+        "  RE-ARM no-update -> ops: fires 2h after receipt unless a stop event comes (the timer"
+        " is armed: its countdown starts over)"]
     older = {**updated(clock, "out_for_delivery"), "timestamp": ts(clock, -30)}
     assert await asyncio.to_thread(dry_run, config, older) == [
         f"  (no change) no-update: this start ({utc(clock, -30)}) is older than the start that"
