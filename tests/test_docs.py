@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 
 import click
 import pytest
@@ -201,3 +203,54 @@ def test_a_config_example_in_the_docs_passes_check(tmp_path, monkeypatch, name, 
         monkeypatch.setenv(key, value)
     issues = [f"{i.severity}: {i.path}: {i.message}" for i in lint(str(path))]
     assert issues == [], name
+
+
+def _modules() -> set[str]:
+    """relay's modules and packages (a package is one row of the table)."""
+    relay = ROOT / "relay"
+    return ({p.stem for p in relay.glob("*.py")} - {"__init__", "__main__"}) | \
+        {p.parent.name for p in relay.glob("*/__init__.py")}
+
+
+def _table_rows() -> dict[tuple[str, ...], set[str]]:
+    """docs/architecture.md's module table: the relay modules of each row, and the names its
+    imports column gives (what a parenthesis or "lazily, per command" says aside)."""
+    modules = _modules()
+    rows = {}
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = line.split(" | ")
+        if len(cells) != 3 or not cells[0].startswith("| `"):
+            continue
+        names = re.sub(r"\([^)]*\)|lazily|per command", "", cells[2].removesuffix(" |"))
+        rows[tuple(m for m in re.findall(r"`(\w+)`", cells[0]) if m in modules)] = {
+            n.strip(" `") for n in re.split(r"[,;]", names) if n.strip(" `–")}
+    return rows
+
+
+def _imports(module: str) -> set[str]:
+    """What a relay module (a package: all its files) imports, at any depth in the code:
+    relay modules by name, other packages by their top-level name, not the standard library."""
+    path = ROOT / "relay" / module
+    found = set()
+    for file in sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                parts = node.module.split(".")
+                found |= {a.name for a in node.names} if node.module == "relay" else \
+                    {parts[1] if parts[0] == "relay" else parts[0]}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[a.name.startswith("relay.")] for a in node.names}
+    return found - set(sys.stdlib_module_names) - {"__future__", "__version__", module}
+
+
+def test_the_architecture_table_names_every_module_and_what_it_imports():
+    rows, modules = _table_rows(), _modules()
+    assert modules == {m for row in rows for m in row}
+    wrong = {}
+    for row, listed in rows.items():
+        imported = set().union(*map(_imports, row)) - set(row)
+        ours = {name for name in imported | listed if name in modules}
+        if ours & imported != ours & listed or (listed - modules) - imported:
+            wrong[row] = {"imported, not listed": sorted(imported - listed - (imported - modules)),
+                          "listed, not imported": sorted(listed - imported)}
+    assert not wrong, f"docs/architecture.md's imports column differs from the code: {wrong}"
