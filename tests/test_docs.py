@@ -227,13 +227,15 @@ def _table_rows() -> dict[tuple[str, ...], set[str]]:
     return rows
 
 
-def _imports(module: str) -> set[str]:
-    """What a relay module (a package: all its files) imports, at any depth in the code:
-    relay modules by name, other packages by their top-level name, not the standard library."""
+def _imports(module: str, lazily_too: bool = True) -> set[str]:
+    """What a relay module (a package: all its files) imports, anywhere in its code or
+    (`lazily_too=False`) at module level: relay modules by name, other packages by their
+    top-level name, not the standard library."""
     path = ROOT / "relay" / module
     found = set()
     for file in sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]:
-        for node in ast.walk(ast.parse(file.read_text())):
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree) if lazily_too else tree.body:
             if isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 parts = node.module.split(".")
                 found |= {a.name for a in node.names} if node.module == "relay" else \
@@ -254,3 +256,13 @@ def test_the_architecture_table_names_every_module_and_what_it_imports():
             wrong[row] = {"imported, not listed": sorted(imported - listed - (imported - modules)),
                           "listed, not imported": sorted(listed - imported)}
     assert not wrong, f"docs/architecture.md's imports column differs from the code: {wrong}"
+
+
+def test_a_module_imports_at_load_only_the_modules_above_it_in_the_table():
+    rows, modules = list(_table_rows()), _modules()
+    above: set[str] = set()
+    for row in rows:
+        below = {m for m in set().union(*(_imports(m, lazily_too=False) for m in row))
+                 if m in modules} - set(row) - above
+        assert not below, f"{row} imports {sorted(below)}, listed below it in docs/architecture.md"
+        above |= set(row)
