@@ -128,11 +128,12 @@ def route(config_path: str, event_file: str, expect: str | None) -> None:
     """Dry run: which routes an event matches, why others do not, and what would be sent."""
     from relay.explain import explain
 
+    config = load_config(config_path)
     try:
-        event = parse_event(_read_event(event_file))
+        event = parse_event(_read_event(event_file, config.server.max_body_bytes))
     except InvalidEvent as e:
         fail(f"{_source_name(event_file)}: {e.error}: {e.details}")
-    report, receivers = explain(load_config(config_path), event)
+    report, receivers = explain(config, event)
     click.echo(report)
     if expect is not None:
         wanted = [r.strip() for r in expect.split(",") if r.strip()]
@@ -141,15 +142,21 @@ def route(config_path: str, event_file: str, expect: str | None) -> None:
                  f" got {','.join(receivers) or '(none)'}")
 
 
-def _read_event(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
+def _read_event(name: str, limit: int) -> bytes:
+    """The event file's bytes, read no further than the webhook would (`limit`, the
+    config's server.max_body_bytes): a larger one is refused, an endless one too."""
     try:
-        with open(name, "rb") as f:
-            return f.read()
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as e:
         fail(f"{name}: cannot read: {e.strerror or e}")
-    raise AssertionError("unreachable")
+    if len(data) > limit:
+        fail(f"{_source_name(name)}: more than server.max_body_bytes ({limit} bytes): the relay"
+             " would refuse this event with 413")
+    return data
 
 
 def _source_name(name: str) -> str:

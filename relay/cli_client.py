@@ -121,9 +121,9 @@ def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
     while True:
         try:
             with _OPENER.open(request, timeout=max(deadline - time.monotonic(), 0.1)) as answer:
-                return answer.status, answer.read().decode(errors="replace").strip()
+                return answer.status, _shown(answer.read(ANSWER_SHOWN + 1))
         except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace").strip()
+            return e.code, _shown(e.read(ANSWER_SHOWN + 1))
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, ConnectionRefusedError) and time.monotonic() < deadline:
@@ -134,6 +134,15 @@ def _http(request: urllib.request.Request, timeout: float) -> tuple[int, str]:
             click.echo(f"error: cannot reach {_without_password(request.full_url)}: {reason}"
                        f"{waited}", err=True)
             sys.exit(1)
+
+
+ANSWER_SHOWN = 4096  # a relay's answer is a line; a --url that is not a relay may send anything
+
+
+def _shown(answer: bytes) -> str:
+    """The answer as printed: at most ANSWER_SHOWN bytes of it (the rest is never read)."""
+    text = answer[:ANSWER_SHOWN].decode(errors="replace").strip()
+    return f"{text} … (cut at {ANSWER_SHOWN} bytes)" if len(answer) > ANSWER_SHOWN else text
 
 
 # Redirects would re-send the body without asking; a relay never redirects a webhook.

@@ -302,3 +302,26 @@ def test_broken_config_prints_its_issues_instead_of_a_report(tmp_path):
         f"{ROOT / 'tests/data/undefined_receiver.yaml'}:10: routes[0].receivers[1]:"
         ' undefined receiver "pager"']
     assert result.exit_code == 1
+
+
+def _event_of(size: int) -> str:
+    """A valid event of exactly `size` bytes (its `note` pads it)."""
+    head = {"event": "delivery.created", "delivery_id": "D-1", "timestamp": "2024-09-14T14:30:00Z"}
+    return json.dumps({**head, "note": "x" * (size - len(json.dumps({**head, "note": ""})))})
+
+
+def test_an_event_larger_than_the_webhook_takes_is_one_line_and_exit_1(tmp_path):
+    # The relay answers such a body 413 without reading it; the dry run read any file whole,
+    # so `route … /dev/zero` (or a log file named by mistake) never ended.
+    limit = 65536  # server.max_body_bytes of the example config
+    path = tmp_path / "big.json"
+    path.write_text(_event_of(limit + 1))
+    for source, name in [(str(path), str(path)), ("-", "<stdin>"), ("/dev/zero", "/dev/zero")]:
+        result = route(source, input=path.read_text() if source == "-" else None)
+        assert result.stderr == f"error: {name}: more than server.max_body_bytes ({limit} bytes):" \
+                                " the relay would refuse this event with 413\n", source
+        assert (result.stdout, result.exit_code) == ("", 1)
+    path.write_text(_event_of(limit))  # what the webhook still takes, the dry run takes too
+    result = route(str(path))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("event: delivery.created  delivery_id: D-1\n")

@@ -135,3 +135,35 @@ def test_field_that_is_already_a_value_cannot_nest():
     assert "a.b: a is already a value, not an object" in result.stderr
     assert result.exit_code == 2
 
+
+
+@pytest.mark.parametrize("status", [200, 502])
+async def test_an_answer_that_is_not_a_relays_is_printed_cut_and_read_no_further(status):
+    # `--url` may name anything (a proxy's error page, a file server): `send` read the whole
+    # answer into memory to print it. It reads and prints the first 4096 bytes now.
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        try:
+            for _ in range(1000):  # 64 MB if it were all read; the client stops long before
+                await response.write(b"y" * 65536)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return response
+
+    app = web.Application()
+    app.router.add_post("/webhook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        code, out, err = await run_send("--url", f"http://127.0.0.1:{port}/webhook", "--token", "t")
+    finally:
+        await runner.cleanup()
+    answer = out.splitlines()[-1]
+    reason = "OK" if status == 200 else "Bad Gateway"
+    assert answer == f"{status} {reason} {'y' * 4096} … (cut at 4096 bytes)"
+    assert (code, err) == (0 if status == 200 else 1, "")
