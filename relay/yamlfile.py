@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -53,12 +52,22 @@ class Source:
         return start + max(lineno, 1) - 1 if start else self.line(path)
 
 
+MAX_BYTES = 16 * 1024 * 1024  # a config of 5,000 routes is about 1 MB
+MAX_SECRET_BYTES = 64 * 1024  # a `NAME_FILE` (a token, a URL, a key)
+
+
 def read(file: str) -> str:
-    """The config file's text: UTF-8 whatever the locale says, or a ConfigError at its line."""
+    """The config file's text: UTF-8 whatever the locale says, or a ConfigError at its line.
+    Read no further than MAX_BYTES: a device or a log named by mistake is refused, not
+    read until memory runs out (`-c /dev/zero` never ended)."""
     try:
-        data = Path(file).read_bytes()
+        with open(file, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError([Issue(file, 0, "", f"the file is larger than a config can be"
+                                 f" ({MAX_BYTES // 2**20} MiB): is it the right file?")])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -280,8 +289,13 @@ def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
         return None
     why = f"environment variable {name} is not set, and {name}_FILE names {path}, which"
     try:
-        return Path(path).read_bytes().decode("utf-8").strip()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
     except OSError as e:
         raise ValueError(f"{why} cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"{why} is larger than a secret can be ({MAX_SECRET_BYTES // 1024} KiB)")
+    try:
+        return data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ValueError(f"{why} is not UTF-8 text") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import config
+from relay import config, yamlfile
 from relay.errors import ConfigError
 from tests.conftest import at_most
 
@@ -64,6 +64,37 @@ def test_a_secret_file_that_is_not_text_is_one_line_that_does_not_quote_it(tmp_p
         load(MINIMAL, {"TOKEN_FILE": str(secret)})
     assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: environment variable TOKEN is not"
                             f" set, and TOKEN_FILE names {secret}, which is not UTF-8 text")
+
+
+@pytest.mark.parametrize("name", ["a large file", "/dev/zero"])
+def test_a_secret_file_larger_than_a_secret_is_refused_without_reading_it_all(tmp_path, name):
+    # `TOKEN_FILE=/dev/zero` (a mount gone wrong) was read until memory ran out.
+    secret = tmp_path / "token"
+    if name == "/dev/zero":
+        secret = Path("/dev/zero")
+    else:
+        secret.write_bytes(b"t" * (yamlfile.MAX_SECRET_BYTES + 1))
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL, {"TOKEN_FILE": str(secret)})
+    assert str(e.value) == (f"relay.yaml:2: server.tokens[0]: environment variable TOKEN is not"
+                            f" set, and TOKEN_FILE names {secret}, which is larger than a secret"
+                            " can be (64 KiB)")
+    if name != "/dev/zero":  # the largest a secret may be still reads
+        secret.write_bytes(b"t" * yamlfile.MAX_SECRET_BYTES)
+        assert load(MINIMAL, {"TOKEN_FILE": str(secret)}).server.tokens == \
+            ("t" * yamlfile.MAX_SECRET_BYTES,)
+
+
+@pytest.mark.parametrize("name", ["a large file", "/dev/zero"])
+def test_a_config_file_larger_than_a_config_is_one_line_without_reading_it_all(tmp_path, name):
+    # `-c /dev/zero`, or a log named by mistake: read whole, it never ended.
+    path = Path("/dev/zero") if name == "/dev/zero" else tmp_path / "relay.yaml"
+    if name != "/dev/zero":
+        path.write_bytes(MINIMAL.encode() + b"#" * yamlfile.MAX_BYTES)
+    with pytest.raises(ConfigError) as e:
+        config.load(path, {"TOKEN": "t"})
+    assert str(e.value) == f"{path}: the file is larger than a config can be (16 MiB): is it" \
+                           " the right file?"
 
 
 def test_dollar_dollar_is_a_literal_dollar():
