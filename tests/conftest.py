@@ -209,6 +209,19 @@ def write_config(path: Path, body: str, **values: Any) -> Path:
     return path
 
 
+def serve_head(store: str = "sqlite:{db}") -> str:
+    """The `server:` and `store:` sections a `relay serve` subprocess's config starts with:
+    `{port}` and `{token}` for `write_config` (or `str.format`), and the store's URL (by
+    default a SQLite file at `{db}`; `"{store}"` or `"{dsn}"` leaves the whole URL to fill)."""
+    return f"""\
+server:
+  listen: 127.0.0.1:{{port}}
+  tokens: ["{{token}}"]
+store:
+  url: "{store}"
+"""
+
+
 BASE_CONFIG = """\
 server:
   listen: 127.0.0.1:{port}

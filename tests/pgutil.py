@@ -115,6 +115,17 @@ async def fresh_schema(dsn: str) -> AsyncIterator[str]:
         await conn.close()
 
 
+async def fetchval(dsn: str, sql: str, *args: Any) -> Any:
+    """The first value `sql` returns, on a connection of its own (closed again)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
 # Every object in the current schema, one line each, in a fixed order, without the schema's
 # name (pg_get_indexdef writes it), so equal schemas read the same. Internal triggers (those
 # of foreign keys) are named by OID: their constraint's name stands in. pg_class is read

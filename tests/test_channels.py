@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
@@ -36,7 +35,8 @@ from relay.events import event_from_dict
 from relay.logs import TextFormatter
 from relay.message import Message
 from relay.store.records import Notification
-from tests.conftest import SENDING, free_port, serve_posts, wait_for
+from tests.conftest import SENDING, serve_posts, wait_for
+from tests.test_live_email import smtp  # noqa: F401  (fixture)
 
 EVENT = {"event": "delivery.updated", "delivery_id": "abc123", "status": "in_transit",
          "timestamp": "2024-09-14T14:30:00Z"}
@@ -126,32 +126,6 @@ def body_of(request: requests.PreparedRequest) -> Any:
 
 
 # ------------------------------------------------------------------ SMTP
-
-
-@dataclass
-class Mailbox:
-    envelopes: list[Any] = field(default_factory=list)
-    port: int = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[email.message.EmailMessage]:
-        return [email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore
-                for e in self.envelopes]
-
-    def url(self) -> str:
-        return (f"mailto://127.0.0.1:{self.port}?from=relay@example.com&to=ops@example.com")
-
-
-@pytest.fixture
-def smtp() -> Iterator[Mailbox]:
-    box = Mailbox(port=free_port())
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
-    controller.start()
-    yield box
-    controller.stop()
 
 
 def text_of(msg: email.message.EmailMessage) -> str:
@@ -286,7 +260,7 @@ async def test_a_job_stored_empty_goes_dead_at_once_and_spares_the_circuit(
     assert msg["title"] == "Delivery xyz789: In transit"
 
 
-async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tmp_path):
+async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tmp_path):  # noqa: F811
     await send_one(running, tmp_path, receiver("mail", smtp.url()), EVENT)
 
     [envelope] = smtp.envelopes
@@ -298,7 +272,7 @@ async def test_mailto_delivers_subject_and_body_to_smtp_server(running, smtp, tm
     assert text_of(msg) == DEFAULT_BODY
 
 
-async def test_second_email_is_not_held_by_apprises_throttle(running, smtp, tmp_path):
+async def test_second_email_is_not_held_by_apprises_throttle(running, smtp, tmp_path):  # noqa: F811
     r = await running(receiver("mail", smtp.url()))
     assert (await r.post(event(delivery_id="first")))[0] == 202
     await wait_for(lambda: len(smtp.envelopes) == 1, message="the first email")

@@ -107,28 +107,27 @@ def test_corpus_has_one_file_per_case():
     assert files == set(ERRORS) | set(WARNINGS)
 
 
+def assert_checked(name: str, *flags: str, summary: str, exit_code: int) -> None:
+    """`check` of the corpus file `name` prints its one expected line, then `summary`."""
+    result = check(*flags, "-c", path_of(name))
+    assert result.stdout.splitlines() == [expected(name)]
+    assert result.stderr == f"{path_of(name)}: {summary}\n"
+    assert result.exit_code == exit_code
+
+
 @pytest.mark.parametrize("name", sorted(ERRORS))
 def test_error_prints_exact_line_and_exits_1(name):
-    result = check("-c", path_of(name))
-    assert result.stdout.splitlines() == [expected(name)]
-    assert result.stderr == f"{path_of(name)}: 1 error(s), 0 warning(s)\n"
-    assert result.exit_code == 1
+    assert_checked(name, summary="1 error(s), 0 warning(s)", exit_code=1)
 
 
 @pytest.mark.parametrize("name", sorted(WARNINGS))
 def test_warning_prints_exact_line_and_exits_0(name):
-    result = check("-c", path_of(name))
-    assert result.stdout.splitlines() == [expected(name)]
-    assert result.stderr == f"{path_of(name)}: OK (1 warning(s))\n"
-    assert result.exit_code == 0
+    assert_checked(name, summary="OK (1 warning(s))", exit_code=0)
 
 
 @pytest.mark.parametrize("name", sorted(WARNINGS))
 def test_strict_makes_warnings_fail(name):
-    result = check("--strict", "-c", path_of(name))
-    assert result.stdout.splitlines() == [expected(name)]
-    assert result.stderr == f"{path_of(name)}: 0 error(s), 1 warning(s)\n"
-    assert result.exit_code == 1
+    assert_checked(name, "--strict", summary="0 error(s), 1 warning(s)", exit_code=1)
 
 
 @pytest.mark.parametrize("name", ["bad_apprise_url", "url_as_receiver", "bad_port"])

@@ -12,14 +12,9 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, write_config
+from tests.conftest import TOKEN, free_port, serve_head, spawn_relay, wait_for, write_config
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "sqlite:{db}"
+CONFIG = serve_head() + """\
 sending:
   concurrency: {concurrency}
   grace_period: {grace}

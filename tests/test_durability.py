@@ -19,18 +19,22 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from tests.conftest import ROOT, TOKEN, free_port, serve_posts, spawn_relay, wait_for, wait_healthy
+from tests.conftest import (
+    ROOT,
+    TOKEN,
+    free_port,
+    serve_head,
+    serve_posts,
+    spawn_relay,
+    wait_for,
+    wait_healthy,
+)
 from tests.forkserver import RelayProcess
 
 EVENT = {"event": "delivery.updated", "status": "in_transit",
          "timestamp": "2024-09-14T14:30:00Z"}
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "sqlite:{db}"
+CONFIG = serve_head() + """\
 sending:
   grace_period: 1s
   lease: 10m          # recovery must not wait for a lease: the dead owner is released

@@ -26,8 +26,8 @@ from tests.test_channels import (  # noqa: F401 (fixtures)
     internet,
     receiver,
     send_one,
-    smtp,
 )
+from tests.test_live_email import smtp  # noqa: F401  (fixture)
 
 EVIL = "<img src=http://evil.example/p.png> [Track parcel](http://evil.example) **loud**"
 MARKDOWN_ROUTE = """        format: markdown

@@ -14,12 +14,13 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from relay.config import loads
+from relay.config import Config, loads
 from relay.events import event_from_dict
 from relay.explain import explain
 from relay.logs import TextFormatter
 from tests.conftest import FakeClock, Sink, relay_log_lines, wait_for
 from tests.test_sending import db_rows
+from tests.uiutil import delivery_page
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")
@@ -68,6 +69,36 @@ routes:
       {%% endfor %%}
 """
 DEFAULT_ROUTE = "default_receiver: ops\n"
+ALL_TO_OPS = """\
+  - name: all
+    match: {}
+    receivers: [ops]
+"""
+
+
+def failures_digest(receiver: str, then: str = ALL_TO_OPS) -> str:
+    """Routes: failed events into a digest per hub for `receiver`, and on to the routes `then`."""
+    return f"""
+routes:
+  - name: failures
+    match: {{status: failed}}
+    receivers: [{receiver}]
+    digest: {{window: 10m, group_by: [hub]}}
+    continue: true
+""" + then
+
+
+def dry_run_config(tmp_path: Path, ops_url: str, then: str = ALL_TO_OPS) -> Config:
+    """A config for `explain`: ops (quiet at night) and chat, which gets failures' digest."""
+    return loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:{tmp_path}/r.db"}}
+timezone: Europe/Berlin
+receivers:
+  - name: ops
+    urls: ["{ops_url}"]
+{QUIET}  - name: chat
+    urls: ["json://127.0.0.1:9/chat"]""" + failures_digest("chat", then))
 
 
 async def passes(relay, n: int = 1) -> None:
@@ -345,25 +376,7 @@ routes:
 
 
 def test_the_dry_run_says_what_joins_a_digest_and_what_is_held(tmp_path):
-    config = loads(f"""
-server: {{listen: "127.0.0.1:8080", tokens: [t]}}
-store: {{url: "sqlite:{tmp_path}/r.db"}}
-timezone: Europe/Berlin
-receivers:
-  - name: ops
-    urls: ["json://127.0.0.1:9/ops"]
-{QUIET}  - name: chat
-    urls: ["json://127.0.0.1:9/chat"]
-routes:
-  - name: failures
-    match: {{status: failed}}
-    receivers: [chat]
-    digest: {{window: 10m, group_by: [hub]}}
-    continue: true
-  - name: all
-    match: {{}}
-    receivers: [ops]
-""")
+    config = dry_run_config(tmp_path, "json://127.0.0.1:9/ops")
     report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T14:30"))
     assert "  chat[0] joins the digest hub=Hub 3, closes 14:40 (route failures; if this event" \
            " opens the window)" in report.splitlines()
@@ -417,6 +430,17 @@ routes:
     receivers: [ops]
     digest: {window: 10m, group_by: [hub]}
 """
+
+
+def doc_digest_config() -> Config:
+    """The docs' digest route to one json:// receiver, for a planner without a relay."""
+    return loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:/nonexistent/r.db"}}
+receivers:
+  - name: ops
+    urls: ["json://127.0.0.1:9/ops"]
+{DOC_DIGEST}""")
 
 
 async def rendered_for_the_docs(running, sink: Sink) -> dict[str, str]:
@@ -478,13 +502,7 @@ def cut_digest() -> str:
     from relay.runtime import build_runtime
     from relay.store.records import DigestItem, TimelineEvent, Timer, TimerInputs
 
-    cfg = loads(f"""
-server: {{listen: "127.0.0.1:8080", tokens: [t]}}
-store: {{url: "sqlite:/nonexistent/r.db"}}
-receivers:
-  - name: ops
-    urls: ["json://127.0.0.1:9/ops"]
-{DOC_DIGEST}""")
+    cfg = doc_digest_config()
     rt = build_runtime(cfg)
     planner = Planner(cfg, rt.planner.router, rt.planner.templates,
                       {"ops": [Channel("sns", "sns://***", 160, 0)]})
@@ -502,28 +520,11 @@ receivers:
 # ---------------------------------------------------------------- the status page
 
 
-async def delivery_page(r, delivery_id: str) -> str:
-    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
-            "Authorization": "Bearer admin-secret", "Accept": "text/html"}) as resp:
-        assert resp.status == 200
-        return " ".join((await resp.text()).split())
-
-
 async def test_the_status_page_shows_a_deliverys_digest_and_held_notifications(running, sink):
     clock = FakeClock(at("2026-12-02T20:55", UTC))  # 21:55 in Berlin
     r = await running(ops(sink, QUIET.replace("urgent: [failure]", "urgent: []")) + f"""
   - name: team
-    urls: ["{sink.url('team')}"]
-routes:
-  - name: failures
-    match: {{status: failed}}
-    receivers: [team]
-    digest: {{window: 10m, group_by: [hub]}}
-    continue: true
-  - name: all
-    match: {{}}
-    receivers: [ops]
-""", clock=clock)
+    urls: ["{sink.url('team')}"]""" + failures_digest("team"), clock=clock)
     await r.post(failed(1))
     page = await delivery_page(r, "d1")
     assert '<strong>failures</strong> hub=Hub 3 to team[0]: <a href="#event-1">an event</a>' \
@@ -551,13 +552,7 @@ def test_a_digest_for_a_receiver_gone_from_the_config_still_makes_its_job():
     from relay.runtime import build_runtime
     from relay.store.records import DigestItem, TimelineEvent, Timer, TimerInputs
 
-    cfg = loads(f"""
-server: {{listen: "127.0.0.1:8080", tokens: [t]}}
-store: {{url: "sqlite:/nonexistent/r.db"}}
-receivers:
-  - name: ops
-    urls: ["json://127.0.0.1:9/ops"]
-{DOC_DIGEST}""")
+    cfg = doc_digest_config()
     planner = build_runtime(cfg).planner
     opened = at("2026-12-02T14:30", UTC)
     timer = Timer(1, "digest", "k", "", 1, opened + 600, "claimed", opened,

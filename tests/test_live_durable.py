@@ -22,6 +22,7 @@ from tests.conftest import (
     TOKEN,
     free_port,
     post_event,
+    serve_head,
     spawn_relay,
     wait_for,
     write_config,
@@ -30,13 +31,7 @@ from tests.test_crash import ready
 from tests.test_live_matrix import Room, room  # noqa: F401  (fixture)
 from tests.test_live_routes import SLACK_URL, STATES, config, event
 
-SUBPROCESS = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "sqlite:{db}"
-"""
+SUBPROCESS = serve_head()
 
 
 def rows(db: Path, query: str) -> list[Any]:
@@ -145,14 +140,8 @@ async def test_two_replicas_on_postgresql_edit_one_message_per_delivery_in_order
                                    for i, d in enumerate(deliveries)))
 
         async def finished() -> bool:
-            import asyncpg
-
-            conn = await asyncpg.connect(dsn)
-            try:
-                return await conn.fetchval("SELECT count(*) FILTER (WHERE state = 'sent')"
-                                           " = 12 FROM jobs")
-            finally:
-                await conn.close()
+            return await pgutil.fetchval(dsn, "SELECT count(*) FILTER (WHERE state = 'sent')"
+                                         " = 12 FROM jobs")
 
         await wait_for(finished, timeout=30, message="every job of the three deliveries sent")
         roots = {m.text.split("*")[1].split()[1]: m for m in slack.roots()}

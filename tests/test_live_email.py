@@ -31,6 +31,9 @@ class Mailbox:
         return [email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore
                 for e in self.envelopes]
 
+    def url(self) -> str:
+        return (f"mailto://127.0.0.1:{self.port}?from=relay@example.com&to=ops@example.com")
+
 
 @pytest.fixture
 def smtp() -> Iterator[Mailbox]:
@@ -47,7 +50,7 @@ def notifier(url: str) -> Notifier:
 
 
 def test_every_mail_of_a_delivery_refers_to_one_thread_and_has_one_message_id(smtp) -> None:
-    n = notifier(f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com")
+    n = notifier(smtp.url())
     headers = thread_headers(thread_id("D1", "lifecycle", "ops-mail", 0))
     for body in ("created", "in transit"):
         assert n.send_blocking("ops-mail", 0, "Delivery D1", body, "info", "text", headers).sent

@@ -266,7 +266,7 @@ async def test_replaying_a_dead_edit_edits_the_message_or_leaves_a_newer_state(
 
 
 async def test_email_of_a_live_route_threads_every_mail_of_a_delivery(running, smtp) -> None:  # noqa: F811
-    mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
+    mail = smtp.url()
     r = await running(config(mail))
     for body in (event(0), event(1), event(0, "D2")):
         await r.post(body)
@@ -280,7 +280,7 @@ async def test_email_of_a_live_route_threads_every_mail_of_a_delivery(running, s
 
 
 async def test_email_of_a_route_that_is_not_live_is_not_threaded(running, smtp) -> None:  # noqa: F811
-    mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
+    mail = smtp.url()
     r = await running(config(mail, route=""))
     await r.post(event(0))
     (m,) = await wait_for(lambda: smtp.messages(), message="the mail")

@@ -16,19 +16,9 @@ import pytest
 from tests import pgutil
 from tests.conftest import TOKEN, free_port, post_event, spawn_relay, wait_for, write_config
 from tests.test_crash import ready
+from tests.test_watch_durability import OPS_HEAD, two_replicas
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "{store}"
-sending:
-  grace_period: 1s
-  lease: 3s
-receivers:
-  - name: ops
-    urls: ["{url}"]
+CONFIG = OPS_HEAD + """\
 routes:
   - name: failures
     match: {event: delivery.updated, status: failed}
@@ -100,37 +90,20 @@ async def test_kill_9_mid_window_loses_and_repeats_nothing(tmp_path, sink):
 
 @pytest.mark.postgres
 async def test_two_replicas_on_postgresql_send_one_digest_per_group(tmp_path, sink):
-    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
-        procs, ports = [], [free_port(), free_port()]
-        try:
-            for port in ports:
-                cfg = write_config(tmp_path / f"r{port}.yaml", CONFIG, port=port, token=TOKEN,
-                                   store=dsn, url=sink.url("ops"), window="2s")
-                procs.append(spawn_relay(cfg, log=tmp_path / f"r{port}.log"))
-            for port, proc in zip(ports, procs, strict=True):
-                await ready(port, proc)
-            sent = await asyncio.gather(*(post(ports[n % 2], f"D{n}", f"Hub {n % 2}")
-                                          for n in range(20)))
-            assert set(sent) == {202}
-            await wait_for(lambda: len(digests(sink)) >= 2, timeout=20, message="two digests")
-            import asyncpg
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn, \
+            two_replicas(tmp_path, CONFIG, dsn, sink, window="2s") as ports:
+        sent = await asyncio.gather(*(post(ports[n % 2], f"D{n}", f"Hub {n % 2}")
+                                      for n in range(20)))
+        assert set(sent) == {202}
+        await wait_for(lambda: len(digests(sink)) >= 2, timeout=20, message="two digests")
 
-            async def settled() -> bool:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    return await conn.fetchval(
-                        "SELECT (SELECT count(*) FROM digest_items WHERE fired_at IS NULL)"
-                        " + (SELECT count(*) FROM jobs WHERE state <> 'sent')"
-                        " + (SELECT count(*) FROM timers WHERE state <> 'fired')") == 0
-                finally:
-                    await conn.close()
+        async def settled() -> bool:
+            return await pgutil.fetchval(
+                dsn, "SELECT (SELECT count(*) FROM digest_items WHERE fired_at IS NULL)"
+                " + (SELECT count(*) FROM jobs WHERE state <> 'sent')"
+                " + (SELECT count(*) FROM timers WHERE state <> 'fired')") == 0
 
-            await wait_for(settled, message="every item fired and every job sent")
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                await asyncio.to_thread(proc.wait, 15)
+        await wait_for(settled, message="every item fired and every job sent")
     assert sorted(title for title, _ in digests(sink)) == ["10 failed at Hub 0",
                                                            "10 failed at Hub 1"]
     shown = Counter(d for _, body in digests(sink) for d in body.split())

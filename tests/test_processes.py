@@ -10,25 +10,27 @@ from collections import Counter
 
 import aiohttp
 
-from tests.conftest import TOKEN, free_port, spawn_relay, wait_for, wait_healthy, write_config
+from tests.conftest import TOKEN, free_port, serve_head, spawn_relay, wait_for, wait_healthy, write_config
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "sqlite:{db}"
-sending:
-  processes: 3
+HOOK = """\
 receivers:
   - name: hook
     urls: ["{url}"]
-    concurrency: 2
+    concurrency: %d
 routes:
   - match: {event: delivery.created}
     receivers: [hook]
     title: "{{ delivery_id }}"
 """
+
+
+def processes_config(sending: str, concurrency: int) -> str:
+    """A `relay serve` config with these `sending:` lines and one receiver at `{url}`, sent
+    every delivery.created titled with its delivery_id."""
+    return serve_head() + "sending:\n" + sending + HOOK % concurrency
+
+
+CONFIG = processes_config("  processes: 3\n", concurrency=2)
 
 
 def children_of(pid: int) -> list[int]:

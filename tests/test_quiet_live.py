@@ -4,12 +4,11 @@ coalesced nor sent live; its summary is a plain message."""
 
 from __future__ import annotations
 
-from relay.config import loads
 from relay.events import event_from_dict
 from relay.explain import explain
 from relay.live.email import thread_id
 from tests.conftest import FakeClock, wait_for
-from tests.test_less_noise import QUIET, at, failed, ops, passes, sent
+from tests.test_less_noise import QUIET, at, dry_run_config, failed, ops, passes, sent
 from tests.test_live_email import smtp  # noqa: F401  (fixture)
 from tests.test_sending import db_rows
 
@@ -62,7 +61,7 @@ async def test_a_hold_route_in_quiet_hours_holds_every_update_for_the_summary_an
 async def test_a_live_email_route_in_quiet_hours_sends_a_plain_summary_then_threads_by_day(
         running, smtp, tmp_path):  # noqa: F811
     clock = FakeClock(at("2026-12-02T23:00"))
-    mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
+    mail = smtp.url()
     r = await running(f"""
 receivers:
   - name: ops
@@ -91,23 +90,9 @@ receivers:
 
 
 def test_the_dry_run_prints_live_hold_digest_and_quiet_lines(tmp_path):
-    config = loads(f"""
-server: {{listen: "127.0.0.1:8080", tokens: [t]}}
-store: {{url: "sqlite:{tmp_path}/r.db"}}
-timezone: Europe/Berlin
-receivers:
-  - name: ops
-    urls: ["tgram://123456789:abcdefg_hijklmnop/-1001234"]
-{QUIET}  - name: chat
-    urls: ["json://127.0.0.1:9/chat"]
-routes:
-  - name: failures
-    match: {{status: failed}}
-    receivers: [chat]
-    digest: {{window: 10m, group_by: [hub]}}
-    continue: true
+    config = dry_run_config(tmp_path, "tgram://123456789:abcdefg_hijklmnop/-1001234", then="""\
   - name: lifecycle
-    match: {{}}
+    match: {}
     receivers: [ops]
     live: true
     hold: 30s

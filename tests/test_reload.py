@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +26,8 @@ from tests.conftest import (
 from tests.forkserver import RelayProcess
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
-ROUTES = """
+# Every delivery event to one receiver at `{sink}` (tests/test_send_cli.py adds its own title).
+TO_HOOK = """
 receivers:
   - name: hook
     urls: ["{sink}"]
@@ -32,6 +35,8 @@ routes:
   - name: all
     match: {event: "delivery.*"}
     receivers: [hook]
+"""
+ROUTES = TO_HOOK + """\
     title: "v1 {{ delivery_id }}"
 """
 STAMP = "2024-09-14T14:30:00Z"
@@ -165,15 +170,27 @@ async def ready(port: int, proc: RelayProcess, log: Path) -> bool:
         return False
 
 
-async def test_sighup_reloads_a_running_relay_and_survives_a_broken_config(tmp_path, sink):
+@asynccontextmanager
+async def serving(tmp_path: Path, routes: str,
+                  sink_url: str) -> AsyncIterator[tuple[Path, int, RelayProcess]]:
+    """`kourier-relay serve` in a subprocess of BASE_CONFIG + `routes`, ready: its config,
+    port and process; terminated on the way out."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=port,
-                       db=tmp_path / "relay.db", sink=sink.url("a"), **DEFAULTS)
+    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + routes, port=port,
+                       db=tmp_path / "relay.db", sink=sink_url, **DEFAULTS)
     proc = spawn_relay(cfg, log=tmp_path / "relay.log")
     try:
         await wait_for(lambda: ready(port, proc, tmp_path / "relay.log"), 20,
                        message="relay subprocess to be ready")
+        yield cfg, port, proc
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+
+
+async def test_sighup_reloads_a_running_relay_and_survives_a_broken_config(tmp_path, sink):
+    async with serving(tmp_path, ROUTES, sink.url("a")) as (cfg, port, proc):
+        url = f"http://127.0.0.1:{port}"
         loaded_at = await metric(url, RELOAD_AT)
         edit(cfg, 'title: "v1', 'title: "v2')
         os.kill(proc.pid, signal.SIGHUP)
@@ -193,9 +210,6 @@ async def test_sighup_reloads_a_running_relay_and_survives_a_broken_config(tmp_p
         log = "\n".join(parse_text_line(line)[3] for line in lines if line.startswith("20"))
         assert "config reload failed; keeping the running config" in log
         assert 'undefined receiver "pager"' in log
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 20)
 
 
 async def readyz(url: str) -> tuple[int, dict]:

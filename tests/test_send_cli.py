@@ -8,29 +8,18 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
 
 from relay.cli import main
 from tests.conftest import (
-    BASE_CONFIG,
-    DEFAULTS,
     free_port,
-    spawn_relay,
     wait_for,
-    write_config,
 )
-from tests.forkserver import RelayProcess, run_relay
+from tests.forkserver import run_relay
+from tests.test_reload import TO_HOOK, serving
 
-ROUTES = """
-receivers:
-  - name: hook
-    urls: ["{sink}"]
-routes:
-  - name: all
-    match: {event: "delivery.*"}
-    receivers: [hook]
+ROUTES = TO_HOOK + """\
     title: "{{ event }} {{ delivery_id }} {{ status }}"
     body: "tier={{ customer.tier }} items={{ items }}"
 """
@@ -42,29 +31,11 @@ async def run_send(*args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
-async def ready(port: int, proc: RelayProcess, log: Path) -> bool:
-    assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 @pytest.fixture
 async def relay_with_sink(tmp_path: Path, sink) -> AsyncIterator[tuple[Path, int]]:
     """`kourier-relay serve` in a subprocess, routing every delivery event to the sink."""
-    port = free_port()
-    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=port,
-                       db=tmp_path / "relay.db", sink=sink.url("hook"), **DEFAULTS)
-    proc = spawn_relay(cfg, log=tmp_path / "relay.log")
-    try:
-        await wait_for(lambda: ready(port, proc, tmp_path / "relay.log"), 20,
-                       message="relay subprocess to be ready")
+    async with serving(tmp_path, ROUTES, sink.url("hook")) as (cfg, port, _):
         yield cfg, port
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 20)
 
 
 async def test_send_takes_url_and_token_from_config_and_reaches_the_sink(relay_with_sink, sink):

@@ -14,8 +14,17 @@ import sqlite3
 from pathlib import Path
 
 from relay import sendproc
-from tests.conftest import TOKEN, FakeClock, free_port, spawn_relay, wait_for, wait_healthy, write_config
+from tests.conftest import (
+    TOKEN,
+    FakeClock,
+    free_port,
+    spawn_relay,
+    wait_for,
+    wait_healthy,
+    write_config,
+)
 from tests.test_live_email import smtp  # noqa: F401  (fixture)
+from tests.test_processes import processes_config
 
 POOL = """\
 receivers:
@@ -109,24 +118,7 @@ async def test_a_reload_reaches_the_send_processes(running, sink, tmp_path):
     assert [m["title"] for m in sink.messages("hook")] == ["d1"]
 
 
-PROCESS_CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "sqlite:{db}"
-sending:
-  processes: 2
-  grace_period: {grace}
-receivers:
-  - name: hook
-    urls: ["{url}"]
-    concurrency: 4
-routes:
-  - match: {event: delivery.created}
-    receivers: [hook]
-    title: "{{ delivery_id }}"
-"""
+PROCESS_CONFIG = processes_config("  processes: 2\n  grace_period: {grace}\n", concurrency=4)
 
 
 def job_states(db: Path) -> list[str]:
@@ -310,7 +302,7 @@ async def test_an_emails_thread_headers_cross_to_the_send_process(running, smtp)
     from tests.test_live_routes import config
     from tests.test_live_routes import event as state
 
-    mail = f"mailto://127.0.0.1:{smtp.port}?from=relay@example.com&to=ops@example.com"
+    mail = smtp.url()
     r = await running(config(mail), sending="processes: 2")
     await wait_for(lambda: r.relay.senders.ready_count() == 1, message="the send process")
     assert (await r.post(state(0)))[0] == 202

@@ -124,14 +124,20 @@ async def _postgres_backend(empty: bool = False) -> AsyncIterator[Backend]:
         yield Backend("postgres", dsn, bump, fail_updates, heal, downgrade)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    source = _sqlite_backend(tmp_path) if request.param == "sqlite" else _postgres_backend()
+async def _stores_closed(source: AsyncIterator[Backend]) -> AsyncIterator[Backend]:
+    """The backend `source` makes; after, every store opened on it closed, then its own end."""
     b = await anext(source)
     yield b
     for store in reversed(b.opened):
         await store.close()
     await anext(source, None)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    source = _sqlite_backend(tmp_path) if request.param == "sqlite" else _postgres_backend()
+    async for b in _stores_closed(source):
+        yield b
 
 
 @pytest.fixture
@@ -593,25 +599,16 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(backend: Back
 # ---------------------------------------------------------------- PostgreSQL only
 
 
-async def _pg(empty: bool) -> AsyncIterator[Backend]:
-    source = _postgres_backend(empty)
-    b = await anext(source)
-    yield b
-    for s in reversed(b.opened):
-        await s.close()
-    await anext(source, None)
-
-
 @pytest.fixture
 async def pg() -> AsyncIterator[Backend]:
-    async for b in _pg(empty=False):
+    async for b in _stores_closed(_postgres_backend(empty=False)):
         yield b
 
 
 @pytest.fixture
 async def empty_pg() -> AsyncIterator[Backend]:
     """A new empty schema: no relay has migrated it yet."""
-    async for b in _pg(empty=True):
+    async for b in _stores_closed(_postgres_backend(empty=True)):
         yield b
 
 

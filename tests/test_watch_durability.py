@@ -10,27 +10,27 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from tests import pgutil
-from tests.conftest import TOKEN, free_port, post_event, spawn_relay, wait_for, write_config
+from tests.conftest import TOKEN, Sink, free_port, post_event, serve_head, spawn_relay, wait_for, write_config
 from tests.test_crash import ready
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-store:
-  url: "{store}"
+# Shared with tests/test_noise_durability.py: short grace and lease, one json:// receiver.
+OPS_HEAD = serve_head("{store}") + """\
 sending:
   grace_period: 1s
   lease: 3s
 receivers:
   - name: ops
     urls: ["{url}"]
+"""
+CONFIG = OPS_HEAD + """\
 watches:
   - name: stuck
     start: {event: delivery.created}
@@ -53,6 +53,27 @@ def sent_jobs(db) -> int:
 
 def titles(sink) -> Counter[str]:
     return Counter(m["title"] for m in sink.messages("ops"))
+
+
+@asynccontextmanager
+async def two_replicas(tmp_path: Path, config: str, dsn: str, sink: Sink,
+                       **values: str) -> AsyncIterator[list[int]]:
+    """Two ready `relay serve` processes of `config` on one database, sending to the sink's
+    /ops; yields their ports and stops both with SIGTERM on the way out."""
+    procs, ports = [], [free_port(), free_port()]
+    try:
+        for port in ports:
+            cfg = write_config(tmp_path / f"r{port}.yaml", config, port=port, token=TOKEN,
+                               store=dsn, url=sink.url("ops"), **values)
+            procs.append(spawn_relay(cfg, log=tmp_path / f"r{port}.log"))
+        for port, proc in zip(ports, procs, strict=True):
+            await ready(port, proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.to_thread(proc.wait, 15)
 
 
 async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_start(tmp_path,
@@ -101,34 +122,16 @@ async def test_kill_9_loses_no_armed_timer_and_one_due_in_downtime_fires_at_star
 @pytest.mark.postgres
 async def test_two_replicas_on_postgresql_fire_each_timer_once(tmp_path, sink):
     async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
-        procs = []
-        ports = [free_port(), free_port()]
-        try:
-            for port in ports:
-                cfg = write_config(tmp_path / f"r{port}.yaml", CONFIG, port=port, token=TOKEN,
-                                   store=dsn, url=sink.url("ops"), after="1s")
-                procs.append(spawn_relay(cfg, log=tmp_path / f"r{port}.log"))
-            for port, proc in zip(ports, procs, strict=True):
-                await ready(port, proc)
+        async with two_replicas(tmp_path, CONFIG, dsn, sink, after="1s") as ports:
             ids = [f"D-{n}" for n in range(30)]
             for n, delivery_id in enumerate(ids):
                 assert await post(ports[n % 2], delivery_id) == 202
             await wait_for(lambda: set(titles(sink)) == set(ids), timeout=30,
                            message="every watch's alert")
-            import asyncpg
 
             async def all_fired() -> bool:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    return await conn.fetchval(
-                        "SELECT count(*) FROM timers WHERE state = 'fired'") == len(ids)
-                finally:
-                    await conn.close()
+                return await pgutil.fetchval(
+                    dsn, "SELECT count(*) FROM timers WHERE state = 'fired'") == len(ids)
 
             await wait_for(all_fired, message="every timer fired")
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                await asyncio.to_thread(proc.wait, 15)
         assert titles(sink) == Counter({i: 1 for i in ids})

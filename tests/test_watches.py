@@ -14,6 +14,7 @@ from relay.lint import lint
 from relay.watches import Watches, describe, human_duration
 from tests.conftest import FakeClock, wait_for
 from tests.test_sending import receivers
+from tests.uiutil import delivery_page
 
 HOUR = 3600.0
 WATCH = """\
@@ -167,13 +168,6 @@ async def test_metrics_count_armed_disarmed_and_fired(running, sink):
         text = await resp.text()
     for change, n in (("armed", 3), ("disarmed", 1), ("fired", 2)):
         assert f'kourier_relay_timers_total{{change="{change}",kind="watch"}} {n}.0' in text
-
-
-async def delivery_page(r, delivery_id: str) -> str:
-    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
-            "Authorization": "Bearer admin-secret", "Accept": "text/html"}) as resp:
-        assert resp.status == 200
-        return " ".join((await resp.text()).split())
 
 
 async def test_the_status_page_shows_a_deliverys_watches_armed_disarmed_and_fired(running, sink):

@@ -42,6 +42,14 @@ async def start_ui_relay(running: Any, sink: Sink, **options: Any) -> RunningRel
     return r
 
 
+async def delivery_page(r: RunningRelay, delivery_id: str) -> str:
+    """The delivery page as the admin sees it, its white space folded to single spaces."""
+    async with r.session.get(f"{r.url}/ui/delivery?id={delivery_id}", headers={
+            "Authorization": f"Bearer {ADMIN}", "Accept": "text/html"}) as resp:
+        assert resp.status == 200
+        return " ".join((await resp.text()).split())
+
+
 def event(delivery: str, status: str, second: int = 0, **extra: Any) -> dict[str, Any]:
     return {"event": "delivery.updated", "delivery_id": delivery, "status": status,
             "timestamp": f"2026-01-02T10:00:{second:02d}Z", **extra}
