@@ -112,6 +112,7 @@ def test_field_that_is_already_a_value_cannot_nest():
 async def test_an_answer_that_is_not_a_relays_is_printed_cut_and_read_no_further(status):
     # `--url` may name anything (a proxy's error page, a file server): `send` read the whole
     # answer into memory to print it. It reads and prints the first 4096 bytes now.
+    import aiohttp
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.StreamResponse:
