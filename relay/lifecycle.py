@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +30,7 @@ from relay.store import Store, new_owner, open_store
 from relay.supervisor import Supervisor
 from relay.web import Readiness, Services, create_app
 from relay.worker import Worker
+from relay.yamlfile import MAX_BYTES
 
 log = logging.getLogger(__name__)
 PURGE_EVERY = 600.0
@@ -257,6 +257,7 @@ def _file_signature(path: str) -> bytes | None:
     Follows symlinks, so a Kubernetes ConfigMap update (a swapped link) is seen too.
     """
     try:
-        return hashlib.sha256(Path(path).read_bytes()).digest()
+        with open(path, "rb") as f:  # no further than a config is read (a swap to a device)
+            return hashlib.sha256(f.read(MAX_BYTES + 1)).digest()
     except OSError:
         return None

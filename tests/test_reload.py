@@ -161,6 +161,23 @@ async def test_watch_config_reloads_when_the_file_changes(running, sink):
     assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-9"]
 
 
+async def test_a_config_swapped_for_a_device_fails_its_reload_and_the_relay_keeps_going(
+        running, sink, tmp_path):
+    # The watcher hashed the whole file every half second: a ConfigMap link swapped to
+    # /dev/zero by mistake was read until memory ran out, on every pass.
+    r = await running(ROUTES, sink=sink.url("a"))
+    cfg = r.relay.config_path
+    edit(cfg, "admin_token: admin-secret", "admin_token: admin-secret\n  watch_config: true")
+    assert (await reload(r.url))[0] == 200
+    link = tmp_path / "swap"
+    link.symlink_to("/dev/zero")
+    os.replace(link, cfg)
+    await wait_for(lambda: metric_is(r.url, RELOAD_OK, 0), message="the failed reload")
+    assert "the file is larger than a config can be (16 MiB)" in r.relay.reload_failure
+    assert (await r.post(event("D-9")))[0] == 202
+    assert await wait_for(lambda: titles(sink, "a")) == ["v1 D-9"]
+
+
 async def ready(port: int, proc: RelayProcess, log: Path) -> bool:
     assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
     try:
