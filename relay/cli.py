@@ -81,6 +81,9 @@ LISTEN_PROBLEMS = {
                   " choose a port of 1024 or above in server.listen (or --listen)",
     errno.EADDRNOTAVAIL: "{host} is not an address of this machine: use one of its addresses"
                          " in server.listen (or --listen), or 0.0.0.0 for all",
+    errno.EINVAL: "{host} cannot be listened on (a multicast or IPv4-mapped address?): use"
+                  " one of this machine's addresses in server.listen (or --listen), or 0.0.0.0"
+                  " for all",
 }
 
 

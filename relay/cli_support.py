@@ -114,7 +114,33 @@ class OneLineErrors(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
+        except Exception as e:  # a bug, or a store changed outside the relay
+            unexpected(e)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+TRACEBACK_ENV = "KOURIER_RELAY_TRACEBACK"
+INTERNAL_ERROR = 70  # EX_SOFTWARE
+
+
+def unexpected(e: Exception) -> None:
+    """An exception none of our errors stands for: one line naming its type and where in the
+    relay it was raised (never its text, which may quote anything), and exit 70. `serve`'s
+    log keeps the whole traceback; `KOURIER_RELAY_TRACEBACK=1` prints it here too."""
+    if os.environ.get(TRACEBACK_ENV) == "1":
+        raise e
+    if logging.getLogger().handlers:  # `serve` has set up its log
+        logging.getLogger("relay").critical("stopped by an unexpected error", exc_info=e)
+    where = ""
+    package = os.path.dirname(os.path.abspath(__file__))
+    tb = e.__traceback__
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep):
+            path = os.path.relpath(tb.tb_frame.f_code.co_filename, os.path.dirname(package))
+            where = f" in {path}:{tb.tb_lineno} ({tb.tb_frame.f_code.co_name})"
+        tb = tb.tb_next
+    fail(f"unexpected {type(e).__name__}{where}: a bug, or a store changed outside the relay;"
+         f" {TRACEBACK_ENV}=1 prints the traceback", INTERNAL_ERROR)
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -157,6 +157,10 @@ def test_a_second_relay_on_a_port_in_use_says_so_in_one_line(tmp_path):
     (OSError(errno.EADDRNOTAVAIL, "not available"), "10.9.8.7:8080",
      "cannot listen on 10.9.8.7:8080: 10.9.8.7 is not an address of this machine: use one"
      f" of its addresses in {LISTEN_HINT}, or 0.0.0.0 for all"),
+    (OSError(errno.EINVAL, "invalid argument"), "[ff02::1]:8080",
+     "cannot listen on [ff02::1]:8080: [ff02::1] cannot be listened on (a multicast or"
+     f" IPv4-mapped address?): use one of this machine's addresses in {LISTEN_HINT}, or"
+     " 0.0.0.0 for all"),
     (OSError(errno.EMFILE, "too many open files"), "0.0.0.0:8080", None),
     (OSError("no errno"), "0.0.0.0:8080", None),
 ])
@@ -502,3 +506,51 @@ def test_a_postgresql_port_out_of_range_is_one_line_without_the_password(tmp_pat
     line = one_line(run("dead", "list", "-c", str(cfg)))
     assert line.startswith("error: cannot open postgresql://***") and "port must be 0-65535" in line
     assert "s3cr3t" not in line
+
+
+def test_an_unexpected_error_is_one_line_naming_where_and_exit_70(one_dead_job, tmp_path):
+    # A row changed outside the relay (by hand, or a disk fault): its event's payload is no
+    # longer JSON. `dead show` printed json's traceback; any error the relay has no words for
+    # is one line naming its type and where it was raised (never its text), and exit 70.
+    import sqlite3
+
+    cfg, job = one_dead_job
+    for f in cfg.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with sqlite3.connect(tmp_path / "relay.db") as db:
+        db.execute("UPDATE events SET payload = 'not json'")
+    done = run("dead", "show", str(job), "-c", str(tmp_path / "config.yaml"))
+    assert re.fullmatch(r"error: unexpected JSONDecodeError in relay/store/sqlite\.py:\d+ \(\w+\):"
+                        r" a bug, or a store changed outside the relay;"
+                        r" KOURIER_RELAY_TRACEBACK=1 prints the traceback", one_line(done))
+    assert done.returncode == 70
+    shown = run_relay(["dead", "show", str(job), "-c", str(tmp_path / "config.yaml")],
+                      capture_output=True, text=True, timeout=30,
+                      env={**CLEAN_ENV, "KOURIER_RELAY_TRACEBACK": "1"})
+    assert "Traceback" in shown.stderr and "JSONDecodeError" in shown.stderr
+
+
+def test_a_multicast_listen_address_is_one_line_naming_what_to_change(tmp_path):
+    # The kernel refuses it with EINVAL, which `serve` printed as a traceback.
+    cfg = relay_config(tmp_path, f"[ff02::1]:{free_port()}")
+    assert "cannot be listened on (a multicast or IPv4-mapped address?)" in \
+        one_line(run("serve", "-c", str(cfg)))
+
+
+def test_serve_logs_an_unexpected_error_with_its_whole_traceback():
+    # `serve` has set up its log: there the error keeps its traceback (one log record), and
+    # the command still ends with the one line and exit 70.
+    probe = ("from relay.logs import setup; from relay.cli_support import unexpected\n"
+             "from relay.store.sql import timeline_event\n"
+             "setup('info', 'json')\n"
+             "try:\n"
+             "    timeline_event({'id': 1, 'type': 'x', 'received_at': 0, 'payload': 'not json'})\n"
+             "except Exception as e:\n"
+             "    unexpected(e)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=30, env=CLEAN_ENV, cwd=ROOT)
+    record, line = done.stderr.splitlines()
+    assert json.loads(record)["level"] == "critical"
+    assert "Traceback" in json.loads(record)["exception"]
+    assert line.startswith("error: unexpected JSONDecodeError in relay/store/sql.py:")
+    assert done.returncode == 70
