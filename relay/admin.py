@@ -119,7 +119,7 @@ def _int_param(request: web.Request, name: str, default: int, match: bool = Fals
         return default
     value = parse_id(raw)
     if value is None:
-        raise _bad_request(f"{name} must be a number")
+        raise _bad_request(f"{name} must be a whole number from 1 (at most 18 digits)")
     return value
 
 

@@ -237,6 +237,21 @@ async def test_well_formed_admin_requests_still_work(guarded):
         '"ids" must be a list of job ids (whole numbers from 1)'
 
 
+@pytest.mark.parametrize("path,details", [
+    ("/-/dead?limit=-1", "limit must be a whole number from 1 (at most 18 digits)"),
+    ("/-/dead?limit=1.5", "limit must be a whole number from 1 (at most 18 digits)"),
+    ("/-/dead/abc", "id must be a whole number from 1 (at most 18 digits)"),
+    ("/-/dead/" + "9" * 19, "id must be a whole number from 1 (at most 18 digits)"),
+    ("/-/dead?limit=0", "limit must be between 1 and 10000"),
+])
+async def test_an_admin_number_that_is_not_one_says_what_one_is(guarded, path, details):
+    # "-1" and "1.5" are numbers: the answer said "must be a number" to them.
+    g = await guarded()
+    answer = _assert_json_error(await g.exchange(
+        request("GET", path, token=None, headers={"Authorization": ADMIN})))
+    assert answer["details"] == details
+
+
 # ---------------------------------------------------------------- Expect: 100-continue
 
 
