@@ -9,6 +9,7 @@ message (never a URL, credentials or a token).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -164,6 +165,15 @@ def _listen(v: Any) -> str:
     host, sep, port = str(v).rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port, got {shown(v)}")
+    try:  # a name, or no host (all addresses), is left to the bind
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return str(v)
+    if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        # Linux lets a TCP socket bind an IPv4 multicast address: the relay would start,
+        # and no connection could ever reach it.
+        raise ValueError(f"{shown(v)} is a multicast or broadcast address, which takes no"
+                         " connections: use one of this machine's addresses, or 0.0.0.0 for all")
     return str(v)
 
 

@@ -530,11 +530,25 @@ def test_an_unexpected_error_is_one_line_naming_where_and_exit_70(one_dead_job, 
     assert "Traceback" in shown.stderr and "JSONDecodeError" in shown.stderr
 
 
-def test_a_multicast_listen_address_is_one_line_naming_what_to_change(tmp_path):
-    # The kernel refuses it with EINVAL, which `serve` printed as a traceback.
-    cfg = relay_config(tmp_path, f"[ff02::1]:{free_port()}")
+def test_a_listen_address_the_kernel_refuses_is_one_line_naming_what_to_change(tmp_path):
+    # An IPv4-mapped IPv6 address: the kernel refuses it with EINVAL, which `serve` printed
+    # as a traceback.
+    cfg = relay_config(tmp_path, f"[::ffff:10.9.8.7]:{free_port()}")
     assert "cannot be listened on (a multicast or IPv4-mapped address?)" in \
         one_line(run("serve", "-c", str(cfg)))
+
+
+@pytest.mark.parametrize("host", ["224.0.0.1", "[ff02::1]", "255.255.255.255"])
+def test_a_multicast_or_broadcast_listen_address_is_refused_at_its_key(tmp_path, host):
+    # Linux lets a TCP socket bind 224.0.0.1: the relay started, and nothing could reach it.
+    cfg = relay_config(tmp_path, f"{host}:8080")
+    assert one_line(run("check", "-c", str(cfg))) == f"{cfg}: 1 error(s), 0 warning(s)"
+    done = run("serve", "-c", str(cfg))
+    assert one_line(done) == (
+        f"{cfg}:2: server.listen: '{host}:8080' is a multicast or broadcast address, which"
+        " takes no connections: use one of this machine's addresses, or 0.0.0.0 for all")
+    assert one_line(run("serve", "-c", str(cfg), "--listen", f"{host}:8081")).startswith(
+        f"error: Invalid value for '--listen': '{host}:8081' is a multicast or broadcast")
 
 
 def test_serve_logs_an_unexpected_error_with_its_whole_traceback():
