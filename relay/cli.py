@@ -31,6 +31,7 @@ from relay.errors import InvalidEvent
 from relay.events import parse_event
 from relay.logs import setup
 from relay.store import Store
+from relay.yamlfile import read_at_most
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,14 +150,10 @@ def _read_event(name: str, limit: int) -> bytes:
     """The event file's bytes, read no further than the webhook would (`limit`, the
     config's server.max_body_bytes): a larger one is refused, an endless one too."""
     try:
-        if name == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(name, "rb") as f:
-                data = f.read(limit + 1)
+        data = read_at_most(sys.stdin.buffer if name == "-" else name, limit)
     except OSError as e:
         fail(f"{name}: cannot read: {e.strerror or e}")
-    if len(data) > limit:
+    if data is None:
         fail(f"{_source_name(name)}: more than server.max_body_bytes ({limit} bytes): the relay"
              " would refuse this event with 413")
     return data

@@ -10,7 +10,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import click
 
@@ -91,7 +91,7 @@ class Listen(Checked[str]):
         return str(SCHEMAS["server"]["listen"](value))
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {scrub(message)}", err=True)
     sys.exit(code)
 
@@ -123,7 +123,7 @@ TRACEBACK_ENV = "KOURIER_RELAY_TRACEBACK"
 INTERNAL_ERROR = 70  # EX_SOFTWARE
 
 
-def unexpected(e: Exception) -> None:
+def unexpected(e: Exception) -> NoReturn:
     """An exception none of our errors stands for: one line naming its type and where in the
     relay it was raised (never its text, which may quote anything), and exit 70. `serve`'s
     log keeps the whole traceback; `KOURIER_RELAY_TRACEBACK=1` prints it here too."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -56,16 +56,25 @@ MAX_BYTES = 16 * 1024 * 1024  # a config of 5,000 routes is about 1 MB
 MAX_SECRET_BYTES = 64 * 1024  # a `NAME_FILE` (a token, a URL, a key)
 
 
+def read_at_most(source: str | BinaryIO, limit: int) -> bytes | None:
+    """What a file (a path, or an open binary stream) holds; None when that is more than
+    `limit` bytes, read no further (a device such as /dev/zero never ends). Raises OSError."""
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return read_at_most(f, limit)
+    data = source.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def read(file: str) -> str:
     """The config file's text: UTF-8 whatever the locale says, or a ConfigError at its line.
-    Read no further than MAX_BYTES: a device or a log named by mistake is refused, not
-    read until memory runs out (`-c /dev/zero` never ended)."""
+    No more than MAX_BYTES: a device or a log named by mistake is refused, not read until
+    memory runs out (`-c /dev/zero` never ended)."""
     try:
-        with open(file, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_at_most(file, MAX_BYTES)
     except OSError as e:
         raise ConfigError([Issue(file, 0, "", f"cannot read config: {e.strerror or e}")]) from None
-    if len(data) > MAX_BYTES:
+    if data is None:
         raise ConfigError([Issue(file, 0, "", f"the file is larger than a config can be"
                                  f" ({MAX_BYTES // 2**20} MiB): is it the right file?")])
     try:
@@ -289,11 +298,10 @@ def resolve_env(name: str, env: Mapping[str, str]) -> str | None:
         return None
     why = f"environment variable {name} is not set, and {name}_FILE names {path}, which"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SECRET_BYTES + 1)
+        data = read_at_most(path, MAX_SECRET_BYTES)
     except OSError as e:
         raise ValueError(f"{why} cannot be read: {e.strerror or e}") from None
-    if len(data) > MAX_SECRET_BYTES:
+    if data is None:
         raise ValueError(f"{why} is larger than a secret can be ({MAX_SECRET_BYTES // 1024} KiB)")
     try:
         return data.decode("utf-8").strip()
