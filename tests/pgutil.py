@@ -115,15 +115,21 @@ async def fresh_schema(dsn: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def fetchval(dsn: str, sql: str, *args: Any) -> Any:
-    """The first value `sql` returns, on a connection of its own (closed again)."""
+async def fetch(dsn: str, sql: str, *args: Any, one: bool = False) -> Any:
+    """The rows `sql` returns (`one`: its first value), on a connection of its own (closed
+    again)."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval(sql, *args)
+        return await (conn.fetchval if one else conn.fetch)(sql, *args)
     finally:
         await conn.close()
+
+
+async def fetchval(dsn: str, sql: str, *args: Any) -> Any:
+    """The first value `sql` returns, on a connection of its own."""
+    return await fetch(dsn, sql, *args, one=True)
 
 
 # Every object in the current schema, one line each, in a fixed order, without the schema's

@@ -132,19 +132,9 @@ def arrived(sink: Sink) -> Counter[str]:
     return Counter(m["title"] for m in sink.messages("hook"))
 
 
-async def query(dsn: str, sql: str, *args: Any) -> Any:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
 async def settled(dsn: str) -> bool:
     """No job is waiting or being sent any more, so no further notification can arrive."""
-    rows = await query(dsn, "SELECT count(*) FROM jobs WHERE state IN ('pending', 'claimed')")
+    rows = await pgutil.fetch(dsn, "SELECT count(*) FROM jobs WHERE state IN ('pending', 'claimed')")
     return bool(rows[0][0] == 0)
 
 
@@ -163,12 +153,12 @@ async def test_a_replica_killed_under_load_loses_no_acknowledged_event(
 
         await asyncio.gather(*(send(n) for n in range(45)))
         owned = f"%:{victim.proc.pid}:%"
-        held = await wait_for(lambda: query(schema_dsn, "SELECT id FROM jobs WHERE state ="
+        held = await wait_for(lambda: pgutil.fetch(schema_dsn, "SELECT id FROM jobs WHERE state ="
                                             " 'claimed' AND claimed_by LIKE $1", owned),
                               timeout=10, message="the victim to hold claims")
         victim.proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(victim.proc.wait, 10)
-        orphaned = [r[0] for r in await query(
+        orphaned = [r[0] for r in await pgutil.fetch(
             schema_dsn, "SELECT id FROM jobs WHERE state = 'claimed' AND claimed_by LIKE $1",
             owned)]
         await asyncio.gather(*(send(n) for n in range(45, 90)))
@@ -177,7 +167,7 @@ async def test_a_replica_killed_under_load_loses_no_acknowledged_event(
                    message="every acknowledged event at the sink")
     await wait_for(lambda: settled(schema_dsn), timeout=15, message="the queue to drain")
     assert held and len(acked) >= 75  # 45 before the kill, 30 to the survivors after it
-    taken_over = await query(schema_dsn, "SELECT state FROM jobs WHERE id = ANY($1::bigint[])",
+    taken_over = await pgutil.fetch(schema_dsn, "SELECT state FROM jobs WHERE id = ANY($1::bigint[])",
                              orphaned)
     assert all(r[0] == "sent" for r in taken_over)
     extra = sum(count - 1 for count in arrived(sink).values())
