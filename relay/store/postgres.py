@@ -21,7 +21,7 @@ import asyncpg
 
 from relay.errors import RelayError, StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
-from relay.store import rules, sql
+from relay.store import records, rules, sql
 from relay.store.live import PostgresLive
 from relay.store.pg_ingest import hold, insert_event, track_delivery
 from relay.store.pg_ledger import PostgresLedger
@@ -39,17 +39,6 @@ from relay.store.pg_support import (
     take,
 )
 from relay.store.pg_timers import PostgresTimers, apply_timers
-from relay.store.records import (
-    Accepted,
-    Attempt,
-    Circuit,
-    ClaimResult,
-    Job,
-    JobState,
-    Notification,
-    RateLimit,
-    TimerOp,
-)
 from relay.store.schema import (
     SCHEMA_VERSION,
     check_version,
@@ -222,19 +211,19 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         finally:
             self._refresh_task = None
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
-                     timers: Sequence[TimerOp] = ()) -> Accepted:
+    async def accept(self, event: Event, key: str, jobs: Sequence[records.Notification], *, now: float,
+                     timers: Sequence[records.TimerOp] = ()) -> records.Accepted:
         accepted, suppressed = await self._tx(self._accept, event, key, jobs, now, timers)
         self._backlog.add(accepted.jobs - suppressed)
         if accepted.jobs or accepted.timers:
             self._wake(timers=bool(accepted.timers))
         return accepted
 
-    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[Notification],
-                      now: float, timers: Sequence[TimerOp]) -> tuple[Accepted, int]:
+    async def _accept(self, conn: Any, event: Event, key: str, jobs: Sequence[records.Notification],
+                      now: float, timers: Sequence[records.TimerOp]) -> tuple[records.Accepted, int]:
         event_id = await insert_event(conn, event, key, now)
         if event_id < 0:
-            return Accepted(-event_id, True, 0), 0
+            return records.Accepted(-event_id, True, 0), 0
         ts = parse_timestamp(event.timestamp).timestamp()
         reason, suppressed = await track_delivery(conn, event, event_id, ts)
         kept = []
@@ -249,14 +238,14 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         if queued or changes:
             await self._notify(conn, timers=bool(changes))
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
-        return Accepted(event_id, False, queued, why, changes), suppressed
+        return records.Accepted(event_id, False, queued, why, changes), suppressed
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
+                    bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
         return await self._tx(self._claim, receiver, limit, now, lease, owner, bucket, circuit)
 
-    async def _claim(self, conn: Any, receiver: str, limit: int, now: float, lease: float,
-                     owner: str, bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
+    async def _claim(self, conn: Any, receiver: str, limit: int, now: float, lease: float, owner: str,
+                     bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
         row = await lock_receiver(conn, receiver, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             await conn.fetchval(q(sql.PROBE_OUT), receiver, now) is not None
@@ -267,12 +256,12 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         if admission.tokens is not None:
             await conn.execute(q(sql.SET_TOKENS), admission.tokens - len(jobs), now, receiver)
         if not admission.limit:
-            return ClaimResult([], admission.wait_until, admission.paused)
+            return records.ClaimResult([], admission.wait_until, admission.paused)
         due = await conn.fetchval(q(sql.NEXT_DUE), receiver, receiver) \
             if rules.wants_next_due(admission, len(jobs)) else None
-        return ClaimResult(jobs, None if due is None else float(due))
+        return records.ClaimResult(jobs, None if due is None else float(due))
 
-    async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
+    async def complete(self, job: records.Job, attempt: records.Attempt, *, reached: bool = True) -> None:
         async def complete(conn: Any) -> None:
             await self._finish(conn, job, "sent", None, attempt)
             if reached:
@@ -281,18 +270,18 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         await self._tx(complete)
         self._backlog.left("sent")
 
-    async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
-                   ) -> bool:
+    async def bury(self, job: records.Job, attempt: records.Attempt, *,
+                   circuit: records.Circuit | None = None) -> bool:
         opened = await self._tx(self._fail, job, attempt, "dead", None, circuit)
         self._backlog.left("dead")
         return opened
 
-    async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
-                          ) -> bool:
+    async def retry_later(self, job: records.Job, attempt: records.Attempt, *, at: float,
+                          circuit: records.Circuit) -> bool:
         return await self._tx(self._fail, job, attempt, "pending", at, circuit)
 
-    async def _fail(self, conn: Any, job: Job, attempt: Attempt, state: JobState,
-                    at: float | None, circuit: Circuit | None) -> bool:
+    async def _fail(self, conn: Any, job: records.Job, attempt: records.Attempt, state: records.JobState,
+                    at: float | None, circuit: records.Circuit | None) -> bool:
         """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
         opened its circuit)."""
         await self._finish(conn, job, state, at, attempt)
@@ -307,7 +296,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
                            job.receiver)
         return tripped.opened
 
-    async def release(self, job: Job, *, at: float | None = None) -> None:
+    async def release(self, job: records.Job, *, at: float | None = None) -> None:
         async def release(conn: Any) -> None:
             if rows_touched(await conn.execute(q(sql.RELEASE), at, job.id, job.claim_token)):
                 await self._notify(conn)  # another replica may send it now
@@ -315,8 +304,8 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         await self._tx(release)
 
     @staticmethod
-    async def _finish(conn: Any, job: Job, state: JobState, at: float | None, attempt: Attempt,
-                      ) -> None:
+    async def _finish(conn: Any, job: records.Job, state: records.JobState, at: float | None,
+                      attempt: records.Attempt) -> None:
         if rows_touched(await conn.execute(q(sql.FINISH), *sql.finish_args(job, state, at, attempt))
                   ) == 0:
             raise StaleClaim(f"job {job.id} is no longer claimed by this worker")

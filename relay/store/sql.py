@@ -16,23 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.events import Event
-from relay.store.records import (
-    ACTIVE_STATES,
-    Attempt,
-    DigestItem,
-    DigestJoin,
-    Job,
-    JobAttempt,
-    JobState,
-    LiveRef,
-    Notification,
-    Timeline,
-    TimelineEvent,
-    Timer,
-    TimerAction,
-    TimerInputs,
-    TimerOp,
-)
+from relay.store import records
 from relay.store.rules import (
     CANCELLED_REASON,
     CLOSED,
@@ -49,7 +33,7 @@ from relay.store.rules import (
 )
 from relay.store.schema import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
 
-ACTIVE = "state IN (" + ", ".join(f"'{s}'" for s in ACTIVE_STATES) + ")"  # the backlog
+ACTIVE = "state IN (" + ", ".join(f"'{s}'" for s in records.ACTIVE_STATES) + ")"  # the backlog
 SENDING = "state IN ('pending', 'claimed')"  # on its way (held jobs wait for their summary)
 
 INSERT_EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
@@ -173,7 +157,7 @@ _ARM = ("INSERT INTO timers (kind, key, delivery_id, event_id, due_at, state, ar
         " due_at = excluded.due_at, state = 'armed', armed_at = excluded.armed_at,"
         f" context = excluded.context, ended_at = NULL, {_UNCLAIM}"
         " WHERE timers.state IN {} RETURNING id")
-TIMER_WRITE: dict[TimerAction, str] = {
+TIMER_WRITE: dict[records.TimerAction, str] = {
     "arm": _ARM.format(_states(TIMER_FROM["arm"])),
     "open": _ARM.format(_states(TIMER_FROM["open"])),
     "disarm": (f"UPDATE timers SET state = '{TIMER_TO['disarm']}', ended_at = ?, {_UNCLAIM}"
@@ -219,13 +203,13 @@ def numbered(sql: str) -> str:
 class Queued:
     """One job of an accepted event as it is inserted: due when, in which state, and why."""
 
-    spec: Notification
+    spec: records.Notification
     due: float
-    state: JobState = "pending"
+    state: records.JobState = "pending"
     reason: str = ""
 
 
-def queued(spec: Notification, coalesced: Coalesced) -> Queued:
+def queued(spec: records.Notification, coalesced: Coalesced) -> Queued:
     """The job a notification becomes after `rules.coalesce`; held (quiet hours) wins."""
     if spec.held_until is not None:
         return Queued(spec, spec.held_until, "held")
@@ -234,7 +218,7 @@ def queued(spec: Notification, coalesced: Coalesced) -> Queued:
     return Queued(spec, coalesced.due)
 
 
-def waiting_key(event: Event, spec: Notification) -> tuple[Any, ...] | None:
+def waiting_key(event: Event, spec: records.Notification) -> tuple[Any, ...] | None:
     """WAITING's parameters for a held notification; None when it is not held.
 
     A notification held for quiet hours neither replaces what waits (the summary lists it
@@ -254,7 +238,7 @@ def job_rows(event_id: int, event: Event, jobs: Sequence[Queued], now: float, ts
 
 def active(jobs: Sequence[Queued]) -> int:
     """How many of an accepted event's jobs are backlog (pending, or held for quiet hours)."""
-    return sum(j.state in ACTIVE_STATES for j in jobs)
+    return sum(j.state in records.ACTIVE_STATES for j in jobs)
 
 
 def replace_args(ids: Sequence[int], event_id: int, now: float) -> list[tuple[Any, ...]]:
@@ -262,11 +246,11 @@ def replace_args(ids: Sequence[int], event_id: int, now: float) -> list[tuple[An
     return [(replaced_reason(event_id), now, i) for i in ids]
 
 
-def _due(job: Notification, now: float) -> tuple[float, JobState]:
+def _due(job: records.Notification, now: float) -> tuple[float, records.JobState]:
     return (now, "pending") if job.held_until is None else (job.held_until, "held")
 
 
-def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
+def timer_args(op: records.TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
     """TIMER_WRITE[op.action]'s parameters."""
     if op.action == "disarm":
         return (now, op.kind, op.key)
@@ -274,39 +258,40 @@ def timer_args(op: TimerOp, event_id: int, now: float) -> tuple[Any, ...]:
             json.dumps(dict(op.context), sort_keys=True))
 
 
-def timer_job_rows(timer: Timer, jobs: Sequence[Notification], now: float) -> list[tuple[Any, ...]]:
+def timer_job_rows(timer: records.Timer, jobs: Sequence[records.Notification], now: float,
+                   ) -> list[tuple[Any, ...]]:
     """INSERT_JOB's parameters for the jobs a fired timer produces (of its arming event)."""
     return [(timer.event_id, j.receiver, j.url_index, j.route, j.message.title, j.message.body,
              j.message.type, j.message.format, timer.delivery_id, f"timer.{timer.kind}", False,
              now, due, False, None, state, "") for j in jobs for due, state in (_due(j, now),)]
 
 
-def timeline_event(row: Mapping[str, Any] | None) -> TimelineEvent | None:
+def timeline_event(row: Mapping[str, Any] | None) -> records.TimelineEvent | None:
     if row is None:
         return None
-    return TimelineEvent(row["id"], row["type"], row["received_at"], json.loads(row["payload"]))
+    return records.TimelineEvent(row["id"], row["type"], row["received_at"], json.loads(row["payload"]))
 
 
 def timer_inputs(arming: Mapping[str, Any] | None, last: Mapping[str, Any] | None,
                  items: Iterable[Mapping[str, Any]] = (), held: Iterable[Mapping[str, Any]] = (),
-                 ) -> TimerInputs:
+                 ) -> records.TimerInputs:
     """TimerInputs from EVENT_ROW rows (without a newest event the arming one stands in),
     DIGEST_ITEMS rows and HELD_JOBS rows."""
     first = timeline_event(arming)
-    return TimerInputs(first, timeline_event(last) or first,
-                       tuple(DigestItem(r["item_id"], TimelineEvent(
+    return records.TimerInputs(first, timeline_event(last) or first,
+                       tuple(records.DigestItem(r["item_id"], records.TimelineEvent(
                            r["id"], r["type"], r["received_at"], json.loads(r["payload"])))
                            for r in items),
                        tuple(job_from_row(r) for r in held))
 
 
-def finish_args(job: Job, state: JobState, at: float | None, attempt: Attempt,
+def finish_args(job: records.Job, state: records.JobState, at: float | None, attempt: records.Attempt,
                 ) -> tuple[Any, ...]:
     """FINISH's parameters: the job leaves its claim as `state` (due again at `at`)."""
     return (state, attempt.error, at, finished_at(state, attempt.at), job.id, job.claim_token)
 
 
-def attempt_args(job: Job, attempt: Attempt) -> tuple[Any, ...]:
+def attempt_args(job: records.Job, attempt: records.Attempt) -> tuple[Any, ...]:
     return (job.id, attempt.at, attempt.outcome, attempt.error, attempt.duration)
 
 
@@ -330,15 +315,15 @@ def timeline(delivery_id: str, events: Iterable[Mapping[str, Any]],
              jobs: Iterable[Mapping[str, Any]], attempts: Iterable[Mapping[str, Any]],
              timers: Iterable[Mapping[str, Any]] = (), live: Iterable[Mapping[str, Any]] = (),
              joined: Iterable[Mapping[str, Any]] = (),
-             earlier: Iterable[Mapping[str, Any]] = ()) -> Timeline:
+             earlier: Iterable[Mapping[str, Any]] = ()) -> records.Timeline:
     """A Timeline from the rows of TIMELINE_QUERIES."""
-    return Timeline(
+    return records.Timeline(
         delivery_id,
-        tuple(TimelineEvent(e["id"], e["type"], e["received_at"], json.loads(e["payload"]))
+        tuple(records.TimelineEvent(e["id"], e["type"], e["received_at"], json.loads(e["payload"]))
               for e in events),
         tuple(job_from_row(j) for j in jobs),
-        tuple(JobAttempt(a["job_id"], from_row(Attempt, a)) for a in attempts),
+        tuple(records.JobAttempt(a["job_id"], from_row(records.Attempt, a)) for a in attempts),
         tuple(timer_from_row(t) for t in timers),
-        tuple(from_row(LiveRef, r) for r in live),
-        tuple(from_row(DigestJoin, j) for j in joined),
+        tuple(from_row(records.LiveRef, r) for r in live),
+        tuple(from_row(records.DigestJoin, j) for j in joined),
         sum(int(r["n"]) for r in earlier))

@@ -18,27 +18,8 @@ from typing import Any, TypeVar
 
 from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
-from relay.store import rules, sql, sql_pages, sqlite_support, sqlite_timers
+from relay.store import records, rules, sql, sql_pages, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
-from relay.store.records import (
-    Accepted,
-    Attempt,
-    Circuit,
-    ClaimResult,
-    DeliverySummary,
-    Job,
-    JobDetail,
-    JobState,
-    Minute,
-    Notification,
-    RateLimit,
-    ReceiverState,
-    Stats,
-    Timeline,
-    Timer,
-    TimerInputs,
-    TimerOp,
-)
 from relay.store.schema import (
     JOB_COLUMNS,
     REBUILDS,
@@ -144,18 +125,18 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
     def backlog_estimate(self) -> int:
         return self._backlog.value
 
-    async def accept(self, event: Event, key: str, jobs: Sequence[Notification], *, now: float,
-                     timers: Sequence[TimerOp] = ()) -> Accepted:
+    async def accept(self, event: Event, key: str, jobs: Sequence[records.Notification], *, now: float,
+                     timers: Sequence[records.TimerOp] = ()) -> records.Accepted:
         accepted = await self._call(self._accept, event, key, jobs, now, timers)
         if accepted.jobs or accepted.timers:
             self._wake(timers=bool(accepted.timers))
         return accepted
 
-    def _accept(self, conn: sqlite3.Connection, event: Event, key: str,
-                jobs: Sequence[Notification], now: float, timers: Sequence[TimerOp]) -> Accepted:
+    def _accept(self, conn: sqlite3.Connection, event: Event, key: str, jobs: Sequence[records.Notification],
+                now: float, timers: Sequence[records.TimerOp]) -> records.Accepted:
         inserted = conn.execute(sql.INSERT_EVENT, sql.event_args(event, key, now))
         if inserted.rowcount == 0:  # ON CONFLICT DO NOTHING: a duplicate
-            return Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
+            return records.Accepted(conn.execute(sql.EVENT_BY_KEY, (key,)).fetchone()[0], True, 0)
         event_id = inserted.lastrowid
         assert event_id is not None
         ts = parse_timestamp(event.timestamp).timestamp()
@@ -172,7 +153,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         changes = sqlite_timers.apply(conn, timers, [j.spec for j in kept], event_id,
                                       event.delivery_id, now)
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
-        return Accepted(event_id, False, queued, why, changes)
+        return records.Accepted(event_id, False, queued, why, changes)
 
     def _track_delivery(self, conn: sqlite3.Connection, event: Event, event_id: int,
                         ts: float) -> str:
@@ -190,13 +171,13 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return rules.stale_reason(event.type, ts, newest, cancelled)
 
     async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult:
+                    bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
         return await self._call(self._claim, receiver, limit, now, lease, owner, bucket,
                                 circuit)
 
     def _claim(self, conn: sqlite3.Connection, receiver: str, limit: int, now: float,
-               lease: float, owner: str, bucket: RateLimit | None, circuit: Circuit,
-               ) -> ClaimResult:
+               lease: float, owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
+               ) -> records.ClaimResult:
         row = _receiver(conn, receiver, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             conn.execute(sql.PROBE_OUT, (receiver, now)).fetchone() is not None
@@ -207,30 +188,30 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         if admission.tokens is not None:
             conn.execute(sql.SET_TOKENS, (admission.tokens - len(jobs), now, receiver))
         if not admission.limit:
-            return ClaimResult([], admission.wait_until, admission.paused)
+            return records.ClaimResult([], admission.wait_until, admission.paused)
         due = conn.execute(sql.NEXT_DUE, (receiver, receiver)).fetchone()[0] \
             if rules.wants_next_due(admission, len(jobs)) else None
-        return ClaimResult(jobs, due)
+        return records.ClaimResult(jobs, due)
 
-    async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
+    async def complete(self, job: records.Job, attempt: records.Attempt, *, reached: bool = True) -> None:
         await self._call(self._complete, job, attempt, reached)
 
-    def _complete(self, conn: sqlite3.Connection, job: Job, attempt: Attempt,
+    def _complete(self, conn: sqlite3.Connection, job: records.Job, attempt: records.Attempt,
                   reached: bool) -> None:
         self._finish(conn, job, "sent", None, attempt)
         if reached:
             conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver))
 
-    async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
-                   ) -> bool:
+    async def bury(self, job: records.Job, attempt: records.Attempt, *,
+                   circuit: records.Circuit | None = None) -> bool:
         return await self._call(self._fail, job, attempt, "dead", None, circuit)
 
-    async def retry_later(self, job: Job, attempt: Attempt, *, at: float, circuit: Circuit,
-                          ) -> bool:
+    async def retry_later(self, job: records.Job, attempt: records.Attempt, *, at: float,
+                          circuit: records.Circuit) -> bool:
         return await self._call(self._fail, job, attempt, "pending", at, circuit)
 
-    def _fail(self, conn: sqlite3.Connection, job: Job, attempt: Attempt, state: JobState,
-              at: float | None, circuit: Circuit | None) -> bool:
+    def _fail(self, conn: sqlite3.Connection, job: records.Job, attempt: records.Attempt,
+              state: records.JobState, at: float | None, circuit: records.Circuit | None) -> bool:
         """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
         opened its circuit)."""
         self._finish(conn, job, state, at, attempt)
@@ -244,12 +225,12 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         conn.execute(sql.OPEN_CIRCUIT, (tripped.open_until, tripped.cooldown, job.receiver))
         return tripped.opened
 
-    async def release(self, job: Job, *, at: float | None = None) -> None:
+    async def release(self, job: records.Job, *, at: float | None = None) -> None:
         await self._call(lambda conn: conn.execute(sql.RELEASE, (at, job.id, job.claim_token))
                          and None)
 
-    def _finish(self, conn: sqlite3.Connection, job: Job, state: JobState, at: float | None,
-                attempt: Attempt) -> None:
+    def _finish(self, conn: sqlite3.Connection, job: records.Job, state: records.JobState, at: float | None,
+                attempt: records.Attempt) -> None:
         if conn.execute(sql.FINISH, sql.finish_args(job, state, at, attempt)).rowcount == 0:
             raise StaleClaim(f"job {job.id} is no longer claimed by this worker")
         conn.execute(sql.INSERT_ATTEMPT, sql.attempt_args(job, attempt))
@@ -261,66 +242,67 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
     # ------------------------------------------------------------ timers
 
     async def claim_timers(self, *, limit: int, now: float, lease: float, owner: str,
-                           ) -> list[Timer]:
+                           ) -> list[records.Timer]:
         return await self._call(sqlite_timers.claim, limit, now, lease, owner)
 
-    async def timer_inputs(self, timer: Timer) -> TimerInputs:
+    async def timer_inputs(self, timer: records.Timer) -> records.TimerInputs:
         return await self._call(sqlite_timers.inputs, timer)
 
-    async def fire(self, timer: Timer, jobs: Sequence[Notification], *, now: float,
-                   consumed: TimerInputs | None = None) -> int:
+    async def fire(self, timer: records.Timer, jobs: Sequence[records.Notification], *, now: float,
+                   consumed: records.TimerInputs | None = None) -> int:
         change = await self._call(sqlite_timers.fire, timer, jobs, consumed, now)
         return self._queued(change, len(jobs))
 
-    async def release_timer(self, timer: Timer, due_at: float | None = None) -> None:
+    async def release_timer(self, timer: records.Timer, due_at: float | None = None) -> None:
         await self._call(lambda conn: conn.execute(
             sql.RELEASE_TIMER, (due_at, timer.id, timer.claim_token)) and None)
 
     # ------------------------------------------------------------ read side
 
-    async def stats(self) -> Stats:
+    async def stats(self) -> records.Stats:
         return await self._call(self._stats)
 
-    def _stats(self, conn: sqlite3.Connection) -> Stats:
+    def _stats(self, conn: sqlite3.Connection) -> records.Stats:
         backlog = self._count_backlog(conn)
-        return Stats(backlog, *(conn.execute(q).fetchone()[0] for q in (
+        return records.Stats(backlog, *(conn.execute(q).fetchone()[0] for q in (
             sql.DEAD_COUNT, sql.OLDEST, sql.HELD_COUNT, sql.OPEN_WINDOWS)))
 
-    async def dead(self, receiver: str | None = None, limit: int = 100) -> list[Job]:
+    async def dead(self, receiver: str | None = None, limit: int = 100) -> list[records.Job]:
         return await self._call(lambda conn: [job_from_row(r) for r in conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='dead' AND (? IS NULL OR receiver=?)"
             " ORDER BY id LIMIT ?", (receiver, receiver, limit))])
 
-    async def detail(self, job_id: int) -> JobDetail | None:
+    async def detail(self, job_id: int) -> records.JobDetail | None:
         return await self._call(self._detail, job_id)
 
     @staticmethod
-    def _detail(conn: sqlite3.Connection, job_id: int) -> JobDetail | None:
+    def _detail(conn: sqlite3.Connection, job_id: int) -> records.JobDetail | None:
         row = conn.execute(sql.JOB, (job_id,)).fetchone()
         if not row:
             return None
         job = job_from_row(row)
         payload = conn.execute(sql.PAYLOAD, (job.event_id,)).fetchone()[0]
         history = conn.execute(sql.HISTORY, (job_id,)).fetchall()
-        return JobDetail(job, json.loads(payload), tuple(from_row(Attempt, h) for h in history))
+        attempts = tuple(from_row(records.Attempt, h) for h in history)
+        return records.JobDetail(job, json.loads(payload), attempts)
 
-    async def timeline(self, delivery_id: str) -> Timeline:
+    async def timeline(self, delivery_id: str) -> records.Timeline:
         return await self._call(lambda conn: sql.timeline(delivery_id, *(
             conn.execute(q, (delivery_id,) * n).fetchall()
             for q, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True))))
 
-    async def receivers(self) -> list[ReceiverState]:
+    async def receivers(self) -> list[records.ReceiverState]:
         return await self._call(self._receivers)
 
     @staticmethod
-    def _receivers(conn: sqlite3.Connection) -> list[ReceiverState]:
-        return [from_row(ReceiverState, r) for r in conn.execute(sql.RECEIVER_STATES)]
+    def _receivers(conn: sqlite3.Connection) -> list[records.ReceiverState]:
+        return [from_row(records.ReceiverState, r) for r in conn.execute(sql.RECEIVER_STATES)]
 
-    async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
+    async def recent_deliveries(self, limit: int = 50) -> list[records.DeliverySummary]:
         return await self._call(lambda conn: sql_pages.recent(conn.execute(
             sql_pages.RECENT_DELIVERIES, (limit * sql_pages.RECENT_WINDOW, limit))))
 
-    async def activity(self, since: float, minutes: int) -> list[Minute]:
+    async def activity(self, since: float, minutes: int) -> list[records.Minute]:
         return await self._call(lambda conn: sql_pages.minutes(since, minutes, *(
             conn.execute(q, (since, since)).fetchall() for q in sql_pages.per_minute("sqlite"))))
 
@@ -376,7 +358,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return len(ids)
 
 
-def _receiver(conn: sqlite3.Connection, name: str, circuit: Circuit) -> rules.ReceiverRow:
+def _receiver(conn: sqlite3.Connection, name: str, circuit: records.Circuit) -> rules.ReceiverRow:
     row = conn.execute(sql.RECEIVER, (name,)).fetchone()
     if row:
         return from_row(rules.ReceiverRow, row)
@@ -385,7 +367,7 @@ def _receiver(conn: sqlite3.Connection, name: str, circuit: Circuit) -> rules.Re
 
 
 def _take(conn: sqlite3.Connection, receiver: str, limit: int, now: float, lease: float,
-          owner: str) -> list[Job]:
+          owner: str) -> list[records.Job]:
     """Claim up to `limit` due jobs. Both statements walk the jobs_due index: no scan, no sort."""
     # Expired leases go back to pending first; they keep their old due time, so they come first.
     conn.execute("UPDATE jobs SET state='pending', claim_token=NULL, claimed_by=NULL,"
