@@ -299,6 +299,6 @@ def unknown_key(key: str, fields: Mapping[str, Any]) -> str:
     return f'unknown key "{key}"{did_you_mean(key, fields)}'
 
 
-def did_you_mean(name: str, options: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+def did_you_mean(name: str, options: Mapping[str, Any], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
     return f' (did you mean "{close[0]}"?)' if close else ""

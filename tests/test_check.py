@@ -67,6 +67,10 @@ WARNINGS = {
                           " event type Kourier sends (delivery.cancelled, delivery.created,"
                           " delivery.updated), only one it may add later (did you mean"
                           ' "delivery.cancelled"?)',
+    "misspelt_field": "9: routes[0].match.stauts: warning: matches on stauts, which Kourier never"
+                      " sends (it sends delivery_id, event, status, timestamp): this matcher"
+                      " finds no such field unless an event carries it (did you mean"
+                      ' "status"?)',
     "apprise_retry": "8: receivers[1].urls[0]: warning: remove Apprise's retry= parameter:"
                      " the relay owns retries (it is forced to 0)",
 }
@@ -500,4 +504,42 @@ default_receiver: log
         f"{cfg}:8: routes[0].body: warning: uses depth, note, weight, which Kourier never sends"
         f" ({sent}); unless an event carries it, note, weight renders empty and depth fails"
         " the template, which computes with it (the built-in one is used)"]
+    assert result.exit_code == 0
+
+
+def test_a_near_miss_of_a_field_kourier_sends_is_named_in_matchers_and_templates(tmp_path):
+    """`stauts`, `timestmap`, `dleivery_id.x` are taken for misspellings; `state` and
+    `customer.tier` are not (events may carry such fields: docs/configuration.md's own
+    `customer.tier` example), and a watch's start and stops are read like a route's match."""
+    cfg, result = checked(tmp_path / "near.yaml", """\
+server:
+  tokens: ["t0ken"]
+receivers: [{name: log, urls: ["console://"]}]
+routes:
+  - match: {dleivery_id.x: {exists: true}, state: x, customer.tier: gold}
+    receivers: [log]
+    title: "{{ stauts }} {{ timestmap }} {{ state }}"
+    body: "{{ evnet }} {{ customer.tier }}"
+watches:
+  - name: stuck
+    start: {evnet: delivery.created}
+    stop: [{status: delivered}, {Status: cancelled}]
+    after: 1h
+    receivers: [log]
+default_receiver: log
+""")
+    sent = "which Kourier never sends (it sends delivery_id, event, status, timestamp)"
+    finds = "this matcher finds no such field unless an event carries it"
+    assert result.stdout.splitlines() == [
+        f"{cfg}:5: routes[0].match.dleivery_id.x: warning: matches on dleivery_id.x, {sent}:"
+        f' {finds} (did you mean "delivery_id"?)',
+        f"{cfg}:7: routes[0].title: warning: uses state, stauts, timestmap, {sent}; renders"
+        ' empty unless an event carries it (did you mean "status" for stauts, "timestamp" for'
+        " timestmap?)",
+        f"{cfg}:8: routes[0].body: warning: uses customer, evnet, {sent}; renders empty unless"
+        ' an event carries it (did you mean "event" for evnet?)',
+        f"{cfg}:11: watches[0].start.evnet: warning: matches on evnet, {sent}: {finds} (did you"
+        ' mean "event"?)',
+        f"{cfg}:12: watches[0].stop[1].Status: warning: matches on Status, {sent}: {finds} (did"
+        ' you mean "status"?)']
     assert result.exit_code == 0
