@@ -3,12 +3,12 @@ that print or exit)."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,8 +30,10 @@ from relay.cli_support import (
 from relay.errors import InvalidEvent
 from relay.events import parse_event
 from relay.logs import setup
-from relay.store import Store
 from relay.yamlfile import read_at_most
+
+if TYPE_CHECKING:
+    from relay.store import Store
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +56,8 @@ def serve(config_path: str, listen: str | None, log_level: str, log_format: str)
     # A config that cannot load fails before the server's imports; the relay runs on what
     # was read here (one read: no file changed between the check and the start).
     loaded = config_mod.load_text(config_path)
+    import asyncio
+
     from relay.app import serve as run
 
     setup(log_level, log_format)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from relay.cli_support import JOB_ID, config_option, fail, guarded, load_config, run_store
 from relay.config import Config
-from relay.store import Store
+
+if TYPE_CHECKING:
+    from relay.store import Store
 
 
 @click.group()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -10,7 +9,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import click
 
@@ -19,7 +18,9 @@ from relay.config import Config
 from relay.errors import ConfigError, RelayError
 from relay.logs import scrub
 from relay.schema import SCHEMAS, shown
-from relay.store import Store, open_store
+
+if TYPE_CHECKING:  # the store (and asyncio) load when a command opens it: `healthcheck` never does
+    from relay.store import Store
 
 DEFAULT_CONFIG_PATH = "/etc/kourier-relay/config.yaml"
 CONFIG_ENV = "KOURIER_RELAY_CONFIG"
@@ -171,6 +172,10 @@ def load_config(path: str) -> Config:
 def run_store(config_path: str, action: Callable[[Store], Coroutine[Any, Any, T]],
               create: bool = False) -> T:
     """Run `action` on the config's store; only a writer (`create`) may bring a new one about."""
+    import asyncio
+
+    from relay.store import open_store
+
     config = load_config(config_path)
     if not create:
         _require_existing(config)

@@ -291,6 +291,20 @@ def test_healthcheck_names_its_own_url_unmasked_when_nothing_answers(tmp_path):
         f"error: http://127.0.0.1:{port}/healthz did not answer: [Errno 111] Connection refused")
 
 
+def test_healthcheck_loads_neither_asyncio_nor_the_store_nor_aiohttp(tmp_path):
+    """The image's HEALTHCHECK runs it every 30 s: it reads the config and makes one HTTP
+    request, and loads nothing a store or the server needs (a third of its instructions)."""
+    cfg = relay_config(tmp_path, f"127.0.0.1:{free_port()}")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "relay", "healthcheck",
+                           "-c", str(cfg)], capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env=CLEAN_ENV)
+    loaded = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+              if line.startswith("import time:") and "|" in line}
+    assert {"relay.cli_client", "relay.config", "urllib.request"} <= loaded
+    assert not {"asyncio", "relay.store", "aiohttp", "apprise", "sqlite3"} & loaded
+    assert "did not answer" in done.stderr and done.returncode == 1
+
+
 def test_healthcheck_never_prints_a_password_of_its_url():
     port = free_port()
     line = one_line(run("healthcheck", "--url", f"http://ops:s3cr3t@127.0.0.1:{port}/healthz"))
