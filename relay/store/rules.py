@@ -36,7 +36,7 @@ CLOSED = (0, 0.0, 0.0)
 
 @dataclass(frozen=True)
 class ReceiverRow:
-    """A receiver's circuit and token bucket as the store keeps them."""
+    """A receiver URL's circuit and token bucket as the store keeps them."""
 
     failures: int = 0
     open_until: float = 0.0
