@@ -203,9 +203,11 @@ class Worker:
         configured = {(name, i) for name, rc in receivers.items() for i in range(len(rc.urls))}
         self.metrics.keep_circuits(configured)
         for name, index in sorted(await self.store.active_receivers() - configured):
+            # No circuit: a removed URL's circuit is often open (it is why it was removed),
+            # and its jobs go dead now without a send, not one probe per pass.
             result = await self.store.claim(name, index, limit=100, now=now,
                                             lease=rt.config.sending.lease, owner=self.owner,
-                                            bucket=None, circuit=rt.config.sending.circuit)
+                                            bucket=None, circuit=None)
             for job in result.jobs:
                 dead = orphaned(name, index if name in receivers else None)
                 attempt = Attempt(now, "failed", dead.reason)

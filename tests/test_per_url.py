@@ -156,6 +156,36 @@ async def test_a_url_removed_from_a_receiver_has_its_jobs_go_dead_and_the_others
         await server.close()
 
 
+async def test_a_removed_url_whose_circuit_is_open_has_its_jobs_go_dead_at_the_reload(
+        running, sink, tmp_path):
+    """The usual way a URL leaves: it kept failing (its circuit is open), the operator
+    removes it. Its jobs go dead at once, not one probe per cooldown."""
+    bad, server = await other_sink()
+    bad.default_status = 500
+    try:
+        clock = FakeClock()
+        r = await running(team(sink, bad), clock=clock, sending=SENDING)
+        for n in range(3):
+            assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+        await wait_for(lambda: sink.messages("log"), message="the notice")
+        clock.advance(5)  # the retries are due; the circuit is open for 60 s more
+        cfg = Path(r.relay.config_path)
+        cfg.write_text(cfg.read_text().replace(f', "{bad.url("team")}"', ""))
+        await r.relay.reload()
+
+        def dead() -> list[Any]:
+            with sqlite3.connect(tmp_path / "relay.db") as conn:
+                return conn.execute("SELECT url_index, last_error FROM jobs"
+                                    " WHERE state = 'dead' ORDER BY id").fetchall()
+
+        assert await wait_for(lambda: len(dead()) == 3 and dead()) == \
+            [(1, "receiver 'team' (URL #1) is no longer in the config")] * 3
+        assert bad.hits.count("/team") == 2  # no probe was sent to it
+        assert len(sink.messages("team")) == 3
+    finally:
+        await server.close()
+
+
 async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state(
         running, sink, tmp_path):
     from tests.uiutil import ADMIN

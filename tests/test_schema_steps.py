@@ -176,6 +176,21 @@ async def pg_schema(conn: Any) -> dict[str, Sequence[Any]]:
             "constraints": [tuple(r) for r in constraints]}
 
 
+async def pg_at(conn: Any, version: int) -> None:
+    """A schema as a relay at `version` left it, with jobs, attempts and a receiver row."""
+    await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                       " applied_at timestamptz NOT NULL DEFAULT now())")
+    steps = migrations("postgres")
+    for step in range(1, version + 1):
+        await conn.execute(steps[step])
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
+    for statement in old_rows(version):
+        await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
+                           .replace(", 0, 2.5)", ", false, 2.5)")
+                           .replace(", 1, 3.5)", ", true, 3.5)")
+                           .replace(", 0, 4.5)", ", false, 4.5)"))
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("version", [6, 8, 9])
 async def test_a_postgres_schema_at_an_older_version_upgrades_to_10_keeping_every_row_column_and_index(
@@ -186,17 +201,7 @@ async def test_a_postgres_schema_at_an_older_version_upgrades_to_10_keeping_ever
     async with pgutil.fresh_schema(base) as old, pgutil.fresh_schema(base) as fresh:
         conn = await asyncpg.connect(old)
         try:
-            await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")
-            steps = migrations("postgres")
-            for step in range(1, version + 1):
-                await conn.execute(steps[step])
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
-            for statement in old_rows(version):
-                await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
-                                   .replace(", 0, 2.5)", ", false, 2.5)")
-                                   .replace(", 1, 3.5)", ", true, 3.5)")
-                                   .replace(", 0, 4.5)", ", false, 4.5)"))
+            await pg_at(conn, version)
             if version < 7:
                 with pytest.raises(asyncpg.CheckViolationError):
                     await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
@@ -332,3 +337,42 @@ async def test_a_job_is_read_from_each_of_its_fields_and_from_real_columns(tmp_p
     with closing(sqlite3.connect(tmp_path / "fresh.db")) as conn:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     assert set(JOB_FIELDS) <= columns
+
+
+# ---------------------------------------------------------------- step 10 through `migrate`
+
+
+def test_migrate_upgrades_a_version_9_sqlite_file_and_the_receivers_row_becomes_url_0s(
+        tmp_path: Path) -> None:
+    from tests.test_cli_errors import relay_config, run
+
+    sqlite_at(tmp_path / "relay.db", 9)
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")  # sqlite:relay.db, beside the config
+    done = run("migrate", "-c", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert "store schema is at version 10" in done.stdout
+    with closing(sqlite3.connect(tmp_path / "relay.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+        assert conn.execute(RECEIVER_VIEW).fetchall() == MIGRATED_RECEIVER
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (len(STATES),)
+
+
+@pytest.mark.postgres
+async def test_migrate_upgrades_a_version_9_postgres_schema_and_the_receivers_row_becomes_url_0s(
+        tmp_path: Path) -> None:
+    import asyncpg
+
+    from tests.test_cli_errors import relay_config, run
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await pg_at(conn, 9)
+            done = run("migrate", "-c", str(relay_config(tmp_path, "127.0.0.1:8080", dsn)))
+            assert done.returncode == 0, done.stderr
+            assert "store schema is at version 10" in done.stdout
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 10
+            assert [tuple(r) for r in await conn.fetch(RECEIVER_VIEW)] == MIGRATED_RECEIVER
+            assert await conn.fetchval("SELECT count(*) FROM jobs") == len(STATES)
+        finally:
+            await conn.close()

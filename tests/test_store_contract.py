@@ -557,6 +557,21 @@ async def test_a_claim_takes_only_its_own_urls_jobs_and_active_receivers_names_e
     assert await store.active_receivers() == {("hook", 0), ("hook", 1)}
 
 
+async def test_a_claim_without_a_circuit_takes_the_jobs_of_an_open_one(store: Store) -> None:
+    """The orphan pass (a URL removed from the config, its circuit open) buries jobs
+    without sending them: `circuit=None` does not wait for the cooldown or a probe."""
+    circuit = Circuit(failures=1, cooldown=60.0, max_cooldown=600.0)
+    await queue(store, 3)
+    [first] = (await claim(store, limit=1, circuit=circuit)).jobs
+    assert await store.retry_later(first, attempt(T0), at=T0, circuit=circuit) is True
+    assert (await claim(store, now=T0 + 1, circuit=circuit)).paused
+    taken = await store.claim("hook", 0, limit=10, now=T0 + 1, lease=30.0, owner="a",
+                              bucket=None, circuit=None)
+    assert len(taken.jobs) == 3 and not taken.paused
+    [state] = await store.receivers()
+    assert (state.failures, state.open_until) == (1, T0 + 60)  # the circuit is left as it was
+
+
 # ---------------------------------------------------------------- read side
 
 

@@ -86,11 +86,12 @@ class JobQueue(Protocol):
         A duplicate (its dedup key is known) stores and applies nothing.
         """
     async def claim(self, receiver: str, url_index: int, *, limit: int, now: float,
-                    lease: float, owner: str, bucket: RateLimit | None, circuit: Circuit,
-                    ) -> ClaimResult:
+                    lease: float, owner: str, bucket: RateLimit | None,
+                    circuit: Circuit | None) -> ClaimResult:
         """Claim due jobs of one receiver URL (the receiver's URL #url_index), up to `limit`
         and what its own circuit and token bucket admit; its receiver's other URLs are
-        claimed for separately and never wait on it."""
+        claimed for separately and never wait on it. `circuit` None: its circuit is not
+        asked (the orphan pass buries jobs without sending them)."""
     async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
         """Mark the job sent. `reached=False`: no request went to the receiver (a live
         update skipped as older than what its message shows), so its circuit stays as it is:

@@ -89,12 +89,13 @@ async def _listen(conn: Any, notified: Callable[..., None], connected: Callable[
             await conn.execute("SELECT 1", timeout=KEEPALIVE)
 
 
-async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit) -> rules.ReceiverRow:
+async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit | None,
+                        ) -> rules.ReceiverRow:
     """The receiver URL's row (name, url_index), locked until the transaction ends (created
     on first use): claims of one URL queue here, claims of its receiver's other URLs do not."""
     row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
     if row is None:
-        await conn.execute(q(sql.INSERT_RECEIVER), *url, circuit.cooldown)
+        await conn.execute(q(sql.INSERT_RECEIVER), *url, circuit.cooldown if circuit else 0.0)
         row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
     return from_row(rules.ReceiverRow, row)
 

@@ -242,14 +242,14 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         return records.Accepted(event_id, False, queued, why, changes), suppressed
 
     async def claim(self, receiver: str, url_index: int, *, limit: int, now: float, lease: float,
-                    owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
-                    ) -> records.ClaimResult:
+                    owner: str, bucket: records.RateLimit | None,
+                    circuit: records.Circuit | None) -> records.ClaimResult:
         return await self._tx(self._claim, (receiver, url_index), limit, now, lease, owner,
                               bucket, circuit)
 
     async def _claim(self, conn: Any, url: tuple[str, int], limit: int, now: float, lease: float,
-                     owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
-                     ) -> records.ClaimResult:
+                     owner: str, bucket: records.RateLimit | None,
+                     circuit: records.Circuit | None) -> records.ClaimResult:
         row = await lock_receiver(conn, url, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             await conn.fetchval(q(sql.PROBE_OUT), *url, now) is not None

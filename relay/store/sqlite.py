@@ -163,14 +163,14 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return rules.stale_reason(event.type, ts, newest, cancelled)
 
     async def claim(self, receiver: str, url_index: int, *, limit: int, now: float, lease: float,
-                    owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
-                    ) -> records.ClaimResult:
+                    owner: str, bucket: records.RateLimit | None,
+                    circuit: records.Circuit | None) -> records.ClaimResult:
         return await self._call(self._claim, (receiver, url_index), limit, now, lease, owner,
                                 bucket, circuit)
 
     def _claim(self, conn: sqlite3.Connection, url: tuple[str, int], limit: int, now: float,
-               lease: float, owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
-               ) -> records.ClaimResult:
+               lease: float, owner: str, bucket: records.RateLimit | None,
+               circuit: records.Circuit | None) -> records.ClaimResult:
         row = _receiver(conn, url, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
             conn.execute(sql.PROBE_OUT, (*url, now)).fetchone() is not None
@@ -352,13 +352,14 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return len(ids)
 
 
-def _receiver(conn: sqlite3.Connection, url: tuple[str, int], circuit: records.Circuit,
+def _receiver(conn: sqlite3.Connection, url: tuple[str, int], circuit: records.Circuit | None,
               ) -> rules.ReceiverRow:
     row = conn.execute(sql.RECEIVER, url).fetchone()
     if row:
         return from_row(rules.ReceiverRow, row)
-    conn.execute(sql.INSERT_RECEIVER, (*url, circuit.cooldown))
-    return rules.ReceiverRow(cooldown=circuit.cooldown)
+    cooldown = circuit.cooldown if circuit else 0.0
+    conn.execute(sql.INSERT_RECEIVER, (*url, cooldown))
+    return rules.ReceiverRow(cooldown=cooldown)
 
 
 def _take(conn: sqlite3.Connection, url: tuple[str, int], limit: int, now: float, lease: float,
