@@ -36,6 +36,7 @@ from relay.store import Attempt, Job, Store, new_owner
 log = logging.getLogger(__name__)
 POLL = 1.0  # re-check every receiver URL at least this often (other processes add jobs too)
 ORPHAN_CHECK = 30.0
+ORPHAN_BATCH = 100  # jobs buried per claim; a pass claims batches until one is not full
 
 
 class JobSender(Protocol):
@@ -203,16 +204,19 @@ class Worker:
         configured = {(name, i) for name, rc in receivers.items() for i in range(len(rc.urls))}
         self.metrics.keep_circuits(configured)
         for name, index in sorted(await self.store.active_receivers() - configured):
-            # No circuit: a removed URL's circuit is often open (it is why it was removed),
-            # and its jobs go dead now without a send, not one probe per pass.
-            result = await self.store.claim(name, index, limit=100, now=now,
-                                            lease=rt.config.sending.lease, owner=self.owner,
-                                            bucket=None, circuit=None)
-            for job in result.jobs:
-                dead = orphaned(name, index if name in receivers else None)
-                attempt = Attempt(now, "failed", dead.reason)
-                await self.store.bury(job, attempt)
-                self._tell(Report(job, attempt, dead, attempted=False))
+            dead = orphaned(name, index if name in receivers else None)
+            taken = ORPHAN_BATCH
+            while taken == ORPHAN_BATCH:  # all that are due, not 100 every 30 s
+                # No circuit: a removed URL's circuit is often open (it is why it was
+                # removed), and its jobs go dead now without a send, not one per probe.
+                result = await self.store.claim(name, index, limit=ORPHAN_BATCH, now=now,
+                                                lease=rt.config.sending.lease,
+                                                owner=self.owner, bucket=None, circuit=None)
+                for job in result.jobs:
+                    attempt = Attempt(now, "failed", dead.reason)
+                    await self.store.bury(job, attempt)
+                    self._tell(Report(job, attempt, dead, attempted=False))
+                taken = len(result.jobs)
 
     def _start(self, job: Job, rt: Runtime) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt(job, rt), name=f"send-{job.id}")

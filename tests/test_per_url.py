@@ -186,6 +186,35 @@ async def test_a_removed_url_whose_circuit_is_open_has_its_jobs_go_dead_at_the_r
         await server.close()
 
 
+async def test_every_due_job_of_a_removed_url_goes_dead_in_one_orphan_pass(running, sink,
+                                                                          tmp_path):
+    """More than one claim's batch (100): the pass goes on until a batch is not full,
+    instead of burying 100 every 30 s."""
+    from relay.worker import ORPHAN_BATCH
+
+    bad, server = await other_sink()
+    try:
+        r = await running(team(sink, bad))
+        await r.relay.worker.pause()
+        count = ORPHAN_BATCH + 30
+        for n in range(count):
+            assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+        cfg = Path(r.relay.config_path)
+        cfg.write_text(cfg.read_text().replace(f', "{bad.url("team")}"', ""))
+        await r.relay.reload()  # the orphan pass is due after the reload
+        r.relay.worker.resume()
+
+        def dead() -> int:
+            with sqlite3.connect(tmp_path / "relay.db") as conn:
+                return conn.execute("SELECT count(*) FROM jobs WHERE url_index = 1"
+                                    " AND state = 'dead'").fetchone()[0]
+
+        await wait_for(lambda: dead() == count, message=f"{count} dead, not {ORPHAN_BATCH}")
+        assert bad.hits == []
+    finally:
+        await server.close()
+
+
 async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state(
         running, sink, tmp_path):
     from tests.uiutil import ADMIN
