@@ -13,7 +13,7 @@ from aiohttp import web
 from relay.errors import InvalidEvent
 from relay.events import decode_json
 from relay.store import Job
-from relay.store.schema import job_columns
+from relay.store.rows import job_columns
 from relay.web import SERVICES, bearer_ok, check_length, error, printable, read_body, refusal, unauthorized
 
 _ID = re.compile(r"[0-9]{1,18}")  # ids and limits: ASCII digits that fit a 64-bit integer

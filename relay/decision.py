@@ -37,7 +37,7 @@ class Retry:
 class Dead:
     reason: str
     # The receiver refused itself (401, 403, 404, 410: credentials, a deleted webhook), not
-    # this message: it counts towards the receiver's circuit as a retryable failure does.
+    # this message: it counts towards the receiver URL's circuit as a retryable failure does.
     receiver_fault: bool = False
     kind: Literal["dead"] = "dead"
 
@@ -71,9 +71,12 @@ def decide(job: Job, outcome: Outcome, policy: RetryPolicy, now: float,
     return Retry(now + delay, delay, outcome.error)
 
 
-def orphaned(receiver: str) -> Dead:
-    """A job whose receiver left the config (replay it after a fix)."""
-    return Dead(f"receiver {receiver!r} is no longer in the config")
+def orphaned(receiver: str, url_index: int | None = None) -> Dead:
+    """A job whose receiver left the config, or (`url_index`) whose receiver no longer has
+    that URL (replay it after a fix). The same words as `notify.Notifier.gone`."""
+    if url_index is None:
+        return Dead(f"receiver {receiver!r} is no longer in the config")
+    return Dead(f"receiver {receiver!r} (URL #{url_index}) is no longer in the config")
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Report:
     job: Job
     attempt: Attempt
     decision: Decision
-    circuit_opened: bool = False  # this failure opened the receiver's circuit
+    circuit_opened: bool = False  # this failure opened the receiver URL's circuit
     attempted: bool = True  # False: no send was made (its receiver is gone, or it was postponed)
 
 

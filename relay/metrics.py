@@ -56,7 +56,9 @@ class Metrics:
         self.live_messages = counter(
             "live_messages", "Live jobs by receiver and what their send did (post, edit, repost,"
             " skip) or postponed (another sender held the message)", "receiver", "action")
-        self.circuit_open = gauge("circuit_open", "1 while a receiver is paused", "receiver")
+        self.circuit_open = gauge(
+            "circuit_open", "1 while a receiver URL's circuit is open (url: its index in the"
+            " receiver's urls, never the URL)", "receiver", "url")
         self.timers = counter(
             "timers",
             "Timer changes by kind (watch, digest, quiet) and change (armed, disarmed, fired)",
@@ -68,7 +70,7 @@ class Metrics:
 
     def store_unknown(self) -> None:
         """The store cannot be read: every gauge read from it is unknown (NaN), never the
-        value read before the outage. The worker's next claim of a receiver (each second
+        value read before the outage. The worker's next claim of a receiver URL (each second
         once the store answers) sets its circuit again."""
         for gauge in (self.queue_depth, self.dead_jobs, self.held, self.open_windows,
                       self.oldest_pending):
@@ -76,6 +78,21 @@ class Metrics:
         for family in self.circuit_open.collect():
             for sample in family.samples:
                 self.circuit_open.labels(**sample.labels).set(math.nan)
+
+    def set_circuit(self, receiver: str, url_index: int, is_open: bool) -> None:
+        """A receiver URL's circuit. The `url` label is the URL's index as text: the URL
+        itself holds secrets, and the index keeps the values bounded by the config."""
+        self.circuit_open.labels(receiver, str(url_index)).set(1 if is_open else 0)
+
+    def keep_circuits(self, configured: Iterable[tuple[str, int]]) -> None:
+        """Forget the circuits of receiver URLs no longer in the config (a reload removed
+        the receiver or the URL): the series stay as many as the config's URLs."""
+        keep = {(name, str(index)) for name, index in configured}
+        for family in self.circuit_open.collect():
+            for sample in family.samples:
+                labels = (sample.labels["receiver"], sample.labels["url"])
+                if labels not in keep:
+                    self.circuit_open.remove(*labels)
 
     def count_event(self, event_type: str, outcome: str) -> None:
         self.events.labels(event_type_label(event_type), outcome).inc()

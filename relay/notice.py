@@ -1,10 +1,12 @@
-"""The failing-receiver notice: when a receiver's circuit opens, tell the fallback receiver.
+"""The failing-receiver notice: when a receiver URL's circuit opens, tell the fallback receiver.
 
 An observer of the worker. The notice is a relay-internal event
 (`relay.receiver_failing`) about no parcel delivery: its `delivery_id` is
 empty, so the store tracks no delivery for it and nothing counts it as one.
 It is rendered by the planner with `templates.receiver_failing` (or the
-built-in text) and queued as ordinary jobs, with the same retries.
+built-in text) and queued as ordinary jobs, with the same retries. It names the
+URL whose circuit opened by its index and its redacted label (`escaping.Channel.label`,
+e.g. `slack://***`), never the URL itself.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ log = logging.getLogger(__name__)
 KIND = "relay.receiver_failing"
 
 
-def notice_event(receiver: str, error: str, now: float) -> Event:
+def notice_event(receiver: str, error: str, now: float, url_index: int = 0, url: str = "",
+                 ) -> Event:
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    payload = {"event": KIND, "timestamp": stamp, "receiver": receiver, "error": error}
+    payload = {"event": KIND, "timestamp": stamp, "receiver": receiver, "url": url,
+               "url_index": url_index, "error": error}
     return Event(KIND, "", stamp, None, payload)
 
 
@@ -42,14 +46,18 @@ class FailingReceiverNotice:
         fallback = self.runtime().config.sending.fallback_receiver
         receiver = report.job.receiver
         if report.circuit_opened and fallback and fallback != receiver:
-            self.spawn("receiver-failing notice", self.queue(fallback, receiver,
-                                                             report.attempt.error))
+            self.spawn("receiver-failing notice", self.queue(
+                fallback, receiver, report.attempt.error, report.job.url_index))
 
-    async def queue(self, fallback: str, receiver: str, error: str) -> None:
+    async def queue(self, fallback: str, receiver: str, error: str, url_index: int = 0) -> None:
         now = self.clock()
-        event = notice_event(receiver, error, now)
-        jobs = self.runtime().planner.receiver_failing(event, fallback)
+        planner = self.runtime().planner
+        channels = planner.channels.get(receiver, ())
+        label = channels[url_index].label if url_index < len(channels) else ""
+        event = notice_event(receiver, error, now, url_index, label)
+        jobs = planner.receiver_failing(event, fallback)
+        key = f"circuit:{receiver}:{url_index}:{event.timestamp}"
         try:
-            await self.store.accept(event, f"circuit:{receiver}:{event.timestamp}", jobs, now=now)
+            await self.store.accept(event, key, jobs, now=now)
         except StoreError as e:
             log.error("could not queue the failing-receiver notice: %s", e)

@@ -51,8 +51,9 @@ class LogObserver:
         else:
             log.error("dead: %s", decision.reason, extra=info)
         if report.circuit_opened:
-            log.error("receiver %s keeps failing; its circuit is open until a probe succeeds",
-                      job.receiver, extra=fields(receiver=job.receiver))
+            log.error("receiver %s URL #%d keeps failing; its circuit is open until a probe"
+                      " succeeds", job.receiver, job.url_index,
+                      extra=fields(receiver=job.receiver, url=job.url_index))
 
     def observe_timer(self, report: TimerReport) -> None:
         timer = report.timer

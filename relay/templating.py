@@ -46,14 +46,16 @@ DEFAULT_BODY = (
     "Time: {{ timestamp | localtime }}\n"
     "Event: {{ event }}"
 )
-# The notice sent to `sending.fallback_receiver` when a receiver's circuit opens; the
+# The notice sent to `sending.fallback_receiver` when a receiver URL's circuit opens; the
 # operator overrides it with `templates.receiver_failing` (any of its keys).
 RECEIVER_FAILING = "receiver_failing"
-RECEIVER_FAILING_FIELDS = frozenset({"event", "timestamp", "receiver", "error"})
+RECEIVER_FAILING_FIELDS = frozenset({"event", "timestamp", "receiver", "url", "url_index",
+                                     "error"})
 RECEIVER_FAILING_TEMPLATE = TemplateConfig(
-    title="Receiver {{ receiver }} is failing",
-    body="The relay paused sending to {{ receiver }} after repeated failures and will probe"
-         " it again. Last error: {{ error }}",
+    title="Receiver {{ receiver }} is failing (urls[{{ url_index }}]: {{ url }})",
+    body="The relay paused sending to {{ receiver }}'s urls[{{ url_index }}] ({{ url }}) after"
+         " repeated failures and will probe it again; its other URLs are sent as usual."
+         " Last error: {{ error }}",
     type="failure", format="text")
 # A digest sees `events` (payloads in arrival order), `count`, `group`, `window`, `route`.
 DIGEST_TITLE = (

@@ -1,9 +1,11 @@
-"""The send loop: fire due timers, claim due jobs per receiver -> send -> record the outcome.
+"""The send loop: fire due timers, claim due jobs per receiver URL -> send -> record the outcome.
 
-Each receiver is claimed for separately and only up to its free capacity
-(concurrency slots, rate-limit tokens, circuit state), so a slow or failing
-receiver never holds back another one, and nothing waits in memory: excess
-jobs wait in the store.
+Each receiver URL (a receiver's name and the index of one of its URLs) is
+claimed for separately and only up to its free capacity (its concurrency
+slots, rate-limit tokens and circuit state, configured once on the receiver
+and applied to each of its URLs), so a slow or failing URL never holds back
+another one, not even its receiver's other URLs, and nothing waits in memory:
+excess jobs wait in the store.
 
 What an attempt means is decided by `relay.decision.decide` (pure); the worker
 writes it to the store and tells its observers (metrics, logs, the
@@ -32,8 +34,9 @@ from relay.runtime import Runtime
 from relay.store import Attempt, Job, Store, new_owner
 
 log = logging.getLogger(__name__)
-POLL = 1.0  # re-check every receiver at least this often (other processes add jobs too)
+POLL = 1.0  # re-check every receiver URL at least this often (other processes add jobs too)
 ORPHAN_CHECK = 30.0
+ORPHAN_BATCH = 100  # jobs buried per claim; a pass claims batches until one is not full
 
 
 class JobSender(Protocol):
@@ -68,8 +71,8 @@ class Worker:
         self.observers: list[Observer] = []
         self.on_crash: Callable[[str, BaseException], None] = _log_only
         self.timers = TimerPass(store, self.owner, lambda what, e: self.on_crash(what, e))
-        self._per_receiver: dict[str, int] = {}
-        self._not_before: dict[str, float] = {}
+        self._per_receiver: dict[tuple[str, int], int] = {}  # in flight per receiver URL
+        self._not_before: dict[tuple[str, int], float] = {}
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()  # one pass at a time, whoever asks for it
         self._orphans_at = 0.0
@@ -163,56 +166,69 @@ class Worker:
             more_timers = await self.timers.run(rt, now)
             wake_at = now if more_timers else now + POLL
             for name, rc in rt.config.receivers.items():
-                wake_at = min(wake_at, await self._claim_for(name, rc, rt, now, started))
+                for index in range(len(rc.urls)):
+                    wake_at = min(wake_at, await self._claim_for((name, index), rc, rt, now,
+                                                                 started))
             if now >= self._orphans_at:
                 self._orphans_at = now + ORPHAN_CHECK
                 await self._bury_orphans(rt, now)
             return wake_at - now
 
-    async def _claim_for(self, name: str, rc: ReceiverConfig, rt: Runtime, now: float,
+    async def _claim_for(self, url: tuple[str, int], rc: ReceiverConfig, rt: Runtime, now: float,
                          started: list[asyncio.Task[None]] | None) -> float:
-        """Claim up to the receiver's free capacity; when to look at it again."""
-        if self._not_before.get(name, 0.0) > now:
-            return self._not_before[name]
-        free = min(rc.concurrency - self._per_receiver.get(name, 0),
+        """Claim up to the receiver URL's free capacity; when to look at it again."""
+        if self._not_before.get(url, 0.0) > now:
+            return self._not_before[url]
+        free = min(rc.concurrency - self._per_receiver.get(url, 0),
                    rt.config.sending.concurrency - len(self.inflight))
         if free <= 0:
             return now + POLL
+        name, index = url
         result = await self.store.claim(
-            name, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
+            name, index, limit=free, now=now, lease=rt.config.sending.lease, owner=self.owner,
             bucket=rc.rate_limit, circuit=rt.config.sending.circuit)
-        self.metrics.circuit_open.labels(name).set(1 if result.paused else 0)
+        self.metrics.set_circuit(name, index, result.paused)
         for job in result.jobs:
             task = self._start(job, rt)
             if started is not None:
                 started.append(task)
         if len(result.jobs) >= free:
             return now + POLL
-        self._not_before[name] = min(result.wait_until or now + POLL, now + POLL)
-        return self._not_before[name]
+        self._not_before[url] = min(result.wait_until or now + POLL, now + POLL)
+        return self._not_before[url]
 
     async def _bury_orphans(self, rt: Runtime, now: float) -> None:
-        """Jobs whose receiver left the config go dead with that reason (replay after a fix)."""
-        for name in await self.store.active_receivers() - set(rt.config.receivers):
-            result = await self.store.claim(name, limit=100, now=now,
-                                            lease=rt.config.sending.lease, owner=self.owner,
-                                            bucket=None, circuit=rt.config.sending.circuit)
-            for job in result.jobs:
-                dead = orphaned(name)
-                attempt = Attempt(now, "failed", dead.reason)
-                await self.store.bury(job, attempt)
-                self._tell(Report(job, attempt, dead, attempted=False))
+        """Jobs whose receiver left the config, or whose receiver no longer has their URL
+        (the operator removed it from `urls`), go dead with that reason (replay after a fix)."""
+        receivers = rt.config.receivers
+        configured = {(name, i) for name, rc in receivers.items() for i in range(len(rc.urls))}
+        self.metrics.keep_circuits(configured)
+        for name, index in sorted(await self.store.active_receivers() - configured):
+            dead = orphaned(name, index if name in receivers else None)
+            taken = ORPHAN_BATCH
+            while taken == ORPHAN_BATCH:  # all that are due, not 100 every 30 s
+                # No circuit: a removed URL's circuit is often open (it is why it was
+                # removed), and its jobs go dead now without a send, not one per probe.
+                result = await self.store.claim(name, index, limit=ORPHAN_BATCH, now=now,
+                                                lease=rt.config.sending.lease,
+                                                owner=self.owner, bucket=None, circuit=None)
+                for job in result.jobs:
+                    attempt = Attempt(now, "failed", dead.reason)
+                    await self.store.bury(job, attempt)
+                    self._tell(Report(job, attempt, dead, attempted=False))
+                taken = len(result.jobs)
 
     def _start(self, job: Job, rt: Runtime) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt(job, rt), name=f"send-{job.id}")
         self.inflight[task] = job
-        self._per_receiver[job.receiver] = self._per_receiver.get(job.receiver, 0) + 1
+        url = (job.receiver, job.url_index)
+        self._per_receiver[url] = self._per_receiver.get(url, 0) + 1
         task.add_done_callback(self._done)
         return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         job = self.inflight.pop(task)
-        self._per_receiver[job.receiver] -= 1
+        self._per_receiver[(job.receiver, job.url_index)] -= 1
         self._wake.set()
         if not task.cancelled() and (error := task.exception()) is not None:
             # A bug, not an outcome: the job stays claimed until its lease ends.
@@ -237,7 +253,7 @@ class Worker:
                       ) -> bool | None:
         """Write the decision, retrying while the store is down (the lease covers us meanwhile).
 
-        Whether it opened the receiver's circuit; None when it could not be written.
+        Whether it opened the receiver URL's circuit; None when it could not be written.
         """
         backoff = 0.2
         while True:

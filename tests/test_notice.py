@@ -36,8 +36,9 @@ async def open_the_circuit(running, sink, templates: str = ""):
 async def test_an_open_circuit_tells_the_fallback_receiver_without_a_fake_delivery(
         running, sink, tmp_path):
     r, notice = await open_the_circuit(running, sink)
-    assert notice[0]["title"] == "Receiver flaky is failing"
-    assert notice[0]["message"].startswith("The relay paused sending to flaky after repeated")
+    assert notice[0]["title"] == "Receiver flaky is failing (urls[0]: json://***)"
+    assert notice[0]["message"].startswith("The relay paused sending to flaky's urls[0]"
+                                           " (json://***) after repeated")
     assert "HTTP 500" in notice[0]["message"]
     assert notice[0]["type"] == "failure"
     db = tmp_path / "relay.db"
@@ -53,7 +54,7 @@ async def test_the_operator_overrides_the_notice_with_templates_receiver_failing
     _, notice = await open_the_circuit(running, sink, override)
     assert notice[0]["title"] == "PAGE: flaky down"
     assert notice[0]["type"] == "warning"
-    assert notice[0]["message"].startswith("The relay paused sending to flaky")  # built-in body
+    assert notice[0]["message"].startswith("The relay paused sending to flaky's")  # built-in
 
 
 def test_check_knows_the_fields_of_the_notice_template(tmp_path):
@@ -68,7 +69,8 @@ def test_check_knows_the_fields_of_the_notice_template(tmp_path):
     found = [(i.path, i.message) for i in lint(str(cfg))]
     assert found == [("templates.receiver_failing.body",
                       "uses delivery_id, which the receiver_failing notice never carries (it has"
-                      " error, event, receiver, timestamp); renders empty unless an event"
+                      " error, event, receiver, timestamp, url, url_index); renders empty unless"
+                      " an event"
                       " carries it")]
 
 
@@ -82,7 +84,8 @@ async def test_a_receiver_that_refuses_itself_opens_its_circuit_and_later_notifi
     for n in range(2):
         assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
     notice = await wait_for(lambda: sink.messages("log"), message="the notice")
-    assert notice[0]["title"] == "Receiver flaky is failing" and "HTTP 404" in notice[0]["message"]
+    assert notice[0]["title"] == "Receiver flaky is failing (urls[0]: json://***)"
+    assert "HTTP 404" in notice[0]["message"]
     db = tmp_path / "relay.db"
     assert (await r.post({**EVENT, "delivery_id": "d2"}))[0] == 202
     await r.relay.worker.run_once()

@@ -317,14 +317,14 @@ async def gauges(replica: Replica, *more: str) -> dict[str, float] | None:
 
 
 async def circuit_open(replica: Replica) -> float:
-    """`kourier_relay_circuit_open{receiver="hook"}` as /metrics shows it now."""
+    """`kourier_relay_circuit_open{receiver="hook",url="0"}` as /metrics shows it now."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as s, s.get(replica.url + "/metrics") as r:
         text = await r.text()
     [value] = [sample.value for f in text_string_to_metric_families(text)
                for sample in f.samples if sample.name == "kourier_relay_circuit_open"
-               and sample.labels == {"receiver": "hook"}]
+               and sample.labels == {"receiver": "hook", "url": "0"}]
     return value
 
 

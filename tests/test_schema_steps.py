@@ -1,11 +1,12 @@
-"""Schema steps 7-9 on a database left by an older relay, and what step 9 is for.
+"""Schema steps 7-10 on a database left by an older relay, and what steps 9 and 10 are for.
 
 On SQLite step 7 rebuilds `jobs` (a CHECK cannot be altered): the rebuilt table
 must carry every column and index steps 1-6 made, or it drops them silently.
 Each test builds a database at an older version with the old relay's own steps,
 fills jobs and attempts, opens it with this relay, and compares the whole
 schema with a fresh database's, row by row. Step 9 lets a delivery's status
-page read its newest events in index order: the plans prove it.
+page read its newest events in index order: the plans prove it. Step 10 keys a
+receiver's circuit and token bucket by receiver URL: the old row becomes URL 0's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 
 from relay.message import Message
 from relay.store import SCHEMA_VERSION, Job, open_store, sql
-from relay.store.schema import JOB_FIELDS, migrations
+from relay.store.rows import JOB_FIELDS
+from relay.store.schema import migrations
 from tests import pgutil
 
 EVENT = ("INSERT INTO events (dedup_key, type, delivery_id, received_at, payload)"
@@ -34,11 +36,18 @@ JOB = ("INSERT INTO jobs (event_id, receiver, url_index, route, title, body, typ
 ATTEMPT = ("INSERT INTO attempts (job_id, at, outcome, error, duration)"
            " VALUES ({n}, {n}, 'failed', 'HTTP 400', 0.1)")
 STATES = ("pending", "sent", "dead", "suppressed")
+# A receiver whose circuit is open, as a relay before step 10 kept it (one row per name).
+OLD_RECEIVER = ("INSERT INTO receivers (name, tokens, tokens_at, failures, open_until, cooldown)"
+                " VALUES ('ops', 2.5, 7.0, 5, 1900000000.0, 120.0)")
+RECEIVER_VIEW = ("SELECT name, url_index, tokens, tokens_at, failures, open_until, cooldown"
+                 " FROM receivers ORDER BY name, url_index")
+MIGRATED_RECEIVER = [("ops", 0, 2.5, 7.0, 5, 1900000000.0, 120.0)]
 
 
 def old_rows(version: int) -> list[str]:
-    """Events, one job in each old state (live ones at version 6) and an attempt per job."""
-    out = []
+    """Events, one job in each old state (live ones at version 6), an attempt per job and
+    a receiver's row."""
+    out = [OLD_RECEIVER]
     for n, state in enumerate(STATES, 1):
         live = ", live, event_at", f", {n % 2}, {n}.5"
         extra = live if version >= 6 else ("", "")
@@ -93,8 +102,8 @@ def sqlite_schema(path: Path) -> dict[str, Any]:
         return out
 
 
-@pytest.mark.parametrize("version", [5, 6, 7, 8])
-async def test_a_sqlite_file_at_an_older_version_upgrades_to_9_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [5, 6, 7, 8, 9])
+async def test_a_sqlite_file_at_an_older_version_upgrades_to_10_keeping_every_row_column_and_index(
         tmp_path: Path, version: int) -> None:
     old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
     sqlite_at(old, version)
@@ -107,7 +116,7 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_9_keeping_every_row
 
     assert sqlite_schema(old) == sqlite_schema(fresh)
     with closing(sqlite3.connect(old)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute(JOB_VIEW).fetchall() == before  # live and event_at kept at 6
         assert conn.execute("SELECT * FROM attempts ORDER BY id").fetchall() == attempts
@@ -122,6 +131,13 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_9_keeping_every_row
         conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")  # the wider CHECK
         conn.execute("DELETE FROM events WHERE id = 2")  # still cascades into jobs, attempts
         assert conn.execute("SELECT count(*) FROM attempts WHERE job_id = 2").fetchone() == (0,)
+        # step 10: the receiver's row is its URL 0's; its URL 1 gets a row of its own
+        assert conn.execute(RECEIVER_VIEW).fetchall() == MIGRATED_RECEIVER
+        conn.execute("INSERT INTO receivers (name, url_index) VALUES ('ops', 1)")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO receivers (name, url_index) VALUES ('ops', 0)")
+        assert [r[2] for r in conn.execute("PRAGMA index_info(jobs_due)")] == \
+            ["state", "receiver", "url_index", "next_attempt_at"]
 
 
 def test_the_step_7_rebuild_lists_every_column_and_index_on_jobs_of_the_steps_before_it() -> None:
@@ -160,9 +176,24 @@ async def pg_schema(conn: Any) -> dict[str, Sequence[Any]]:
             "constraints": [tuple(r) for r in constraints]}
 
 
+async def pg_at(conn: Any, version: int) -> None:
+    """A schema as a relay at `version` left it, with jobs, attempts and a receiver row."""
+    await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                       " applied_at timestamptz NOT NULL DEFAULT now())")
+    steps = migrations("postgres")
+    for step in range(1, version + 1):
+        await conn.execute(steps[step])
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
+    for statement in old_rows(version):
+        await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
+                           .replace(", 0, 2.5)", ", false, 2.5)")
+                           .replace(", 1, 3.5)", ", true, 3.5)")
+                           .replace(", 0, 4.5)", ", false, 4.5)"))
+
+
 @pytest.mark.postgres
-@pytest.mark.parametrize("version", [6, 8])
-async def test_a_postgres_schema_at_an_older_version_upgrades_to_9_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [6, 8, 9])
+async def test_a_postgres_schema_at_an_older_version_upgrades_to_10_keeping_every_row_column_and_index(
         version: int) -> None:
     import asyncpg
 
@@ -170,17 +201,7 @@ async def test_a_postgres_schema_at_an_older_version_upgrades_to_9_keeping_every
     async with pgutil.fresh_schema(base) as old, pgutil.fresh_schema(base) as fresh:
         conn = await asyncpg.connect(old)
         try:
-            await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")
-            steps = migrations("postgres")
-            for step in range(1, version + 1):
-                await conn.execute(steps[step])
-                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step)
-            for statement in old_rows(version):
-                await conn.execute(statement.replace(", 1, 1.5)", ", true, 1.5)")
-                                   .replace(", 0, 2.5)", ", false, 2.5)")
-                                   .replace(", 1, 3.5)", ", true, 3.5)")
-                                   .replace(", 0, 4.5)", ", false, 4.5)"))
+            await pg_at(conn, version)
             if version < 7:
                 with pytest.raises(asyncpg.CheckViolationError):
                     await conn.execute("UPDATE jobs SET state = 'held' WHERE id = 1")
@@ -188,7 +209,7 @@ async def test_a_postgres_schema_at_an_older_version_upgrades_to_9_keeping_every
             attempts = [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")]
             await open_and_close(old)
             await open_and_close(fresh)
-            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 9
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 10
             assert [tuple(r) for r in await conn.fetch(JOB_VIEW)] == before
             assert [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")] \
                 == attempts
@@ -196,6 +217,11 @@ async def test_a_postgres_schema_at_an_older_version_upgrades_to_9_keeping_every
             index = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname ="
                                         " 'events_delivery' AND schemaname = current_schema()")
             assert index.endswith("(delivery_id, id)")
+            assert [tuple(r) for r in await conn.fetch(RECEIVER_VIEW)] == MIGRATED_RECEIVER
+            await conn.execute("INSERT INTO receivers (name, url_index) VALUES ('ops', 1)")
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute("INSERT INTO receivers (name, url_index) VALUES ('ops', 0)")
+            await conn.execute("DELETE FROM receivers WHERE url_index = 1")
             other = await asyncpg.connect(fresh)
             try:
                 assert await pg_schema(conn) == await pg_schema(other)
@@ -311,3 +337,42 @@ async def test_a_job_is_read_from_each_of_its_fields_and_from_real_columns(tmp_p
     with closing(sqlite3.connect(tmp_path / "fresh.db")) as conn:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     assert set(JOB_FIELDS) <= columns
+
+
+# ---------------------------------------------------------------- step 10 through `migrate`
+
+
+def test_migrate_upgrades_a_version_9_sqlite_file_and_the_receivers_row_becomes_url_0s(
+        tmp_path: Path) -> None:
+    from tests.test_cli_errors import relay_config, run
+
+    sqlite_at(tmp_path / "relay.db", 9)
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")  # sqlite:relay.db, beside the config
+    done = run("migrate", "-c", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert "store schema is at version 10" in done.stdout
+    with closing(sqlite3.connect(tmp_path / "relay.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+        assert conn.execute(RECEIVER_VIEW).fetchall() == MIGRATED_RECEIVER
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (len(STATES),)
+
+
+@pytest.mark.postgres
+async def test_migrate_upgrades_a_version_9_postgres_schema_and_the_receivers_row_becomes_url_0s(
+        tmp_path: Path) -> None:
+    import asyncpg
+
+    from tests.test_cli_errors import relay_config, run
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await pg_at(conn, 9)
+            done = run("migrate", "-c", str(relay_config(tmp_path, "127.0.0.1:8080", dsn)))
+            assert done.returncode == 0, done.stderr
+            assert "store schema is at version 10" in done.stdout
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 10
+            assert [tuple(r) for r in await conn.fetch(RECEIVER_VIEW)] == MIGRATED_RECEIVER
+            assert await conn.fetchval("SELECT count(*) FROM jobs") == len(STATES)
+        finally:
+            await conn.close()

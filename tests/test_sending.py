@@ -286,7 +286,7 @@ async def test_circuit_pauses_a_failing_receiver_and_resumes_after_a_probe(runni
         await r.post(event(n))
     await wait_for(lambda: sink.hits.count("/flaky") == 3)
     notice = await wait_for(lambda: sink.messages("log"), message="fallback notice")
-    assert notice[0]["title"] == "Receiver flaky is failing"
+    assert notice[0]["title"] == "Receiver flaky is failing (urls[0]: json://***)"
     clock.advance(30)  # the jobs are due again, but the circuit is open
     await ticked(r.relay)
     assert sink.hits.count("/flaky") == 3

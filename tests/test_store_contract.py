@@ -32,6 +32,7 @@ from relay.store import (
     Store,
     open_store,
 )
+from relay.store.schema import TABLES_1, render
 from relay.store.sql import TIMELINE_SHOWN
 from tests import pgutil
 from tests.conftest import free_port, wait_for
@@ -62,7 +63,9 @@ class Backend:
 # What the steps after 1 added, undone (as a relay before them left its database).
 UNDO_STEPS = ("DROP TABLE digest_items", "DROP TABLE health", "DROP TABLE timers",
               "ALTER TABLE deliveries DROP COLUMN last_event_id", "DROP TABLE live_messages",
-              "ALTER TABLE jobs DROP COLUMN live", "ALTER TABLE jobs DROP COLUMN event_at")
+              "ALTER TABLE jobs DROP COLUMN live", "ALTER TABLE jobs DROP COLUMN event_at",
+              # step 10: receivers keyed by name alone again (step 1's table)
+              "DROP TABLE receivers", render((TABLES_1[3],), (), "sqlite").rstrip(";\n"))
 
 
 async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
@@ -158,9 +161,9 @@ def job(receiver: str = "hook", url_index: int = 0, suppress: bool = False) -> N
 
 async def claim(store: Store, receiver: str = "hook", limit: int = 10, now: float = T0,
                 owner: str = "a", lease: float = 30.0, bucket: RateLimit | None = None,
-                circuit: Circuit = CIRCUIT) -> ClaimResult:
-    return await store.claim(receiver, limit=limit, now=now, lease=lease, owner=owner,
-                             bucket=bucket, circuit=circuit)
+                circuit: Circuit = CIRCUIT, url_index: int = 0) -> ClaimResult:
+    return await store.claim(receiver, url_index, limit=limit, now=now, lease=lease,
+                             owner=owner, bucket=bucket, circuit=circuit)
 
 
 async def queue(store: Store, count: int, receiver: str = "hook", now: float = T0) -> None:
@@ -179,7 +182,7 @@ async def test_accept_stores_the_event_and_one_job_per_notification(store: Store
     payload = event(note="ü")
     accepted = await store.accept(payload, "k1", [job(), job(url_index=1), job("mail")], now=T0)
     assert (accepted.duplicate, accepted.jobs, accepted.suppressed) == (False, 3, "")
-    jobs = (await claim(store)).jobs
+    jobs = (await claim(store)).jobs + (await claim(store, url_index=1)).jobs  # one per URL
     assert [(j.receiver, j.url_index, j.state, j.attempts) for j in jobs] == \
         [("hook", 0, "claimed", 0), ("hook", 1, "claimed", 0)]
     first = jobs[0]
@@ -206,7 +209,7 @@ async def test_concurrent_duplicate_accepts_on_two_stores_make_one_set_of_jobs(
                                      for s in [store, other] * 6))
     assert sum(not r.duplicate for r in results) == 1
     assert len({r.event_id for r in results}) == 1
-    assert len((await claim(store)).jobs) == 2
+    assert len((await claim(store)).jobs) == len((await claim(store, url_index=1)).jobs) == 1
 
 
 async def test_reopening_the_store_keeps_queued_jobs(backend: Backend, store: Store) -> None:
@@ -305,8 +308,8 @@ async def test_replay_by_id_by_receiver_and_all(store: Store) -> None:
         await store.accept(event(delivery=key), key, [job(r, i) for i, r in
                                                       enumerate(receivers)], now=T0)
     dead: list[Job] = []
-    for receiver in ("hook", "mail", "sms"):
-        for j in (await claim(store, receiver)).jobs:
+    for receiver, index in (("hook", 0), ("hook", 1), ("mail", 0), ("sms", 0)):
+        for j in (await claim(store, receiver, url_index=index)).jobs:
             await store.bury(j, attempt(T0, "failed", "HTTP 400"))
             dead.append(j)
     woken: list[int] = []
@@ -318,7 +321,7 @@ async def test_replay_by_id_by_receiver_and_all(store: Store) -> None:
     assert await store.replay(None, None, later) == 0
     assert len(woken) == 3 and await store.dead() == []  # not for the replay of nothing
     assert store.backlog_estimate() == 4
-    hook = (await claim(store, now=later)).jobs
+    hook = (await claim(store, now=later)).jobs + (await claim(store, now=later, url_index=1)).jobs
     assert [(j.attempts, j.created_at) for j in hook] == [(0, later), (0, later)]
     detail = await store.detail(dead[0].id)
     assert detail is not None and len(detail.history) == 1  # history is kept
@@ -464,6 +467,111 @@ async def test_a_success_writes_the_receiver_row_only_when_its_circuit_needs_clo
     assert (state.last_error, state.last_error_at) == ("HTTP 500", T0)
 
 
+# ---------------------------------------------------------------- per receiver URL
+# A receiver URL (receiver name, url_index) is claimed for separately: its own circuit,
+# token bucket and claims. Before, all of a receiver's URLs shared one of each.
+
+
+async def queue_urls(store: Store, count: int, now: float = T0) -> None:
+    """`count` events, each with a job for hook's URL 0 and one for its URL 1."""
+    for i in range(count):
+        await store.accept(event(delivery=f"u{i}"), f"u{i}", [job(), job(url_index=1)], now=now)
+
+
+async def test_a_failing_url_opens_its_own_circuit_while_its_receivers_other_url_is_sent(
+        backend: Backend, store: Store) -> None:
+    circuit = Circuit(failures=2, cooldown=10.0, max_cooldown=40.0)
+    await queue_urls(store, 4)
+    one, two = (await claim(store, limit=2, circuit=circuit, url_index=1)).jobs
+    assert {one.url_index, two.url_index} == {1}
+    assert await store.retry_later(one, attempt(T0), at=T0, circuit=circuit) is False
+    assert await store.retry_later(two, attempt(T0), at=T0, circuit=circuit) is True
+    shut = await claim(store, now=T0 + 5, circuit=circuit, url_index=1)
+    assert shut.jobs == [] and shut.paused and shut.wait_until == pytest.approx(T0 + 10)
+    other = await backend.open()  # another replica sees the same: URL 0 is not paused
+    healthy = await claim(other, owner="b", now=T0 + 5, circuit=circuit)
+    assert [j.url_index for j in healthy.jobs] == [0] * 4 and not healthy.paused
+    for j in healthy.jobs:
+        await other.complete(j, attempt(T0 + 5, "sent", ""))
+    states = {(s.name, s.url_index): s for s in await store.receivers()}
+    assert sorted(states) == [("hook", 0), ("hook", 1)]
+    assert (states["hook", 0].failures, states["hook", 0].open_until,
+            states["hook", 0].backlog, states["hook", 0].last_sent_at) == (0, 0.0, 0, T0 + 5)
+    assert (states["hook", 1].failures, states["hook", 1].open_until,
+            states["hook", 1].backlog, states["hook", 1].last_error) == (2, T0 + 10, 4, "HTTP 500")
+    assert (await claim(store, now=T0 + 6, circuit=circuit, url_index=1)).paused
+
+
+async def test_a_probe_that_succeeds_on_one_url_leaves_another_urls_circuit_open(
+        store: Store) -> None:
+    circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)
+    await queue_urls(store, 3)
+    [a] = (await claim(store, limit=1, circuit=circuit)).jobs
+    [b] = (await claim(store, limit=1, circuit=circuit, url_index=1)).jobs
+    # each URL's first failure opens its own circuit (and each says so: two notices)
+    assert await store.retry_later(a, attempt(T0), at=T0, circuit=circuit) is True
+    assert await store.bury(b, attempt(T0 + 2, "failed", "HTTP 404"), circuit=circuit) is True
+    [probe] = (await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs
+    assert probe.url_index == 0
+    await store.complete(probe, attempt(T0 + 10, "sent", ""))
+    assert len((await claim(store, limit=5, now=T0 + 10, circuit=circuit)).jobs) == 2  # closed
+    shut = await claim(store, limit=5, now=T0 + 11, circuit=circuit, url_index=1)
+    assert shut.jobs == [] and shut.paused and shut.wait_until == pytest.approx(T0 + 12)
+    [own] = (await claim(store, limit=5, now=T0 + 12, circuit=circuit, url_index=1)).jobs
+    assert own.url_index == 1  # half-open: one probe of its own, not its receiver's queue
+    assert (await claim(store, limit=5, now=T0 + 12, circuit=circuit, url_index=1)).jobs == []
+    states = {s.url_index: s for s in await store.receivers()}
+    assert (states[0].failures, states[1].failures) == (0, 1)
+
+
+async def test_each_url_of_a_receiver_has_its_own_token_bucket(backend: Backend,
+                                                              store: Store) -> None:
+    await queue_urls(store, 4)
+    other = await backend.open()
+    bucket = RateLimit(2, 10.0)  # 2 per 10 s per URL: one token every 5 s
+    zero = await claim(store, limit=5, bucket=bucket)
+    one = await claim(other, owner="b", limit=5, bucket=bucket, url_index=1)
+    assert [j.url_index for j in zero.jobs] == [0, 0] and [j.url_index for j in one.jobs] == [1, 1]
+    for index, s in ((0, other), (1, store)):  # spent, whichever replica asks
+        empty = await claim(s, limit=5, now=T0 + 1, bucket=bucket, url_index=index)
+        assert empty.jobs == [] and empty.wait_until == pytest.approx(T0 + 5)
+    assert len((await claim(store, limit=5, now=T0 + 5, bucket=bucket, url_index=1)).jobs) == 1
+    assert len((await claim(store, limit=5, now=T0 + 100, bucket=bucket)).jobs) == 2
+    tokens = {s.url_index: s.tokens for s in await store.receivers()}
+    assert tokens == {0: pytest.approx(0.0), 1: pytest.approx(0.0)}
+
+
+async def test_a_claim_takes_only_its_own_urls_jobs_and_active_receivers_names_each_url(
+        store: Store) -> None:
+    """The worker's concurrency is per URL: a claim's `limit` (its free slots) is never
+    spent on another URL's jobs, and `active_receivers` names the URLs with work."""
+    await queue_urls(store, 3)
+    await store.accept(event(delivery="m"), "m", [job("mail", 2)], now=T0)
+    assert await store.active_receivers() == {("hook", 0), ("hook", 1), ("mail", 2)}
+    [first] = (await claim(store, limit=1)).jobs
+    [second] = (await claim(store, limit=1, url_index=1)).jobs
+    assert (first.url_index, second.url_index) == (0, 1)
+    assert (await claim(store, "mail")).jobs == []  # mail's URL 0 has none; its URL 2 has one
+    [mail] = (await claim(store, "mail", url_index=2)).jobs
+    await store.bury(mail, attempt(T0, "failed", "HTTP 400"))
+    assert await store.active_receivers() == {("hook", 0), ("hook", 1)}
+
+
+async def test_a_claim_without_a_circuit_takes_the_jobs_of_an_open_one(store: Store) -> None:
+    """The orphan pass (a URL removed from the config, its circuit open) buries jobs
+    without sending them: `circuit=None` does not wait for the cooldown or a probe."""
+    circuit = Circuit(failures=1, cooldown=60.0, max_cooldown=600.0)
+    await queue(store, 3)
+    [first] = (await claim(store, limit=1, circuit=circuit)).jobs
+    assert await store.retry_later(first, attempt(T0), at=T0, circuit=circuit) is True
+    assert (await claim(store, now=T0 + 1, circuit=circuit)).paused
+    taken = await store.claim("hook", 0, limit=10, now=T0 + 1, lease=30.0, owner="a",
+                              bucket=None, circuit=None)
+    assert len(taken.jobs) == 3 and not taken.paused
+    [state] = await store.receivers()
+    assert (state.failures, state.open_until) == (1, T0 + 60)  # the circuit is left as it was
+
+
 # ---------------------------------------------------------------- read side
 
 
@@ -528,7 +636,9 @@ async def test_activity_counts_events_and_attempts_per_minute(store: Store) -> N
     await store.accept(event(delivery="old"), "o", [job()], now=T0 - 1)  # before the window
     await store.accept(event(delivery="d1"), "a", [job(), job(url_index=1)], now=T0 + 5)
     await store.accept(event(delivery="d2"), "b", [job()], now=T0 + 65)
-    one, two, three, four = (await claim(store, now=T0 + 65)).jobs
+    claimed = (await claim(store, now=T0 + 65)).jobs + (await claim(store, now=T0 + 65,
+                                                                   url_index=1)).jobs
+    one, two, three, four = sorted(claimed, key=lambda j: j.id)
     await store.complete(two, attempt(T0 + 70, "sent", ""))
     await store.retry_later(three, attempt(T0 + 125), at=T0 + 200, circuit=CIRCUIT)
     await store.bury(four, attempt(T0 + 179, "failed", "HTTP 404"))

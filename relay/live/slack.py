@@ -26,7 +26,7 @@ UNREACHABLE = frozenset({"channel_not_found", "not_in_channel"})
 RETRY = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                    "request_timeout", "team_added_to_org"})
 # In a 200 answer, the bot itself refused (its token, its channel): counted as the HTTP
-# status that says so elsewhere, so that it opens the receiver's circuit as that would.
+# status that says so elsewhere, so that it opens the receiver URL's circuit as that would.
 REFUSED = {"invalid_auth": 401, "not_authed": 401, "token_revoked": 401, "token_expired": 401,
            "account_inactive": 401, "channel_not_found": 404, "not_in_channel": 403,
            "is_archived": 410}

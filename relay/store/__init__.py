@@ -85,8 +85,13 @@ class JobQueue(Protocol):
 
         A duplicate (its dedup key is known) stores and applies nothing.
         """
-    async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: RateLimit | None, circuit: Circuit) -> ClaimResult: ...
+    async def claim(self, receiver: str, url_index: int, *, limit: int, now: float,
+                    lease: float, owner: str, bucket: RateLimit | None,
+                    circuit: Circuit | None) -> ClaimResult:
+        """Claim due jobs of one receiver URL (the receiver's URL #url_index), up to `limit`
+        and what its own circuit and token bucket admit; its receiver's other URLs are
+        claimed for separately and never wait on it. `circuit` None: its circuit is not
+        asked (the orphan pass buries jobs without sending them)."""
     async def complete(self, job: Job, attempt: Attempt, *, reached: bool = True) -> None:
         """Mark the job sent. `reached=False`: no request went to the receiver (a live
         update skipped as older than what its message shows), so its circuit stays as it is:
@@ -97,11 +102,13 @@ class JobQueue(Protocol):
     async def bury(self, job: Job, attempt: Attempt, *, circuit: Circuit | None = None,
                    ) -> bool:
         """Mark the job dead. With `circuit` (the receiver's own fault) the failure counts
-        towards it, in the same transaction. True: the circuit opened."""
+        towards its receiver URL's circuit, in the same transaction. True: the circuit
+        opened."""
     async def release(self, job: Job, *, at: float | None = None) -> None:
         """Give the job back unattempted (pending again; due at `at` if given)."""
     def backlog_estimate(self) -> int: ...
-    async def active_receivers(self) -> set[str]: ...
+    async def active_receivers(self) -> set[tuple[str, int]]:
+        """The (receiver, url_index) pairs that have active jobs."""
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) whenever jobs may have become claimable."""
 
@@ -137,7 +144,8 @@ class Ledger(Protocol):
     async def timeline(self, delivery_id: str) -> Timeline:
         """One delivery's events, jobs, attempts and timers, oldest first."""
     async def receivers(self) -> list[ReceiverState]:
-        """Each receiver's circuit, tokens, backlog, last success and last error."""
+        """Each receiver URL's (name, url_index) circuit, tokens, backlog, last success and
+        last error, ordered by name and index."""
     async def recent_deliveries(self, limit: int = 50) -> list[DeliverySummary]:
         """The deliveries with the newest events, newest first."""
     async def activity(self, since: float, minutes: int) -> list[Minute]:

@@ -10,7 +10,7 @@ from relay.events import Event
 from relay.store import rules, sql
 from relay.store.pg_support import rows_touched
 from relay.store.records import Notification
-from relay.store.schema import from_row
+from relay.store.rows import from_row
 from relay.store.sql import numbered as q
 
 

@@ -17,7 +17,7 @@ from relay.store.records import (
     Stats,
     Timeline,
 )
-from relay.store.schema import JOB_COLUMNS, from_row, job_from_row
+from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
 

@@ -13,7 +13,7 @@ import asyncpg
 
 from relay.store import rules, sql
 from relay.store.records import Circuit, Job
-from relay.store.schema import JOB_COLUMNS, from_row, job_from_row
+from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
 log = logging.getLogger("relay.store.postgres")
@@ -89,26 +89,30 @@ async def _listen(conn: Any, notified: Callable[..., None], connected: Callable[
             await conn.execute("SELECT 1", timeout=KEEPALIVE)
 
 
-async def lock_receiver(conn: Any, name: str, circuit: Circuit) -> rules.ReceiverRow:
-    """The receiver's row, locked until the transaction ends (created on first use)."""
-    row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
+async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit | None,
+                        ) -> rules.ReceiverRow:
+    """The receiver URL's row (name, url_index), locked until the transaction ends (created
+    on first use): claims of one URL queue here, claims of its receiver's other URLs do not."""
+    row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
     if row is None:
-        await conn.execute(q(sql.INSERT_RECEIVER), name, circuit.cooldown)
-        row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", name)
+        await conn.execute(q(sql.INSERT_RECEIVER), *url, circuit.cooldown if circuit else 0.0)
+        row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
     return from_row(rules.ReceiverRow, row)
 
 
-async def take(conn: Any, receiver: str, limit: int, now: float, lease: float, owner: str,
+async def take(conn: Any, url: tuple[str, int], limit: int, now: float, lease: float, owner: str,
                 ) -> list[Job]:
-    """Claim up to `limit` due jobs: expired leases first, then pending by due time."""
+    """Claim up to `limit` due jobs of one receiver URL: expired leases first, then pending
+    by due time."""
     ids = [r[0] for r in await conn.fetch(
-        "SELECT id FROM jobs WHERE receiver = $1 AND state = 'claimed' AND lease_until < $2"
-        " ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED", receiver, now, limit)]
+        "SELECT id FROM jobs WHERE receiver = $1 AND url_index = $2 AND state = 'claimed'"
+        " AND lease_until < $3 ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED",
+        *url, now, limit)]
     if len(ids) < limit:
         ids += [r[0] for r in await conn.fetch(
-            "SELECT id FROM jobs WHERE receiver = $1 AND state = 'pending'"
-            " AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3"
-            " FOR UPDATE SKIP LOCKED", receiver, now, limit - len(ids))]
+            "SELECT id FROM jobs WHERE receiver = $1 AND url_index = $2 AND state = 'pending'"
+            " AND next_attempt_at <= $3 ORDER BY next_attempt_at, id LIMIT $4"
+            " FOR UPDATE SKIP LOCKED", *url, now, limit - len(ids))]
     if not ids:
         return []
     rows = await conn.fetch(

@@ -11,7 +11,7 @@ from relay.errors import StaleClaim
 from relay.store import rules, sql, sql_noise
 from relay.store.pg_support import rows_touched
 from relay.store.records import Notification, Timer, TimerChange, TimerInputs, TimerOp
-from relay.store.schema import timer_from_row
+from relay.store.rows import timer_from_row
 from relay.store.sql import numbered as q
 
 

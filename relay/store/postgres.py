@@ -1,11 +1,12 @@
 """PostgreSQL store for several replicas: leased claims with `FOR UPDATE SKIP LOCKED`.
 
-Every operation is one transaction on a pooled asyncpg connection. A receiver's
-token bucket and circuit live in `receivers` and are read under `SELECT ... FOR
-UPDATE`, so a limit holds for the whole deployment, not per replica. New jobs
-`NOTIFY`; one dedicated `LISTEN` connection per process wakes its workers. Any
-connection or server failure surfaces as StoreError (ingest answers 503, the
-worker backs off); the pool reconnects by itself once the server is back.
+Every operation is one transaction on a pooled asyncpg connection. A receiver
+URL's token bucket and circuit live in `receivers` (one row per receiver name and
+URL index) and are read under `SELECT ... FOR UPDATE`, so a limit holds for the
+whole deployment, not per replica. New jobs `NOTIFY`; one dedicated `LISTEN`
+connection per process wakes its workers. Any connection or server failure
+surfaces as StoreError (ingest answers 503, the worker backs off); the pool
+reconnects by itself once the server is back.
 """
 
 from __future__ import annotations
@@ -240,24 +241,27 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         why = reason if len(kept) < len(jobs) else next((j.reason for j in kept if j.reason), "")
         return records.Accepted(event_id, False, queued, why, changes), suppressed
 
-    async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
-        return await self._tx(self._claim, receiver, limit, now, lease, owner, bucket, circuit)
+    async def claim(self, receiver: str, url_index: int, *, limit: int, now: float, lease: float,
+                    owner: str, bucket: records.RateLimit | None,
+                    circuit: records.Circuit | None) -> records.ClaimResult:
+        return await self._tx(self._claim, (receiver, url_index), limit, now, lease, owner,
+                              bucket, circuit)
 
-    async def _claim(self, conn: Any, receiver: str, limit: int, now: float, lease: float, owner: str,
-                     bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
-        row = await lock_receiver(conn, receiver, circuit)
+    async def _claim(self, conn: Any, url: tuple[str, int], limit: int, now: float, lease: float,
+                     owner: str, bucket: records.RateLimit | None,
+                     circuit: records.Circuit | None) -> records.ClaimResult:
+        row = await lock_receiver(conn, url, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
-            await conn.fetchval(q(sql.PROBE_OUT), receiver, now) is not None
+            await conn.fetchval(q(sql.PROBE_OUT), *url, now) is not None
         admission = rules.admit(row, limit=limit, now=now, bucket=bucket, circuit=circuit,
                                 probing=probing)
-        jobs = await take(conn, receiver, admission.limit, now, lease, owner) \
+        jobs = await take(conn, url, admission.limit, now, lease, owner) \
             if admission.limit else []
         if admission.tokens is not None:
-            await conn.execute(q(sql.SET_TOKENS), admission.tokens - len(jobs), now, receiver)
+            await conn.execute(q(sql.SET_TOKENS), admission.tokens - len(jobs), now, *url)
         if not admission.limit:
             return records.ClaimResult([], admission.wait_until, admission.paused)
-        due = await conn.fetchval(q(sql.NEXT_DUE), receiver, receiver) \
+        due = await conn.fetchval(q(sql.NEXT_DUE), *url, *url) \
             if rules.wants_next_due(admission, len(jobs)) else None
         return records.ClaimResult(jobs, None if due is None else float(due))
 
@@ -265,7 +269,8 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         async def complete(conn: Any) -> None:
             await self._finish(conn, job, "sent", None, attempt)
             if reached:
-                await conn.execute(q(sql.CLOSE_CIRCUIT), *sql.close_args(job.receiver))
+                await conn.execute(q(sql.CLOSE_CIRCUIT),
+                                   *sql.close_args(job.receiver, job.url_index))
 
         await self._tx(complete)
         self._backlog.left("sent")
@@ -282,18 +287,18 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
 
     async def _fail(self, conn: Any, job: records.Job, attempt: records.Attempt, state: records.JobState,
                     at: float | None, circuit: records.Circuit | None) -> bool:
-        """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
-        opened its circuit)."""
+        """Finish a failed attempt; with `circuit`, count it against the job's receiver URL
+        (True: that opened its circuit)."""
         await self._finish(conn, job, state, at, attempt)
         if circuit is None:
             return False
-        counted = await conn.fetchrow(q(sql.COUNT_FAILURE), job.receiver)
+        counted = await conn.fetchrow(q(sql.COUNT_FAILURE), job.receiver, job.url_index)
         tripped = counted and rules.trip(counted["failures"], counted["cooldown"], attempt.at,
                                          circuit)
         if not tripped:
             return False
         await conn.execute(q(sql.OPEN_CIRCUIT), tripped.open_until, tripped.cooldown,
-                           job.receiver)
+                           job.receiver, job.url_index)
         return tripped.opened
 
     async def release(self, job: records.Job, *, at: float | None = None) -> None:
@@ -311,9 +316,9 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
             raise StaleClaim(f"job {job.id} is no longer claimed by this worker")
         await conn.execute(q(sql.INSERT_ATTEMPT), *sql.attempt_args(job, attempt))
 
-    async def active_receivers(self) -> set[str]:
+    async def active_receivers(self) -> set[tuple[str, int]]:
         rows = await self._tx(lambda conn: conn.fetch(sql.ACTIVE_RECEIVERS))
-        return {r[0] for r in rows}
+        return {(r[0], r[1]) for r in rows}
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:

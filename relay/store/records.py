@@ -227,9 +227,11 @@ class DigestJoin:
 
 @dataclass(frozen=True)
 class ReceiverState:
-    """A receiver as the store sees it: circuit, bucket, backlog, last success and error."""
+    """A receiver URL (name, url_index) as the store sees it: circuit, bucket, backlog,
+    last success and error."""
 
     name: str
+    url_index: int
     failures: int
     open_until: float
     cooldown: float

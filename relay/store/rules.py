@@ -36,7 +36,7 @@ CLOSED = (0, 0.0, 0.0)
 
 @dataclass(frozen=True)
 class ReceiverRow:
-    """A receiver's circuit and token bucket as the store keeps them."""
+    """A receiver URL's circuit and token bucket as the store keeps them."""
 
     failures: int = 0
     open_until: float = 0.0
@@ -64,14 +64,17 @@ class Trip:
     opened: bool  # it was closed before this failure: tell the operator
 
 
-def needs_probe_check(row: ReceiverRow, now: float, circuit: Circuit) -> bool:
+def needs_probe_check(row: ReceiverRow, now: float, circuit: Circuit | None) -> bool:
     """Half-open (cooled down after tripping): the store must say whether a probe is out."""
-    return row.open_until <= now and row.failures >= circuit.failures
+    return circuit is not None and row.open_until <= now and row.failures >= circuit.failures
 
 
 def admit(row: ReceiverRow, *, limit: int, now: float, bucket: RateLimit | None,
-          circuit: Circuit, probing: bool = False) -> Admission:
-    """How many jobs a claim may take: circuit first, then the half-open probe, then tokens."""
+          circuit: Circuit | None, probing: bool = False) -> Admission:
+    """How many jobs a claim may take: circuit first, then the half-open probe, then tokens.
+    No circuit: jobs that go dead without a send (the orphan pass) wait for none."""
+    if circuit is None:
+        return Admission(limit)
     if row.open_until > now:
         return Admission(0, row.open_until, paused=True)
     if row.failures >= circuit.failures:  # half-open: one probe at a time

@@ -8,20 +8,15 @@ only runs the steps after it.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from relay.errors import SchemaTooNew, StoreError
-from relay.message import Message
-from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES, Job, Timer
+from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES
 
 Dialect = Literal["sqlite", "postgres"]
-R = TypeVar("R")
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +68,7 @@ class Column:
 class Table:
     name: str
     columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()  # a primary key of several columns
 
 
 @dataclass(frozen=True)
@@ -243,8 +239,31 @@ INDEXES_9: dict[Dialect, tuple[Index, ...]] = {
     "postgres": (Index("events_delivery", "events", "delivery_id, id"),)}
 
 
+# Step 10: a receiver URL (receiver name, url_index) is the unit of sending isolation: its
+# own circuit and token bucket. `receivers` is keyed by both; a row an older relay kept
+# becomes URL 0's. The claim's indexes name the URL too, so a healthy URL's claim never
+# walks the due jobs of its receiver's failing one (and the status page's last success per
+# URL reads one index entry). SQLite cannot change a primary key: it rebuilds the table
+# (no foreign keys point at it); PostgreSQL alters it.
+URL_INDEX_10 = _c("url_index", "int", default="0")
+RECEIVERS_10 = Table("receivers", (
+    _c("name"), URL_INDEX_10, _c("tokens", "real", null=True), _c("tokens_at", "real", null=True),
+    _c("failures", "int", default="0"), _c("open_until", "real", default="0"),
+    _c("cooldown", "real", default="0")), key=("name", "url_index"))
+DROPS_10: dict[Dialect, tuple[str, ...]] = {
+    "sqlite": ("jobs_due", "jobs_sent"), "postgres": ("jobs_pending", "jobs_claimed", "jobs_sent")}
+INDEXES_10: dict[Dialect, tuple[Index, ...]] = {
+    "sqlite": (Index("jobs_due", "jobs", "state, receiver, url_index, next_attempt_at"),
+               Index("jobs_sent", "jobs", "receiver, url_index, finished_at", "state = 'sent'")),
+    "postgres": (Index("jobs_pending", "jobs", "receiver, url_index, next_attempt_at, id",
+                       "state = 'pending'"),
+                 Index("jobs_claimed", "jobs", "receiver, url_index, lease_until",
+                       "state = 'claimed'"),
+                 Index("jobs_sent", "jobs", "receiver, url_index, finished_at",
+                       "state = 'sent'"))}
+
 # Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
-REBUILDS = frozenset({7})
+REBUILDS = frozenset({7, 10})
 
 
 def _jobs_7(name: str = "jobs") -> Table:
@@ -281,6 +300,21 @@ def _step_7(dialect: Dialect) -> str:
     return jobs + render(TABLES_7, INDEXES_7[dialect], dialect)
 
 
+def _step_10(dialect: Dialect) -> str:
+    if dialect == "sqlite":
+        old = ", ".join(c.name for c in RECEIVERS_10.columns if c is not URL_INDEX_10)
+        new = Table("receivers_new", RECEIVERS_10.columns, RECEIVERS_10.key)
+        receivers = (render((new,), (), "sqlite")
+                     + f"INSERT INTO receivers_new (url_index, {old}) SELECT 0, {old}"
+                     " FROM receivers;\nDROP TABLE receivers;\n"
+                     "ALTER TABLE receivers_new RENAME TO receivers;\n")
+    else:
+        receivers = (add_columns((("receivers", URL_INDEX_10),), dialect)
+                     + "ALTER TABLE receivers DROP CONSTRAINT receivers_pkey;\n"
+                     "ALTER TABLE receivers ADD PRIMARY KEY (name, url_index);\n")
+    return receivers + _drop(DROPS_10[dialect]) + render((), INDEXES_10[dialect], dialect)
+
+
 def render_column(column: Column, dialect: Dialect) -> str:
     kind, _, target = column.type.partition(":")
     parts = [column.name, TYPES[dialect][kind]]
@@ -299,8 +333,9 @@ def render_column(column: Column, dialect: Dialect) -> str:
 def render(tables: tuple[Table, ...], indexes: tuple[Index, ...], dialect: Dialect) -> str:
     """CREATE statements for the tables and indexes, `;`-separated."""
     out = [f"CREATE TABLE IF NOT EXISTS {t.name} (\n    "
-           + ",\n    ".join(render_column(c, dialect) for c in t.columns) + "\n)"
-           for t in tables]
+           + ",\n    ".join([*(render_column(c, dialect) for c in t.columns),
+                              *([f"PRIMARY KEY ({', '.join(t.key)})"] if t.key else [])])
+           + "\n)" for t in tables]
     out += [f"CREATE {'UNIQUE ' if i.unique else ''}INDEX IF NOT EXISTS {i.name}"
             f" ON {i.table} ({i.columns})"
             + (f" WHERE {i.where}" if i.where else "") for i in indexes]
@@ -325,55 +360,9 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             7: _step_7(dialect),
             8: _drop(DROPS_8[dialect]) + render((), INDEXES_8[dialect], dialect),
             9: _drop(tuple(i.name for i in INDEXES_9[dialect]))
-            + render((), INDEXES_9[dialect], dialect)}
+            + render((), INDEXES_9[dialect], dialect),
+            10: _step_10(dialect)}
 
 
 def _drop(names: tuple[str, ...]) -> str:
     return "".join(f"DROP INDEX IF EXISTS {name};\n" for name in names)
-
-
-# The jobs columns a Job is read from, in its fields' order; its `message` is four of them.
-MESSAGE_FIELDS = ("title", "body", "type", "format")
-JOB_FIELDS = ("id", "event_id", "receiver", "url_index", "route", *MESSAGE_FIELDS, "state",
-              "attempts", "created_at", "next_attempt_at", "last_error", "claim_token",
-              "delivery_id", "event_type", "live", "event_at", "finished_at")
-JOB_COLUMNS = ", ".join(JOB_FIELDS)
-_OTHER_FIELDS = tuple(name for name in JOB_FIELDS if name not in MESSAGE_FIELDS)
-_OPTIONAL_TEXT = ("last_error", "claim_token")
-
-
-def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A Job from a row selected with JOB_COLUMNS (sqlite3.Row and asyncpg.Record both fit)."""
-    values = {name: row[name] for name in _OTHER_FIELDS}
-    for name in _OPTIONAL_TEXT:
-        values[name] = values[name] or ""
-    values["live"] = bool(values["live"])  # SQLite keeps booleans as 0/1
-    return Job(message=Message(row["title"], row["body"], row["type"], row["format"]), **values)
-
-
-def job_columns(job: Job) -> dict[str, Any]:
-    """A Job as its row: JOB_FIELDS to values, in that order (what the admin API shows)."""
-    return {name: getattr(job.message if name in MESSAGE_FIELDS else job, name)
-            for name in JOB_FIELDS}
-
-
-TIMER_FIELDS = tuple(f.name for f in fields(Timer))
-TIMER_COLUMNS = ", ".join(TIMER_FIELDS)
-
-
-def timer_from_row(row: Mapping[str, Any]) -> Timer:
-    """A Timer from a row selected with TIMER_COLUMNS (its context is JSON text)."""
-    values = {name: row[name] for name in TIMER_FIELDS}
-    values["context"] = json.loads(values["context"] or "{}")
-    values["claim_token"] = values["claim_token"] or ""
-    return Timer(**values)
-
-
-def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
-    """A record from a row whose columns are named like the record's fields."""
-    return cls(**{name: row[name] for name in _names(cls)})  # type: ignore[arg-type]
-
-
-@functools.cache
-def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))  # once per record type, not per row

@@ -17,6 +17,7 @@ from typing import Any
 
 from relay.events import Event
 from relay.store import records
+from relay.store.rows import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
 from relay.store.rules import (
     CANCELLED_REASON,
     CLOSED,
@@ -31,7 +32,6 @@ from relay.store.rules import (
     replaced_reason,
     timer_due,
 )
-from relay.store.schema import JOB_COLUMNS, TIMER_COLUMNS, from_row, job_from_row, timer_from_row
 
 ACTIVE = "state IN (" + ", ".join(f"'{s}'" for s in records.ACTIVE_STATES) + ")"  # the backlog
 SENDING = "state IN ('pending', 'claimed')"  # on its way (held jobs wait for their summary)
@@ -62,16 +62,19 @@ SUPPRESS_UPDATES = (f"UPDATE jobs SET state = 'suppressed', last_error = '{CANCE
                     " AND state IN ('pending', 'held')"
                     " AND suppress_stale")
 
+# A receiver URL's circuit and token bucket: one `receivers` row per (name, url_index).
+# Every statement on it and on its jobs takes the receiver name, then the URL index.
 RECEIVER = ("SELECT failures, open_until, cooldown, tokens, tokens_at FROM receivers"
-            " WHERE name = ?")
-INSERT_RECEIVER = ("INSERT INTO receivers (name, cooldown) VALUES (?, ?)"
-                   " ON CONFLICT (name) DO NOTHING")
-PROBE_OUT = ("SELECT 1 FROM jobs WHERE receiver = ? AND state = 'claimed' AND lease_until > ?"
-             " LIMIT 1")
-SET_TOKENS = "UPDATE receivers SET tokens = ?, tokens_at = ? WHERE name = ?"
+            " WHERE name = ? AND url_index = ?")
+INSERT_RECEIVER = ("INSERT INTO receivers (name, url_index, cooldown) VALUES (?, ?, ?)"
+                   " ON CONFLICT (name, url_index) DO NOTHING")
+PROBE_OUT = ("SELECT 1 FROM jobs WHERE receiver = ? AND url_index = ? AND state = 'claimed'"
+             " AND lease_until > ? LIMIT 1")
+SET_TOKENS = "UPDATE receivers SET tokens = ?, tokens_at = ? WHERE name = ? AND url_index = ?"
 NEXT_DUE = ("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM jobs"
-            " WHERE state = 'pending' AND receiver = ? UNION ALL SELECT min(lease_until)"
-            " FROM jobs WHERE state = 'claimed' AND receiver = ?) AS due")
+            " WHERE state = 'pending' AND receiver = ? AND url_index = ? UNION ALL"
+            " SELECT min(lease_until) FROM jobs WHERE state = 'claimed' AND receiver = ?"
+            " AND url_index = ?) AS due")
 
 FINISH = ("UPDATE jobs SET state = ?, attempts = attempts + 1, last_error = ?,"
           " claim_token = NULL, claimed_by = NULL, lease_until = NULL,"
@@ -84,10 +87,11 @@ RELEASE = ("UPDATE jobs SET state = 'pending', claim_token = NULL, claimed_by = 
            " WHERE id = ? AND claim_token = ?")
 # Parameters: close_args() (see rules.CLOSED).
 CLOSE_CIRCUIT = ("UPDATE receivers SET failures = ?, open_until = ?, cooldown = ?"
-                 " WHERE name = ? AND NOT (failures = ? AND open_until = ?)")
-COUNT_FAILURE = ("UPDATE receivers SET failures = failures + 1 WHERE name = ?"
+                 " WHERE name = ? AND url_index = ? AND NOT (failures = ? AND open_until = ?)")
+COUNT_FAILURE = ("UPDATE receivers SET failures = failures + 1 WHERE name = ? AND url_index = ?"
                  " RETURNING failures, cooldown")
-OPEN_CIRCUIT = "UPDATE receivers SET open_until = ?, cooldown = ? WHERE name = ?"
+OPEN_CIRCUIT = ("UPDATE receivers SET open_until = ?, cooldown = ? WHERE name = ?"
+                " AND url_index = ?")
 
 # A live message is taken by one sender at a time: the upsert takes a free row, an expired
 # lease or the caller's own, and returns nothing when another sender holds it.
@@ -117,7 +121,7 @@ DEAD_COUNT = "SELECT count(*) FROM jobs WHERE state = 'dead'"
 OLDEST = f"SELECT min(created_at) FROM jobs WHERE {SENDING}"
 HELD_COUNT = "SELECT count(*) FROM jobs WHERE state = 'held'"
 OPEN_WINDOWS = "SELECT count(*) FROM timers WHERE kind = 'digest' AND state IN ('armed', 'claimed')"
-ACTIVE_RECEIVERS = f"SELECT DISTINCT receiver FROM jobs WHERE {ACTIVE}"
+ACTIVE_RECEIVERS = f"SELECT DISTINCT receiver, url_index FROM jobs WHERE {ACTIVE}"
 JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
 PAYLOAD = "SELECT payload FROM events WHERE id = ?"
 HISTORY = "SELECT at, outcome, error, duration FROM attempts WHERE job_id = ? ORDER BY id"
@@ -135,15 +139,17 @@ TIMELINE_ATTEMPTS = ("SELECT a.job_id, a.at, a.outcome, a.error, a.duration FROM
                      f" AND j.event_id >= {_SHOWN_FROM} ORDER BY a.id")
 TIMELINE_EARLIER = f"SELECT count(*) AS n FROM events WHERE delivery_id = ? AND id < {_SHOWN_FROM}"
 _LAST_FAILURE = ("(SELECT a.{} FROM attempts a JOIN jobs j ON j.id = a.job_id"
-                 " WHERE j.receiver = r.name AND a.outcome <> 'sent' ORDER BY a.id DESC LIMIT 1)")
+                 " WHERE j.receiver = r.name AND j.url_index = r.url_index"
+                 " AND a.outcome <> 'sent' ORDER BY a.id DESC LIMIT 1)")
+_OF_URL = "j.receiver = r.name AND j.url_index = r.url_index"
 RECEIVER_STATES = (
-    "SELECT r.name, r.failures, r.open_until, r.cooldown, r.tokens, r.tokens_at,"
-    f" (SELECT count(*) FROM jobs j WHERE j.receiver = r.name AND j.{ACTIVE}) AS backlog,"
-    " (SELECT max(j.finished_at) FROM jobs j WHERE j.receiver = r.name"
+    "SELECT r.name, r.url_index, r.failures, r.open_until, r.cooldown, r.tokens, r.tokens_at,"
+    f" (SELECT count(*) FROM jobs j WHERE {_OF_URL} AND j.{ACTIVE}) AS backlog,"
+    f" (SELECT max(j.finished_at) FROM jobs j WHERE {_OF_URL}"
     "  AND j.state = 'sent') AS last_sent_at,"
     f" coalesce({_LAST_FAILURE.format('error')}, '') AS last_error,"
     f" {_LAST_FAILURE.format('at')} AS last_error_at"
-    " FROM receivers r ORDER BY r.name")
+    " FROM receivers r ORDER BY r.name, r.url_index")
 
 def _states(states: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in states if s != "new") + ")"
@@ -295,9 +301,9 @@ def attempt_args(job: records.Job, attempt: records.Attempt) -> tuple[Any, ...]:
     return (job.id, attempt.at, attempt.outcome, attempt.error, attempt.duration)
 
 
-def close_args(receiver: str) -> tuple[Any, ...]:
+def close_args(receiver: str, url_index: int) -> tuple[Any, ...]:
     """CLOSE_CIRCUIT's parameters."""
-    return (*CLOSED, receiver, *CLOSED[:2])
+    return (*CLOSED, receiver, url_index, *CLOSED[:2])
 
 
 def event_args(event: Event, key: str, now: float) -> tuple[Any, ...]:

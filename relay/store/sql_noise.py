@@ -13,7 +13,7 @@ from typing import Any
 
 from relay.store import rules
 from relay.store.records import Timer, TimerOp
-from relay.store.schema import JOB_COLUMNS
+from relay.store.rows import JOB_COLUMNS
 
 TIMER_ID = "SELECT id FROM timers WHERE kind = ? AND key = ?"
 # A watch's ordering (rules.watch_in_order): the Kourier time of the event that last armed

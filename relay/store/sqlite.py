@@ -20,16 +20,8 @@ from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import records, rules, sql, sql_pages, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
-from relay.store.schema import (
-    JOB_COLUMNS,
-    REBUILDS,
-    SCHEMA_VERSION,
-    check_version,
-    from_row,
-    job_from_row,
-    log_migrated,
-    migrations,
-)
+from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
+from relay.store.schema import REBUILDS, SCHEMA_VERSION, check_version, log_migrated, migrations
 from relay.store.sqlite_writer import Writer
 
 T = TypeVar("T")
@@ -170,26 +162,26 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
             self._backlog.add(-conn.execute(sql.SUPPRESS_UPDATES, (event.delivery_id,)).rowcount)
         return rules.stale_reason(event.type, ts, newest, cancelled)
 
-    async def claim(self, receiver: str, *, limit: int, now: float, lease: float, owner: str,
-                    bucket: records.RateLimit | None, circuit: records.Circuit) -> records.ClaimResult:
-        return await self._call(self._claim, receiver, limit, now, lease, owner, bucket,
-                                circuit)
+    async def claim(self, receiver: str, url_index: int, *, limit: int, now: float, lease: float,
+                    owner: str, bucket: records.RateLimit | None,
+                    circuit: records.Circuit | None) -> records.ClaimResult:
+        return await self._call(self._claim, (receiver, url_index), limit, now, lease, owner,
+                                bucket, circuit)
 
-    def _claim(self, conn: sqlite3.Connection, receiver: str, limit: int, now: float,
-               lease: float, owner: str, bucket: records.RateLimit | None, circuit: records.Circuit,
-               ) -> records.ClaimResult:
-        row = _receiver(conn, receiver, circuit)
+    def _claim(self, conn: sqlite3.Connection, url: tuple[str, int], limit: int, now: float,
+               lease: float, owner: str, bucket: records.RateLimit | None,
+               circuit: records.Circuit | None) -> records.ClaimResult:
+        row = _receiver(conn, url, circuit)
         probing = rules.needs_probe_check(row, now, circuit) and \
-            conn.execute(sql.PROBE_OUT, (receiver, now)).fetchone() is not None
+            conn.execute(sql.PROBE_OUT, (*url, now)).fetchone() is not None
         admission = rules.admit(row, limit=limit, now=now, bucket=bucket, circuit=circuit,
                                 probing=probing)
-        jobs = _take(conn, receiver, admission.limit, now, lease, owner) \
-            if admission.limit else []
+        jobs = _take(conn, url, admission.limit, now, lease, owner) if admission.limit else []
         if admission.tokens is not None:
-            conn.execute(sql.SET_TOKENS, (admission.tokens - len(jobs), now, receiver))
+            conn.execute(sql.SET_TOKENS, (admission.tokens - len(jobs), now, *url))
         if not admission.limit:
             return records.ClaimResult([], admission.wait_until, admission.paused)
-        due = conn.execute(sql.NEXT_DUE, (receiver, receiver)).fetchone()[0] \
+        due = conn.execute(sql.NEXT_DUE, (*url, *url)).fetchone()[0] \
             if rules.wants_next_due(admission, len(jobs)) else None
         return records.ClaimResult(jobs, due)
 
@@ -200,7 +192,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
                   reached: bool) -> None:
         self._finish(conn, job, "sent", None, attempt)
         if reached:
-            conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver))
+            conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(job.receiver, job.url_index))
 
     async def bury(self, job: records.Job, attempt: records.Attempt, *,
                    circuit: records.Circuit | None = None) -> bool:
@@ -212,17 +204,18 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
 
     def _fail(self, conn: sqlite3.Connection, job: records.Job, attempt: records.Attempt,
               state: records.JobState, at: float | None, circuit: records.Circuit | None) -> bool:
-        """Finish a failed attempt; with `circuit`, count it against the receiver (True: that
-        opened its circuit)."""
+        """Finish a failed attempt; with `circuit`, count it against the job's receiver URL
+        (True: that opened its circuit)."""
         self._finish(conn, job, state, at, attempt)
         if circuit is None:
             return False
-        counted = conn.execute(sql.COUNT_FAILURE, (job.receiver,)).fetchone()
+        counted = conn.execute(sql.COUNT_FAILURE, (job.receiver, job.url_index)).fetchone()
         tripped = counted and rules.trip(counted["failures"], counted["cooldown"], attempt.at,
                                          circuit)
         if not tripped:
             return False
-        conn.execute(sql.OPEN_CIRCUIT, (tripped.open_until, tripped.cooldown, job.receiver))
+        conn.execute(sql.OPEN_CIRCUIT, (tripped.open_until, tripped.cooldown, job.receiver,
+                                        job.url_index))
         return tripped.opened
 
     async def release(self, job: records.Job, *, at: float | None = None) -> None:
@@ -236,8 +229,9 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         conn.execute(sql.INSERT_ATTEMPT, sql.attempt_args(job, attempt))
         self._backlog.left(state)
 
-    async def active_receivers(self) -> set[str]:
-        return await self._call(lambda conn: {r[0] for r in conn.execute(sql.ACTIVE_RECEIVERS)})
+    async def active_receivers(self) -> set[tuple[str, int]]:
+        return await self._call(lambda conn: {(r[0], r[1])
+                                              for r in conn.execute(sql.ACTIVE_RECEIVERS)})
 
     # ------------------------------------------------------------ timers
 
@@ -358,24 +352,27 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return len(ids)
 
 
-def _receiver(conn: sqlite3.Connection, name: str, circuit: records.Circuit) -> rules.ReceiverRow:
-    row = conn.execute(sql.RECEIVER, (name,)).fetchone()
+def _receiver(conn: sqlite3.Connection, url: tuple[str, int], circuit: records.Circuit | None,
+              ) -> rules.ReceiverRow:
+    row = conn.execute(sql.RECEIVER, url).fetchone()
     if row:
         return from_row(rules.ReceiverRow, row)
-    conn.execute(sql.INSERT_RECEIVER, (name, circuit.cooldown))
-    return rules.ReceiverRow(cooldown=circuit.cooldown)
+    cooldown = circuit.cooldown if circuit else 0.0
+    conn.execute(sql.INSERT_RECEIVER, (*url, cooldown))
+    return rules.ReceiverRow(cooldown=cooldown)
 
 
-def _take(conn: sqlite3.Connection, receiver: str, limit: int, now: float, lease: float,
+def _take(conn: sqlite3.Connection, url: tuple[str, int], limit: int, now: float, lease: float,
           owner: str) -> list[records.Job]:
-    """Claim up to `limit` due jobs. Both statements walk the jobs_due index: no scan, no sort."""
+    """Claim up to `limit` due jobs of one receiver URL. Both statements walk the jobs_due
+    index: no scan, no sort."""
     # Expired leases go back to pending first; they keep their old due time, so they come first.
     conn.execute("UPDATE jobs SET state='pending', claim_token=NULL, claimed_by=NULL,"
-                 " lease_until=NULL WHERE state='claimed' AND receiver=? AND lease_until<?",
-                 (receiver, now))
+                 " lease_until=NULL WHERE state='claimed' AND receiver=? AND url_index=?"
+                 " AND lease_until<?", (*url, now))
     rows = conn.execute(
         f"UPDATE jobs SET state='claimed', claim_token=?, claimed_by=?, lease_until=?"
-        f" WHERE id IN (SELECT id FROM jobs WHERE state='pending' AND receiver=?"
+        f" WHERE id IN (SELECT id FROM jobs WHERE state='pending' AND receiver=? AND url_index=?"
         f" AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?) RETURNING {JOB_COLUMNS}",
-        (uuid.uuid4().hex, owner, now + lease, receiver, now, limit)).fetchall()
+        (uuid.uuid4().hex, owner, now + lease, *url, now, limit)).fetchall()
     return sorted((job_from_row(r) for r in rows), key=lambda j: j.id)

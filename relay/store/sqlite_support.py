@@ -14,7 +14,7 @@ import sqlite3
 from relay.events import Event
 from relay.store import rules, sql
 from relay.store.records import Notification
-from relay.store.schema import from_row
+from relay.store.rows import from_row
 
 
 def hold(conn: sqlite3.Connection, event_id: int, event: Event, spec: Notification, ts: float,

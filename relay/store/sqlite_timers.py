@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from relay.errors import StaleClaim
 from relay.store import rules, sql, sql_noise
 from relay.store.records import Notification, Timer, TimerChange, TimerInputs, TimerOp
-from relay.store.schema import timer_from_row
+from relay.store.rows import timer_from_row
 
 
 def claim(conn: sqlite3.Connection, limit: int, now: float, lease: float, owner: str,

@@ -52,7 +52,8 @@ async def overview(request: web.Request) -> web.Response:
     rt = s.runtime()
     stats = await s.store.stats()
     minutes = await s.store.activity(start, HOUR)
-    rows = receiver_rows(rt.config, await s.store.receivers(), now)
+    labels = {name: [c.label for c in channels] for name, channels in rt.planner.channels.items()}
+    rows = receiver_rows(rt.config, await s.store.receivers(), now, labels)
     return page(request, "overview.html", stats=stats, chart=chart(minutes, rt.config.timezone),
                 receivers=rows, title="Overview")
 

@@ -100,38 +100,48 @@ def chart(minutes: Sequence[Minute], zone: str) -> Chart:
 
 @dataclass(frozen=True)
 class ReceiverRow:
+    """One receiver URL: its receiver's name, its index and redacted label, its own state."""
+
     name: str
-    state: str  # idle, sending, retrying, probing, circuit open, not in config
+    url_index: int
+    url: str  # the redacted label (`slack://***`); empty for a URL no longer in the config
+    state: str  # idle, sending, retrying, probing, circuit open, quiet hours, not in config
     detail: str
     backlog: int
     rate_limit: str
     last_success: float | None
     last_error: str
     last_error_at: float | None
-    urls: int
+    urls: int  # how many URLs its receiver has
 
 
 def receiver_rows(config: Config, states: Sequence[ReceiverState], now: float,
-                  ) -> list[ReceiverRow]:
-    """Every configured receiver (and any the store still knows), with its state."""
-    known = {s.name: s for s in states}
-    names = sorted(set(config.receivers) | set(known))
-    return [_receiver_row(config, name, known.get(name), now) for name in names]
+                  labels: Mapping[str, Sequence[str]] | None = None) -> list[ReceiverRow]:
+    """Every URL of every configured receiver (and any the store still knows), with its own
+    state. `labels`: each receiver's redacted URL labels (`Planner.channels`' labels)."""
+    known = {(s.name, s.url_index): s for s in states}
+    configured = {(name, i) for name, rc in config.receivers.items() for i in range(len(rc.urls))}
+    return [_receiver_row(config, url, known.get(url), now, labels or {})
+            for url in sorted(configured | set(known))]
 
 
-def _receiver_row(config: Config, name: str, s: ReceiverState | None, now: float,
-                  ) -> ReceiverRow:
+def _receiver_row(config: Config, url: tuple[str, int], s: ReceiverState | None, now: float,
+                  labels: Mapping[str, Sequence[str]]) -> ReceiverRow:
+    name, index = url
     rc = config.receivers.get(name)
     limit = rc.rate_limit if rc else None
     rate = f"{limit.count} per {limit.per:g} s" if limit else "none"
     if limit and s and s.tokens is not None:
         rate += f" ({max(0, int(s.tokens))} left)"
-    state, detail = _state(config, rc is not None, s, now)
-    if rc and rc.quiet_hours and state not in ("circuit open", "probing"):
+    configured = rc is not None and index < len(rc.urls)
+    state, detail = _state(config, configured, rc is not None, s, now)
+    if configured and rc and rc.quiet_hours and state not in ("circuit open", "probing"):
         state, detail = _quiet(rc.quiet_hours, now) or (state, detail)
-    return ReceiverRow(name, state, detail, s.backlog if s else 0, rate,
-                       s.last_sent_at if s else None, scrub(s.last_error) if s else "",
-                       s.last_error_at if s else None, len(rc.urls) if rc else 0)
+    mine = labels.get(name, ())
+    return ReceiverRow(name, index, mine[index] if index < len(mine) else "", state, detail,
+                       s.backlog if s else 0, rate, s.last_sent_at if s else None,
+                       scrub(s.last_error) if s else "", s.last_error_at if s else None,
+                       len(rc.urls) if rc else 0)
 
 
 def _quiet(hours: QuietHours, now: float) -> tuple[str, str] | None:
@@ -145,10 +155,11 @@ def _quiet(hours: QuietHours, now: float) -> tuple[str, str] | None:
                            f" one summary{urgent}")
 
 
-def _state(config: Config, configured: bool, s: ReceiverState | None, now: float,
-           ) -> tuple[str, str]:
+def _state(config: Config, configured: bool, receiver: bool, s: ReceiverState | None,
+           now: float) -> tuple[str, str]:
     if not configured:
-        return "not in config", "removed from the config; its jobs go dead when sent"
+        return "not in config", ("this URL was removed from the receiver's urls" if receiver
+                                 else "removed from the config") + "; its jobs go dead"
     if s is None:
         return "idle", "nothing sent yet"
     if s.open_until > now:
