@@ -36,7 +36,7 @@ from relay.store import Attempt, Job, Store, new_owner
 log = logging.getLogger(__name__)
 POLL = 1.0  # re-check every receiver URL at least this often (other processes add jobs too)
 ORPHAN_CHECK = 30.0
-ORPHAN_BATCH = 100  # jobs buried per claim; a pass claims batches until one is not full
+ORPHAN_BATCH = 100  # jobs of a removed receiver URL buried per pass; a full batch: at once again
 
 
 class JobSender(Protocol):
@@ -170,8 +170,9 @@ class Worker:
                     wake_at = min(wake_at, await self._claim_for((name, index), rc, rt, now,
                                                                  started))
             if now >= self._orphans_at:
-                self._orphans_at = now + ORPHAN_CHECK
-                await self._bury_orphans(rt, now)
+                more = await self._bury_orphans(rt, now)
+                self._orphans_at = now if more else now + ORPHAN_CHECK
+                wake_at = now if more else wake_at
             return wake_at - now
 
     async def _claim_for(self, url: tuple[str, int], rc: ReceiverConfig, rt: Runtime, now: float,
@@ -197,26 +198,30 @@ class Worker:
         self._not_before[url] = min(result.wait_until or now + POLL, now + POLL)
         return self._not_before[url]
 
-    async def _bury_orphans(self, rt: Runtime, now: float) -> None:
+    async def _bury_orphans(self, rt: Runtime, now: float) -> bool:
         """Jobs whose receiver left the config, or whose receiver no longer has their URL
-        (the operator removed it from `urls`), go dead with that reason (replay after a fix)."""
+        (the operator removed it from `urls`), go dead with that reason (replay after a fix).
+
+        At most one batch per receiver URL a pass, so that a removed URL's ten thousand
+        jobs do not hold up the sends of the others; True: a batch was full, and the next
+        pass (at once) buries more, instead of 100 every 30 s."""
         receivers = rt.config.receivers
         configured = {(name, i) for name, rc in receivers.items() for i in range(len(rc.urls))}
         self.metrics.keep_circuits(configured)
+        more = False
         for name, index in sorted(await self.store.active_receivers() - configured):
             dead = orphaned(name, index if name in receivers else None)
-            taken = ORPHAN_BATCH
-            while taken == ORPHAN_BATCH:  # all that are due, not 100 every 30 s
-                # No circuit: a removed URL's circuit is often open (it is why it was
-                # removed), and its jobs go dead now without a send, not one per probe.
-                result = await self.store.claim(name, index, limit=ORPHAN_BATCH, now=now,
-                                                lease=rt.config.sending.lease,
-                                                owner=self.owner, bucket=None, circuit=None)
-                for job in result.jobs:
-                    attempt = Attempt(now, "failed", dead.reason)
-                    await self.store.bury(job, attempt)
-                    self._tell(Report(job, attempt, dead, attempted=False))
-                taken = len(result.jobs)
+            # No circuit: a removed URL's circuit is often open (it is why it was
+            # removed), and its jobs go dead now without a send, not one per probe.
+            result = await self.store.claim(name, index, limit=ORPHAN_BATCH, now=now,
+                                            lease=rt.config.sending.lease,
+                                            owner=self.owner, bucket=None, circuit=None)
+            for job in result.jobs:
+                attempt = Attempt(now, "failed", dead.reason)
+                await self.store.bury(job, attempt)
+                self._tell(Report(job, attempt, dead, attempted=False))
+            more = more or len(result.jobs) == ORPHAN_BATCH
+        return more
 
     def _start(self, job: Job, rt: Runtime) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt(job, rt), name=f"send-{job.id}")
