@@ -59,6 +59,8 @@ def dead_show(config_path: str, job_id: int) -> None:
     click.echo(f"job {j.id}  state={j.state}  receiver={j.receiver}[{j.url_index}]"
                f"  route={j.route}  attempts={j.attempts}")
     click.echo(f"event: {json.dumps(detail.event)}")
+    if j.last_error and (not detail.history or detail.history[-1].error != j.last_error):
+        click.echo(f"why: {j.last_error}")  # a suppressed job has no attempt that says it
     click.echo(f"title: {j.message.title}\nbody:\n{j.message.body}\nattempts:")
     for a in detail.history:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.at))
