@@ -582,3 +582,16 @@ def test_serve_logs_an_unexpected_error_with_its_whole_traceback():
     assert "Traceback" in json.loads(record)["exception"]
     assert line.startswith("error: unexpected JSONDecodeError in relay/store/sql.py:")
     assert done.returncode == 70
+
+
+@pytest.mark.skipif(os.path.exists("/etc/kourier-relay/config.yaml"),
+                    reason="this machine has a config at the default path")
+@pytest.mark.parametrize("command", [["check"], ["serve"], ["send"], ["dead", "list"]])
+def test_no_config_at_the_default_path_says_how_to_name_one(tmp_path, command):
+    # A first run without -c said only "cannot read config: No such file or directory" of
+    # a path the user never typed.
+    done = run(*command, cwd=tmp_path)
+    line = (done.stdout + done.stderr).splitlines()[0]
+    assert line == ("/etc/kourier-relay/config.yaml: cannot read config: No such file or"
+                    " directory (the default path: give -c FILE, or set KOURIER_RELAY_CONFIG)")
+    assert done.returncode == 1
