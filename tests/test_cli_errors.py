@@ -271,14 +271,31 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
     assert list((tmp_path / "there").iterdir()) == []
 
 
-def test_healthcheck_reads_the_address_from_the_config(tmp_path):
+@pytest.mark.parametrize("host, loopback", [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]"),
+                                           ("[::1]", "[::1]")])
+def test_healthcheck_and_send_read_the_address_from_the_config(tmp_path, host, loopback):
+    # An IPv6 listen address made both exit 70 (the host kept its brackets and got a second
+    # pair); "[::]" is IPv6 only (asyncio sets IPV6_V6ONLY), so its loopback is ::1.
+    import urllib.request
+
     port = free_port()
-    cfg = relay_config(tmp_path, f"0.0.0.0:{port}")
+    cfg = relay_config(tmp_path, f"{host}:{port}")
     relay = spawn_relay(cfg)
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{loopback}:{port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     try:
-        wait_healthy(port)
+        wait_for_sync(up, 10, message="relay ready")
         done = run("healthcheck", "-c", str(cfg))
         assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        sent = run("send", "-c", str(cfg))
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith(f"POST http://{loopback}:{port}/webhook\n")
     finally:
         relay.terminate()
         relay.wait(20)
