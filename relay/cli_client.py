@@ -54,8 +54,8 @@ def sample_event(event_type: str, delivery_id: str | None, status: str | None,
 
 def _local_url(config: Config, path: str) -> str:
     host = config.server.host.removeprefix("[").removesuffix("]")  # listen: "[::1]:8080"
-    # All addresses: this machine's loopback of that family ("::" is IPv6 only: asyncio
-    # sets IPV6_V6ONLY, so 127.0.0.1 finds nothing there).
+    # All addresses: this machine's loopback of that family ("::" is IPv6 only: app.bind
+    # leaves socket.create_server its IPV6_V6ONLY, so 127.0.0.1 finds nothing there).
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{config.server.port}{path}"

@@ -275,7 +275,7 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
                                            ("[::1]", "[::1]")])
 def test_healthcheck_and_send_read_the_address_from_the_config(tmp_path, host, loopback):
     # An IPv6 listen address made both exit 70 (the host kept its brackets and got a second
-    # pair); "[::]" is IPv6 only (asyncio sets IPV6_V6ONLY), so its loopback is ::1.
+    # pair); "[::]" is IPv6 only (socket.create_server sets IPV6_V6ONLY), so its loopback is ::1.
     import urllib.request
 
     port = free_port()
