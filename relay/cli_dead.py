@@ -37,6 +37,8 @@ def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool)
         click.echo(json.dumps([job_json(j) for j in jobs], indent=2))
         return
     if not jobs:
+        if receiver and receiver not in (config := load_config(config_path)).receivers:
+            fail(_why_nothing(config, receiver))  # a misspelt name is not "no dead jobs"
         click.echo("no dead jobs")
         return
     click.echo(f"{'JOB':>6}  {'RECEIVER':<16} {'DELIVERY':<14} {'ATTEMPTS':>8}  LAST ERROR")

@@ -612,3 +612,14 @@ def test_no_config_at_the_default_path_says_how_to_name_one(tmp_path, command):
     assert line == ("/etc/kourier-relay/config.yaml: cannot read config: No such file or"
                     " directory (the default path: give -c FILE, or set KOURIER_RELAY_CONFIG)")
     assert done.returncode == 1
+
+
+def test_dead_list_of_a_receiver_not_in_the_config_says_so(tmp_path):
+    # It said "no dead jobs" and exit 0 to a misspelt name, as if nothing had failed; replay
+    # and the admin API already refused it.
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    assert one_line(run("dead", "list", "--receiver", "lgo", "-c", str(cfg))) == \
+        f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
+    known = run("dead", "list", "--receiver", "log", "-c", str(cfg))
+    assert (known.returncode, known.stdout) == (0, "no dead jobs\n")
