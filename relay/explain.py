@@ -193,7 +193,8 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
             f"{len(m.title)} chars; this channel has no title, Apprise puts it atop the body"
         lines.append(f"    title ({title}): {m.title}")
         lines.append(f"    body ({_size(m.body, ch.body_max, n)}):")
-        lines += [f"      {line}".rstrip() for line in m.body.splitlines()]
+        lines += [f"      {line}".rstrip() for line in m.body.splitlines()] or \
+            ["      (empty: the title goes out as the body; Apprise refuses an empty one)"]
         sent = converted(m.body, m.format, ch)
         if sent is not None:
             lines.append(f"    as {ch.renders_as(m.format)} (Apprise converts {m.format} for this"
