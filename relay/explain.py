@@ -102,7 +102,9 @@ def _digests(config: Config, plan: Plan, event: Event, now: float) -> list[str]:
         closes = _clock(config.timezone, now + route.digest.window, now)
         # A digest that closes in its receiver's quiet hours is held like any notification.
         hours = config.receivers[op.context["receiver"]].quiet_hours
-        until = held(hours, route.template.type or default_type(event), now + route.digest.window)
+        named = config.templates.get(route.template_ref)
+        type_ = route.template.type or (named.type if named else None) or default_type(event)
+        until = held(hours, type_, now + route.digest.window)
         quiet = f", then held until {_clock(hours.timezone, until, now)} (quiet hours)" \
             if hours and until else ""
         lines.append(strip_controls(

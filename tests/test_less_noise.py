@@ -399,6 +399,7 @@ def test_the_dry_run_says_what_joins_a_digest_and_what_is_held(tmp_path):
 ])
 def test_the_dry_run_says_a_digest_closing_in_quiet_hours_is_held(tmp_path, route_type, held):
     # It said only when the window closes, though the digest then waits for the morning.
+    # The type comes from the route's named template here.
     config = loads(f"""
 server: {{listen: "127.0.0.1:8080", tokens: [t]}}
 store: {{url: "sqlite:{tmp_path}/r.db"}}
@@ -411,7 +412,9 @@ receivers:
     match: {{status: failed}}
     receivers: [ops]
     digest: {{window: 10m, group_by: [hub]}}
-    type: {route_type}
+    template: night
+templates:
+  night: {{type: {route_type}}}
 """)
     line = "  ops[0] joins the digest hub=Hub 3, closes {} (route failures; if this event opens" \
            " the window){}"
