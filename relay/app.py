@@ -51,7 +51,15 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None, *,
     # SIGHUP's default action ends the process: until on_signals() takes it over, one that
     # comes in (a config reloader, while the store is still awaited) is kept for later.
     early_hup = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _early_hup, early_hup)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _early_hup, early_hup)
+    # SIGTERM's default action ends the process with status 143, and PID 1 of a container
+    # ignores it: `docker stop` of a relay still waiting for its database waited for its
+    # SIGKILL. Until on_signals() takes over, a stop cancels the start-up.
+    early_stop: list[int] = []
+    starting = asyncio.current_task()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _early_stop, early_stop, sig, starting)
     relay = Relay(config_path, env, log_args=log_args or (), loaded=loaded)
     host, _, port = (listen or relay.config.server.listen).rpartition(":")
     # Bind before the store and worker start: a relay that cannot listen (the port is
@@ -59,8 +67,16 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None, *,
     sock = bind(host or "0.0.0.0", int(port))
     app = relay.web_app()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = await server.listen(runner, host or "0.0.0.0", int(port), lambda: relay.config, sock)
+    try:
+        await runner.setup()
+        site = await server.listen(runner, host or "0.0.0.0", int(port), lambda: relay.config,
+                                   sock)
+    except asyncio.CancelledError:
+        if not early_stop:
+            raise
+        await runner.cleanup()  # what had started (the store, say) stops as at any stop
+        log.info("stopped while starting")
+        return
     settle_garbage_collector()
     stop = asyncio.Event()
     on_signals(relay, stop)
@@ -74,6 +90,13 @@ async def serve(config_path: str, env: Mapping[str, str] | None = None, *,
     await site.stop()
     await runner.cleanup()
     log.info("stopped")
+
+
+def _early_stop(seen: list[int], sig: int, starting: asyncio.Task[None] | None) -> None:
+    if not seen and starting is not None:
+        log.info("%s while starting: stopping", signal.Signals(sig).name)
+        starting.cancel()
+    seen.append(sig)
 
 
 def _early_hup(seen: asyncio.Event) -> None:

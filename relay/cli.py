@@ -26,6 +26,7 @@ from relay.cli_support import (
     guarded,
     load_config,
     run_store,
+    shown_issue,
 )
 from relay.errors import InvalidEvent
 from relay.events import parse_event
@@ -117,7 +118,7 @@ def check(config_path: str, strict: bool) -> None:
 
     issues = lint(config_path)
     for issue in issues:
-        click.echo(str(issue))  # messages never carry a URL's secrets (see config, notify)
+        click.echo(shown_issue(issue))  # messages never carry a URL's secrets (see config, notify)
     errors = sum(1 for i in issues if i.severity == "error")
     warnings = len(issues) - errors
     if errors or (strict and warnings):

@@ -53,8 +53,10 @@ def sample_event(event_type: str, delivery_id: str | None, status: str | None,
 
 
 def _local_url(config: Config, path: str) -> str:
-    host = config.server.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = config.server.host.removeprefix("[").removesuffix("]")  # listen: "[::1]:8080"
+    # All addresses: this machine's loopback of that family ("::" is IPv6 only: app.bind
+    # leaves socket.create_server its IPV6_V6ONLY, so 127.0.0.1 finds nothing there).
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{config.server.port}{path}"
 
@@ -169,7 +171,7 @@ def health_url(config: Config) -> str:
 def healthcheck(config_path: str, url: str | None, timeout: float) -> None:
     """Exit 0 when the relay answers /healthz (for container health checks).
 
-    The address comes from the config's server.listen (0.0.0.0 means 127.0.0.1),
+    The address comes from the config's server.listen (0.0.0.0 means 127.0.0.1, [::] ::1),
     unless --url is given; then the config is not read.
     """
     url = url or health_url(load_config(config_path))

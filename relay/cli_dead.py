@@ -37,6 +37,8 @@ def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool)
         click.echo(json.dumps([job_json(j) for j in jobs], indent=2))
         return
     if not jobs:
+        if receiver and receiver not in (config := load_config(config_path)).receivers:
+            fail(_why_nothing(config, receiver))  # a misspelt name is not "no dead jobs"
         click.echo("no dead jobs")
         return
     click.echo(f"{'JOB':>6}  {'RECEIVER':<16} {'DELIVERY':<14} {'ATTEMPTS':>8}  LAST ERROR")
@@ -59,6 +61,8 @@ def dead_show(config_path: str, job_id: int) -> None:
     click.echo(f"job {j.id}  state={j.state}  receiver={j.receiver}[{j.url_index}]"
                f"  route={j.route}  attempts={j.attempts}")
     click.echo(f"event: {json.dumps(detail.event)}")
+    if j.last_error and (not detail.history or detail.history[-1].error != j.last_error):
+        click.echo(f"why: {j.last_error}")  # a suppressed job has no attempt that says it
     click.echo(f"title: {j.message.title}\nbody:\n{j.message.body}\nattempts:")
     for a in detail.history:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.at))

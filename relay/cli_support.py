@@ -15,7 +15,7 @@ import click
 
 from relay import config as config_mod
 from relay.config import Config
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError, Issue, RelayError
 from relay.logs import scrub
 from relay.schema import SCHEMAS, shown
 
@@ -150,6 +150,14 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help=f"Config file (env {CONFIG_ENV}).")(f)
 
 
+def shown_issue(issue: Issue) -> str:
+    """An issue as a command prints it: a missing config at the default path (no -c given,
+    or so it looks) also says how to name one, which a first run needs to hear."""
+    if issue.file == DEFAULT_CONFIG_PATH and issue.message.startswith("cannot read config"):
+        return f"{issue} (the default path: give -c FILE, or set {CONFIG_ENV})"
+    return str(issue)
+
+
 def guarded(f: Callable[..., T]) -> Callable[..., T]:
     """Turn the relay's own errors into one readable line and a non-zero exit."""
     @wraps(f)
@@ -158,7 +166,7 @@ def guarded(f: Callable[..., T]) -> Callable[..., T]:
             return f(*args, **kwargs)
         except ConfigError as e:
             for issue in e.issues:
-                click.echo(str(issue), err=True)
+                click.echo(shown_issue(issue), err=True)
             sys.exit(1)
         except RelayError as e:
             fail(str(e))

@@ -16,12 +16,13 @@ from relay.live import MessageRef, has_threads, why_not_live
 from relay.live.email import is_email, thread_id
 from relay.notify import converted
 from relay.pipeline import Notification, Plan
-from relay.quiet import until_epoch
+from relay.quiet import held, until_epoch
 from relay.routing import Route
 from relay.runtime import Runtime, build_runtime
 from relay.store import rules
 from relay.store.peek import Peek, SeenTimer, peek, timers
 from relay.store.rules import TIMER_LIVE
+from relay.templating import default_type
 from relay.watches import Watch, Watches, describe, timer_op
 
 UNKNOWN_NOTE = ("  (not a Kourier event type: only routes that name it in an event matcher"
@@ -99,9 +100,16 @@ def _digests(config: Config, plan: Plan, event: Event, now: float) -> list[str]:
         assert route.digest is not None
         group = group_of(event.payload, route.digest.group_by).describe()
         closes = _clock(config.timezone, now + route.digest.window, now)
+        # A digest that closes in its receiver's quiet hours is held like any notification.
+        hours = config.receivers[op.context["receiver"]].quiet_hours
+        named = config.templates.get(route.template_ref)
+        type_ = route.template.type or (named.type if named else None) or default_type(event)
+        until = held(hours, type_, now + route.digest.window)
+        quiet = f", then held until {_clock(hours.timezone, until, now)} (quiet hours)" \
+            if hours and until else ""
         lines.append(strip_controls(
             f"  {op.context['receiver']}[{op.context['url_index']}] joins the digest {group},"
-            f" closes {closes} (route {route.name}; if this event opens the window)", True))
+            f" closes {closes} (route {route.name}; if this event opens the window){quiet}", True))
     return [*lines, ""]
 
 
@@ -193,7 +201,8 @@ def _notifications(config: Config, plan: Plan, channels: dict[str, list[Channel]
             f"{len(m.title)} chars; this channel has no title, Apprise puts it atop the body"
         lines.append(f"    title ({title}): {m.title}")
         lines.append(f"    body ({_size(m.body, ch.body_max, n)}):")
-        lines += [f"      {line}".rstrip() for line in m.body.splitlines()]
+        lines += [f"      {line}".rstrip() for line in m.body.splitlines()] or \
+            ["      (empty: the title goes out as the body; Apprise refuses an empty one)"]
         sent = converted(m.body, m.format, ch)
         if sent is not None:
             lines.append(f"    as {ch.renders_as(m.format)} (Apprise converts {m.format} for this"

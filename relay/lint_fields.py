@@ -21,7 +21,7 @@ from relay.watches import FIELDS as WATCH_FIELDS
 from relay.watches import stop_key
 
 FIELDS = dict.fromkeys(DOCUMENTED_FIELDS)
-KOURIER = "Kourier never sends"
+KOURIER = "Kourier does not document"  # it may send more: KOURIER.md, "may add fields"
 
 
 def matcher_sets(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -36,11 +36,11 @@ def matcher_sets(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
 # `stauts` (0.83), `dleivery_id`, `timestmap`, but not `state` (0.73) or `status_code`
 # (0.71), which may well be fields an event carries.
 FIELD_CUTOFF = 0.8
-SENT = f"which {KOURIER} (it sends {', '.join(sorted(DOCUMENTED_FIELDS))})"
+SENT = f"which {KOURIER} (it documents {', '.join(sorted(DOCUMENTED_FIELDS))})"
 
 
 def misspelt_fields(config: Config) -> list[Issue]:
-    """A matcher on a field Kourier never sends whose name is close to one it does: it sees
+    """A matcher on a field Kourier does not document whose name is close to one it does: it sees
     the field missing in every event, and nothing says so (`stauts: failed`)."""
     return [config.source.issue(path.removesuffix(".event") + f".{key}",
                                 f"matches on {key}, {SENT}: this matcher finds no such field"
@@ -128,7 +128,7 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
         return [config.source.issue(path, f"uses {names}, which {never} (it has {sent});"
                                           f" renders empty: each item is in {items}",
                                     "warning")]
-    it = "it sends" if never == KOURIER else "it has"
+    it = "it documents" if never == KOURIER else "it has"
     computed = [name for name in extra if name in _computed_with(source)]
     if not computed:
         return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
@@ -162,7 +162,7 @@ def _computed_with(source: str) -> set[str]:
 # What the relay itself puts in a digest's `window` and `group` and a summary's `quiet` and
 # each of its `notifications`. A digest's `events` are payloads, which may carry any field
 # (docs/less-noise.md): their keys are not checked. A watch's `last` is the delivery's
-# newest event: its keys are warned about as a top-level field Kourier never sends is.
+# newest event: its keys are warned about as a top-level field Kourier does not document is.
 LAST = Known("the delivery's newest event", DOCUMENTED_FIELDS)
 SUMMARY_KEYS = ({"quiet": Known("a quiet-hours summary's quiet", QUIET_FIELDS)},
                 {"notifications": Known("a notification of a quiet-hours summary",
@@ -197,7 +197,7 @@ def _digest_keys(group_by: Iterable[str]) -> Scopes:
 def _key_issue(config: Config, path: str, u: Unknown) -> Issue:
     has = ", ".join(sorted(u.known.keys)) or "no keys"
     hint = did_you_mean(u.key, dict.fromkeys(u.known.keys))
-    what = f"{KOURIER} (it sends {has}); renders empty unless an event carries it" \
+    what = f"{KOURIER} (it documents {has}); renders empty unless an event carries it" \
         if u.known is LAST else f"{u.known.owner} never has (it has {has}); renders empty"
     return Issue(config.source.file, config.source.line_within(path, u.line), path,
                  f"uses {u.expression}, which {what}{hint}", "warning")

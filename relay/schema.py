@@ -276,8 +276,16 @@ class Checker:
             try:
                 out[key] = self._convert(fields[key], value, sub)
             except ValueError as e:
-                self.error(sub, str(e).replace(shown(value), shown_at(self.source, sub, value)))
+                self.error(sub, self._message(e, sub, value))
         return out
+
+    def _message(self, e: ValueError, path: str, value: Any) -> str:
+        """The error, with a value made with `${VAR}` named by its variable, never shown."""
+        message = str(e).replace(shown(value), shown_at(self.source, path, value))
+        name = self.source.env.get(path)
+        if name and f"${{{name}}}" not in message:  # the message did not quote the value
+            message += f" (a value from ${{{name}}}, not shown)"
+        return message
 
     def _convert(self, conv: Conv, value: Any, path: str) -> Any:
         """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""

@@ -65,7 +65,9 @@ def _detail(e: _Error, reported: int) -> str:
     """PyYAML's own words, with the line its context started on when not the one reported."""
     if not e.context:
         return e.problem
-    where = f" that starts on line {e.start}" if e.start and e.start != reported else ""
+    # (a start past the last line is the end of the file: it says nothing)
+    where = f" that starts on line {e.start}" \
+        if e.start and e.start != reported and e.start <= len(e.lines) else ""
     return f"{e.problem}, {e.context}{where}"
 
 
@@ -132,5 +134,39 @@ def _mapping_values(e: _Error) -> tuple[int, str] | None:
                     " above it, which already has a value")
 
 
+def _open_at_end(e: _Error) -> tuple[int, str] | None:
+    """A [ or { still open when the file ends: PyYAML gives up past the last line, and its
+    marks say nothing of where the bracket is."""
+    if not (e.problem.endswith("found '<stream end>'") and "flow node" in e.context):
+        return None
+    opened = _open_brackets(e.lines)
+    if not opened:
+        return None
+    line, bracket = opened[0]  # the outermost: closing it is the fix
+    return line, _unclosed(bracket, "]" if bracket == "[" else "}")
+
+
+def _open_brackets(lines: list[str]) -> list[tuple[int, str]]:
+    """The [ and { left open at the end, as (line, bracket), outermost first; quoted text
+    and comments are skipped (a quote starts a value only after a space, [, {, : or ,)."""
+    stack: list[tuple[int, str]] = []
+    for n, text in enumerate(lines, 1):
+        quote = ""
+        for i, c in enumerate(text):
+            before = text[i - 1] if i else " "
+            if quote:
+                if c == quote and not (quote == '"' and before == "\\"):
+                    quote = ""
+            elif c in "'\"" and (before.isspace() or before in "[{:,"):
+                quote = c
+            elif c == "#" and before.isspace():
+                break
+            elif c in "[{":
+                stack.append((n, c))
+            elif c in "]}" and stack and stack[-1][1] == {"]": "[", "}": "{"}[c]:
+                stack.pop()
+    return stack
+
+
 # The clues first, in their order; then what needs a look at the lines around.
-_RULES: tuple[Rule, ...] = (_clues, _mapping_values)
+_RULES: tuple[Rule, ...] = (_clues, _mapping_values, _open_at_end)

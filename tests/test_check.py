@@ -60,15 +60,15 @@ WARNINGS = {
     "shadowed_route": '13: routes[1]: warning: route "failed" can never match: the earlier route'
                       ' "all-updates" (line 10) matches every event it would, and has no'
                       " continue: true",
-    "undocumented_field": "11: routes[0].body: warning: uses customer_name, which Kourier never"
-                          " sends (it sends delivery_id, event, status, timestamp); renders empty"
+    "undocumented_field": "11: routes[0].body: warning: uses customer_name, which Kourier does not"
+                          " document (it documents delivery_id, event, status, timestamp); renders empty"
                           " unless an event carries it",
     "unknown_event_type": "9: routes[0].match.event: warning: 'delivery.canceled' matches no"
                           " event type Kourier sends (delivery.cancelled, delivery.created,"
                           " delivery.updated), only one it may add later (did you mean"
                           ' "delivery.cancelled"?)',
-    "misspelt_field": "9: routes[0].match.stauts: warning: matches on stauts, which Kourier never"
-                      " sends (it sends delivery_id, event, status, timestamp): this matcher"
+    "misspelt_field": "9: routes[0].match.stauts: warning: matches on stauts, which Kourier does not"
+                      " document (it documents delivery_id, event, status, timestamp): this matcher"
                       " finds no such field unless an event carries it (did you mean"
                       ' "status"?)',
     "apprise_retry": "8: receivers[1].urls[0]: warning: remove Apprise's retry= parameter:"
@@ -496,12 +496,12 @@ routes:
     body: "{{ note }} {{ -depth }} {{ weight ~ 'g' }}"
 default_receiver: log
 """)
-    sent = "it sends delivery_id, event, status, timestamp"
+    sent = "it documents delivery_id, event, status, timestamp"
     assert result.stdout.splitlines() == [
-        f"{cfg}:7: routes[0].title: warning: uses weight, which Kourier never sends ({sent});"
+        f"{cfg}:7: routes[0].title: warning: uses weight, which Kourier does not document ({sent});"
         " unless an event carries it, weight fails the template, which computes with it (the"
         " built-in one is used)",
-        f"{cfg}:8: routes[0].body: warning: uses depth, note, weight, which Kourier never sends"
+        f"{cfg}:8: routes[0].body: warning: uses depth, note, weight, which Kourier does not document"
         f" ({sent}); unless an event carries it, note, weight renders empty and depth fails"
         " the template, which computes with it (the built-in one is used)"]
     assert result.exit_code == 0
@@ -528,7 +528,7 @@ watches:
     receivers: [log]
 default_receiver: log
 """)
-    sent = "which Kourier never sends (it sends delivery_id, event, status, timestamp)"
+    sent = "which Kourier does not document (it documents delivery_id, event, status, timestamp)"
     finds = "this matcher finds no such field unless an event carries it"
     assert result.stdout.splitlines() == [
         f"{cfg}:5: routes[0].match.dleivery_id.x: warning: matches on dleivery_id.x, {sent}:"

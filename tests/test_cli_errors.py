@@ -271,14 +271,31 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
     assert list((tmp_path / "there").iterdir()) == []
 
 
-def test_healthcheck_reads_the_address_from_the_config(tmp_path):
+@pytest.mark.parametrize("host, loopback", [("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]"),
+                                           ("[::1]", "[::1]")])
+def test_healthcheck_and_send_read_the_address_from_the_config(tmp_path, host, loopback):
+    # An IPv6 listen address made both exit 70 (the host kept its brackets and got a second
+    # pair); "[::]" is IPv6 only (socket.create_server sets IPV6_V6ONLY), so its loopback is ::1.
+    import urllib.request
+
     port = free_port()
-    cfg = relay_config(tmp_path, f"0.0.0.0:{port}")
+    cfg = relay_config(tmp_path, f"{host}:{port}")
     relay = spawn_relay(cfg)
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{loopback}:{port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     try:
-        wait_healthy(port)
+        wait_for_sync(up, 10, message="relay ready")
         done = run("healthcheck", "-c", str(cfg))
         assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        sent = run("send", "-c", str(cfg))
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith(f"POST http://{loopback}:{port}/webhook\n")
     finally:
         relay.terminate()
         relay.wait(20)
@@ -582,3 +599,27 @@ def test_serve_logs_an_unexpected_error_with_its_whole_traceback():
     assert "Traceback" in json.loads(record)["exception"]
     assert line.startswith("error: unexpected JSONDecodeError in relay/store/sql.py:")
     assert done.returncode == 70
+
+
+@pytest.mark.skipif(os.path.exists("/etc/kourier-relay/config.yaml"),
+                    reason="this machine has a config at the default path")
+@pytest.mark.parametrize("command", [["check"], ["serve"], ["send"], ["dead", "list"]])
+def test_no_config_at_the_default_path_says_how_to_name_one(tmp_path, command):
+    # A first run without -c said only "cannot read config: No such file or directory" of
+    # a path the user never typed.
+    done = run(*command, cwd=tmp_path)
+    line = (done.stdout + done.stderr).splitlines()[0]
+    assert line == ("/etc/kourier-relay/config.yaml: cannot read config: No such file or"
+                    " directory (the default path: give -c FILE, or set KOURIER_RELAY_CONFIG)")
+    assert done.returncode == 1
+
+
+def test_dead_list_of_a_receiver_not_in_the_config_says_so(tmp_path):
+    # It said "no dead jobs" and exit 0 to a misspelt name, as if nothing had failed; replay
+    # and the admin API already refused it.
+    cfg = relay_config(tmp_path, "127.0.0.1:8080")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    assert one_line(run("dead", "list", "--receiver", "lgo", "-c", str(cfg))) == \
+        f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
+    known = run("dead", "list", "--receiver", "log", "-c", str(cfg))
+    assert (known.returncode, known.stdout) == (0, "no dead jobs\n")

@@ -322,4 +322,5 @@ def test_a_value_from_the_environment_of_the_wrong_type_is_still_an_error():
     with pytest.raises(ConfigError) as e:
         load(BASE + "sending: {concurrency: '${N}'}\n", {"N": "lots"})
     assert [str(i) for i in e.value.issues] == [
-        "relay.yaml:7: sending.concurrency: expected an integer, got a string"]
+        "relay.yaml:7: sending.concurrency: expected an integer, got a string (a value from"
+        " ${N}, not shown)"]

@@ -176,7 +176,7 @@ def _config_fragments() -> list[tuple[str, str]]:
     return found
 
 
-FRAGMENT_BASE = {"server": {"tokens": ["t"]}, "templates": {"night-summary": {"title": "x"}},
+FRAGMENT_BASE = {"server": {"tokens": ["t"]}, "templates": {},
                  "receivers": [{"name": "ops-chat", "urls": ["console://"]}]}
 # What the `${VARS}` of the docs' examples hold in a real deployment.
 FRAGMENT_ENV = {"SLACK_BOT_TOKEN": "xoxb-1-2-abcd", "DISCORD_WEBHOOK_ID": "1234",
@@ -203,6 +203,29 @@ def test_a_config_example_in_the_docs_passes_check(tmp_path, monkeypatch, name, 
         monkeypatch.setenv(key, value)
     issues = [f"{i.severity}: {i.path}: {i.message}" for i in lint(str(path))]
     assert issues == [], name
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice in one mapping is an error (the
+    relay refuses it; PyYAML alone keeps the last value and hides the mistake)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+        if twice:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {twice}",
+                                                    node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+YAML_BLOCKS = [(f"{page.name}#{i}", block) for page in DOC_PAGES
+               for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S))]
+
+
+@pytest.mark.parametrize("name, block", YAML_BLOCKS, ids=[name for name, _ in YAML_BLOCKS])
+def test_a_yaml_example_in_the_docs_has_no_key_twice(name, block):
+    """Any ```yaml block, config sections or a part of one (a `match:`): a reader pastes it."""
+    yaml.load(block, Loader=_StrictLoader)
 
 
 def _modules() -> set[str]:

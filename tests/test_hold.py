@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.conftest import FakeClock
+from tests.forkserver import run_relay
 from tests.livefakes import SLACK_TOKEN
 from tests.test_live_routes import config, event, rows, settle
 
@@ -29,6 +32,23 @@ async def test_a_newer_notification_within_the_hold_replaces_the_waiting_one(
     assert said(sink) == ["in_transit"]
     assert rows(tmp_path / "relay.db", "SELECT id, state, last_error FROM jobs") == [
         (1, "suppressed", REPLACED.format(2)), (2, "sent", "")]
+
+
+async def test_dead_show_of_a_replaced_job_says_why_it_was_not_sent(
+        running, sink, tmp_path) -> None:
+    # A suppressed job has no attempts: `dead show` printed its text and an empty attempts
+    # list, and the reason was only in the admin API's last_error.
+    clock = FakeClock()
+    r = await running(config(sink.url("ops"), route="hold: 10s"), clock=clock)
+    await r.post(event(0))
+    await r.post(event(1))
+    await settle(r)
+    show = await asyncio.to_thread(
+        run_relay, ["dead", "show", "1", "-c", str(tmp_path / "config.yaml")],
+        capture_output=True, text=True, timeout=30)
+    assert show.returncode == 0
+    assert "state=suppressed" in show.stdout
+    assert f"why: {REPLACED.format(2)}" in show.stdout.splitlines()
 
 
 async def test_a_delivery_that_keeps_moving_gets_a_message_every_hold(running, sink) -> None:

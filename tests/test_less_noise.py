@@ -393,6 +393,37 @@ def test_the_dry_run_says_what_joins_a_digest_and_what_is_held(tmp_path):
         report.splitlines()
 
 
+@pytest.mark.parametrize("route_type, held", [
+    ("warning", ", then held until Thu 07:00 (quiet hours)"),
+    ("failure", ""),  # urgent for ops: sent when the window closes, quiet or not
+])
+def test_the_dry_run_says_a_digest_closing_in_quiet_hours_is_held(tmp_path, route_type, held):
+    # It said only when the window closes, though the digest then waits for the morning.
+    # The type comes from the route's named template here.
+    config = loads(f"""
+server: {{listen: "127.0.0.1:8080", tokens: [t]}}
+store: {{url: "sqlite:{tmp_path}/r.db"}}
+timezone: Europe/Berlin
+receivers:
+  - name: ops
+    urls: ["json://127.0.0.1:9/ops"]
+{QUIET}routes:
+  - name: failures
+    match: {{status: failed}}
+    receivers: [ops]
+    digest: {{window: 10m, group_by: [hub]}}
+    template: night
+templates:
+  night: {{type: {route_type}}}
+""")
+    line = "  ops[0] joins the digest hub=Hub 3, closes {} (route failures; if this event opens" \
+           " the window){}"
+    report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T21:55"))
+    assert line.format("22:05", held) in report.splitlines()
+    report, _ = explain(config, event_from_dict(failed(1)), now=at("2026-12-02T14:30"))
+    assert line.format("14:40", "") in report.splitlines()
+
+
 # ---------------------------------------------------------------- what docs/less-noise.md shows
 
 DOC = Path(__file__).parent.parent / "docs" / "less-noise.md"

@@ -204,6 +204,26 @@ routes:
         assert result.exit_code == 0, result.stderr
 
 
+def test_an_empty_body_says_the_title_goes_out_in_its_place(tmp_path):
+    # The relay sends the title as the body (notify.py); the dry run showed an empty body.
+    cfg = tmp_path / "relay.yaml"
+    cfg.write_text("""\
+server:
+  tokens: ["t0ken"]
+receivers:
+  - {name: log, urls: ["console://"]}
+routes:
+  - {match: {event: delivery.cancelled}, receivers: [log], title: "T {{ delivery_id }}",
+     body: "{{ note }}"}
+""")
+    result = route("-", input=event("delivery.cancelled"), config=str(cfg))
+    lines = result.stdout.splitlines()
+    at = lines.index("    body (0/32768 chars):")
+    assert lines[at + 1] == \
+        "      (empty: the title goes out as the body; Apprise refuses an empty one)"
+    assert result.exit_code == 0, result.stderr
+
+
 def test_reads_event_from_a_file(tmp_path):
     path = tmp_path / "event.json"
     path.write_text(CASES["delivered"][0])

@@ -211,6 +211,10 @@ SHORT = "hunter2"  # a short password: nothing about it looks like a secret, but
      "default_receiver: r",
      "c.yaml:2: receivers[0].quiet_hours.timezone: unknown time zone a value from ${PW}"
      " (not shown)"),
+    # a message that does not quote the value named no variable: which one to fix?
+    ("server: {tokens: [t]}\nsending: {concurrency: '${PW}'}",
+     "c.yaml:2: sending.concurrency: expected an integer, got a string (a value from ${PW},"
+     " not shown)"),
 ])
 def test_a_value_from_the_environment_is_named_by_its_variable_never_shown(yaml_text, found):
     with pytest.raises(ConfigError) as e:

@@ -266,7 +266,7 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
         " only delivery.created, which Kourier sends once, before any other event of a delivery",
         '7: watches[0].stop[1]: watch "w": every event that matches start also matches this'
         " stop, and a stop wins, so the watch never arms",
-        "10: watches[0].body: uses courier, which Kourier never sends (it sends delivery_id,"
+        "10: watches[0].body: uses courier, which Kourier does not document (it documents delivery_id,"
         " event, status, timestamp); renders empty unless an event carries it",
     ]
 
@@ -274,7 +274,7 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
 def test_check_warns_of_a_field_of_last_kourier_never_sends_as_of_a_top_level_one(tmp_path):
     """`last` is the delivery's newest event: `{{ last.courier }}` warns as `{{ courier }}`
     does (it renders empty unless an event carries it), a misspelt field with a hint."""
-    sent = "Kourier never sends (it sends delivery_id, event, status, timestamp)"
+    sent = "Kourier does not document (it documents delivery_id, event, status, timestamp)"
     assert findings(tmp_path, """\
   - name: w
     start: {event: delivery.created}

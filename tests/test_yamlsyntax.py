@@ -50,6 +50,17 @@ CASES = [
      "2: invalid YAML: unclosed {: the { on this line needs a matching }, or a comma is missing"
      " between its items (PyYAML: expected ',' or '}', but got ':', while parsing a flow"
      " mapping)"),
+    # Open at the end of the file: PyYAML gave up on a line past the last one, in its own
+    # words only.
+    ("list open at the end", "server:\n  tokens: [t]\nreceivers: [\n",
+     "3: invalid YAML: unclosed [: the [ on this line needs a matching ], or a comma is missing"
+     " between its items (PyYAML: expected the node content, but found '<stream end>', while"
+     " parsing a flow node)"),
+    ("mapping open at the end, a comment after", "server:\n  tokens: [t]  # [x]\n"
+     "default_receiver: 'a[b'\nroutes:\n  - match: {event: [x, y],\n\n# the end\n",
+     "5: invalid YAML: unclosed {: the { on this line needs a matching }, or a comma is missing"
+     " between its items (PyYAML: expected the node content, but found '<stream end>', while"
+     " parsing a flow node)"),
     ("colon in a value", "server:\n  path: a: b\n",
      f"2: invalid YAML: a colon followed by a space inside a value: put the value in quotes"
      f" {VALUES}"),
