@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.errors import InvalidEvent
-from relay.events import decode_json
+from relay.events import decode_json, unstorable
 from relay.store import Job
 from relay.store.rows import job_columns
 from relay.web import SERVICES, bearer_ok, check_length, error, printable, read_body, refusal, unauthorized
@@ -50,9 +50,13 @@ async def dead_list(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         raise _bad_request(f"limit must be between 1 and {MAX_LIMIT}")
     receiver = request.query.get("receiver")
-    if receiver is not None:
-        _check_receiver(request, receiver)
+    if receiver is not None and unstorable(receiver):
+        _check_receiver(request, receiver)  # no receiver has such a name: never asks the store
     jobs = await s.store.dead(receiver, limit)
+    if receiver is not None and not jobs:
+        # A receiver removed from the config still lists its dead jobs (as `dead list` does);
+        # a name that is neither configured nor has any is a mistake, not "no dead jobs".
+        _check_receiver(request, receiver)
     return web.json_response({"jobs": [job_json(j) for j in jobs]})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -222,6 +223,25 @@ async def test_dead_letters_through_the_admin_api(running, sink, tmp_path):
     status, body, _ = await admin(r, "POST", "/-/dead/replay", body={"ids": [job["id"]]})
     assert (status, body) == (200, {"replayed": 1})
     await wait_for(lambda: len(sink.messages("a")) == 1)
+
+
+async def test_the_admin_api_lists_a_removed_receivers_dead_jobs_and_refuses_a_made_up_name(
+        running, sink, tmp_path):
+    """`GET /-/dead?receiver=b` after `b` left the config lists its dead jobs (what an
+    operator looks at before adding it back and replaying), as `dead list --receiver` does;
+    a name neither configured nor with dead jobs is still a 400, never "no jobs"."""
+    r = await make_dead(running, sink, tmp_path)
+    cfg = Path(r.relay.config_path)
+    cfg.write_text(cfg.read_text().replace("receivers: [a, b]", "receivers: [a]")
+                   .replace(f'  - name: b\n    urls: ["{sink.url("b")}"]\n', ""))
+    await r.relay.reload()
+    assert "b" not in r.relay.config.receivers
+    status, body, _ = await admin(r, "GET", "/-/dead?receiver=b")
+    assert status == 200 and [j["receiver"] for j in body["jobs"]] == ["b"]
+    status, body, _ = await admin(r, "GET", "/-/dead?receiver=nope")
+    assert (status, body["details"]) == (400, "unknown receiver 'nope'")
+    status, body, _ = await admin(r, "POST", "/-/dead/replay", body={"receiver": "b"})
+    assert status == 400  # replaying to a receiver the config no longer has is refused
 
 
 async def test_dead_list_json_is_the_admin_apis_jobs_as_an_array(running, sink, tmp_path):
