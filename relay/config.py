@@ -104,6 +104,7 @@ class DeliveriesConfig:
     """Rules about Kourier's parcel deliveries themselves (their order, their cancellation)."""
 
     suppress_stale: bool = True  # Kourier sends updates out of order (KOURIER.md)
+    extra_fields: tuple[str, ...] = ()  # what events carry beyond Kourier's documented fields
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,22 @@ from relay.templating import ENV, RECEIVER_FAILING, RECEIVER_FAILING_FIELDS, ref
 from relay.watches import FIELDS as WATCH_FIELDS
 from relay.watches import stop_key
 
-FIELDS = dict.fromkeys(DOCUMENTED_FIELDS)
 KOURIER = "Kourier does not document"  # it may send more: KOURIER.md, "may add fields"
+EXTRA = "deliveries.extra_fields"
+ADVICE = f" (name the fields your events carry in {EXTRA})"
+
+
+def payload_fields(config: Config) -> frozenset[str]:
+    """The top-level fields an event is expected to carry: Kourier's documented ones and
+    those the operator names in `deliveries.extra_fields`."""
+    return DOCUMENTED_FIELDS | frozenset(config.deliveries.extra_fields)
+
+
+def _expected(config: Config) -> str:
+    """`(it documents …; deliveries.extra_fields names …)`, what a payload-field warning says."""
+    extra = sorted(frozenset(config.deliveries.extra_fields) - DOCUMENTED_FIELDS)
+    names = f"; {EXTRA} names {', '.join(extra)}" if extra else ""
+    return f"(it documents {', '.join(sorted(DOCUMENTED_FIELDS))}{names})"
 
 
 def matcher_sets(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -36,18 +50,19 @@ def matcher_sets(config: Config) -> Iterator[tuple[str, Mapping[str, Any]]]:
 # `stauts` (0.83), `dleivery_id`, `timestmap`, but not `state` (0.73) or `status_code`
 # (0.71), which may well be fields an event carries.
 FIELD_CUTOFF = 0.8
-SENT = f"which {KOURIER} (it documents {', '.join(sorted(DOCUMENTED_FIELDS))})"
 
 
 def misspelt_fields(config: Config) -> list[Issue]:
     """A matcher on a field Kourier does not document whose name is close to one it does: it sees
     the field missing in every event, and nothing says so (`stauts: failed`)."""
+    fields = payload_fields(config)
     return [config.source.issue(path.removesuffix(".event") + f".{key}",
-                                f"matches on {key}, {SENT}: this matcher finds no such field"
-                                f" unless an event carries it{hint}", "warning")
+                                f"matches on {key}, which {KOURIER} {_expected(config)}: this"
+                                f" matcher finds no such field unless an event carries it{hint}",
+                                "warning")
             for path, spec in matcher_sets(config) for key in spec
-            if key.split(".")[0] not in DOCUMENTED_FIELDS
-            and (hint := did_you_mean(key.split(".")[0], FIELDS, FIELD_CUTOFF))]
+            if key.split(".")[0] not in fields
+            and (hint := did_you_mean(key.split(".")[0], dict.fromkeys(fields), FIELD_CUTOFF))]
 
 
 # What a digest's and a quiet-hours summary's templates see besides payload fields.
@@ -98,6 +113,7 @@ def _templates(config: Config) -> list[Seen]:
     digests, summaries = _batch_names(config)
     kinds = dict.fromkeys(digests, "digest") | dict.fromkeys(summaries, "summary")
     notice = config.templates.get(RECEIVER_FAILING)
+    fields = payload_fields(config)
     out: list[Seen] = []
     for name, t in config.templates.items():
         if t is notice:
@@ -106,12 +122,12 @@ def _templates(config: Config) -> list[Seen]:
         elif name in kinds:
             out.append((t, t.path, *BATCH[kinds[name]], frozenset()))
         else:
-            out.append((t, t.path, DOCUMENTED_FIELDS, KOURIER, frozenset()))
+            out.append((t, t.path, fields, KOURIER, frozenset()))
     out += [(r.template, r.path, *BATCH["digest"], frozenset()) if r.digest
-            else (r.template, r.path, DOCUMENTED_FIELDS, KOURIER, frozenset())
+            else (r.template, r.path, fields, KOURIER, frozenset())
             for r in config.routes]
     # A watch sees the arming event's fields and what a watch adds.
-    out += [(w.template, w.path, DOCUMENTED_FIELDS, KOURIER, WATCH_FIELDS)
+    out += [(w.template, w.path, fields, KOURIER, WATCH_FIELDS)
             for w in config.watches]
     return out
 
@@ -128,25 +144,27 @@ def _fields_issue(config: Config, path: str, source: str, known: frozenset[str],
         return [config.source.issue(path, f"uses {names}, which {never} (it has {sent});"
                                           f" renders empty: each item is in {items}",
                                     "warning")]
-    it = "it documents" if never == KOURIER else "it has"
+    has = _expected(config) if never == KOURIER else f"(it has {sent})"
     computed = [name for name in extra if name in _computed_with(source)]
     if not computed:
-        return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent});"
+        hint = _near_misses(extra, known) if never == KOURIER else ""
+        return [config.source.issue(path, f"uses {names}, which {never} {has};"
                                           " renders empty unless an event carries it"
-                                          f"{_near_misses(extra, never)}", "warning")]
+                                          f"{hint or (ADVICE if never == KOURIER else '')}",
+                                    "warning")]
     plain = [name for name in extra if name not in computed]
     fails = (f"{', '.join(plain)} renders empty and " if plain else "") + \
         f"{', '.join(computed)} fails the template, which computes with it (the built-in one" \
         " is used)"
-    return [config.source.issue(path, f"uses {names}, which {never} ({it} {sent}); unless an"
+    return [config.source.issue(path, f"uses {names}, which {never} {has}; unless an"
                                       f" event carries it, {fails}", "warning")]
 
 
-def _near_misses(names: list[str], never: str) -> str:
-    """` (did you mean "status"?)` for names close to fields Kourier sends (`stauts`)."""
-    close = [(n, difflib.get_close_matches(n, FIELDS, 1, FIELD_CUTOFF)) for n in names]
+def _near_misses(names: list[str], fields: frozenset[str]) -> str:
+    """` (did you mean "status"?)` for names close to fields events carry (`stauts`)."""
+    close = [(n, difflib.get_close_matches(n, fields, 1, FIELD_CUTOFF)) for n in names]
     hints = [f'"{c[0]}"' + ("" if len(names) == 1 else f" for {n}") for n, c in close if c]
-    return f" (did you mean {', '.join(hints)}?)" if hints and never == KOURIER else ""
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 _ARITHMETIC = (nodes.BinExpr, nodes.UnaryExpr)  # `weight / 1000`, `-weight`: undefined fails
@@ -163,7 +181,7 @@ def _computed_with(source: str) -> set[str]:
 # each of its `notifications`. A digest's `events` are payloads, which may carry any field
 # (docs/less-noise.md): their keys are not checked. A watch's `last` is the delivery's
 # newest event: its keys are warned about as a top-level field Kourier does not document is.
-LAST = Known("the delivery's newest event", DOCUMENTED_FIELDS)
+LAST = "the delivery's newest event"
 SUMMARY_KEYS = ({"quiet": Known("a quiet-hours summary's quiet", QUIET_FIELDS)},
                 {"notifications": Known("a notification of a quiet-hours summary",
                                         NOTIFICATION_FIELDS)})
@@ -186,7 +204,8 @@ def _batch_templates(config: Config) -> list[tuple[TemplateConfig, str, Scopes]]
            for name, t in config.templates.items() if name in summaries or name in group_by]
     return out + [(r.template, r.path, _digest_keys(r.digest.group_by))
                   for r in config.routes if r.digest] \
-        + [(w.template, w.path, ({"last": LAST}, {})) for w in config.watches]
+        + [(w.template, w.path, ({"last": Known(LAST, payload_fields(config))}, {}))
+           for w in config.watches]
 
 
 def _digest_keys(group_by: Iterable[str]) -> Scopes:
@@ -197,7 +216,8 @@ def _digest_keys(group_by: Iterable[str]) -> Scopes:
 def _key_issue(config: Config, path: str, u: Unknown) -> Issue:
     has = ", ".join(sorted(u.known.keys)) or "no keys"
     hint = did_you_mean(u.key, dict.fromkeys(u.known.keys))
-    what = f"{KOURIER} (it documents {has}); renders empty unless an event carries it" \
-        if u.known is LAST else f"{u.known.owner} never has (it has {has}); renders empty"
+    what = f"{KOURIER} {_expected(config)}; renders empty unless an event carries it" \
+        if u.known.owner == LAST else f"{u.known.owner} never has (it has {has}); renders empty"
+    advice = ADVICE if u.known.owner == LAST and not hint else ""
     return Issue(config.source.file, config.source.line_within(path, u.line), path,
-                 f"uses {u.expression}, which {what}{hint}", "warning")
+                 f"uses {u.expression}, which {what}{hint}{advice}", "warning")

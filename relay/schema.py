@@ -131,6 +131,16 @@ def _str_list(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _field_names(v: Any) -> tuple[str, ...]:
+    """Top-level payload field names (`deliveries.extra_fields`): `customer`, not `customer.tier`."""
+    names = _str_list(v)
+    for i, name in enumerate(names):
+        if not name or "." in name or any(c.isspace() for c in name):
+            raise ValueError(f"item {i} ({shown(name)}) is not a field name: name the field at"
+                             " the top of the event (customer, not customer.tier)")
+    return names
+
+
 _CREDENTIALS = re.compile(r"[^\s/:@]+:[^\s/@]+@")
 _TOKENISH = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[^\s]{16,}")
 
@@ -214,7 +224,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
     "sending": {"concurrency": _int(1, 512), "attempt_timeout": _positive_duration,
                 "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
                 "fallback_receiver": _STR, "processes": _int(1, 32)},
-    "deliveries": {"suppress_stale": _BOOL},
+    "deliveries": {"suppress_stale": _BOOL, "extra_fields": _field_names},
     "retry": {"schedule": _expect(list, "a list of durations"), "jitter": _expect((int, float), "a number"),
               "max_age": duration},
     "circuit": {"failures": _int(1, 1000), "cooldown": duration, "max_cooldown": duration},

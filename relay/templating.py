@@ -27,7 +27,7 @@ from relay import sandbox
 from relay.config import Config, Source, TemplateConfig
 from relay.errors import ConfigError, Issue
 from relay.escaping import Escaping, strip_controls
-from relay.events import DOCUMENTED_FIELDS, Event, parse_timestamp
+from relay.events import Event, parse_timestamp
 from relay.message import Message
 from relay.noiseconfig import known_zone, unknown_zone
 from relay.zones import localtime_problem
@@ -385,10 +385,6 @@ def _fields(ast: nodes.Template) -> frozenset[str]:
             names.add(node.attr)
     names.discard("payload")
     return frozenset(names)
-
-
-def undocumented_fields(t: CompiledTemplate) -> frozenset[str]:
-    return t.fields - DOCUMENTED_FIELDS
 
 
 # The built-in templates, compiled at import (once per process, before a fork server forks).

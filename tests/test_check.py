@@ -62,7 +62,8 @@ WARNINGS = {
                       " continue: true",
     "undocumented_field": "11: routes[0].body: warning: uses customer_name, which Kourier does not"
                           " document (it documents delivery_id, event, status, timestamp); renders empty"
-                          " unless an event carries it",
+                          " unless an event carries it (name the fields your events carry in"
+                          " deliveries.extra_fields)",
     "unknown_event_type": "9: routes[0].match.event: warning: 'delivery.canceled' matches no"
                           " event type Kourier sends (delivery.cancelled, delivery.created,"
                           " delivery.updated), only one it may add later (did you mean"
@@ -543,3 +544,66 @@ default_receiver: log
         f"{cfg}:12: watches[0].stop[1].Status: warning: matches on Status, {sent}: {finds} (did"
         ' you mean "status"?)']
     assert result.exit_code == 0
+
+
+def test_extra_fields_names_what_events_carry_so_check_stops_warning_about_it(tmp_path):
+    """`deliveries.extra_fields: [hub, tracking_url]`: templates, matchers and a watch's
+    `last` use them without a warning; their near misses get "did you mean"; a field still
+    not named gets the advice to name it; and `check --strict` passes a config that uses
+    only named fields (it could not before: examples/events carry such fields)."""
+    cfg, result = checked(tmp_path / "extra.yaml", """\
+server:
+  tokens: ["t0ken"]
+deliveries:
+  extra_fields: [hub, tracking_url]
+receivers: [{name: log, urls: ["console://"]}]
+routes:
+  - match: {hub: "3", trackign_url: {exists: true}}
+    receivers: [log]
+    title: "{{ delivery_id }} at {{ hub }}: {{ tracking_url }}"
+    body: "{{ courier }}"
+watches:
+  - name: stuck
+    start: {event: delivery.created, hub: "3"}
+    stop: {status: delivered}
+    after: 1h
+    receivers: [log]
+    body: "{{ last.hub }} {{ last.tracking_url }} {{ last.hbu }}"
+default_receiver: log
+""")
+    expected = ("which Kourier does not document (it documents delivery_id, event, status,"
+                " timestamp; deliveries.extra_fields names hub, tracking_url)")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:7: routes[0].match.trackign_url: warning: matches on trackign_url, {expected}:"
+        " this matcher finds no such field unless an event carries it (did you mean"
+        ' "tracking_url"?)',
+        f"{cfg}:10: routes[0].body: warning: uses courier, {expected}; renders empty unless an"
+        " event carries it (name the fields your events carry in deliveries.extra_fields)",
+        f"{cfg}:17: watches[0].body: warning: uses last.hbu, {expected}; renders empty unless an"
+        ' event carries it (did you mean "hub"?)']
+    named_only = cfg.read_text().replace(', trackign_url: {exists: true}', "") \
+        .replace("{{ courier }}", "{{ status }}").replace(" {{ last.hbu }}", "")
+    cfg, result = checked(cfg, named_only)
+    assert (result.stdout, result.exit_code) == ("", 0)
+    assert check("--strict", "-c", str(cfg)).exit_code == 0
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[customer.tier]", "item 0 ('customer.tier') is not a field name: name the field at the"
+                        " top of the event (customer, not customer.tier)"),
+    ('["hub", ""]', "item 1 ('') is not a field name: name the field at the top of the event"
+                    " (customer, not customer.tier)"),
+    ("[{hub: 1}]", "expected a list of strings, but item 0 is a mapping (write the value"
+                   " itself, not a mapping)"),
+])
+def test_extra_fields_takes_top_level_field_names_only(tmp_path, value, message):
+    cfg, result = checked(tmp_path / "bad.yaml", f"""\
+server:
+  tokens: ["t0ken"]
+deliveries:
+  extra_fields: {value}
+receivers: [{{name: log, urls: ["console://"]}}]
+default_receiver: log
+""")
+    assert result.stdout.splitlines() == [f"{cfg}:4: deliveries.extra_fields: {message}"]
+    assert result.exit_code == 1

@@ -267,7 +267,8 @@ def test_check_warns_about_a_stop_that_can_never_come_after_start(tmp_path):
         '7: watches[0].stop[1]: watch "w": every event that matches start also matches this'
         " stop, and a stop wins, so the watch never arms",
         "10: watches[0].body: uses courier, which Kourier does not document (it documents delivery_id,"
-        " event, status, timestamp); renders empty unless an event carries it",
+        " event, status, timestamp); renders empty unless an event carries it (name the"
+        " fields your events carry in deliveries.extra_fields)",
     ]
 
 
@@ -287,7 +288,7 @@ def test_check_warns_of_a_field_of_last_kourier_never_sends_as_of_a_top_level_on
       {{ last.stauts }} {{ last['event'] }}
 """) == [
         f"12: watches[0].body: uses last.courier, which {sent}; renders empty unless"
-        " an event carries it",
+        " an event carries it (name the fields your events carry in deliveries.extra_fields)",
         f"13: watches[0].body: uses last.stauts, which {sent}; renders empty unless"
         ' an event carries it (did you mean "status"?)',
     ]
