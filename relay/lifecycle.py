@@ -67,7 +67,7 @@ class Relay:
         if self.senders is not None:
             self.senders.fallback = self.live.notifier
         try:
-            self.store: Store = open_store(config.store.url,
+            self.store: Store = open_store(config.store.url, exclusive=True,
                                            busy_timeout=config.store.busy_timeout)
         except StoreError as e:
             raise ConfigError([config.source.issue("store.url", str(e))]) from None

@@ -144,6 +144,36 @@ def test_a_second_relay_on_a_port_in_use_says_so_in_one_line(tmp_path):
         first.wait(20)
 
 
+def test_a_second_relay_on_the_same_sqlite_file_is_refused_and_a_killed_one_leaves_no_lock(
+        tmp_path):
+    """Two relays on one SQLite file would each count its backlog and commit as if alone:
+    the second is refused in one line while the first keeps serving, and the `dead`
+    commands still read the file. The lock dies with its process: after kill -9 a relay
+    starts on the file at once."""
+    shared = tmp_path / "shared.db"
+    port, other = free_port(), free_port()
+    first = spawn_relay(relay_config(tmp_path, f"127.0.0.1:{port}", f"sqlite:///{shared}"))
+    try:
+        wait_healthy(port)
+        (tmp_path / "second").mkdir()
+        cfg = relay_config(tmp_path / "second", f"127.0.0.1:{other}", f"sqlite:///{shared}")
+        assert one_line(run("serve", "-c", str(cfg))) == (
+            f"error: another relay is serving from {shared}: stop it first, or give this one a"
+            " store.url of its own (several relays on one store need PostgreSQL)")
+        wait_healthy(port, timeout=2)
+        listed = run("dead", "list", "-c", str(cfg))
+        assert (listed.returncode, listed.stdout) == (0, "no dead jobs\n")
+    finally:
+        first.kill()
+        first.wait(20)
+    third = spawn_relay(cfg)
+    try:
+        wait_healthy(other)
+    finally:
+        third.terminate()
+        assert third.wait(20) == 0
+
+
 @pytest.mark.parametrize(("error", "address", "problem"), [
     (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "nowhere:80",
      "cannot listen on nowhere:80: the host 'nowhere' does not resolve: set"

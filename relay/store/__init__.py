@@ -169,18 +169,21 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True) -> Store:
+def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True,
+               exclusive: bool = False) -> Store:
     """The store for a config URL: `sqlite:path`, `sqlite:///abs/path`, `postgresql://…`.
 
     `create=False` opens a store for commands that do not own its schema: one without
     the relay's schema, or with an older one, is refused instead of being created or
     upgraded (the CLI checks a SQLite file exists before it opens one, and can say where
-    it looked).
+    it looked). `exclusive`: a serving relay, which refuses a SQLite file another relay
+    serves from (PostgreSQL takes several).
     """
     if url.startswith("sqlite:"):
         from relay.store.sqlite import SQLiteStore, sqlite_path
 
-        return SQLiteStore(sqlite_path(url), busy_timeout=busy_timeout, create=create)
+        return SQLiteStore(sqlite_path(url), busy_timeout=busy_timeout, create=create,
+                           exclusive=exclusive)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from relay.store.postgres import PostgresStore

@@ -9,6 +9,7 @@ takes them (one UPDATE through the `jobs_due` index for a claim).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -53,8 +54,10 @@ def _make_folder(folder: Path) -> None:
 
 class SQLiteStore(SQLiteLive, rules.Wakeups):
     def __init__(self, path: str, synchronous: str = "FULL", busy_timeout: float = 5.0,
-                 create: bool = True) -> None:
+                 create: bool = True, exclusive: bool = False) -> None:
         self.path, self.create = path, create  # create False: a reader (never migrates)
+        self.exclusive = exclusive  # a serving relay: the only one on this file
+        self._lock: int | None = None
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self._writer = Writer(path, self._connect, self._migrate, self._count_backlog)
@@ -68,12 +71,24 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         if self._writer.running:
             return
         _make_folder(Path(self.path).parent)
-        await self._writer.start()
+        if self.exclusive:
+            self._lock = sqlite_support.lock_exclusively(self.path)
+        try:
+            await self._writer.start()
+        except BaseException:
+            self._unlock()
+            raise
         await self._call(sqlite_support.release_dead_owners)
         await self._call(self._count_backlog)
 
     async def close(self) -> None:
         await self._writer.stop()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # the kernel releases it too when the process dies (kill -9)
+            self._lock = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._writer.call(fn, *args)

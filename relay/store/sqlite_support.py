@@ -7,10 +7,12 @@ transaction; the rules are `rules`, the statements `sql`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import sqlite3
 
+from relay.errors import StoreError
 from relay.events import Event
 from relay.store import rules, sql
 from relay.store.records import Notification
@@ -64,3 +66,24 @@ def owner_gone(owner: str | None, host: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def lock_exclusively(path: str) -> int:
+    """Take the file's exclusive lock for a serving relay (an fd to close when it stops).
+
+    Two relays on one SQLite file would each count the backlog, group commits and claim
+    as if alone; the second is refused at its start. `flock`, not SQLite's own `fcntl`
+    locks, which it does not touch (Linux keeps the two apart); the kernel drops it when
+    the process dies, so a relay killed with -9 leaves no stale lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"another relay is serving from {path}: stop it first, or give this"
+                         " one a store.url of its own (several relays on one store need"
+                         " PostgreSQL)") from None
+    return fd
