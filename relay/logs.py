@@ -10,7 +10,10 @@ import sys
 import time
 from typing import Any
 
-_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20})://(?!\*\*\*)[^\s'\"<>()]+")
+# The URL ends before a `:`, `,`, `;` or `.` that ends it in the sentence ("cannot open
+# postgresql://u@db/x: …" keeps its colon).
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]{1,20})://(?!\*\*\*)[^\s'\"<>()]+?"
+                  r"(?=[:,;.]?(?:[\s'\"<>()]|$))")
 # A field's value is cut here (a traceback is not): a 64 KB delivery id, logged with the
 # event and with each of its sends, would otherwise fill the log many times over.
 FIELD_MAX = 500

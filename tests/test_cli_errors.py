@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from click.testing import CliRunner
@@ -482,6 +483,47 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
         assert line.startswith("error: postgresql://") and line.endswith(
             f" has schema version 5, this relay's is {SCHEMA_VERSION}: a reading command does"
             " not upgrade it; run migrate (or serve) first")
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_plain_words(
+        tmp_path):
+    """A search_path naming no existing schema (asyncpg: "no schema has been selected to
+    create in") and a user without CREATE on the schema (PostgreSQL 15 no longer grants it
+    on public): one line each that says what to do, and the URL keeps its colon."""
+    import uuid
+
+    import asyncpg
+
+    from tests import pgutil
+
+    base = await pgutil.base_dsn()
+    missing = relay_config(tmp_path, "127.0.0.1:8080",
+                           pgutil.with_schema(base, f"nosuch_{uuid.uuid4().hex[:8]}"))
+    line = one_line(run("migrate", "-c", str(missing)))
+    assert line == ("error: cannot open postgresql://***: no schema to create the relay's"
+                    " tables in: the schemas of the search_path do not exist in this database:"
+                    " create one (CREATE SCHEMA name), or name one that exists in the URL's"
+                    " options=-csearch_path%3Dname")
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with pgutil.fresh_schema(base) as dsn:
+        schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
+            parts = urlsplit(dsn)
+            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            (tmp_path / "role").mkdir()
+            cfg = relay_config(tmp_path / "role", "127.0.0.1:8080", as_role)
+            line = one_line(run("migrate", "-c", str(cfg)))
+            assert line == (f"error: cannot open postgresql://***: permission denied for schema"
+                            f" {schema}: the relay creates its tables itself, so its user needs"
+                            " CREATE on that schema (GRANT CREATE ON SCHEMA name TO user;"
+                            " PostgreSQL 15 no longer grants it on public), or run migrate once"
+                            " as the schema's owner")
+        finally:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+            await conn.close()
 
 
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:

@@ -49,6 +49,15 @@ def rows_touched(status: str) -> int:
 
 
 def describe(error: BaseException) -> str:
+    """An error of the database in words an operator can act on (asyncpg's own otherwise)."""
+    if isinstance(error, asyncpg.InvalidSchemaNameError):  # "no schema has been selected …"
+        return ("no schema to create the relay's tables in: the schemas of the search_path"
+                " do not exist in this database: create one (CREATE SCHEMA name), or name one"
+                " that exists in the URL's options=-csearch_path%3Dname")
+    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+        return (f"{error}: the relay creates its tables itself, so its user needs CREATE on"
+                " that schema (GRANT CREATE ON SCHEMA name TO user; PostgreSQL 15 no longer"
+                " grants it on public), or run migrate once as the schema's owner")
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
