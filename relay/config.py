@@ -259,7 +259,9 @@ def _server(data: dict[str, Any], c: Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
     if not tokens and not any(i.path.startswith("server.tokens") or "server:" in i.message
                               for i in c.issues):
-        c.error("server.tokens", "at least one non-empty webhook token is required")
+        empty = [f"${{{c.source.env[p]}}}" for p in c.source.env if p.startswith("server.tokens[")]
+        c.error("server.tokens", "at least one non-empty webhook token is required"
+                + (f" ({', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty)" if empty else ""))
     return ServerConfig(**{**data, "tokens": tokens})
 
 

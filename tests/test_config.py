@@ -45,6 +45,20 @@ def test_unset_variable_fails_with_one_line_naming_it_and_its_place():
                             " set (nor TOKEN_FILE)")
 
 
+@pytest.mark.parametrize("tokens, env, said", [
+    ('["${TOKEN}"]', {"TOKEN": ""}, " (${TOKEN} is empty)"),
+    ('["${TOKEN}", "${SPARE:-}"]', {"TOKEN": ""}, " (${TOKEN}, ${SPARE} are empty)"),
+    ('[""]', {}, ""),
+])
+def test_no_non_empty_token_names_the_variables_that_came_out_empty(tokens, env, said):
+    """`TOKEN=` set but empty (a compose file's `KOURIER_WEBHOOK_TOKEN:`): the error names
+    the variable to set, not only the key."""
+    with pytest.raises(ConfigError) as e:
+        load(MINIMAL.replace('["${TOKEN}"]', tokens), env)
+    assert str(e.value) == ("relay.yaml:2: server.tokens: at least one non-empty webhook token"
+                            f" is required{said}")
+
+
 @pytest.mark.parametrize("text", [MINIMAL, MINIMAL.replace("${TOKEN}", "${TOKEN:-change-me}")],
                          ids=["no default", "with a default"])
 def test_a_secret_file_that_cannot_be_read_is_an_error_not_a_default(tmp_path, text):
