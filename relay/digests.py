@@ -31,7 +31,8 @@ class Group:
         return dict(self.values)
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values) or "(one group)"
+        """`hub=Hub 3`; a field the event lacks (or holds empty) groups as "", shown `(none)`."""
+        return " ".join(f"{k}={v or '(none)'}" for k, v in self.values) or "(one group)"
 
 
 def group_of(payload: Mapping[str, Any], group_by: Sequence[str]) -> Group:

@@ -97,7 +97,7 @@ CASES = {
         "receivers: ops-chat",
         "",
         "digests (no message of its own from these routes):",
-        "  ops-chat[0] joins the digest hub=, closes HH:MM (route failed; if this event opens"
+        "  ops-chat[0] joins the digest hub=(none), closes HH:MM (route failed; if this event opens"
         " the window)",
         "",
         "notifications: none",
