@@ -161,6 +161,8 @@ class Relay:
                 self.reload_failure = _first_line(e)
                 log.error("config reload failed; keeping the running config:\n%s", e)
                 raise
+            for warning in moved_urls(self.config, config):
+                log.warning("%s", warning)
             changed = [k for k in RESTART_KEYS if _setting(config, k) != _setting(self.config, k)]
             if changed:
                 log.warning("%s changed: restart the relay to apply (the rest is live now)",
@@ -239,6 +241,23 @@ def _first_line(e: Exception) -> str:
         more = len(e.issues) - 1
         return str(e.issues[0]) + (f" (and {more} more)" if more else "")
     return scrub(" ".join(str(e).split()) or type(e).__name__)
+
+
+def moved_urls(old: Config, new: Config) -> list[str]:
+    """A reload that moves a receiver's URL to another place in its `urls` (a reorder, or a
+    URL removed before it): jobs, live messages and circuits go by place, so what waits for
+    the old place now goes to the URL there. Said by index only (the URLs hold secrets)."""
+    out = []
+    for name in sorted(old.receivers.keys() & new.receivers.keys()):
+        was, now = old.receivers[name].urls, new.receivers[name].urls
+        moves = [f"urls[{i}] is now urls[{now.index(u)}]" for i, u in enumerate(was)
+                 if u in now and now.index(u) != i]
+        if moves:
+            out.append(f'receiver "{name}": its URLs changed places ({", ".join(moves)}); jobs,'
+                       " live messages and circuits go by place in urls, so those waiting for a"
+                       " place now go to the URL there: put the URLs back in their order, or let"
+                       " the receiver's queue empty before moving them")
+    return out
 
 
 def _log_warnings(config: Config) -> None:

@@ -144,6 +144,29 @@ async def test_queued_jobs_keep_their_text_and_follow_the_new_url(running, sink)
     assert titles(sink, "b") == ["v1 D-7", "v2 D-8"] and sink.messages("a") == []
 
 
+async def test_a_reload_that_moves_a_receivers_urls_says_so_without_naming_them(
+        running, sink, caplog):
+    """Jobs, live messages and circuits go by a URL's place in `urls`: a reload that moves
+    one (a reorder, or a URL removed before it) warns, by index only; one that appends a
+    URL or fixes one in place (the documented way to repair a URL) says nothing."""
+    a, b, c = (sink.url(p) + "?token=SECRETxyz" for p in ("a", "b", "c"))
+    r = await running(TO_HOOK.replace('["{sink}"]', f'["{a}", "{b}", "{c}"]'), sink="")
+    edit(r.relay.config_path, f'["{a}", "{b}", "{c}"]', f'["{a}", "{c}", "{sink.url("d")}"]')
+    caplog.clear()
+    assert (await reload(r.url))[0] == 200
+    moved = [m.getMessage() for m in caplog.records if "changed places" in m.getMessage()]
+    assert moved == ['receiver "hook": its URLs changed places (urls[2] is now urls[1]); jobs,'
+                     " live messages and circuits go by place in urls, so those waiting for a"
+                     " place now go to the URL there: put the URLs back in their order, or let"
+                     " the receiver's queue empty before moving them"]
+    assert "SECRETxyz" not in caplog.text
+    edit(r.relay.config_path, f'["{a}", "{c}", "{sink.url("d")}"]',
+         f'["{sink.url("e")}", "{c}", "{sink.url("d")}", "{b}"]')  # fixed in place, appended
+    caplog.clear()
+    assert (await reload(r.url))[0] == 200
+    assert "changed places" not in caplog.text
+
+
 async def test_watch_config_reloads_when_the_file_changes(running, sink):
     r = await running(ROUTES, sink=sink.url("a"))
     cfg = r.relay.config_path
