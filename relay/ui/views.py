@@ -30,6 +30,7 @@ from relay.store import (
     Timer,
     rules,
 )
+from relay.summaries import group_in
 
 CHART_W, CHART_H = 600, 120
 
@@ -329,8 +330,7 @@ def _digests(timeline: Timeline) -> tuple[DigestView, ...]:
     for j in timeline.joined:
         t = timers.get(j.timer_id)
         if t is not None:
-            group = " ".join(f"{k}={v}" for k, v in t.context.get("group", ())) or "(one group)"
-            out.append(DigestView(str(t.context.get("route", "")), group,
+            out.append(DigestView(str(t.context.get("route", "")), group_in(t).describe(),
                                   f"{t.context.get('receiver', '')}[{t.context.get('url_index', 0)}]",
                                   j.event_id, j.added_at, t.due_at, j.fired_at))
     return tuple(out)
