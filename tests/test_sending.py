@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -242,6 +243,46 @@ async def test_the_admin_api_lists_a_removed_receivers_dead_jobs_and_refuses_a_m
     assert (status, body["details"]) == (400, "unknown receiver 'nope'")
     status, body, _ = await admin(r, "POST", "/-/dead/replay", body={"receiver": "b"})
     assert status == 400  # replaying to a receiver the config no longer has is refused
+
+
+async def test_the_delivery_command_prints_what_happened_to_one_delivery(running, sink, tmp_path):
+    """`kourier-relay delivery ID`: the status page's delivery page in a terminal. Every
+    event with its routes, each notification with its state and attempts, the watches; a
+    payload's control characters never reach the terminal; an unknown id is one line."""
+    sink.script["/b"] = [404]
+    r = await running(receivers(sink, a="a", b="b") + """\
+routes:
+  - {name: all, match: {event: delivery.updated}, receivers: [a, b], title: "{{ note }} x"}
+watches:
+  - {name: stuck, start: {event: delivery.updated}, stop: [{status: delivered}], after: 1h,
+     receivers: [a]}
+""", clock=FakeClock())
+    assert (await r.post(event(1, note="\x1b[31mred", status="in\x1b[2Jtransit")))[0] == 202
+    await wait_for(lambda: len(db_rows(tmp_path / "relay.db", "SELECT id FROM jobs"
+                                       " WHERE state IN ('sent', 'dead')")) == 2)
+    out = await asyncio.to_thread(cli, "delivery", "d1", config=tmp_path / "config.yaml")
+    assert (out.returncode, out.stderr) == (0, "")
+    shown = re.sub(r"\(\d+ ms\)", "(N ms)", out.stdout)
+    at = "2027-01-15 08:00:00 UTC"
+    assert shown.splitlines() == [
+        "delivery d1: 1 event; notifications: 1 dead, 1 sent",
+        "",
+        f"{at}  delivery.updated  intransit  (event 1)",
+        "  routes: all",
+        '  -> a[0] sent: "red x" (route all, job 1)',
+        f"       {at} sent (N ms)",
+        '  -> b[0] dead: "red x" (route all, job 2)',
+        f"       {at} failed (N ms): HTTP 404: Failed to send JSON POST notification: Page not"
+        " found., error=404.; the service said: ok",
+        "",
+        "watches:",
+        "  stuck: armed, fires 2027-01-15 08:01:00 UTC unless a stop event comes (its event was"
+        " already older than the watch's time: a minute after receipt)"]
+    assert "\x1b" not in out.stdout
+    missing = await asyncio.to_thread(cli, "delivery", "nope", config=tmp_path / "config.yaml")
+    assert (missing.returncode, missing.stdout, missing.stderr) == (
+        1, "", "error: no delivery 'nope' in the store (or its events are older than"
+               " store.retention)\n")
 
 
 async def test_dead_list_json_is_the_admin_apis_jobs_as_an_array(running, sink, tmp_path):

@@ -1,0 +1,121 @@
+"""`delivery ID`: what happened to one delivery, in a terminal.
+
+The status page's delivery page as text, for an operator with a shell on the relay's
+machine and no browser (`docker exec relay kourier-relay delivery D-1042`): its events,
+which routes matched, every notification they caused with each attempt, its watches,
+live messages, digests and notifications held by quiet hours. Payload text is printed
+without control characters (an event cannot move the cursor or recolour the terminal),
+errors with URLs masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from relay.cli_support import config_option, fail, guarded, load_config, run_store
+
+if TYPE_CHECKING:
+    from relay.ui.views import DeliveryView, JobView
+
+TITLE_MAX = 100  # a title longer than this is cut with "…" (the status page shows it whole)
+
+
+@click.command("delivery")
+@config_option
+@click.argument("delivery_id")
+@guarded
+def delivery(config_path: str, delivery_id: str) -> None:
+    """What happened to one delivery.
+
+    The store's newest events of DELIVERY_ID, the notifications they caused and every
+    attempt, its watches, live messages, digests and held notifications, as the status
+    page's delivery page shows them; times in the config's timezone.
+    """
+    from relay.routing import Router
+    from relay.ui.views import delivery_view
+
+    config = load_config(config_path)
+    timeline = run_store(config_path, lambda s: s.timeline(delivery_id))
+    if not timeline.events:
+        fail(f"no delivery {delivery_id!r} in the store (or its events are older than"
+             " store.retention)")
+    for line in lines(delivery_view(timeline, Router.from_config(config)), config.timezone):
+        click.echo(line)
+
+
+def lines(view: DeliveryView, zone: str) -> list[str]:
+    """The delivery page as lines of text (pure)."""
+    from relay.ui.views import when
+
+    def at(ts: float | None) -> str:
+        return when(ts, zone)
+
+    total = len(view.events) + view.earlier
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(view.counts.items()))
+    out = [f"delivery {_plain(view.delivery_id)}: {total} event{'s' if total != 1 else ''}"
+           + (f"; notifications: {counts}" if counts else "; no notifications")]
+    if view.earlier:
+        out.append(f"(the newest {len(view.events)} shown; {view.earlier} earlier not shown)")
+    for ev in view.events:
+        status = f"  {_plain(ev.status)}" if ev.status else ""
+        out += ["", f"{at(ev.event.received_at)}  {_plain(ev.event.type)}{status}"
+                    f"  (event {ev.event.id})",
+                f"  routes: {', '.join(ev.routes_recorded) or 'none matched'}"]
+        out += [line for jv in ev.jobs for line in _job(jv, at)] or ["  no notification"]
+    out += _section("watches", [
+        f"  {w.name}: " + ({"armed": f"armed, fires {at(w.due_at)} unless a stop event comes",
+                            "claimed": f"firing (due {at(w.due_at)})",
+                            "fired": f"fired {at(w.ended_at)}"}.get(
+                               w.state, f"disarmed {at(w.ended_at)} by a stop event"))
+        + ("" if w.armed else " (never armed: its stop came first)")
+        + (" (its event was already older than the watch's time: a minute after receipt)"
+           if w.late else "") for w in view.watches])
+    out += _section("live messages", [
+        f"  {m.route + ' to ' if m.route else ''}{_plain(m.receiver)}: "
+        + (f"message {_plain(m.message)}, showing {at(m.shown)}" if m.message
+           else "not posted yet") for m in view.live])
+    out += _section("digests", [
+        f"  {d.route} {_plain(d.group)} to {d.receiver}: joined {at(d.joined_at)}; "
+        + (f"sent {at(d.sent_at)}" if d.sent_at else f"waiting for {at(d.closes_at)}")
+        for d in view.digests])
+    out += _section("held by quiet hours", [
+        f"  {_title(h.title)} to {h.receiver}: "
+        + (f"summarised {at(h.summarised_at)}" if h.summarised_at
+           else f"held until {at(h.until)}, then sent in one summary") for h in view.held])
+    return out
+
+
+def _job(jv: JobView, at: Callable[[float | None], str]) -> list[str]:
+    from relay.logs import scrub
+
+    j = jv.job
+    where = f"{j.receiver}[{j.url_index}]"
+    ref = f", live message {_plain(jv.message_ref)}" if jv.message_ref else ""
+    out = [f"  -> {where} {j.state}: {_title(j.message.title)} (route {j.route}, job {j.id}{ref})"]
+    for a in jv.attempts:
+        took = f" ({a.duration * 1000:.0f} ms)" if a.duration else ""
+        error = f": {_plain(scrub(a.error))}" if a.error else ""
+        out.append(f"       {at(a.at)} {a.outcome}{took}{error}")
+    if not jv.attempts:
+        out.append("       " + ("not tried yet" if j.state in ("pending", "claimed", "held")
+                                else f"not sent: {_plain(scrub(j.last_error))}" if j.last_error
+                                else "no attempts"))
+    return out
+
+
+def _section(name: str, items: list[str]) -> list[str]:
+    return ["", f"{name}:", *items] if items else []
+
+
+def _title(text: str) -> str:
+    plain = _plain(text)
+    return '"' + (plain if len(plain) <= TITLE_MAX else plain[:TITLE_MAX - 1] + "…") + '"'
+
+
+def _plain(text: str) -> str:
+    from relay.escaping import strip_controls
+
+    return strip_controls(text, single_line=True)
