@@ -88,16 +88,21 @@ routes:
 """ + then
 
 
-def dry_run_config(tmp_path: Path, ops_url: str, then: str = ALL_TO_OPS) -> Config:
-    """A config for `explain`: ops (quiet at night) and chat, which gets failures' digest."""
-    return loads(f"""
+def with_ops(tmp_path: Path, ops_url: str) -> str:
+    """A config's head for `explain`: Berlin time and the receiver ops, quiet at night."""
+    return f"""
 server: {{listen: "127.0.0.1:8080", tokens: [t]}}
 store: {{url: "sqlite:{tmp_path}/r.db"}}
 timezone: Europe/Berlin
 receivers:
   - name: ops
     urls: ["{ops_url}"]
-{QUIET}  - name: chat
+{QUIET}"""
+
+
+def dry_run_config(tmp_path: Path, ops_url: str, then: str = ALL_TO_OPS) -> Config:
+    """A config for `explain`: ops (quiet at night) and chat, which gets failures' digest."""
+    return loads(with_ops(tmp_path, ops_url) + """  - name: chat
     urls: ["json://127.0.0.1:9/chat"]""" + failures_digest("chat", then))
 
 
@@ -400,14 +405,7 @@ def test_the_dry_run_says_what_joins_a_digest_and_what_is_held(tmp_path):
 def test_the_dry_run_says_a_digest_closing_in_quiet_hours_is_held(tmp_path, route_type, held):
     # It said only when the window closes, though the digest then waits for the morning.
     # The type comes from the route's named template here.
-    config = loads(f"""
-server: {{listen: "127.0.0.1:8080", tokens: [t]}}
-store: {{url: "sqlite:{tmp_path}/r.db"}}
-timezone: Europe/Berlin
-receivers:
-  - name: ops
-    urls: ["json://127.0.0.1:9/ops"]
-{QUIET}routes:
+    config = loads(with_ops(tmp_path, "json://127.0.0.1:9/ops") + f"""routes:
   - name: failures
     match: {{status: failed}}
     receivers: [ops]

@@ -46,16 +46,23 @@ async def other_sink() -> tuple[Sink, Any]:
     return s, server
 
 
+async def one_url_failing(running, sink: Sink, bad: Sink, events: int) -> tuple[Any, Any]:
+    """A relay whose receiver `team` has URL 0 at `sink` and URL 1 at `bad`, which answers
+    500: `events` events posted, and the failing-receiver notice once URL 1's circuit
+    opened (the relay, the notice's messages)."""
+    bad.default_status = 500
+    r = await running(team(sink, bad), clock=FakeClock(), sending=SENDING)
+    for n in range(events):
+        assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+    return r, await wait_for(lambda: sink.messages("log"), message="the notice")
+
+
 async def test_a_failing_url_opens_its_own_circuit_and_its_receivers_other_url_gets_everything(
         running, sink, tmp_path):
     bad, server = await other_sink()
-    bad.default_status = 500
     try:
-        r = await running(team(sink, bad), clock=FakeClock(), sending=SENDING)
-        for n in range(6):
-            assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+        r, notice = await one_url_failing(running, sink, bad, 6)
         await wait_for(lambda: len(sink.messages("team")) == 6, message="all six to URL 0")
-        notice = await wait_for(lambda: sink.messages("log"), message="the notice")
         shown = await wait_for(lambda: _open(r.url), message="the circuit gauges")
         assert shown == {("team", "0"): 0.0, ("team", "1"): 1.0, ("log", "0"): 0.0}
         await r.relay.worker.run_once()  # URL 1 is paused: no attempt beyond the two
@@ -220,12 +227,8 @@ async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state
     from tests.uiutil import ADMIN
 
     bad, server = await other_sink()
-    bad.default_status = 500
     try:
-        r = await running(team(sink, bad), clock=FakeClock(), sending=SENDING)
-        for n in range(2):
-            assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
-        await wait_for(lambda: sink.messages("log"), message="the notice")
+        r, _ = await one_url_failing(running, sink, bad, 2)
         async with r.session.get(r.url + "/ui/", headers={"Authorization": f"Bearer {ADMIN}"}
                                  ) as resp:
             page = await resp.text()

@@ -286,19 +286,25 @@ async def test_readyz_says_the_file_no_longer_loads_while_the_old_config_serves(
     assert await wait_for(lambda: titles(sink, "a")) == ["v2 D-2"]
 
 
-def test_a_sigterm_while_the_relay_starts_stops_it_at_once_with_status_0(tmp_path):
-    # SIGTERM's default action ended a relay waiting for its database with status 143 and
-    # no log line; as PID 1 of a container it was ignored, and `docker stop` waited for its
-    # SIGKILL.
+def starting(tmp_path: Path) -> tuple[RelayProcess, Path]:
+    """A relay still starting: its database refuses connections, so it waits and retries
+    (what it logs goes to the returned file)."""
     cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=free_port(),
                        db=tmp_path / "relay.db", sink="json://127.0.0.1:9/", **DEFAULTS)
     edit(cfg, f'url: "sqlite:{tmp_path / "relay.db"}"',
          f'url: "postgresql://u@127.0.0.1:{free_port()}/x"')  # refused: it waits and retries
     log = tmp_path / "relay.log"
     proc = spawn_relay(cfg, log=log)
+    wait_for_sync(lambda: "store not available yet" in log.read_text(), 20, message="start-up")
+    return proc, log
+
+
+def test_a_sigterm_while_the_relay_starts_stops_it_at_once_with_status_0(tmp_path):
+    # SIGTERM's default action ended a relay waiting for its database with status 143 and
+    # no log line; as PID 1 of a container it was ignored, and `docker stop` waited for its
+    # SIGKILL.
+    proc, log = starting(tmp_path)
     try:
-        wait_for_sync(lambda: "store not available yet" in log.read_text(), 20,
-                      message="start-up")
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(10) == 0, log.read_text()
         text = log.read_text()
@@ -313,18 +319,12 @@ def test_a_sigterm_while_the_relay_starts_stops_it_at_once_with_status_0(tmp_pat
 def test_a_sighup_while_the_relay_starts_is_kept_for_later_not_fatal(tmp_path):
     # A config reloader may signal while the relay still waits for its database: SIGHUP's
     # default action ended the process before its handler was installed.
-    cfg = write_config(tmp_path / "config.yaml", BASE_CONFIG + ROUTES, port=free_port(),
-                       db=tmp_path / "relay.db", sink="json://127.0.0.1:9/", **DEFAULTS)
-    edit(cfg, f'url: "sqlite:{tmp_path / "relay.db"}"',
-         f'url: "postgresql://u@127.0.0.1:{free_port()}/x"')  # refused: it waits and retries
-    log = tmp_path / "relay.log"
-    proc = spawn_relay(cfg, log=log)
+    proc, log = starting(tmp_path)
     try:
         def logged(text: str) -> bool:
             assert proc.poll() is None, f"the relay exited:\n{log.read_text()}"
             return text in log.read_text()
 
-        wait_for_sync(lambda: logged("store not available yet"), 20, message="start-up")
         os.kill(proc.pid, signal.SIGHUP)
         wait_for_sync(lambda: logged("retrying in 2.0s"), 20, message="start-up to go on")
         assert "SIGHUP while starting: the config is reloaded once the relay is up" in \

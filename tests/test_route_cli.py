@@ -142,6 +142,8 @@ RECEIVERS = {"created": "log", "in_transit": "log", "delivered": "log", "failed"
 # What the example config's watch does with each case (it sits between receivers and
 # notifications). The samples are from 2024: older than the watch's 4 h, so late.
 NOTHING = ["  (none armed or disarmed)"]
+# A config's head: the webhook token and the console receiver `log`.
+TO_LOG = 'server:\n  tokens: ["t0ken"]\nreceivers:\n  - {name: log, urls: ["console://"]}\n'
 WATCHES = {
     "created": ["  ARM    not-delivered -> ops-chat: fires 1m after receipt: the event is"
                 " already older than after (4h)"],
@@ -185,11 +187,7 @@ def test_expect_with_wrong_receivers_exits_1_with_one_line(case, wrong, line):
 
 def test_expect_ignores_order_and_spaces(tmp_path):
     cfg = tmp_path / "relay.yaml"
-    cfg.write_text("""\
-server:
-  tokens: ["t0ken"]
-receivers:
-  - {name: log, urls: ["console://"]}
+    cfg.write_text(TO_LOG + """\
   - {name: ops-chat, urls: ["console://"]}
 routes:
   - {name: cancelled, match: {event: delivery.cancelled}, receivers: [ops-chat], continue: true}
@@ -207,11 +205,7 @@ routes:
 def test_an_empty_body_says_the_title_goes_out_in_its_place(tmp_path):
     # The relay sends the title as the body (notify.py); the dry run showed an empty body.
     cfg = tmp_path / "relay.yaml"
-    cfg.write_text("""\
-server:
-  tokens: ["t0ken"]
-receivers:
-  - {name: log, urls: ["console://"]}
+    cfg.write_text(TO_LOG + """\
 routes:
   - {match: {event: delivery.cancelled}, receivers: [log], title: "T {{ delivery_id }}",
      body: "{{ note }}"}
