@@ -526,6 +526,47 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
             await conn.close()
 
 
+@pytest.mark.postgres
+async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told_to_get_create(
+        tmp_path):
+    """A user that may use a schema migrated by its owner but not read its tables gets
+    "permission denied for table ...": the advice is to grant it the tables, not CREATE on
+    the schema or to run migrate as the owner (which is how those tables came about)."""
+    import uuid
+
+    import asyncpg
+
+    from tests import pgutil
+
+    base = await pgutil.base_dsn()
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with pgutil.fresh_schema(base) as dsn:
+        schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
+        owner = relay_config(tmp_path, "127.0.0.1:8080", dsn)
+        assert run("migrate", "-c", str(owner)).returncode == 0
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
+            parts = urlsplit(dsn)
+            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            (tmp_path / "role").mkdir()
+            cfg = relay_config(tmp_path / "role", "127.0.0.1:8080", as_role)
+            line = one_line(run("migrate", "-c", str(cfg)))
+            assert line == ("error: cannot open postgresql://***: permission denied for table"
+                            " schema_version: the relay's user needs to read and write its"
+                            " tables (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN"
+                            " SCHEMA name TO user; GRANT USAGE ON ALL SEQUENCES IN SCHEMA name"
+                            " TO user)")
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA"
+                               f" {schema} TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA"
+                               f" {schema} TO {role}")  # the advice is enough
+            done = run("dead", "list", "-c", str(cfg))
+            assert (done.returncode, done.stdout) == (0, "no dead jobs\n"), done.stderr
+        finally:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+            await conn.close()
+
+
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:
     """A usage error (exit 2): one `error: …` line that points at the command's --help (not
     click's usage block), no traceback; its message."""

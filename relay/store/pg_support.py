@@ -54,10 +54,16 @@ def describe(error: BaseException) -> str:
         return ("no schema to create the relay's tables in: the schemas of the search_path"
                 " do not exist in this database: create one (CREATE SCHEMA name), or name one"
                 " that exists in the URL's options=-csearch_path%3Dname")
-    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+    if isinstance(error, asyncpg.InsufficientPrivilegeError) and " for schema " in str(error):
         return (f"{error}: the relay creates its tables itself, so its user needs CREATE on"
                 " that schema (GRANT CREATE ON SCHEMA name TO user; PostgreSQL 15 no longer"
                 " grants it on public), or run migrate once as the schema's owner")
+    if isinstance(error, asyncpg.InsufficientPrivilegeError) and (
+            " for table " in str(error) or " for sequence " in str(error)):
+        # Tables another user made (migrate run as the owner): CREATE would not help.
+        return (f"{error}: the relay's user needs to read and write its tables (GRANT SELECT,"
+                " INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA name TO user; GRANT USAGE ON"
+                " ALL SEQUENCES IN SCHEMA name TO user)")
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
