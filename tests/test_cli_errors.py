@@ -562,6 +562,12 @@ async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told
                                f" {schema} TO {role}")  # the advice is enough
             done = run("dead", "list", "-c", str(cfg))
             assert (done.returncode, done.stdout) == (0, "no dead jobs\n"), done.stderr
+            # A schema step alters a table: only its owner may, whatever the grants.
+            await conn.execute(f"DELETE FROM {schema}.schema_version WHERE version = 10")
+            line = one_line(run("migrate", "-c", str(cfg)))
+            assert line == ("error: cannot open postgresql://***: must be owner of table"
+                            " receivers: a schema upgrade alters the relay's tables, which only"
+                            " their owner may do: run migrate once as that user")
         finally:
             await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
             await conn.close()

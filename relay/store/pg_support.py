@@ -64,6 +64,9 @@ def describe(error: BaseException) -> str:
         return (f"{error}: the relay's user needs to read and write its tables (GRANT SELECT,"
                 " INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA name TO user; GRANT USAGE ON"
                 " ALL SEQUENCES IN SCHEMA name TO user)")
+    if isinstance(error, asyncpg.InsufficientPrivilegeError) and "must be owner of" in str(error):
+        return (f"{error}: a schema upgrade alters the relay's tables, which only their owner"
+                " may do: run migrate once as that user")
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
