@@ -30,7 +30,11 @@ def dead() -> None:
 @guarded
 def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool) -> None:
     """List dead jobs."""
-    jobs = run_store(config_path, lambda s: s.dead(receiver, limit))
+    from relay.events import unstorable
+
+    # A name no store can hold (a non-UTF-8 byte from the shell) has no dead jobs.
+    jobs = [] if receiver and unstorable(receiver) else \
+        run_store(config_path, lambda s: s.dead(receiver, limit))
     if as_json:
         from relay.admin import job_json
 

@@ -573,6 +573,21 @@ async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told
             await conn.close()
 
 
+def test_a_delivery_id_or_receiver_name_no_store_can_hold_is_not_found_not_a_bug(tmp_path):
+    """An argument that is not UTF-8 (a byte the shell passed on, read as a lone
+    surrogate) names nothing stored: `delivery` and `dead list --receiver` say so in their
+    usual line, instead of exit 70 'unexpected UnicodeEncodeError ... a bug'."""
+    cfg = relay_config(tmp_path, "127.0.0.1:8080", f"sqlite:///{tmp_path / 'relay.db'}")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    odd = os.fsdecode(b"D-\xff")
+    assert one_line(run("delivery", "-c", str(cfg), odd)) == (
+        "error: no delivery 'D-\\udcff' in the store (or its events are older than"
+        " store.retention)")
+    assert one_line(run("dead", "list", "-c", str(cfg), "--receiver", odd)) == (
+        f'error: receiver "D-\\udcff" is not in {cfg} (its receivers: log) and has no dead'
+        " jobs")
+
+
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:
     """A usage error (exit 2): one `error: …` line that points at the command's --help (not
     click's usage block), no traceback; its message."""
