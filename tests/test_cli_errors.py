@@ -485,6 +485,13 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
             " not upgrade it; run migrate (or serve) first")
 
 
+NO_SCHEMA = ("error: cannot open postgresql://***: no schema to create the relay's"
+             " tables in: the schemas of the search_path do not exist in this database,"
+             " or its user may not use them: create one (CREATE SCHEMA name), or name"
+             " one that exists in the URL's options=-csearch_path%3Dname, and give the"
+             " user USAGE and CREATE on it (GRANT USAGE, CREATE ON SCHEMA name TO user)")
+
+
 @pytest.mark.postgres
 async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_plain_words(
         tmp_path):
@@ -501,10 +508,7 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
     missing = relay_config(tmp_path, "127.0.0.1:8080",
                            pgutil.with_schema(base, f"nosuch_{uuid.uuid4().hex[:8]}"))
     line = one_line(run("migrate", "-c", str(missing)))
-    assert line == ("error: cannot open postgresql://***: no schema to create the relay's"
-                    " tables in: the schemas of the search_path do not exist in this database:"
-                    " create one (CREATE SCHEMA name), or name one that exists in the URL's"
-                    " options=-csearch_path%3Dname")
+    assert line == NO_SCHEMA
     role = f"relay_{uuid.uuid4().hex[:8]}"
     async with pgutil.fresh_schema(base) as dsn:
         schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
@@ -586,6 +590,32 @@ def test_a_delivery_id_or_receiver_name_no_store_can_hold_is_not_found_not_a_bug
     assert one_line(run("dead", "list", "-c", str(cfg), "--receiver", odd)) == (
         f'error: receiver "D-\\udcff" is not in {cfg} (its receivers: log) and has no dead'
         " jobs")
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_schema_the_user_may_not_use_is_not_said_not_to_exist(tmp_path):
+    """A schema that exists but the relay's user has no USAGE on is left out of its
+    search_path, so PostgreSQL answers as for none ("no schema has been selected"): the
+    line names that case too and the grant, not only CREATE SCHEMA (it exists)."""
+    import uuid
+
+    import asyncpg
+
+    from tests import pgutil
+
+    base = await pgutil.base_dsn()
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with pgutil.fresh_schema(base) as dsn:
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN")
+            parts = urlsplit(dsn)
+            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            cfg = relay_config(tmp_path, "127.0.0.1:8080", as_role)
+            assert one_line(run("migrate", "-c", str(cfg))) == NO_SCHEMA
+        finally:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+            await conn.close()
 
 
 def usage_error(done: subprocess.CompletedProcess[str]) -> str:

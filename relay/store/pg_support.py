@@ -51,9 +51,12 @@ def rows_touched(status: str) -> int:
 def describe(error: BaseException) -> str:
     """An error of the database in words an operator can act on (asyncpg's own otherwise)."""
     if isinstance(error, asyncpg.InvalidSchemaNameError):  # "no schema has been selected …"
+        # PostgreSQL leaves a schema the user has no USAGE on out of its search_path too.
         return ("no schema to create the relay's tables in: the schemas of the search_path"
-                " do not exist in this database: create one (CREATE SCHEMA name), or name one"
-                " that exists in the URL's options=-csearch_path%3Dname")
+                " do not exist in this database, or its user may not use them: create one"
+                " (CREATE SCHEMA name), or name one that exists in the URL's"
+                " options=-csearch_path%3Dname, and give the user USAGE and CREATE on it"
+                " (GRANT USAGE, CREATE ON SCHEMA name TO user)")
     if isinstance(error, asyncpg.InsufficientPrivilegeError) and " for schema " in str(error):
         return (f"{error}: the relay creates its tables itself, so its user needs CREATE on"
                 " that schema (GRANT CREATE ON SCHEMA name TO user; PostgreSQL 15 no longer"
