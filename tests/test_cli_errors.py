@@ -787,3 +787,8 @@ def test_dead_list_of_a_receiver_not_in_the_config_says_so(tmp_path):
         f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
     known = run("dead", "list", "--receiver", "log", "-c", str(cfg))
     assert (known.returncode, known.stdout) == (0, "no dead jobs\n")
+    # --json is the admin API's jobs, and the API answers a made-up name 400: not `[]`
+    assert one_line(run("dead", "list", "--json", "--receiver", "lgo", "-c", str(cfg))) == \
+        f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
+    known = run("dead", "list", "--json", "--receiver", "log", "-c", str(cfg))
+    assert (known.returncode, json.loads(known.stdout)) == (0, [])
