@@ -30,15 +30,19 @@ def dead() -> None:
 @guarded
 def dead_list(config_path: str, receiver: str | None, limit: int, as_json: bool) -> None:
     """List dead jobs."""
-    jobs = run_store(config_path, lambda s: s.dead(receiver, limit))
+    from relay.events import unstorable
+
+    # A name no store can hold (a non-UTF-8 byte from the shell) has no dead jobs.
+    jobs = [] if receiver and unstorable(receiver) else \
+        run_store(config_path, lambda s: s.dead(receiver, limit))
+    if not jobs and receiver and receiver not in (config := load_config(config_path)).receivers:
+        fail(_why_nothing(config, receiver))  # a misspelt name is not "no dead jobs" (nor [])
     if as_json:
         from relay.admin import job_json
 
         click.echo(json.dumps([job_json(j) for j in jobs], indent=2))
         return
     if not jobs:
-        if receiver and receiver not in (config := load_config(config_path)).receivers:
-            fail(_why_nothing(config, receiver))  # a misspelt name is not "no dead jobs"
         click.echo("no dead jobs")
         return
     click.echo(f"{'JOB':>6}  {'RECEIVER':<16} {'DELIVERY':<14} {'ATTEMPTS':>8}  LAST ERROR")

@@ -34,12 +34,15 @@ def delivery(config_path: str, delivery_id: str) -> None:
     attempt, its watches, live messages, digests and held notifications, as the status
     page's delivery page shows them; times in the config's timezone.
     """
+    from relay.events import unstorable
     from relay.routing import Router
     from relay.ui.views import delivery_view
 
     config = load_config(config_path)
-    timeline = run_store(config_path, lambda s: s.timeline(delivery_id))
-    if not timeline.events:
+    # An id no store can hold (a non-UTF-8 byte from the shell) names no delivery.
+    timeline = None if unstorable(delivery_id) else \
+        run_store(config_path, lambda s: s.timeline(delivery_id))
+    if timeline is None or not timeline.events:
         fail(f"no delivery {delivery_id!r} in the store (or its events are older than"
              " store.retention)")
     for line in lines(delivery_view(timeline, Router.from_config(config)), config.timezone):

@@ -249,15 +249,27 @@ def moved_urls(old: Config, new: Config) -> list[str]:
     the old place now goes to the URL there. Said by index only (the URLs hold secrets)."""
     out = []
     for name in sorted(old.receivers.keys() & new.receivers.keys()):
-        was, now = old.receivers[name].urls, new.receivers[name].urls
-        moves = [f"urls[{i}] is now urls[{now.index(u)}]" for i, u in enumerate(was)
-                 if u in now and now.index(u) != i]
+        moves = _moves(old.receivers[name].urls, new.receivers[name].urls)
         if moves:
             out.append(f'receiver "{name}": its URLs changed places ({", ".join(moves)}); jobs,'
                        " live messages and circuits go by place in urls, so those waiting for a"
                        " place now go to the URL there: put the URLs back in their order, or let"
                        " the receiver's queue empty before moving them")
     return out
+
+
+def _moves(was: Sequence[str], now: Sequence[str]) -> list[str]:
+    """`urls[i] is now urls[j]` for each URL no longer at its place; a URL listed twice
+    is matched place by place (one still where it was has not moved)."""
+    kept = {i for i, u in enumerate(was) if i < len(now) and now[i] == u}
+    free = [j for j in range(len(now)) if j not in kept]
+    moves = []
+    for i, u in enumerate(was):
+        j = None if i in kept else next((j for j in free if now[j] == u), None)
+        if j is not None:
+            free.remove(j)
+            moves.append(f"urls[{i}] is now urls[{j}]")
+    return moves
 
 
 def _log_warnings(config: Config) -> None:

@@ -6,7 +6,8 @@ empty, so the store tracks no delivery for it and nothing counts it as one.
 It is rendered by the planner with `templates.receiver_failing` (or the
 built-in text) and queued as ordinary jobs, with the same retries. It names the
 URL whose circuit opened by its index and its redacted label (`escaping.Channel.label`,
-e.g. `slack://***`), never the URL itself.
+e.g. `slack://***`), never the URL itself. When that URL is one of the fallback receiver's
+own, the notice goes to its other URLs (each has its own circuit), none if it has one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class FailingReceiverNotice:
     def observe(self, report: Report) -> None:
         fallback = self.runtime().config.sending.fallback_receiver
         receiver = report.job.receiver
-        if report.circuit_opened and fallback and fallback != receiver:
+        # The fallback's own URL tripped: its other URLs (own circuits) are told, if any.
+        own = fallback == receiver and len(self.runtime().planner.channels.get(fallback, ())) < 2
+        if report.circuit_opened and fallback and not own:
             self.spawn("receiver-failing notice", self.queue(
                 fallback, receiver, report.attempt.error, report.job.url_index))
 
@@ -55,7 +58,8 @@ class FailingReceiverNotice:
         channels = planner.channels.get(receiver, ())
         label = channels[url_index].label if url_index < len(channels) else ""
         event = notice_event(receiver, error, now, url_index, label)
-        jobs = planner.receiver_failing(event, fallback)
+        jobs = tuple(j for j in planner.receiver_failing(event, fallback)
+                     if fallback != receiver or j.url_index != url_index)
         key = f"circuit:{receiver}:{url_index}:{event.timestamp}"
         try:
             await self.store.accept(event, key, jobs, now=now)

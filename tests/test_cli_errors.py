@@ -485,6 +485,13 @@ async def test_a_reading_command_on_postgresql_refuses_a_database_without_the_sc
             " not upgrade it; run migrate (or serve) first")
 
 
+NO_SCHEMA = ("error: cannot open postgresql://***: no schema to create the relay's"
+             " tables in: the schemas of the search_path do not exist in this database,"
+             " or its user may not use them: create one (CREATE SCHEMA name), or name"
+             " one that exists in the URL's options=-csearch_path%3Dname, and give the"
+             " user USAGE and CREATE on it (GRANT USAGE, CREATE ON SCHEMA name TO user)")
+
+
 @pytest.mark.postgres
 async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_plain_words(
         tmp_path):
@@ -501,10 +508,7 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
     missing = relay_config(tmp_path, "127.0.0.1:8080",
                            pgutil.with_schema(base, f"nosuch_{uuid.uuid4().hex[:8]}"))
     line = one_line(run("migrate", "-c", str(missing)))
-    assert line == ("error: cannot open postgresql://***: no schema to create the relay's"
-                    " tables in: the schemas of the search_path do not exist in this database:"
-                    " create one (CREATE SCHEMA name), or name one that exists in the URL's"
-                    " options=-csearch_path%3Dname")
+    assert line == NO_SCHEMA
     role = f"relay_{uuid.uuid4().hex[:8]}"
     async with pgutil.fresh_schema(base) as dsn:
         schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
@@ -521,6 +525,94 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
                             " CREATE on that schema (GRANT CREATE ON SCHEMA name TO user;"
                             " PostgreSQL 15 no longer grants it on public), or run migrate once"
                             " as the schema's owner")
+        finally:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+            await conn.close()
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told_to_get_create(
+        tmp_path):
+    """A user that may use a schema migrated by its owner but not read its tables gets
+    "permission denied for table ...": the advice is to grant it the tables, not CREATE on
+    the schema or to run migrate as the owner (which is how those tables came about)."""
+    import uuid
+
+    import asyncpg
+
+    from tests import pgutil
+
+    base = await pgutil.base_dsn()
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with pgutil.fresh_schema(base) as dsn:
+        schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
+        owner = relay_config(tmp_path, "127.0.0.1:8080", dsn)
+        assert run("migrate", "-c", str(owner)).returncode == 0
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
+            parts = urlsplit(dsn)
+            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            (tmp_path / "role").mkdir()
+            cfg = relay_config(tmp_path / "role", "127.0.0.1:8080", as_role)
+            line = one_line(run("migrate", "-c", str(cfg)))
+            assert line == ("error: cannot open postgresql://***: permission denied for table"
+                            " schema_version: the relay's user needs to read and write its"
+                            " tables (GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN"
+                            " SCHEMA name TO user; GRANT USAGE ON ALL SEQUENCES IN SCHEMA name"
+                            " TO user)")
+            await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA"
+                               f" {schema} TO {role}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA"
+                               f" {schema} TO {role}")  # the advice is enough
+            done = run("dead", "list", "-c", str(cfg))
+            assert (done.returncode, done.stdout) == (0, "no dead jobs\n"), done.stderr
+            # A schema step alters a table: only its owner may, whatever the grants.
+            await conn.execute(f"DELETE FROM {schema}.schema_version WHERE version = 10")
+            line = one_line(run("migrate", "-c", str(cfg)))
+            assert line == ("error: cannot open postgresql://***: must be owner of table"
+                            " receivers: a schema upgrade alters the relay's tables, which only"
+                            " their owner may do: run migrate once as that user")
+        finally:
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+            await conn.close()
+
+
+def test_a_delivery_id_or_receiver_name_no_store_can_hold_is_not_found_not_a_bug(tmp_path):
+    """An argument that is not UTF-8 (a byte the shell passed on, read as a lone
+    surrogate) names nothing stored: `delivery` and `dead list --receiver` say so in their
+    usual line, instead of exit 70 'unexpected UnicodeEncodeError ... a bug'."""
+    cfg = relay_config(tmp_path, "127.0.0.1:8080", f"sqlite:///{tmp_path / 'relay.db'}")
+    assert run("migrate", "-c", str(cfg)).returncode == 0
+    odd = os.fsdecode(b"D-\xff")
+    assert one_line(run("delivery", "-c", str(cfg), odd)) == (
+        "error: no delivery 'D-\\udcff' in the store (or its events are older than"
+        " store.retention)")
+    assert one_line(run("dead", "list", "-c", str(cfg), "--receiver", odd)) == (
+        f'error: receiver "D-\\udcff" is not in {cfg} (its receivers: log) and has no dead'
+        " jobs")
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_schema_the_user_may_not_use_is_not_said_not_to_exist(tmp_path):
+    """A schema that exists but the relay's user has no USAGE on is left out of its
+    search_path, so PostgreSQL answers as for none ("no schema has been selected"): the
+    line names that case too and the grant, not only CREATE SCHEMA (it exists)."""
+    import uuid
+
+    import asyncpg
+
+    from tests import pgutil
+
+    base = await pgutil.base_dsn()
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with pgutil.fresh_schema(base) as dsn:
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN")
+            parts = urlsplit(dsn)
+            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            cfg = relay_config(tmp_path, "127.0.0.1:8080", as_role)
+            assert one_line(run("migrate", "-c", str(cfg))) == NO_SCHEMA
         finally:
             await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
             await conn.close()
@@ -695,3 +787,8 @@ def test_dead_list_of_a_receiver_not_in_the_config_says_so(tmp_path):
         f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
     known = run("dead", "list", "--receiver", "log", "-c", str(cfg))
     assert (known.returncode, known.stdout) == (0, "no dead jobs\n")
+    # --json is the admin API's jobs, and the API answers a made-up name 400: not `[]`
+    assert one_line(run("dead", "list", "--json", "--receiver", "lgo", "-c", str(cfg))) == \
+        f'error: receiver "lgo" is not in {cfg} (its receivers: log) and has no dead jobs'
+    known = run("dead", "list", "--json", "--receiver", "log", "-c", str(cfg))
+    assert (known.returncode, json.loads(known.stdout)) == (0, [])

@@ -95,3 +95,25 @@ async def test_a_receiver_that_refuses_itself_opens_its_circuit_and_later_notifi
     clock.advance(60)  # the cooldown: one probe, the webhook is back (the fix), all resume
     await r.relay.worker.run_once()
     await wait_for(lambda: rows(db, state)[2] == ("d2", "sent"), message="the probe")
+
+
+async def test_a_fallback_receiver_whose_own_url_fails_is_told_at_its_other_urls(
+        running, sink):
+    """Each receiver URL has its own circuit: when one of the fallback receiver's own URLs
+    trips, its other URLs still work, so the notice goes to those (not to the one that
+    failed, where it would wait behind the open circuit); it was never sent."""
+    sink.script["/ops-chat"] = [500, 500]
+    setup = (f'receivers:\n  - name: ops\n    urls: ["{sink.url("ops-chat")}",'
+             f' "{sink.url("ops-mail")}"]\n'
+             "routes:\n  - {match: {event: delivery.updated}, receivers: [ops]}\n")
+    r = await running(setup, clock=FakeClock(), sending=SENDING.replace(
+        "fallback_receiver: log", "fallback_receiver: ops"))
+    for n in range(2):
+        assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+    notice = await wait_for(lambda: [m for m in sink.messages("ops-mail")
+                                     if m["title"].startswith("Receiver ops is failing")],
+                            message="the notice at ops' other URL")
+    assert notice[0]["title"] == "Receiver ops is failing (urls[0]: json://***)"
+    await r.relay.worker.run_once()
+    assert not [m for m in sink.messages("ops-chat") if "is failing" in m["title"]]
+    assert len(sink.messages("ops-mail")) == 3  # d0, d1 and the notice

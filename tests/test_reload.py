@@ -167,6 +167,27 @@ async def test_a_reload_that_moves_a_receivers_urls_says_so_without_naming_them(
     assert "changed places" not in caplog.text
 
 
+async def test_a_reload_of_a_receiver_that_lists_one_url_twice_moves_nothing(
+        running, sink, caplog):
+    """Two places holding the same URL (two variables set alike, say) are each where they
+    were: a reload that changes nothing, or appends a URL, says no URL changed places; a
+    rotation names the places whose URL changed, not the one still holding its URL."""
+    a, b = sink.url("a"), sink.url("b")
+    r = await running(TO_HOOK.replace('["{sink}"]', f'["{a}", "{a}"]'), sink="")
+    caplog.clear()
+    assert (await reload(r.url))[0] == 200
+    edit(r.relay.config_path, f'["{a}", "{a}"]', f'["{a}", "{a}", "{b}"]')
+    assert (await reload(r.url))[0] == 200
+    assert "changed places" not in caplog.text
+    edit(r.relay.config_path, f'["{a}", "{a}", "{b}"]', f'["{b}", "{a}", "{a}"]')
+    caplog.clear()
+    assert (await reload(r.url))[0] == 200
+    assert [m.getMessage().split(";")[0] for m in caplog.records
+            if "changed places" in m.getMessage()] == [
+        'receiver "hook": its URLs changed places (urls[0] is now urls[2], urls[2] is now'
+        " urls[0])"]
+
+
 async def test_watch_config_reloads_when_the_file_changes(running, sink):
     r = await running(ROUTES, sink=sink.url("a"))
     cfg = r.relay.config_path

@@ -93,3 +93,30 @@ async def test_a_file_replaced_while_open_is_opened_and_the_old_content_kept_bes
             assert conn.execute("SELECT count(*) FROM health").fetchone()[0] == 1
     finally:
         await store.close()
+
+
+async def test_a_serving_store_reopened_on_a_new_file_still_refuses_a_second_relay(
+        tmp_path: Path) -> None:
+    """The exclusive lock is on the file a serving relay writes: once its folder was
+    removed and the relay reopened the path (a new file, the old content copied in), a
+    second relay on that path is still refused; it would otherwise serve from it too."""
+    data = tmp_path / "data"
+    db = data / "relay.db"
+    first = open_store(f"sqlite:{db}", exclusive=True)
+    await first.open()
+    try:
+        await first.ping()
+        shutil.rmtree(data)
+        with pytest.raises(StoreError, match="removed or replaced"):
+            await first.ping()
+        data.mkdir()
+        await first.ping()  # reopened at the path: a new file
+        second = open_store(f"sqlite:{db}", exclusive=True)
+        with pytest.raises(StoreError, match="another relay is serving from"):
+            await second.open()
+        await first.ping()
+    finally:
+        await first.close()
+    third = open_store(f"sqlite:{db}", exclusive=True)
+    await third.open()  # the lock went with the store that held it
+    await third.close()

@@ -94,6 +94,8 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return await self._writer.call(fn, *args)
 
     def _connect(self) -> sqlite3.Connection:
+        if self._lock is not None:  # the writer reopens the path: a new file is locked too
+            self._lock = sqlite_support.relock(self.path, self._lock)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row

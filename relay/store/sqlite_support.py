@@ -87,3 +87,20 @@ def lock_exclusively(path: str) -> int:
                          " one a store.url of its own (several relays on one store need"
                          " PostgreSQL)") from None
     return fd
+
+
+def relock(path: str, fd: int) -> int:
+    """The lock for the file the path names now (an fd): the writer reopens the path on a
+    new file when the old one was removed, and a lock left on that one would let a second
+    relay serve from the new one. The old file's connection is closed by then (closing an
+    fd of a file drops the process's `fcntl` locks on it, SQLite's included)."""
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except OSError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+        return fd
+    new = lock_exclusively(path)
+    os.close(fd)
+    return new
