@@ -66,10 +66,10 @@ def lines(view: DeliveryView, zone: str) -> list[str]:
         status = f"  {_plain(ev.status)}" if ev.status else ""
         out += ["", f"{at(ev.event.received_at)}  {_plain(ev.event.type)}{status}"
                     f"  (event {ev.event.id})",
-                f"  routes: {', '.join(ev.routes_recorded) or 'none matched'}"]
+                f"  routes: {_plain(', '.join(ev.routes_recorded)) or 'none matched'}"]
         out += [line for jv in ev.jobs for line in _job(jv, at)] or ["  no notification"]
     out += _section("watches", [
-        f"  {w.name}: " + ({"armed": f"armed, fires {at(w.due_at)} unless a stop event comes",
+        f"  {_plain(w.name)}: " + ({"armed": f"armed, fires {at(w.due_at)} unless a stop event comes",
                             "claimed": f"firing (due {at(w.due_at)})",
                             "fired": f"fired {at(w.ended_at)}"}.get(
                                w.state, f"disarmed {at(w.ended_at)} by a stop event"))
@@ -77,15 +77,15 @@ def lines(view: DeliveryView, zone: str) -> list[str]:
         + (" (its event was already older than the watch's time: a minute after receipt)"
            if w.late else "") for w in view.watches])
     out += _section("live messages", [
-        f"  {m.route + ' to ' if m.route else ''}{_plain(m.receiver)}: "
+        f"  {_plain(m.route) + ' to ' if m.route else ''}{_plain(m.receiver)}: "
         + (f"message {_plain(m.message)}, showing {at(m.shown)}" if m.message
            else "not posted yet") for m in view.live])
     out += _section("digests", [
-        f"  {d.route} {_plain(d.group)} to {d.receiver}: joined {at(d.joined_at)}; "
+        f"  {_plain(d.route)} {_plain(d.group)} to {_plain(d.receiver)}: joined {at(d.joined_at)}; "
         + (f"sent {at(d.sent_at)}" if d.sent_at else f"waiting for {at(d.closes_at)}")
         for d in view.digests])
     out += _section("held by quiet hours", [
-        f"  {_title(h.title)} to {h.receiver}: "
+        f"  {_title(h.title)} to {_plain(h.receiver)}: "
         + (f"summarised {at(h.summarised_at)}" if h.summarised_at
            else f"held until {at(h.until)}, then sent in one summary") for h in view.held])
     return out
@@ -95,16 +95,16 @@ def _job(jv: JobView, at: Callable[[float | None], str]) -> list[str]:
     from relay.logs import scrub
 
     j = jv.job
-    where = f"{j.receiver}[{j.url_index}]"
+    where = f"{_plain(j.receiver)}[{j.url_index}]"
     ref = f", live message {_plain(jv.message_ref)}" if jv.message_ref else ""
-    out = [f"  -> {where} {j.state}: {_title(j.message.title)} (route {j.route}, job {j.id}{ref})"]
+    out = [f"  -> {where} {j.state}: {_title(j.message.title)} (route {_plain(j.route)}, job {j.id}{ref})"]
     for a in jv.attempts:
         took = f" ({a.duration * 1000:.0f} ms)" if a.duration else ""
-        error = f": {_plain(scrub(a.error))}" if a.error else ""
+        error = f": {scrub(_plain(a.error))}" if a.error else ""
         out.append(f"       {at(a.at)} {a.outcome}{took}{error}")
     if not jv.attempts:
         out.append("       " + ("not tried yet" if j.state in ("pending", "claimed", "held")
-                                else f"not sent: {_plain(scrub(j.last_error))}" if j.last_error
+                                else f"not sent: {scrub(_plain(j.last_error))}" if j.last_error
                                 else "no attempts"))
     return out
 

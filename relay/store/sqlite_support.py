@@ -86,6 +86,9 @@ def lock_exclusively(path: str) -> int:
         raise StoreError(f"another relay is serving from {path}: stop it first, or give this"
                          " one a store.url of its own (several relays on one store need"
                          " PostgreSQL)") from None
+    except OSError as e:  # no locks left (ENOLCK), a filesystem without them
+        os.close(fd)
+        raise StoreError(f"cannot lock {path}: {e.strerror}") from None
     return fd
 
 
