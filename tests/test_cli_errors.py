@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -500,8 +503,6 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
     on public): one line each that says what to do, and the URL keeps its colon."""
     import uuid
 
-    import asyncpg
-
     from tests import pgutil
 
     base = await pgutil.base_dsn()
@@ -509,25 +510,38 @@ async def test_a_postgresql_schema_the_relay_cannot_create_tables_in_is_said_in_
                            pgutil.with_schema(base, f"nosuch_{uuid.uuid4().hex[:8]}"))
     line = one_line(run("migrate", "-c", str(missing)))
     assert line == NO_SCHEMA
+    async with pgutil.fresh_schema(base) as dsn, \
+            using_only(tmp_path, base, dsn) as (cfg, _, schema, _):
+        line = one_line(run("migrate", "-c", str(cfg)))
+        assert line == (f"error: cannot open postgresql://***: permission denied for schema"
+                        f" {schema}: the relay creates its tables itself, so its user needs"
+                        " CREATE on that schema (GRANT CREATE ON SCHEMA name TO user;"
+                        " PostgreSQL 15 no longer grants it on public), or run migrate once"
+                        " as the schema's owner")
+
+
+@contextlib.asynccontextmanager
+async def using_only(tmp_path: Path, base: str, dsn: str,
+                     ) -> AsyncIterator[tuple[Path, Any, str, str]]:
+    """A login role that may use the schema of `dsn` and nothing else: (its config in
+    tmp_path/role, a superuser connection to grant it more, the schema, the role); the
+    role is dropped afterwards."""
+    import uuid
+
+    import asyncpg
+
     role = f"relay_{uuid.uuid4().hex[:8]}"
-    async with pgutil.fresh_schema(base) as dsn:
-        schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
-        conn = await asyncpg.connect(base)
-        try:
-            await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
-            parts = urlsplit(dsn)
-            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
-            (tmp_path / "role").mkdir()
-            cfg = relay_config(tmp_path / "role", "127.0.0.1:8080", as_role)
-            line = one_line(run("migrate", "-c", str(cfg)))
-            assert line == (f"error: cannot open postgresql://***: permission denied for schema"
-                            f" {schema}: the relay creates its tables itself, so its user needs"
-                            " CREATE on that schema (GRANT CREATE ON SCHEMA name TO user;"
-                            " PostgreSQL 15 no longer grants it on public), or run migrate once"
-                            " as the schema's owner")
-        finally:
-            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
-            await conn.close()
+    schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
+        parts = urlsplit(dsn)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        (tmp_path / "role").mkdir()
+        yield relay_config(tmp_path / "role", "127.0.0.1:8080", as_role), conn, schema, role
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+        await conn.close()
 
 
 @pytest.mark.postgres
@@ -536,25 +550,15 @@ async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told
     """A user that may use a schema migrated by its owner but not read its tables gets
     "permission denied for table ...": the advice is to grant it the tables, not CREATE on
     the schema or to run migrate as the owner (which is how those tables came about)."""
-    import uuid
 
-    import asyncpg
 
     from tests import pgutil
 
     base = await pgutil.base_dsn()
-    role = f"relay_{uuid.uuid4().hex[:8]}"
     async with pgutil.fresh_schema(base) as dsn:
-        schema = dsn.split("search_path%3D", 1)[1].split("%20", 1)[0]
         owner = relay_config(tmp_path, "127.0.0.1:8080", dsn)
         assert run("migrate", "-c", str(owner)).returncode == 0
-        conn = await asyncpg.connect(base)
-        try:
-            await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}")
-            parts = urlsplit(dsn)
-            as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
-            (tmp_path / "role").mkdir()
-            cfg = relay_config(tmp_path / "role", "127.0.0.1:8080", as_role)
+        async with using_only(tmp_path, base, dsn) as (cfg, conn, schema, role):
             line = one_line(run("migrate", "-c", str(cfg)))
             assert line == ("error: cannot open postgresql://***: permission denied for table"
                             " schema_version: the relay's user needs to read and write its"
@@ -572,9 +576,6 @@ async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told
             assert line == ("error: cannot open postgresql://***: must be owner of table"
                             " receivers: a schema upgrade alters the relay's tables, which only"
                             " their owner may do: run migrate once as that user")
-        finally:
-            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
-            await conn.close()
 
 
 def test_a_delivery_id_or_receiver_name_no_store_can_hold_is_not_found_not_a_bug(tmp_path):
