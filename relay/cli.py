@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from relay import __version__, cli_client, cli_dead, cli_delivery
+from relay import __version__, cli_client, cli_dead, cli_status
 from relay import config as config_mod
 from relay.cli_client import health_url as health_url  # re-exported: the container's facts
 from relay.cli_support import CONFIG_ENV as CONFIG_ENV
@@ -185,4 +185,5 @@ def migrate(config_path: str) -> None:
 main.add_command(cli_client.send)
 main.add_command(cli_client.healthcheck)
 main.add_command(cli_dead.dead)
-main.add_command(cli_delivery.delivery)
+main.add_command(cli_status.delivery)
+main.add_command(cli_status.receivers)

@@ -240,3 +240,29 @@ async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state
         assert str(bad.port) not in page and str(sink.port) not in page
     finally:
         await server.close()
+
+
+async def test_the_receivers_command_prints_each_receiver_urls_own_state(running, sink, tmp_path):
+    """`kourier-relay receivers`: the overview's receivers table in a terminal, one line per
+    receiver URL with its own state, never the URL itself (its secrets)."""
+    from tests.forkserver import run_relay
+
+    bad, server = await other_sink()
+    try:
+        await one_url_failing(running, sink, bad, 2)
+        out = await asyncio.to_thread(run_relay, ["receivers", "-c", str(tmp_path / "config.yaml")],
+                                      capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stderr) == (0, "")
+        log, team0, team1 = out.stdout.splitlines()
+        assert log.startswith("log[0] json://***: idle (nothing waiting); 0 waiting; rate limit"
+                              " none; last success ")
+        assert team0.startswith("team[0] json://***: idle (nothing waiting); 0 waiting; rate"
+                                " limit none; last success ")
+        assert team1.startswith("team[1] json://***: circuit open (paused after 2 failures;"
+                                " probes again in ")
+        assert "; 2 waiting; rate limit none; last success never; last error " in team1
+        assert team1.endswith("HTTP 500: Failed to send JSON POST notification: Internal server"
+                              " error., error=500.; the service said: ok")
+        assert str(bad.port) not in out.stdout and str(sink.port) not in out.stdout
+    finally:
+        await server.close()

@@ -1,11 +1,14 @@
-"""`delivery ID`: what happened to one delivery, in a terminal.
+"""The status page in a terminal: `delivery ID` and `receivers`.
 
-The status page's delivery page as text, for an operator with a shell on the relay's
-machine and no browser (`docker exec relay kourier-relay delivery D-1042`): its events,
-which routes matched, every notification they caused with each attempt, its watches,
-live messages, digests and notifications held by quiet hours. Payload text is printed
-without control characters (an event cannot move the cursor or recolour the terminal),
-errors with URLs masked.
+For an operator with a shell on the relay's machine and no browser or token
+(`docker exec relay kourier-relay delivery D-1042`): `delivery` prints what the
+delivery page shows (its events, which routes matched, every notification they caused
+with each attempt, its watches, live messages, digests and notifications held by quiet
+hours), `receivers` what the overview's receivers table shows (each receiver URL's
+state, waiting jobs, rate limit, last success and last error). Both read the store and
+the config, and use the page's own pure views (`relay.ui.views`). Payload and config
+text is printed without control characters (an event cannot move the cursor or
+recolour the terminal), errors with URLs masked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import click
 from relay.cli_support import config_option, fail, guarded, load_config, run_store
 
 if TYPE_CHECKING:
-    from relay.ui.views import DeliveryView, JobView
+    from relay.ui.views import DeliveryView, JobView, ReceiverRow
 
 TITLE_MAX = 100  # a title longer than this is cut with "…" (the status page shows it whole)
 
@@ -47,6 +50,42 @@ def delivery(config_path: str, delivery_id: str) -> None:
              " store.retention)")
     for line in lines(delivery_view(timeline, Router.from_config(config)), config.timezone):
         click.echo(line)
+
+
+@click.command("receivers")
+@config_option
+@guarded
+def receivers(config_path: str) -> None:
+    """Each receiver URL's state.
+
+    One line per URL of every configured receiver (and any the store still knows): its
+    state (idle, sending, retrying, probing, circuit open, quiet hours, not in config),
+    jobs waiting, rate limit, last success and last error, as the status page's overview
+    shows them.
+    """
+    import time
+
+    from relay.notify import redact
+    from relay.ui.views import receiver_rows
+
+    config = load_config(config_path)
+    states = run_store(config_path, lambda s: s.receivers())
+    labels = {name: [redact(u) for u in rc.urls] for name, rc in config.receivers.items()}
+    now = time.time()
+    for row in receiver_rows(config, states, now, labels):
+        click.echo(receiver_line(row, now))
+
+
+def receiver_line(row: ReceiverRow, now: float) -> str:
+    """`ops-chat[0] json://***: circuit open (paused …); 102 waiting; …` (pure)."""
+    from relay.logs import scrub
+    from relay.ui.views import ago
+
+    where = f"{_plain(row.name)}[{row.url_index}]" + (f" {row.url}" if row.url else "")
+    error = f"; last error {ago(row.last_error_at, now)}: {scrub(_plain(row.last_error))}" \
+        if row.last_error else ""
+    return (f"{where}: {row.state} ({_plain(row.detail)}); {row.backlog} waiting; rate limit"
+            f" {row.rate_limit}; last success {ago(row.last_success, now)}{error}")
 
 
 def lines(view: DeliveryView, zone: str) -> list[str]:
