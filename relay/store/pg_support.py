@@ -48,6 +48,24 @@ def rows_touched(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+_TABLES = ("the relay's user needs to read and write its tables (GRANT SELECT, INSERT, UPDATE,"
+           " DELETE ON ALL TABLES IN SCHEMA name TO user; GRANT USAGE ON ALL SEQUENCES IN SCHEMA"
+           " name TO user)")
+# What to do about an error of the database: (asyncpg's class, a part of its text, advice).
+_ADVICE: tuple[tuple[type[Exception], str, str], ...] = (
+    (asyncpg.InsufficientPrivilegeError, " for schema ",
+     "the relay creates its tables itself, so its user needs CREATE on that schema (GRANT"
+     " CREATE ON SCHEMA name TO user; PostgreSQL 15 no longer grants it on public), or run"
+     " migrate once as the schema's owner"),
+    # Tables another user made (migrate run as the owner): CREATE would not help.
+    (asyncpg.InsufficientPrivilegeError, " for table ", _TABLES),
+    (asyncpg.InsufficientPrivilegeError, " for sequence ", _TABLES),
+    (asyncpg.InsufficientPrivilegeError, "must be owner of",
+     "a schema upgrade alters the relay's tables, which only their owner may do: run migrate"
+     " once as that user"),
+)
+
+
 def describe(error: BaseException) -> str:
     """An error of the database in words an operator can act on (asyncpg's own otherwise)."""
     if isinstance(error, asyncpg.InvalidSchemaNameError):  # "no schema has been selected …"
@@ -57,19 +75,9 @@ def describe(error: BaseException) -> str:
                 " (CREATE SCHEMA name), or name one that exists in the URL's"
                 " options=-csearch_path%3Dname, and give the user USAGE and CREATE on it"
                 " (GRANT USAGE, CREATE ON SCHEMA name TO user)")
-    if isinstance(error, asyncpg.InsufficientPrivilegeError) and " for schema " in str(error):
-        return (f"{error}: the relay creates its tables itself, so its user needs CREATE on"
-                " that schema (GRANT CREATE ON SCHEMA name TO user; PostgreSQL 15 no longer"
-                " grants it on public), or run migrate once as the schema's owner")
-    if isinstance(error, asyncpg.InsufficientPrivilegeError) and (
-            " for table " in str(error) or " for sequence " in str(error)):
-        # Tables another user made (migrate run as the owner): CREATE would not help.
-        return (f"{error}: the relay's user needs to read and write its tables (GRANT SELECT,"
-                " INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA name TO user; GRANT USAGE ON"
-                " ALL SEQUENCES IN SCHEMA name TO user)")
-    if isinstance(error, asyncpg.InsufficientPrivilegeError) and "must be owner of" in str(error):
-        return (f"{error}: a schema upgrade alters the relay's tables, which only their owner"
-                " may do: run migrate once as that user")
+    for kind, part, advice in _ADVICE:
+        if isinstance(error, kind) and part in str(error):
+            return f"{error}: {advice}"
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
