@@ -69,6 +69,29 @@ async def dead_show(request: web.Request) -> web.Response:
                               "attempts": [asdict(a) for a in detail.history]})
 
 
+async def delivery(request: web.Request) -> web.Response:
+    """One delivery's timeline as JSON (what the status page's delivery page and
+    `kourier-relay delivery` show): its newest events, their jobs with every attempt, its
+    timers (watches, digest windows), live messages and digest joins."""
+    wanted = request.query.get("id", "")
+    if not wanted:
+        raise _bad_request('give the delivery id: /-/delivery?id=D-1042')
+    timeline = None if unstorable(wanted) else \
+        await request.app[SERVICES].store.timeline(wanted)
+    if timeline is None or not timeline.events:
+        return error(404, "Not found", f"no delivery {printable(wanted)!r}")
+    attempts: dict[int, list[dict[str, Any]]] = {}
+    for a in timeline.attempts:
+        attempts.setdefault(a.job_id, []).append(asdict(a.attempt))
+    timers = [{k: v for k, v in asdict(t).items() if k != "claim_token"} for t in timeline.timers]
+    return web.json_response({
+        "delivery_id": timeline.delivery_id, "earlier": timeline.earlier,
+        "events": [asdict(e) for e in timeline.events],
+        "jobs": [{**job_json(j), "attempts": attempts.get(j.id, [])} for j in timeline.jobs],
+        "timers": timers, "live": [asdict(x) for x in timeline.live],
+        "digests": [asdict(x) for x in timeline.joined]})
+
+
 async def dead_replay(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     server = s.runtime().config.server
@@ -133,3 +156,4 @@ def mount(app: web.Application) -> None:
     app.router.add_get("/-/dead/{id}", dead_show)
     app.router.add_post("/-/dead/replay", dead_replay)
     app.router.add_post("/-/reload", reload_config)
+    app.router.add_get("/-/delivery", delivery)

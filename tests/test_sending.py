@@ -245,6 +245,29 @@ async def test_the_admin_api_lists_a_removed_receivers_dead_jobs_and_refuses_a_m
     assert status == 400  # replaying to a receiver the config no longer has is refused
 
 
+async def test_the_admin_api_gives_one_deliverys_timeline_as_json(running, sink, tmp_path):
+    """`GET /-/delivery?id=d1`: its events, each job with its attempts (as `GET /-/dead/ID`
+    shows a job: no claim token), for scripts; an unknown id is a 404, none a 400, and the
+    admin token is needed as for every /-/ route."""
+    r = await make_dead(running, sink, tmp_path)
+    status, body, _ = await admin(r, "GET", "/-/delivery?id=d1")
+    assert status == 200
+    assert (body["delivery_id"], body["earlier"]) == ("d1", 0)
+    assert [(e["id"], e["type"], e["payload"]["status"]) for e in body["events"]] == [
+        (1, "delivery.updated", "in_transit")]
+    jobs = {j["receiver"]: j for j in body["jobs"]}
+    assert set(jobs) == {"a", "b"} and all("claim_token" not in j for j in jobs.values())
+    assert [(j["state"], [(a["outcome"], a["error"][:8]) for a in j["attempts"]])
+            for j in (jobs["a"], jobs["b"])] == [("dead", [("failed", "HTTP 400")]),
+                                                 ("dead", [("failed", "HTTP 404")])]
+    assert (body["timers"], body["live"], body["digests"]) == ([], [], [])
+    status, body, _ = await admin(r, "GET", "/-/delivery?id=nope")
+    assert (status, body) == (404, {"error": "Not found", "details": "no delivery 'nope'"})
+    assert (await admin(r, "GET", "/-/delivery"))[0] == 400
+    assert (await admin(r, "GET", "/-/delivery?id=%00"))[0] == 404  # no store holds NUL
+    assert (await admin(r, "GET", "/-/delivery?id=d1", token=TOKEN))[0] == 401
+
+
 async def test_the_delivery_command_prints_what_happened_to_one_delivery(running, sink, tmp_path):
     """`kourier-relay delivery ID`: the status page's delivery page in a terminal. Every
     event with its routes, each notification with its state and attempts, the watches; a
