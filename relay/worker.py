@@ -76,6 +76,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._pass = asyncio.Lock()  # one pass at a time, whoever asks for it
         self._orphans_at = 0.0
+        self._reloads = 0  # config_changed() calls: a pass that saw one begin looks again
         self._exited = asyncio.Event()
         self._exited.set()
         self._stopping = False
@@ -110,7 +111,9 @@ class Worker:
         self.wake()
 
     def config_changed(self) -> None:
-        """A reload may have removed receivers: look for their jobs now."""
+        """A reload may have removed receivers: look for their jobs now. A pass under way
+        read the config before the reload, so its own look does not count (`_reloads`)."""
+        self._reloads += 1
         self._orphans_at = 0.0
         self.wake()
 
@@ -159,6 +162,7 @@ class Worker:
             if fresh:
                 self._not_before.clear()
                 self.timers.kick()
+            reloads = self._reloads
             rt = self.runtime()
             now = self.clock()
             if self._paused:
@@ -171,7 +175,8 @@ class Worker:
                                                                  started))
             if now >= self._orphans_at:
                 more = await self._bury_orphans(rt, now)
-                self._orphans_at = now if more else now + ORPHAN_CHECK
+                if self._reloads == reloads:  # else the next pass looks with the new config
+                    self._orphans_at = now if more else now + ORPHAN_CHECK
                 wake_at = now if more else wake_at
             return wake_at - now
 
