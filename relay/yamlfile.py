@@ -208,9 +208,12 @@ class Tree:
                                          f"a key must be a name, got {_kind(key_node)}"))
                 continue
             key = str(key_node.value)
+            first = self.lines.get(f"{path}.{key}" if path else key)
             sub = self._key(key_node, path, key)
-            if key in own:
-                self.issues.append(Issue(self.file, self.lines[sub], sub, "duplicate key"))
+            if key in own:  # YAML keeps the later one: what else is wrong may follow from it
+                self.issues.append(Issue(self.file, self.lines[sub], sub,
+                                         f"duplicate key: {key} is also at line {first}, and"
+                                         " this one replaces it: keep one"))
             own.add(key)
             out[key] = self.value(value_node, sub)
         return out

@@ -131,7 +131,8 @@ def test_a_key_that_is_a_list_or_mapping_is_named_at_its_line():
 
 def test_a_duplicate_key_is_still_an_error_next_to_a_merge():
     text = SERVER + "  <<: {path: /a}\n  path: /b\n  path: /c\n" + LOG
-    assert issues(text) == ["c.yaml:5: server.path: duplicate key"]
+    assert issues(text) == ["c.yaml:5: server.path: duplicate key: path is also at line 4, and"
+                            " this one replaces it: keep one"]
 
 
 def test_a_file_that_is_not_utf8_is_one_error_at_its_line(tmp_path):
