@@ -80,14 +80,13 @@ async def delivery(request: web.Request) -> web.Response:
         await request.app[SERVICES].store.timeline(wanted)
     if timeline is None or not timeline.events:
         return error(404, "Not found", f"no delivery {printable(wanted)!r}")
-    attempts: dict[int, list[dict[str, Any]]] = {}
-    for a in timeline.attempts:
-        attempts.setdefault(a.job_id, []).append(asdict(a.attempt))
+    attempts = timeline.attempts_by_job()
     timers = [{k: v for k, v in asdict(t).items() if k != "claim_token"} for t in timeline.timers]
     return web.json_response({
         "delivery_id": timeline.delivery_id, "earlier": timeline.earlier,
         "events": [asdict(e) for e in timeline.events],
-        "jobs": [{**job_json(j), "attempts": attempts.get(j.id, [])} for j in timeline.jobs],
+        "jobs": [{**job_json(j), "attempts": [asdict(a) for a in attempts.get(j.id, [])]}
+                 for j in timeline.jobs],
         "timers": timers, "live": [asdict(x) for x in timeline.live],
         "digests": [asdict(x) for x in timeline.joined]})
 

@@ -331,12 +331,13 @@ def spawn_relay(config: Path, env: dict[str, str] | None = None, log: Path | Non
                             env={**os.environ, **(env or {})}, cwd=config.parent)
 
 
-def wait_healthy(port: int, timeout: float = 10.0) -> None:
+def wait_healthy(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Until the relay at host:port (`[::1]` for IPv6) answers /readyz with 200."""
     import urllib.request
 
     def up() -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -310,21 +310,11 @@ def test_a_relative_store_path_is_beside_the_config_wherever_the_command_runs(tm
 def test_healthcheck_and_send_read_the_address_from_the_config(tmp_path, host, loopback):
     # An IPv6 listen address made both exit 70 (the host kept its brackets and got a second
     # pair); "[::]" is IPv6 only (socket.create_server sets IPV6_V6ONLY), so its loopback is ::1.
-    import urllib.request
-
     port = free_port()
     cfg = relay_config(tmp_path, f"{host}:{port}")
     relay = spawn_relay(cfg)
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{loopback}:{port}/readyz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_for_sync(up, 10, message="relay ready")
+        wait_healthy(port, host=loopback)
         done = run("healthcheck", "-c", str(cfg))
         assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
         sent = run("send", "-c", str(cfg))

@@ -200,6 +200,13 @@ class Timeline:
     joined: tuple[DigestJoin, ...] = ()  # the digest windows its events joined
     earlier: int = 0  # its events older than those shown (sql.TIMELINE_SHOWN), left out
 
+    def attempts_by_job(self) -> dict[int, list[Attempt]]:
+        """Each job's attempts (by job id), oldest first."""
+        out: dict[int, list[Attempt]] = {}
+        for a in self.attempts:
+            out.setdefault(a.job_id, []).append(a.attempt)
+        return out
+
 
 @dataclass(frozen=True)
 class LiveRef:

@@ -281,9 +281,7 @@ class DeliveryView:
 
 
 def delivery_view(timeline: Timeline, router: Router) -> DeliveryView:
-    attempts: dict[int, list[Attempt]] = {}
-    for a in timeline.attempts:
-        attempts.setdefault(a.job_id, []).append(a.attempt)
+    attempts = timeline.attempts_by_job()
     live = _live(timeline)
     refs = {i: v.message for v in live for i in v.job_ids}
     jobs: dict[int, list[JobView]] = {}
