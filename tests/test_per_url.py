@@ -7,7 +7,9 @@ receiver `team` has two URLs; before, a failing one paused both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,23 @@ async def circuits(url: str) -> dict[tuple[str, str], float]:
             if sample.name == "kourier_relay_circuit_open"}
 
 
-async def other_sink() -> tuple[Sink, Any]:
+def dead_jobs(tmp_path: Path) -> list[Any]:
+    """(url_index, last_error) of every dead job in the relay's SQLite file."""
+    with sqlite3.connect(tmp_path / "relay.db") as conn:
+        return conn.execute("SELECT url_index, last_error FROM jobs WHERE state = 'dead'"
+                            " ORDER BY id").fetchall()
+
+
+@contextlib.asynccontextmanager
+async def other_sink() -> AsyncIterator[Sink]:
+    """A second real HTTP sink (the `sink` fixture is the first), closed after."""
     s = Sink()
     server = await serve_posts(s.handle)
     s.port = server.port or 0
-    return s, server
+    try:
+        yield s
+    finally:
+        await server.close()
 
 
 async def one_url_failing(running, sink: Sink, bad: Sink, events: int) -> tuple[Any, Any]:
@@ -59,8 +73,7 @@ async def one_url_failing(running, sink: Sink, bad: Sink, events: int) -> tuple[
 
 async def test_a_failing_url_opens_its_own_circuit_and_its_receivers_other_url_gets_everything(
         running, sink, tmp_path):
-    bad, server = await other_sink()
-    try:
+    async with other_sink() as bad:
         r, notice = await one_url_failing(running, sink, bad, 6)
         await wait_for(lambda: len(sink.messages("team")) == 6, message="all six to URL 0")
         shown = await wait_for(lambda: _open(r.url), message="the circuit gauges")
@@ -80,8 +93,6 @@ async def test_a_failing_url_opens_its_own_circuit_and_its_receivers_other_url_g
                                    " receiver = 'team' GROUP BY url_index, state").fetchall()
         assert state == [("team", 0, 0, 0), ("team", 1, 2, 1)]
         assert sorted(waiting) == [(0, "sent", 6), (1, "pending", 6)]
-    finally:
-        await server.close()
 
 
 async def _open(url: str) -> dict[tuple[str, str], float] | None:
@@ -132,8 +143,7 @@ async def test_concurrency_1_holds_for_each_url_and_the_urls_send_side_by_side(r
 
 async def test_a_url_removed_from_a_receiver_has_its_jobs_go_dead_and_the_others_are_sent(
         running, sink, tmp_path):
-    bad, server = await other_sink()
-    try:
+    async with other_sink() as bad:
         r = await running(team(sink, bad))
         await r.relay.worker.pause()
         for n in range(2):
@@ -144,12 +154,7 @@ async def test_a_url_removed_from_a_receiver_has_its_jobs_go_dead_and_the_others
         r.relay.worker.resume()
         await wait_for(lambda: len(sink.messages("team")) == 2, message="URL 0's two")
 
-        def dead() -> list[Any]:
-            with sqlite3.connect(tmp_path / "relay.db") as conn:
-                return conn.execute("SELECT url_index, last_error FROM jobs"
-                                    " WHERE state = 'dead' ORDER BY id").fetchall()
-
-        assert await wait_for(lambda: len(dead()) == 2 and dead()) == \
+        assert await wait_for(lambda: len(dead_jobs(tmp_path)) == 2 and dead_jobs(tmp_path)) == \
             [(1, "receiver 'team' (URL #1) is no longer in the config")] * 2
         assert bad.hits == []
         shown = await circuits(r.url)
@@ -159,17 +164,14 @@ async def test_a_url_removed_from_a_receiver_has_its_jobs_go_dead_and_the_others
         assert [(row.name, row.url_index, row.url, row.state) for row in rows
                 if row.name == "team"] == [("team", 0, "json://***", "idle"),
                                            ("team", 1, "", "not in config")]
-    finally:
-        await server.close()
 
 
 async def test_a_removed_url_whose_circuit_is_open_has_its_jobs_go_dead_at_the_reload(
         running, sink, tmp_path):
     """The usual way a URL leaves: it kept failing (its circuit is open), the operator
     removes it. Its jobs go dead at once, not one probe per cooldown."""
-    bad, server = await other_sink()
-    bad.default_status = 500
-    try:
+    async with other_sink() as bad:
+        bad.default_status = 500
         clock = FakeClock()
         r = await running(team(sink, bad), clock=clock, sending=SENDING)
         for n in range(3):
@@ -180,17 +182,10 @@ async def test_a_removed_url_whose_circuit_is_open_has_its_jobs_go_dead_at_the_r
         cfg.write_text(cfg.read_text().replace(f', "{bad.url("team")}"', ""))
         await r.relay.reload()
 
-        def dead() -> list[Any]:
-            with sqlite3.connect(tmp_path / "relay.db") as conn:
-                return conn.execute("SELECT url_index, last_error FROM jobs"
-                                    " WHERE state = 'dead' ORDER BY id").fetchall()
-
-        assert await wait_for(lambda: len(dead()) == 3 and dead()) == \
+        assert await wait_for(lambda: len(dead_jobs(tmp_path)) == 3 and dead_jobs(tmp_path)) == \
             [(1, "receiver 'team' (URL #1) is no longer in the config")] * 3
         assert bad.hits.count("/team") == 2  # no probe was sent to it
         assert len(sink.messages("team")) == 3
-    finally:
-        await server.close()
 
 
 async def test_every_due_job_of_a_removed_url_goes_dead_in_one_orphan_pass(running, sink,
@@ -199,8 +194,7 @@ async def test_every_due_job_of_a_removed_url_goes_dead_in_one_orphan_pass(runni
     instead of burying 100 every 30 s."""
     from relay.worker import ORPHAN_BATCH
 
-    bad, server = await other_sink()
-    try:
+    async with other_sink() as bad:
         r = await running(team(sink, bad))
         await r.relay.worker.pause()
         count = ORPHAN_BATCH + 30
@@ -218,16 +212,13 @@ async def test_every_due_job_of_a_removed_url_goes_dead_in_one_orphan_pass(runni
 
         await wait_for(lambda: dead() == count, message=f"{count} dead, not {ORPHAN_BATCH}")
         assert bad.hits == []
-    finally:
-        await server.close()
 
 
 async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state(
         running, sink, tmp_path):
     from tests.uiutil import ADMIN
 
-    bad, server = await other_sink()
-    try:
+    async with other_sink() as bad:
         r, _ = await one_url_failing(running, sink, bad, 2)
         async with r.session.get(r.url + "/ui/", headers={"Authorization": f"Bearer {ADMIN}"}
                                  ) as resp:
@@ -238,8 +229,6 @@ async def test_the_status_page_shows_one_row_per_receiver_url_with_its_own_state
         assert "urls[1]" in one and "json://***" in one and "st-circuit-open" in one
         assert "paused after 2 failures" in one and "HTTP 500" in one
         assert str(bad.port) not in page and str(sink.port) not in page
-    finally:
-        await server.close()
 
 
 async def test_the_receivers_command_prints_each_receiver_urls_own_state(running, sink, tmp_path):
@@ -247,8 +236,7 @@ async def test_the_receivers_command_prints_each_receiver_urls_own_state(running
     receiver URL with its own state, never the URL itself (its secrets)."""
     from tests.forkserver import run_relay
 
-    bad, server = await other_sink()
-    try:
+    async with other_sink() as bad:
         await one_url_failing(running, sink, bad, 2)
         out = await asyncio.to_thread(run_relay, ["receivers", "-c", str(tmp_path / "config.yaml")],
                                       capture_output=True, text=True, timeout=30)
@@ -264,5 +252,3 @@ async def test_the_receivers_command_prints_each_receiver_urls_own_state(running
         assert team1.endswith("HTTP 500: Failed to send JSON POST notification: Internal server"
                               " error., error=500.; the service said: ok")
         assert str(bad.port) not in out.stdout and str(sink.port) not in out.stdout
-    finally:
-        await server.close()
