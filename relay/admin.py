@@ -1,5 +1,6 @@
-"""The admin API under `/-/`: dead letters (list, show, replay) and reload, behind
-`server.admin_token`. Every error answer has the shape `{"error": ..., "details": ...}`.
+"""The admin API under `/-/`: dead letters (list, show, replay), retry-now, reload and one
+delivery's timeline, behind `server.admin_token`. Every error answer has the shape
+`{"error": ..., "details": ...}`.
 """
 
 from __future__ import annotations
@@ -91,15 +92,22 @@ async def delivery(request: web.Request) -> web.Response:
         "digests": [asdict(x) for x in timeline.joined]})
 
 
-async def dead_replay(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    server = s.runtime().config.server
+async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
+    """The request's JSON ({} when empty), or the answer that refuses it."""
+    server = request.app[SERVICES].runtime().config.server
     try:
         check_length(request, server.max_body_bytes)
         body = await read_body(request, server.max_body_bytes, server.body_timeout)
-        spec = decode_json(body) if body.strip() else {}
+        return (decode_json(body) if body.strip() else {}), None
     except InvalidEvent as e:
-        return refusal(e)
+        return None, refusal(e)
+
+
+async def dead_replay(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    spec, refused = await _json_body(request)
+    if refused is not None:
+        return refused
     if not isinstance(spec, dict) or not (spec.get("ids") or spec.get("receiver")
                                           or spec.get("all") is True):
         return error(400, "Invalid request data",
@@ -114,6 +122,28 @@ async def dead_replay(request: web.Request) -> web.Response:
         _check_receiver(request, receiver)
     count = await s.store.replay(ids, receiver, s.clock())
     return web.json_response({"replayed": count})
+
+
+async def retry_now(request: web.Request) -> web.Response:
+    """A receiver's circuits closed and its waiting retries due now (`retry-now`)."""
+    s = request.app[SERVICES]
+    spec, refused = await _json_body(request)
+    if refused is not None:
+        return refused
+    receiver = spec.get("receiver") if isinstance(spec, dict) else None
+    if not isinstance(receiver, str):
+        return error(400, "Invalid request data",
+                     'give "receiver": "name" (and "url": N for one of its URLs only)')
+    _check_receiver(request, receiver)
+    count = len(s.runtime().config.receivers[receiver].urls)
+    url = spec.get("url")
+    if url is not None and not (type(url) is int and 0 <= url < count):
+        return error(400, "Invalid request data", '"url" must be a place in the receiver\'s'
+                     f" urls, from 0 to {count - 1}")
+    places = range(count) if url is None else [url]
+    retried = [await s.store.retry_now(receiver, i, now=s.clock()) for i in places]
+    return web.json_response({"receiver": receiver, "urls": [
+        {"url_index": i, "retried": n} for i, n in zip(places, retried, strict=True)]})
 
 
 def _is_id(value: Any) -> bool:
@@ -154,5 +184,6 @@ def mount(app: web.Application) -> None:
     app.router.add_get("/-/dead", dead_list)
     app.router.add_get("/-/dead/{id}", dead_show)
     app.router.add_post("/-/dead/replay", dead_replay)
+    app.router.add_post("/-/retry-now", retry_now)
     app.router.add_post("/-/reload", reload_config)
     app.router.add_get("/-/delivery", delivery)

@@ -1,4 +1,4 @@
-"""The status page in a terminal: `delivery ID` and `receivers`.
+"""The status page in a terminal: `delivery ID` and `receivers`; and `retry-now RECEIVER`.
 
 For an operator with a shell on the relay's machine and no browser or token
 (`docker exec relay kourier-relay delivery D-1042`): `delivery` prints what the
@@ -21,6 +21,7 @@ import click
 from relay.cli_support import config_option, fail, guarded, load_config, run_store
 
 if TYPE_CHECKING:
+    from relay.store import Store
     from relay.ui.views import DeliveryView, JobView, ReceiverRow
 
 TITLE_MAX = 100  # a title longer than this is cut with "…" (the status page shows it whole)
@@ -74,6 +75,47 @@ def receivers(config_path: str) -> None:
     now = time.time()
     for row in receiver_rows(config, states, now, labels):
         click.echo(receiver_line(row, now))
+
+
+@click.command("retry-now")
+@config_option
+@click.argument("receiver")
+@click.option("--url", "url_index", type=click.IntRange(0), metavar="N",
+              help="Only the receiver's URL at this place in its urls (from 0).")
+@guarded
+def retry_now(config_path: str, receiver: str, url_index: int | None) -> None:
+    """Send a receiver's waiting retries now.
+
+    After fixing what made RECEIVER's URLs fail (a revoked webhook, a full mailbox, an
+    outage that is over): each URL's circuit closes and its jobs waiting out a retry's
+    backoff are due now; a running relay sends them within a second. Jobs never
+    attempted keep their wait (a route's hold, quiet hours). A reload that puts another
+    URL in a place does the same for that place by itself.
+    """
+    import os
+    import time
+
+    from relay.notify import redact
+
+    config = load_config(config_path)
+    known = config.receivers.get(receiver)
+    if known is None:
+        names = ", ".join(sorted(config.receivers))
+        shown = os.fsencode(receiver).decode("utf-8", "backslashreplace")  # non-UTF-8 bytes
+        fail(f'no receiver "{_plain(shown)}" in {config.source.file}'
+             f" (its receivers: {names})")
+    places = range(len(known.urls)) if url_index is None else [url_index]
+    if url_index is not None and url_index >= len(known.urls):
+        last = len(known.urls) - 1
+        fail(f'receiver "{receiver}" has {last + 1} URL(s), urls[0] to urls[{last}]: there is'
+             f" no --url {url_index}")
+
+    async def retry(store: Store) -> list[int]:
+        return [await store.retry_now(receiver, i, now=time.time()) for i in places]
+
+    for i, count in zip(places, run_store(config_path, retry), strict=True):
+        click.echo(f"{receiver}[{i}] {redact(known.urls[i])}: circuit closed; {count} waiting"
+                   f" retr{'y goes' if count == 1 else 'ies go'} now")
 
 
 def receiver_line(row: ReceiverRow, now: float) -> str:

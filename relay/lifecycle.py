@@ -167,16 +167,33 @@ class Relay:
             if changed:
                 log.warning("%s changed: restart the relay to apply (the rest is live now)",
                             ", ".join(changed))
-            self.live = live
+            before, self.live = self.config, live
             if self.senders is not None:
                 self.senders.configure(text, config.sending.attempt_timeout)
                 self.senders.fallback = live.notifier
             self.reload_failure = ""
             self.metrics.reload_success.set(1)
             self.metrics.reload_time.set(time.time())
+            await self._fresh_start(changed_urls(before, config))
             self.worker.config_changed()
             log.info("config reloaded", extra=fields(routes=len(config.routes),
                                                      receivers=len(config.receivers)))
+
+    async def _fresh_start(self, changed: Sequence[tuple[str, int]]) -> None:
+        """Another URL in a receiver's place: what the old one failed at counts no more.
+        Its circuit closes and the jobs waiting out a retry's backoff go now (the new URL is
+        what they go to); a store that does not answer leaves them on their schedule."""
+        for name, index in changed:
+            try:
+                waiting = await self.store.retry_now(name, index, now=self.clock())
+            except StoreError as e:
+                log.warning('receiver "%s": urls[%d] changed, but its circuit and retries stay'
+                            " as they were: %s", name, index, e)
+                continue
+            log.info('receiver "%s": urls[%d] is another URL now: its circuit is closed and'
+                     " its %d waiting retr%s go now", name, index, waiting,
+                     "y" if waiting == 1 else "ies",
+                     extra=fields(receiver=name, url_index=index, retries=waiting))
 
     async def reload_quietly(self) -> None:
         """A reload whose failure is only logged (SIGHUP, the file watch): the old config serves."""
@@ -256,6 +273,15 @@ def moved_urls(old: Config, new: Config) -> list[str]:
                        " place now go to the URL there: put the URLs back in their order, or let"
                        " the receiver's queue empty before moving them")
     return out
+
+
+def changed_urls(old: Config, new: Config) -> list[tuple[str, int]]:
+    """The (receiver, index) places that hold another URL than before (fixed, rotated,
+    moved), in both configs."""
+    return [(name, i) for name in sorted(old.receivers.keys() & new.receivers.keys())
+            for i, (was, now) in enumerate(zip(old.receivers[name].urls,
+                                               new.receivers[name].urls, strict=False))
+            if was != now]
 
 
 def _moves(was: Sequence[str], now: Sequence[str]) -> list[str]:

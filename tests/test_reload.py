@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -142,6 +143,37 @@ async def test_queued_jobs_keep_their_text_and_follow_the_new_url(running, sink)
     assert (await r.post(event("D-8")))[0] == 202
     await wait_for(lambda: len(sink.messages("b")) == 2)
     assert titles(sink, "b") == ["v1 D-7", "v2 D-8"] and sink.messages("a") == []
+
+
+async def test_a_url_fixed_in_place_closes_its_circuit_and_sends_its_waiting_retries_now(
+        running, sink, caplog):
+    """A revoked webhook, replaced in the config: a reload sends what waited for it at once,
+    instead of after the open circuit's cooldown and the retries' backoff (an hour here)."""
+    sink.default_status = 500  # the old URL fails every time (`bad?token=…`)
+    bad, good = sink.url("bad", token="OLDsecret"), sink.url("good", token="NEWsecret")
+    r = await running(TO_HOOK.replace("{sink}", bad), sink="", sending=(
+        "circuit: {failures: 2, cooldown: 10m}\n  retry: {schedule: [0, 1h], jitter: 0}"))
+    for d in ("D-1", "D-2", "D-3"):
+        assert (await r.post(event(d)))[0] == 202
+    await wait_for(lambda: sink.hits.count("/bad") == 2)  # two failures: the circuit opened
+    [state] = await r.relay.store.receivers()
+    assert state.open_until > 0 and state.backlog == 3
+    edit(r.relay.config_path, "name: all", "name: every")
+    assert (await reload(r.url))[0] == 200  # the URL did not change: its circuit stays open
+    assert [s.open_until for s in await r.relay.store.receivers()] == [state.open_until]
+    sink.default_status = 200
+    edit(r.relay.config_path, bad, good)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="relay.lifecycle")
+    assert (await reload(r.url))[0] == 200
+    await wait_for(lambda: len(sink.messages("good")) == 3)
+    assert sorted(m["title"].split(":")[0] for m in sink.messages("good")) == [
+        "Delivery D-1", "Delivery D-2", "Delivery D-3"]
+    assert sink.hits.count("/bad") == 2
+    said = [m.getMessage() for m in caplog.records if "another URL now" in m.getMessage()]
+    assert said == ['receiver "hook": urls[0] is another URL now: its circuit is closed and its'
+                    " 2 waiting retries go now"]
+    assert "secret" not in caplog.text.lower()
 
 
 async def test_a_reload_that_moves_a_receivers_urls_says_so_without_naming_them(

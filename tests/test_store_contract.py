@@ -12,7 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -500,6 +500,29 @@ async def test_a_failing_url_opens_its_own_circuit_while_its_receivers_other_url
     assert (states["hook", 1].failures, states["hook", 1].open_until,
             states["hook", 1].backlog, states["hook", 1].last_error) == (2, T0 + 10, 4, "HTTP 500")
     assert (await claim(store, now=T0 + 6, circuit=circuit, url_index=1)).paused
+
+
+async def test_retry_now_closes_one_urls_circuit_and_makes_its_waiting_retries_due(
+        backend: Backend, store: Store) -> None:
+    circuit = Circuit(failures=2, cooldown=600.0, max_cooldown=600.0)
+    await queue_urls(store, 3)
+    held = await store.accept(event(delivery="h"), "h", [replace(job(), hold=300.0)], now=T0)
+    for url in (0, 1):  # both URLs fail twice: both circuits open, their retries an hour out
+        for j in (await claim(store, limit=2, circuit=circuit, url_index=url)).jobs:
+            await store.retry_later(j, attempt(T0), at=T0 + 3600, circuit=circuit)
+    assert (await claim(store, now=T0 + 1, circuit=circuit)).paused
+
+    other = await backend.open()  # another process (the CLI, a replica) asks for URL 0 only
+    assert await other.retry_now("hook", 0, now=T0 + 1) == 2
+    again = await claim(store, limit=10, now=T0 + 1, circuit=circuit)
+    assert not again.paused and sorted(j.attempts for j in again.jobs) == [0, 1, 1]
+    assert held.event_id not in {j.event_id for j in again.jobs}  # its hold is not cut short
+    assert (await claim(store, now=T0 + 1, circuit=circuit, url_index=1)).paused
+    states = {(s.name, s.url_index): s for s in await store.receivers()}
+    assert (states["hook", 0].failures, states["hook", 0].open_until) == (0, 0.0)
+    assert states["hook", 1].failures == 2
+    assert await store.retry_now("hook", 1, now=T0 + 2) == 2
+    assert await store.retry_now("nobody", 0, now=T0 + 2) == 0  # no row, no jobs: nothing
 
 
 async def test_a_probe_that_succeeds_on_one_url_leaves_another_urls_circuit_open(

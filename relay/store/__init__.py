@@ -152,6 +152,10 @@ class Ledger(Protocol):
         """Events and attempts per minute for `minutes` minutes from `since`, oldest first."""
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int: ...
+    async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
+        """Close the receiver URL's circuit and make its jobs waiting out a retry's backoff
+        due at `now` (one transaction); how many were waiting. Never-attempted jobs (holds)
+        keep their wait."""
     async def purge(self, before: float, batch: int = 500) -> int: ...
 
 

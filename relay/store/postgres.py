@@ -337,6 +337,18 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         count: int = await self._tx(replay)
         return self._queued(count, count)
 
+    async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
+        async def retry(conn: Any) -> int:
+            await conn.execute(q(sql.CLOSE_CIRCUIT), *sql.close_args(receiver, url_index))
+            count = rows_touched(await conn.execute(q(sql.RETRY_NOW), now, receiver,
+                                                    url_index, now))
+            await self._notify(conn)  # the circuit closed even where no job was waiting
+            return count
+
+        count: int = await self._tx(retry)
+        self._wake()
+        return count
+
     async def purge(self, before: float, batch: int = 500) -> int:
         """Delete up to `batch` finished events received before `before`, with their jobs."""
         status = await self._tx(lambda conn: conn.execute(

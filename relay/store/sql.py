@@ -71,6 +71,11 @@ INSERT_RECEIVER = ("INSERT INTO receivers (name, url_index, cooldown) VALUES (?,
 PROBE_OUT = ("SELECT 1 FROM jobs WHERE receiver = ? AND url_index = ? AND state = 'claimed'"
              " AND lease_until > ? LIMIT 1")
 SET_TOKENS = "UPDATE receivers SET tokens = ?, tokens_at = ? WHERE name = ? AND url_index = ?"
+# An operator's "retry now", or a reload that put another URL in this place: the circuit
+# closes (CLOSE_CIRCUIT) and the jobs waiting out a retry's backoff are due at once. A job
+# never attempted keeps its wait (a route's hold, a release to a later time).
+RETRY_NOW = ("UPDATE jobs SET next_attempt_at = ? WHERE receiver = ? AND url_index = ?"
+             " AND state = 'pending' AND attempts > 0 AND next_attempt_at > ?")
 NEXT_DUE = ("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM jobs"
             " WHERE state = 'pending' AND receiver = ? AND url_index = ? UNION ALL"
             " SELECT min(lease_until) FROM jobs WHERE state = 'claimed' AND receiver = ?"

@@ -319,25 +319,17 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
 
     async def replay(self, job_ids: Sequence[int] | None, receiver: str | None, now: float,
                      ) -> int:
-        count = await self._call(self._replay, list(job_ids) if job_ids else None, receiver, now)
+        count = await self._call(sqlite_support.replay, list(job_ids) if job_ids else None,
+                                 receiver, now)
+        self._backlog.add(count)
         if count:
             self._wake()
         return count
 
-    def _replay(self, conn: sqlite3.Connection, job_ids: list[int] | None,
-                receiver: str | None, now: float) -> int:
-        where, params = "state='dead'", list[Any]()
-        if job_ids:
-            where += f" AND id IN ({','.join('?' * len(job_ids))})"
-            params += job_ids
-        if receiver:
-            where += " AND receiver=?"
-            params.append(receiver)
-        # A replay starts a fresh schedule: attempts reset, history kept.
-        cur = conn.execute(f"UPDATE jobs SET state='pending', attempts=0, next_attempt_at=?,"
-                           f" created_at=?, finished_at=NULL WHERE {where}", [now, now, *params])
-        self._backlog.add(cur.rowcount)
-        return cur.rowcount
+    async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
+        count = await self._call(sqlite_support.retry_now, receiver, url_index, now)
+        self._wake()  # the circuit closed even where no job was waiting
+        return count
 
     async def purge(self, before: float, batch: int = 500) -> int:
         return await self._call(self._purge, before, batch)

@@ -1,5 +1,5 @@
-"""SQLite primitives beside the store: a held notification at ingest, and what processes
-of this host that died left claimed or held.
+"""SQLite primitives beside the store: a held notification at ingest, replays and retries
+an operator asks for, and what processes of this host that died left claimed or held.
 
 Plain functions of a connection, run on the writer thread inside a batch's
 transaction; the rules are `rules`, the statements `sql`.
@@ -29,6 +29,27 @@ def hold(conn: sqlite3.Connection, event_id: int, event: Event, spec: Notificati
     replaced = sum(conn.execute(sql.REPLACE, args).rowcount
                    for args in sql.replace_args(coalesced.replaces, event_id, now))
     return sql.queued(spec, coalesced), replaced
+
+
+def replay(conn: sqlite3.Connection, job_ids: list[int] | None, receiver: str | None,
+           now: float) -> int:
+    """Dead jobs (these ids, this receiver's, or all) pending again, on a fresh schedule:
+    attempts reset, history kept."""
+    where, params = "state='dead'", list[object]()
+    if job_ids:
+        where += f" AND id IN ({','.join('?' * len(job_ids))})"
+        params += job_ids
+    if receiver:
+        where += " AND receiver=?"
+        params.append(receiver)
+    return conn.execute(f"UPDATE jobs SET state='pending', attempts=0, next_attempt_at=?,"
+                        f" created_at=?, finished_at=NULL WHERE {where}",
+                        [now, now, *params]).rowcount
+
+
+def retry_now(conn: sqlite3.Connection, receiver: str, url_index: int, now: float) -> int:
+    conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(receiver, url_index))
+    return conn.execute(sql.RETRY_NOW, (now, receiver, url_index, now)).rowcount
 
 
 def release_dead_owners(conn: sqlite3.Connection) -> int:
