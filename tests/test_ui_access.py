@@ -8,7 +8,16 @@ import aiohttp
 import pytest
 
 from tests.conftest import wait_for
-from tests.uiutil import ADMIN, HOSTILE, VIEWER, event, one_dead_letter, start_ui_relay
+from tests.uiutil import (
+    ADMIN,
+    HOSTILE,
+    OPENS_FAST,
+    VIEWER,
+    event,
+    one_dead_letter,
+    open_circuit,
+    start_ui_relay,
+)
 
 HTML = {"Accept": "text/html"}
 
@@ -195,6 +204,35 @@ async def test_the_viewer_token_can_look_but_not_replay(running, sink):
                               data={"all": "1", "receiver": "chat"}) as resp:
         assert resp.status == 403
     assert len(await r.relay.store.dead()) == 1
+
+
+async def test_the_viewer_sees_no_retry_button_and_its_retry_post_is_refused(running, sink):
+    r = await start_ui_relay(running, sink, sending=OPENS_FAST)
+    await open_circuit(r, sink)
+    async with r.session.get(r.url + "/ui/", headers=bearer(VIEWER)) as resp:
+        page = await resp.text()
+    assert "circuit open" in page and "Retry now" not in page
+    async with r.session.get(r.url + "/ui/", headers=bearer(ADMIN)) as resp:
+        assert 'id="retry-chat-0"' in await resp.text()
+    async with r.session.post(r.url + "/ui/receivers/retry-now", headers=bearer(VIEWER),
+                              data={"receiver": "chat", "url": "0"}) as resp:
+        assert (resp.status, await resp.json()) == (403, {
+            "error": "Forbidden", "details": "the viewer token can look but not retry"})
+    [state] = [s for s in await r.relay.store.receivers() if s.name == "chat"]
+    assert state.open_until > 0  # still open
+
+
+@pytest.mark.parametrize("data", [{}, {"receiver": "chat"}, {"receiver": "chat", "url": "1"},
+                                  {"receiver": "chat", "url": "-1"}, {"receiver": "nobody",
+                                                                      "url": "0"},
+                                  {"receiver": "chat", "url": "٠"}])
+async def test_a_bad_retry_now_form_is_a_json_400(running, sink, data):
+    r = await start_ui_relay(running, sink)
+    async with r.session.post(r.url + "/ui/receivers/retry-now", data=data,
+                              headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+        assert (resp.status, await resp.json()) == (400, {
+            "error": "Invalid request data",
+            "details": "name a receiver of the config and the place of one of its URLs"})
 
 
 @pytest.mark.parametrize("data,details", [({"one": "x1"}, "job ids must be numbers"),

@@ -13,7 +13,16 @@ import pytest
 
 from tests.cdp import Browser, Page, chromium_process, isolated
 from tests.conftest import wait_for
-from tests.uiutil import ADMIN, HOSTILE, VIEWER, event, one_dead_letter, start_ui_relay
+from tests.uiutil import (
+    ADMIN,
+    HOSTILE,
+    OPENS_FAST,
+    VIEWER,
+    event,
+    one_dead_letter,
+    open_circuit,
+    start_ui_relay,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +100,22 @@ async def test_replay_through_the_form_sends_the_message_again(running, sink, br
     [sent] = await wait_for(lambda: sink.messages("chat"), message="the replayed message")
     assert sent["title"] == "Delivery D-1042 failed"
     assert await r.relay.store.dead() == []
+    assert page.errors == []
+    only_from(page, r.url)
+
+
+async def test_retry_now_on_a_receiver_whose_circuit_is_open_sends_its_retries(
+        running, sink, browser):
+    r = await start_ui_relay(running, sink, sending=OPENS_FAST)
+    await open_circuit(r, sink)
+    page = await browser.new_page()
+    await log_in(page, r.url, ADMIN)
+    assert "circuit open" in await page.text("#receiver-chat-0")
+    assert await page.js("document.querySelector('#retry-log-0')") is None  # idle: no button
+    await page.submit("#retry-chat-0")
+    assert await page.text("#retried") == "chat urls[0]: circuit closed; 2 waiting retries go now."
+    sent = await wait_for(lambda: len(sink.messages("chat")) == 2 and sink.messages("chat"))
+    assert sorted(m["title"] for m in sent) == ["Delivery D-1 failed", "Delivery D-2 failed"]
     assert page.errors == []
     only_from(page, r.url)
 

@@ -61,3 +61,16 @@ async def one_dead_letter(r: RunningRelay, sink: Sink, delivery: str = "D-1042")
     status, _, _ = await r.post(event(delivery, "failed", reason=HOSTILE))
     assert status == 202
     await wait_for(lambda: r.relay.store.dead(), message="a dead letter")
+
+
+# Two failures open a URL's circuit for ten minutes; a failed job waits an hour to retry.
+OPENS_FAST = "circuit: {failures: 2, cooldown: 10m}\n  retry: {schedule: [0, 1h], jitter: 0}"
+
+
+async def open_circuit(r: RunningRelay, sink: Sink) -> None:
+    """Two failures (HTTP 500) at `chat`: its circuit opens, two retries wait an hour."""
+    sink.script["/chat"] = [500, 500]
+    for i, delivery in enumerate(("D-1", "D-2")):
+        assert (await r.post(event(delivery, "failed", i)))[0] == 202
+    await wait_for(lambda: sink.hits.count("/chat") == 2, message="two failed attempts")
+    await wait_for(lambda: r.relay.store.receivers(), message="the circuit's row")

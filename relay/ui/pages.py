@@ -54,8 +54,28 @@ async def overview(request: web.Request) -> web.Response:
     minutes = await s.store.activity(start, HOUR)
     labels = {name: [c.label for c in channels] for name, channels in rt.planner.channels.items()}
     rows = receiver_rows(rt.config, await s.store.receivers(), now, labels)
+    retried = None
+    if parse_id(request.query.get("retried", "")) is not None and request.query.get("receiver"):
+        retried = {"count": request.query["retried"], "name": request.query["receiver"],
+                   "url": request.query.get("url", "0")}
     return page(request, "overview.html", stats=stats, chart=chart(minutes, rt.config.timezone),
-                receivers=rows, title="Overview")
+                receivers=rows, retried=retried, title="Overview")
+
+
+@routes.post("/receivers/retry-now")
+async def retry_now(request: web.Request) -> web.StreamResponse:
+    """A receiver URL's row button: its circuit closed, its waiting retries due now."""
+    if not request[VISITOR].may_replay:
+        return error(403, "Forbidden", "the viewer token can look but not retry")
+    s = services(request)
+    form = await read_form(request)
+    name, place = str(form.get("receiver") or ""), parse_id(str(form.get("url") or "x"))
+    receiver = s.runtime().config.receivers.get(name)
+    if receiver is None or place is None or place >= len(receiver.urls):
+        return error(400, "Invalid request data", "name a receiver of the config and the place"
+                     " of one of its URLs")
+    count = await s.store.retry_now(name, place, now=s.clock())
+    raise web.HTTPSeeOther("/ui/?" + _query(retried=str(count), receiver=name, url=str(place)))
 
 
 @routes.get("/deliveries")
