@@ -205,7 +205,8 @@ class Worker:
 
     async def _bury_orphans(self, rt: Runtime, now: float) -> bool:
         """Jobs whose receiver left the config, or whose receiver no longer has their URL
-        (the operator removed it from `urls`), go dead with that reason (replay after a fix).
+        (the operator removed it from `urls`), go dead with that reason (replay after a fix),
+        once no other live relay on the store sends for their URL either.
 
         At most one batch per receiver URL a pass, so that a removed URL's ten thousand
         jobs do not hold up the sends of the others; True: a batch was full, and the next
@@ -213,8 +214,11 @@ class Worker:
         receivers = rt.config.receivers
         configured = {(name, i) for name, rc in receivers.items() for i in range(len(rc.urls))}
         self.metrics.keep_circuits(configured)
+        # Not this relay's config alone: another replica may still (or already) send for a
+        # receiver this config does not have (a rolling config change, relay.store.relays).
+        live = await self.store.announce(self.owner, configured, now=now)
         more = False
-        for name, index in sorted(await self.store.active_receivers() - configured):
+        for name, index in sorted(await self.store.active_receivers() - live):
             dead = orphaned(name, index if name in receivers else None)
             # No circuit: a removed URL's circuit is often open (it is why it was
             # removed), and its jobs go dead now without a send, not one per probe.
@@ -308,6 +312,10 @@ class Worker:
                 task.cancel()
             for job in unfinished:
                 await self._release(job)
+        try:  # the other replicas need not wait ANNOUNCED_FOR to bury what only we sent for
+            await self.store.withdraw(self.owner)
+        except StoreError as e:
+            log.warning("could not say this relay stopped (the others will notice): %s", e)
 
     async def _release(self, job: Job) -> None:
         try:

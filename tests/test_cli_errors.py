@@ -561,7 +561,7 @@ async def test_a_postgresql_user_without_rights_on_the_relays_tables_is_not_told
             done = run("dead", "list", "-c", str(cfg))
             assert (done.returncode, done.stdout) == (0, "no dead jobs\n"), done.stderr
             # A schema step alters a table: only its owner may, whatever the grants.
-            await conn.execute(f"DELETE FROM {schema}.schema_version WHERE version = 10")
+            await conn.execute(f"DELETE FROM {schema}.schema_version WHERE version >= 10")
             line = one_line(run("migrate", "-c", str(cfg)))
             assert line == ("error: cannot open postgresql://***: must be owner of table"
                             " receivers: a schema upgrade alters the relay's tables, which only"

@@ -35,7 +35,7 @@ async def test_a_used_schema_comes_back_empty_with_its_sequences_restarted() -> 
         assert dsn == used  # the same schema, reused
         tables = [r[0] for r in (await run(dsn, "SELECT tablename FROM pg_tables WHERE"
                                            " schemaname = current_schema()"))[0]]
-        assert "schema_version" in tables and len(tables) == 10
+        assert "schema_version" in tables and len(tables) == 11
         counts = await run(dsn, *(f"SELECT count(*) FROM {t}" for t in tables
                                   if t != "schema_version"))
         assert counts == [[(0,)]] * (len(tables) - 1)

@@ -347,3 +347,84 @@ async def load(replica: Replica, prefix: str, acked: list[str],
                 acked.append(f"{prefix}-{n}")
             else:
                 await asyncio.sleep(0.01)  # pacing while refused, not synchronisation
+
+
+# ---------------------------------------------------------------- a rolling config change
+
+ROLLING = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}"]
+store:
+  url: "{dsn}"
+receivers:
+  - name: hook
+    urls: ["{hook}"]
+{extra}routes:
+  - name: all
+    match: {{event: "delivery.*"}}
+    receivers: [{receivers}]
+"""
+
+
+async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_other(
+        tmp_path: Path, sink: Sink) -> None:
+    """Replica A's config already has receiver `new`; B's does not yet (a ConfigMap update
+    reaches pods one by one). B's orphan pass leaves `new`'s jobs to A, until A stops."""
+    from aiohttp.test_utils import TestServer
+
+    from relay.lifecycle import Relay
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        relays, servers = [], []
+        try:
+            for name, extra, receivers in [
+                    ("a", f'  - name: new\n    urls: ["{sink.url("new")}"]\n', "hook, new"),
+                    ("b", "", "hook")]:
+                port = free_port()
+                cfg = write_config(tmp_path / f"{name}.yaml", ROLLING.format(
+                    port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"), extra=extra,
+                    receivers=receivers))
+                relay = Relay(str(cfg))
+                server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
+                await server.start_server()
+                relays.append(relay)
+                servers.append(server)
+            a, b = relays
+            await wait_for(lambda: pgutil.fetchval(dsn, "SELECT count(*) FROM relays"),
+                           message="both relays announced what they send for")
+            await a.worker.pause()  # A takes the events but sends nothing for now
+
+            async def post(delivery: str) -> None:
+                async with aiohttp.ClientSession() as s, s.post(
+                        f"http://127.0.0.1:{servers[0].port}/webhook", json={
+                            "event": "delivery.created", "delivery_id": delivery,
+                            "timestamp": "2026-12-02T10:00:00Z"},
+                        headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                    assert r.status == 202
+
+            async def states() -> list[str]:
+                return [r[0] for r in await pgutil.fetch(
+                    dsn, "SELECT state FROM jobs WHERE receiver = 'new' ORDER BY id")]
+
+            await post("D-1")
+            await post("D-2")
+            b.worker.config_changed()  # B looks for orphans now
+            await b.worker.run_once()
+            assert await states() == ["pending", "pending"]  # before: both dead at once
+            a.worker.resume()
+            await wait_for(lambda: len(sink.messages("new")) == 2, message="A sent them")
+
+            await a.worker.pause()
+            await post("D-3")
+            await a.stop()  # A leaves, and says so: B buries what only A sent for
+            relays.remove(a)
+            b.worker.config_changed()
+            await b.worker.run_once()
+            assert await states() == ["sent", "sent", "dead"]
+            assert len(sink.messages("hook")) == 3  # hook, in both configs, sent each
+        finally:
+            for relay in relays:
+                await relay.stop()
+            for server in servers:
+                await server.close()

@@ -1,4 +1,4 @@
-"""Schema steps 7-10 on a database left by an older relay, and what steps 9 and 10 are for.
+"""Schema steps 7-11 on a database left by an older relay, and what steps 9 and 10 are for.
 
 On SQLite step 7 rebuilds `jobs` (a CHECK cannot be altered): the rebuilt table
 must carry every column and index steps 1-6 made, or it drops them silently.
@@ -102,8 +102,8 @@ def sqlite_schema(path: Path) -> dict[str, Any]:
         return out
 
 
-@pytest.mark.parametrize("version", [5, 6, 7, 8, 9])
-async def test_a_sqlite_file_at_an_older_version_upgrades_to_10_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [5, 6, 7, 8, 9, 10])
+async def test_a_sqlite_file_at_an_older_version_upgrades_to_the_newest_keeping_every_row_column_and_index(
         tmp_path: Path, version: int) -> None:
     old, fresh = tmp_path / "old.db", tmp_path / "fresh.db"
     sqlite_at(old, version)
@@ -116,7 +116,7 @@ async def test_a_sqlite_file_at_an_older_version_upgrades_to_10_keeping_every_ro
 
     assert sqlite_schema(old) == sqlite_schema(fresh)
     with closing(sqlite3.connect(old)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute(JOB_VIEW).fetchall() == before  # live and event_at kept at 6
         assert conn.execute("SELECT * FROM attempts ORDER BY id").fetchall() == attempts
@@ -192,8 +192,8 @@ async def pg_at(conn: Any, version: int) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("version", [6, 8, 9])
-async def test_a_postgres_schema_at_an_older_version_upgrades_to_10_keeping_every_row_column_and_index(
+@pytest.mark.parametrize("version", [6, 8, 9, 10])
+async def test_a_postgres_schema_at_an_older_version_upgrades_to_the_newest_keeping_every_row_column_and_index(
         version: int) -> None:
     import asyncpg
 
@@ -209,7 +209,7 @@ async def test_a_postgres_schema_at_an_older_version_upgrades_to_10_keeping_ever
             attempts = [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")]
             await open_and_close(old)
             await open_and_close(fresh)
-            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 10
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 11
             assert [tuple(r) for r in await conn.fetch(JOB_VIEW)] == before
             assert [tuple(r) for r in await conn.fetch("SELECT * FROM attempts ORDER BY id")] \
                 == attempts
@@ -350,9 +350,9 @@ def test_migrate_upgrades_a_version_9_sqlite_file_and_the_receivers_row_becomes_
     cfg = relay_config(tmp_path, "127.0.0.1:8080")  # sqlite:relay.db, beside the config
     done = run("migrate", "-c", str(cfg))
     assert done.returncode == 0, done.stderr
-    assert "store schema is at version 10" in done.stdout
+    assert "store schema is at version 11" in done.stdout
     with closing(sqlite3.connect(tmp_path / "relay.db")) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (10,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (11,)
         assert conn.execute(RECEIVER_VIEW).fetchall() == MIGRATED_RECEIVER
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (len(STATES),)
 
@@ -370,8 +370,8 @@ async def test_migrate_upgrades_a_version_9_postgres_schema_and_the_receivers_ro
             await pg_at(conn, 9)
             done = run("migrate", "-c", str(relay_config(tmp_path, "127.0.0.1:8080", dsn)))
             assert done.returncode == 0, done.stderr
-            assert "store schema is at version 10" in done.stdout
-            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 10
+            assert "store schema is at version 11" in done.stdout
+            assert await conn.fetchval("SELECT max(version) FROM schema_version") == 11
             assert [tuple(r) for r in await conn.fetch(RECEIVER_VIEW)] == MIGRATED_RECEIVER
             assert await conn.fetchval("SELECT count(*) FROM jobs") == len(STATES)
         finally:

@@ -8,6 +8,7 @@ instances, not only within one.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from relay.store import (
     Store,
     open_store,
 )
+from relay.store.relays import ANNOUNCED_FOR
 from relay.store.schema import TABLES_1, render
 from relay.store.sql import TIMELINE_SHOWN
 from tests import pgutil
@@ -61,7 +63,7 @@ class Backend:
 
 
 # What the steps after 1 added, undone (as a relay before them left its database).
-UNDO_STEPS = ("DROP TABLE digest_items", "DROP TABLE health", "DROP TABLE timers",
+UNDO_STEPS = ("DROP TABLE relays", "DROP TABLE digest_items", "DROP TABLE health", "DROP TABLE timers",
               "ALTER TABLE deliveries DROP COLUMN last_event_id", "DROP TABLE live_messages",
               "ALTER TABLE jobs DROP COLUMN live", "ALTER TABLE jobs DROP COLUMN event_at",
               # step 10: receivers keyed by name alone again (step 1's table)
@@ -500,6 +502,38 @@ async def test_a_failing_url_opens_its_own_circuit_while_its_receivers_other_url
     assert (states["hook", 1].failures, states["hook", 1].open_until,
             states["hook", 1].backlog, states["hook", 1].last_error) == (2, T0 + 10, 4, "HTTP 500")
     assert (await claim(store, now=T0 + 6, circuit=circuit, url_index=1)).paused
+
+
+async def test_a_url_is_orphaned_only_when_no_live_relay_sends_for_it(backend: Backend,
+                                                                      store: Store) -> None:
+    """A rolling config change: relay A's config has receiver "old", B's already "new"."""
+    other = await backend.open()
+    a, b, old, new = "host-a:1:a", "host-b:1:b", ("old", 0), ("new", 0)
+    assert await store.announce(a, {old}, now=T0) == {old}
+    assert await other.announce(b, {new}, now=T0 + 1) == {old, new}
+    assert await store.announce(a, {old}, now=T0 + 2) == {old, new}
+    quiet = T0 + 1 + ANNOUNCED_FOR + 1  # B said nothing for longer than ANNOUNCED_FOR
+    assert await store.announce(a, {old}, now=quiet) == {old}
+    assert await other.announce(b, {new}, now=quiet) == {old, new}
+    await other.withdraw(b)  # B stopped: at once, not after ANNOUNCED_FOR
+    assert await store.announce(a, {old}, now=quiet + 1) == {old}
+    gone = f"{socket.gethostname()}:{2**31 - 7}:x"  # a process of this host that is not running
+    await other.announce(gone, {new}, now=quiet + 2)
+    assert await store.announce(a, {old}, now=quiet + 3) == {old}
+
+
+async def test_a_circuit_no_live_relay_sends_for_is_forgotten_once_no_job_needs_it(
+        store: Store) -> None:
+    await store.accept(event(), "k", [job("old"), job("new")], now=T0)
+    [kept] = (await claim(store, "new")).jobs  # its row exists now, and a job is active
+    assert len((await claim(store, "old")).jobs) == 1
+    await store.announce("a", {("old", 0)}, now=T0)
+    assert {(r.name, r.url_index) for r in await store.receivers()} == {("old", 0), ("new", 0)}
+    await store.complete(kept, attempt(T0, "sent", ""))
+    await store.announce("a", {("old", 0)}, now=T0 + 1)
+    assert [(r.name, r.url_index) for r in await store.receivers()] == [("old", 0)]
+    assert len((await claim(store, "new", now=T0 + 2)).jobs) == 0  # a claim makes a fresh row
+    assert {(r.name, r.url_index) for r in await store.receivers()} == {("old", 0), ("new", 0)}
 
 
 async def test_retry_now_closes_one_urls_circuit_and_makes_its_waiting_retries_due(

@@ -30,7 +30,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from relay.errors import StoreError
@@ -65,6 +65,7 @@ from relay.store.records import (
     TimerInputs,
     TimerOp,
 )
+from relay.store.relays import Place
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
@@ -111,6 +112,14 @@ class JobQueue(Protocol):
         """The (receiver, url_index) pairs that have active jobs."""
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) whenever jobs may have become claimable."""
+    async def announce(self, owner: str, places: Collection[Place], *, now: float,
+                       ) -> set[Place]:
+        """Record that relay `owner` sends for `places` (its config's receiver URLs), and
+        return the places it and every other live relay send for (`relay.store.relays`):
+        jobs of other places are orphans. Circuit rows no live relay sends for and no active
+        job needs are deleted, in the same transaction."""
+    async def withdraw(self, owner: str) -> None:
+        """Relay `owner` stops: it sends for nothing any more."""
 
 
 class TimerQueue(Protocol):

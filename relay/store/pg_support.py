@@ -1,11 +1,13 @@
-"""PostgreSQL plumbing: errors, DSN redaction, the LISTEN connection, claim primitives."""
+"""PostgreSQL plumbing: errors, DSN redaction, the LISTEN connection, claim primitives, the
+relays' announcements."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -13,6 +15,7 @@ import asyncpg
 
 from relay.store import rules, sql
 from relay.store.records import Circuit, Job
+from relay.store.relays import ANNOUNCED_FOR, Place, live_places, places_text, relay_gone
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
@@ -116,6 +119,20 @@ async def _listen(conn: Any, notified: Callable[..., None], connected: Callable[
             await asyncio.wait_for(lost.wait(), KEEPALIVE)
         except TimeoutError:
             await conn.execute("SELECT 1", timeout=KEEPALIVE)
+
+
+async def announce(conn: Any, owner: str, places: Collection[Place], now: float,
+                   ) -> set[Place]:
+    """Store.announce's transaction (see relay.store.relays)."""
+    await conn.execute(q(sql.ANNOUNCE), owner, places_text(places), now)
+    await conn.execute(q(sql.FORGET_RELAYS), now - ANNOUNCED_FOR)
+    host = socket.gethostname()
+    live = live_places(places, [tuple(r) for r in await conn.fetch(sql.LIVE_RELAYS)], owner,
+                       lambda o: relay_gone(o, host))
+    gone = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
+    for place in (p for p in gone if p not in live):
+        await conn.execute(q(sql.FORGET_CIRCUIT), *place, *place)
+    return live
 
 
 async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit | None,

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -32,6 +32,7 @@ from relay.store.pg_support import (
     CONNECT_ERRORS,
     CONNECT_TIMEOUT,
     ERRORS,
+    announce,
     describe,
     listen_forever,
     lock_receiver,
@@ -40,6 +41,7 @@ from relay.store.pg_support import (
     take,
 )
 from relay.store.pg_timers import PostgresTimers, apply_timers
+from relay.store.relays import Place
 from relay.store.schema import (
     SCHEMA_VERSION,
     check_version,
@@ -336,6 +338,13 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
 
         count: int = await self._tx(replay)
         return self._queued(count, count)
+
+    async def announce(self, owner: str, places: Collection[Place], *, now: float,
+                       ) -> set[Place]:
+        return await self._tx(announce, owner, places, now)
+
+    async def withdraw(self, owner: str) -> None:
+        await self._tx(lambda conn: conn.execute(q(sql.WITHDRAW), owner))
 
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         async def retry(conn: Any) -> int:

@@ -16,7 +16,7 @@ from relay.errors import SchemaTooNew, StoreError
 from relay.store.records import JOB_STATES, TIMER_KINDS, TIMER_STATES
 
 Dialect = Literal["sqlite", "postgres"]
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 log = logging.getLogger(__name__)
 
 
@@ -262,6 +262,14 @@ INDEXES_10: dict[Dialect, tuple[Index, ...]] = {
                  Index("jobs_sent", "jobs", "receiver, url_index, finished_at",
                        "state = 'sent'"))}
 
+# Step 11: the relays serving from this store, each with the receiver URLs its config sends
+# for (`places`: a JSON list of [name, url_index]) and when it last said so. The orphan pass
+# buries a job only when no live relay's config has its URL: during a rolling config change
+# another replica may still send for a receiver this one's config dropped, or already for
+# one it does not have yet. A table only: relays of schema 10 run on beside it.
+TABLES_11 = (Table("relays", (_c("owner", extra="PRIMARY KEY"), _c("places"),
+                              _c("seen_at", "real"))),)
+
 # Steps that SQLite runs with foreign keys off (a table rebuild; see sqlite.org/lang_altertable).
 REBUILDS = frozenset({7, 10})
 
@@ -361,7 +369,8 @@ def migrations(dialect: Dialect) -> dict[int, str]:
             8: _drop(DROPS_8[dialect]) + render((), INDEXES_8[dialect], dialect),
             9: _drop(tuple(i.name for i in INDEXES_9[dialect]))
             + render((), INDEXES_9[dialect], dialect),
-            10: _step_10(dialect)}
+            10: _step_10(dialect),
+            11: render(TABLES_11, (), dialect)}
 
 
 def _drop(names: tuple[str, ...]) -> str:

@@ -160,6 +160,19 @@ def _states(states: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in states if s != "new") + ")"
 
 
+# ---------------------------------------------------------------- relays (relay.store.relays)
+ANNOUNCE = ("INSERT INTO relays (owner, places, seen_at) VALUES (?, ?, ?) ON CONFLICT (owner)"
+            " DO UPDATE SET places = excluded.places, seen_at = excluded.seen_at")
+FORGET_RELAYS = "DELETE FROM relays WHERE seen_at < ?"
+LIVE_RELAYS = "SELECT owner, places FROM relays"
+WITHDRAW = "DELETE FROM relays WHERE owner = ?"
+CIRCUIT_ROWS = "SELECT name, url_index FROM receivers"
+# A circuit no live relay sends for and no active job waits on (the status page stops
+# listing it); a job that arrives for it later starts a fresh row.
+FORGET_CIRCUIT = ("DELETE FROM receivers WHERE name = ? AND url_index = ? AND NOT EXISTS"
+                  f" (SELECT 1 FROM jobs WHERE receiver = ? AND url_index = ? AND {ACTIVE})")
+
+
 # ---------------------------------------------------------------- timers (rules.TIMER_FROM)
 _UNCLAIM = "lease_until = NULL, claim_token = NULL, claimed_by = NULL"
 _ARM = ("INSERT INTO timers (kind, key, delivery_id, event_id, due_at, state, armed_at, context)"

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import records, rules, sql, sql_pages, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
+from relay.store.relays import Place
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.schema import REBUILDS, SCHEMA_VERSION, check_version, log_migrated, migrations
 from relay.store.sqlite_writer import Writer
@@ -325,6 +326,13 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         if count:
             self._wake()
         return count
+
+    async def announce(self, owner: str, places: Collection[Place], *, now: float,
+                       ) -> set[Place]:
+        return await self._call(sqlite_support.announce, owner, places, now)
+
+    async def withdraw(self, owner: str) -> None:
+        await self._call(lambda conn: conn.execute(sql.WITHDRAW, (owner,)) and None)
 
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         count = await self._call(sqlite_support.retry_now, receiver, url_index, now)

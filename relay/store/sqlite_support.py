@@ -11,11 +11,20 @@ import fcntl
 import os
 import socket
 import sqlite3
+from collections.abc import Collection
 
 from relay.errors import StoreError
 from relay.events import Event
 from relay.store import rules, sql
 from relay.store.records import Notification
+from relay.store.relays import (
+    ANNOUNCED_FOR,
+    Place,
+    live_places,
+    owner_gone,
+    places_text,
+    relay_gone,
+)
 from relay.store.rows import from_row
 
 
@@ -52,6 +61,19 @@ def retry_now(conn: sqlite3.Connection, receiver: str, url_index: int, now: floa
     return conn.execute(sql.RETRY_NOW, (now, receiver, url_index, now)).rowcount
 
 
+def announce(conn: sqlite3.Connection, owner: str, places: Collection[Place],
+             now: float) -> set[Place]:
+    """Store.announce's transaction (see relay.store.relays)."""
+    conn.execute(sql.ANNOUNCE, (owner, places_text(places), now))
+    conn.execute(sql.FORGET_RELAYS, (now - ANNOUNCED_FOR,))
+    host = socket.gethostname()
+    live = live_places(places, conn.execute(sql.LIVE_RELAYS).fetchall(), owner,
+                       lambda o: relay_gone(o, host))
+    conn.executemany(sql.FORGET_CIRCUIT, [(*p, *p) for p in map(tuple, conn.execute(
+        sql.CIRCUIT_ROWS).fetchall()) if p not in live])
+    return live
+
+
 def release_dead_owners(conn: sqlite3.Connection) -> int:
     """Claims of crashed processes on this host go back to pending at once."""
     host = socket.gethostname()
@@ -70,23 +92,6 @@ def release_dead_owners(conn: sqlite3.Connection) -> int:
     holders = [r[0] for r in conn.execute(sql.LIVE_HOLDERS)]
     conn.executemany(sql.FREE_LIVE, [(h,) for h in holders if owner_gone(h, host)])
     return len(dead)
-
-
-def owner_gone(owner: str | None, host: str) -> bool:
-    """True when a claim's owner was a process on this host that no longer runs."""
-    parts = (owner or "").rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-        return not owner
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return True  # a pid reused by us (PID 1 in a restarted container)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def lock_exclusively(path: str) -> int:

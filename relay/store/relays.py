@@ -1,0 +1,66 @@
+"""The relays serving from one store, and the receiver URLs each one's config sends for.
+
+Every relay's worker announces its places (receiver name, URL index) with its
+orphan pass (`Store.announce`, schema step 11's `relays` table); a relay not
+heard from for `ANNOUNCED_FOR` seconds, or one of this host whose process is
+gone, is gone. A job is an orphan (it goes dead: "no longer in the config")
+only when no live relay sends for its place, so a rolling config change on
+several replicas never buries the jobs of a receiver that another replica
+still has, or already has. Pure, but for `owner_gone`, which asks the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Collection, Iterable
+
+Place = tuple[str, int]  # a receiver URL: the receiver's name and the URL's index in `urls`
+ANNOUNCED_FOR = 90.0  # three orphan checks (worker.ORPHAN_CHECK) without a word: gone
+
+
+def places_text(places: Collection[Place]) -> str:
+    """What the `relays.places` column holds: a JSON list of [name, url_index]."""
+    return json.dumps(sorted([name, index] for name, index in places))
+
+
+def live_places(own: Collection[Place], rows: Iterable[tuple[str, str]], me: str,
+                gone: Callable[[str], bool]) -> set[Place]:
+    """The places this relay and every other live one (`rows`: owner, places) send for.
+
+    A row this relay cannot read claims nothing: it keeps no job from its burial."""
+    out = set(own)
+    for owner, text in rows:
+        if owner == me or gone(owner):
+            continue
+        try:
+            out |= {(str(name), int(index)) for name, index in json.loads(text)}
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+def owner_gone(owner: str | None, host: str) -> bool:
+    """True when an owner (`new_owner()`: host, pid, token) was a process on this host that
+    no longer runs; an owner of another host is never known to be gone."""
+    parts = (owner or "").rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return not owner
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True  # a pid reused by us (PID 1 in a restarted container)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def relay_gone(owner: str, host: str) -> bool:
+    """A relay is gone when it was a process of this host that no longer runs; another store
+    of this very process (two relays in one test) is not, unlike a claim's `owner_gone`."""
+    parts = owner.rsplit(":", 2)
+    ours = len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid())
+    return not ours and owner_gone(owner, host)
