@@ -129,9 +129,8 @@ async def announce(conn: Any, owner: str, places: Collection[Place], now: float,
     host = socket.gethostname()
     live = live_places(places, [tuple(r) for r in await conn.fetch(sql.LIVE_RELAYS)], owner,
                        lambda o: relay_gone(o, host))
-    gone = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
-    for place in (p for p in gone if p not in live):
-        await conn.execute(q(sql.FORGET_CIRCUIT), *place, *place)
+    rows = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
+    await conn.executemany(q(sql.FORGET_CIRCUIT), [(*p, *p) for p in rows if p not in live])
     return live
 
 

@@ -6,7 +6,8 @@ heard from for `ANNOUNCED_FOR` seconds, or one of this host whose process is
 gone, is gone. A job is an orphan (it goes dead: "no longer in the config")
 only when no live relay sends for its place, so a rolling config change on
 several replicas never buries the jobs of a receiver that another replica
-still has, or already has. Pure, but for `owner_gone`, which asks the kernel.
+still has, or already has. Pure, but for `owner_gone` and `relay_gone`, which ask the
+kernel.
 """
 
 from __future__ import annotations
