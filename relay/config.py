@@ -215,7 +215,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     node = compose(text, file)
     tree = Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
-    source = Source(file, tree.lines, tree.starts, tree.env_refs)
+    source = tree.source()
     checker = Checker(source)
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)

@@ -33,16 +33,23 @@ _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, 
 Conv = Callable[[Any], Any]
 
 
+class WrongKind(ValueError):
+    """A value of another kind than the key takes (`Checker` may add a hint that needs the
+    key and how the value was written)."""
+
+    def __init__(self, message: str, wanted: type | tuple[type, ...]) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+
+
 def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
     def conv(v: Any) -> Any:
         if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ValueError(f"expected {label}, got {kind_of(v)}")
+            raise WrongKind(f"expected {label}, got {kind_of(v)}", kind)
         if not isinstance(v, kind):
             hint = " (put it in quotes)" if kind is str and kind_of(v) in ("a number", "a boolean") \
                 else ""
-            if kind is str and isinstance(v, dict):  # `title: {{ x }}` is a YAML mapping
-                hint = ' (a value that starts with "{" must be in quotes)'
-            raise ValueError(f"expected {label}, got {kind_of(v)}{hint}")
+            raise WrongKind(f"expected {label}, got {kind_of(v)}{hint}", kind)
         return v
     return conv
 
@@ -280,6 +287,8 @@ class Checker:
         out: dict[str, Any] = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else key
+            if sub in self.source.braces:  # `key: {{ x }}`, reported as the file was read
+                continue
             if key not in fields:  # a key that may be a secret is not shown in the path either
                 self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
                 continue
@@ -292,10 +301,23 @@ class Checker:
     def _message(self, e: ValueError, path: str, value: Any) -> str:
         """The error, with a value made with `${VAR}` named by its variable, never shown."""
         message = str(e).replace(shown(value), shown_at(self.source, path, value))
+        if isinstance(e, WrongKind) and e.wanted is str and isinstance(value, dict):
+            message += self._mapping_hint(path)
         name = self.source.env.get(path)
         if name and f"${{{name}}}" not in message:  # the message did not quote the value
             message += f" (a value from ${{{name}}}, not shown)"
         return message
+
+    def _mapping_hint(self, path: str) -> str:
+        """Why a mapping came where a string belongs: what was written says which mistake."""
+        if path.endswith(".template"):  # an inline template, written under `template:`
+            inline = "; an inline template is title: and body: on the route itself" \
+                if path.startswith("routes[") else ""
+            return f" (template names a template from templates:{inline})"
+        if path in self.source.flow:  # `title: {x}`: braces make a mapping
+            return ' (a value that starts with "{" must be in quotes)'
+        return " (the key: value lines indented under it make a mapping: write the text" \
+            " itself, after the colon or as a | block)"
 
     def _convert(self, conv: Conv, value: Any, path: str) -> Any:
         """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""

@@ -30,6 +30,10 @@ class Source:
     starts: Mapping[str, int] = field(default_factory=dict, repr=False)
     # The environment variable a key path's value was made with (`${VAR}`): never shown.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The key paths whose value was written in braces (`{a: 1}`, a flow mapping), and those
+    # of them that were `{{ … }}` (already reported: YAML read a template as a mapping).
+    flow: frozenset[str] = frozenset()
+    braces: frozenset[str] = frozenset()
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
@@ -149,11 +153,17 @@ class Tree:
         self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
+        self.flow: set[str] = set()
+        self.braces: set[str] = set()
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
         self._seen: set[int] = set()  # every node expanded so far (ids)
         self._open: set[int] = set()  # the nodes being expanded: an alias to one is a loop
         self._repeats = 0  # nodes expanded again, through aliases
         self._alias = ""  # the path of the outermost alias being expanded
+
+    def source(self) -> Source:
+        return Source(self.file, self.lines, self.starts, self.env_refs, frozenset(self.flow),
+                      frozenset(self.braces))
 
     def value(self, node: yaml.Node, path: str, parent: str = "") -> Any:
         """The plain value of `node`; aliases are expanded, `<<` merge keys merged."""
@@ -174,12 +184,33 @@ class Tree:
             if isinstance(node, yaml.SequenceNode):
                 return [self.value(n, f"{path}[{i}]", path) for i, n in enumerate(node.value)]
             if isinstance(node, yaml.MappingNode):
+                if node.flow_style:
+                    self.flow.add(path)
+                    if any(isinstance(k, yaml.MappingNode) for k, _ in node.value):
+                        return self._braces(node, path)
                 return self._mapping(node, path)
             return self._scalar(node, path)
         finally:
             self._open.discard(id(node))
             if self._alias == path:
                 self._alias = ""
+
+    def _braces(self, node: yaml.MappingNode, path: str) -> str:
+        """`title: {{ x }}`: unquoted, YAML reads a template as a mapping in a mapping. One
+        issue says so; the value is the text as written, so nothing else complains about it."""
+        self.braces.add(path)
+        key = re.sub(r"^.*\.", "", path)
+        example = f'{key}: "{{{{ … }}}}"' if key and not key.endswith("]") else '"{{ … }}"'
+        if key == "template":
+            why = ("template names a template from templates:, and unquoted {{ … }} is read"
+                   " by YAML as a mapping" + (": write an inline template as title: and body:"
+                                              ' on the route, in quotes (body: "{{ … }}")'
+                                              if path.startswith("routes[") else ""))
+        else:
+            why = ('a value that starts with "{" must be in quotes: unquoted {{ … }} is read'
+                   f" by YAML as a mapping (write {example})")
+        self.issues.append(Issue(self.file, self.lines.get(path, 1), path, why))
+        return str(node.start_mark.buffer or "")[node.start_mark.index:node.end_mark.index]
 
     def _count_repeat(self, path: str, values: int) -> None:
         """Values reached again (through an alias or a merge) are counted: a bound, not a spin."""
