@@ -220,12 +220,9 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     checker.issues.extend(tree.issues)
     config = _build(raw, checker)
     if checker.issues:
-        raise ConfigError(sorted(checker.issues, key=lambda i: i.line))
+        raise ConfigError(sorted(checker.issues, key=lambda i: i.line), tuple(checker.warnings))
     assert config is not None
     return Config(**{**config.__dict__, "env_refs": tree.env_refs})
-
-
-_SECTIONS_HINT = "sections such as server:, receivers:, routes: (see config.example.yaml)"
 
 
 def _build(raw: Any, c: Checker) -> Config | None:
@@ -234,10 +231,11 @@ def _build(raw: Any, c: Checker) -> Config | None:
                 " (see config.example.yaml)")
         return None
     if not isinstance(raw, dict):
-        c.error("", f"the top level must be a mapping of {_SECTIONS_HINT}, got {kind_of(raw)}")
+        c.error("", "the top level must be a mapping of sections such as server:, receivers:,"
+                f" routes: (see config.example.yaml), got {kind_of(raw)}")
         return None
     top = c.section(raw, "", "")
-    if "server" not in raw:
+    if "server" not in raw and not c.reported("server"):
         c.error("", 'missing "server:" section: it needs at least server.tokens,'
                 " the bearer tokens Kourier sends")
     server = _server(c.section(top.get("server"), "server", "server"), c)
@@ -257,8 +255,9 @@ def _build(raw: Any, c: Checker) -> Config | None:
 
 def _server(data: dict[str, Any], c: Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
-    if not tokens and not any(i.path.startswith("server.tokens") or "server:" in i.message
-                              for i in c.issues):
+    told = c.reported("server.tokens") or "server" in c.suggested or any(
+        i.path == "server" or "server:" in i.message for i in c.issues)
+    if not tokens and not told:
         empty = [f"${{{c.source.env[p]}}}" for p in c.source.env if p.startswith("server.tokens[")]
         c.error("server.tokens", "at least one non-empty webhook token is required"
                 + (f" ({', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty)" if empty else ""))
@@ -294,12 +293,13 @@ def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
         path = f"receivers[{i}]"
         data = c.section(item, path, "receiver")
         name = data.pop("name", "")
-        if not name:
-            c.error(path, 'missing "name"')
+        if not name:  # a receiver that is no mapping was already named as such
+            if isinstance(item, dict) and not c.reported(f"{path}.name"):
+                c.error(path, 'missing "name"')
             continue
         if name in out:
             c.error(f"{path}.name", f'duplicate receiver "{name}"')
-        if not data.get("urls") and not any(i.path == f"{path}.urls" for i in c.issues):
+        if not data.get("urls") and not c.reported(f"{path}.urls"):
             c.error(f"{path}.urls", "needs at least one Apprise URL")
         retry = _retry(data.pop("retry"), f"{path}.retry", c) if "retry" in data else None
         urls = data.pop("urls", ())
@@ -324,7 +324,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
     values = c.section(data, path, "route")
     if "match" not in values:
         values["match"] = {}
-    if not values.get("receivers"):
+    if not values.get("receivers") and not c.reported(f"{path}.receivers"):
         c.error(f"{path}.receivers", "needs at least one receiver")
     return RouteConfig(
         name=values.get("name") or path,
@@ -344,7 +344,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
 def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
     values = c.section(data, path, "watch")
     for key in ("name", "start", "after", "receivers"):
-        if not values.get(key) and not any(i.path.startswith(f"{path}.{key}") for i in c.issues):
+        if not values.get(key) and not c.reported(f"{path}.{key}"):
             c.error(f"{path}.{key}" if key != "name" else path, f'missing "{key}"'
                     if key not in values else f'"{key}" must not be empty or zero')
     return WatchConfig(values.get("name", path), values.get("start", {}),

@@ -28,11 +28,12 @@ Lint = Callable[[Config], list[Issue]]
 
 
 def lint(path: str) -> list[Issue]:
-    """All findings in line order; a config that does not load stops at its load errors."""
+    """All findings in line order; a config that does not load stops at its load errors
+    (and the warnings found while loading it)."""
     try:
         config = config_mod.load(path)
     except ConfigError as e:
-        return e.issues
+        return sorted([*e.issues, *e.warnings], key=lambda i: i.line)
     try:
         found = list(build_runtime(config).warnings)
     except ConfigError as e:  # still worth showing the warnings next to the errors

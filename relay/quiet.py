@@ -12,6 +12,7 @@ clock it follows. Windows that touch or overlap merge into one quiet time.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,10 +87,18 @@ def _day_range(item: object) -> set[int]:
     first, _, last = text.partition("-")
     if first not in DAYS or (last and last not in DAYS):
         shown = repr(item) if isinstance(item, str) and len(item) < 12 else "this value"
-        raise ValueError(f"unknown day {shown}: use {', '.join(DAYS)}, a range like mon-fri,"
-                         " weekdays, weekend or daily")
+        raise ValueError(f"unknown day {shown}{_meant_day(text)}: use {', '.join(DAYS)}, a range"
+                         " like mon-fri, weekdays, weekend or daily")
     a, b = DAYS.index(first), DAYS.index(last or first)
     return {d % 7 for d in range(a, b + 1 if b >= a else b + 8)}
+
+
+def _meant_day(text: str) -> str:
+    """`monday` -> mon, `weekends` -> weekend (the words days are written in here)."""
+    meant = [d for d in DAYS if text.startswith(d)] if len(text) > 3 and "-" not in text \
+        else []
+    meant += difflib.get_close_matches(text, list(DAY_ALIASES), n=1, cutoff=0.8)
+    return f' (did you mean "{meant[0]}"?)' if meant else ""
 
 
 def clock_text(minutes: int) -> str:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from relay.confighints import KEY_ALIASES, KEY_HINTS, SHAPE_HINTS, mapping_hint, quotes_hint
 from relay.errors import Issue
 from relay.limits import RateLimit
 from relay.quiet import parse_days, parse_time
@@ -47,9 +48,7 @@ def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
         if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise WrongKind(f"expected {label}, got {kind_of(v)}", kind)
         if not isinstance(v, kind):
-            hint = " (put it in quotes)" if kind is str and kind_of(v) in ("a number", "a boolean") \
-                else ""
-            raise WrongKind(f"expected {label}, got {kind_of(v)}{hint}", kind)
+            raise WrongKind(f"expected {label}, got {kind_of(v)}{quotes_hint(kind, v)}", kind)
         return v
     return conv
 
@@ -77,6 +76,8 @@ def duration(v: Any) -> float:
         seconds = float(v)
     else:
         m = _DURATION.match(str(v)) if isinstance(v, str) else None
+        if not m and isinstance(v, str) and _DURATION.match(v.strip().removeprefix("-")):
+            raise ValueError("must not be negative")
         if not m:
             raise ValueError(f"expected a duration like 30s, 5m, 2h, got {shown(v)}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
@@ -84,8 +85,8 @@ def duration(v: Any) -> float:
         raise ValueError(f"must be a finite duration, got {seconds}")
     if seconds < 0:
         raise ValueError("must not be negative")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"must be at most 3650d, got {shown(v)}")
+    if seconds > MAX_DURATION:  # digits and a unit: a duration is no secret
+        raise ValueError(f"must be at most 3650d, got {v!r}")
     return seconds
 
 
@@ -129,7 +130,7 @@ def _str_list(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list):
-        raise ValueError(f"expected a list of strings, got {kind_of(v)}")
+        raise ValueError(f"expected a list of strings, got {kind_of(v)}{quotes_hint(str, v)}")
     for i, x in enumerate(v):
         if not isinstance(x, str):
             raise ValueError(f"expected a list of strings, but item {i} is {kind_of(x)}"
@@ -270,9 +271,16 @@ class Checker:
         self.source = source
         self.issues: list[Issue] = []
         self.warnings: list[Issue] = []
+        self.suggested: set[str] = set()  # key paths an unknown key's "did you mean" named
 
     def error(self, path: str, message: str) -> None:
         self.issues.append(self.source.issue(path, message))
+
+    def reported(self, path: str) -> bool:
+        """Whether an issue is already about `path` (or under it), or an unknown key was
+        taken for a misspelling of it: a "missing" error there would say it twice."""
+        return path in self.suggested or any(
+            i.path == path or i.path.startswith((f"{path}.", f"{path}[")) for i in self.issues)
 
     def warn(self, path: str, message: str) -> None:
         self.warnings.append(self.source.issue(path, message, "warning"))
@@ -290,7 +298,12 @@ class Checker:
             if sub in self.source.braces:  # `key: {{ x }}`, reported as the file was read
                 continue
             if key not in fields:  # a key that may be a secret is not shown in the path either
-                self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
+                alias = KEY_ALIASES.get(schema, {}).get(key)
+                meant = (alias if alias not in data else None) or _closest(key, fields)
+                if meant and shown(key) == repr(key):
+                    self.suggested.add(f"{path}.{meant}" if path else meant)
+                self.error(sub if shown(key) == repr(key) else path,
+                           unknown_key(key, fields, meant) + KEY_HINTS.get((schema, key), ""))
                 continue
             try:
                 out[key] = self._convert(fields[key], value, sub)
@@ -302,22 +315,13 @@ class Checker:
         """The error, with a value made with `${VAR}` named by its variable, never shown."""
         message = str(e).replace(shown(value), shown_at(self.source, path, value))
         if isinstance(e, WrongKind) and e.wanted is str and isinstance(value, dict):
-            message += self._mapping_hint(path)
+            message += mapping_hint(self.source, path)
+        elif isinstance(e, WrongKind):
+            message += SHAPE_HINTS.get((path.rpartition(".")[2], type(value)), "")
         name = self.source.env.get(path)
         if name and f"${{{name}}}" not in message:  # the message did not quote the value
             message += f" (a value from ${{{name}}}, not shown)"
         return message
-
-    def _mapping_hint(self, path: str) -> str:
-        """Why a mapping came where a string belongs: what was written says which mistake."""
-        if path.endswith(".template"):  # an inline template, written under `template:`
-            inline = "; an inline template is title: and body: on the route itself" \
-                if path.startswith("routes[") else ""
-            return f" (template names a template from templates:{inline})"
-        if path in self.source.flow:  # `title: {x}`: braces make a mapping
-            return ' (a value that starts with "{" must be in quotes)'
-        return " (the key: value lines indented under it make a mapping: write the text" \
-            " itself, after the colon or as a | block)"
 
     def _convert(self, conv: Conv, value: Any, path: str) -> Any:
         """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""
@@ -333,12 +337,18 @@ class Checker:
             return conv(value)  # the first error is the one to show
 
 
-def unknown_key(key: str, fields: Mapping[str, Any]) -> str:
+def unknown_key(key: str, fields: Mapping[str, Any], meant: str | None = None) -> str:
     if shown(key) != repr(key):  # a secret pasted as a key
         return f"unknown key ({shown(key)})"
-    return f'unknown key "{key}"{did_you_mean(key, fields)}'
+    meant = meant or _closest(key, fields)
+    return f'unknown key "{key}"' + (f' (did you mean "{meant}"?)' if meant else "")
+
+
+def _closest(name: str, options: Mapping[str, Any], cutoff: float = 0.6) -> str | None:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def did_you_mean(name: str, options: Mapping[str, Any], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    close = _closest(name, options, cutoff)
+    return f' (did you mean "{close}"?)' if close else ""

@@ -607,3 +607,141 @@ default_receiver: log
 """)
     assert result.stdout.splitlines() == [f"{cfg}:4: deliveries.extra_fields: {message}"]
     assert result.exit_code == 1
+
+
+# Mistakes an operator makes while editing, and the one answer each must get (found by a
+# sweep of realistic edits: each answer was doubled, misleading or without a hint before).
+LOG = 'receivers:\n  - name: log\n    urls: ["console://"]\n'
+HEAD = 'server:\n  tokens: ["t0ken"]\n' + LOG
+MISTAKES = {
+    "inline template under template": (
+        HEAD + "routes:\n  - name: all\n    match: {}\n    receivers: [log]\n    template:\n"
+        '      body: "{{ delivery_id }}"\n',
+        ["10: routes[0].template: expected a string, got a mapping (template names a template"
+         " from templates:; an inline template is title: and body: on the route itself)"]),
+    "unquoted template": (
+        HEAD + "routes:\n  - receivers: [log]\n    title: {{ delivery_id }}\n",
+        ['8: routes[0].title: a value that starts with "{" must be in quotes: unquoted {{ … }}'
+         ' is read by YAML as a mapping (write title: "{{ … }}")']),
+    "misspelt section, no second missing-section error": (
+        'serverr:\n  tokens: ["t0ken"]\n' + LOG + "default_receiver: log\n",
+        ['1: serverr: unknown key "serverr" (did you mean "server"?)']),
+    "server as a list, no second tokens error": (
+        'server:\n  - tokens: ["t0ken"]\n' + LOG + "default_receiver: log\n",
+        ["1: server: expected a mapping, got a list"]),
+    "misspelt route receivers, no second needs-a-receiver error": (
+        HEAD + "routes:\n  - recievers: [log]\n",
+        ['7: routes[0].recievers: unknown key "recievers" (did you mean "receivers"?)']),
+    "misspelt receiver urls, no second needs-a-URL error": (
+        'server:\n  tokens: ["t0ken"]\nreceivers:\n  - name: log\n    url: "console://"\n'
+        "default_receiver: log\n",
+        ['5: receivers[0].url: unknown key "url" (did you mean "urls"?)']),
+    "a receiver that is a name only, no second missing-name error": (
+        HEAD + "  - pager\ndefault_receiver: log\n",
+        ["6: receivers[1]: expected a mapping, got a string"]),
+    "misspelt watch after, no second missing error": (
+        HEAD + "watches:\n  - name: late\n    start: {event: delivery.created}\n    aftr: 4h\n"
+        "    receivers: [log]\n",
+        ['9: watches[0].aftr: unknown key "aftr" (did you mean "after"?)']),
+    "misspelt digest window, no second needed error": (
+        HEAD + "routes:\n  - receivers: [log]\n    digest: {windw: 10m}\n",
+        ['8: routes[0].digest.windw: unknown key "windw" (did you mean "window"?)']),
+    "a template on a watch": (
+        HEAD + "watches:\n  - name: late\n    start: {event: delivery.created}\n    after: 4h\n"
+        "    receivers: [log]\n    template: problem\n",
+        ['11: watches[0].template: unknown key "template" (a watch names no template from'
+         " templates: write its title: and body: on the watch itself)"]),
+    "until for to in a quiet window": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [mon], from: "22:00", until: "07:00"}]\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows[0].until: unknown key "until" (did you mean'
+         ' "to"?)']),
+    "a zone abbreviation": (
+        HEAD + "timezone: CEST\ndefault_receiver: log\n",
+        ["6: timezone: unknown time zone 'CEST' (an abbreviation, not a zone name: write a name"
+         " such as Europe/Berlin, which also follows its daylight saving time)"]),
+    "a negative duration written with a unit": (
+        HEAD + "sending:\n  attempt_timeout: -5s\ndefault_receiver: log\n",
+        ["7: sending.attempt_timeout: must not be negative"]),
+    "a duration too long is shown (digits and a unit are no secret)": (
+        HEAD + "store:\n  retention: 99999999999999999d\ndefault_receiver: log\n",
+        ["7: store.retention: must be at most 3650d, got '99999999999999999d'"]),
+    "a number in quotes": (
+        HEAD + 'sending:\n  concurrency: "4"\ndefault_receiver: log\n',
+        ["7: sending.concurrency: expected an integer, got a string (write the number in plain"
+         ' digits, without quotes: YAML reads 1e3 or "5" as text)']),
+    "a boolean in quotes": (
+        HEAD + 'routes:\n  - receivers: [log]\n    live: "yes"\n',
+        ["8: routes[0].live: expected true or false, got a string (write true or false,"
+         " without quotes)"]),
+    "a token that is a number": (
+        "server:\n  tokens: 12345\n" + LOG + "default_receiver: log\n",
+        ["2: server.tokens: expected a list of strings, got a number (put it in quotes)"]),
+    "matchers as a list": (
+        HEAD + "routes:\n  - receivers: [log]\n    match:\n      - event: delivery.cancelled\n",
+        ['8: routes[0].match: expected a mapping, got a list (matchers are key: value lines of'
+         ' one mapping: drop the "- ")']),
+    "a watch start that is an event type alone": (
+        HEAD + "watches:\n  - name: late\n    start: delivery.created\n    after: 4h\n"
+        "    receivers: [log]\n",
+        ["8: watches[0].start: expected a mapping, got a string (matchers, e.g. start: {event:"
+         " delivery.created})"]),
+    "routes as a mapping": (
+        HEAD + "routes:\n  all:\n    receivers: [log]\n",
+        ['6: routes: expected a list, got a mapping (a list: put "- " before each route)']),
+    "a retry schedule that is one duration": (
+        HEAD + "sending:\n  retry:\n    schedule: 5s\ndefault_receiver: log\n",
+        ["8: sending.retry.schedule: expected a list of durations, got a string (a list, e.g."
+         " schedule: [0, 30s, 5m, 1h])"]),
+    "quiet windows as a mapping": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: {days: [mon], from: "22:00", to: "07:00"}\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows: expected a list of windows, got a mapping (a'
+         ' list: put "- " before each window, or [ ] around it)']),
+    "a day written out": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [monday], from: "22:00", to: "07:00"}]\n')
+        + "default_receiver: log\n",
+        ["8: receivers[0].quiet_hours.windows[0].days: unknown day 'monday' (did you mean"
+         ' "mon"?): use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays,'
+         " weekend or daily"]),
+    "a receiver name where a URL belongs": (
+        HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
+        "default_receiver: log\n",
+        ["7: receivers[1].urls[0]: not an Apprise URL: it has no scheme:// (such as slack://,"
+         " mailto://, json://) ('log' is a receiver's name: urls takes the URLs themselves)"]),
+}
+
+
+@pytest.mark.parametrize("text, lines", MISTAKES.values(), ids=list(MISTAKES))
+def test_a_mistake_gets_one_answer_that_fits_what_was_written(tmp_path, text, lines):
+    cfg, result = checked(tmp_path / "c.yaml", text)
+    assert result.stdout.splitlines() == [f"{cfg}:{line}" for line in lines]
+    assert result.stderr == f"{cfg}: {len(lines)} error(s), 0 warning(s)\n"
+    assert result.exit_code == 1
+    assert serve_refuses(cfg) == [f"{cfg}:{line}" for line in lines]
+
+
+def test_a_url_without_a_scheme_is_not_echoed(tmp_path):
+    cfg, result = checked(tmp_path / "c.yaml", HEAD.replace(
+        '"console://"', f'"hooks.slack.com/services/T0/B0/{SECRET}{SECRET}"')
+        + "default_receiver: log\n")
+    assert result.stdout == f"{cfg}:5: receivers[0].urls[0]: not an Apprise URL: it has no" \
+                            " scheme:// (such as slack://, mailto://, json://)\n"
+    assert SECRET not in result.output
+
+
+def test_warnings_found_while_loading_are_shown_next_to_its_errors(tmp_path):
+    """The old `delivery:` section's warnings were shown only once the config had no error."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "delivery:\n  concurrency: 4\n"
+                          "  suppress_stale: true\nroutes:\n  - receivers: [log]\n    titel: x\n")
+    assert result.stdout.splitlines() == [
+        f'{cfg}:6: delivery: warning: renamed: call this section "sending:" (the old name still'
+        ' works for now); "delivery" only ever means a Kourier parcel delivery',
+        f'{cfg}:8: delivery.suppress_stale: warning: renamed: write "deliveries: {{suppress_stale:'
+        ' ...}" (it is about parcel deliveries)',
+        f'{cfg}:11: routes[0].titel: unknown key "titel" (did you mean "title"?)']
+    assert result.stderr == f"{cfg}: 1 error(s), 2 warning(s)\n"
+    assert result.exit_code == 1
