@@ -33,6 +33,7 @@ from relay.schema import (
     rate,
     shown,
     shown_at,
+    undefined_receiver,
 )
 from relay.yamlfile import Source, Tree, compose, read, resolve_env
 
@@ -370,28 +371,23 @@ def _check_references(config: Config, c: Checker) -> None:
     for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
                         *((f"{r.path}.quiet_hours.template", r.quiet_template)
                           for r in config.receivers.values())]:
-        if named and named not in config.templates:
+        if named and named not in config.templates and not c.broken("templates"):
             c.error(path, f'undefined template "{named}"{did_you_mean(named, config.templates)}'
                     if shown(named) == repr(named) else f"undefined template ({shown(named)})")
+    if c.broken("receivers"):  # no receiver could be read: none is "undefined"
+        return
     if config.default_receiver and config.default_receiver not in config.receivers:
-        c.error("default_receiver", _undefined_receiver(config.default_receiver, config))
+        c.error("default_receiver", undefined_receiver(config.default_receiver, config.receivers))
     fallback = config.sending.fallback_receiver
     if fallback and fallback not in config.receivers:
         section = "delivery" if "delivery.fallback_receiver" in config.source.lines else "sending"
-        c.error(f"{section}.fallback_receiver", _undefined_receiver(fallback, config))
+        c.error(f"{section}.fallback_receiver", undefined_receiver(fallback, config.receivers))
 
 
 def _check_receivers(named_by: RouteConfig | WatchConfig, config: Config, c: Checker) -> None:
     for i, name in enumerate(named_by.receivers):
-        if name not in config.receivers:
-            c.error(f"{named_by.path}.receivers[{i}]", _undefined_receiver(name, config))
-
-
-def _undefined_receiver(name: str, config: Config) -> str:
-    if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
-        return (f"expected a receiver name, got a URL ({name.split('://')[0]}://***): put the URL"
-                ' in a receiver under "receivers:" and use that receiver\'s name here')
-    return f'undefined receiver "{name}"{did_you_mean(name, config.receivers)}'
+        if name not in config.receivers and not c.broken("receivers"):
+            c.error(f"{named_by.path}.receivers[{i}]", undefined_receiver(name, config.receivers))
 
 
 def used_receivers(config: Config) -> set[str]:

@@ -57,3 +57,11 @@ KEY_ALIASES = {"quiet_window": {"until": "to", "untill": "to", "till": "to", "en
 # What to write instead of a key that a section does not take, but a similar one does.
 KEY_HINTS = {("watch", "template"): " (a watch names no template from templates: write its"
                                     " title: and body: on the watch itself)"}
+# What a section written as one string should have been (`- pager` for a receiver).
+SECTION_HINTS = {
+    "template": ' (a template is title: and body: lines, e.g. {title: "...", body: "..."})',
+    "receiver": ' (a receiver is name: and urls: lines, e.g. {name: ops, urls: ["..."]})',
+    "route": " (a route is receivers: and match: lines, e.g. {match: {event: ...},"
+             " receivers: [ops]})",
+    "watch": " (a watch is name:, start:, after: and receivers: lines)",
+}

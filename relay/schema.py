@@ -15,7 +15,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from relay.confighints import KEY_ALIASES, KEY_HINTS, SHAPE_HINTS, mapping_hint, quotes_hint
+from relay.confighints import (
+    KEY_ALIASES,
+    KEY_HINTS,
+    SECTION_HINTS,
+    SHAPE_HINTS,
+    mapping_hint,
+    quotes_hint,
+)
 from relay.errors import Issue
 from relay.limits import RateLimit
 from relay.quiet import parse_days, parse_time
@@ -264,6 +271,12 @@ def _stops(v: Any) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
+# Top-level sections that may be left with nothing under them (`watches:` with every
+# watch commented out): like leaving the key out, as `server:` with nothing always was.
+_SECTIONS = frozenset({"server", "store", "sending", "deliveries", "delivery", "receivers",
+                       "templates", "routes", "watches"})
+
+
 class Checker:
     """Reads sections against SCHEMAS, collecting issues instead of stopping at the first."""
 
@@ -275,6 +288,10 @@ class Checker:
 
     def error(self, path: str, message: str) -> None:
         self.issues.append(self.source.issue(path, message))
+
+    def broken(self, path: str) -> bool:
+        """Whether the value at `path` itself is in error (a section of the wrong kind)."""
+        return any(i.path == path for i in self.issues)
 
     def reported(self, path: str) -> bool:
         """Whether an issue is already about `path` (or under it), or an unknown key was
@@ -289,13 +306,16 @@ class Checker:
         if data is None:
             return {}
         if not isinstance(data, dict):
-            self.error(path, f"expected a mapping, got {kind_of(data)}")
+            self.error(path, f"expected a mapping, got {kind_of(data)}"
+                       + SECTION_HINTS.get(schema, "") * isinstance(data, str))
             return {}
         fields = SCHEMAS[schema]
         out: dict[str, Any] = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else key
             if sub in self.source.braces:  # `key: {{ x }}`, reported as the file was read
+                continue
+            if value is None and not path and key in _SECTIONS:  # every entry commented out
                 continue
             if key not in fields:  # a key that may be a secret is not shown in the path either
                 alias = KEY_ALIASES.get(schema, {}).get(key)
@@ -335,6 +355,13 @@ class Checker:
             return conv(typed)
         except ValueError:
             return conv(value)  # the first error is the one to show
+
+
+def undefined_receiver(name: str, receivers: Mapping[str, Any]) -> str:
+    if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
+        return (f"expected a receiver name, got a URL ({name.split('://')[0]}://***): put the URL"
+                ' in a receiver under "receivers:" and use that receiver\'s name here')
+    return f'undefined receiver "{name}"{did_you_mean(name, receivers)}'
 
 
 def unknown_key(key: str, fields: Mapping[str, Any], meant: str | None = None) -> str:

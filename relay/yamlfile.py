@@ -31,7 +31,7 @@ class Source:
     # The environment variable a key path's value was made with (`${VAR}`): never shown.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # The key paths whose value was written in braces (`{a: 1}`, a flow mapping), and those
-    # of them that were `{{ … }}` (already reported: YAML read a template as a mapping).
+    # of them that were `{{ ... }}` (already reported: YAML read a template as a mapping).
     flow: frozenset[str] = frozenset()
     braces: frozenset[str] = frozenset()
 
@@ -200,14 +200,14 @@ class Tree:
         issue says so; the value is the text as written, so nothing else complains about it."""
         self.braces.add(path)
         key = re.sub(r"^.*\.", "", path)
-        example = f'{key}: "{{{{ … }}}}"' if key and not key.endswith("]") else '"{{ … }}"'
+        example = f'{key}: "{{{{ ... }}}}"' if key and not key.endswith("]") else '"{{ ... }}"'
         if key == "template":
-            why = ("template names a template from templates:, and unquoted {{ … }} is read"
+            why = ("template names a template from templates:, and unquoted {{ ... }} is read"
                    " by YAML as a mapping" + (": write an inline template as title: and body:"
-                                              ' on the route, in quotes (body: "{{ … }}")'
+                                              ' on the route, in quotes (body: "{{ ... }}")'
                                               if path.startswith("routes[") else ""))
         else:
-            why = ('a value that starts with "{" must be in quotes: unquoted {{ … }} is read'
+            why = ('a value that starts with "{" must be in quotes: unquoted {{ ... }} is read'
                    f" by YAML as a mapping (write {example})")
         self.issues.append(Issue(self.file, self.lines.get(path, 1), path, why))
         return str(node.start_mark.buffer or "")[node.start_mark.index:node.end_mark.index]

@@ -621,8 +621,8 @@ MISTAKES = {
          " from templates:; an inline template is title: and body: on the route itself)"]),
     "unquoted template": (
         HEAD + "routes:\n  - receivers: [log]\n    title: {{ delivery_id }}\n",
-        ['8: routes[0].title: a value that starts with "{" must be in quotes: unquoted {{ … }}'
-         ' is read by YAML as a mapping (write title: "{{ … }}")']),
+        ['8: routes[0].title: a value that starts with "{" must be in quotes: unquoted {{ ... }}'
+         ' is read by YAML as a mapping (write title: "{{ ... }}")']),
     "misspelt section, no second missing-section error": (
         'serverr:\n  tokens: ["t0ken"]\n' + LOG + "default_receiver: log\n",
         ['1: serverr: unknown key "serverr" (did you mean "server"?)']),
@@ -638,7 +638,8 @@ MISTAKES = {
         ['5: receivers[0].url: unknown key "url" (did you mean "urls"?)']),
     "a receiver that is a name only, no second missing-name error": (
         HEAD + "  - pager\ndefault_receiver: log\n",
-        ["6: receivers[1]: expected a mapping, got a string"]),
+        ["6: receivers[1]: expected a mapping, got a string (a receiver is name: and urls:"
+         ' lines, e.g. {name: ops, urls: ["..."]})']),
     "misspelt watch after, no second missing error": (
         HEAD + "watches:\n  - name: late\n    start: {event: delivery.created}\n    aftr: 4h\n"
         "    receivers: [log]\n",
@@ -707,6 +708,19 @@ MISTAKES = {
         ["8: receivers[0].quiet_hours.windows[0].days: unknown day 'monday' (did you mean"
          ' "mon"?): use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays,'
          " weekend or daily"]),
+    "a template that is only text": (
+        HEAD + 'templates:\n  problem: "Delivery {{ delivery_id }}"\ndefault_receiver: log\n',
+        ['7: templates.problem: expected a mapping, got a string (a template is title: and'
+         ' body: lines, e.g. {title: "...", body: "..."})']),
+    "templates as a list, no second undefined-template error": (
+        HEAD + "templates:\n  - problem: {title: x}\nroutes:\n  - receivers: [log]\n"
+        "    template: problem\n",
+        ["6: templates: expected a mapping, got a list"]),
+    "receivers as a mapping, no undefined-receiver errors after it": (
+        'server:\n  tokens: ["t0ken"]\nreceivers:\n  name: log\n  urls: ["console://"]\n'
+        "routes:\n  - receivers: [log]\ndefault_receiver: log\nsending: {fallback_receiver: log}\n",
+        ['3: receivers: expected a list, got a mapping (a list: put "- " before each'
+         " receiver's name:)"]),
     "a receiver name where a URL belongs": (
         HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
         "default_receiver: log\n",
@@ -745,3 +759,37 @@ def test_warnings_found_while_loading_are_shown_next_to_its_errors(tmp_path):
         f'{cfg}:11: routes[0].titel: unknown key "titel" (did you mean "title"?)']
     assert result.stderr == f"{cfg}: 1 error(s), 2 warning(s)\n"
     assert result.exit_code == 1
+
+
+def test_a_section_with_every_entry_commented_out_is_an_empty_one(tmp_path):
+    """`routes:` with nothing under it said "expected a list, got nothing"; `server:` with
+    nothing under it was always read as empty."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  # - receivers: [log]\n"
+                          "watches:\ntemplates:\ndefault_receiver: log\n")
+    assert (result.stdout, result.exit_code) == ("", 0)
+
+
+def test_live_and_hold_on_a_digest_route_are_named_as_ignored(tmp_path):
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    live: true\n    hold: 30s\n    digest: {window: 5m}\n")
+    ignored = "ignored: this route sends a digest (one message for the deliveries of a window)"
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].live: warning: {ignored}, which is never edited as a live message;"
+        " remove live:, or give it a route of its own",
+        f"{cfg}:9: routes[0].hold: warning: {ignored}, which is never held; remove hold:, or"
+        " give it a route of its own"]
+    assert result.exit_code == 0
+
+
+def test_a_status_written_as_an_event_type_is_told_where_a_status_goes(tmp_path):
+    """`delivery.delivered` was told "did you mean delivery.cancelled?"."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    match: {event: [delivery.delivered, delivery.canceled]}\n")
+    none = ("matches no event type Kourier sends (delivery.cancelled, delivery.created,"
+            " delivery.updated), only one it may add later")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.delivered' {none} (if delivered"
+        " is a status: a status change is the event delivery.updated, so match {event:"
+        " delivery.updated, status: delivered})",
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.canceled' {none} (did you mean"
+        ' "delivery.cancelled"?)']

@@ -100,20 +100,20 @@ def test_an_unquoted_template_says_to_quote_it_once():
     second, "a key must be a name", came from reading the file and told the operator nothing)."""
     assert load_issues(HEAD + "    title: {{ x }}\n") == [
         'c.yaml:7: routes[0].title: a value that starts with "{" must be in quotes: unquoted'
-        ' {{ … }} is read by YAML as a mapping (write title: "{{ … }}")']
+        ' {{ ... }} is read by YAML as a mapping (write title: "{{ ... }}")']
 
 
 def test_an_unquoted_template_under_template_says_what_template_takes():
     assert load_issues(HEAD + "    template: {{ x }}\n") == [
         "c.yaml:7: routes[0].template: template names a template from templates:, and unquoted"
-        " {{ … }} is read by YAML as a mapping: write an inline template as title: and body: on"
-        ' the route, in quotes (body: "{{ … }}")']
+        " {{ ... }} is read by YAML as a mapping: write an inline template as title: and body: on"
+        ' the route, in quotes (body: "{{ ... }}")']
 
 
 def test_an_unquoted_template_in_a_list_or_matcher_is_one_line_too():
     assert load_issues(HEAD + "    match: {status: {{ s }}}\n") == [
         'c.yaml:7: routes[0].match.status: a value that starts with "{" must be in quotes:'
-        ' unquoted {{ … }} is read by YAML as a mapping (write status: "{{ … }}")']
+        ' unquoted {{ ... }} is read by YAML as a mapping (write status: "{{ ... }}")']
 
 
 def test_braces_where_text_belongs_keep_the_quotes_hint():
