@@ -325,7 +325,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
     values = c.section(data, path, "route")
     if "match" not in values:
         values["match"] = {}
-    if not values.get("receivers") and not c.reported(f"{path}.receivers"):
+    if not values.get("receivers") and not c.reported(f"{path}.receivers") and not c.broken(path):
         c.error(f"{path}.receivers", "needs at least one receiver")
     return RouteConfig(
         name=values.get("name") or path,
@@ -345,7 +345,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
 def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
     values = c.section(data, path, "watch")
     for key in ("name", "start", "after", "receivers"):
-        if not values.get(key) and not c.reported(f"{path}.{key}"):
+        if not values.get(key) and not c.reported(f"{path}.{key}") and not c.broken(path):
             c.error(f"{path}.{key}" if key != "name" else path, f'missing "{key}"'
                     if key not in values else f'"{key}" must not be empty or zero')
     return WatchConfig(values.get("name", path), values.get("start", {}),

@@ -50,6 +50,10 @@ SHAPE_HINTS: dict[tuple[str, type], str] = {
     ("routes", dict): ' (a list: put "- " before each route)',
     ("watches", dict): ' (a list: put "- " before each watch)',
     ("schedule", str): " (a list, e.g. schedule: [0, 30s, 5m, 1h])",
+    ("max_body_bytes", str): " (a number of bytes, e.g. 65536 for 64 KiB)",
+    ("default_receiver", list): " (one receiver's name: a route can name several)",
+    ("fallback_receiver", list): " (one receiver's name)",
+    ("store", str): " (store: takes url: and more, e.g. store: {url: sqlite:relay.db})",
 }
 # Keys of a section that are another word for one of its own (difflib cannot tell).
 KEY_ALIASES = {"quiet_window": {"until": "to", "untill": "to", "till": "to", "end": "to",

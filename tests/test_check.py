@@ -721,6 +721,27 @@ MISTAKES = {
         "routes:\n  - receivers: [log]\ndefault_receiver: log\nsending: {fallback_receiver: log}\n",
         ['3: receivers: expected a list, got a mapping (a list: put "- " before each'
          " receiver's name:)"]),
+    "a route that is a name only, no second needs-a-receiver error": (
+        HEAD + "routes:\n  - log\n",
+        ["7: routes[0]: expected a mapping, got a string (a route is receivers: and match:"
+         " lines, e.g. {match: {event: ...}, receivers: [ops]})"]),
+    "a watch that is a name only, no four missing-key errors": (
+        HEAD + "watches:\n  - not-delivered\n",
+        ["7: watches[0]: expected a mapping, got a string (a watch is name:, start:, after:"
+         " and receivers: lines)"]),
+    "a body size with a unit": (
+        'server:\n  tokens: ["t0ken"]\n  max_body_bytes: 64KiB\n' + LOG
+        + "default_receiver: log\n",
+        ["3: server.max_body_bytes: expected an integer, got a string (a number of bytes, e.g."
+         " 65536 for 64 KiB)"]),
+    "a list of default receivers": (
+        HEAD + "default_receiver: [log]\n",
+        ["6: default_receiver: expected a string, got a list (one receiver's name: a route can"
+         " name several)"]),
+    "a store that is its URL alone": (
+        HEAD + "store: sqlite:relay.db\ndefault_receiver: log\n",
+        ["6: store: expected a mapping, got a string (store: takes url: and more, e.g. store:"
+         " {url: sqlite:relay.db})"]),
     "a receiver name where a URL belongs": (
         HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
         "default_receiver: log\n",
