@@ -295,7 +295,7 @@ def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
         data = c.section(item, path, "receiver")
         name = data.pop("name", "")
         if not name:  # a receiver that is no mapping was already named as such
-            if isinstance(item, dict) and not c.reported(f"{path}.name"):
+            if not c.broken(path) and not c.reported(f"{path}.name"):
                 c.error(path, 'missing "name"')
             continue
         if name in out:

@@ -16,6 +16,8 @@ def quotes_hint(kind: type | tuple[type, ...], v: Any) -> str:
     """What to change when quotes (or their absence) made the value the wrong kind."""
     if kind is str and isinstance(v, (bool, int, float)):
         return " (put it in quotes)"
+    if kind is int and isinstance(v, float):
+        return " (a whole number)"
     if not isinstance(v, str):
         return ""
     if kind is bool and v.strip().lower() in _BOOLEAN_WORDS:

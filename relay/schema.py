@@ -45,9 +45,11 @@ class WrongKind(ValueError):
     """A value of another kind than the key takes (`Checker` may add a hint that needs the
     key and how the value was written)."""
 
-    def __init__(self, message: str, wanted: type | tuple[type, ...]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, wanted: type | tuple[type, ...], hint: str = "") -> None:
+        super().__init__(message + hint)
+        self.plain = message  # without the hint about quotes
         self.wanted = wanted
+        self.hint = hint
 
 
 def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
@@ -55,7 +57,7 @@ def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
         if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise WrongKind(f"expected {label}, got {kind_of(v)}", kind)
         if not isinstance(v, kind):
-            raise WrongKind(f"expected {label}, got {kind_of(v)}{quotes_hint(kind, v)}", kind)
+            raise WrongKind(f"expected {label}, got {kind_of(v)}", kind, quotes_hint(kind, v))
         return v
     return conv
 
@@ -156,6 +158,19 @@ def _field_names(v: Any) -> tuple[str, ...]:
     return names
 
 
+def _field_paths(v: Any) -> tuple[str, ...]:
+    """Payload field paths (`digest.group_by`, `store.dedup_fields`): `hub`, `customer.tier`."""
+    paths = _str_list(v)
+    for i, path in enumerate(paths):
+        if "{" in path:
+            raise ValueError(f"item {i} is a template: name the field itself (hub, not"
+                             " {{ hub }})")
+        if not all(step and not any(c.isspace() for c in step) for step in path.split(".")):
+            raise ValueError(f"item {i} ({shown(path)}) is not a field path: name a field of"
+                             " the event, or a dotted path into one (hub, customer.tier)")
+    return paths
+
+
 _CREDENTIALS = re.compile(r"[^\s/:@]+:[^\s/@]+@")
 _TOKENISH = re.compile(r"(?=.*[A-Za-z])(?=.*\d)[^\s]{16,}")
 
@@ -234,7 +249,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
                "header_timeout": _positive_duration, "body_timeout": _positive_duration,
                "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},
-    "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
+    "store": {"url": _STR, "dedup_fields": _field_paths, "retention": duration,
               "max_backlog": _int(1), "busy_timeout": duration},
     "sending": {"concurrency": _int(1, 512), "attempt_timeout": _positive_duration,
                 "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
@@ -249,7 +264,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                     "urgent": _str_list, "template": _STR},
     "quiet_window": {"days": parse_days, "from": lambda v: parse_time(v, end=False),
                      "to": lambda v: parse_time(v, end=True)},
-    "digest": {"window": duration, "group_by": _str_list, "max_events": _int(1, 1000)},
+    "digest": {"window": duration, "group_by": _field_paths, "max_events": _int(1, 1000)},
     "template": {"title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
                  "format": _choice(BODY_FORMATS)},
     "route": {"name": _STR, "match": _MAP, "receivers": _str_list, "template": _STR,
@@ -313,7 +328,7 @@ class Checker:
         out: dict[str, Any] = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else key
-            if sub in self.source.braces:  # `key: {{ x }}`, reported as the file was read
+            if sub in self.source.unread:  # `key: {{ x }}`, reported as the file was read
                 continue
             if value is None and not path and key in _SECTIONS:  # every entry commented out
                 continue
@@ -333,15 +348,18 @@ class Checker:
 
     def _message(self, e: ValueError, path: str, value: Any) -> str:
         """The error, with a value made with `${VAR}` named by its variable, never shown."""
-        message = str(e).replace(shown(value), shown_at(self.source, path, value))
-        if isinstance(e, WrongKind) and e.wanted is str and isinstance(value, dict):
-            message += mapping_hint(self.source, path)
-        elif isinstance(e, WrongKind):
-            message += SHAPE_HINTS.get((path.rpartition(".")[2], type(value)), "")
         name = self.source.env.get(path)
+        message = str(e).replace(shown(value), shown_at(self.source, path, value))
+        if isinstance(e, WrongKind):  # one hint, for what was written (quotes are not, in ${VAR})
+            message = e.plain + ("" if name else e.hint or self._shape_hint(e, path, value))
         if name and f"${{{name}}}" not in message:  # the message did not quote the value
             message += f" (a value from ${{{name}}}, not shown)"
         return message
+
+    def _shape_hint(self, e: WrongKind, path: str, value: Any) -> str:
+        if e.wanted is str and isinstance(value, dict):
+            return mapping_hint(self.source, path)
+        return SHAPE_HINTS.get((path.rpartition(".")[2], type(value)), "")
 
     def _convert(self, conv: Conv, value: Any, path: str) -> Any:
         """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""

@@ -31,9 +31,10 @@ class Source:
     # The environment variable a key path's value was made with (`${VAR}`): never shown.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # The key paths whose value was written in braces (`{a: 1}`, a flow mapping), and those
-    # of them that were `{{ ... }}` (already reported: YAML read a template as a mapping).
+    # whose value was reported as the file was read (`{{ x }}` unquoted, a number too long
+    # to read): nothing more is said about them.
     flow: frozenset[str] = frozenset()
-    braces: frozenset[str] = frozenset()
+    unread: frozenset[str] = frozenset()
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
@@ -154,7 +155,7 @@ class Tree:
         self.issues: list[Issue] = []
         self.env_refs: dict[str, str] = {}
         self.flow: set[str] = set()
-        self.braces: set[str] = set()
+        self.unread: set[str] = set()
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
         self._seen: set[int] = set()  # every node expanded so far (ids)
         self._open: set[int] = set()  # the nodes being expanded: an alias to one is a loop
@@ -163,7 +164,7 @@ class Tree:
 
     def source(self) -> Source:
         return Source(self.file, self.lines, self.starts, self.env_refs, frozenset(self.flow),
-                      frozenset(self.braces))
+                      frozenset(self.unread))
 
     def value(self, node: yaml.Node, path: str, parent: str = "") -> Any:
         """The plain value of `node`; aliases are expanded, `<<` merge keys merged."""
@@ -198,7 +199,7 @@ class Tree:
     def _braces(self, node: yaml.MappingNode, path: str) -> str:
         """`title: {{ x }}`: unquoted, YAML reads a template as a mapping in a mapping. One
         issue says so; the value is the text as written, so nothing else complains about it."""
-        self.braces.add(path)
+        self.unread.add(path)
         key = re.sub(r"^.*\.", "", path)
         example = f'{key}: "{{{{ ... }}}}"' if key and not key.endswith("]") else '"{{ ... }}"'
         if key == "template":
@@ -285,7 +286,14 @@ class Tree:
     def _scalar(self, node: yaml.Node, path: str) -> Any:
         block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
         self.starts[path] = node.start_mark.line + 1 + block
-        scalar = self._scalars.construct_object(node, deep=True)
+        try:
+            scalar = self._scalars.construct_object(node, deep=True)
+        except ValueError:  # Python reads no integer of more than 4,300 digits
+            self.unread.add(path)
+            self.issues.append(Issue(self.file, self.lines.get(path, 1), path, "a number of"
+                                     f" {len(str(node.value))} digits, too long to read: write"
+                                     " a number of sensible size"))
+            return str(node.value)
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
         return scalar
@@ -315,7 +323,7 @@ def as_scalar(text: str) -> Any:
     (`${N}` is text; a key that wants a number takes the number the text spells); else `text`."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4,300 digits
         return text
     return value if isinstance(value, (bool, int, float)) else text
 

@@ -742,6 +742,25 @@ MISTAKES = {
         HEAD + "store: sqlite:relay.db\ndefault_receiver: log\n",
         ["6: store: expected a mapping, got a string (store: takes url: and more, e.g. store:"
          " {url: sqlite:relay.db})"]),
+    "a number too long to read (was an unexpected ValueError, exit 70)": (
+        'server:\n  tokens: ["t0ken"]\n  max_body_bytes: ' + "9" * 5000 + "\n" + LOG
+        + "default_receiver: log\n",
+        ["3: server.max_body_bytes: a number of 5000 digits, too long to read: write a number"
+         " of sensible size"]),
+    "a fraction where a whole number belongs": (
+        HEAD + "sending:\n  concurrency: 1.5\ndefault_receiver: log\n",
+        ["7: sending.concurrency: expected an integer, got a number (a whole number)"]),
+    "a digest grouped by a template or an empty field": (
+        HEAD + 'routes:\n  - receivers: [log]\n    digest: {window: 5m, group_by: ["{{ hub }}"]}\n'
+        '  - receivers: [log]\n    digest: {window: 5m, group_by: [hub, ""]}\n',
+        ["8: routes[0].digest.group_by: item 0 is a template: name the field itself (hub, not"
+         " {{ hub }})",
+         "10: routes[1].digest.group_by: item 1 ('') is not a field path: name a field of the"
+         " event, or a dotted path into one (hub, customer.tier)"]),
+    "dedup fields with an empty step": (
+        HEAD + "store:\n  dedup_fields: [delivery_id, customer..tier]\ndefault_receiver: log\n",
+        ["7: store.dedup_fields: item 1 ('customer..tier') is not a field path: name a field of"
+         " the event, or a dotted path into one (hub, customer.tier)"]),
     "a receiver name where a URL belongs": (
         HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
         "default_receiver: log\n",
@@ -814,3 +833,15 @@ def test_a_status_written_as_an_event_type_is_told_where_a_status_goes(tmp_path)
         " delivery.updated, status: delivered})",
         f"{cfg}:8: routes[0].match.event: warning: 'delivery.canceled' {none} (did you mean"
         ' "delivery.cancelled"?)']
+
+
+def test_a_number_too_long_for_python_from_a_variable_is_an_error_not_a_crash(tmp_path):
+    """Python reads no integer of more than 4,300 digits: its own words (and its advice to
+    call sys.set_int_max_str_digits) were the message."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('server:\n  tokens: ["t0ken"]\n  max_body_bytes: "${N}"\n' + LOG
+                   + "default_receiver: log\n")
+    result = CliRunner().invoke(main, ["check", "-c", str(cfg)], env={"N": "9" * 5000})
+    assert result.stdout == f"{cfg}:3: server.max_body_bytes: expected an integer, got a" \
+                            " string (a value from ${N}, not shown)\n"
+    assert result.exit_code == 1
