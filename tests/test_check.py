@@ -845,3 +845,19 @@ def test_a_number_too_long_for_python_from_a_variable_is_an_error_not_a_crash(tm
     assert result.stdout == f"{cfg}:3: server.max_body_bytes: expected an integer, got a" \
                             " string (a value from ${N}, not shown)\n"
     assert result.exit_code == 1
+
+
+def test_bad_matchers_of_every_route_are_reported_at_once(tmp_path):
+    """Compiling stopped at the first route with a bad matcher: a fix, a new check, the
+    next one. An empty field name (`"": x`) looked up nothing and was never an error."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n"
+                          "  - receivers: [log]\n    match: {hub: []}\n"
+                          "  - receivers: [log]\n    match: {status: {regex: \"(\"}}\n"
+                          "  - receivers: [log]\n    match: {\"\": x}\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.hub: an any-of list needs at least one value",
+        f"{cfg}:10: routes[1].match.status: invalid regex '(': missing ), unterminated"
+        " subpattern at position 0",
+        f"{cfg}:12: routes[2].match: expected a field name or a dotted path (status,"
+        " customer.tier)"]
+    assert result.exit_code == 1
