@@ -761,6 +761,9 @@ MISTAKES = {
         HEAD + "store:\n  dedup_fields: [delivery_id, customer..tier]\ndefault_receiver: log\n",
         ["7: store.dedup_fields: item 1 ('customer..tier') is not a field path: name a field of"
          " the event, or a dotted path into one (hub, customer.tier)"]),
+    "a PostgreSQL URL without its scheme (its user was shown as the scheme)": (
+        HEAD + 'store:\n  url: "relayuser:hunter2@db/relay"\ndefault_receiver: log\n',
+        ["7: store.url: expected sqlite:PATH or postgresql://…, got no URL"]),
     "a receiver name where a URL belongs": (
         HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
         "default_receiver: log\n",
