@@ -61,6 +61,8 @@ def parse_time(value: object, *, end: bool) -> int:
         raise ValueError('expected a time like "07:00" in quotes (unquoted, YAML reads it'
                          " as a number)")
     m = _TIME.match(value) if isinstance(value, str) else None
+    if not m and isinstance(value, str) and re.fullmatch(r"\d:[0-5]\d", value.strip()):
+        raise ValueError(f'write the hour with two digits: "0{value.strip()}", got {value!r}')
     minutes = int(m.group(1)) * 60 + int(m.group(2)) if m else -1
     if not m or minutes > END_OF_DAY:
         raise ValueError(f"expected a time from 00:00 to {'24:00' if end else '23:59'},"

@@ -764,6 +764,12 @@ MISTAKES = {
     "a PostgreSQL URL without its scheme (its user was shown as the scheme)": (
         HEAD + 'store:\n  url: "relayuser:hunter2@db/relay"\ndefault_receiver: log\n',
         ["7: store.url: expected sqlite:PATH or postgresql://…, got no URL"]),
+    "an hour with one digit (it is between 00:00 and 23:59)": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [mon], from: "22:00", to: "7:00"}]\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows[0].to: write the hour with two digits: "07:00",'
+         " got '7:00'"]),
     "a receiver name where a URL belongs": (
         HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
         "default_receiver: log\n",
