@@ -71,6 +71,11 @@ def unknown_zone(source: Source, path: str, zone: str) -> str:
 
 
 def zone_hint(zone: str) -> str:
+    offset = re.fullmatch(r"(?:UTC|GMT)\s*([+-])\s*(\d{1,2})(?::00)?", zone.strip())
+    if offset and known_zone(fixed := f"Etc/GMT{'-' if offset[1] == '+' else '+'}{int(offset[2])}"):
+        return (f" (an offset, not a zone name: write a zone such as Europe/Berlin, which"
+                f" follows daylight saving time, or {fixed} for a fixed {zone.strip()}: its sign"
+                " is reversed)")
     if re.fullmatch(r"[A-Z]{2,5}[0-9]?[A-Z]{0,4}", zone):  # CEST, BST: not names zoneinfo has
         return (" (an abbreviation, not a zone name: write a name such as Europe/Berlin, which"
                 " also follows its daylight saving time)")

@@ -662,6 +662,11 @@ MISTAKES = {
         HEAD + "timezone: CEST\ndefault_receiver: log\n",
         ["6: timezone: unknown time zone 'CEST' (an abbreviation, not a zone name: write a name"
          " such as Europe/Berlin, which also follows its daylight saving time)"]),
+    "a zone written as an offset": (
+        HEAD + 'timezone: "UTC+2"\ndefault_receiver: log\n',
+        ["6: timezone: unknown time zone 'UTC+2' (an offset, not a zone name: write a zone such"
+         " as Europe/Berlin, which follows daylight saving time, or Etc/GMT-2 for a fixed UTC+2:"
+         " its sign is reversed)"]),
     "a negative duration written with a unit": (
         HEAD + "sending:\n  attempt_timeout: -5s\ndefault_receiver: log\n",
         ["7: sending.attempt_timeout: must not be negative"]),
