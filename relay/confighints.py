@@ -52,6 +52,9 @@ SHAPE_HINTS: dict[tuple[str, type], str] = {
     ("routes", dict): ' (a list: put "- " before each route)',
     ("watches", dict): ' (a list: put "- " before each watch)',
     ("schedule", str): " (a list, e.g. schedule: [0, 30s, 5m, 1h])",
+    ("retry", list): " (the delays go under schedule: retry: {schedule: [0, 30s, 5m]})",
+    ("quiet_hours", list): " (the windows go under windows:, beside timezone: quiet_hours:"
+                           " {timezone: Europe/Berlin, windows: [...]})",
     ("max_body_bytes", str): " (a number of bytes, e.g. 65536 for 64 KiB)",
     ("default_receiver", list): " (one receiver's name: a route can name several)",
     ("fallback_receiver", list): " (one receiver's name)",

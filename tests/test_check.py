@@ -700,6 +700,15 @@ MISTAKES = {
         HEAD + "sending:\n  retry:\n    schedule: 5s\ndefault_receiver: log\n",
         ["8: sending.retry.schedule: expected a list of durations, got a string (a list, e.g."
          " schedule: [0, 30s, 5m, 1h])"]),
+    "retry delays without schedule:": (
+        HEAD + "sending:\n  retry: [0, 5s, 1m]\ndefault_receiver: log\n",
+        ["7: sending.retry: expected a mapping, got a list (the delays go under schedule:"
+         " retry: {schedule: [0, 30s, 5m]})"]),
+    "quiet windows without windows: and timezone:": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours: [{days: [mon],'
+                     ' from: "22:00", to: "07:00"}]\n') + "default_receiver: log\n",
+        ["6: receivers[0].quiet_hours: expected a mapping, got a list (the windows go under"
+         " windows:, beside timezone: quiet_hours: {timezone: Europe/Berlin, windows: [...]})"]),
     "quiet windows as a mapping": (
         HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
                      '      windows: {days: [mon], from: "22:00", to: "07:00"}\n')
