@@ -11,7 +11,7 @@ import apprise
 import jinja2
 
 from relay import config as config_mod
-from relay.config import Config, did_you_mean, shown, used_receivers
+from relay.config import Config, RouteConfig, WatchConfig, did_you_mean, shown, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import KNOWN_TYPES
 from relay.lint_fields import batch_keys, matcher_sets, misspelt_fields, undocumented
@@ -40,9 +40,9 @@ def lint(path: str) -> list[Issue]:
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, batch_keys, store_url, cannot_edit, digest_ignores,
-                 watch_stops, short_lease, circuit_cooldowns, unknown_event_types,
-                 misspelt_fields):
+    for rule in (unused, listed_twice, shadowed, undocumented, batch_keys, store_url, cannot_edit,
+                 digest_ignores, watch_stops, short_lease, circuit_cooldowns,
+                 unknown_event_types, misspelt_fields):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -72,7 +72,7 @@ def unknown_event_types(config: Config) -> list[Issue]:
                                 f" ({sent}), only one it may add later{_meant_type(value)}",
                                 "warning")
             for path, spec in matcher_sets(config)
-            for value in _literals(spec.get("event"))
+            for value in dict.fromkeys(_literals(spec.get("event")))  # each value once
             if not any(fnmatch.fnmatchcase(t, value) for t in KNOWN_TYPES)]
 
 
@@ -157,6 +157,22 @@ def digest_ignores(config: Config) -> list[Issue]:
                     f"{route.path}.{key}", f"ignored: this route sends a digest (one message"
                     f" for the deliveries of a window), which is never {what}; remove {key}:,"
                     " or give it a route of its own", "warning"))
+    return out
+
+
+def listed_twice(config: Config) -> list[Issue]:
+    """A receiver named twice by one route or watch: a slip (a route sends it one
+    notification all the same)."""
+    out = []
+    named: list[RouteConfig | WatchConfig] = [*config.routes, *config.watches]
+    for named_by in named:
+        seen: set[str] = set()
+        for i, name in enumerate(named_by.receivers):
+            if name in seen:
+                out.append(config.source.issue(
+                    f"{named_by.path}.receivers[{i}]", f'receiver "{name}" is listed twice'
+                    " here: remove one", "warning"))
+            seen.add(name)
     return out
 
 

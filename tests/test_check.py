@@ -884,3 +884,16 @@ def test_bad_matchers_of_every_route_are_reported_at_once(tmp_path):
         f"{cfg}:12: routes[2].match: expected a field name or a dotted path (status,"
         " customer.tier)"]
     assert result.exit_code == 1
+
+
+def test_a_value_listed_twice_is_one_warning_and_a_receiver_listed_twice_is_named(tmp_path):
+    """`event: [delivery.canceled, delivery.canceled]` printed the same warning line twice."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log, log]\n"
+                          "    match: {event: [delivery.canceled, delivery.canceled]}\n")
+    assert result.stdout.splitlines() == [
+        f'{cfg}:7: routes[0].receivers[1]: warning: receiver "log" is listed twice here:'
+        " remove one",
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.canceled' matches no event type"
+        " Kourier sends (delivery.cancelled, delivery.created, delivery.updated), only one it"
+        ' may add later (did you mean "delivery.cancelled"?)']
+    assert result.exit_code == 0
