@@ -161,8 +161,8 @@ def digest_ignores(config: Config) -> list[Issue]:
 
 
 def listed_twice(config: Config) -> list[Issue]:
-    """A receiver named twice by one route or watch: a slip (a route sends it one
-    notification all the same)."""
+    """A receiver named twice by one route or watch: a slip (it gets one notification all
+    the same)."""
     out = []
     named: list[RouteConfig | WatchConfig] = [*config.routes, *config.watches]
     for named_by in named:
