@@ -19,6 +19,17 @@ COLON = "missing colon: a key on this line needs a ':' after it"
 VALUES = "(PyYAML: mapping values are not allowed here)"
 
 CASES = [
+    # It said "inconsistent indentation", though the line was indented as it should be.
+    ("text after an unquoted template", "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n"
+     "    title: {{ delivery_id }} cancelled\n",
+     "5: invalid YAML: text after a value that starts with {: YAML ends the value at its"
+     ' closing }; put the whole value in quotes: "{{ x }} and more" (PyYAML: expected <block'
+     " end>, but found '<scalar>', while parsing a block mapping that starts on line 4)"),
+    ("text after a quoted value", "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n"
+     '    title: "Delivery" {{ delivery_id }}\n',
+     '5: invalid YAML: text after a value that starts with ": YAML ends the value at its'
+     " closing quote; put the whole value in single quotes (PyYAML: expected <block end>, but"
+     " found '{', while parsing a block mapping that starts on line 4)"),
     ("deeper key", "server:\n  tokens: [t]\n   path: /x\n",
      f"3: invalid YAML: {INDENT} (PyYAML: expected <block end>, but found '<block mapping"
      " start>', while parsing a block mapping that starts on line 2)"),
