@@ -219,6 +219,7 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     source = tree.source()
     checker = Checker(source)
     checker.issues.extend(tree.issues)
+    checker.warnings.extend(tree.warnings)
     config = _build(raw, checker)
     if checker.issues:
         raise ConfigError(sorted(checker.issues, key=lambda i: i.line), tuple(checker.warnings))

@@ -153,6 +153,7 @@ class Tree:
         self.lines: dict[str, int] = {}
         self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
         self.env_refs: dict[str, str] = {}
         self.flow: set[str] = set()
         self.unread: set[str] = set()
@@ -294,9 +295,21 @@ class Tree:
                                      f" {len(str(node.value))} digits, too long to read: write"
                                      " a number of sensible size"))
             return str(node.value)
+        if isinstance(scalar, str) and getattr(node, "style", None) is None:  # plain
+            self._comment_after(node, path)
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
         return scalar
+
+    def _comment_after(self, node: yaml.Node, path: str) -> None:
+        """`title: Delivery #{{ delivery_id }}`: ` #` starts a comment, and the value ends
+        before it; a comment holding template syntax was meant to be part of it."""
+        rest = str(node.end_mark.buffer or "")[node.end_mark.index:].partition("\n")[0]
+        if re.match(r"\s+#.*(\{\{|\{%)", rest):
+            self.warnings.append(Issue(
+                self.file, self.lines.get(path, 1), path, "a # after a space starts a YAML"
+                " comment, so the value ends before it and the template after the # is left"
+                " out: put the whole value in quotes", "warning"))
 
     def interpolate(self, text: str, path: str, line: int) -> str:
         def repl(m: re.Match[str]) -> str:

@@ -897,3 +897,15 @@ def test_a_value_listed_twice_is_one_warning_and_a_receiver_listed_twice_is_name
         " Kourier sends (delivery.cancelled, delivery.created, delivery.updated), only one it"
         ' may add later (did you mean "delivery.cancelled"?)']
     assert result.exit_code == 0
+
+
+def test_a_template_after_a_hash_is_named_as_the_comment_yaml_made_it(tmp_path):
+    """`title: Delivery #{{ delivery_id }}` rendered "Delivery": the rest was a comment, and
+    check said OK. A plain comment after a value stays quiet."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    title: Delivery #{{ delivery_id }}\n    body: Delivered  # body\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].title: warning: a # after a space starts a YAML comment, so the"
+        " value ends before it and the template after the # is left out: put the whole value"
+        " in quotes"]
+    assert result.exit_code == 0
