@@ -134,6 +134,8 @@ def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+# A matcher's value: routes[i].match.<field>, watches[i].start.<field>, stop[j].<field> …
+_MATCHER_VALUE = re.compile(r"\.(match|start|stop)(\[\d+\])?\.")
 
 
 def _kind(node: yaml.Node) -> str:
@@ -297,9 +299,22 @@ class Tree:
             return str(node.value)
         if isinstance(scalar, str) and getattr(node, "style", None) is None:  # plain
             self._comment_after(node, path)
+        elif isinstance(scalar, (bool, int)) and _MATCHER_VALUE.search(path):
+            self._read_as(str(node.value), scalar, path)
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
         return scalar
+
+    def _read_as(self, text: str, value: bool | int, path: str) -> None:
+        """A matcher value YAML 1.1 reads as something else than its text: `country: NO` is
+        false, `hub: 010` is 8; an event's "NO" or "010" never equals them."""
+        if text.lower() in ("true", "false") or text == str(value) or len(text) > 12:
+            return
+        meant = str(value).lower() if isinstance(value, bool) else str(value)
+        what = "boolean" if isinstance(value, bool) else "number"
+        self.warnings.append(Issue(
+            self.file, self.lines.get(path, 1), path, f"YAML reads {text} as {meant}: write"
+            f' {meant} for the {what}, or "{text}" in quotes for the text', "warning"))
 
     def _comment_after(self, node: yaml.Node, path: str) -> None:
         """`title: Delivery #{{ delivery_id }}`: ` #` starts a comment, and the value ends

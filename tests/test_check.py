@@ -909,3 +909,16 @@ def test_a_template_after_a_hash_is_named_as_the_comment_yaml_made_it(tmp_path):
         " value ends before it and the template after the # is left out: put the whole value"
         " in quotes"]
     assert result.exit_code == 0
+
+
+def test_a_matcher_value_yaml_reads_as_another_kind_is_named(tmp_path):
+    """`country: NO` is false to YAML 1.1 and `hub: 010` is 8: an event's "NO" or "010"
+    never matched them, and check said OK."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    match: {country: NO, hub: 010, express: true, n: 5}\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.country: warning: YAML reads NO as false: write false for"
+        ' the boolean, or "NO" in quotes for the text',
+        f"{cfg}:8: routes[0].match.hub: warning: YAML reads 010 as 8: write 8 for the number,"
+        ' or "010" in quotes for the text']
+    assert result.exit_code == 0
