@@ -33,6 +33,7 @@ from relay.schema import (
     rate,
     shown,
     shown_at,
+    undefined_receiver,
 )
 from relay.yamlfile import Source, Tree, compose, read, resolve_env
 
@@ -215,17 +216,15 @@ def loads(text: str, file: str = "<config>", env: Mapping[str, str] | None = Non
     node = compose(text, file)
     tree = Tree(file, os.environ if env is None else env)
     raw = tree.value(node, "") if node is not None else None
-    source = Source(file, tree.lines, tree.starts, tree.env_refs)
+    source = tree.source()
     checker = Checker(source)
     checker.issues.extend(tree.issues)
+    checker.warnings.extend(tree.warnings)
     config = _build(raw, checker)
     if checker.issues:
-        raise ConfigError(sorted(checker.issues, key=lambda i: i.line))
+        raise ConfigError(sorted(checker.issues, key=lambda i: i.line), tuple(checker.warnings))
     assert config is not None
     return Config(**{**config.__dict__, "env_refs": tree.env_refs})
-
-
-_SECTIONS_HINT = "sections such as server:, receivers:, routes: (see config.example.yaml)"
 
 
 def _build(raw: Any, c: Checker) -> Config | None:
@@ -234,10 +233,11 @@ def _build(raw: Any, c: Checker) -> Config | None:
                 " (see config.example.yaml)")
         return None
     if not isinstance(raw, dict):
-        c.error("", f"the top level must be a mapping of {_SECTIONS_HINT}, got {kind_of(raw)}")
+        c.error("", "the top level must be a mapping of sections such as server:, receivers:,"
+                f" routes: (see config.example.yaml), got {kind_of(raw)}")
         return None
     top = c.section(raw, "", "")
-    if "server" not in raw:
+    if "server" not in raw and not c.reported("server"):
         c.error("", 'missing "server:" section: it needs at least server.tokens,'
                 " the bearer tokens Kourier sends")
     server = _server(c.section(top.get("server"), "server", "server"), c)
@@ -257,8 +257,9 @@ def _build(raw: Any, c: Checker) -> Config | None:
 
 def _server(data: dict[str, Any], c: Checker) -> ServerConfig:
     tokens = tuple(t for t in data.get("tokens", ()) if t)
-    if not tokens and not any(i.path.startswith("server.tokens") or "server:" in i.message
-                              for i in c.issues):
+    told = c.reported("server.tokens") or "server" in c.suggested or any(
+        i.path == "server" or "server:" in i.message for i in c.issues)
+    if not tokens and not told:
         empty = [f"${{{c.source.env[p]}}}" for p in c.source.env if p.startswith("server.tokens[")]
         c.error("server.tokens", "at least one non-empty webhook token is required"
                 + (f" ({', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty)" if empty else ""))
@@ -294,12 +295,13 @@ def _receivers(items: list[Any], c: Checker) -> dict[str, ReceiverConfig]:
         path = f"receivers[{i}]"
         data = c.section(item, path, "receiver")
         name = data.pop("name", "")
-        if not name:
-            c.error(path, 'missing "name"')
+        if not name:  # a receiver that is no mapping was already named as such
+            if not c.broken(path) and not c.reported(f"{path}.name"):
+                c.error(path, 'missing "name"')
             continue
         if name in out:
             c.error(f"{path}.name", f'duplicate receiver "{name}"')
-        if not data.get("urls") and not any(i.path == f"{path}.urls" for i in c.issues):
+        if not data.get("urls") and not c.reported(f"{path}.urls"):
             c.error(f"{path}.urls", "needs at least one Apprise URL")
         retry = _retry(data.pop("retry"), f"{path}.retry", c) if "retry" in data else None
         urls = data.pop("urls", ())
@@ -324,7 +326,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
     values = c.section(data, path, "route")
     if "match" not in values:
         values["match"] = {}
-    if not values.get("receivers"):
+    if not values.get("receivers") and not c.reported(f"{path}.receivers") and not c.broken(path):
         c.error(f"{path}.receivers", "needs at least one receiver")
     return RouteConfig(
         name=values.get("name") or path,
@@ -344,7 +346,7 @@ def _route(data: Any, path: str, c: Checker) -> RouteConfig:
 def _watch(data: Any, path: str, c: Checker) -> WatchConfig:
     values = c.section(data, path, "watch")
     for key in ("name", "start", "after", "receivers"):
-        if not values.get(key) and not any(i.path.startswith(f"{path}.{key}") for i in c.issues):
+        if not values.get(key) and not c.reported(f"{path}.{key}") and not c.broken(path):
             c.error(f"{path}.{key}" if key != "name" else path, f'missing "{key}"'
                     if key not in values else f'"{key}" must not be empty or zero')
     return WatchConfig(values.get("name", path), values.get("start", {}),
@@ -370,28 +372,23 @@ def _check_references(config: Config, c: Checker) -> None:
     for path, named in [*((f"{r.path}.template", r.template_ref) for r in config.routes),
                         *((f"{r.path}.quiet_hours.template", r.quiet_template)
                           for r in config.receivers.values())]:
-        if named and named not in config.templates:
+        if named and named not in config.templates and not c.broken("templates"):
             c.error(path, f'undefined template "{named}"{did_you_mean(named, config.templates)}'
                     if shown(named) == repr(named) else f"undefined template ({shown(named)})")
+    if c.broken("receivers"):  # no receiver could be read: none is "undefined"
+        return
     if config.default_receiver and config.default_receiver not in config.receivers:
-        c.error("default_receiver", _undefined_receiver(config.default_receiver, config))
+        c.error("default_receiver", undefined_receiver(config.default_receiver, config.receivers))
     fallback = config.sending.fallback_receiver
     if fallback and fallback not in config.receivers:
         section = "delivery" if "delivery.fallback_receiver" in config.source.lines else "sending"
-        c.error(f"{section}.fallback_receiver", _undefined_receiver(fallback, config))
+        c.error(f"{section}.fallback_receiver", undefined_receiver(fallback, config.receivers))
 
 
 def _check_receivers(named_by: RouteConfig | WatchConfig, config: Config, c: Checker) -> None:
     for i, name in enumerate(named_by.receivers):
-        if name not in config.receivers:
-            c.error(f"{named_by.path}.receivers[{i}]", _undefined_receiver(name, config))
-
-
-def _undefined_receiver(name: str, config: Config) -> str:
-    if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
-        return (f"expected a receiver name, got a URL ({name.split('://')[0]}://***): put the URL"
-                ' in a receiver under "receivers:" and use that receiver\'s name here')
-    return f'undefined receiver "{name}"{did_you_mean(name, config.receivers)}'
+        if name not in config.receivers and not c.broken("receivers"):
+            c.error(f"{named_by.path}.receivers[{i}]", undefined_receiver(name, config.receivers))
 
 
 def used_receivers(config: Config) -> set[str]:

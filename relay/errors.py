@@ -40,8 +40,9 @@ class Issue:
 class ConfigError(RelayError):
     """The config cannot be used; `issues` lists every error found."""
 
-    def __init__(self, issues: list[Issue]) -> None:
+    def __init__(self, issues: list[Issue], warnings: tuple[Issue, ...] = ()) -> None:
         self.issues = issues
+        self.warnings = warnings  # found next to them (`check` shows both, in line order)
         super().__init__("\n".join(str(i) for i in issues))
 
 

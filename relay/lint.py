@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,7 +11,7 @@ import apprise
 import jinja2
 
 from relay import config as config_mod
-from relay.config import Config, did_you_mean, shown, used_receivers
+from relay.config import Config, RouteConfig, WatchConfig, did_you_mean, shown, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import KNOWN_TYPES
 from relay.lint_fields import batch_keys, matcher_sets, misspelt_fields, undocumented
@@ -28,19 +29,20 @@ Lint = Callable[[Config], list[Issue]]
 
 
 def lint(path: str) -> list[Issue]:
-    """All findings in line order; a config that does not load stops at its load errors."""
+    """All findings in line order; a config that does not load stops at its load errors
+    (and the warnings found while loading it)."""
     try:
         config = config_mod.load(path)
     except ConfigError as e:
-        return e.issues
+        return sorted([*e.issues, *e.warnings], key=lambda i: i.line)
     try:
         found = list(build_runtime(config).warnings)
     except ConfigError as e:  # still worth showing the warnings next to the errors
         found = e.issues
     found += config.warnings
-    for rule in (unused, shadowed, undocumented, batch_keys, store_url, cannot_edit,
-                 watch_stops, short_lease, circuit_cooldowns, unknown_event_types,
-                 misspelt_fields):
+    for rule in (unused, listed_twice, shadowed, undocumented, batch_keys, store_url, cannot_edit,
+                 digest_ignores, watch_stops, short_lease, circuit_cooldowns,
+                 unknown_event_types, misspelt_fields):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 
@@ -67,11 +69,27 @@ def unknown_event_types(config: Config) -> list[Issue]:
     that matcher never holds, and nothing says so (a misspelt `delivery.cancelled`)."""
     sent = ", ".join(sorted(KNOWN_TYPES))
     return [config.source.issue(path, f"{shown(value)} matches no event type Kourier sends"
-                                f" ({sent}), only one it may add later"
-                                f"{did_you_mean(value, dict.fromkeys(KNOWN_TYPES))}", "warning")
+                                f" ({sent}), only one it may add later{_meant_type(value)}",
+                                "warning")
             for path, spec in matcher_sets(config)
-            for value in _literals(spec.get("event"))
+            for value in dict.fromkeys(_literals(spec.get("event")))  # each value once
             if not any(fnmatch.fnmatchcase(t, value) for t in KNOWN_TYPES)]
+
+
+def _meant_type(value: str) -> str:
+    """`delivery.canceled` -> delivery.cancelled; `delivery.delivered` is a status, which
+    delivery.updated carries (the whole names are alike only by their `delivery.`)."""
+    prefix, dot, word = value.rpartition(".")
+    kinds = {t.rpartition(".")[2]: t for t in KNOWN_TYPES if t.startswith(f"{prefix}{dot}")}
+    if not dot or not kinds:
+        return did_you_mean(value, dict.fromkeys(KNOWN_TYPES))
+    close = difflib.get_close_matches(word, list(kinds), n=1, cutoff=0.7)
+    if close:
+        return f' (did you mean "{kinds[close[0]]}"?)'
+    if word.isidentifier() and shown(word) == repr(word):
+        return (f" (if {word} is a status: a status change is the event delivery.updated,"
+                f" so match {{event: delivery.updated, status: {word}}})")
+    return ""
 
 
 def _literals(value: Any) -> Iterator[str]:
@@ -115,7 +133,7 @@ def cannot_edit(config: Config) -> list[Issue]:
     Email is not listed: its live form is a thread per delivery.
     """
     out = []
-    for route in (r for r in config.routes if r.live):
+    for route in (r for r in config.routes if r.live and r.digest is None):  # digest_ignores
         for name in (n for n in route.receivers if n in config.receivers):
             for i, url in enumerate(config.receivers[name].urls):
                 reason = why_not_live(url)
@@ -124,6 +142,37 @@ def cannot_edit(config: Config) -> list[Issue]:
                 out.append(config.source.issue(
                     f"{route.path}.live", f'receiver "{name}" URL #{i} ({redact(url)}) cannot'
                     f" edit, so it gets a new message per notification: {reason}", "warning"))
+    return out
+
+
+def digest_ignores(config: Config) -> list[Issue]:
+    """`live` and `hold` on a digest route do nothing: its one message per window covers many
+    deliveries, and is neither edited as a delivery moves nor held for a newer one."""
+    out = []
+    for route in (r for r in config.routes if r.digest is not None):
+        for key, on, what in (("live", route.live, "edited as a live message"),
+                              ("hold", route.hold > 0, "held")):
+            if on:
+                out.append(config.source.issue(
+                    f"{route.path}.{key}", f"ignored: this route sends a digest (one message"
+                    f" for the deliveries of a window), which is never {what}; remove {key}:,"
+                    " or give it a route of its own", "warning"))
+    return out
+
+
+def listed_twice(config: Config) -> list[Issue]:
+    """A receiver named twice by one route or watch: a slip (it gets one notification all
+    the same)."""
+    out = []
+    named: list[RouteConfig | WatchConfig] = [*config.routes, *config.watches]
+    for named_by in named:
+        seen: set[str] = set()
+        for i, name in enumerate(named_by.receivers):
+            if name in seen:
+                out.append(config.source.issue(
+                    f"{named_by.path}.receivers[{i}]", f'receiver "{name}" is listed twice'
+                    " here: remove one", "warning"))
+            seen.add(name)
     return out
 
 

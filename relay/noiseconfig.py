@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,14 @@ def quiet_hours(data: Any, path: str, c: Checker) -> tuple[QuietHours | None, st
     values = c.section(data, path, "quiet_hours")
     zone = values.get("timezone", "")
     if not zone:
-        c.error(f"{path}.timezone", "needed: the time zone the windows are in (e.g. Europe/Berlin)")
+        if not c.reported(f"{path}.timezone"):
+            c.error(f"{path}.timezone", "needed: the time zone the windows are in (e.g."
+                    " Europe/Berlin)")
     elif not known_zone(zone):
         c.error(f"{path}.timezone", unknown_zone(c.source, f"{path}.timezone", zone))
     windows = tuple(w for i, item in enumerate(values.get("windows", []))
                     if (w := _quiet_window(item, f"{path}.windows[{i}]", c)))
-    if not values.get("windows") and not any(i.path.startswith(f"{path}.windows") for i in c.issues):
+    if not values.get("windows") and not c.reported(f"{path}.windows"):
         c.error(f"{path}.windows", 'needs at least one window like {days: [mon], from: "22:00",'
                 ' to: "07:00"}')
     for i, kind in enumerate(values.get("urgent", ())):
@@ -68,6 +71,14 @@ def unknown_zone(source: Source, path: str, zone: str) -> str:
 
 
 def zone_hint(zone: str) -> str:
+    offset = re.fullmatch(r"(?:UTC|GMT)\s*([+-])\s*(\d{1,2})(?::00)?", zone.strip())
+    if offset and known_zone(fixed := f"Etc/GMT{'-' if offset[1] == '+' else '+'}{int(offset[2])}"):
+        return (f" (an offset, not a zone name: write a zone such as Europe/Berlin, which"
+                f" follows daylight saving time, or {fixed} for a fixed {zone.strip()}: its sign"
+                " is reversed)")
+    if re.fullmatch(r"[A-Z]{2,5}[0-9]?[A-Z]{0,4}", zone):  # CEST, BST: not names zoneinfo has
+        return (" (an abbreviation, not a zone name: write a name such as Europe/Berlin, which"
+                " also follows its daylight saving time)")
     close = difflib.get_close_matches(zone, _zones(), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
@@ -92,7 +103,7 @@ def known_zone(name: str) -> bool:
 def digest(data: Any, path: str, c: Checker) -> DigestConfig | None:
     values = c.section(data, path, "digest")
     if "window" not in values:
-        if not any(i.path.startswith(f"{path}.window") for i in c.issues):
+        if not c.reported(f"{path}.window"):
             c.error(f"{path}.window", "needed: how long a digest collects, e.g. 10m")
         return None
     if values["window"] <= 0:

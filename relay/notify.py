@@ -30,7 +30,7 @@ import apprise
 from apprise.common import NotifyFormat
 from apprise.conversion import convert_between
 
-from relay.config import BODY_FORMATS, Config, ReceiverConfig
+from relay.config import BODY_FORMATS, Config, ReceiverConfig, shown
 from relay.errors import Issue
 from relay.escaping import Channel
 from relay.httptap import reread_environment, response_tap
@@ -123,6 +123,12 @@ def check_urls(config: Config) -> list[Issue]:
                 name = config.env_refs.get(path)
                 issues.append(config.source.issue(path, "the URL is empty" + (
                     f": the environment variable {name} is set but empty" if name else "")))
+            elif "://" not in url:  # `?://***` told the operator nothing
+                named = f" ({shown(url)} is a receiver's name: urls takes the URLs themselves)" \
+                    if url in config.receivers else ""
+                issues.append(config.source.issue(path, "not an Apprise URL: it has no"
+                                                  " scheme:// (such as slack://, mailto://,"
+                                                  f" json://){named}"))
             elif (plugin := apprise.Apprise.instantiate(url)) is None:
                 issues.append(config.source.issue(path, _refused(url)))
             elif _out_of_range(port := getattr(plugin, "port", None)):

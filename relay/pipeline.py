@@ -138,7 +138,8 @@ class Planner:
             return ()
         event, context = watch_context(timer, inputs, now)
         template = watch.template
-        alerts = (n for receiver in watch.config.receivers for n in self._each_url(
+        receivers = dict.fromkeys(watch.config.receivers)  # listed twice: one alert, as a route
+        alerts = (n for receiver in receivers for n in self._each_url(
             receiver, WATCH_ROUTE.format(watch.name), template.format,
             lambda escaping: self.templates.render_context(template, WATCH_FALLBACK, context,
                                                            "warning", escaping)))

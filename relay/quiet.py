@@ -12,6 +12,7 @@ clock it follows. Windows that touch or overlap merge into one quiet time.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ def parse_time(value: object, *, end: bool) -> int:
         raise ValueError('expected a time like "07:00" in quotes (unquoted, YAML reads it'
                          " as a number)")
     m = _TIME.match(value) if isinstance(value, str) else None
+    if not m and isinstance(value, str) and re.fullmatch(r"\d:[0-5]\d", value.strip()):
+        raise ValueError(f'write the hour with two digits: "0{value.strip()}", got {value!r}')
     minutes = int(m.group(1)) * 60 + int(m.group(2)) if m else -1
     if not m or minutes > END_OF_DAY:
         raise ValueError(f"expected a time from 00:00 to {'24:00' if end else '23:59'},"
@@ -86,10 +89,18 @@ def _day_range(item: object) -> set[int]:
     first, _, last = text.partition("-")
     if first not in DAYS or (last and last not in DAYS):
         shown = repr(item) if isinstance(item, str) and len(item) < 12 else "this value"
-        raise ValueError(f"unknown day {shown}: use {', '.join(DAYS)}, a range like mon-fri,"
-                         " weekdays, weekend or daily")
+        raise ValueError(f"unknown day {shown}{_meant_day(text)}: use {', '.join(DAYS)}, a range"
+                         " like mon-fri, weekdays, weekend or daily")
     a, b = DAYS.index(first), DAYS.index(last or first)
     return {d % 7 for d in range(a, b + 1 if b >= a else b + 8)}
+
+
+def _meant_day(text: str) -> str:
+    """`monday` -> mon, `weekends` -> weekend (the words days are written in here)."""
+    meant = [d for d in DAYS if text.startswith(d)] if len(text) > 3 and "-" not in text \
+        else []
+    meant += difflib.get_close_matches(text, list(DAY_ALIASES), n=1, cutoff=0.8)
+    return f' (did you mean "{meant[0]}"?)' if meant else ""
 
 
 def clock_text(minutes: int) -> str:

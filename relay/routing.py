@@ -76,9 +76,17 @@ class Router:
 
     @classmethod
     def from_config(cls, config: Config) -> Router:
-        routes = tuple(Route(rc, compile_matchers(rc.match, rc.path, config.source))
-                       for rc in config.routes)
-        return cls(routes, config.default_receiver)
+        """Compile every route; raise MatcherError listing the bad matchers of all of them
+        (the first route with one stopped the rest from being checked)."""
+        routes, errors = [], []
+        for rc in config.routes:
+            try:
+                routes.append(Route(rc, compile_matchers(rc.match, rc.path, config.source)))
+            except MatcherError as e:
+                errors += e.issues
+        if errors:
+            raise MatcherError(errors)
+        return cls(tuple(routes), config.default_receiver)
 
     def match(self, event: Event) -> Match:
         matched = tuple(self._walk(event))
@@ -108,10 +116,12 @@ def compile_matchers(spec: Mapping[str, Any], path: str, source: Source, section
     matchers = []
     for key, value in spec.items():
         try:
+            if not key.strip(".") or ".." in key:  # `"": x` looked up nothing, silently
+                raise ValueError("expected a field name or a dotted path (status, customer.tier)")
             test, text, positive = _compile(value)
             matchers.append(Matcher(key, f"{key} {text}", test, positive))
         except ValueError as e:
-            errors.append(source.issue(f"{path}.{section}.{key}", str(e)))
+            errors.append(source.issue(f"{path}.{section}" + f".{key}" * bool(key), str(e)))
     if errors:
         raise MatcherError(errors)
     return tuple(matchers)

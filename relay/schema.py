@@ -15,6 +15,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from relay.confighints import (
+    KEY_ALIASES,
+    KEY_HINTS,
+    SECTION_HINTS,
+    SHAPE_HINTS,
+    mapping_hint,
+    quotes_hint,
+)
 from relay.errors import Issue
 from relay.limits import RateLimit
 from relay.quiet import parse_days, parse_time
@@ -33,16 +41,23 @@ _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, 
 Conv = Callable[[Any], Any]
 
 
+class WrongKind(ValueError):
+    """A value of another kind than the key takes (`Checker` may add a hint that needs the
+    key and how the value was written)."""
+
+    def __init__(self, message: str, wanted: type | tuple[type, ...], hint: str = "") -> None:
+        super().__init__(message + hint)
+        self.plain = message  # without the hint about quotes
+        self.wanted = wanted
+        self.hint = hint
+
+
 def _expect(kind: type | tuple[type, ...], label: str) -> Conv:
     def conv(v: Any) -> Any:
         if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ValueError(f"expected {label}, got {kind_of(v)}")
+            raise WrongKind(f"expected {label}, got {kind_of(v)}", kind)
         if not isinstance(v, kind):
-            hint = " (put it in quotes)" if kind is str and kind_of(v) in ("a number", "a boolean") \
-                else ""
-            if kind is str and isinstance(v, dict):  # `title: {{ x }}` is a YAML mapping
-                hint = ' (a value that starts with "{" must be in quotes)'
-            raise ValueError(f"expected {label}, got {kind_of(v)}{hint}")
+            raise WrongKind(f"expected {label}, got {kind_of(v)}", kind, quotes_hint(kind, v))
         return v
     return conv
 
@@ -70,6 +85,8 @@ def duration(v: Any) -> float:
         seconds = float(v)
     else:
         m = _DURATION.match(str(v)) if isinstance(v, str) else None
+        if not m and isinstance(v, str) and _DURATION.match(v.strip().removeprefix("-")):
+            raise ValueError("must not be negative")
         if not m:
             raise ValueError(f"expected a duration like 30s, 5m, 2h, got {shown(v)}")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
@@ -77,8 +94,8 @@ def duration(v: Any) -> float:
         raise ValueError(f"must be a finite duration, got {seconds}")
     if seconds < 0:
         raise ValueError("must not be negative")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"must be at most 3650d, got {shown(v)}")
+    if seconds > MAX_DURATION:  # digits and a unit: a duration is no secret
+        raise ValueError(f"must be at most 3650d, got {v!r}")
     return seconds
 
 
@@ -122,7 +139,7 @@ def _str_list(v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, list):
-        raise ValueError(f"expected a list of strings, got {kind_of(v)}")
+        raise ValueError(f"expected a list of strings, got {kind_of(v)}{quotes_hint(str, v)}")
     for i, x in enumerate(v):
         if not isinstance(x, str):
             raise ValueError(f"expected a list of strings, but item {i} is {kind_of(x)}"
@@ -139,6 +156,19 @@ def _field_names(v: Any) -> tuple[str, ...]:
             raise ValueError(f"item {i} ({shown(name)}) is not a field name: name the field at"
                              " the top of the event (customer, not customer.tier)")
     return names
+
+
+def _field_paths(v: Any) -> tuple[str, ...]:
+    """Payload field paths (`digest.group_by`, `store.dedup_fields`): `hub`, `customer.tier`."""
+    paths = _str_list(v)
+    for i, path in enumerate(paths):
+        if "{" in path:
+            raise ValueError(f"item {i} is a template: name the field itself (hub, not"
+                             " {{ hub }})")
+        if not all(step and not any(c.isspace() for c in step) for step in path.split(".")):
+            raise ValueError(f"item {i} ({shown(path)}) is not a field path: name a field of"
+                             " the event, or a dotted path into one (hub, customer.tier)")
+    return paths
 
 
 _CREDENTIALS = re.compile(r"[^\s/:@]+:[^\s/@]+@")
@@ -219,7 +249,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                "max_body_bytes": _int(256, 64 * 1024 * 1024), "watch_config": _BOOL,
                "header_timeout": _positive_duration, "body_timeout": _positive_duration,
                "keepalive_timeout": _positive_duration, "max_connections": _int(0, 1_000_000)},
-    "store": {"url": _STR, "dedup_fields": _str_list, "retention": duration,
+    "store": {"url": _STR, "dedup_fields": _field_paths, "retention": duration,
               "max_backlog": _int(1), "busy_timeout": duration},
     "sending": {"concurrency": _int(1, 512), "attempt_timeout": _positive_duration,
                 "grace_period": duration, "lease": duration, "retry": _MAP, "circuit": _MAP,
@@ -234,7 +264,7 @@ SCHEMAS: dict[str, dict[str, Conv]] = {
                     "urgent": _str_list, "template": _STR},
     "quiet_window": {"days": parse_days, "from": lambda v: parse_time(v, end=False),
                      "to": lambda v: parse_time(v, end=True)},
-    "digest": {"window": duration, "group_by": _str_list, "max_events": _int(1, 1000)},
+    "digest": {"window": duration, "group_by": _field_paths, "max_events": _int(1, 1000)},
     "template": {"title": _STR, "body": _STR, "type": _choice(NOTIFY_TYPES),
                  "format": _choice(BODY_FORMATS)},
     "route": {"name": _STR, "match": _MAP, "receivers": _str_list, "template": _STR,
@@ -256,6 +286,12 @@ def _stops(v: Any) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
+# Top-level sections that may be left with nothing under them (`watches:` with every
+# watch commented out): like leaving the key out, as `server:` with nothing always was.
+_SECTIONS = frozenset({"server", "store", "sending", "deliveries", "delivery", "receivers",
+                       "templates", "routes", "watches"})
+
+
 class Checker:
     """Reads sections against SCHEMAS, collecting issues instead of stopping at the first."""
 
@@ -263,9 +299,20 @@ class Checker:
         self.source = source
         self.issues: list[Issue] = []
         self.warnings: list[Issue] = []
+        self.suggested: set[str] = set()  # key paths an unknown key's "did you mean" named
 
     def error(self, path: str, message: str) -> None:
         self.issues.append(self.source.issue(path, message))
+
+    def broken(self, path: str) -> bool:
+        """Whether the value at `path` itself is in error (a section of the wrong kind)."""
+        return any(i.path == path for i in self.issues)
+
+    def reported(self, path: str) -> bool:
+        """Whether an issue is already about `path` (or under it), or an unknown key was
+        taken for a misspelling of it: a "missing" error there would say it twice."""
+        return path in self.suggested or any(
+            i.path == path or i.path.startswith((f"{path}.", f"{path}[")) for i in self.issues)
 
     def warn(self, path: str, message: str) -> None:
         self.warnings.append(self.source.issue(path, message, "warning"))
@@ -274,14 +321,24 @@ class Checker:
         if data is None:
             return {}
         if not isinstance(data, dict):
-            self.error(path, f"expected a mapping, got {kind_of(data)}")
+            self.error(path, f"expected a mapping, got {kind_of(data)}"
+                       + SECTION_HINTS.get(schema, "") * isinstance(data, str))
             return {}
         fields = SCHEMAS[schema]
         out: dict[str, Any] = {}
         for key, value in data.items():
             sub = f"{path}.{key}" if path else key
+            if sub in self.source.unread:  # `key: {{ x }}`, reported as the file was read
+                continue
+            if value is None and not path and key in _SECTIONS:  # every entry commented out
+                continue
             if key not in fields:  # a key that may be a secret is not shown in the path either
-                self.error(sub if shown(key) == repr(key) else path, unknown_key(key, fields))
+                alias = KEY_ALIASES.get(schema, {}).get(key)
+                meant = (alias if alias not in data else None) or _closest(key, fields)
+                if meant and shown(key) == repr(key):
+                    self.suggested.add(f"{path}.{meant}" if path else meant)
+                self.error(sub if shown(key) == repr(key) else path,
+                           unknown_key(key, fields, meant) + KEY_HINTS.get((schema, key), ""))
                 continue
             try:
                 out[key] = self._convert(fields[key], value, sub)
@@ -291,11 +348,18 @@ class Checker:
 
     def _message(self, e: ValueError, path: str, value: Any) -> str:
         """The error, with a value made with `${VAR}` named by its variable, never shown."""
-        message = str(e).replace(shown(value), shown_at(self.source, path, value))
         name = self.source.env.get(path)
+        message = str(e).replace(shown(value), shown_at(self.source, path, value))
+        if isinstance(e, WrongKind):  # one hint, for what was written (quotes are not, in ${VAR})
+            message = e.plain + ("" if name else e.hint or self._shape_hint(e, path, value))
         if name and f"${{{name}}}" not in message:  # the message did not quote the value
             message += f" (a value from ${{{name}}}, not shown)"
         return message
+
+    def _shape_hint(self, e: WrongKind, path: str, value: Any) -> str:
+        if e.wanted is str and isinstance(value, dict):
+            return mapping_hint(self.source, path)
+        return SHAPE_HINTS.get((path.rpartition(".")[2], type(value)), "")
 
     def _convert(self, conv: Conv, value: Any, path: str) -> Any:
         """`conv(value)`; a value made with `${VAR}` may also be the number or boolean it spells."""
@@ -311,12 +375,25 @@ class Checker:
             return conv(value)  # the first error is the one to show
 
 
-def unknown_key(key: str, fields: Mapping[str, Any]) -> str:
+def undefined_receiver(name: str, receivers: Mapping[str, Any]) -> str:
+    if "://" in name:  # an Apprise URL pasted where a name belongs: never print its secrets
+        return (f"expected a receiver name, got a URL ({name.split('://')[0]}://***): put the URL"
+                ' in a receiver under "receivers:" and use that receiver\'s name here')
+    return f'undefined receiver "{name}"{did_you_mean(name, receivers)}'
+
+
+def unknown_key(key: str, fields: Mapping[str, Any], meant: str | None = None) -> str:
     if shown(key) != repr(key):  # a secret pasted as a key
         return f"unknown key ({shown(key)})"
-    return f'unknown key "{key}"{did_you_mean(key, fields)}'
+    meant = meant or _closest(key, fields)
+    return f'unknown key "{key}"' + (f' (did you mean "{meant}"?)' if meant else "")
+
+
+def _closest(name: str, options: Mapping[str, Any], cutoff: float = 0.6) -> str | None:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def did_you_mean(name: str, options: Mapping[str, Any], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    close = _closest(name, options, cutoff)
+    return f' (did you mean "{close}"?)' if close else ""

@@ -30,6 +30,11 @@ class Source:
     starts: Mapping[str, int] = field(default_factory=dict, repr=False)
     # The environment variable a key path's value was made with (`${VAR}`): never shown.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The key paths whose value was written in braces (`{a: 1}`, a flow mapping), and those
+    # whose value was reported as the file was read (`{{ x }}` unquoted, a number too long
+    # to read): nothing more is said about them.
+    flow: frozenset[str] = frozenset()
+    unread: frozenset[str] = frozenset()
 
     def line(self, path: str) -> int:
         """The line of `path`, else of its nearest recorded parent, else of the document."""
@@ -129,6 +134,8 @@ def yaml_error(file: str, e: yaml.YAMLError, text: str) -> Issue:
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+# A matcher's value: routes[i].match.<field>, watches[i].start.<field>, stop[j].<field> …
+_MATCHER_VALUE = re.compile(r"\.(match|start|stop)(\[\d+\])?\.")
 
 
 def _kind(node: yaml.Node) -> str:
@@ -148,12 +155,19 @@ class Tree:
         self.lines: dict[str, int] = {}
         self.starts: dict[str, int] = {}
         self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
         self.env_refs: dict[str, str] = {}
+        self.flow: set[str] = set()
+        self.unread: set[str] = set()
         self._scalars = yaml.SafeLoader("")  # its constructor types a scalar as YAML does
         self._seen: set[int] = set()  # every node expanded so far (ids)
         self._open: set[int] = set()  # the nodes being expanded: an alias to one is a loop
         self._repeats = 0  # nodes expanded again, through aliases
         self._alias = ""  # the path of the outermost alias being expanded
+
+    def source(self) -> Source:
+        return Source(self.file, self.lines, self.starts, self.env_refs, frozenset(self.flow),
+                      frozenset(self.unread))
 
     def value(self, node: yaml.Node, path: str, parent: str = "") -> Any:
         """The plain value of `node`; aliases are expanded, `<<` merge keys merged."""
@@ -174,12 +188,33 @@ class Tree:
             if isinstance(node, yaml.SequenceNode):
                 return [self.value(n, f"{path}[{i}]", path) for i, n in enumerate(node.value)]
             if isinstance(node, yaml.MappingNode):
+                if node.flow_style:
+                    self.flow.add(path)
+                    if any(isinstance(k, yaml.MappingNode) for k, _ in node.value):
+                        return self._braces(node, path)
                 return self._mapping(node, path)
             return self._scalar(node, path)
         finally:
             self._open.discard(id(node))
             if self._alias == path:
                 self._alias = ""
+
+    def _braces(self, node: yaml.MappingNode, path: str) -> str:
+        """`title: {{ x }}`: unquoted, YAML reads a template as a mapping in a mapping. One
+        issue says so; the value is the text as written, so nothing else complains about it."""
+        self.unread.add(path)
+        key = re.sub(r"^.*\.", "", path)
+        example = f'{key}: "{{{{ ... }}}}"' if key and not key.endswith("]") else '"{{ ... }}"'
+        if key == "template":
+            why = ("template names a template from templates:, and unquoted {{ ... }} is read"
+                   " by YAML as a mapping" + (": write an inline template as title: and body:"
+                                              ' on the route, in quotes (body: "{{ ... }}")'
+                                              if path.startswith("routes[") else ""))
+        else:
+            why = ('a value that starts with "{" must be in quotes: unquoted {{ ... }} is read'
+                   f" by YAML as a mapping (write {example})")
+        self.issues.append(Issue(self.file, self.lines.get(path, 1), path, why))
+        return str(node.start_mark.buffer or "")[node.start_mark.index:node.end_mark.index]
 
     def _count_repeat(self, path: str, values: int) -> None:
         """Values reached again (through an alias or a merge) are counted: a bound, not a spin."""
@@ -254,10 +289,42 @@ class Tree:
     def _scalar(self, node: yaml.Node, path: str) -> Any:
         block = getattr(node, "style", None) in ("|", ">")  # its text starts on the next line
         self.starts[path] = node.start_mark.line + 1 + block
-        scalar = self._scalars.construct_object(node, deep=True)
+        try:
+            scalar = self._scalars.construct_object(node, deep=True)
+        except ValueError:  # Python reads no integer of more than 4,300 digits
+            self.unread.add(path)
+            self.issues.append(Issue(self.file, self.lines.get(path, 1), path, "a number of"
+                                     f" {len(str(node.value))} digits, too long to read: write"
+                                     " a number of sensible size"))
+            return str(node.value)
+        if isinstance(scalar, str) and getattr(node, "style", None) is None:  # plain
+            self._comment_after(node, path)
+        elif isinstance(scalar, (bool, int)) and _MATCHER_VALUE.search(path):
+            self._read_as(str(node.value), scalar, path)
         if isinstance(scalar, str) and "$" in scalar:
             return self.interpolate(scalar, path, node.start_mark.line + 1)
         return scalar
+
+    def _read_as(self, text: str, value: bool | int, path: str) -> None:
+        """A matcher value YAML 1.1 reads as something else than its text: `country: NO` is
+        false, `hub: 010` is 8; an event's "NO" or "010" never equals them."""
+        if text.lower() in ("true", "false") or text == str(value) or len(text) > 12:
+            return
+        meant = str(value).lower() if isinstance(value, bool) else str(value)
+        what = "boolean" if isinstance(value, bool) else "number"
+        self.warnings.append(Issue(
+            self.file, self.lines.get(path, 1), path, f"YAML reads {text} as {meant}: write"
+            f' {meant} for the {what}, or "{text}" in quotes for the text', "warning"))
+
+    def _comment_after(self, node: yaml.Node, path: str) -> None:
+        """`title: Delivery #{{ delivery_id }}`: ` #` starts a comment, and the value ends
+        before it; a comment holding template syntax was meant to be part of it."""
+        rest = str(node.end_mark.buffer or "")[node.end_mark.index:].partition("\n")[0]
+        if re.match(r"\s+#.*(\{\{|\{%)", rest):
+            self.warnings.append(Issue(
+                self.file, self.lines.get(path, 1), path, "a # after a space starts a YAML"
+                " comment, so the value ends before it and the template after the # is left"
+                " out: put the whole value in quotes", "warning"))
 
     def interpolate(self, text: str, path: str, line: int) -> str:
         def repl(m: re.Match[str]) -> str:
@@ -284,7 +351,7 @@ def as_scalar(text: str) -> Any:
     (`${N}` is text; a key that wants a number takes the number the text spells); else `text`."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4,300 digits
         return text
     return value if isinstance(value, (bool, int, float)) else text
 

@@ -168,5 +168,26 @@ def _open_brackets(lines: list[str]) -> list[tuple[int, str]]:
     return stack
 
 
+# `key: {{ x }} and more`, `key: "a" b`: a value that starts with a bracket or a quote
+# ends where it closes; what follows on the line is not indentation gone wrong.
+_OPENS_VALUE = re.compile(r"""^\s*(?:-\s+)?[^\s:#'"][^:#]*:\s+(["'{\[])""")
+
+
+def _text_after_value(e: _Error) -> tuple[int, str] | None:
+    if not e.problem.startswith("expected <block end>"):
+        return None
+    opened = _OPENS_VALUE.match(e.text(e.line))
+    if not opened or e.column <= opened.start(1):
+        return None
+    first = opened.group(1)
+    other = "single" if first == '"' else "double"
+    fix = {"{": 'put the whole value in quotes: "{{ x }} and more"',
+           "[": "put the whole value in quotes, or all of it in the [ ]"}.get(
+        first, f"put the whole value in {other} quotes")
+    close = {"{": "}", "[": "]"}.get(first, "quote")
+    return e.line, (f"text after a value that starts with {first}: YAML ends the value at its"
+                    f" closing {close}; {fix}")
+
+
 # The clues first, in their order; then what needs a look at the lines around.
-_RULES: tuple[Rule, ...] = (_clues, _mapping_values, _open_at_end)
+_RULES: tuple[Rule, ...] = (_text_after_value, _clues, _mapping_values, _open_at_end)

@@ -607,3 +607,318 @@ default_receiver: log
 """)
     assert result.stdout.splitlines() == [f"{cfg}:4: deliveries.extra_fields: {message}"]
     assert result.exit_code == 1
+
+
+# Mistakes an operator makes while editing, and the one answer each must get (found by a
+# sweep of realistic edits: each answer was doubled, misleading or without a hint before).
+LOG = 'receivers:\n  - name: log\n    urls: ["console://"]\n'
+HEAD = 'server:\n  tokens: ["t0ken"]\n' + LOG
+MISTAKES = {
+    "inline template under template": (
+        HEAD + "routes:\n  - name: all\n    match: {}\n    receivers: [log]\n    template:\n"
+        '      body: "{{ delivery_id }}"\n',
+        ["10: routes[0].template: expected a string, got a mapping (template names a template"
+         " from templates:; an inline template is title: and body: on the route itself)"]),
+    "unquoted template": (
+        HEAD + "routes:\n  - receivers: [log]\n    title: {{ delivery_id }}\n",
+        ['8: routes[0].title: a value that starts with "{" must be in quotes: unquoted {{ ... }}'
+         ' is read by YAML as a mapping (write title: "{{ ... }}")']),
+    "misspelt section, no second missing-section error": (
+        'serverr:\n  tokens: ["t0ken"]\n' + LOG + "default_receiver: log\n",
+        ['1: serverr: unknown key "serverr" (did you mean "server"?)']),
+    "server as a list, no second tokens error": (
+        'server:\n  - tokens: ["t0ken"]\n' + LOG + "default_receiver: log\n",
+        ["1: server: expected a mapping, got a list"]),
+    "misspelt route receivers, no second needs-a-receiver error": (
+        HEAD + "routes:\n  - recievers: [log]\n",
+        ['7: routes[0].recievers: unknown key "recievers" (did you mean "receivers"?)']),
+    "misspelt receiver urls, no second needs-a-URL error": (
+        'server:\n  tokens: ["t0ken"]\nreceivers:\n  - name: log\n    url: "console://"\n'
+        "default_receiver: log\n",
+        ['5: receivers[0].url: unknown key "url" (did you mean "urls"?)']),
+    "a receiver that is a name only, no second missing-name error": (
+        HEAD + "  - pager\ndefault_receiver: log\n",
+        ["6: receivers[1]: expected a mapping, got a string (a receiver is name: and urls:"
+         ' lines, e.g. {name: ops, urls: ["..."]})']),
+    "misspelt watch after, no second missing error": (
+        HEAD + "watches:\n  - name: late\n    start: {event: delivery.created}\n    aftr: 4h\n"
+        "    receivers: [log]\n",
+        ['9: watches[0].aftr: unknown key "aftr" (did you mean "after"?)']),
+    "misspelt digest window, no second needed error": (
+        HEAD + "routes:\n  - receivers: [log]\n    digest: {windw: 10m}\n",
+        ['8: routes[0].digest.windw: unknown key "windw" (did you mean "window"?)']),
+    "a template on a watch": (
+        HEAD + "watches:\n  - name: late\n    start: {event: delivery.created}\n    after: 4h\n"
+        "    receivers: [log]\n    template: problem\n",
+        ['11: watches[0].template: unknown key "template" (a watch names no template from'
+         " templates: write its title: and body: on the watch itself)"]),
+    "until for to in a quiet window": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [mon], from: "22:00", until: "07:00"}]\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows[0].until: unknown key "until" (did you mean'
+         ' "to"?)']),
+    "a zone abbreviation": (
+        HEAD + "timezone: CEST\ndefault_receiver: log\n",
+        ["6: timezone: unknown time zone 'CEST' (an abbreviation, not a zone name: write a name"
+         " such as Europe/Berlin, which also follows its daylight saving time)"]),
+    "a zone written as an offset": (
+        HEAD + 'timezone: "UTC+2"\ndefault_receiver: log\n',
+        ["6: timezone: unknown time zone 'UTC+2' (an offset, not a zone name: write a zone such"
+         " as Europe/Berlin, which follows daylight saving time, or Etc/GMT-2 for a fixed UTC+2:"
+         " its sign is reversed)"]),
+    "a negative duration written with a unit": (
+        HEAD + "sending:\n  attempt_timeout: -5s\ndefault_receiver: log\n",
+        ["7: sending.attempt_timeout: must not be negative"]),
+    "a duration too long is shown (digits and a unit are no secret)": (
+        HEAD + "store:\n  retention: 99999999999999999d\ndefault_receiver: log\n",
+        ["7: store.retention: must be at most 3650d, got '99999999999999999d'"]),
+    "a number in quotes": (
+        HEAD + 'sending:\n  concurrency: "4"\ndefault_receiver: log\n',
+        ["7: sending.concurrency: expected an integer, got a string (write the number in plain"
+         ' digits, without quotes: YAML reads 1e3 or "5" as text)']),
+    "a boolean in quotes": (
+        HEAD + 'routes:\n  - receivers: [log]\n    live: "yes"\n',
+        ["8: routes[0].live: expected true or false, got a string (write true or false,"
+         " without quotes)"]),
+    "a token that is a number": (
+        "server:\n  tokens: 12345\n" + LOG + "default_receiver: log\n",
+        ["2: server.tokens: expected a list of strings, got a number (put it in quotes)"]),
+    "matchers as a list": (
+        HEAD + "routes:\n  - receivers: [log]\n    match:\n      - event: delivery.cancelled\n",
+        ['8: routes[0].match: expected a mapping, got a list (matchers are key: value lines of'
+         ' one mapping: drop the "- ")']),
+    "a watch start that is an event type alone": (
+        HEAD + "watches:\n  - name: late\n    start: delivery.created\n    after: 4h\n"
+        "    receivers: [log]\n",
+        ["8: watches[0].start: expected a mapping, got a string (matchers, e.g. start: {event:"
+         " delivery.created})"]),
+    "routes as a mapping": (
+        HEAD + "routes:\n  all:\n    receivers: [log]\n",
+        ['6: routes: expected a list, got a mapping (a list: put "- " before each route)']),
+    "a retry schedule that is one duration": (
+        HEAD + "sending:\n  retry:\n    schedule: 5s\ndefault_receiver: log\n",
+        ["8: sending.retry.schedule: expected a list of durations, got a string (a list, e.g."
+         " schedule: [0, 30s, 5m, 1h])"]),
+    "retry delays without schedule:": (
+        HEAD + "sending:\n  retry: [0, 5s, 1m]\ndefault_receiver: log\n",
+        ["7: sending.retry: expected a mapping, got a list (the delays go under schedule:"
+         " retry: {schedule: [0, 30s, 5m]})"]),
+    "quiet windows without windows: and timezone:": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours: [{days: [mon],'
+                     ' from: "22:00", to: "07:00"}]\n') + "default_receiver: log\n",
+        ["6: receivers[0].quiet_hours: expected a mapping, got a list (the windows go under"
+         " windows:, beside timezone: quiet_hours: {timezone: Europe/Berlin, windows: [...]})"]),
+    "quiet windows as a mapping": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: {days: [mon], from: "22:00", to: "07:00"}\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows: expected a list of windows, got a mapping (a'
+         ' list: put "- " before each window, or [ ] around it)']),
+    "a day written out": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [monday], from: "22:00", to: "07:00"}]\n')
+        + "default_receiver: log\n",
+        ["8: receivers[0].quiet_hours.windows[0].days: unknown day 'monday' (did you mean"
+         ' "mon"?): use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays,'
+         " weekend or daily"]),
+    "a template that is only text": (
+        HEAD + 'templates:\n  problem: "Delivery {{ delivery_id }}"\ndefault_receiver: log\n',
+        ['7: templates.problem: expected a mapping, got a string (a template is title: and'
+         ' body: lines, e.g. {title: "...", body: "..."})']),
+    "templates as a list, no second undefined-template error": (
+        HEAD + "templates:\n  - problem: {title: x}\nroutes:\n  - receivers: [log]\n"
+        "    template: problem\n",
+        ["6: templates: expected a mapping, got a list"]),
+    "receivers as a mapping, no undefined-receiver errors after it": (
+        'server:\n  tokens: ["t0ken"]\nreceivers:\n  name: log\n  urls: ["console://"]\n'
+        "routes:\n  - receivers: [log]\ndefault_receiver: log\nsending: {fallback_receiver: log}\n",
+        ['3: receivers: expected a list, got a mapping (a list: put "- " before each'
+         " receiver's name:)"]),
+    "a route that is a name only, no second needs-a-receiver error": (
+        HEAD + "routes:\n  - log\n",
+        ["7: routes[0]: expected a mapping, got a string (a route is receivers: and match:"
+         " lines, e.g. {match: {event: ...}, receivers: [ops]})"]),
+    "a watch that is a name only, no four missing-key errors": (
+        HEAD + "watches:\n  - not-delivered\n",
+        ["7: watches[0]: expected a mapping, got a string (a watch is name:, start:, after:"
+         " and receivers: lines)"]),
+    "a body size with a unit": (
+        'server:\n  tokens: ["t0ken"]\n  max_body_bytes: 64KiB\n' + LOG
+        + "default_receiver: log\n",
+        ["3: server.max_body_bytes: expected an integer, got a string (a number of bytes, e.g."
+         " 65536 for 64 KiB)"]),
+    "a list of default receivers": (
+        HEAD + "default_receiver: [log]\n",
+        ["6: default_receiver: expected a string, got a list (one receiver's name: a route can"
+         " name several)"]),
+    "a store that is its URL alone": (
+        HEAD + "store: sqlite:relay.db\ndefault_receiver: log\n",
+        ["6: store: expected a mapping, got a string (store: takes url: and more, e.g. store:"
+         " {url: sqlite:relay.db})"]),
+    "a number too long to read (was an unexpected ValueError, exit 70)": (
+        'server:\n  tokens: ["t0ken"]\n  max_body_bytes: ' + "9" * 5000 + "\n" + LOG
+        + "default_receiver: log\n",
+        ["3: server.max_body_bytes: a number of 5000 digits, too long to read: write a number"
+         " of sensible size"]),
+    "a fraction where a whole number belongs": (
+        HEAD + "sending:\n  concurrency: 1.5\ndefault_receiver: log\n",
+        ["7: sending.concurrency: expected an integer, got a number (a whole number)"]),
+    "a digest grouped by a template or an empty field": (
+        HEAD + 'routes:\n  - receivers: [log]\n    digest: {window: 5m, group_by: ["{{ hub }}"]}\n'
+        '  - receivers: [log]\n    digest: {window: 5m, group_by: [hub, ""]}\n',
+        ["8: routes[0].digest.group_by: item 0 is a template: name the field itself (hub, not"
+         " {{ hub }})",
+         "10: routes[1].digest.group_by: item 1 ('') is not a field path: name a field of the"
+         " event, or a dotted path into one (hub, customer.tier)"]),
+    "dedup fields with an empty step": (
+        HEAD + "store:\n  dedup_fields: [delivery_id, customer..tier]\ndefault_receiver: log\n",
+        ["7: store.dedup_fields: item 1 ('customer..tier') is not a field path: name a field of"
+         " the event, or a dotted path into one (hub, customer.tier)"]),
+    "a PostgreSQL URL without its scheme (its user was shown as the scheme)": (
+        HEAD + 'store:\n  url: "relayuser:hunter2@db/relay"\ndefault_receiver: log\n',
+        ["7: store.url: expected sqlite:PATH or postgresql://…, got no URL"]),
+    "an hour with one digit (it is between 00:00 and 23:59)": (
+        HEAD.replace('["console://"]\n', '["console://"]\n    quiet_hours:\n      timezone: UTC\n'
+                     '      windows: [{days: [mon], from: "22:00", to: "7:00"}]\n')
+        + "default_receiver: log\n",
+        ['8: receivers[0].quiet_hours.windows[0].to: write the hour with two digits: "07:00",'
+         " got '7:00'"]),
+    "a receiver name where a URL belongs": (
+        HEAD + '  - name: pager\n    urls: ["log"]\nroutes:\n  - receivers: [pager]\n'
+        "default_receiver: log\n",
+        ["7: receivers[1].urls[0]: not an Apprise URL: it has no scheme:// (such as slack://,"
+         " mailto://, json://) ('log' is a receiver's name: urls takes the URLs themselves)"]),
+}
+
+
+@pytest.mark.parametrize("text, lines", MISTAKES.values(), ids=list(MISTAKES))
+def test_a_mistake_gets_one_answer_that_fits_what_was_written(tmp_path, text, lines):
+    cfg, result = checked(tmp_path / "c.yaml", text)
+    assert result.stdout.splitlines() == [f"{cfg}:{line}" for line in lines]
+    assert result.stderr == f"{cfg}: {len(lines)} error(s), 0 warning(s)\n"
+    assert result.exit_code == 1
+    assert serve_refuses(cfg) == [f"{cfg}:{line}" for line in lines]
+
+
+def test_a_url_without_a_scheme_is_not_echoed(tmp_path):
+    cfg, result = checked(tmp_path / "c.yaml", HEAD.replace(
+        '"console://"', f'"hooks.slack.com/services/T0/B0/{SECRET}{SECRET}"')
+        + "default_receiver: log\n")
+    assert result.stdout == f"{cfg}:5: receivers[0].urls[0]: not an Apprise URL: it has no" \
+                            " scheme:// (such as slack://, mailto://, json://)\n"
+    assert SECRET not in result.output
+
+
+def test_warnings_found_while_loading_are_shown_next_to_its_errors(tmp_path):
+    """The old `delivery:` section's warnings were shown only once the config had no error."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "delivery:\n  concurrency: 4\n"
+                          "  suppress_stale: true\nroutes:\n  - receivers: [log]\n    titel: x\n")
+    assert result.stdout.splitlines() == [
+        f'{cfg}:6: delivery: warning: renamed: call this section "sending:" (the old name still'
+        ' works for now); "delivery" only ever means a Kourier parcel delivery',
+        f'{cfg}:8: delivery.suppress_stale: warning: renamed: write "deliveries: {{suppress_stale:'
+        ' ...}" (it is about parcel deliveries)',
+        f'{cfg}:11: routes[0].titel: unknown key "titel" (did you mean "title"?)']
+    assert result.stderr == f"{cfg}: 1 error(s), 2 warning(s)\n"
+    assert result.exit_code == 1
+
+
+def test_a_section_with_every_entry_commented_out_is_an_empty_one(tmp_path):
+    """`routes:` with nothing under it said "expected a list, got nothing"; `server:` with
+    nothing under it was always read as empty."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  # - receivers: [log]\n"
+                          "watches:\ntemplates:\ndefault_receiver: log\n")
+    assert (result.stdout, result.exit_code) == ("", 0)
+
+
+def test_live_and_hold_on_a_digest_route_are_named_as_ignored(tmp_path):
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    live: true\n    hold: 30s\n    digest: {window: 5m}\n")
+    ignored = "ignored: this route sends a digest (one message for the deliveries of a window)"
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].live: warning: {ignored}, which is never edited as a live message;"
+        " remove live:, or give it a route of its own",
+        f"{cfg}:9: routes[0].hold: warning: {ignored}, which is never held; remove hold:, or"
+        " give it a route of its own"]
+    assert result.exit_code == 0
+
+
+def test_a_status_written_as_an_event_type_is_told_where_a_status_goes(tmp_path):
+    """`delivery.delivered` was told "did you mean delivery.cancelled?"."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    match: {event: [delivery.delivered, delivery.canceled]}\n")
+    none = ("matches no event type Kourier sends (delivery.cancelled, delivery.created,"
+            " delivery.updated), only one it may add later")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.delivered' {none} (if delivered"
+        " is a status: a status change is the event delivery.updated, so match {event:"
+        " delivery.updated, status: delivered})",
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.canceled' {none} (did you mean"
+        ' "delivery.cancelled"?)']
+
+
+def test_a_number_too_long_for_python_from_a_variable_is_an_error_not_a_crash(tmp_path):
+    """Python reads no integer of more than 4,300 digits: its own words (and its advice to
+    call sys.set_int_max_str_digits) were the message."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('server:\n  tokens: ["t0ken"]\n  max_body_bytes: "${N}"\n' + LOG
+                   + "default_receiver: log\n")
+    result = CliRunner().invoke(main, ["check", "-c", str(cfg)], env={"N": "9" * 5000})
+    assert result.stdout == f"{cfg}:3: server.max_body_bytes: expected an integer, got a" \
+                            " string (a value from ${N}, not shown)\n"
+    assert result.exit_code == 1
+
+
+def test_bad_matchers_of_every_route_are_reported_at_once(tmp_path):
+    """Compiling stopped at the first route with a bad matcher: a fix, a new check, the
+    next one. An empty field name (`"": x`) looked up nothing and was never an error."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n"
+                          "  - receivers: [log]\n    match: {hub: []}\n"
+                          "  - receivers: [log]\n    match: {status: {regex: \"(\"}}\n"
+                          "  - receivers: [log]\n    match: {\"\": x}\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.hub: an any-of list needs at least one value",
+        f"{cfg}:10: routes[1].match.status: invalid regex '(': missing ), unterminated"
+        " subpattern at position 0",
+        f"{cfg}:12: routes[2].match: expected a field name or a dotted path (status,"
+        " customer.tier)"]
+    assert result.exit_code == 1
+
+
+def test_a_value_listed_twice_is_one_warning_and_a_receiver_listed_twice_is_named(tmp_path):
+    """`event: [delivery.canceled, delivery.canceled]` printed the same warning line twice."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log, log]\n"
+                          "    match: {event: [delivery.canceled, delivery.canceled]}\n")
+    assert result.stdout.splitlines() == [
+        f'{cfg}:7: routes[0].receivers[1]: warning: receiver "log" is listed twice here:'
+        " remove one",
+        f"{cfg}:8: routes[0].match.event: warning: 'delivery.canceled' matches no event type"
+        " Kourier sends (delivery.cancelled, delivery.created, delivery.updated), only one it"
+        ' may add later (did you mean "delivery.cancelled"?)']
+    assert result.exit_code == 0
+
+
+def test_a_template_after_a_hash_is_named_as_the_comment_yaml_made_it(tmp_path):
+    """`title: Delivery #{{ delivery_id }}` rendered "Delivery": the rest was a comment, and
+    check said OK. A plain comment after a value stays quiet."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    title: Delivery #{{ delivery_id }}\n    body: Delivered  # body\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].title: warning: a # after a space starts a YAML comment, so the"
+        " value ends before it and the template after the # is left out: put the whole value"
+        " in quotes"]
+    assert result.exit_code == 0
+
+
+def test_a_matcher_value_yaml_reads_as_another_kind_is_named(tmp_path):
+    """`country: NO` is false to YAML 1.1 and `hub: 010` is 8: an event's "NO" or "010"
+    never matched them, and check said OK."""
+    cfg, result = checked(tmp_path / "c.yaml", HEAD + "routes:\n  - receivers: [log]\n"
+                          "    match: {country: NO, hub: 010, express: true, n: 5}\n")
+    assert result.stdout.splitlines() == [
+        f"{cfg}:8: routes[0].match.country: warning: YAML reads NO as false: write false for"
+        ' the boolean, or "NO" in quotes for the text',
+        f"{cfg}:8: routes[0].match.hub: warning: YAML reads 010 as 8: write 8 for the number,"
+        ' or "010" in quotes for the text']
+    assert result.exit_code == 0

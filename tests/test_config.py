@@ -136,7 +136,8 @@ routes:
         "relay.yaml:3: server.listen: expected host:port, got 'nowhere'",
         "relay.yaml:7: receivers[0].concurrency: must be between 1 and 64",
         "relay.yaml:10: routes[0].receivers[0]: undefined receiver \"b\"",
-        "relay.yaml:11: routes[0].continue: expected true or false, got a string",
+        "relay.yaml:11: routes[0].continue: expected true or false, got a string (write true"
+        " or false, without quotes)",
     ]
 
 

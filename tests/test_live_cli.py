@@ -64,7 +64,8 @@ def route(path: str, body: dict) -> list[str]:
 @pytest.mark.parametrize("value,message", [
     ("hold: 2h", "routes[0].hold: must be at most 1h, got '2h'"),
     ("hold: soon", "routes[0].hold: expected a duration like 30s, 5m, 2h, got 'soon'"),
-    ('live: "yes"', "routes[0].live: expected true or false, got a string"),
+    ('live: "yes"', "routes[0].live: expected true or false, got a string (write true or"
+                   " false, without quotes)"),
 ])
 def test_a_bad_live_or_hold_value_names_its_line_and_key(value: str, message: str) -> None:
     text = ("server: {tokens: [t]}\nreceivers: [{name: chat, urls: ['console://']}]\n"

@@ -69,8 +69,9 @@ def test_a_valid_digest_and_quiet_hours_load() -> None:
      "relay.yaml:8: receivers[0].quiet_hours.windows[0].to: expected a time from 00:00 to"
      " 24:00, got '25:00'"),
     ('      timezone: UTC\n      windows: [{days: [mondays], from: "22:00", to: "07:00"}]',
-     "relay.yaml:8: receivers[0].quiet_hours.windows[0].days: unknown day 'mondays': use mon,"
-     " tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays, weekend or daily"),
+     "relay.yaml:8: receivers[0].quiet_hours.windows[0].days: unknown day 'mondays' (did you"
+     ' mean "mon"?): use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, weekdays,'
+     " weekend or daily"),
     ('      timezone: UTC\n      windows: [{days: [mon], from: "22:00", to: "22:00"}]',
      'relay.yaml:8: receivers[0].quiet_hours.windows[0].to: the same time as "from": write'
      ' from "00:00" to "24:00" for a whole day'),
@@ -103,7 +104,8 @@ def test_quiet_hours_mistakes(quiet: str, expected: str) -> None:
      "relay.yaml:9: routes[0].digest.group_by: expected a list of strings, but item 0 is a"
      " number"),
     ("{window: 10m, every: 5m}", 'relay.yaml:9: routes[0].digest.every: unknown key "every"'),
-    ("10m", "relay.yaml:9: routes[0].digest: expected a mapping, got a string"),
+    ("10m", "relay.yaml:9: routes[0].digest: expected a mapping, got a string (e.g. digest:"
+            " {window: 10m, group_by: [hub]})"),
 ])
 def test_digest_mistakes(digest: str, expected: str) -> None:
     assert issues(ROUTE + f"    digest: {digest}\n") == [expected]

@@ -135,7 +135,7 @@ def test_times_parse_to_minutes(value: str, end: bool, minutes: int) -> None:
 @pytest.mark.parametrize(("value", "message"), [
     ("24:00", '"24:00" is only allowed as the end ("to") of a window'),
     ("24:30", "expected a time from 00:00 to 23:59, got '24:30'"),
-    ("7:00", "expected a time from 00:00 to 23:59, got '7:00'"),
+    ("7:00", 'write the hour with two digits: "07:00", got \'7:00\''),
     (1320, 'expected a time like "07:00" in quotes (unquoted, YAML reads it as a number)'),
 ])
 def test_bad_times_are_refused_with_the_reason(value: object, message: str) -> None:

@@ -486,3 +486,16 @@ def test_without_a_readable_store_the_dry_run_says_arm_as_before(tmp_path):
         f"  (store: {tmp_path / 'relay.db'} cannot be read: file is not a database; a start"
         " older than what it holds would arm nothing)")
     assert (tmp_path / "relay.db").read_bytes() == b"not a database"
+
+
+async def test_a_receiver_listed_twice_by_a_watch_gets_one_alert(running, sink):
+    """A route sends a receiver it lists twice one notification; a watch sent two alerts."""
+    clock = FakeClock()
+    r = await start(running, sink, clock, WATCH.replace("receivers: [ops]",
+                                                        "receivers: [ops, ops]"))
+    assert (await r.post(created(clock)))[0] == 202
+    clock.advance(4 * HOUR)
+    await r.relay.worker.run_once()
+    await wait_for(lambda: sink.messages("ops"), message="the watch's alert")
+    await r.relay.worker.run_once()  # a second alert, if there were one, is sent by now
+    assert len(sink.messages("ops")) == 1

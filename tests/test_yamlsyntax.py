@@ -19,6 +19,17 @@ COLON = "missing colon: a key on this line needs a ':' after it"
 VALUES = "(PyYAML: mapping values are not allowed here)"
 
 CASES = [
+    # It said "inconsistent indentation", though the line was indented as it should be.
+    ("text after an unquoted template", "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n"
+     "    title: {{ delivery_id }} cancelled\n",
+     "5: invalid YAML: text after a value that starts with {: YAML ends the value at its"
+     ' closing }; put the whole value in quotes: "{{ x }} and more" (PyYAML: expected <block'
+     " end>, but found '<scalar>', while parsing a block mapping that starts on line 4)"),
+    ("text after a quoted value", "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n"
+     '    title: "Delivery" {{ delivery_id }}\n',
+     '5: invalid YAML: text after a value that starts with ": YAML ends the value at its'
+     " closing quote; put the whole value in single quotes (PyYAML: expected <block end>, but"
+     " found '{', while parsing a block mapping that starts on line 4)"),
     ("deeper key", "server:\n  tokens: [t]\n   path: /x\n",
      f"3: invalid YAML: {INDENT} (PyYAML: expected <block end>, but found '<block mapping"
      " start>', while parsing a block mapping that starts on line 2)"),
@@ -85,9 +96,53 @@ def test_a_yaml_mistake_is_named_in_plain_words_at_its_line(text, message):
     assert [str(i) for i in e.value.issues] == [f"c.yaml:{message}"]
 
 
-def test_an_unquoted_template_says_to_quote_it():
-    text = "server:\n  tokens: [t]\nroutes:\n  - receivers: [log]\n    title: {{ x }}\n"
+HEAD = "server:\n  tokens: [t]\nreceivers:\n  - {name: log, urls: ['console://']}\n" \
+       "routes:\n  - receivers: [log]\n"
+
+
+def load_issues(text: str) -> list[str]:
     with pytest.raises(ConfigError) as e:
         config.loads(text, "c.yaml", {})
-    assert "c.yaml:5: routes[0].title: expected a string, got a mapping (a value that starts" \
-           ' with "{" must be in quotes)' in [str(i) for i in e.value.issues]
+    return [str(i) for i in e.value.issues]
+
+
+def test_an_unquoted_template_says_to_quote_it_once():
+    """`{{ x }}` unquoted is a mapping whose key is a mapping: one line says to quote it (a
+    second, "a key must be a name", came from reading the file and told the operator nothing)."""
+    assert load_issues(HEAD + "    title: {{ x }}\n") == [
+        'c.yaml:7: routes[0].title: a value that starts with "{" must be in quotes: unquoted'
+        ' {{ ... }} is read by YAML as a mapping (write title: "{{ ... }}")']
+
+
+def test_an_unquoted_template_under_template_says_what_template_takes():
+    assert load_issues(HEAD + "    template: {{ x }}\n") == [
+        "c.yaml:7: routes[0].template: template names a template from templates:, and unquoted"
+        " {{ ... }} is read by YAML as a mapping: write an inline template as title: and body: on"
+        ' the route, in quotes (body: "{{ ... }}")']
+
+
+def test_an_unquoted_template_in_a_list_or_matcher_is_one_line_too():
+    assert load_issues(HEAD + "    match: {status: {{ s }}}\n") == [
+        'c.yaml:7: routes[0].match.status: a value that starts with "{" must be in quotes:'
+        ' unquoted {{ ... }} is read by YAML as a mapping (write status: "{{ ... }}")']
+
+
+def test_braces_where_text_belongs_keep_the_quotes_hint():
+    assert load_issues(HEAD + "    title: {x}\n") == [
+        'c.yaml:7: routes[0].title: expected a string, got a mapping (a value that starts with'
+        ' "{" must be in quotes)']
+
+
+def test_an_inline_template_under_template_is_told_where_it_goes():
+    """No "{" was written: the quotes hint was wrong here."""
+    assert load_issues(HEAD + "    template:\n      body: \"{{ delivery_id }}\"\n") == [
+        "c.yaml:7: routes[0].template: expected a string, got a mapping (template names a"
+        " template from templates:; an inline template is title: and body: on the route"
+        " itself)"]
+
+
+def test_indented_lines_under_a_text_key_are_named_as_the_mapping_they_make():
+    assert load_issues(HEAD + "    title:\n      en: Delivered\n") == [
+        "c.yaml:7: routes[0].title: expected a string, got a mapping (the key: value lines"
+        " indented under it make a mapping: write the text itself, after the colon or as a |"
+        " block)"]

@@ -205,8 +205,10 @@ def open_store(url: str, *, busy_timeout: float = 5.0, create: bool = True,
                 "the PostgreSQL store needs asyncpg: pip install 'kourier-relay[postgres]'"
             ) from e
         return PostgresStore(url, create=create)  # lock waits are the server's business
-    scheme, colon, _ = url.partition(":")
-    if not (colon and _SCHEME.fullmatch(scheme)):  # not a URL: maybe a password in the wrong key
+    scheme, colon, rest = url.partition(":")
+    # Not a URL: maybe a password in the wrong key, or `user:pass@host/db` without its scheme
+    # (whose user would be shown as the scheme).
+    if not (colon and _SCHEME.fullmatch(scheme)) or ("@" in rest and not rest.startswith("//")):
         raise StoreError("expected sqlite:PATH or postgresql://…, got no URL")
     raise StoreError(f"unsupported store URL scheme in {scheme!r}: use sqlite: or postgresql://")
 
