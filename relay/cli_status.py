@@ -21,7 +21,8 @@ import click
 from relay.cli_support import config_option, fail, guarded, load_config, run_store
 
 if TYPE_CHECKING:
-    from relay.store import Store
+    from relay.store import ReceiverState, Store
+    from relay.store.relays import RelayState
     from relay.ui.views import DeliveryView, JobView, ReceiverRow
 
 TITLE_MAX = 100  # a title longer than this is cut with "…" (the status page shows it whole)
@@ -67,13 +68,18 @@ def receivers(config_path: str) -> None:
     import time
 
     from relay.notify import redact
-    from relay.ui.views import receiver_rows
+    from relay.ui.views import other_relays_places, receiver_rows
 
     config = load_config(config_path)
-    states = run_store(config_path, lambda s: s.receivers())
+
+    async def read(store: Store) -> tuple[list[ReceiverState], list[RelayState]]:
+        return await store.receivers(), await store.relays()
+
+    states, announced = run_store(config_path, read)
     labels = {name: [redact(u) for u in rc.urls] for name, rc in config.receivers.items()}
     now = time.time()
-    for row in receiver_rows(config, states, now, labels):
+    for row in receiver_rows(config, states, now, labels,
+                             other_relays_places(announced, "", now)):
         click.echo(receiver_line(row, now))
 
 

@@ -93,7 +93,7 @@ class Relay:
 
     def web_app(self) -> web.Application:
         services = Services(self.store, self.metrics, lambda: self.live, self.reload,
-                            self.readiness, self.clock)
+                            self.readiness, self.clock, self.worker.owner)
         app = create_app(services, self.config.server.path, self.config.server.max_body_bytes)
         app.cleanup_ctx.append(self._lifetime)
         return app

@@ -55,6 +55,7 @@ class Services:
     reload: Callable[[], Awaitable[None]]
     readiness: Callable[[], Awaitable[Readiness]]
     clock: Callable[[], float] = time.time
+    owner: str = ""  # this relay's worker (`new_owner()`), as the store's relays table names it
 
 
 SERVICES = web.AppKey("services", Services)

@@ -301,7 +301,7 @@ class Worker:
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let in-flight sends finish within `grace`, then release the rest."""
-        self._stopping = True
+        first, self._stopping = not self._stopping, True
         self._wake.set()
         await self._exited.wait()  # no claim is half-way when we look at what is in flight
         tasks = list(self.inflight)
@@ -313,7 +313,8 @@ class Worker:
             for job in unfinished:
                 await self._release(job)
         try:  # the other replicas need not wait ANNOUNCED_FOR to bury what only we sent for
-            await self.store.withdraw(self.owner)
+            if first:
+                await self.store.withdraw(self.owner)
         except StoreError as e:
             log.warning("could not say this relay stopped (the others will notice): %s", e)
 

@@ -164,6 +164,10 @@ async def test_a_url_removed_from_a_receiver_has_its_jobs_go_dead_and_the_others
         assert [(row.name, row.url_index, row.url, row.state) for row in rows
                 if row.name == "team"] == [("team", 0, "json://***", "idle"),
                                            ("team", 1, "", "not in config")]
+        r.relay.worker.config_changed()  # the next orphan pass: no job needs URL 1's row
+        await r.relay.worker.run_once()
+        assert [(s.name, s.url_index) for s in await r.relay.store.receivers()
+                if s.name == "team"] == [("team", 0)]
 
 
 async def test_a_removed_url_whose_circuit_is_open_has_its_jobs_go_dead_at_the_reload(

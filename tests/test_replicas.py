@@ -10,6 +10,7 @@ import asyncio
 import math
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -355,6 +356,7 @@ ROLLING = """\
 server:
   listen: 127.0.0.1:{port}
   tokens: ["{token}"]
+  admin_token: {admin}
 store:
   url: "{dsn}"
 receivers:
@@ -374,6 +376,7 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
     from aiohttp.test_utils import TestServer
 
     from relay.lifecycle import Relay
+    from relay.ui.views import other_relays_places, receiver_rows
 
     async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
         relays, servers = [], []
@@ -383,8 +386,8 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
                     ("b", "", "hook")]:
                 port = free_port()
                 cfg = write_config(tmp_path / f"{name}.yaml", ROLLING.format(
-                    port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"), extra=extra,
-                    receivers=receivers))
+                    port=port, token=TOKEN, admin=ADMIN, dsn=dsn, hook=sink.url("hook"),
+                    extra=extra, receivers=receivers))
                 relay = Relay(str(cfg))
                 server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
                 await server.start_server()
@@ -393,6 +396,17 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
             a, b = relays
             await wait_for(lambda: pgutil.fetchval(dsn, "SELECT count(*) FROM relays"),
                            message="both relays announced what they send for")
+            for n, says in [(0, "lacks new[0]"), (1, "also sends for new[0]")]:
+                async with aiohttp.ClientSession() as s, s.get(
+                        f"http://127.0.0.1:{servers[n].port}/ui/",
+                        headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                    page = " ".join((await r.text()).split())
+                assert "2 relays serve from this store" in page and says in page, page
+            [row] = [r for r in receiver_rows(b.config, await b.store.receivers(), time.time(),
+                                              elsewhere=other_relays_places(
+                                                  await b.store.relays(), b.worker.owner,
+                                                  time.time())) if r.name == "new"]
+            assert row.state == "not in this config"  # A has it: not "removed, jobs go dead"
             await a.worker.pause()  # A takes the events but sends nothing for now
 
             async def post(delivery: str) -> None:

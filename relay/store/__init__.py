@@ -65,7 +65,7 @@ from relay.store.records import (
     TimerInputs,
     TimerOp,
 )
-from relay.store.relays import Place
+from relay.store.relays import Place, RelayState
 from relay.store.schema import SCHEMA_VERSION
 
 __all__ = ["ACTIVE_STATES", "JOB_STATES", "SCHEMA_VERSION", "Accepted", "Attempt",
@@ -152,6 +152,9 @@ class Ledger(Protocol):
     async def detail(self, job_id: int) -> JobDetail | None: ...
     async def timeline(self, delivery_id: str) -> Timeline:
         """One delivery's events, jobs, attempts and timers, oldest first."""
+    async def relays(self) -> list[RelayState]:
+        """The relays that announced what they send for (`JobQueue.announce`) and are not
+        forgotten yet, by owner."""
     async def receivers(self) -> list[ReceiverState]:
         """Each receiver URL's (name, url_index) circuit, tokens, backlog, last success and
         last error, ordered by name and index."""

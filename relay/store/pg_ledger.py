@@ -17,6 +17,7 @@ from relay.store.records import (
     Stats,
     Timeline,
 )
+from relay.store.relays import RelayState, relay_states
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
@@ -61,6 +62,9 @@ class PostgresLedger:
                 for query, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True)])
 
         return await self._tx(timeline)
+
+    async def relays(self) -> list[RelayState]:
+        return relay_states(await self._tx(lambda conn: conn.fetch(sql.RELAYS)))
 
     async def receivers(self) -> list[ReceiverState]:
         rows = await self._tx(lambda conn: conn.fetch(sql.RECEIVER_STATES))

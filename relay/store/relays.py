@@ -14,10 +14,35 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 Place = tuple[str, int]  # a receiver URL: the receiver's name and the URL's index in `urls`
 ANNOUNCED_FOR = 90.0  # three orphan checks (worker.ORPHAN_CHECK) without a word: gone
+
+
+@dataclass(frozen=True)
+class RelayState:
+    """A relay that announced itself: who (`new_owner()`: host, pid, token), the receiver
+    URLs its config sends for, and when it last said so (`Ledger.relays`)."""
+
+    owner: str
+    places: frozenset[Place]
+    seen_at: float
+
+
+def relay_states(rows: Iterable[Sequence[Any]]) -> list[RelayState]:
+    """`sql.RELAYS` rows (owner, places, seen_at) as records; unreadable places are none."""
+    return [RelayState(str(owner), frozenset(_places(str(text))), float(seen))
+            for owner, text, seen in rows]
+
+
+def _places(text: str) -> set[Place]:
+    try:
+        return {(str(name), int(index)) for name, index in json.loads(text)}
+    except (ValueError, TypeError):
+        return set()
 
 
 def places_text(places: Collection[Place]) -> str:
@@ -32,12 +57,8 @@ def live_places(own: Collection[Place], rows: Iterable[tuple[str, str]], me: str
     A row this relay cannot read claims nothing: it keeps no job from its burial."""
     out = set(own)
     for owner, text in rows:
-        if owner == me or gone(owner):
-            continue
-        try:
-            out |= {(str(name), int(index)) for name, index in json.loads(text)}
-        except (ValueError, TypeError):
-            continue
+        if owner != me and not gone(owner):
+            out |= _places(text)
     return out
 
 

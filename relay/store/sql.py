@@ -165,6 +165,7 @@ ANNOUNCE = ("INSERT INTO relays (owner, places, seen_at) VALUES (?, ?, ?) ON CON
             " DO UPDATE SET places = excluded.places, seen_at = excluded.seen_at")
 FORGET_RELAYS = "DELETE FROM relays WHERE seen_at < ?"
 LIVE_RELAYS = "SELECT owner, places FROM relays"
+RELAYS = "SELECT owner, places, seen_at FROM relays ORDER BY owner"
 WITHDRAW = "DELETE FROM relays WHERE owner = ?"
 CIRCUIT_ROWS = "SELECT name, url_index FROM receivers"
 # A circuit no live relay sends for and no active job waits on (the status page stops

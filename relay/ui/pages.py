@@ -14,7 +14,13 @@ from relay.events import parse_event
 from relay.explain import explain
 from relay.ui import UI, VISITOR, read_form, tokens, visitor_of
 from relay.ui.access import COOKIE, SESSION_TTL, role_for
-from relay.ui.views import chart, delivery_view, receiver_rows
+from relay.ui.views import (
+    chart,
+    delivery_view,
+    other_relays_places,
+    receiver_rows,
+    relay_rows,
+)
 from relay.web import SERVICES, Services, error
 
 HOUR = 60
@@ -53,13 +59,16 @@ async def overview(request: web.Request) -> web.Response:
     stats = await s.store.stats()
     minutes = await s.store.activity(start, HOUR)
     labels = {name: [c.label for c in channels] for name, channels in rt.planner.channels.items()}
-    rows = receiver_rows(rt.config, await s.store.receivers(), now, labels)
+    announced = await s.store.relays()
+    rows = receiver_rows(rt.config, await s.store.receivers(), now, labels,
+                         other_relays_places(announced, s.owner, now))
     retried = None
     if parse_id(request.query.get("retried", "")) is not None and request.query.get("receiver"):
         retried = {"count": request.query["retried"], "name": request.query["receiver"],
                    "url": request.query.get("url", "0")}
+    relays = relay_rows(rt.config, announced, s.owner)
     return page(request, "overview.html", stats=stats, chart=chart(minutes, rt.config.timezone),
-                receivers=rows, retried=retried, title="Overview")
+                receivers=rows, retried=retried, relays=relays, title="Overview")
 
 
 @routes.post("/receivers/retry-now")

@@ -6,7 +6,7 @@ templates escape them (autoescape is on).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -30,6 +30,7 @@ from relay.store import (
     Timer,
     rules,
 )
+from relay.store.relays import ANNOUNCED_FOR, RelayState
 from relay.summaries import group_in
 
 CHART_W, CHART_H = 600, 120
@@ -106,7 +107,7 @@ class ReceiverRow:
     name: str
     url_index: int
     url: str  # the redacted label (`slack://***`); empty for a URL no longer in the config
-    state: str  # idle, sending, retrying, probing, circuit open, quiet hours, not in config
+    state: str  # idle, sending, retrying, probing, circuit open, quiet hours, not in (this) config
     detail: str
     backlog: int
     rate_limit: str
@@ -117,17 +118,26 @@ class ReceiverRow:
 
 
 def receiver_rows(config: Config, states: Sequence[ReceiverState], now: float,
-                  labels: Mapping[str, Sequence[str]] | None = None) -> list[ReceiverRow]:
+                  labels: Mapping[str, Sequence[str]] | None = None,
+                  elsewhere: Set[tuple[str, int]] = frozenset()) -> list[ReceiverRow]:
     """Every URL of every configured receiver (and any the store still knows), with its own
-    state. `labels`: each receiver's redacted URL labels (`Planner.channels`' labels)."""
+    state. `labels`: each receiver's redacted URL labels (`Planner.channels`' labels);
+    `elsewhere`: the receiver URLs other live relays send for (`other_relays_places`)."""
     known = {(s.name, s.url_index): s for s in states}
     configured = {(name, i) for name, rc in config.receivers.items() for i in range(len(rc.urls))}
-    return [_receiver_row(config, url, known.get(url), now, labels or {})
+    return [_receiver_row(config, url, known.get(url), now, labels or {}, url in elsewhere)
             for url in sorted(configured | set(known))]
 
 
+def other_relays_places(states: Sequence[RelayState], me: str, now: float,
+                        ) -> frozenset[tuple[str, int]]:
+    """The receiver URLs that live relays other than `me` send for."""
+    return frozenset(p for s in states if s.owner != me and s.seen_at >= now - ANNOUNCED_FOR
+                     for p in s.places)
+
+
 def _receiver_row(config: Config, url: tuple[str, int], s: ReceiverState | None, now: float,
-                  labels: Mapping[str, Sequence[str]]) -> ReceiverRow:
+                  labels: Mapping[str, Sequence[str]], elsewhere: bool) -> ReceiverRow:
     name, index = url
     rc = config.receivers.get(name)
     limit = rc.rate_limit if rc else None
@@ -136,6 +146,10 @@ def _receiver_row(config: Config, url: tuple[str, int], s: ReceiverState | None,
         rate += f" ({max(0, int(s.tokens))} left)"
     configured = rc is not None and index < len(rc.urls)
     state, detail = _state(config, configured, rc is not None, s, now)
+    if not configured and elsewhere:
+        state, detail = "not in this config", ("another relay serving from this store has it"
+                                               " and sends its jobs (a config change not yet"
+                                               " everywhere?)")
     if configured and rc and rc.quiet_hours and state not in ("circuit open", "probing"):
         state, detail = _quiet(rc.quiet_hours, now) or (state, detail)
     mine = labels.get(name, ())
@@ -171,6 +185,36 @@ def _state(config: Config, configured: bool, receiver: bool, s: ReceiverState | 
     if s.failures:
         return "retrying", f"{s.failures} failure{'s' if s.failures > 1 else ''} in a row"
     return ("sending", f"{s.backlog} waiting") if s.backlog else ("idle", "nothing waiting")
+
+
+@dataclass(frozen=True)
+class RelayRow:
+    """A relay serving from the store (a replica), beside this one's config."""
+
+    host: str
+    pid: str
+    me: bool
+    seen_at: float
+    urls: int  # receiver URLs its config sends for
+    lacks: tuple[str, ...]  # receiver URLs this config has and its does not ("new[0]")
+    extra: tuple[str, ...]  # and those its config has that this one does not
+
+
+def relay_rows(config: Config, states: Sequence[RelayState], me: str) -> list[RelayRow]:
+    """Each announced relay, and where its receiver URLs differ from this relay's config
+    (during a rolling config change, or a replica left behind)."""
+    mine = {(name, i) for name, rc in config.receivers.items() for i in range(len(rc.urls))}
+
+    def named(places: Set[tuple[str, int]]) -> tuple[str, ...]:
+        return tuple(f"{name}[{i}]" for name, i in sorted(places))
+
+    rows = []
+    for s in states:
+        parts = s.owner.rsplit(":", 2)  # new_owner(): host, pid, a token
+        host, pid = (parts[0], parts[1]) if len(parts) == 3 else (s.owner, "")
+        rows.append(RelayRow(host, pid, s.owner == me, s.seen_at, len(s.places),
+                             named(mine - s.places), named(s.places - mine)))
+    return rows
 
 
 # ---------------------------------------------------------------- recent deliveries
