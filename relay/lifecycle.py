@@ -19,6 +19,7 @@ from aiohttp import web
 from relay import config as config_mod
 from relay.config import Config
 from relay.errors import ConfigError, SchemaTooNew, StoreError
+from relay.exposure import example_token, shared_tokens
 from relay.logs import fields, scrub
 from relay.metrics import Metrics
 from relay.notice import FailingReceiverNotice
@@ -299,8 +300,10 @@ def _moves(was: Sequence[str], now: Sequence[str]) -> list[str]:
 
 
 def _log_warnings(config: Config) -> None:
-    for issue in config.warnings:
+    for issue in (*config.warnings, *shared_tokens(config)):
         log.warning("config: %s", issue)
+    if said := example_token(config):
+        log.warning("%s", said)
 
 
 def _setting(config: Config, dotted: str) -> Any:

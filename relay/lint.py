@@ -14,6 +14,7 @@ from relay import config as config_mod
 from relay.config import Config, RouteConfig, WatchConfig, did_you_mean, shown, used_receivers
 from relay.errors import ConfigError, Issue, StoreError
 from relay.events import KNOWN_TYPES
+from relay.exposure import shared_tokens
 from relay.lint_fields import batch_keys, matcher_sets, misspelt_fields, undocumented
 from relay.live import why_not_live
 from relay.live.email import is_email
@@ -42,7 +43,7 @@ def lint(path: str) -> list[Issue]:
     found += config.warnings
     for rule in (unused, listed_twice, shadowed, undocumented, batch_keys, store_url, cannot_edit,
                  digest_ignores, watch_stops, short_lease, circuit_cooldowns,
-                 unknown_event_types, misspelt_fields):
+                 unknown_event_types, misspelt_fields, shared_tokens):
         found += _safely(rule, config)
     return sorted(found, key=lambda i: (i.line, i.path))
 

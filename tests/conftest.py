@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import io
 import logging
 import os
@@ -88,13 +89,18 @@ def _port_range() -> range:
     A port the kernel hands out for `bind(0)` is free only until something else takes it,
     and every outgoing connection takes one from that same ephemeral range: a test that
     starts a relay on it later finds it in use now and then. Ports below the range are
-    never handed out for connections, and each worker has its own block.
+    never handed out for connections, and each worker has its own block. The blocks of
+    one run lie in a band picked by the run (its xdist run id, else its pid), so that two
+    suites run side by side (two worktrees) mostly take different ports.
     """
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
         if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    block = 1000
-    start = max(1024, low - 16 * block) + (int(worker) % 16 if worker.isdigit() else 0) * block
+    block, workers = 250, 16  # a block is reused round and round: a test holds a few ports
+    bands = max(1, (low - 1024) // (block * workers))
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    band = int(hashlib.sha256(run.encode()).hexdigest(), 16) % bands
+    start = 1024 + (band * workers + (int(worker) % workers if worker.isdigit() else 0)) * block
     return range(start, start + block)
 
 
@@ -141,6 +147,15 @@ def wait_for_sync(condition: Callable[[], Any], timeout: float = 10.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+async def circuit_opened(relay: Relay, receiver: str, url_index: int = 0) -> Any:
+    """The receiver URL's stored state once its circuit is open (for `wait_for`), else None:
+    the sink's last refusal arrives before the worker has recorded it."""
+    for state in await relay.store.receivers():
+        if (state.name, state.url_index) == (receiver, url_index) and state.open_until > 0:
+            return state
+    return None
 
 
 @dataclass

@@ -922,3 +922,52 @@ def test_a_matcher_value_yaml_reads_as_another_kind_is_named(tmp_path):
         f"{cfg}:8: routes[0].match.hub: warning: YAML reads 010 as 8: write 8 for the number,"
         ' or "010" in quotes for the text']
     assert result.exit_code == 0
+
+
+def test_a_token_shared_between_roles_is_a_warning_that_never_shows_the_token(tmp_path):
+    base = ('server:\n  tokens: ["hook-SECRETxyz"]\n  admin_token: "{admin}"\n'
+            '  viewer_token: "{viewer}"\nreceivers:\n  - name: log\n    urls: ["console://"]\n'
+            "routes:\n  - match: {{}}\n    receivers: [log]\n")
+    for admin, viewer, said in [
+            ("hook-SECRETxyz", "v-SECRETxyz", ["3: server.admin_token: warning: is also a"
+                                               " webhook token: whoever sends webhooks may use"
+                                               " the admin API too (replay, reload, every"
+                                               " delivery's timeline): give it a token of its"
+                                               " own"]),
+            ("a-SECRETxyz", "hook-SECRETxyz", ["4: server.viewer_token: warning: is also a"
+                                               " webhook token: whoever sends webhooks may read"
+                                               " the status page too: give it a token of its"
+                                               " own"]),
+            ("a-SECRETxyz", "a-SECRETxyz", ["4: server.viewer_token: warning: is the admin"
+                                            " token: a viewer logs in as the admin (and may"
+                                            " replay): give it a token of its own"])]:
+        cfg, result = checked(tmp_path / "roles.yaml", base.format(admin=admin, viewer=viewer))
+        assert result.output.splitlines()[:-1] == [f"{cfg}:{line}" for line in said]
+        assert result.exit_code == 0 and SECRET not in result.output
+    cfg, result = checked(tmp_path / "roles.yaml", base.format(admin="a-SECRETxyz",
+                                                               viewer="v-SECRETxyz"))
+    assert result.output.splitlines() == [f"{cfg}: OK (0 warning(s))"]
+
+
+def test_serve_says_at_start_that_a_webhook_token_is_the_examples(tmp_path, caplog):
+    """The example's ${KOURIER_WEBHOOK_TOKEN:-change-me} with the variable unset: a relay
+    anyone who read the README can post to. `check` may run where the variable is set, so
+    the relay that serves says it (and the example still passes check --strict)."""
+    cfg = tmp_path / "c.yaml"
+    head = "server:\n  tokens: [{token}]\nreceivers:\n  - name: log\n    urls: [\"console://\"]\n"
+    for token, env, said in [
+            ('"${KOURIER_WEBHOOK_TOKEN:-change-me}"', {}, "set KOURIER_WEBHOOK_TOKEN to a long"
+                                                          " random token"),
+            ("change-me-to-a-long-random-string", {}, "replace it with a long random token"),
+            ('"${KOURIER_WEBHOOK_TOKEN:-change-me}"', {"KOURIER_WEBHOOK_TOKEN": "x" * 32}, "")]:
+        cfg.write_text(head.format(token=token) + f'store:\n  url: "sqlite:{tmp_path}/r.db"\n')
+        caplog.clear()
+        Relay(str(cfg), env=env)
+        found = [r.getMessage() for r in caplog.records if "change-me" in r.getMessage()]
+        if said:
+            assert len(found) == 1 and found[0].startswith(
+                "server.tokens[0] is change-me, the example's token: anyone who has read the"
+                " README can post events to this relay; ") and said in found[0], found
+        else:
+            assert found == []
+    assert check("--strict", "-c", "config.example.yaml").exit_code == 0

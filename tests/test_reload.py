@@ -18,6 +18,7 @@ from tests.conftest import (
     BASE_CONFIG,
     DEFAULTS,
     TOKEN,
+    circuit_opened,
     free_port,
     spawn_relay,
     wait_for,
@@ -155,9 +156,8 @@ async def test_a_url_fixed_in_place_closes_its_circuit_and_sends_its_waiting_ret
         "circuit: {failures: 2, cooldown: 10m}\n  retry: {schedule: [0, 1h], jitter: 0}"))
     for d in ("D-1", "D-2", "D-3"):
         assert (await r.post(event(d)))[0] == 202
-    await wait_for(lambda: sink.hits.count("/bad") == 2)  # two failures: the circuit opened
-    [state] = await r.relay.store.receivers()
-    assert state.open_until > 0 and state.backlog == 3
+    state = await wait_for(lambda: circuit_opened(r.relay, "hook"))  # after two failures
+    assert state.backlog == 3 and sink.hits.count("/bad") == 2
     edit(r.relay.config_path, "name: all", "name: every")
     assert (await reload(r.url))[0] == 200  # the URL did not change: its circuit stays open
     assert [s.open_until for s in await r.relay.store.receivers()] == [state.open_until]

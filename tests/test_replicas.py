@@ -394,7 +394,7 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
                 relays.append(relay)
                 servers.append(server)
             a, b = relays
-            await wait_for(lambda: pgutil.fetchval(dsn, "SELECT count(*) FROM relays"),
+            await wait_for(lambda: pgutil.fetchval(dsn, "SELECT count(*) = 2 FROM relays"),
                            message="both relays announced what they send for")
             for n, says in [(0, "lacks new[0]"), (1, "also sends for new[0]")]:
                 async with aiohttp.ClientSession() as s, s.get(
