@@ -7,7 +7,7 @@ gone, is gone. A job is an orphan (it goes dead: "no longer in the config")
 only when no live relay sends for its place, so a rolling config change on
 several replicas never buries the jobs of a receiver that another replica
 still has, or already has. Pure, but for `owner_gone` and `relay_gone`, which ask the
-kernel.
+kernel (and `relay_gone` this process's own relays, `here`).
 """
 
 from __future__ import annotations
@@ -59,9 +59,24 @@ def owner_gone(owner: str | None, host: str) -> bool:
     return False
 
 
+_HERE: set[str] = set()  # this process's relays that announced and did not withdraw
+
+
+def here(owner: str, serving: bool) -> None:
+    """Relay `owner` of this process announced (`serving`) or withdrew (`Store.announce`,
+    `Store.withdraw`): what `relay_gone` knows of this process's own relays."""
+    if serving:
+        _HERE.add(owner)
+    else:
+        _HERE.discard(owner)
+
+
 def relay_gone(owner: str, host: str) -> bool:
-    """A relay is gone when it was a process of this host that no longer runs; another store
-    of this very process (two relays in one test) is not, unlike a claim's `owner_gone`."""
+    """A relay is gone when it was a process of this host that no longer runs. One with
+    this process's pid is live only when a relay of this process announced it (two relays
+    in one test); else it is a killed relay whose pid this process reuses (PID 1 in a
+    restarted container), as a claim's `owner_gone` says."""
     parts = owner.rsplit(":", 2)
-    ours = len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid())
-    return not ours and owner_gone(owner, host)
+    if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
+        return owner not in _HERE
+    return owner_gone(owner, host)
