@@ -15,14 +15,7 @@ import asyncpg
 
 from relay.store import rules, sql
 from relay.store.records import Circuit, Job
-from relay.store.relays import (
-    ANNOUNCED_FOR,
-    Place,
-    here,
-    live_places,
-    places_text,
-    relay_gone,
-)
+from relay.store.relays import ANNOUNCED_FOR, Place, live_places, places_text, relay_gone
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
@@ -131,20 +124,14 @@ async def _listen(conn: Any, notified: Callable[..., None], connected: Callable[
 async def announce(conn: Any, owner: str, places: Collection[Place], now: float,
                    ) -> set[Place]:
     """Store.announce's transaction (see relay.store.relays)."""
-    here(owner, serving=True)
     await conn.execute(q(sql.ANNOUNCE), owner, places_text(places), now)
     await conn.execute(q(sql.FORGET_RELAYS), now - ANNOUNCED_FOR)
     host = socket.gethostname()
     live = live_places(places, [tuple(r) for r in await conn.fetch(sql.LIVE_RELAYS)], owner,
-                       lambda o: relay_gone(o, host))
+                       lambda o: relay_gone(o, host, one_machine=False))
     rows = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
     await conn.executemany(q(sql.FORGET_CIRCUIT), [(*p, *p) for p in rows if p not in live])
     return live
-
-
-async def withdraw(conn: Any, owner: str) -> None:
-    here(owner, serving=False)
-    await conn.execute(q(sql.WITHDRAW), owner)
 
 
 async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit | None,

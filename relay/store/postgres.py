@@ -39,7 +39,6 @@ from relay.store.pg_support import (
     redact,
     rows_touched,
     take,
-    withdraw,
 )
 from relay.store.pg_timers import PostgresTimers, apply_timers
 from relay.store.relays import Place
@@ -345,7 +344,7 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
         return await self._tx(announce, owner, places, now)
 
     async def withdraw(self, owner: str) -> None:
-        await self._tx(withdraw, owner)
+        await self._tx(lambda conn: conn.execute(q(sql.WITHDRAW), owner))
 
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         async def retry(conn: Any) -> int:

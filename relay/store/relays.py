@@ -63,20 +63,22 @@ _HERE: set[str] = set()  # this process's relays that announced and did not with
 
 
 def here(owner: str, serving: bool) -> None:
-    """Relay `owner` of this process announced (`serving`) or withdrew (`Store.announce`,
-    `Store.withdraw`): what `relay_gone` knows of this process's own relays."""
+    """Relay `owner` of this process announced (`serving`) or withdrew (SQLite's
+    `announce` and `withdraw`): what `relay_gone` knows of this process's own relays."""
     if serving:
         _HERE.add(owner)
     else:
         _HERE.discard(owner)
 
 
-def relay_gone(owner: str, host: str) -> bool:
+def relay_gone(owner: str, host: str, *, one_machine: bool) -> bool:
     """A relay is gone when it was a process of this host that no longer runs. One with
-    this process's pid is live only when a relay of this process announced it (two relays
-    in one test); else it is a killed relay whose pid this process reuses (PID 1 in a
-    restarted container), as a claim's `owner_gone` says."""
+    this process's pid is one of this process's relays (two in one test) or, on a store
+    that only this machine serves (`one_machine`: SQLite), a killed relay whose pid this
+    process reuses (PID 1 in a restarted container), as a claim's `owner_gone` says; on
+    PostgreSQL it may also be a relay of another machine with the same host name and pid
+    (pods with hostNetwork), so it counts until it is ANNOUNCED_FOR old."""
     parts = owner.rsplit(":", 2)
     if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
-        return owner not in _HERE
+        return one_machine and owner not in _HERE
     return owner_gone(owner, host)
