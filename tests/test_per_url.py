@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -254,11 +255,12 @@ async def test_the_receivers_command_prints_each_receiver_urls_own_state(running
         assert str(bad.port) not in out.stdout and str(sink.port) not in out.stdout
 
 
-async def test_a_relay_killed_and_restarted_with_the_same_pid_buries_at_start_up(
-        running, sink, tmp_path):
-    """PID 1 in a restarted container: the killed relay's `relays` row names this very pid.
-    It is not a live relay (this process has not announced it), so the URL removed
-    meanwhile has its jobs go dead at start-up, not once that row is 90 s old."""
+@pytest.mark.parametrize("where", ["this pid", "another host"])
+async def test_a_relay_killed_and_restarted_buries_at_start_up(running, sink, tmp_path, where):
+    """The killed relay's `relays` row names this very pid (PID 1 in a restarted container)
+    or another host name (the container was recreated). On SQLite only this process serves
+    the file, so that row is no live relay's: the URL removed meanwhile has its jobs go dead
+    at start-up, not once the row is 90 s old."""
     import os
     import socket
     import time
@@ -269,7 +271,8 @@ async def test_a_relay_killed_and_restarted_with_the_same_pid_buries_at_start_up
         for n in range(2):
             assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
         await r.relay.stop()
-        killed = f"{socket.gethostname()}:{os.getpid()}:0killed0"  # what kill -9 leaves
+        host = socket.gethostname() if where == "this pid" else "c0ffee0c0ffe"
+        killed = f"{host}:{os.getpid()}:0killed0"  # what kill -9 leaves
         with sqlite3.connect(tmp_path / "relay.db") as conn:
             conn.execute("INSERT INTO relays (owner, places, seen_at) VALUES (?, ?, ?)",
                          (killed, '[["log", 0], ["team", 0], ["team", 1]]', time.time()))

@@ -128,7 +128,7 @@ async def announce(conn: Any, owner: str, places: Collection[Place], now: float,
     await conn.execute(q(sql.FORGET_RELAYS), now - ANNOUNCED_FOR)
     host = socket.gethostname()
     live = live_places(places, [tuple(r) for r in await conn.fetch(sql.LIVE_RELAYS)], owner,
-                       lambda o: relay_gone(o, host, one_machine=False))
+                       lambda o: relay_gone(o, host, one_process=False))
     rows = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
     await conn.executemany(q(sql.FORGET_CIRCUIT), [(*p, *p) for p in rows if p not in live])
     return live

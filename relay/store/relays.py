@@ -71,14 +71,18 @@ def here(owner: str, serving: bool) -> None:
         _HERE.discard(owner)
 
 
-def relay_gone(owner: str, host: str, *, one_machine: bool) -> bool:
-    """A relay is gone when it was a process of this host that no longer runs. One with
-    this process's pid is one of this process's relays (two in one test) or, on a store
-    that only this machine serves (`one_machine`: SQLite), a killed relay whose pid this
-    process reuses (PID 1 in a restarted container), as a claim's `owner_gone` says; on
-    PostgreSQL it may also be a relay of another machine with the same host name and pid
-    (pods with hostNetwork), so it counts until it is ANNOUNCED_FOR old."""
+def relay_gone(owner: str, host: str, *, one_process: bool) -> bool:
+    """A relay is gone when it was a process of this host that no longer runs.
+
+    On a store that only one process serves (`one_process`: SQLite, whose serving relay
+    holds the file's lock), a relay no relay of this process announced is gone too: a
+    killed one, whose pid this process may even reuse (PID 1 in a restarted container) or
+    whose host name was another container's. On PostgreSQL a relay with this process's
+    host name and pid may be one of another machine (pods with hostNetwork): it counts
+    until it is ANNOUNCED_FOR old."""
     parts = owner.rsplit(":", 2)
+    if one_process and owner not in _HERE:
+        return True
     if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
-        return one_machine and owner not in _HERE
+        return False  # this process's own (two relays in one test), or another machine's
     return owner_gone(owner, host)

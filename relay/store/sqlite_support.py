@@ -70,7 +70,7 @@ def announce(conn: sqlite3.Connection, owner: str, places: Collection[Place],
     conn.execute(sql.FORGET_RELAYS, (now - ANNOUNCED_FOR,))
     host = socket.gethostname()
     live = live_places(places, conn.execute(sql.LIVE_RELAYS).fetchall(), owner,
-                       lambda o: relay_gone(o, host, one_machine=True))
+                       lambda o: relay_gone(o, host, one_process=True))
     conn.executemany(sql.FORGET_CIRCUIT, [(*p, *p) for p in map(tuple, conn.execute(
         sql.CIRCUIT_ROWS).fetchall()) if p not in live])
     return live
