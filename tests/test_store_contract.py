@@ -559,6 +559,20 @@ async def test_retry_now_closes_one_urls_circuit_and_makes_its_waiting_retries_d
     assert await store.retry_now("nobody", 0, now=T0 + 2) == 0  # no row, no jobs: nothing
 
 
+async def test_retry_now_counts_the_retries_an_open_circuit_held_after_their_backoff(
+        store: Store) -> None:
+    """Short retries, a long cooldown: the retries are due but the circuit holds them.
+    Both go now, and the count says so (before: "0 waiting retries go now")."""
+    circuit = Circuit(failures=2, cooldown=600.0, max_cooldown=600.0)
+    await queue_urls(store, 2)
+    for j in (await claim(store, limit=2, circuit=circuit)).jobs:
+        await store.retry_later(j, attempt(T0), at=T0 + 5, circuit=circuit)
+    assert (await claim(store, now=T0 + 10, circuit=circuit)).paused  # due, and held
+    assert await store.retry_now("hook", 0, now=T0 + 10) == 2
+    again = await claim(store, limit=10, now=T0 + 10, circuit=circuit)
+    assert sorted(j.attempts for j in again.jobs) == [1, 1]
+
+
 async def test_a_probe_that_succeeds_on_one_url_leaves_another_urls_circuit_open(
         store: Store) -> None:
     circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)

@@ -59,7 +59,7 @@ def replay(conn: sqlite3.Connection, job_ids: list[int] | None, receiver: str | 
 
 def retry_now(conn: sqlite3.Connection, receiver: str, url_index: int, now: float) -> int:
     conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(receiver, url_index))
-    return conn.execute(sql.RETRY_NOW, (now, receiver, url_index, now)).rowcount
+    return conn.execute(sql.RETRY_NOW, (now, now, receiver, url_index)).rowcount
 
 
 def announce(conn: sqlite3.Connection, owner: str, places: Collection[Place],
