@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -256,3 +257,32 @@ async def test_the_receivers_command_prints_each_receiver_urls_own_state(running
         assert team1.endswith("HTTP 500: Failed to send JSON POST notification: Internal server"
                               " error., error=500.; the service said: ok")
         assert str(bad.port) not in out.stdout and str(sink.port) not in out.stdout
+
+
+@pytest.mark.parametrize("where", ["this pid", "another host"])
+async def test_a_relay_killed_and_restarted_buries_at_start_up(running, sink, tmp_path, where):
+    """The killed relay's `relays` row names this very pid (PID 1 in a restarted container)
+    or another host name (the container was recreated). On SQLite only this process serves
+    the file, so that row is no live relay's: the URL removed meanwhile has its jobs go dead
+    at start-up, not once the row is 90 s old."""
+    import os
+    import socket
+    import time
+
+    async with other_sink() as bad:
+        r = await running(team(sink, bad))
+        await r.relay.worker.pause()
+        for n in range(2):
+            assert (await r.post({**EVENT, "delivery_id": f"d{n}"}))[0] == 202
+        await r.relay.stop()
+        host = socket.gethostname() if where == "this pid" else "c0ffee0c0ffe"
+        killed = f"{host}:{os.getpid()}:0killed0"  # what kill -9 leaves
+        with sqlite3.connect(tmp_path / "relay.db") as conn:
+            conn.execute("INSERT INTO relays (owner, places, seen_at) VALUES (?, ?, ?)",
+                         (killed, '[["log", 0], ["team", 0], ["team", 1]]', time.time()))
+        again = await running(team(sink, bad).replace(f', "{bad.url("team")}"', ""),
+                              config_name="after.yaml")
+        assert await wait_for(lambda: len(dead_jobs(tmp_path)) == 2 and dead_jobs(tmp_path),
+                              timeout=5) == [(1, "receiver 'team' (URL #1) is no longer in"
+                                                 " the config")] * 2
+        assert bad.hits == [] and again.relay.worker.running

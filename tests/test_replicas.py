@@ -442,3 +442,59 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
                 await relay.stop()
             for server in servers:
                 await server.close()
+
+
+async def test_a_receiver_added_by_a_reload_during_a_pass_is_not_buried_by_that_pass(
+        tmp_path: Path, sink: Sink) -> None:
+    """A pass under way read the config before the reload: its orphan look must not bury a
+    job that the new config's receiver got meanwhile (it does not: such a job is due after
+    the pass's `now`, which its orphan claim goes by). The pass is held inside a claim by a
+    row lock (a real lock, not a mock) while the reload lands and the event comes in."""
+    import asyncpg
+    from aiohttp.test_utils import TestServer
+
+    from relay.lifecycle import Relay
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        port = free_port()
+        cfg = write_config(tmp_path / "relay.yaml", ROLLING.format(
+            port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"), extra="",
+            receivers="hook"))
+        relay = Relay(str(cfg))
+        server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
+        await server.start_server()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await wait_for(lambda: pgutil.fetchval(
+                dsn, "SELECT count(*) FROM receivers WHERE name = 'hook'"))
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM receivers WHERE name = 'hook' FOR UPDATE")
+            relay.worker.config_changed()  # the next pass looks for orphans, and waits here
+            me = await conn.fetchval("SELECT pg_backend_pid()")
+            await wait_for(lambda: pgutil.fetchval(
+                dsn, "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY("
+                "pg_blocking_pids(pid))", me), message="the pass waits on the lock")
+            write_config(cfg, ROLLING.format(
+                port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"),
+                extra=f'  - name: new\n    urls: ["{sink.url("new")}"]\n',
+                receivers="hook, new"))
+            await relay.reload()
+            async with aiohttp.ClientSession() as s, s.post(
+                    f"http://127.0.0.1:{port}/webhook", json={
+                        "event": "delivery.created", "delivery_id": "D-1",
+                        "timestamp": "2026-12-02T10:00:00Z"},
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 202
+            await tx.rollback()  # the pass goes on, with the config it read before
+
+            async def state() -> str | None:
+                value: str | None = await pgutil.fetchval(
+                    dsn, "SELECT state FROM jobs WHERE receiver = 'new'")
+                return value if value in ("sent", "dead") else None
+            assert await wait_for(state) == "sent"  # before: dead, "no longer in the config"
+            assert len(sink.messages("new")) == 1
+        finally:
+            await conn.close()
+            await relay.stop()
+            await server.close()

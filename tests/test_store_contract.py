@@ -561,6 +561,20 @@ async def test_retry_now_closes_one_urls_circuit_and_makes_its_waiting_retries_d
     assert await store.retry_now("nobody", 0, now=T0 + 2) == 0  # no row, no jobs: nothing
 
 
+async def test_retry_now_counts_the_retries_an_open_circuit_held_after_their_backoff(
+        store: Store) -> None:
+    """Short retries, a long cooldown: the retries are due but the circuit holds them.
+    Both go now, and the count says so (before: "0 waiting retries go now")."""
+    circuit = Circuit(failures=2, cooldown=600.0, max_cooldown=600.0)
+    await queue_urls(store, 2)
+    for j in (await claim(store, limit=2, circuit=circuit)).jobs:
+        await store.retry_later(j, attempt(T0), at=T0 + 5, circuit=circuit)
+    assert (await claim(store, now=T0 + 10, circuit=circuit)).paused  # due, and held
+    assert await store.retry_now("hook", 0, now=T0 + 10) == 2
+    again = await claim(store, limit=10, now=T0 + 10, circuit=circuit)
+    assert sorted(j.attempts for j in again.jobs) == [1, 1]
+
+
 async def test_a_probe_that_succeeds_on_one_url_leaves_another_urls_circuit_open(
         store: Store) -> None:
     circuit = Circuit(failures=1, cooldown=10.0, max_cooldown=40.0)
@@ -847,3 +861,55 @@ async def test_killed_connections_give_store_errors_then_recover(pg: Backend) ->
             return False  # a lost connection is a StoreError, never a raw asyncpg error
 
     await wait_for(claimed, 10, message="the pool to reconnect")
+
+
+@pytest.mark.postgres
+async def test_a_claim_whose_new_circuit_row_another_relay_forgets_meanwhile_is_not_a_crash(
+        pg: Backend) -> None:
+    """A claim finds no row for its receiver URL; another replica's claim creates it first
+    (so this one's INSERT ... DO NOTHING inserts nothing); a relay whose config lacks the URL
+    forgets the unused row (`announce`) before this claim reads it again. Before, the claim
+    crashed on the missing row (TypeError, the worker's task gone). Two statement triggers
+    hold the claim at those two points on advisory locks the test holds: the real
+    statements in their real order, only the timing is chosen."""
+    import asyncpg
+
+    name = f"lr_{uuid.uuid4().hex[:12]}"
+    first, second = (int(uuid.uuid4().int % 2**31) for _ in range(2))
+    claimer = open_store(f"{pg.url}&application_name={name}")
+    await claimer.open()
+    pg.opened.append(claimer)
+    forgetter = await pg.open()
+    conn = await asyncpg.connect(pg.url)
+    await conn.execute(
+        f"CREATE FUNCTION hold_{name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF current_setting('application_name') = '{name}' THEN"
+        " PERFORM pg_advisory_xact_lock(TG_ARGV[0]::bigint); END IF; RETURN NULL; END $$;"
+        f" CREATE TRIGGER b_{name} BEFORE INSERT ON receivers FOR EACH STATEMENT"
+        f" EXECUTE FUNCTION hold_{name}({first});"
+        f" CREATE TRIGGER a_{name} AFTER INSERT ON receivers FOR EACH STATEMENT"
+        f" EXECUTE FUNCTION hold_{name}({second})")
+
+    async def held_at(key: int) -> bool:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1"
+            " AND NOT granted", key))
+
+    try:
+        await conn.execute(f"SELECT pg_advisory_lock({first}), pg_advisory_lock({second})")
+        task = asyncio.create_task(claim(claimer, "p"))
+        await wait_for(lambda: held_at(first), 5, message="the claim about to insert its row")
+        await conn.execute("INSERT INTO receivers (name, url_index, cooldown) VALUES"
+                           " ('p', 0, 60)")  # another replica's claim, first
+        await conn.execute(f"SELECT pg_advisory_unlock({first})")
+        await wait_for(lambda: held_at(second), 5, message="the claim about to read its row")
+        assert await forgetter.announce("host-z:1:z", {("hook", 0)}, now=T0) == {("hook", 0)}
+        assert await conn.fetchval("SELECT count(*) FROM receivers WHERE name = 'p'") == 0
+        await conn.execute(f"SELECT pg_advisory_unlock({second})")
+        result = await asyncio.wait_for(task, 5)
+        assert (result.jobs, result.paused) == ([], False)
+        assert await conn.fetchval("SELECT count(*) FROM receivers WHERE name = 'p'") == 1
+    finally:
+        await conn.execute(f"DROP TRIGGER b_{name} ON receivers; DROP TRIGGER a_{name} ON"
+                           f" receivers; DROP FUNCTION hold_{name}()")
+        await conn.close()

@@ -166,8 +166,8 @@ class Ledger(Protocol):
                      ) -> int: ...
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         """Close the receiver URL's circuit and make its jobs waiting out a retry's backoff
-        due at `now` (one transaction); how many were waiting. Never-attempted jobs (holds)
-        keep their wait."""
+        due at `now` (one transaction); how many retries go now, those the open circuit held
+        after their backoff included. Never-attempted jobs (holds) keep their wait."""
     async def purge(self, before: float, batch: int = 500) -> int: ...
 
 

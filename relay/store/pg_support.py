@@ -128,7 +128,7 @@ async def announce(conn: Any, owner: str, places: Collection[Place], now: float,
     await conn.execute(q(sql.FORGET_RELAYS), now - ANNOUNCED_FOR)
     host = socket.gethostname()
     live = live_places(places, [tuple(r) for r in await conn.fetch(sql.LIVE_RELAYS)], owner,
-                       lambda o: relay_gone(o, host))
+                       lambda o: relay_gone(o, host, one_process=False))
     rows = [(r[0], r[1]) for r in await conn.fetch(sql.CIRCUIT_ROWS)]
     await conn.executemany(q(sql.FORGET_CIRCUIT), [(*p, *p) for p in rows if p not in live])
     return live
@@ -139,7 +139,8 @@ async def lock_receiver(conn: Any, url: tuple[str, int], circuit: Circuit | None
     """The receiver URL's row (name, url_index), locked until the transaction ends (created
     on first use): claims of one URL queue here, claims of its receiver's other URLs do not."""
     row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
-    if row is None:
+    while row is None:  # a row another claim inserted first may be forgotten (`announce`)
+        # before we read it: then our INSERT is the one, and a row we inserted stays ours
         await conn.execute(q(sql.INSERT_RECEIVER), *url, circuit.cooldown if circuit else 0.0)
         row = await conn.fetchrow(q(sql.RECEIVER) + " FOR UPDATE", *url)
     return from_row(rules.ReceiverRow, row)

@@ -349,8 +349,8 @@ class PostgresStore(PostgresLive, PostgresTimers, PostgresLedger, rules.Wakeups)
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         async def retry(conn: Any) -> int:
             await conn.execute(q(sql.CLOSE_CIRCUIT), *sql.close_args(receiver, url_index))
-            count = rows_touched(await conn.execute(q(sql.RETRY_NOW), now, receiver,
-                                                    url_index, now))
+            count = rows_touched(await conn.execute(q(sql.RETRY_NOW), now, now, receiver,
+                                                    url_index))
             await self._notify(conn)  # the circuit closed even where no job was waiting
             return count
 

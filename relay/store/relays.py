@@ -7,7 +7,7 @@ gone, is gone. A job is an orphan (it goes dead: "no longer in the config")
 only when no live relay sends for its place, so a rolling config change on
 several replicas never buries the jobs of a receiver that another replica
 still has, or already has. Pure, but for `owner_gone` and `relay_gone`, which ask the
-kernel.
+kernel (and `relay_gone` this process's own relays, `here`).
 """
 
 from __future__ import annotations
@@ -80,9 +80,30 @@ def owner_gone(owner: str | None, host: str) -> bool:
     return False
 
 
-def relay_gone(owner: str, host: str) -> bool:
-    """A relay is gone when it was a process of this host that no longer runs; another store
-    of this very process (two relays in one test) is not, unlike a claim's `owner_gone`."""
+_HERE: set[str] = set()  # this process's relays that announced and did not withdraw
+
+
+def here(owner: str, serving: bool) -> None:
+    """Relay `owner` of this process announced (`serving`) or withdrew (SQLite's
+    `announce` and `withdraw`): what `relay_gone` knows of this process's own relays."""
+    if serving:
+        _HERE.add(owner)
+    else:
+        _HERE.discard(owner)
+
+
+def relay_gone(owner: str, host: str, *, one_process: bool) -> bool:
+    """A relay is gone when it was a process of this host that no longer runs.
+
+    On a store that only one process serves (`one_process`: SQLite, whose serving relay
+    holds the file's lock), a relay no relay of this process announced is gone too: a
+    killed one, whose pid this process may even reuse (PID 1 in a restarted container) or
+    whose host name was another container's. On PostgreSQL a relay with this process's
+    host name and pid may be one of another machine (pods with hostNetwork): it counts
+    until it is ANNOUNCED_FOR old."""
     parts = owner.rsplit(":", 2)
-    ours = len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid())
-    return not ours and owner_gone(owner, host)
+    if one_process and owner not in _HERE:
+        return True
+    if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
+        return False  # this process's own (two relays in one test), or another machine's
+    return owner_gone(owner, host)

@@ -73,9 +73,11 @@ PROBE_OUT = ("SELECT 1 FROM jobs WHERE receiver = ? AND url_index = ? AND state 
 SET_TOKENS = "UPDATE receivers SET tokens = ?, tokens_at = ? WHERE name = ? AND url_index = ?"
 # An operator's "retry now", or a reload that put another URL in this place: the circuit
 # closes (CLOSE_CIRCUIT) and the jobs waiting out a retry's backoff are due at once. A job
-# never attempted keeps its wait (a route's hold, a release to a later time).
-RETRY_NOW = ("UPDATE jobs SET next_attempt_at = ? WHERE receiver = ? AND url_index = ?"
-             " AND state = 'pending' AND attempts > 0 AND next_attempt_at > ?")
+# never attempted keeps its wait (a route's hold, a release to a later time). Its count is
+# every retry that goes now, those the open circuit held after their backoff too.
+RETRY_NOW = ("UPDATE jobs SET next_attempt_at = CASE WHEN next_attempt_at > ? THEN ?"
+             " ELSE next_attempt_at END WHERE receiver = ? AND url_index = ?"
+             " AND state = 'pending' AND attempts > 0")
 NEXT_DUE = ("SELECT min(t) FROM (SELECT min(next_attempt_at) AS t FROM jobs"
             " WHERE state = 'pending' AND receiver = ? AND url_index = ? UNION ALL"
             " SELECT min(lease_until) FROM jobs WHERE state = 'claimed' AND receiver = ?"

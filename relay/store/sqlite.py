@@ -335,7 +335,7 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
         return await self._call(sqlite_support.announce, owner, places, now)
 
     async def withdraw(self, owner: str) -> None:
-        await self._call(lambda conn: conn.execute(sql.WITHDRAW, (owner,)) and None)
+        await self._call(sqlite_support.withdraw, owner)
 
     async def retry_now(self, receiver: str, url_index: int, *, now: float) -> int:
         count = await self._call(sqlite_support.retry_now, receiver, url_index, now)

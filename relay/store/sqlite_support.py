@@ -20,6 +20,7 @@ from relay.store.records import Notification
 from relay.store.relays import (
     ANNOUNCED_FOR,
     Place,
+    here,
     live_places,
     owner_gone,
     places_text,
@@ -58,20 +59,26 @@ def replay(conn: sqlite3.Connection, job_ids: list[int] | None, receiver: str | 
 
 def retry_now(conn: sqlite3.Connection, receiver: str, url_index: int, now: float) -> int:
     conn.execute(sql.CLOSE_CIRCUIT, sql.close_args(receiver, url_index))
-    return conn.execute(sql.RETRY_NOW, (now, receiver, url_index, now)).rowcount
+    return conn.execute(sql.RETRY_NOW, (now, now, receiver, url_index)).rowcount
 
 
 def announce(conn: sqlite3.Connection, owner: str, places: Collection[Place],
              now: float) -> set[Place]:
     """Store.announce's transaction (see relay.store.relays)."""
+    here(owner, serving=True)
     conn.execute(sql.ANNOUNCE, (owner, places_text(places), now))
     conn.execute(sql.FORGET_RELAYS, (now - ANNOUNCED_FOR,))
     host = socket.gethostname()
     live = live_places(places, conn.execute(sql.LIVE_RELAYS).fetchall(), owner,
-                       lambda o: relay_gone(o, host))
+                       lambda o: relay_gone(o, host, one_process=True))
     conn.executemany(sql.FORGET_CIRCUIT, [(*p, *p) for p in map(tuple, conn.execute(
         sql.CIRCUIT_ROWS).fetchall()) if p not in live])
     return live
+
+
+def withdraw(conn: sqlite3.Connection, owner: str) -> None:
+    here(owner, serving=False)
+    conn.execute(sql.WITHDRAW, (owner,))
 
 
 def release_dead_owners(conn: sqlite3.Connection) -> int:
