@@ -458,7 +458,7 @@ async def test_a_receiver_added_by_a_reload_during_a_pass_is_not_buried_by_that_
     async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
         port = free_port()
         cfg = write_config(tmp_path / "relay.yaml", ROLLING.format(
-            port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"), extra="",
+            port=port, token=TOKEN, admin=ADMIN, dsn=dsn, hook=sink.url("hook"), extra="",
             receivers="hook"))
         relay = Relay(str(cfg))
         server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
@@ -476,7 +476,7 @@ async def test_a_receiver_added_by_a_reload_during_a_pass_is_not_buried_by_that_
                 dsn, "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY("
                 "pg_blocking_pids(pid))", me), message="the pass waits on the lock")
             write_config(cfg, ROLLING.format(
-                port=port, token=TOKEN, dsn=dsn, hook=sink.url("hook"),
+                port=port, token=TOKEN, admin=ADMIN, dsn=dsn, hook=sink.url("hook"),
                 extra=f'  - name: new\n    urls: ["{sink.url("new")}"]\n',
                 receivers="hook, new"))
             await relay.reload()
