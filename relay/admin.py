@@ -125,25 +125,31 @@ async def dead_replay(request: web.Request) -> web.Response:
 
 
 async def retry_now(request: web.Request) -> web.Response:
-    """A receiver's circuits closed and its waiting retries due now (`retry-now`)."""
+    """Receivers' circuits closed and their waiting retries due now (`retry-now`)."""
     s = request.app[SERVICES]
     spec, refused = await _json_body(request)
     if refused is not None:
         return refused
+    receivers = s.runtime().config.receivers
     receiver = spec.get("receiver") if isinstance(spec, dict) else None
-    if not isinstance(receiver, str):
-        return error(400, "Invalid request data",
-                     'give "receiver": "name" (and "url": N for one of its URLs only)')
-    _check_receiver(request, receiver)
-    count = len(s.runtime().config.receivers[receiver].urls)
+    everyone = isinstance(spec, dict) and spec.get("all") is True
+    if everyone == isinstance(receiver, str) or everyone and "url" in spec:
+        return error(400, "Invalid request data", 'give "receiver": "name" (and "url": N for'
+                     ' one of its URLs only), or "all": true')
+    if receiver is not None:
+        _check_receiver(request, receiver)
     url = spec.get("url")
+    count = len(receivers[receiver].urls) if receiver is not None else 0
     if url is not None and not (type(url) is int and 0 <= url < count):
         return error(400, "Invalid request data", '"url" must be a place in the receiver\'s'
                      f" urls, from 0 to {count - 1}")
-    places = range(count) if url is None else [url]
-    retried = [await s.store.retry_now(receiver, i, now=s.clock()) for i in places]
-    return web.json_response({"receiver": receiver, "urls": [
-        {"url_index": i, "retried": n} for i, n in zip(places, retried, strict=True)]})
+    names: list[str] = sorted(receivers) if receiver is None else [receiver]
+    places = [(name, i) for name in names for i in range(len(receivers[name].urls))
+              if url is None or i == url]
+    retried = [await s.store.retry_now(name, i, now=s.clock()) for name, i in places]
+    return web.json_response({"retried": sum(retried), "urls": [
+        {"receiver": name, "url_index": i, "retried": n}
+        for (name, i), n in zip(places, retried, strict=True)]})
 
 
 def _is_id(value: Any) -> bool:

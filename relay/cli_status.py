@@ -85,11 +85,14 @@ def receivers(config_path: str) -> None:
 
 @click.command("retry-now")
 @config_option
-@click.argument("receiver")
+@click.argument("receiver", required=False)
 @click.option("--url", "url_index", type=click.IntRange(0), metavar="N",
               help="Only the receiver's URL at this place in its urls (from 0).")
+@click.option("--all", "everyone", is_flag=True,
+              help="Every receiver of the config (after an outage of the network, say).")
 @guarded
-def retry_now(config_path: str, receiver: str, url_index: int | None) -> None:
+def retry_now(config_path: str, receiver: str | None, url_index: int | None,
+              everyone: bool) -> None:
     """Send a receiver's waiting retries now.
 
     After fixing what made RECEIVER's URLs fail (a revoked webhook, a full mailbox, an
@@ -103,25 +106,28 @@ def retry_now(config_path: str, receiver: str, url_index: int | None) -> None:
 
     from relay.notify import redact
 
+    if everyone == (receiver is not None) or (everyone and url_index is not None):
+        fail("give a receiver's name (and --url N for one of its URLs), or --all")
     config = load_config(config_path)
-    known = config.receivers.get(receiver)
-    if known is None:
-        names = ", ".join(sorted(config.receivers))
+    names = sorted(config.receivers) if receiver is None else [receiver]
+    if receiver is not None and receiver not in config.receivers:
         shown = os.fsencode(receiver).decode("utf-8", "backslashreplace")  # non-UTF-8 bytes
         fail(f'no receiver "{_plain(shown)}" in {config.source.file}'
-             f" (its receivers: {names})")
-    places = range(len(known.urls)) if url_index is None else [url_index]
-    if url_index is not None and url_index >= len(known.urls):
-        last = len(known.urls) - 1
-        fail(f'receiver "{receiver}" has {last + 1} URL(s), urls[0] to urls[{last}]: there is'
-             f" no --url {url_index}")
+             f" (its receivers: {', '.join(sorted(config.receivers))})")
+    if url_index is not None and receiver is not None:
+        count = len(config.receivers[receiver].urls)
+        if url_index >= count:
+            fail(f'receiver "{receiver}" has {count} URL(s), urls[0] to urls[{count - 1}]:'
+                 f" there is no --url {url_index}")
+    places = [(name, i) for name in names for i in range(len(config.receivers[name].urls))
+              if url_index is None or i == url_index]
 
     async def retry(store: Store) -> list[int]:
-        return [await store.retry_now(receiver, i, now=time.time()) for i in places]
+        return [await store.retry_now(name, i, now=time.time()) for name, i in places]
 
-    for i, count in zip(places, run_store(config_path, retry), strict=True):
-        click.echo(f"{receiver}[{i}] {redact(known.urls[i])}: circuit closed; {count} waiting"
-                   f" retr{'y goes' if count == 1 else 'ies go'} now")
+    for (name, i), count in zip(places, run_store(config_path, retry), strict=True):
+        click.echo(f"{name}[{i}] {redact(config.receivers[name].urls[i])}: circuit closed;"
+                   f" {count} waiting retr{'y goes' if count == 1 else 'ies go'} now")
 
 
 def receiver_line(row: ReceiverRow, now: float) -> str:

@@ -21,6 +21,7 @@ routes:
     receivers: [hook]
 """
 # Two failures open a URL's circuit for ten minutes; a failed job waits an hour to retry.
+GIVE = 'give "receiver": "name" (and "url": N for one of its URLs only), or "all": true'
 SENDING = "circuit: {failures: 2, cooldown: 10m}\n  retry: {schedule: [0, 1h], jitter: 0}"
 
 
@@ -63,6 +64,10 @@ async def test_retry_now_from_the_cli_sends_the_waiting_retries_of_a_running_rel
     assert again.stdout.splitlines() == [
         "hook[0] json://***: circuit closed; 0 waiting retries go now",
         "hook[1] json://***: circuit closed; 0 waiting retries go now"]
+    everyone = await asyncio.to_thread(cli, "retry-now", "--all",
+                                       config=tmp_path / "config.yaml")
+    assert everyone.stdout.splitlines() == again.stdout.splitlines() + [
+        "other[0] json://***: circuit closed; 0 waiting retries go now"]
 
 
 async def test_retry_now_cli_errors_are_one_line_that_names_what_exists(running, sink,
@@ -74,6 +79,11 @@ async def test_retry_now_cli_errors_are_one_line_that_names_what_exists(running,
         (["nobody"], f'error: no receiver "nobody" in {cfg} (its receivers: hook, other)'),
         (["hook", "--url", "2"],
          'error: receiver "hook" has 2 URL(s), urls[0] to urls[1]: there is no --url 2'),
+        ([], "error: give a receiver's name (and --url N for one of its URLs), or --all"),
+        (["hook", "--all"], "error: give a receiver's name (and --url N for one of its URLs),"
+                            " or --all"),
+        (["--all", "--url", "0"], "error: give a receiver's name (and --url N for one of its"
+                                  " URLs), or --all"),
         (["hook", "--url", "-1"], "error: Invalid value for '--url': -1 is not in the range"
                                   " x>=0 (see python -m relay retry-now --help)"),
     ]:
@@ -94,9 +104,8 @@ async def test_retry_now_through_the_admin_api(running, sink):
         401, {"error": "Unauthorized", "details": "missing or invalid admin token"})
     bad = "Invalid request data"
     for body, details in [
-        ({}, 'give "receiver": "name" (and "url": N for one of its URLs only)'),
-        ([1], 'give "receiver": "name" (and "url": N for one of its URLs only)'),
-        ({"receiver": 7}, 'give "receiver": "name" (and "url": N for one of its URLs only)'),
+        ({}, GIVE), ([1], GIVE), ({"receiver": 7}, GIVE), ({"all": "yes"}, GIVE),
+        ({"all": True, "receiver": "hook"}, GIVE), ({"all": True, "url": 0}, GIVE),
         ({"receiver": "hook", "url": 2}, '"url" must be a place in the receiver\'s urls,'
                                          " from 0 to 1"),
         ({"receiver": "hook", "url": "0"}, '"url" must be a place in the receiver\'s urls,'
@@ -110,8 +119,12 @@ async def test_retry_now_through_the_admin_api(running, sink):
     assert (await admin(r, None, raw=b"{not json"))[0] == 400
     assert sink.hits.count("/a") == 2  # none of those touched the circuit
 
-    assert await admin(r, {"receiver": "hook", "url": 0}) == (
-        200, {"receiver": "hook", "urls": [{"url_index": 0, "retried": 2}]})
+    assert await admin(r, {"receiver": "hook", "url": 0}) == (200, {"retried": 2, "urls": [
+        {"receiver": "hook", "url_index": 0, "retried": 2}]})
     await wait_for(lambda: len(sink.messages("a")) == 3)
-    assert await admin(r, {"receiver": "other"}) == (
-        200, {"receiver": "other", "urls": [{"url_index": 0, "retried": 0}]})
+    assert await admin(r, {"receiver": "other"}) == (200, {"retried": 0, "urls": [
+        {"receiver": "other", "url_index": 0, "retried": 0}]})
+    assert await admin(r, {"all": True}) == (200, {"retried": 0, "urls": [
+        {"receiver": "hook", "url_index": 0, "retried": 0},
+        {"receiver": "hook", "url_index": 1, "retried": 0},
+        {"receiver": "other", "url_index": 0, "retried": 0}]})
