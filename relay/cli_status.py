@@ -63,12 +63,13 @@ def receivers(config_path: str) -> None:
     One line per URL of every configured receiver (and any the store still knows): its
     state (idle, sending, retrying, probing, circuit open, quiet hours, not in config),
     jobs waiting, rate limit, last success and last error, as the status page's overview
-    shows them.
+    shows them; with several relays serving from the store, one line per relay and where
+    its receiver URLs differ from this config's.
     """
     import time
 
     from relay.notify import redact
-    from relay.ui.views import other_relays_places, receiver_rows
+    from relay.ui.views import ago, other_relays_places, receiver_rows, relay_rows
 
     config = load_config(config_path)
 
@@ -81,6 +82,15 @@ def receivers(config_path: str) -> None:
     for row in receiver_rows(config, states, now, labels,
                              other_relays_places(announced, "", now)):
         click.echo(receiver_line(row, now))
+    relays = relay_rows(config, announced, "")
+    if len(relays) > 1:  # replicas: which relay sends for what, against this config
+        click.echo(f"{len(relays)} relays serve from this store:")
+        for r in relays:
+            differs = "; ".join([*(["lacks " + ", ".join(r.lacks)] if r.lacks else []),
+                                 *(["also sends for " + ", ".join(r.extra)] if r.extra else [])])
+            click.echo(f"  {_plain(r.host)} pid {r.pid}: seen {ago(r.seen_at, now)},"
+                       f" {r.urls} receiver URL(s); {differs or 'same receiver URLs as'}"
+                       f"{'' if differs else ' ' + config.source.file}")
 
 
 @click.command("retry-now")

@@ -22,6 +22,7 @@ import pytest
 
 from tests import pgutil
 from tests.conftest import TOKEN, Sink, free_port, spawn_relay, wait_for, write_config
+from tests.forkserver import run_relay
 
 pytestmark = pytest.mark.postgres
 
@@ -407,6 +408,15 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
                                                   await b.store.relays(), b.worker.owner,
                                                   time.time())) if r.name == "new"]
             assert row.state == "not in this config"  # A has it: not "removed, jobs go dead"
+            out = await asyncio.to_thread(run_relay, ["receivers", "-c", str(tmp_path / "b.yaml")],
+                                          capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            listed = [line.split(": seen")[1].split(", ", 1)[1] for line in out.stdout.splitlines()
+                      if line.startswith("  ")]
+            assert sorted(listed) == ["1 receiver URL(s); same receiver URLs as"
+                                      f" {tmp_path / 'b.yaml'}",
+                                      "2 receiver URL(s); also sends for new[0]"], out.stdout
+            assert "2 relays serve from this store:" in out.stdout
             await a.worker.pause()  # A takes the events but sends nothing for now
 
             async def post(delivery: str) -> None:
