@@ -33,15 +33,29 @@ class RelayState:
 
 
 def relay_states(rows: Iterable[Sequence[Any]]) -> list[RelayState]:
-    """`sql.RELAYS` rows (owner, places, seen_at) as records; unreadable places are none."""
-    return [RelayState(str(owner), frozenset(_places(str(text))), float(seen))
-            for owner, text, seen in rows]
+    """`sql.RELAYS` rows (owner, places, seen_at) as records; unreadable places are none, and
+    a row whose time is not a number (no relay wrote it) is left out."""
+    out = []
+    for owner, text, seen in rows:
+        try:
+            out.append(RelayState(str(owner), frozenset(_places(str(text))), float(seen)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def serving(states: Iterable[RelayState], now: float) -> list[RelayState]:
+    """The relays heard from within ANNOUNCED_FOR: a row older than that is a relay gone
+    (killed, or stopped with the store unreachable) that no live relay has forgotten yet."""
+    return [s for s in states if s.seen_at >= now - ANNOUNCED_FOR]
 
 
 def _places(text: str) -> set[Place]:
+    """A `places` column's receiver URLs; none for one no relay wrote (not JSON, an index
+    JSON reads as infinity, nesting deeper than the parser goes)."""
     try:
         return {(str(name), int(index)) for name, index in json.loads(text)}
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return set()
 
 
