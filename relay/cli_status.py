@@ -132,6 +132,9 @@ def retry_now(config_path: str, receiver: str | None, url_index: int | None,
                  f" there is no --url {url_index}")
     places = [(name, i) for name in names for i in range(len(config.receivers[name].urls))
               if url_index is None or i == url_index]
+    if not places:  # --all, and the config has no receivers
+        click.echo(f"{config.source.file} has no receivers: nothing to retry")
+        return
 
     async def retry(store: Store) -> list[int]:
         return [await store.retry_now(name, i, now=time.time()) for name, i in places]
