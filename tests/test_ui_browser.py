@@ -154,3 +154,34 @@ async def test_a_viewer_sees_dead_letters_without_replay_and_a_forged_post_is_re
         " csrf: document.querySelector('input[name=csrf]').value})}).then(r => r.status)")
     assert status == 403
     assert len(await r.relay.store.dead()) == 1
+
+
+async def test_on_a_phone_the_relays_table_stacks_like_the_receivers_table(
+        running, sink, browser, tmp_path):
+    """Its cells carry data-label as the receivers table's do; on a narrow screen they
+    stack with their labels instead of a table wider than the screen."""
+    import sqlite3
+    import time
+
+    r = await start_ui_relay(running, sink)
+    await wait_for(lambda: r.relay.store.relays(), message="the relay announced itself")
+    with sqlite3.connect(tmp_path / "relay.db") as conn:
+        conn.execute("INSERT INTO relays VALUES (?, ?, ?)", (
+            "a-rather-long-replica-host-name-7f9c6d5b4-x2x9q:1:ab12cd34",
+            '[["chat", 0], ["log", 0], ["new", 0], ["newer", 0]]', time.time()))
+    conn.close()
+    page = await browser.new_page()
+    await log_in(page, r.url, ADMIN)
+    await page.send("Emulation.setDeviceMetricsOverride", width=360, height=740,
+                    deviceScaleFactor=2, mobile=True)
+    await page.goto(r.url + "/ui/")
+    assert "2 relays serve from this store" in await page.text("main")
+    for table in ("receivers", "relays"):
+        assert await page.js(f"getComputedStyle(document.querySelector('table.{table} thead'))"
+                             ".display") == "none", table
+        before = await page.js(f"getComputedStyle(document.querySelector('table.{table} td"
+                               "[data-label]'), '::before').content")
+        assert before.startswith('"'), (table, before)
+        assert await page.js(f"(t => t.scrollWidth <= t.parentElement.clientWidth)"
+                             f"(document.querySelector('table.{table}'))"), table
+    assert page.errors == []
