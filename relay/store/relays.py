@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,3 +122,13 @@ def relay_gone(owner: str, host: str, *, one_process: bool) -> bool:
     if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
         return False  # this process's own (two relays in one test), or another machine's
     return owner_gone(owner, host)
+
+
+def live_relays(states: Iterable[RelayState], *, one_process: bool) -> list[RelayState]:
+    """The relays the orphan pass counts as live (`relay_gone`), as `Ledger.relays` lists
+    them. A process with no relay on a SQLite store (a CLI command) cannot know its serving
+    relay by `here`: there, only a relay of this host whose process is gone is left out."""
+    host = socket.gethostname()
+    if one_process and not _HERE:
+        return [s for s in states if not owner_gone(s.owner, host)]
+    return [s for s in states if not relay_gone(s.owner, host, one_process=one_process)]
