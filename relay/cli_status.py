@@ -82,15 +82,16 @@ def receivers(config_path: str) -> None:
     for row in receiver_rows(config, states, now, labels,
                              other_relays_places(announced, "", now)):
         click.echo(receiver_line(row, now))
-    relays = relay_rows(config, announced, "")
+    relays = relay_rows(config, announced, "", now)
     if len(relays) > 1:  # replicas: which relay sends for what, against this config
         click.echo(f"{len(relays)} relays serve from this store:")
         for r in relays:
             differs = "; ".join([*(["lacks " + ", ".join(r.lacks)] if r.lacks else []),
                                  *(["also sends for " + ", ".join(r.extra)] if r.extra else [])])
-            click.echo(f"  {_plain(r.host)} pid {r.pid}: seen {ago(r.seen_at, now)},"
-                       f" {r.urls} receiver URL(s); {differs or 'same receiver URLs as'}"
-                       f"{'' if differs else ' ' + config.source.file}")
+            who = r.host + (f" pid {r.pid}" if r.pid else "")  # all from the store: plain
+            click.echo("  " + _plain(f"{who}: seen {ago(r.seen_at, now)}, {r.urls} receiver"
+                                     f" URL(s); {differs or 'same receiver URLs as'}"
+                                     f"{'' if differs else ' ' + config.source.file}"))
 
 
 @click.command("retry-now")
@@ -131,6 +132,9 @@ def retry_now(config_path: str, receiver: str | None, url_index: int | None,
                  f" there is no --url {url_index}")
     places = [(name, i) for name in names for i in range(len(config.receivers[name].urls))
               if url_index is None or i == url_index]
+    if not places:  # --all, and the config has no receivers
+        click.echo(f"{config.source.file} has no receivers: nothing to retry")
+        return
 
     async def retry(store: Store) -> list[int]:
         return [await store.retry_now(name, i, now=time.time()) for name, i in places]

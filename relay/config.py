@@ -58,6 +58,7 @@ class ServerConfig:
     listen: str = "0.0.0.0:8080"
     path: str = "/webhook"
     tokens: tuple[str, ...] = ()
+    token_keys: tuple[str, ...] = ()  # each token's key in the file (empty ones are left out)
     admin_token: str = ""
     viewer_token: str = ""  # the status page, read-only
     max_body_bytes: int = 65536
@@ -256,14 +257,15 @@ def _build(raw: Any, c: Checker) -> Config | None:
 
 
 def _server(data: dict[str, Any], c: Checker) -> ServerConfig:
-    tokens = tuple(t for t in data.get("tokens", ()) if t)
+    kept = [(t, f"server.tokens[{i}]") for i, t in enumerate(data.get("tokens", ())) if t]
+    tokens, keys = tuple(t for t, _ in kept), tuple(k for _, k in kept)
     told = c.reported("server.tokens") or "server" in c.suggested or any(
         i.path == "server" or "server:" in i.message for i in c.issues)
     if not tokens and not told:
         empty = [f"${{{c.source.env[p]}}}" for p in c.source.env if p.startswith("server.tokens[")]
         c.error("server.tokens", "at least one non-empty webhook token is required"
                 + (f" ({', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty)" if empty else ""))
-    return ServerConfig(**{**data, "tokens": tokens})
+    return ServerConfig(**{**data, "tokens": tokens, "token_keys": keys})
 
 
 def _retry(data: dict[str, Any], path: str, c: Checker) -> RetryPolicy:

@@ -40,9 +40,11 @@ def example_token(config: Config) -> str:
     places = [i for i, t in enumerate(config.server.tokens) if t.startswith(EXAMPLE_TOKEN)]
     if not places:
         return ""
-    variable = config.source.env.get(f"server.tokens[{places[0]}]")
+    keys = config.server.token_keys  # an empty token before it is left out of `tokens`
+    key = keys[places[0]] if len(keys) == len(config.server.tokens) else "server.tokens"
+    variable = config.source.env.get(key)
     fix = (f"set {variable} to a long random token" if variable else
            "replace it with a long random token (better: ${VAR}, set where the relay runs)")
-    return (f"server.tokens[{places[0]}] is {EXAMPLE_TOKEN}, the example's token: anyone"
+    return (f"{key} is {EXAMPLE_TOKEN}, the example's token: anyone"
             f" who has read the README can post events to this relay; {fix} (openssl rand"
             " -hex 32 makes one)")

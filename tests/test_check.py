@@ -971,3 +971,19 @@ def test_serve_says_at_start_that_a_webhook_token_is_the_examples(tmp_path, capl
         else:
             assert found == []
     assert check("--strict", "-c", "config.example.yaml").exit_code == 0
+
+
+def test_the_example_token_is_named_by_its_place_in_the_file_when_a_token_before_is_empty(
+        tmp_path, caplog):
+    """Rotating: `${NEW_TOKEN:-}` (not set yet) before the example's token. The warning names
+    the example's place and its variable, not the empty one's (it said tokens[0], NEW_TOKEN:
+    setting NEW_TOKEN left change-me open)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('server:\n  tokens: ["${NEW_TOKEN:-}", "${KOURIER_WEBHOOK_TOKEN:-change-me}"]\n'
+                   'receivers:\n  - name: log\n    urls: ["console://"]\n'
+                   f'store:\n  url: "sqlite:{tmp_path}/r.db"\n')
+    caplog.clear()
+    Relay(str(cfg), env={})
+    [said] = [r.getMessage() for r in caplog.records if "change-me" in r.getMessage()]
+    assert said.startswith("server.tokens[1] is change-me, the example's token: ") and \
+        "set KOURIER_WEBHOOK_TOKEN to a long random token" in said, said

@@ -128,3 +128,13 @@ async def test_retry_now_through_the_admin_api(running, sink):
         {"receiver": "hook", "url_index": 0, "retried": 0},
         {"receiver": "hook", "url_index": 1, "retried": 0},
         {"receiver": "other", "url_index": 0, "retried": 0}]})
+
+
+async def test_retry_now_all_with_no_receivers_says_so_instead_of_printing_nothing(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f'server:\n  tokens: ["{TOKEN}"]\nstore:\n  url: "sqlite:{tmp_path}/r.db"\n'
+                   "receivers: []\n")
+    assert (await asyncio.to_thread(cli, "migrate", config=cfg)).returncode == 0
+    out = await asyncio.to_thread(cli, "retry-now", "--all", config=cfg)
+    assert (out.returncode, out.stdout, out.stderr) == (
+        0, f"{cfg} has no receivers: nothing to retry\n", "")

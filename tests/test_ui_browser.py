@@ -21,6 +21,7 @@ from tests.uiutil import (
     event,
     one_dead_letter,
     open_circuit,
+    pg_relay,
     start_ui_relay,
 )
 
@@ -154,3 +155,33 @@ async def test_a_viewer_sees_dead_letters_without_replay_and_a_forged_post_is_re
         " csrf: document.querySelector('input[name=csrf]').value})}).then(r => r.status)")
     assert status == 403
     assert len(await r.relay.store.dead()) == 1
+
+
+@pytest.mark.postgres
+async def test_on_a_phone_the_relays_table_stacks_like_the_receivers_table(browser, tmp_path):
+    """Its cells carry data-label as the receivers table's do; on a narrow screen they
+    stack with their labels instead of a table wider than the screen. Two relays on one
+    PostgreSQL schema (a replica's row written as its announce would)."""
+    import time
+
+    from tests import pgutil
+
+    async with pg_relay(tmp_path) as (_, url, dsn, _):
+        await pgutil.fetch(dsn, "INSERT INTO relays VALUES ($1, $2, $3)",
+                           "a-rather-long-replica-host-name-7f9c6d5b4-x2x9q:1:ab12cd34",
+                           '[["chat", 0], ["log", 0], ["new", 0], ["newer", 0]]', time.time())
+        page = await browser.new_page()
+        await log_in(page, url, ADMIN)
+        await page.send("Emulation.setDeviceMetricsOverride", width=360, height=740,
+                        deviceScaleFactor=2, mobile=True)
+        await page.goto(url + "/ui/")
+        assert "2 relays serve from this store" in await page.text("main")
+        for table in ("receivers", "relays"):
+            assert await page.js(f"getComputedStyle(document.querySelector('table.{table}"
+                                 " thead')).display") == "none", table
+            before = await page.js(f"getComputedStyle(document.querySelector('table.{table}"
+                                   " td[data-label]'), '::before').content")
+            assert before.startswith('"'), (table, before)
+            assert await page.js(f"(t => t.scrollWidth <= t.parentElement.clientWidth)"
+                                 f"(document.querySelector('table.{table}'))"), table
+        assert page.errors == []

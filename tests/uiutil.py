@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import RunningRelay, Sink, circuit_opened, wait_for
+from tests import pgutil
+from tests.conftest import (
+    TOKEN,
+    RunningRelay,
+    Sink,
+    circuit_opened,
+    free_port,
+    wait_for,
+    write_config,
+)
 
 ADMIN, VIEWER = "admin-secret", "viewer-secret"
 HOSTILE = '<img src=x onerror="console.error(1)">'
@@ -73,3 +85,41 @@ async def open_circuit(r: RunningRelay, sink: Sink) -> None:
     for i, delivery in enumerate(("D-1", "D-2")):
         assert (await r.post(event(delivery, "failed", i)))[0] == 202
     await wait_for(lambda: circuit_opened(r.relay, "chat"), message="chat's circuit open")
+
+
+PG_CONFIG = """\
+server:
+  listen: 127.0.0.1:{port}
+  tokens: ["{token}"]
+  admin_token: {admin}
+store:
+  url: "{dsn}"
+receivers:
+  - name: chat
+    urls: ["console://"]
+  - name: log
+    urls: ["console://"]
+"""
+
+
+@asynccontextmanager
+async def pg_relay(tmp_path: Path) -> AsyncIterator[tuple[Any, str, str, Path]]:
+    """One relay on a fresh PostgreSQL schema, once it has announced itself: the relay, its
+    URL, the schema's DSN and its config."""
+    from aiohttp.test_utils import TestServer
+
+    from relay.lifecycle import Relay
+
+    async with pgutil.fresh_schema(await pgutil.base_dsn()) as dsn:
+        port = free_port()
+        cfg = write_config(tmp_path / "pg.yaml", PG_CONFIG, port=port, token=TOKEN, admin=ADMIN,
+                           dsn=dsn)
+        relay = Relay(str(cfg))
+        server = TestServer(relay.web_app(), host="127.0.0.1", port=port)
+        await server.start_server()
+        try:
+            await wait_for(lambda: relay.store.relays(), message="the relay announced itself")
+            yield relay, f"http://127.0.0.1:{port}", dsn, cfg
+        finally:
+            await relay.stop()
+            await server.close()

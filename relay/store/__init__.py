@@ -153,8 +153,8 @@ class Ledger(Protocol):
     async def timeline(self, delivery_id: str) -> Timeline:
         """One delivery's events, jobs, attempts and timers, oldest first."""
     async def relays(self) -> list[RelayState]:
-        """The relays that announced what they send for (`JobQueue.announce`) and are not
-        forgotten yet, by owner."""
+        """The relays that announced what they send for (`JobQueue.announce`) and that the
+        orphan pass counts as live (`relays.live_relays`), by owner."""
     async def receivers(self) -> list[ReceiverState]:
         """Each receiver URL's (name, url_index) circuit, tokens, backlog, last success and
         last error, ordered by name and index."""

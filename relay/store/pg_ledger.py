@@ -17,7 +17,7 @@ from relay.store.records import (
     Stats,
     Timeline,
 )
-from relay.store.relays import RelayState, relay_states
+from relay.store.relays import RelayState, live_relays, relay_states
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.sql import numbered as q
 
@@ -64,7 +64,8 @@ class PostgresLedger:
         return await self._tx(timeline)
 
     async def relays(self) -> list[RelayState]:
-        return relay_states(await self._tx(lambda conn: conn.fetch(sql.RELAYS)))
+        rows = await self._tx(lambda conn: conn.fetch(sql.RELAYS))
+        return live_relays(relay_states(rows), one_process=False)
 
     async def receivers(self) -> list[ReceiverState]:
         rows = await self._tx(lambda conn: conn.fetch(sql.RECEIVER_STATES))

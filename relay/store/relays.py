@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,15 +34,29 @@ class RelayState:
 
 
 def relay_states(rows: Iterable[Sequence[Any]]) -> list[RelayState]:
-    """`sql.RELAYS` rows (owner, places, seen_at) as records; unreadable places are none."""
-    return [RelayState(str(owner), frozenset(_places(str(text))), float(seen))
-            for owner, text, seen in rows]
+    """`sql.RELAYS` rows (owner, places, seen_at) as records; unreadable places are none, and
+    a row whose time is not a number (no relay wrote it) is left out."""
+    out = []
+    for owner, text, seen in rows:
+        try:
+            out.append(RelayState(str(owner), frozenset(_places(str(text))), float(seen)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def serving(states: Iterable[RelayState], now: float) -> list[RelayState]:
+    """The relays heard from within ANNOUNCED_FOR: a row older than that is a relay gone
+    (killed, or stopped with the store unreachable) that no live relay has forgotten yet."""
+    return [s for s in states if s.seen_at >= now - ANNOUNCED_FOR]
 
 
 def _places(text: str) -> set[Place]:
+    """A `places` column's receiver URLs; none for one no relay wrote (not JSON, an index
+    JSON reads as infinity, nesting deeper than the parser goes)."""
     try:
         return {(str(name), int(index)) for name, index in json.loads(text)}
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return set()
 
 
@@ -107,3 +122,13 @@ def relay_gone(owner: str, host: str, *, one_process: bool) -> bool:
     if len(parts) == 3 and parts[0] == host and parts[1] == str(os.getpid()):
         return False  # this process's own (two relays in one test), or another machine's
     return owner_gone(owner, host)
+
+
+def live_relays(states: Iterable[RelayState], *, one_process: bool) -> list[RelayState]:
+    """The relays the orphan pass counts as live (`relay_gone`), as `Ledger.relays` lists
+    them. A process with no relay on a SQLite store (a CLI command) cannot know its serving
+    relay by `here`: there, only a relay of this host whose process is gone is left out."""
+    host = socket.gethostname()
+    if one_process and not _HERE:
+        return [s for s in states if not owner_gone(s.owner, host)]
+    return [s for s in states if not relay_gone(s.owner, host, one_process=one_process)]

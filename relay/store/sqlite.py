@@ -21,7 +21,7 @@ from relay.errors import StaleClaim, StoreError
 from relay.events import Event, parse_timestamp
 from relay.store import records, rules, sql, sql_pages, sqlite_support, sqlite_timers
 from relay.store.live import SQLiteLive
-from relay.store.relays import Place, RelayState, relay_states
+from relay.store.relays import Place, RelayState, live_relays, relay_states
 from relay.store.rows import JOB_COLUMNS, from_row, job_from_row
 from relay.store.schema import REBUILDS, SCHEMA_VERSION, check_version, log_migrated, migrations
 from relay.store.sqlite_writer import Writer
@@ -304,7 +304,8 @@ class SQLiteStore(SQLiteLive, rules.Wakeups):
             for q, n in zip(sql.TIMELINE_QUERIES, sql.TIMELINE_PARAMS, strict=True))))
 
     async def relays(self) -> list[RelayState]:
-        return await self._call(lambda conn: relay_states(conn.execute(sql.RELAYS).fetchall()))
+        rows = await self._call(lambda conn: conn.execute(sql.RELAYS).fetchall())
+        return live_relays(relay_states(rows), one_process=True)
 
     async def receivers(self) -> list[records.ReceiverState]:
         return await self._call(self._receivers)

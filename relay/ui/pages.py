@@ -66,7 +66,7 @@ async def overview(request: web.Request) -> web.Response:
     if parse_id(request.query.get("retried", "")) is not None and request.query.get("receiver"):
         retried = {"count": request.query["retried"], "name": request.query["receiver"],
                    "url": request.query.get("url", "0")}
-    relays = relay_rows(rt.config, announced, s.owner)
+    relays = relay_rows(rt.config, announced, s.owner, now)
     return page(request, "overview.html", stats=stats, chart=chart(minutes, rt.config.timezone),
                 receivers=rows, retried=retried, relays=relays, title="Overview")
 

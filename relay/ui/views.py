@@ -30,7 +30,7 @@ from relay.store import (
     Timer,
     rules,
 )
-from relay.store.relays import ANNOUNCED_FOR, RelayState
+from relay.store.relays import RelayState, serving
 from relay.summaries import group_in
 
 CHART_W, CHART_H = 600, 120
@@ -132,8 +132,7 @@ def receiver_rows(config: Config, states: Sequence[ReceiverState], now: float,
 def other_relays_places(states: Sequence[RelayState], me: str, now: float,
                         ) -> frozenset[tuple[str, int]]:
     """The receiver URLs that live relays other than `me` send for."""
-    return frozenset(p for s in states if s.owner != me and s.seen_at >= now - ANNOUNCED_FOR
-                     for p in s.places)
+    return frozenset(p for s in serving(states, now) if s.owner != me for p in s.places)
 
 
 def _receiver_row(config: Config, url: tuple[str, int], s: ReceiverState | None, now: float,
@@ -200,8 +199,9 @@ class RelayRow:
     extra: tuple[str, ...]  # and those its config has that this one does not
 
 
-def relay_rows(config: Config, states: Sequence[RelayState], me: str) -> list[RelayRow]:
-    """Each announced relay, and where its receiver URLs differ from this relay's config
+def relay_rows(config: Config, states: Sequence[RelayState], me: str, now: float,
+               ) -> list[RelayRow]:
+    """Each relay heard from lately (`serving`), and where its receiver URLs differ from this relay's config
     (during a rolling config change, or a replica left behind)."""
     mine = {(name, i) for name, rc in config.receivers.items() for i in range(len(rc.urls))}
 
@@ -209,7 +209,7 @@ def relay_rows(config: Config, states: Sequence[RelayState], me: str) -> list[Re
         return tuple(f"{name}[{i}]" for name, i in sorted(places))
 
     rows = []
-    for s in states:
+    for s in serving(states, now):
         parts = s.owner.rsplit(":", 2)  # new_owner(): host, pid, a token
         host, pid = (parts[0], parts[1]) if len(parts) == 3 else (s.owner, "")
         rows.append(RelayRow(host, pid, s.owner == me, s.seen_at, len(s.places),
