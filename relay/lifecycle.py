@@ -218,16 +218,22 @@ class Relay:
             previous = current
 
     async def readiness(self) -> Readiness:
-        """The store answers, the worker runs, and no background task has crashed."""
+        """The store answers, the worker runs and its last pass did not fail, and no
+        background task has crashed."""
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
             store_ok = True
         except (TimeoutError, StoreError):
             store_ok = False
         crashed = dict(self.tasks.crashed)
+        # The store answers a ping, yet the worker's passes fail (a table it may not use):
+        # nothing is sent. While the store does not answer, that is the store's check.
+        failing = self.worker.failing if store_ok else ""
         checks = {"config": True, "store": store_ok,
-                  "worker": self.worker.running and not crashed}
+                  "worker": self.worker.running and not crashed and not failing}
         reasons = {name: f"crashed: {why}" for name, why in crashed.items()}
+        if failing and "worker" not in reasons:
+            reasons["worker"] = f"its passes fail, so nothing is sent: {failing}"
         if self.reload_failure:  # ready, on the config it runs; the file would not start
             reasons["config"] = ("the file no longer loads, so a restart would fail; serving"
                                  f" the config loaded before: {self.reload_failure}")

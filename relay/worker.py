@@ -82,6 +82,7 @@ class Worker:
         self._stopping = False
         self._paused = False
         self.running = False
+        self.failing = ""  # why the last pass failed (a store error), until one succeeds
 
     def subscribe(self, observer: Observer) -> None:
         """Hear every recorded job decision (timers' outcomes: `self.timers.subscribe`)."""
@@ -138,10 +139,11 @@ class Worker:
                 self._wake.clear()  # before the tick, so a wake-up during it is not lost
                 try:
                     wait = await self._tick()
-                    backoff = 0.5
+                    backoff, self.failing = 0.5, ""
                 except StoreError as e:
                     log.error("store unavailable, worker backing off %.1fs: %s", backoff, e)
                     wait, backoff = backoff, min(backoff * 2, 30.0)
+                    self.failing = " ".join(str(e).split())
                 await self._sleep(wait)
         finally:
             self.running = False

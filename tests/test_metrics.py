@@ -132,6 +132,34 @@ async def test_readyz_is_503_while_the_store_cannot_write_and_recovers(running, 
     await wait_for(lambda: ready(r.url), message="readiness to come back")
 
 
+async def test_readyz_is_503_while_the_store_answers_but_the_workers_passes_fail(
+        running, tmp_path, caplog):
+    """A table the worker's pass needs is gone (a grant missing on PostgreSQL does the
+    same): the store's ping works, ingest works, nothing is sent; /readyz says so."""
+    from relay.store.schema import TABLES_11, render
+
+    r = await running()
+    other = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    try:
+        other.execute("DROP TABLE relays")
+        r.relay.worker.config_changed()  # the next pass announces (and fails) now
+        # (A ping that shares the failing pass's batch fails with it: wait for one alone.)
+        status, body = await wait_for(lambda: worker_not_ready(r.url), message="not ready")
+        assert body["checks"] == {"config": True, "store": True, "worker": False}
+        assert body["reasons"]["worker"].startswith("its passes fail, so nothing is sent:")
+        assert "relays" in body["reasons"]["worker"]
+        other.executescript(render(TABLES_11, (), "sqlite"))
+    finally:
+        other.close()
+    r.relay.worker.config_changed()
+    await wait_for(lambda: ready(r.url), message="readiness to come back")
+
+
+async def worker_not_ready(url: str) -> tuple[int, dict] | None:
+    status, body = await get(f"{url}/readyz")
+    return (status, body) if status == 503 and body["checks"]["store"] else None
+
+
 async def ready(url: str) -> bool:
     return (await get(f"{url}/readyz"))[0] == 200
 
