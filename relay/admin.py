@@ -158,8 +158,8 @@ def _is_id(value: Any) -> bool:
 
 def _check_receiver(request: web.Request, name: str) -> None:
     if name not in request.app[SERVICES].runtime().config.receivers:
-        raise web.HTTPBadRequest(reason="Invalid request data",
-                                 text=f"unknown receiver {printable(name)!r}")
+        raise web.HTTPBadRequest(reason="Invalid request data", text=(
+            f"unknown receiver {printable(name)!r}" if name else "the receiver's name is empty"))
 
 
 def _bad_request(details: str) -> web.HTTPBadRequest:

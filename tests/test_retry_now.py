@@ -114,6 +114,8 @@ async def test_retry_now_through_the_admin_api(running, sink):
                                             " from 0 to 1"),
     ]:
         assert await admin(r, body) == (400, {"error": bad, "details": details}), body
+    assert await admin(r, {"receiver": ""}) == (400, {"error": bad, "details":
+                                                    "the receiver's name is empty"})
     status, answer = await admin(r, {"receiver": "nobody"})
     assert (status, answer["error"]) == (400, bad) and "nobody" in answer["details"]
     assert (await admin(r, None, raw=b"{not json"))[0] == 400
