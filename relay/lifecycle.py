@@ -34,6 +34,7 @@ from relay.worker import Worker
 from relay.yamlfile import MAX_BYTES
 
 log = logging.getLogger(__name__)
+FRESH_START_WAIT = 5.0  # seconds a reload waits for the store to close a changed URL's circuit
 PURGE_EVERY = 600.0
 STORE_WAIT = 30.0  # at start-up, wait this long for the database (e.g. a PostgreSQL starting)
 WATCH_EVERY = 0.5  # server.watch_config: how often the file is looked at
@@ -185,11 +186,14 @@ class Relay:
         Its circuit closes and the jobs waiting out a retry's backoff go now (the new URL is
         what they go to); a store that does not answer leaves them on their schedule."""
         for name, index in changed:
-            try:
-                waiting = await self.store.retry_now(name, index, now=self.clock())
-            except StoreError as e:
+            try:  # bounded: a reload's answer never waits on a database that hangs
+                waiting = await asyncio.wait_for(
+                    self.store.retry_now(name, index, now=self.clock()), FRESH_START_WAIT)
+            except (StoreError, TimeoutError) as e:
                 log.warning('receiver "%s": urls[%d] changed, but its circuit and retries stay'
-                            " as they were: %s", name, index, e)
+                            " as they were: %s", name, index,
+                            e if isinstance(e, StoreError) else "the store did not answer in"
+                            f" {FRESH_START_WAIT:g}s (kourier-relay retry-now does it later)")
                 continue
             log.info('receiver "%s": urls[%d] is another URL now: its circuit is closed and'
                      " its %d waiting retr%s go now", name, index, waiting,

@@ -176,6 +176,31 @@ async def test_a_url_fixed_in_place_closes_its_circuit_and_sends_its_waiting_ret
     assert "secret" not in caplog.text.lower()
 
 
+async def test_a_reload_that_changes_a_url_answers_even_while_the_store_hangs(
+        running, sink, tmp_path, caplog, monkeypatch):
+    """Closing the changed URL's circuit is bounded: a store that does not answer (another
+    process holds SQLite's write lock for longer than it) delays the reload's answer by
+    FRESH_START_WAIT, not by the store's own timeout; the new config serves either way."""
+    import sqlite3
+
+    from relay import lifecycle
+
+    monkeypatch.setattr(lifecycle, "FRESH_START_WAIT", 0.2)
+    r = await running(TO_HOOK.replace("{sink}", sink.url("a")), sink="", store="busy_timeout: 20s")
+    edit(r.relay.config_path, sink.url("a"), sink.url("b"))
+    other = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the store now waits up to 20 s for every write
+        caplog.clear()
+        assert (await asyncio.wait_for(reload(r.url), 10))[0] == 200
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert 'receiver "hook": urls[0] changed, but its circuit and retries stay as they were:' \
+        " the store did not answer in 0.2s (kourier-relay retry-now does it later)" in caplog.text
+    assert r.relay.config.receivers["hook"].urls == (sink.url("b"),)
+
+
 async def test_a_reload_that_moves_a_receivers_urls_says_so_without_naming_them(
         running, sink, caplog):
     """Jobs, live messages and circuits go by a URL's place in `urls`: a reload that moves
