@@ -27,7 +27,7 @@ from relay.config import ReceiverConfig
 from relay.decision import Decision, Observer, Report, decide, orphaned
 from relay.errors import StaleClaim, StoreError
 from relay.firing import TimerPass
-from relay.logs import fields
+from relay.logs import fields, scrub
 from relay.metrics import Metrics
 from relay.notify import Outcome
 from relay.runtime import Runtime
@@ -143,7 +143,7 @@ class Worker:
                 except StoreError as e:
                     log.error("store unavailable, worker backing off %.1fs: %s", backoff, e)
                     wait, backoff = backoff, min(backoff * 2, 30.0)
-                    self.failing = " ".join(str(e).split())
+                    self.failing = scrub(" ".join(str(e).split()))  # /readyz shows it
                 await self._sleep(wait)
         finally:
             self.running = False
