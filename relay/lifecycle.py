@@ -231,7 +231,10 @@ class Relay:
             store_ok = False
         crashed = dict(self.tasks.crashed)
         # The store answers a ping, yet the worker's passes fail (a table it may not use):
-        # nothing is sent. While the store does not answer, that is the store's check.
+        # nothing is sent. While the store does not answer, that is the store's check; once
+        # it answers again, a pass now says whether the worker still fails.
+        if store_ok and self.worker.failing and self.worker.running:
+            await self.worker.recheck(2.0)
         failing = self.worker.failing if store_ok else ""
         checks = {"config": True, "store": store_ok,
                   "worker": self.worker.running and not crashed and not failing}

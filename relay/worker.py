@@ -83,6 +83,7 @@ class Worker:
         self._paused = False
         self.running = False
         self.failing = ""  # why the last pass failed (a store error), until one succeeds
+        self._passed = asyncio.Event()  # set when the loop's next pass ends
 
     def subscribe(self, observer: Observer) -> None:
         """Hear every recorded job decision (timers' outcomes: `self.timers.subscribe`)."""
@@ -92,6 +93,16 @@ class Worker:
         """New jobs exist: look at every receiver again now."""
         self._not_before.clear()
         self._wake.set()
+
+    async def recheck(self, timeout: float) -> None:
+        """Wake the loop out of its back-off and wait (at most `timeout`) for that pass to
+        end: whether the worker still fails is then known now, not after up to 30 s."""
+        passed = self._passed
+        self.wake()
+        try:
+            await asyncio.wait_for(passed.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def wake_timers(self) -> None:
         """Timers were armed or changed: look for due ones in the next pass."""
@@ -144,6 +155,8 @@ class Worker:
                     log.error("store unavailable, worker backing off %.1fs: %s", backoff, e)
                     wait, backoff = backoff, min(backoff * 2, 30.0)
                     self.failing = scrub(" ".join(str(e).split()))  # /readyz shows it
+                self._passed.set()
+                self._passed = asyncio.Event()
                 await self._sleep(wait)
         finally:
             self.running = False
