@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from aiohttp import web
 
 from relay import server
 from relay.app import Relay
-from tests.conftest import BASE_CONFIG, DEFAULTS, TOKEN, free_port, write_config
+from tests.conftest import (
+    BASE_CONFIG,
+    DEFAULTS,
+    TOKEN,
+    empty_sqlite_store,
+    free_port,
+    write_config,
+)
 
 EOF_WITHIN = 5.0  # generous bound for "the relay closed the connection"
 
@@ -69,7 +77,9 @@ def response(raw: bytes) -> tuple[int, dict[str, str], Any]:
 
 
 @pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def guarded(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> AsyncIterator[Callable[..., Any]]:
+    """Its SQLite store starts as `running`'s does: a copy of an empty, migrated store."""
     runners: list[web.AppRunner] = []
 
     async def start(*server_lines: str, extra: str = "", store_url: str = "") -> Guarded:
@@ -79,6 +89,8 @@ async def guarded(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                   "server": "\n  ".join(server_lines)}
         text = BASE_CONFIG.replace('"sqlite:{db}"', f'"{store_url}"') if store_url else BASE_CONFIG
         cfg = write_config(tmp_path / "config.yaml", text + extra, **values)
+        if not store_url and not (tmp_path / "relay.db").exists():
+            shutil.copy(await empty_sqlite_store(tmp_path_factory), tmp_path / "relay.db")
         relay = Relay(str(cfg), env={})
         runner = web.AppRunner(relay.web_app(), handle_signals=False, access_log=None)
         await runner.setup()

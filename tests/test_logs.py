@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
+import string
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,10 @@ from tests.conftest import relay_log_lines, wait_for
 from tests.test_channels import EVENT
 
 FORGED = "x\n2024-09-14T14:30:00Z\xa0INFO\xa0\xa0\xa0relay.web\xa0accepted\xa0delivery_id=ok"
-KEYS = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True).filter(
+# The names r"[a-z][a-z_]{0,11}" matches, built from two plain draws: the same names as
+# st.from_regex gives, at about half its cost an example.
+KEYS = st.builds(operator.add, st.sampled_from(string.ascii_lowercase),
+                 st.text(string.ascii_lowercase + "_", max_size=11)).filter(
     lambda k: k not in ("time", "level", "logger", "message", "exception"))
 ANY_TEXT = st.text(st.characters(codec=None), max_size=40) | st.sampled_from([
     "", " ", '"', "=", "\\", "\n", "\r", "\x85", "\u2028", "\u2029", "\xa0", "\x1b[2J", "\ud800",
@@ -122,3 +127,4 @@ async def test_a_64_kb_delivery_id_is_accepted_whole_and_logged_cut(running, sin
     assert lines and all(len(line) < 2 * FIELD_MAX for line in lines), max(map(len, lines))
     logged = [parse_text_line(line)[4].get("delivery_id") for line in lines]
     assert "D" * FIELD_MAX + f"[+{60_000 - FIELD_MAX} chars]" in logged
+
