@@ -403,10 +403,13 @@ async def test_a_receiver_only_one_replicas_config_has_yet_is_not_buried_by_the_
                         headers={"Authorization": f"Bearer {ADMIN}"}) as r:
                     page = " ".join((await r.text()).split())
                 assert "2 relays serve from this store" in page and says in page, page
-            [row] = [r for r in receiver_rows(b.config, await b.store.receivers(), time.time(),
-                                              elsewhere=other_relays_places(
-                                                  await b.store.relays(), b.worker.owner,
-                                                  time.time())) if r.name == "new"]
+            async def new_row() -> Any:  # (B's first announce, before A's, forgot it a moment)
+                return next((r for r in receiver_rows(
+                    b.config, await b.store.receivers(), time.time(), elsewhere=(
+                        other_relays_places(await b.store.relays(), b.worker.owner,
+                                            time.time()))) if r.name == "new"), None)
+
+            row = await wait_for(new_row, message="new[0]'s row, as B sees it")
             assert row.state == "not in this config"  # A has it: not "removed, jobs go dead"
             out = await asyncio.to_thread(run_relay, ["receivers", "-c", str(tmp_path / "b.yaml")],
                                           capture_output=True, text=True, timeout=30)
