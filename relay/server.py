@@ -33,6 +33,10 @@ from relay.config import Config, ServerConfig
 log = logging.getLogger(__name__)
 LOG_EVERY = 10.0  # each kind of refusal is logged at most once per this many seconds
 LINGER = 10.0  # aiohttp's default for reading the rest of a body it answered early
+# After a 408 the connection is half-closed and what the client still sends is read and
+# dropped for this long: closing at once makes the kernel reset the connection at the
+# client's next byte, and a reset drops the 408 before the client has read it.
+DRAIN_FOR = 2.0
 FD_RESERVE = 64  # open files besides connections: store, logs, pipes, child processes
 FD_PER_SEND = 4  # a send thread's kept-alive sockets (one per receiver host it talks to)
 # asyncio accepts up to `backlog` connections per loop pass before any of them reaches the
@@ -149,7 +153,7 @@ class GuardedHandler(RequestHandler):
     cap and JSON refusals that never quote the request."""
 
     __slots__ = ("_guard", "_header_timeout", "_header_clock", "_header_count", "_partial",
-                 "_body", "refused")
+                 "_body", "_draining", "refused")
 
     def __init__(self, manager: web.Server, guard: Listener, header_timeout: float,
                  **kwargs: Any) -> None:
@@ -160,6 +164,7 @@ class GuardedHandler(RequestHandler):
         self._header_count = 0
         self._partial = False
         self._body: Any = None  # the newest request's body stream, while it may be arriving
+        self._draining = False
         self.refused = False
 
     def idle(self) -> bool:
@@ -183,6 +188,8 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:  # answered and half-closed: what still trickles in is dropped
+            return
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:  # headers complete (the usual case: one packet)
@@ -230,6 +237,11 @@ class GuardedHandler(RequestHandler):
                              "closed a connection: request headers took over %.1fs",
                              self._header_timeout)
             self.transport.write(REQUEST_TIMEOUT)
+            if self.transport.can_write_eof():  # a lingering close: see _drain
+                self.transport.write_eof()
+                self._draining = True
+                self._loop.call_later(DRAIN_FOR, self.force_close)
+                return
         self.force_close()
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

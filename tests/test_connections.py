@@ -56,6 +56,28 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeou
     writer.close()
 
 
+async def test_a_client_still_sending_after_its_408_reads_the_408_not_a_reset(guarded):
+    """A lingering close: the 408 goes out with a half-close, and bytes the client sends
+    after it are read and dropped. Closing at once made the kernel answer them with a
+    reset, which threw the unread 408 away: the client saw 'connection reset' instead."""
+    g = await guarded(*SHORT[:1], "keepalive_timeout: 60s")
+
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as sock:
+            sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+            assert sock.recv(1, socket.MSG_PEEK)  # the 408 has arrived, unread
+            for _ in range(3):  # the client has not noticed yet: it keeps sending
+                sock.sendall(b"more header text ")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    status, headers, body = response(await asyncio.to_thread(client))
+    assert status == 408 and headers["connection"] == "close"
+    assert body["error"] == "Request timeout"
+
+
 async def test_headers_that_trickle_in_get_408_and_the_connection_is_closed(guarded):
     """Slowloris: one byte every 20 ms never finishes the headers; the deadline holds."""
     g = await guarded(*SHORT[:1], "keepalive_timeout: 60s")
