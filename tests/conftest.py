@@ -226,15 +226,17 @@ def write_config(path: Path, body: str, **values: Any) -> Path:
     return path
 
 
-def serve_head(store: str = "sqlite:{db}") -> str:
+def serve_head(store: str = "sqlite:{db}", admin: bool = False) -> str:
     """The `server:` and `store:` sections a `relay serve` subprocess's config starts with:
-    `{port}` and `{token}` for `write_config` (or `str.format`), and the store's URL (by
-    default a SQLite file at `{db}`; `"{store}"` or `"{dsn}"` leaves the whole URL to fill)."""
+    `{port}` and `{token}` (and with `admin`, `{admin}`) for `write_config` (or
+    `str.format`), and the store's URL (by default a SQLite file at `{db}`; `"{store}"` or
+    `"{dsn}"` leaves the whole URL to fill)."""
+    admin_line = "  admin_token: {admin}\n" if admin else ""
     return f"""\
 server:
   listen: 127.0.0.1:{{port}}
   tokens: ["{{token}}"]
-store:
+{admin_line}store:
   url: "{store}"
 """
 

@@ -21,18 +21,20 @@ import aiohttp
 import pytest
 
 from tests import pgutil
-from tests.conftest import TOKEN, Sink, free_port, spawn_relay, wait_for, write_config
+from tests.conftest import (
+    TOKEN,
+    Sink,
+    free_port,
+    serve_head,
+    spawn_relay,
+    wait_for,
+    write_config,
+)
 from tests.forkserver import run_relay
 
 pytestmark = pytest.mark.postgres
 
-CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-  admin_token: {admin}
-store:
-  url: "{dsn}"
+CONFIG = serve_head("{dsn}", admin=True) + """\
 sending:
   concurrency: {concurrency}
   lease: {lease}
@@ -353,13 +355,7 @@ async def load(replica: Replica, prefix: str, acked: list[str],
 
 # ---------------------------------------------------------------- a rolling config change
 
-ROLLING = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-  admin_token: {admin}
-store:
-  url: "{dsn}"
+ROLLING = serve_head("{dsn}", admin=True) + """\
 receivers:
   - name: hook
     urls: ["{hook}"]

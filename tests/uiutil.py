@@ -16,6 +16,7 @@ from tests.conftest import (
     Sink,
     circuit_opened,
     free_port,
+    serve_head,
     wait_for,
     write_config,
 )
@@ -87,13 +88,7 @@ async def open_circuit(r: RunningRelay, sink: Sink) -> None:
     await wait_for(lambda: circuit_opened(r.relay, "chat"), message="chat's circuit open")
 
 
-PG_CONFIG = """\
-server:
-  listen: 127.0.0.1:{port}
-  tokens: ["{token}"]
-  admin_token: {admin}
-store:
-  url: "{dsn}"
+PG_CONFIG = serve_head("{dsn}", admin=True) + """\
 receivers:
   - name: chat
     urls: ["console://"]
